@@ -1,0 +1,3 @@
+"""qtd — trading-operations daemon."""
+
+__version__ = "0.1.0"

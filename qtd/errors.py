@@ -1,0 +1,98 @@
+"""qtd's exceptions, split by what the operator must do.
+
+* :class:`OperationalError` — a human must act (stop, fix, page). Exit code 2 in the CLI.
+* :class:`TemporaryError` — retry with backoff; it may clear by itself. Exit code 75
+  (``EX_TEMPFAIL``).
+* :class:`ConfigError` — bad input (config, params, strategy, message): names the source,
+  the field, the value and the rule. Exit code 78 (``EX_CONFIG``).
+
+Every error carries its fields as attributes so callers (and the event store) can record
+them without parsing the message. The CLI maps classes to exit codes in one place:
+:func:`exit_code_for`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class QtdError(Exception):
+    """Base of every error qtd raises on purpose.
+
+    Args:
+        message: one line for the operator, saying what happened and what to do.
+        **fields: structured context (file, field, value, rule, ...), kept on ``.fields``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OperationalError(QtdError):
+    """A human must act: the process should stop the affected scope and page."""
+
+    exit_code = 2
+
+
+class TemporaryError(QtdError):
+    """Transient failure (network, busy venue): retry with backoff."""
+
+    exit_code = 75
+
+
+class ConfigError(QtdError):
+    """Bad input: a config file, params file, strategy or message failed validation.
+
+    Args:
+        message: the full sentence for the operator.
+        source: the file (or subject, or "<arg>") the bad value came from.
+        field: dotted path of the offending field, e.g. ``"risk.max_order_qty"``.
+        value: the offending value, as given.
+        rule: the rule it broke, e.g. ``"must be > 0"``.
+    """
+
+    exit_code = 78
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str = "",
+        field: str = "",
+        value: Any = None,
+        rule: str = "",
+        **fields: Any,
+    ) -> None:
+        super().__init__(message, source=source, field=field, value=value, rule=rule, **fields)
+        self.source = source
+        self.field = field
+        self.value = value
+        self.rule = rule
+
+
+class StoreError(OperationalError):
+    """The event store cannot be opened or written (corrupt, foreign, newer, read-only, full).
+
+    Attributes:
+        path: the database file.
+    """
+
+    def __init__(self, message: str, *, path: str, **fields: Any) -> None:
+        super().__init__(message, path=path, **fields)
+        self.path = path
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an exception to the CLI exit status (one place for the whole CLI)."""
+    if isinstance(exc, QtdError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 1

@@ -1,0 +1,397 @@
+"""The vocabulary of qtd: every event stored or sent is a msgspec Struct defined here.
+
+All events share :class:`Event`'s fields:
+
+* ``node`` — the server (agent) or ``"leader"`` that produced it.
+* ``bot`` — the bot (strategy instance) it concerns; ``""`` for node-level events.
+* ``ts_event`` — when it happened (venue time for venue updates), UTC integer nanoseconds.
+* ``ts_init`` — when qtd created the object, UTC integer nanoseconds.
+* ``seq`` — the event store sequence number, ``0`` until the store assigns it on append.
+
+Quantities are in the instrument's unit (shares, contracts or coins) and prices and money in
+the quote currency, as :class:`decimal.Decimal` so that replays are bit-for-bit repeatable.
+Events form one tagged union (:data:`AnyEvent`); the tag field is ``"kind"`` and its value is
+the class name, which is also the store's ``kind`` column.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+import msgspec
+
+
+class Side(StrEnum):
+    """Order or fill direction."""
+
+    BUY = "BUY"
+    SELL = "SELL"
+
+    @property
+    def sign(self) -> int:
+        """+1 for BUY, -1 for SELL."""
+        return 1 if self is Side.BUY else -1
+
+    @property
+    def opposite(self) -> Side:
+        """The other side."""
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class OrderType(StrEnum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+
+
+class TimeInForce(StrEnum):
+    DAY = "DAY"
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class OrderState(StrEnum):
+    """Order lifecycle states (see :mod:`qtd.orders` for the precedence rules)."""
+
+    PENDING_SUBMIT = "PENDING_SUBMIT"
+    SUBMITTED = "SUBMITTED"
+    ACCEPTED = "ACCEPTED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when no further fills can arrive for the order."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {OrderState.FILLED, OrderState.CANCELED, OrderState.REJECTED, OrderState.EXPIRED}
+)
+
+
+class TradingState(StrEnum):
+    """Trading state of a scope: ACTIVE, REDUCING (only exposure-reducing orders), HALTED."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class Scope(StrEnum):
+    """Scope of a trading state or kill switch: L1 global, L2 account, L3 strategy, L4 symbol."""
+
+    GLOBAL = "GLOBAL"
+    ACCOUNT = "ACCOUNT"
+    STRATEGY = "STRATEGY"
+    SYMBOL = "SYMBOL"
+
+
+class Severity(StrEnum):
+    """Paging severity. P1: kill switch / global halt; P2: account halted, venue down;
+    P3: strategy halted, elevated errors; P4: informational."""
+
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+    P4 = "P4"
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="kind"):
+    """Fields every event carries (see the module docstring for units)."""
+
+    node: str
+    bot: str = ""
+    ts_event: int
+    ts_init: int
+    seq: int = 0
+
+
+# --- signals and orders --------------------------------------------------------------------
+
+
+class Signal(Event, frozen=True):
+    """A strategy's decision, before any order request (e.g. ``"cross_up"``, strength 1.0)."""
+
+    symbol: str
+    name: str
+    strength: float = 0.0
+    price: Decimal | None = None
+    note: str = ""
+
+
+class OrderIntent(Event, frozen=True):
+    """Write-ahead record of an order that passed the risk engine, stored *before* the
+    broker call. ``client_order_id`` is deterministic (see :mod:`qtd.orders`);
+    ``cid_counter`` is the per-bot counter it was built from. ``decision_price`` is the price
+    the strategy saw when it decided (for slippage)."""
+
+    client_order_id: str
+    cid_counter: int
+    account: str
+    venue: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType = OrderType.MARKET
+    limit_price: Decimal | None = None
+    tif: TimeInForce = TimeInForce.DAY
+    reduce_only: bool = False
+    decision_price: Decimal | None = None
+    reason: str = "strategy"
+
+
+class OrderDenied(Event, frozen=True):
+    """The risk engine refused an order request; no intent was written, no broker saw it."""
+
+    account: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    check: str
+    message: str
+    limit_price: Decimal | None = None
+
+
+class OrderSubmitted(Event, frozen=True):
+    """The adapter handed the order to the venue (request sent, no ack yet)."""
+
+    client_order_id: str
+    account: str = ""
+    venue: str = ""
+
+
+class OrderAccepted(Event, frozen=True):
+    """The venue acknowledged the order (ack) and gave it ``venue_order_id``."""
+
+    client_order_id: str
+    venue_order_id: str = ""
+
+
+class OrderRejected(Event, frozen=True):
+    """The venue (or the adapter's pre-submit checks) refused the order."""
+
+    client_order_id: str
+    reason: str
+    code: str = ""
+
+
+class OrderCancelRequested(Event, frozen=True):
+    """qtd asked the venue to cancel the order."""
+
+    client_order_id: str
+    reason: str = ""
+
+
+class OrderCanceled(Event, frozen=True):
+    """The venue confirmed the cancel (the order may have been partially filled before)."""
+
+    client_order_id: str
+    venue_order_id: str = ""
+    reason: str = ""
+
+
+class OrderExpired(Event, frozen=True):
+    """The order's time in force ran out at the venue."""
+
+    client_order_id: str
+    venue_order_id: str = ""
+
+
+class Fill(Event, frozen=True):
+    """One execution (a partial fill or the last fill of an order).
+
+    ``trade_id`` is the venue's execution id: the same trade id is never counted twice.
+    ``qty`` > 0 in instrument units, ``price`` in ``currency`` (the quote currency),
+    ``commission`` in ``commission_currency`` (which may differ, e.g. BNB on Binance).
+    """
+
+    client_order_id: str
+    trade_id: str
+    account: str
+    venue: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    commission: Decimal = Decimal(0)
+    commission_currency: str = "USD"
+    currency: str = "USD"
+    venue_order_id: str = ""
+    liquidity: str = ""
+
+
+# --- state snapshots -----------------------------------------------------------------------
+
+
+class PositionSnapshot(Event, frozen=True):
+    """A position as seen by ``source`` (``"local"`` projection or ``"broker"``).
+    ``qty`` is signed (negative = short)."""
+
+    account: str
+    symbol: str
+    qty: Decimal
+    avg_price: Decimal
+    source: str = "local"
+    mark_price: Decimal | None = None
+
+
+class PnLSnapshot(Event, frozen=True):
+    """PnL of a bot (``symbol == ""``) or of one of its symbols, in ``currency``.
+    ``realized`` is net of fees paid in ``currency``; ``trading_day`` is ISO ``YYYY-MM-DD``."""
+
+    account: str
+    realized: Decimal
+    unrealized: Decimal
+    fees: Decimal
+    currency: str = "USD"
+    symbol: str = ""
+    trading_day: str = ""
+    equity: Decimal | None = None
+
+
+class Heartbeat(Event, frozen=True):
+    """Liveness of a process (``role`` is ``"agent"`` or ``"leader"``)."""
+
+    role: str
+    state: TradingState = TradingState.ACTIVE
+    bots_running: int = 0
+    last_seq: int = 0
+
+
+# --- risk and control ----------------------------------------------------------------------
+
+
+class RiskBreach(Event, frozen=True):
+    """A risk check or circuit breaker tripped: which ``check``, on which scope, the
+    configured ``limit`` against the observed ``value`` (same unit, named in ``unit``)."""
+
+    check: str
+    scope: Scope
+    scope_key: str
+    limit: float
+    value: float
+    unit: str = ""
+    severity: Severity = Severity.P3
+    action: str = "deny"
+    symbol: str = ""
+    client_order_id: str = ""
+    message: str = ""
+
+
+class TradingStateChanged(Event, frozen=True):
+    """A scope moved between ACTIVE / REDUCING / HALTED, with the reason and who did it."""
+
+    scope: Scope
+    scope_key: str
+    old: TradingState
+    new: TradingState
+    reason: str
+    operator: str = ""
+
+
+class KillSwitch(Event, frozen=True):
+    """Kill switch activated (``active``) or released, at ``scope`` (L1 GLOBAL .. L4 SYMBOL)."""
+
+    scope: Scope
+    scope_key: str
+    active: bool
+    reason: str
+    flatten: bool = False
+    operator: str = ""
+    source: str = "cli"
+
+
+class StrategyAdmitted(Event, frozen=True):
+    """A (strategy source, params) pair passed admission; ``content_hash`` identifies it."""
+
+    strategy: str
+    content_hash: str
+    source_hash: str
+    params_hash: str
+    params: dict[str, Any] = {}
+    path: str = ""
+
+
+class ParamsChanged(Event, frozen=True):
+    """A params change for a running bot: ``accepted`` False keeps the old params running."""
+
+    old_hash: str
+    new_hash: str
+    accepted: bool
+    reason: str = ""
+
+
+class StrategyError(Event, frozen=True):
+    """User strategy code raised (or overran) in ``hook``; the bot alone is halted."""
+
+    hook: str
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
+AnyEvent: TypeAlias = (
+    Signal
+    | OrderIntent
+    | OrderDenied
+    | OrderSubmitted
+    | OrderAccepted
+    | OrderRejected
+    | OrderCancelRequested
+    | OrderCanceled
+    | OrderExpired
+    | Fill
+    | PositionSnapshot
+    | PnLSnapshot
+    | Heartbeat
+    | RiskBreach
+    | TradingStateChanged
+    | KillSwitch
+    | StrategyAdmitted
+    | ParamsChanged
+    | StrategyError
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+KINDS: frozenset[str] = frozenset(t.__name__ for t in EVENT_TYPES)
+
+_msgpack_encoder = msgspec.msgpack.Encoder(decimal_format="string")
+_msgpack_decoder: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
+_json_encoder = msgspec.json.Encoder(decimal_format="string")
+_json_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    """Encode an event to msgpack bytes (the store's payload format)."""
+    return _msgpack_encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    """Decode msgpack bytes written by :func:`encode`.
+
+    Raises:
+        msgspec.ValidationError: the bytes are not a known event (names the bad field).
+        msgspec.DecodeError: the bytes are not msgpack.
+    """
+    return _msgpack_decoder.decode(data)
+
+
+def to_json(event: Event) -> bytes:
+    """Encode an event as one JSON object (for NATS and ``qtd events --json``)."""
+    return _json_encoder.encode(event)
+
+
+def from_json(data: bytes | str) -> AnyEvent:
+    """Decode one JSON event.
+
+    Raises:
+        msgspec.ValidationError: wrong or missing field; the message names the field path.
+        msgspec.DecodeError: not JSON.
+    """
+    return _json_decoder.decode(data)

@@ -1,0 +1,562 @@
+"""SQLite event store: the system of record of one qtd process.
+
+One append-only table ``events``; ``seq`` is strictly increasing (assigned here, under one
+lock, so there are no gaps on failure); the payload is the msgspec-msgpack encoding of the
+event; ``ts`` (= ``ts_event``, UTC ns), ``kind``, ``bot``, ``symbol`` and
+``client_order_id`` are indexed columns for queries. The outbox watermark (last seq
+acknowledged by JetStream) lives in table ``outbox`` of the same file. Each file has a random
+``incarnation`` created with it, so ``(node, incarnation, seq)`` names an event uniquely even
+if a store is ever recreated.
+
+Durability (SQLite WAL, ``synchronous=FULL``; see https://sqlite.org/pragma.html#pragma_synchronous
+and https://sqlite.org/wal.html):
+
+=============================  ==============================  ===============================
+event kind                     lost by ``kill -9``             lost by power loss
+=============================  ==============================  ===============================
+OrderIntent, Fill, acks,       nothing that :meth:`append`     nothing that :meth:`append`
+risk and control events        returned for (each commit       returned for
+(:meth:`append`, durable)      fsyncs the WAL)
+PnLSnapshot, Heartbeat         only what the caller still      additionally the batches
+(:meth:`append_many` with      holds in memory (not yet        committed with ``sync=False``
+``sync=False``)                handed to the store)            since the last synced commit
+=============================  ==============================  ===============================
+
+A synced commit also makes every earlier unsynced commit durable (one WAL, written in order).
+
+Bad files never get overwritten: a foreign or corrupt file, a newer schema, a read-only or
+full disk raise :class:`~qtd.errors.StoreError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import msgspec
+
+from qtd import __version__
+from qtd.errors import StoreError
+from qtd.events import AnyEvent, Event, OrderIntent, decode, encode
+
+SCHEMA_VERSION: Final = 1
+APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+
+# Forward migrations: version N is reached by running MIGRATIONS[N] on a version N-1 file.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            ts INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            node TEXT NOT NULL,
+            bot TEXT NOT NULL,
+            symbol TEXT,
+            client_order_id TEXT,
+            payload BLOB NOT NULL
+        )""",
+        "CREATE INDEX events_ts ON events (ts)",
+        "CREATE INDEX events_kind ON events (kind, seq)",
+        "CREATE INDEX events_bot ON events (bot, seq)",
+        "CREATE INDEX events_symbol ON events (symbol) WHERE symbol IS NOT NULL",
+        "CREATE INDEX events_cid ON events (client_order_id) WHERE client_order_id IS NOT NULL",
+        "CREATE TABLE outbox (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    ),
+}
+
+_INSERT: Final = (
+    "INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+Row = tuple[int, int, str, str, str, str | None, str | None, bytes]
+
+
+class StoreInfo(msgspec.Struct, frozen=True):
+    """What ``qtd events --info`` shows about a store file."""
+
+    path: str
+    node: str
+    incarnation: str
+    schema_version: int
+    created_ns: int
+    last_seq: int
+
+
+def event_row(event: Event) -> Row:
+    """The table row for an event that already carries its ``seq``."""
+    return (
+        event.seq,
+        event.ts_event,
+        type(event).__name__,
+        event.node,
+        event.bot,
+        getattr(event, "symbol", None) or None,
+        getattr(event, "client_order_id", None) or None,
+        encode(event),
+    )
+
+
+class EventStore:
+    """Append-only event store on one SQLite file (use :meth:`open`, not the constructor).
+
+    Attributes:
+        path: the database file.
+        node: the node this store belongs to (fixed when the file is created).
+        incarnation: random id created with the file (16 hex chars).
+        last_seq: the highest seq appended so far (0 for an empty store).
+    """
+
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path, node: str, incarnation: str, last_seq: int,
+        *, readonly: bool, lock_fd: int | None, created_ns: int = 0,
+    ) -> None:
+        self._db = db
+        self.path = path
+        self.node = node
+        self.incarnation = incarnation
+        self.last_seq = last_seq
+        self.readonly = readonly
+        self._lock_fd = lock_fd
+        self._write_lock = asyncio.Lock()
+        self._failed: StoreError | None = None
+        self._created_ns = created_ns
+
+    # --- opening -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, node: str | None = None, readonly: bool = False
+    ) -> EventStore:
+        """Open (or, unless ``readonly``, create) the store at ``path``.
+
+        Args:
+            path: database file; its directory must exist.
+            node: the owning node. Required to create a store; when given for an existing
+                store it must match the node the store was created for.
+            readonly: open for queries only (no lock, no writes, no creation).
+
+        Raises:
+            StoreError: the file is not a qtd store (foreign or corrupt), has a newer schema,
+                belongs to another node, is locked by another writer, or cannot be opened
+                (permissions, read-only disk). The file is never modified in these cases.
+        """
+        p = Path(path)
+        exists = p.exists() and p.stat().st_size > 0
+        if not exists and readonly:
+            raise StoreError(f"{p}: no event store here (nothing to read)", path=str(p))
+        if exists:
+            _check_header(p)
+        lock_fd = None if readonly else _lock_writer(p)
+        try:
+            db = await _connect(p, readonly)
+        except BaseException:
+            _unlock(lock_fd)
+            raise
+        try:
+            node_, inc, last, created = await _prepare(db, p, node, readonly)
+        except BaseException:
+            await db.close()
+            _unlock(lock_fd)
+            raise
+        return cls(
+            db, p, node_, inc, last, readonly=readonly, lock_fd=lock_fd, created_ns=created
+        )
+
+    async def close(self) -> None:
+        """Checkpoint the WAL into the main file (writers only) and close."""
+        try:
+            if not self.readonly and self._failed is None:
+                await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # the WAL stays; the next open replays it
+        finally:
+            await self._db.close()
+            _unlock(self._lock_fd)
+            self._lock_fd = None
+
+    async def __aenter__(self) -> EventStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def info(self) -> StoreInfo:
+        """Identity of this store (path, node, incarnation, schema, last seq)."""
+        return StoreInfo(
+            str(self.path), self.node, self.incarnation, SCHEMA_VERSION, self._created_ns,
+            self.last_seq,
+        )
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def append(self, event: Event) -> AnyEvent:
+        """Append one event durably: the WAL is fsynced before this returns.
+
+        Use it for order intents (before the broker call), fills, acks, risk and control
+        events.
+
+        Returns:
+            The event with its ``seq`` set.
+
+        Raises:
+            StoreError: the write failed (disk full, read-only, I/O error); nothing was
+                written and the store refuses further writes until reopened.
+        """
+        async with self._write_lock:
+            self._check_writable()
+            stored = msgspec.structs.replace(event, seq=self.last_seq + 1)
+            try:
+                await self._db.execute_fetchall(_INSERT, event_row(stored))
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from exc
+            self.last_seq = stored.seq
+        return stored  # type: ignore[return-value]
+
+    async def append_many(self, events: Sequence[Event], *, sync: bool = True) -> list[AnyEvent]:
+        """Append events in one transaction (all or nothing), in the given order.
+
+        Args:
+            events: events to store; their ``seq`` is assigned here.
+            sync: fsync the WAL at commit (default). ``False`` is for high-volume,
+                reconstructible events (PnL snapshots, heartbeats): such a batch survives
+                ``kill -9`` but a power loss may take it back unless a later synced commit
+                happened (see the module docstring).
+
+        Returns:
+            The events with ``seq`` set.
+
+        Raises:
+            StoreError: as for :meth:`append`; the whole batch was rolled back.
+        """
+        if not events:
+            return []
+        async with self._write_lock:
+            self._check_writable()
+            first = self.last_seq + 1
+            stored = [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
+            rows = [event_row(e) for e in stored]
+            db = self._db
+            try:
+                if not sync:
+                    await db.execute_fetchall("PRAGMA synchronous=NORMAL")
+                await db.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    await db.executemany(_INSERT, rows)
+                    await db.execute_fetchall("COMMIT")
+                except BaseException:
+                    await _rollback(db)
+                    raise
+                finally:
+                    if not sync:
+                        await db.execute_fetchall("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from exc
+            self.last_seq = stored[-1].seq
+        return stored  # type: ignore[return-value]
+
+    async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
+        """Record that every event up to ``seq`` was acknowledged by ``name`` (the outbox).
+
+        Raises:
+            StoreError: the write failed, or ``seq`` is beyond the last appended seq.
+        """
+        if seq > self.last_seq:
+            raise StoreError(
+                f"{self.path}: watermark {seq} is beyond the last event {self.last_seq}",
+                path=str(self.path), seq=seq,
+            )
+        async with self._write_lock:
+            self._check_writable()
+            try:
+                await self._db.execute_fetchall(
+                    "INSERT INTO outbox (name, seq) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (name, seq),
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from exc
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only", path=str(self.path))
+        if self._failed is not None:
+            raise self._failed
+
+    def _fail(self, exc: sqlite3.Error) -> StoreError:
+        self._failed = _write_error(self.path, exc, self.last_seq)
+        return self._failed
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def watermark(self, name: str = "jetstream") -> int:
+        """Last seq acknowledged by ``name`` (0 if none)."""
+        rows = list(
+            await self._db.execute_fetchall("SELECT seq FROM outbox WHERE name = ?", (name,))
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def query(
+        self,
+        *,
+        bot: str | None = None,
+        kind: str | Iterable[str] | None = None,
+        symbol: str | None = None,
+        client_order_id: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AnyEvent]:
+        """Events matching every given filter, in seq order (or newest first).
+
+        Args:
+            bot, kind, symbol, client_order_id: exact matches (``kind`` may be several).
+            since_ns, until_ns: ``ts_event`` range, UTC ns, ``since <= ts < until``.
+            after_seq: only events with ``seq > after_seq``.
+            limit: at most this many events.
+            newest_first: order by seq descending (with ``limit``: the tail).
+        """
+        where, params = _where(bot, kind, symbol, client_order_id, since_ns, until_ns, after_seq)
+        sql = f"SELECT payload FROM events{where} ORDER BY seq {'DESC' if newest_first else 'ASC'}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = await self._db.execute_fetchall(sql, params)
+        return [decode(r[0]) for r in rows]
+
+    async def replay(self, after_seq: int = 0, batch: int = 5000) -> AsyncIterator[AnyEvent]:
+        """Every event with ``seq > after_seq`` in seq order, fetched ``batch`` rows at a time."""
+        last = after_seq
+        while True:
+            rows = list(
+                await self._db.execute_fetchall(
+                    "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, batch),
+                )
+            )
+            for _, payload in rows:
+                yield decode(payload)
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    async def last_cid_counter(self, bot: str) -> int:
+        """The ``cid_counter`` of the bot's latest OrderIntent (0 if it never ordered)."""
+        rows = list(
+            await self._db.execute_fetchall(
+                "SELECT payload FROM events WHERE bot = ? AND kind = 'OrderIntent' "
+                "ORDER BY seq DESC LIMIT 1",
+                (bot,),
+            )
+        )
+        if not rows:
+            return 0
+        intent = decode(rows[0][0])
+        assert isinstance(intent, OrderIntent)
+        return intent.cid_counter
+
+    async def count(self) -> int:
+        """Number of events stored."""
+        rows = list(await self._db.execute_fetchall("SELECT count(*) FROM events"))
+        return int(rows[0][0])
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _where(
+    bot: str | None, kind: str | Iterable[str] | None, symbol: str | None,
+    cid: str | None, since_ns: int | None, until_ns: int | None, after_seq: int,
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for col, val in (("bot", bot), ("symbol", symbol), ("client_order_id", cid)):
+        if val is not None:
+            clauses.append(f"{col} = ?")
+            params.append(val)
+    if kind is not None:
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        clauses.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        params.extend(kinds)
+    if since_ns is not None:
+        clauses.append("ts >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        clauses.append("ts < ?")
+        params.append(until_ns)
+    if after_seq:
+        clauses.append("seq > ?")
+        params.append(after_seq)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _check_header(p: Path) -> None:
+    try:
+        with p.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        msg = f"{p}: cannot read ({exc.strerror}); check permissions"
+        raise StoreError(msg, path=str(p)) from exc
+    if head != _SQLITE_MAGIC:
+        raise StoreError(
+            f"{p}: not a SQLite database (foreign or corrupt file); qtd will not touch it. "
+            "Move it aside or point the config at another path.",
+            path=str(p),
+        )
+
+
+def _lock_writer(p: Path) -> int:
+    lock_path = p.with_name(p.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"{p}: cannot create lock file {lock_path} ({exc.strerror}); "
+            "is the disk read-only or full?",
+            path=str(p),
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(
+            f"{p}: another process (pid {holder}) is writing this store; "
+            "stop it first or open read-only",
+            path=str(p), pid=holder,
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+async def _connect(p: Path, readonly: bool) -> aiosqlite.Connection:
+    mode = "ro" if readonly else "rwc"
+    try:
+        db = await aiosqlite.connect(f"file:{p}?mode={mode}", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(
+            f"{p}: cannot open ({exc}); check the directory exists and is writable",
+            path=str(p),
+        ) from exc
+    return db
+
+
+async def _prepare(
+    db: aiosqlite.Connection, p: Path, node: str | None, readonly: bool
+) -> tuple[str, str, int, int]:
+    """Check identity and schema, migrate, set pragmas; return (node, inc, last, created)."""
+    try:
+        app_id = (await _scalar(db, "PRAGMA application_id")) or 0
+        version = (await _scalar(db, "PRAGMA user_version")) or 0
+        tables = await _scalar(db, "SELECT count(*) FROM sqlite_master") or 0
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{p}: unreadable SQLite file ({exc}); it may be corrupt. qtd will not modify it: "
+            "restore from backup or move it aside.",
+            path=str(p),
+        ) from exc
+    if app_id != APPLICATION_ID and (app_id != 0 or tables > 0):
+        raise StoreError(
+            f"{p}: SQLite file of another application (application_id={app_id:#x}, "
+            f"{tables} objects); qtd will not touch it. Point the config at another path.",
+            path=str(p), application_id=app_id,
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{p}: schema version {version} is newer than this qtd ({__version__}) supports "
+            f"({SCHEMA_VERSION}); upgrade qtd, do not downgrade the store.",
+            path=str(p), schema_version=version,
+        )
+    try:
+        if not readonly:
+            await db.execute_fetchall("PRAGMA journal_mode=WAL")
+            await db.execute_fetchall("PRAGMA synchronous=FULL")
+            await db.execute_fetchall("PRAGMA busy_timeout=5000")
+            if version < SCHEMA_VERSION:
+                await _migrate(db, p, version, node)
+        elif version < SCHEMA_VERSION:
+            raise StoreError(
+                f"{p}: schema version {version} needs a migration; open it once read-write",
+                path=str(p),
+            )
+        meta = dict(await db.execute_fetchall("SELECT key, value FROM meta"))  # type: ignore[arg-type]
+        last = await _scalar(db, "SELECT max(seq) FROM events") or 0
+    except sqlite3.DatabaseError as exc:
+        raise _write_error(p, exc, None) from exc
+    owner = str(meta["node"])
+    if node is not None and node != owner:
+        raise StoreError(
+            f"{p}: store belongs to node {owner!r}, not {node!r}; each node keeps its own store",
+            path=str(p), owner=owner, node=node,
+        )
+    return owner, str(meta["incarnation"]), int(last), int(meta.get("created_ns", 0))
+
+
+async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | None) -> None:
+    if version == 0 and node is None:
+        raise StoreError(f"{p}: a new store needs its node name", path=str(p))
+    await db.execute_fetchall("BEGIN IMMEDIATE")
+    try:
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in MIGRATIONS[v]:
+                await db.execute_fetchall(stmt)
+        if version == 0:
+            await db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("node", str(node)),
+                    ("incarnation", uuid.uuid4().hex[:16]),
+                    ("created_ns", str(time.time_ns())),
+                    ("created_by", f"qtd {__version__}"),
+                ],
+            )
+        await db.execute_fetchall(f"PRAGMA application_id={APPLICATION_ID}")
+        await db.execute_fetchall(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.execute_fetchall("COMMIT")
+    except BaseException:
+        await _rollback(db)
+        raise
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):  # no transaction open: SQLite rolled back itself
+        await db.execute_fetchall("ROLLBACK")
+
+
+async def _scalar(db: aiosqlite.Connection, sql: str) -> Any:
+    rows = list(await db.execute_fetchall(sql))
+    return rows[0][0] if rows else None
+
+
+def _write_error(p: Path, exc: sqlite3.Error, last_seq: int | None) -> StoreError:
+    text = str(exc)
+    after = f" Nothing after seq {last_seq} was written." if last_seq is not None else ""
+    if "full" in text:
+        hint = "the disk is full: free space, then restart (trading halts until then)"
+    elif "readonly" in text or "read-only" in text:
+        hint = "the store is read-only: fix the mount or permissions, then restart"
+    elif isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
+        hint = "the file is corrupt: restore from backup; qtd will not modify it"
+    else:
+        hint = "I/O error: check the disk, then restart"
+    return StoreError(f"{p}: write failed ({text}); {hint}.{after}", path=str(p), sqlite=text)
