@@ -1,0 +1,304 @@
+"""Order lifecycle: deterministic client_order_id, order requests and the order state machine.
+
+States: PENDING_SUBMIT → SUBMITTED → ACCEPTED → PARTIALLY_FILLED → FILLED, and the other
+terminal states CANCELED / REJECTED / EXPIRED.
+
+The state is *derived from facts* (submitted? acked? canceled? rejected? expired? filled
+quantity) rather than from the last message, so handlers are idempotent and the result does
+not depend on the order venue updates arrive in:
+
+1. filled quantity >= order quantity → FILLED (a late cancel or ack never un-fills);
+2. else a reject → REJECTED; a confirmed cancel → CANCELED; an expiry → EXPIRED
+   (in that precedence if a venue ever sends several);
+3. else some fill → PARTIALLY_FILLED; an ack → ACCEPTED; a submit → SUBMITTED;
+   otherwise PENDING_SUBMIT.
+
+A fill whose venue trade id was already counted for the order is a duplicate and changes
+nothing. A fill for a client_order_id we never wrote an intent for is kept as an *orphan*,
+flagged, and still counted in positions (it is real exposure); if the intent shows up later
+the orphan is attached to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from enum import StrEnum
+from typing import Final, Protocol
+
+import msgspec
+
+from qtd.errors import ConfigError
+from qtd.events import (
+    Event,
+    Fill,
+    OrderAccepted,
+    OrderCanceled,
+    OrderCancelRequested,
+    OrderExpired,
+    OrderIntent,
+    OrderRejected,
+    OrderState,
+    OrderSubmitted,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+
+CID_MAX_LEN: Final = 36  # Binance newClientOrderId limit; Alpaca allows 128.
+_CID_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a strategy (or an operator command) asks for; only the risk engine turns it
+    into an :class:`~qtd.events.OrderIntent`.
+
+    ``qty`` in instrument units (> 0), ``limit_price`` and ``decision_price`` in the quote
+    currency; ``decision_price`` is the price the decision was based on (for slippage).
+    """
+
+    bot: str
+    account: str
+    venue: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType = OrderType.MARKET
+    limit_price: Decimal | None = None
+    tif: TimeInForce = TimeInForce.DAY
+    reduce_only: bool = False
+    decision_price: Decimal | None = None
+    reason: str = "strategy"
+
+
+def client_order_id(node: str, bot: str, incarnation: str, counter: int) -> str:
+    """Deterministic client_order_id: ``<node8>.<bot8>.<hash6>.<counter>``, ≤ 36 chars.
+
+    ``node8``/``bot8`` are the first 8 characters of the names (``[A-Za-z0-9_-]`` only, for
+    people reading a venue's blotter); ``hash6`` is 6 base32 chars of
+    BLAKE2b(node, bot, incarnation), so truncated names and a recreated store never collide;
+    ``counter`` is the bot's order counter (decimal, ≥ 1), persisted with every intent.
+    Characters fit Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$`` and Alpaca's 128-char limit.
+
+    Raises:
+        ConfigError: counter < 1 or > 9,999,999,999 (the id would exceed 36 characters).
+    """
+    if not 1 <= counter <= 9_999_999_999:
+        raise ConfigError(
+            f"client_order_id counter={counter}: must be in 1..9999999999",
+            field="counter", value=counter, rule="1 <= counter <= 9999999999",
+        )
+    digest = hashlib.blake2b(f"{node}\x00{bot}\x00{incarnation}".encode(), digest_size=5).digest()
+    tag = base64.b32encode(digest).decode()[:6].lower()
+    cid = f"{_CID_TOKEN.sub('', node)[:8]}.{_CID_TOKEN.sub('', bot)[:8]}.{tag}.{counter}"
+    assert len(cid) <= CID_MAX_LEN
+    return cid
+
+
+class ApplyResult(StrEnum):
+    """What :meth:`OrderBook.apply` did with an event."""
+
+    APPLIED = "APPLIED"  # new information, state may have changed
+    DUPLICATE = "DUPLICATE"  # already known (same fact or same trade id)
+    ORPHAN = "ORPHAN"  # fill (or update) for an order we have no intent for: flagged
+    IGNORED = "IGNORED"  # not an order event
+
+
+class OrderRecord:
+    """Mutable projection of one order. ``filled_qty`` in instrument units, ``avg_fill_price``
+    in the quote currency (``None`` before the first fill)."""
+
+    __slots__ = (
+        "accepted", "account", "bot", "cancel_requested", "canceled", "cid", "expired",
+        "filled_cost", "filled_qty", "intent", "rejected", "reject_reason", "side", "state",
+        "submitted", "symbol", "trade_ids", "ts_last", "venue_order_id",
+    )
+
+    def __init__(self, intent: OrderIntent) -> None:
+        self.intent = intent
+        self.cid = intent.client_order_id
+        self.bot = intent.bot
+        self.account = intent.account
+        self.symbol = intent.symbol
+        self.side = intent.side
+        self.submitted = self.accepted = self.canceled = False
+        self.rejected = self.expired = self.cancel_requested = False
+        self.reject_reason = ""
+        self.venue_order_id = ""
+        self.filled_qty = Decimal(0)
+        self.filled_cost = Decimal(0)
+        self.trade_ids: set[str] = set()
+        self.ts_last = intent.ts_event
+        self.state = OrderState.PENDING_SUBMIT
+
+    @property
+    def qty(self) -> Decimal:
+        return self.intent.qty
+
+    @property
+    def leaves_qty(self) -> Decimal:
+        """Quantity still open at the venue (0 once terminal)."""
+        return Decimal(0) if self.state.is_terminal else self.intent.qty - self.filled_qty
+
+    @property
+    def avg_fill_price(self) -> Decimal | None:
+        return self.filled_cost / self.filled_qty if self.filled_qty else None
+
+    def derive_state(self) -> OrderState:
+        """The state implied by the facts seen so far (see the module docstring)."""
+        if self.filled_qty >= self.intent.qty:
+            return OrderState.FILLED
+        if self.rejected:
+            return OrderState.REJECTED
+        if self.canceled:
+            return OrderState.CANCELED
+        if self.expired:
+            return OrderState.EXPIRED
+        if self.filled_qty > 0:
+            return OrderState.PARTIALLY_FILLED
+        if self.accepted:
+            return OrderState.ACCEPTED
+        if self.submitted:
+            return OrderState.SUBMITTED
+        return OrderState.PENDING_SUBMIT
+
+    def as_tuple(self) -> tuple[object, ...]:
+        """Comparable summary (state, filled qty, cost, trade ids) for tests and reconciliation."""
+        return (self.cid, self.state, self.filled_qty, self.filled_cost, frozenset(self.trade_ids))
+
+
+class OrderBook:
+    """All orders of one store (or of the fleet, on the leader), keyed by client_order_id."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, OrderRecord] = {}
+        self.orphan_fills: dict[str, list[Fill]] = {}
+        self._orphan_trade_ids: set[tuple[str, str]] = set()
+
+    def get(self, cid: str) -> OrderRecord | None:
+        return self.orders.get(cid)
+
+    def apply(self, event: Event) -> ApplyResult:
+        """Apply one order event idempotently (any order, any number of times)."""
+        if isinstance(event, Fill):
+            return self._apply_fill(event)
+        if isinstance(event, OrderIntent):
+            return self._apply_intent(event)
+        cid = getattr(event, "client_order_id", None)
+        if cid is None or (isinstance(event, OrderCancelRequested) and cid not in self.orders):
+            return ApplyResult.IGNORED
+        rec = self.orders.get(cid)
+        if rec is None:
+            return ApplyResult.ORPHAN
+        changed = _apply_status(rec, event)
+        if not changed:
+            return ApplyResult.DUPLICATE
+        rec.ts_last = max(rec.ts_last, event.ts_event)
+        rec.state = rec.derive_state()
+        return ApplyResult.APPLIED
+
+    def _apply_intent(self, intent: OrderIntent) -> ApplyResult:
+        if intent.client_order_id in self.orders:
+            return ApplyResult.DUPLICATE
+        rec = OrderRecord(intent)
+        self.orders[rec.cid] = rec
+        for fill in self.orphan_fills.pop(rec.cid, []):
+            self._apply_fill(fill, adopting=True)
+        return ApplyResult.APPLIED
+
+    def _apply_fill(self, fill: Fill, adopting: bool = False) -> ApplyResult:
+        rec = self.orders.get(fill.client_order_id)
+        if rec is None:
+            key = (fill.client_order_id, fill.trade_id)
+            if key in self._orphan_trade_ids:
+                return ApplyResult.DUPLICATE
+            self._orphan_trade_ids.add(key)
+            self.orphan_fills.setdefault(fill.client_order_id, []).append(fill)
+            return ApplyResult.ORPHAN
+        if adopting:
+            self._orphan_trade_ids.discard((fill.client_order_id, fill.trade_id))
+        if fill.trade_id in rec.trade_ids:
+            return ApplyResult.DUPLICATE
+        rec.trade_ids.add(fill.trade_id)
+        rec.filled_qty += fill.qty
+        rec.filled_cost += fill.qty * fill.price
+        if fill.venue_order_id and not rec.venue_order_id:
+            rec.venue_order_id = fill.venue_order_id
+        rec.ts_last = max(rec.ts_last, fill.ts_event)
+        rec.state = rec.derive_state()
+        return ApplyResult.APPLIED
+
+    def open_orders(
+        self, *, bot: str | None = None, account: str | None = None, symbol: str | None = None
+    ) -> Iterator[OrderRecord]:
+        """Orders not yet in a terminal state, optionally filtered."""
+        for rec in self.orders.values():
+            if rec.state.is_terminal:
+                continue
+            if bot is not None and rec.bot != bot:
+                continue
+            if account is not None and rec.account != account:
+                continue
+            if symbol is not None and rec.symbol != symbol:
+                continue
+            yield rec
+
+
+def _apply_status(rec: OrderRecord, event: Event) -> bool:
+    """Record the fact an order status event carries; False if it was already known."""
+    if isinstance(event, OrderSubmitted):
+        changed, rec.submitted = not rec.submitted, True
+    elif isinstance(event, OrderAccepted):
+        changed, rec.accepted = not rec.accepted, True
+        rec.submitted = True
+        if event.venue_order_id and not rec.venue_order_id:
+            rec.venue_order_id, changed = event.venue_order_id, True
+    elif isinstance(event, OrderRejected):
+        changed, rec.rejected = not rec.rejected, True
+        rec.reject_reason = rec.reject_reason or event.reason
+    elif isinstance(event, OrderCanceled):
+        changed, rec.canceled = not rec.canceled, True
+    elif isinstance(event, OrderExpired):
+        changed, rec.expired = not rec.expired, True
+    elif isinstance(event, OrderCancelRequested):
+        changed, rec.cancel_requested = not rec.cancel_requested, True
+    else:
+        return False
+    return changed
+
+
+class _CounterSource(Protocol):
+    node: str
+    incarnation: str
+
+    async def last_cid_counter(self, bot: str) -> int: ...
+
+
+class ClientOrderIds:
+    """Hands out client_order_ids per bot; the counter survives restarts because every
+    :class:`~qtd.events.OrderIntent` stores the counter it used, and the first call for a bot
+    resumes from the latest stored intent.
+
+    A counter taken but never written (the intent append failed) may be handed out again
+    after a restart; that is safe because no broker saw an order without a stored intent.
+
+    Args:
+        store: the event store (anything with ``node``, ``incarnation`` and
+            ``last_cid_counter(bot)``).
+    """
+
+    def __init__(self, store: _CounterSource) -> None:
+        self._store = store
+        self._counters: dict[str, int] = {}
+
+    async def next(self, bot: str) -> tuple[str, int]:
+        """Return ``(client_order_id, counter)`` for the bot's next order."""
+        last = self._counters.get(bot)
+        if last is None:
+            last = await self._store.last_cid_counter(bot)
+        self._counters[bot] = last + 1
+        store = self._store
+        return client_order_id(store.node, bot, store.incarnation, last + 1), last + 1

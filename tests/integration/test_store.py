@@ -1,0 +1,272 @@
+"""Event store on real SQLite files: ordering, queries, outbox, bad files, crashes, full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qtd.errors import StoreError
+from qtd.events import Heartbeat, OrderIntent, Side
+from qtd.orders import ClientOrderIds
+from qtd.projections import Projections
+from qtd.store import SCHEMA_VERSION, EventStore
+from tests.factories import NODE, accepted, fill, intent, submitted
+
+
+def _hb(i: int) -> Heartbeat:
+    return Heartbeat(node=NODE, ts_event=i, ts_init=i, role="agent", last_seq=i)
+
+
+async def test_append_assigns_strictly_increasing_seq_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    async with await EventStore.open(path, node=NODE) as s:
+        a = await s.append(intent("c1"))
+        b = await s.append_many([submitted("c1"), accepted("c1")])
+        c = await s.append(fill("c1", "t1", qty="10", price="1.5"))
+        assert [a.seq, *(e.seq for e in b), c.seq] == [1, 2, 3, 4]
+        inc = s.incarnation
+    async with await EventStore.open(path, node=NODE) as s:
+        assert s.last_seq == 4 and s.incarnation == inc and len(inc) == 16
+        events = [e async for e in s.replay()]
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        assert events[3] == c
+
+
+async def test_query_filters(store: EventStore) -> None:
+    await store.append(intent("c1", bot="b1", symbol="AAPL", ts=10))
+    await store.append(intent("c2", bot="b2", symbol="MSFT", ts=20))
+    await store.append(fill("c2", "t1", bot="b2", symbol="MSFT", qty="1", price="2", ts=30))
+    await store.append_many([_hb(40), _hb(50)], sync=False)
+    assert [e.seq for e in await store.query(bot="b2")] == [2, 3]
+    assert [e.seq for e in await store.query(kind="OrderIntent")] == [1, 2]
+    assert [e.seq for e in await store.query(kind=["Fill", "Heartbeat"])] == [3, 4, 5]
+    assert [e.seq for e in await store.query(symbol="MSFT")] == [2, 3]
+    assert [e.seq for e in await store.query(client_order_id="c2")] == [2, 3]
+    assert [e.seq for e in await store.query(since_ns=20, until_ns=50)] == [2, 3, 4]
+    assert [e.seq for e in await store.query(after_seq=3)] == [4, 5]
+    assert [e.seq for e in await store.query(limit=2, newest_first=True)] == [5, 4]
+    assert await store.count() == 5
+
+
+async def test_outbox_watermark_persists_and_never_goes_back(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    async with await EventStore.open(path, node=NODE) as s:
+        await s.append_many([_hb(i) for i in range(1, 11)])
+        assert await s.watermark() == 0
+        await s.set_watermark(7)
+        await s.set_watermark(5)  # a late ack for an older seq never moves it back
+        with pytest.raises(StoreError, match="beyond the last event"):
+            await s.set_watermark(11)
+    async with await EventStore.open(path, node=NODE) as s:
+        assert await s.watermark() == 7
+        assert [e.seq for e in await s.query(after_seq=await s.watermark())] == [8, 9, 10]
+
+
+async def test_client_order_id_counter_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    async with await EventStore.open(path, node=NODE) as s:
+        ids = ClientOrderIds(s)
+        for _ in range(3):
+            cid, n = await ids.next("bot1")
+            await s.append(intent(cid, counter=n))
+        last_cid = cid
+    async with await EventStore.open(path, node=NODE) as s:
+        cid, n = await ClientOrderIds(s).next("bot1")
+        assert n == 4 and cid != last_cid and cid.endswith(".4")
+
+
+async def test_rebuild_from_replay_equals_incremental(store: EventStore) -> None:
+    live = Projections()
+    stream = []
+    for i in range(40):
+        cid = f"c{i}"
+        side = Side.BUY if i % 3 else Side.SELL
+        sym = ("AAPL", "MSFT")[i % 2]
+        stream += [intent(cid, side=side, symbol=sym, qty="5"), submitted(cid), accepted(cid)]
+        stream += [fill(cid, f"{cid}-a", qty="2", price=str(100 + i), side=side, symbol=sym,
+                        commission="0.1"),
+                   fill(cid, f"{cid}-b", qty="3", price=str(99 + i), side=side, symbol=sym)]
+    for ev in stream:
+        live.apply(await store.append(ev))
+    rebuilt = await Projections().rebuild(store.replay(batch=7))
+    assert rebuilt.state() == live.state()
+    assert rebuilt.last_seq == live.last_seq == len(stream)
+    assert any(p.realized != 0 for p in live.positions.values())
+
+
+async def test_a_second_writer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    async with await EventStore.open(path, node=NODE):
+        with pytest.raises(StoreError, match=r"another process \(pid \d+\) is writing"):
+            await EventStore.open(path, node=NODE)
+        async with await EventStore.open(path, readonly=True) as reader:
+            assert reader.node == NODE
+
+
+@pytest.mark.parametrize(
+    ("content", "rule"),
+    [
+        (b"col1,col2\n1,2\n" * 100, "not a SQLite database"),
+        (b"SQLite format 3\x00" + b"\xff" * 4000, "unreadable SQLite file|another application"),
+    ],
+)
+async def test_foreign_or_corrupt_file_is_refused_and_untouched(
+    tmp_path: Path, content: bytes, rule: str
+) -> None:
+    path = tmp_path / "e.db"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=rule) as err:
+        await EventStore.open(path, node=NODE)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == content
+
+
+async def test_other_applications_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.execute("INSERT INTO t VALUES (1)")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="another application"):
+        await EventStore.open(path, node=NODE)
+    assert path.read_bytes() == before
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    async with await EventStore.open(path, node=NODE) as s:
+        await s.append(_hb(1))
+    with sqlite3.connect(path) as con:
+        con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    rule = r"schema version 2 is newer than this qtd \(.*\) supports \(1\)"
+    with pytest.raises(StoreError, match=rule):
+        await EventStore.open(path, node=NODE)
+
+
+async def test_store_of_another_node_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    async with await EventStore.open(path, node=NODE):
+        pass
+    with pytest.raises(StoreError, match="belongs to node 'node-a', not 'node-b'"):
+        await EventStore.open(path, node="node-b")
+
+
+# --- crashes and storage faults --------------------------------------------------------------
+
+WRITER = """
+import asyncio, sys
+from decimal import Decimal
+from qtd.events import OrderIntent, Heartbeat, Side
+from qtd.store import EventStore
+
+async def main(path, batch):
+    s = await EventStore.open(path, node="node-a")
+    i = 0
+    while True:
+        i += 1
+        if batch:
+            evs = await s.append_many([Heartbeat(node="node-a", ts_event=i, ts_init=i,
+                                                 role="agent") for _ in range(50)])
+            print(evs[-1].seq, flush=True)
+        else:
+            ev = await s.append(OrderIntent(
+                node="node-a", bot="b", ts_event=i, ts_init=i, client_order_id=f"c{i}",
+                cid_counter=i, account="a", venue="paper", symbol="AAPL", side=Side.BUY,
+                qty=Decimal(1)))
+            print(ev.seq, flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2] == "batch"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+@pytest.mark.parametrize("kill_after", [1, 37, 400])
+async def test_sigkill_mid_write_keeps_every_acknowledged_event(
+    tmp_path: Path, mode: str, kill_after: int
+) -> None:
+    path = tmp_path / "e.db"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(path), mode, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        # the timeout only guards against a hung writer; it measures nothing
+        acked = [int(await asyncio.wait_for(proc.stdout.readline(), 60))
+                 for _ in range(kill_after)]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    async with await EventStore.open(path, node=NODE) as s:
+        assert s.last_seq >= acked[-1]
+        seqs = [e.seq async for e in s.replay()]
+        assert seqs == list(range(1, s.last_seq + 1))  # contiguous, nothing half-written
+        # and the store still takes writes after the crash
+        assert (await s.append(_hb(0))).seq == s.last_seq
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs (needs root, as on CI); skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                         capture_output=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_disk_full_fails_loudly_loses_nothing_and_recovers(small_disk: Path) -> None:
+    path = small_disk / "e.db"
+    filler = small_disk / "filler"
+    s = await EventStore.open(path, node=NODE)
+    acked: list[int] = []
+    big = "x" * 2000
+    with pytest.raises(StoreError, match="disk is full") as err:
+        filler.write_bytes(b"\0" * 1_600_000)
+        for i in range(10_000):
+            ev = await s.append(intent(f"c{i}-{big}", counter=i + 1))
+            acked.append(ev.seq)
+    assert str(path) in str(err.value) and f"Nothing after seq {acked[-1]}" in str(err.value)
+    with pytest.raises(StoreError):  # the store refuses writes until reopened
+        await s.append(_hb(1))
+    await s.close()
+    filler.unlink()  # space returns
+    async with await EventStore.open(path, node=NODE) as s2:
+        assert [e.seq async for e in s2.replay()] == acked
+        assert (await s2.append(_hb(2))).seq == acked[-1] + 1
+
+
+async def test_read_only_disk_gives_a_clear_error_and_touches_nothing(small_disk: Path) -> None:
+    path = small_disk / "e.db"
+    async with await EventStore.open(path, node=NODE) as s:
+        await s.append(_hb(1))
+    before = path.read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(StoreError, match=r"read-only|cannot create lock file") as err:
+        await EventStore.open(path, node=NODE)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == before
+
+
+async def test_concurrent_appends_keep_strict_order(store: EventStore) -> None:
+    async def writer(tag: str) -> list[int]:
+        return [(await store.append(intent(f"{tag}{i}", bot=tag))).seq for i in range(50)]
+
+    results = await asyncio.gather(*(writer(t) for t in "abcd"))
+    flat = sorted(s for r in results for s in r)
+    assert flat == list(range(1, 201))
+    assert all(r == sorted(r) for r in results)
+    assert isinstance((await store.query(limit=1))[0], OrderIntent)

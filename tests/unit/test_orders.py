@@ -1,0 +1,199 @@
+"""Order lifecycle: client_order_id, state precedence, idempotence under reordering."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qtd.errors import ConfigError
+from qtd.events import OrderExpired, OrderRejected, OrderState, Side
+from qtd.orders import ApplyResult, ClientOrderIds, OrderBook, client_order_id
+from qtd.projections import Projections
+from tests.factories import NODE, accepted, canceled, fill, intent, submitted
+
+BINANCE_CID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")  # Binance spot API docs
+
+
+def test_client_order_id_is_deterministic_and_fits_binance() -> None:
+    a = client_order_id("server-a.prod", "momentum es 1min", "inc1", 42)
+    assert a == client_order_id("server-a.prod", "momentum es 1min", "inc1", 42)
+    assert BINANCE_CID.match(a), a
+    assert a.endswith(".42")
+    longest = client_order_id("n" * 64, "b" * 64, "i" * 32, 9_999_999_999)
+    assert len(longest) <= 36 and BINANCE_CID.match(longest)
+
+
+def test_client_order_id_differs_by_bot_node_incarnation_and_counter() -> None:
+    base = client_order_id("node-a", "bot-with-a-long-name-1", "inc", 1)
+    others = {
+        client_order_id("node-b", "bot-with-a-long-name-1", "inc", 1),
+        client_order_id("node-a", "bot-with-a-long-name-2", "inc", 1),  # same 8-char prefix
+        client_order_id("node-a", "bot-with-a-long-name-1", "inc2", 1),
+        client_order_id("node-a", "bot-with-a-long-name-1", "inc", 2),
+    }
+    assert base not in others and len(others) == 4
+
+
+@pytest.mark.parametrize("counter", [0, -1, 10_000_000_000])
+def test_client_order_id_rejects_counter_out_of_range(counter: int) -> None:
+    with pytest.raises(ConfigError, match="counter"):
+        client_order_id("n", "b", "i", counter)
+
+
+class _Store:
+    node, incarnation = NODE, "inc"
+
+    def __init__(self, last: dict[str, int]) -> None:
+        self.last, self.calls = last, 0
+
+    async def last_cid_counter(self, bot: str) -> int:
+        self.calls += 1
+        return self.last.get(bot, 0)
+
+
+async def test_client_order_ids_resume_from_the_stored_counter() -> None:
+    src = _Store({"bot1": 41})
+    ids = ClientOrderIds(src)
+    assert (await ids.next("bot1"))[1] == 42
+    assert (await ids.next("bot1"))[1] == 43
+    assert (await ids.next("bot2"))[1] == 1
+    assert src.calls == 2  # the store is asked once per bot
+
+
+def test_happy_path_states() -> None:
+    book = OrderBook()
+    book.apply(intent("c1", qty="10"))
+    assert book.orders["c1"].state is OrderState.PENDING_SUBMIT
+    book.apply(submitted("c1"))
+    assert book.orders["c1"].state is OrderState.SUBMITTED
+    book.apply(accepted("c1"))
+    assert book.orders["c1"].state is OrderState.ACCEPTED
+    book.apply(fill("c1", "t1", qty="4", price="100"))
+    rec = book.orders["c1"]
+    assert rec.state is OrderState.PARTIALLY_FILLED and rec.leaves_qty == Decimal(6)
+    book.apply(fill("c1", "t2", qty="6", price="101"))
+    assert rec.state is OrderState.FILLED and rec.leaves_qty == 0
+    assert rec.avg_fill_price == Decimal("100.6")
+    assert list(book.open_orders()) == []
+
+
+def test_late_ack_never_unfills_and_duplicate_trade_is_ignored() -> None:
+    book = OrderBook()
+    book.apply(intent("c1", qty="5"))
+    assert book.apply(fill("c1", "t1", qty="5", price="10")) is ApplyResult.APPLIED
+    assert book.apply(accepted("c1")) is ApplyResult.APPLIED
+    assert book.apply(canceled("c1")) is ApplyResult.APPLIED
+    assert book.apply(fill("c1", "t1", qty="5", price="10")) is ApplyResult.DUPLICATE
+    rec = book.orders["c1"]
+    assert rec.state is OrderState.FILLED and rec.filled_qty == 5
+
+
+def test_cancel_after_partial_fill_is_canceled_with_fill_kept() -> None:
+    book = OrderBook()
+    book.apply(intent("c1", qty="5"))
+    book.apply(fill("c1", "t1", qty="2", price="10"))
+    book.apply(canceled("c1"))
+    rec = book.orders["c1"]
+    assert rec.state is OrderState.CANCELED and rec.filled_qty == 2 and rec.leaves_qty == 0
+
+
+def test_reject_and_expire_precedence() -> None:
+    book = OrderBook()
+    book.apply(intent("c1"))
+    book.apply(accepted("c1"))
+    ev = OrderRejected(node=NODE, bot="bot1", ts_event=5, ts_init=5, client_order_id="c1",
+                       reason="insufficient buying power")
+    book.apply(ev)
+    assert book.orders["c1"].state is OrderState.REJECTED
+    book.apply(intent("c2"))
+    book.apply(OrderExpired(node=NODE, bot="bot1", ts_event=5, ts_init=5, client_order_id="c2"))
+    assert book.orders["c2"].state is OrderState.EXPIRED
+    assert book.apply(accepted("c2")) is ApplyResult.APPLIED  # late ack: still EXPIRED
+    assert book.orders["c2"].state is OrderState.EXPIRED
+
+
+def test_fill_for_unknown_order_is_flagged_counted_and_adopted() -> None:
+    proj = Projections()
+    assert proj.apply(fill("ghost", "t9", qty="3", price="50")) is ApplyResult.ORPHAN
+    assert proj.apply(fill("ghost", "t9", qty="3", price="50")) is ApplyResult.DUPLICATE
+    assert len(proj.anomalies) == 1 and "ghost" in proj.anomalies[0][1]
+    pos = proj.position("bot1", "acct1", "AAPL")
+    assert pos is not None and pos.qty == 3  # real exposure, counted once
+    proj.apply(intent("ghost", qty="3"))
+    rec = proj.orders.orders["ghost"]
+    assert rec.state is OrderState.FILLED and rec.filled_qty == 3
+    assert proj.position("bot1", "acct1", "AAPL").qty == 3  # type: ignore[union-attr]
+
+
+# --- property: duplicated and reordered venue updates ---------------------------------------
+
+MARK = Decimal("100.00")
+
+
+@st.composite
+def order_streams(draw: st.DrawFn) -> tuple[list, list]:  # type: ignore[type-arg]
+    n = draw(st.integers(1, 6))
+    intents, updates = [], []
+    for i in range(n):
+        cid = f"c{i}"
+        symbol = draw(st.sampled_from(["AAPL", "MSFT"]))
+        side = draw(st.sampled_from([Side.BUY, Side.SELL]))
+        parts = draw(st.lists(st.integers(1, 50), min_size=0, max_size=4))
+        qty = sum(parts) + draw(st.integers(0, 20)) if parts else draw(st.integers(1, 50))
+        intents.append(intent(cid, symbol=symbol, side=side, qty=str(qty), counter=i + 1))
+        seq = [submitted(cid), accepted(cid)]
+        for j, q in enumerate(parts):
+            price = Decimal(draw(st.integers(9000, 11000))) / 100
+            seq.append(fill(cid, f"{cid}-t{j}", qty=str(q), price=price, symbol=symbol,
+                            side=side, commission="0.01"))
+        if sum(parts) < qty:
+            seq.append(canceled(cid))
+        updates.append(seq)
+    # in-order delivery: orders' updates interleaved, each order's updates in order
+    in_order: list = []
+    cursors = [0] * n
+    picks = draw(st.lists(st.integers(0, n - 1), min_size=sum(map(len, updates)) * 2,
+                          max_size=sum(map(len, updates)) * 2))
+    for k in picks + list(range(n)) * max(map(len, updates)):
+        if cursors[k] < len(updates[k]):
+            in_order.append(updates[k][cursors[k]])
+            cursors[k] += 1
+    # perturbed delivery: any permutation, plus duplicates of random updates
+    dups = draw(st.lists(st.sampled_from(in_order), max_size=len(in_order)))
+    perturbed = draw(st.permutations(in_order + dups))
+    return intents + in_order, intents + list(perturbed)
+
+
+def _fills_by_position(events: list) -> dict:
+    seen: set = set()
+    out: dict = {}
+    for e in events:
+        if type(e).__name__ == "Fill" and e.trade_id not in seen:
+            seen.add(e.trade_id)
+            out.setdefault((e.bot, e.account, e.symbol), []).append(e.trade_id)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(order_streams())
+def test_any_interleaving_of_duplicated_reordered_updates_converges(streams: tuple) -> None:
+    in_order, perturbed = streams
+    a, b = Projections(), Projections()
+    for e in in_order:
+        a.apply(e)
+    for e in perturbed:
+        b.apply(e)
+    sa, sb = a.state(), b.state()
+    assert sa["orders"] == sb["orders"]  # states, filled qty, cost, trade ids
+    assert sa["orphans"] == sb["orphans"] == []
+    for key, pa in a.positions.items():
+        pb = b.positions[key]
+        assert pa.qty == pb.qty
+        assert pa.fees == pb.fees
+        assert pa.total_pnl(MARK) == pb.total_pnl(MARK)  # exact: Decimal, order-independent
+    if _fills_by_position(in_order) == _fills_by_position(perturbed):
+        assert sa == sb  # same fill sequence per position: identical realized PnL too
