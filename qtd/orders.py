@@ -48,6 +48,7 @@ from qtd.events import (
     TimeInForce,
 )
 
+_ZERO: Final = Decimal(0)
 CID_MAX_LEN: Final = 36  # Binance newClientOrderId limit; Alpaca allows 128.
 _CID_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -128,8 +129,7 @@ class OrderRecord:
         self.rejected = self.expired = self.cancel_requested = False
         self.reject_reason = ""
         self.venue_order_id = ""
-        self.filled_qty = Decimal(0)
-        self.filled_cost = Decimal(0)
+        self.filled_qty = self.filled_cost = _ZERO
         self.trade_ids: set[str] = set()
         self.ts_last = intent.ts_event
         self.state = OrderState.PENDING_SUBMIT
@@ -141,7 +141,7 @@ class OrderRecord:
     @property
     def leaves_qty(self) -> Decimal:
         """Quantity still open at the venue (0 once terminal)."""
-        return Decimal(0) if self.state.is_terminal else self.intent.qty - self.filled_qty
+        return _ZERO if self.state.is_terminal else self.intent.qty - self.filled_qty
 
     @property
     def avg_fill_price(self) -> Decimal | None:
@@ -183,20 +183,30 @@ class OrderBook:
 
     def apply(self, event: Event) -> ApplyResult:
         """Apply one order event idempotently (any order, any number of times)."""
-        if isinstance(event, Fill):
-            return self._apply_fill(event)
-        if isinstance(event, OrderIntent):
-            return self._apply_intent(event)
-        cid = getattr(event, "client_order_id", None)
-        if cid is None or (isinstance(event, OrderCancelRequested) and cid not in self.orders):
+        kind = type(event)
+        if kind is Fill:
+            return self._apply_fill(event)  # type: ignore[arg-type]
+        if kind is OrderIntent:
+            return self._apply_intent(event)  # type: ignore[arg-type]
+        flag = _STATUS_FLAG.get(kind)
+        if flag is None:
             return ApplyResult.IGNORED
-        rec = self.orders.get(cid)
+        rec = self.orders.get(event.client_order_id)  # type: ignore[attr-defined]
         if rec is None:
-            return ApplyResult.ORPHAN
-        changed = _apply_status(rec, event)
+            return ApplyResult.IGNORED if kind is OrderCancelRequested else ApplyResult.ORPHAN
+        changed = not getattr(rec, flag)
+        setattr(rec, flag, True)
+        if kind is OrderAccepted:
+            rec.submitted = True
+            vid = event.venue_order_id  # type: ignore[attr-defined]
+            if vid and not rec.venue_order_id:
+                rec.venue_order_id, changed = vid, True
+        elif kind is OrderRejected and not rec.reject_reason:
+            rec.reject_reason = event.reason  # type: ignore[attr-defined]
         if not changed:
             return ApplyResult.DUPLICATE
-        rec.ts_last = max(rec.ts_last, event.ts_event)
+        if event.ts_event > rec.ts_last:
+            rec.ts_last = event.ts_event
         rec.state = rec.derive_state()
         return ApplyResult.APPLIED
 
@@ -227,7 +237,8 @@ class OrderBook:
         rec.filled_cost += fill.qty * fill.price
         if fill.venue_order_id and not rec.venue_order_id:
             rec.venue_order_id = fill.venue_order_id
-        rec.ts_last = max(rec.ts_last, fill.ts_event)
+        if fill.ts_event > rec.ts_last:
+            rec.ts_last = fill.ts_event
         rec.state = rec.derive_state()
         return ApplyResult.APPLIED
 
@@ -247,27 +258,15 @@ class OrderBook:
             yield rec
 
 
-def _apply_status(rec: OrderRecord, event: Event) -> bool:
-    """Record the fact an order status event carries; False if it was already known."""
-    if isinstance(event, OrderSubmitted):
-        changed, rec.submitted = not rec.submitted, True
-    elif isinstance(event, OrderAccepted):
-        changed, rec.accepted = not rec.accepted, True
-        rec.submitted = True
-        if event.venue_order_id and not rec.venue_order_id:
-            rec.venue_order_id, changed = event.venue_order_id, True
-    elif isinstance(event, OrderRejected):
-        changed, rec.rejected = not rec.rejected, True
-        rec.reject_reason = rec.reject_reason or event.reason
-    elif isinstance(event, OrderCanceled):
-        changed, rec.canceled = not rec.canceled, True
-    elif isinstance(event, OrderExpired):
-        changed, rec.expired = not rec.expired, True
-    elif isinstance(event, OrderCancelRequested):
-        changed, rec.cancel_requested = not rec.cancel_requested, True
-    else:
-        return False
-    return changed
+# Order status events and the OrderRecord fact each one sets.
+_STATUS_FLAG: Final[dict[type[Event], str]] = {
+    OrderSubmitted: "submitted",
+    OrderAccepted: "accepted",
+    OrderRejected: "rejected",
+    OrderCanceled: "canceled",
+    OrderExpired: "expired",
+    OrderCancelRequested: "cancel_requested",
+}
 
 
 class _CounterSource(Protocol):

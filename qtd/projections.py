@@ -194,7 +194,7 @@ class Projections:
         result = self.orders.apply(event)
         if event.seq:
             self.last_seq = event.seq
-        if isinstance(event, Fill) and result in (ApplyResult.APPLIED, ApplyResult.ORPHAN):
+        if type(event) is Fill and result is not ApplyResult.DUPLICATE:
             if result is ApplyResult.ORPHAN:
                 self.anomalies.append((event.seq, _orphan_message(event)))
             self._apply_fill(event)

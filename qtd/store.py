@@ -338,20 +338,24 @@ class EventStore:
         return [decode(r[0]) for r in rows]
 
     async def replay(self, after_seq: int = 0, batch: int = 5000) -> AsyncIterator[AnyEvent]:
-        """Every event with ``seq > after_seq`` in seq order, fetched ``batch`` rows at a time."""
-        last = after_seq
-        while True:
-            rows = list(
-                await self._db.execute_fetchall(
-                    "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (last, batch),
-                )
-            )
-            for _, payload in rows:
-                yield decode(payload)
-            if len(rows) < batch:
-                return
-            last = rows[-1][0]
+        """Every event with ``seq > after_seq`` in seq order, fetched ``batch`` rows at a time
+        (the next batch is read in the store's thread while this one is decoded)."""
+        sql = "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        pending = asyncio.ensure_future(self._db.execute_fetchall(sql, (after_seq, batch)))
+        try:
+            while True:
+                rows = list(await pending)
+                if len(rows) == batch:
+                    pending = asyncio.ensure_future(
+                        self._db.execute_fetchall(sql, (rows[-1][0], batch))
+                    )
+                for _, payload in rows:
+                    yield decode(payload)
+                if len(rows) < batch:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
 
     async def last_cid_counter(self, bot: str) -> int:
         """The ``cid_counter`` of the bot's latest OrderIntent (0 if it never ordered)."""

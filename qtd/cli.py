@@ -1,0 +1,166 @@
+"""The ``qtd`` command. Subcommands are thin: parse, call the library, print.
+
+Exit status (one place, :func:`qtd.errors.exit_code_for`): 0 ok, 1 unexpected error,
+2 operational error (a human must act), 75 temporary error (retry), 78 bad config or input,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from qtd import __version__
+from qtd.errors import ConfigError, QtdError, exit_code_for
+
+Handler = Callable[[argparse.Namespace], int]
+
+EPILOG = """\
+examples:
+  qtd events --db state/node-a/events.db --tail 20        last 20 events as a table
+  qtd events --db events.db --bot momo --kind Fill --json  one JSON object per line
+  qtd events --db events.db --cid node-a.momo.x1y2z3.17    one order's whole story
+  qtd events --db events.db --follow                       keep printing new events
+  qtd positions --db events.db --tz America/New_York --rollover 17:00
+"""
+
+
+def parse_time(text: str) -> int:
+    """Parse ``--since``/``--until``: integer UTC ns, or ISO 8601 (naive means UTC).
+
+    Raises:
+        ConfigError: neither form.
+    """
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"time {text!r}: must be integer UTC nanoseconds or ISO 8601 "
+            "(e.g. 2026-11-25T14:30:00Z)",
+            source="<arg>", field="time", value=text, rule="ns or ISO 8601",
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000) * 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qtd",
+        description="qtd — trading-operations daemon: strategies, risk in the order path, "
+        "an SQLite event store per process, fleet telemetry over NATS.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"qtd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_events(sub)
+    _add_positions(sub)
+    _add_data(sub)
+    _add_up(sub)
+    return parser
+
+
+def _add_events(sub: Any) -> None:
+    p = sub.add_parser(
+        "events", help="query or tail an event store",
+        description="Print events from a store, oldest first (or the last N with --tail). "
+        "Filters combine with AND. Opens the store read-only: safe while an agent runs.",
+    )
+    p.add_argument("--db", required=True, help="path of the events.db file")
+    p.add_argument("--bot", help="only this bot")
+    p.add_argument("--kind", action="append", help="event kind, e.g. Fill (repeatable)")
+    p.add_argument("--symbol", help="only this symbol")
+    p.add_argument("--cid", help="only this client_order_id")
+    p.add_argument("--since", type=parse_time, help="ts_event >= this (ISO 8601 or UTC ns)")
+    p.add_argument("--until", type=parse_time, help="ts_event < this (ISO 8601 or UTC ns)")
+    p.add_argument("--after-seq", type=int, default=0, help="only seq > N")
+    p.add_argument("--limit", type=int, help="at most N events (oldest first)")
+    p.add_argument("--tail", type=int, help="the last N matching events")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.set_defaults(handler=_run_events)
+
+
+def _add_positions(sub: Any) -> None:
+    p = sub.add_parser(
+        "positions", help="positions and PnL rebuilt from an event store",
+        description="Replays the store into projections and prints positions "
+        "(average-cost netting) and realized PnL by bot and trading day.",
+    )
+    p.add_argument("--db", required=True, help="path of the events.db file")
+    p.add_argument("--tz", default="UTC", help="time zone of the trading day (IANA name)")
+    p.add_argument("--rollover", default="00:00", help="local HH:MM when a trading day starts")
+    p.add_argument("--json", action="store_true", help="JSON instead of tables")
+    p.set_defaults(handler=_run_positions)
+
+
+def _add_data(sub: Any) -> None:
+    p = sub.add_parser("data", help="bundled real market data")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    lst = dsub.add_parser("list", help="list the bundled datasets with rows, interval, range")
+    lst.set_defaults(handler=_run_data_list)
+
+
+def _add_up(sub: Any) -> None:
+    p = sub.add_parser(
+        "up", help="the whole fleet on one machine (not built yet: see README)",
+        description="Starts nats-server, a leader and agents on one machine on real market "
+        "data. Not built yet in this version: it says so and exits 2.",
+    )
+    p.set_defaults(handler=_run_up)
+
+
+def _run_events(args: argparse.Namespace) -> int:
+    from qtd.commands.events import run_events
+
+    return asyncio.run(run_events(args))
+
+
+def _run_positions(args: argparse.Namespace) -> int:
+    from qtd.commands.events import run_positions
+
+    return asyncio.run(run_positions(args))
+
+
+def _run_data_list(args: argparse.Namespace) -> int:
+    from qtd.data import format_dataset_table
+
+    print(format_dataset_table())
+    return 0
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    print(
+        "qtd up: not built yet. This version has the event store, order lifecycle and "
+        "projections (qtd events, qtd positions); the fleet (agents, leader, NATS) lands "
+        "with the qtd up issue.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``qtd`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler: Handler = args.handler
+        return handler(args)
+    except QtdError as exc:
+        print(f"qtd: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt as exc:
+        return exit_code_for(exc)
+    except BrokenPipeError:  # `qtd events | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementations of the CLI subcommands (kept out of :mod:`qtd.cli` so it stays a parser)."""
