@@ -16,6 +16,7 @@ the class name, which is also the store's ``kind`` column.
 
 from __future__ import annotations
 
+import typing
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -358,7 +359,7 @@ AnyEvent: TypeAlias = (
     | StrategyError
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
 KINDS: frozenset[str] = frozenset(t.__name__ for t in EVENT_TYPES)
 
 _msgpack_encoder = msgspec.msgpack.Encoder(decimal_format="string")

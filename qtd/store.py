@@ -503,7 +503,7 @@ async def _prepare(
                 f"{p}: schema version {version} needs a migration; open it once read-write",
                 path=str(p),
             )
-        meta = dict(await db.execute_fetchall("SELECT key, value FROM meta"))  # type: ignore[arg-type]
+        meta = {str(k): str(v) for k, v in await db.execute_fetchall("SELECT key, value FROM meta")}
         last = await _scalar(db, "SELECT max(seq) FROM events") or 0
     except sqlite3.DatabaseError as exc:
         raise _write_error(p, exc, None) from exc
