@@ -137,7 +137,7 @@ async def qtd_batched(path: Path, events: list[Event]) -> float:
 async def qtd_replay(path: Path) -> tuple[float, Projections]:
     async with await EventStore.open(path, readonly=True) as s:
         t0 = time.perf_counter()
-        proj = await Projections().rebuild(s.replay())
+        proj = await Projections().rebuild(s.replay_batches())
         return (proj.last_seq / (time.perf_counter() - t0)), proj
 
 

@@ -189,6 +189,19 @@ class OrderCancelRequested(Event, frozen=True):
     reason: str = ""
 
 
+class BrokerError(Event, frozen=True):
+    """A broker adapter call raised (``operation`` ``"submit"`` or ``"cancel"``). For a submit
+    the order's fate at the venue is unknown (a timeout may still have placed it): the stored
+    intent stays open until reconciliation or a venue update settles it."""
+
+    client_order_id: str
+    account: str
+    operation: str
+    error_type: str
+    message: str
+    venue: str = ""
+
+
 class OrderCanceled(Event, frozen=True):
     """The venue confirmed the cancel (the order may have been partially filled before)."""
 
@@ -346,6 +359,7 @@ AnyEvent: TypeAlias = (
     | OrderRejected
     | OrderCancelRequested
     | OrderCanceled
+    | BrokerError
     | OrderExpired
     | Fill
     | PositionSnapshot
@@ -381,6 +395,22 @@ def decode(data: bytes) -> AnyEvent:
         msgspec.DecodeError: the bytes are not msgpack.
     """
     return _msgpack_decoder.decode(data)
+
+
+_msgpack_list_decoder: msgspec.msgpack.Decoder[list[AnyEvent]] = msgspec.msgpack.Decoder(
+    list[AnyEvent]
+)
+
+
+def decode_many(payloads: list[bytes]) -> list[AnyEvent]:
+    """Decode many :func:`encode` payloads in one call (framed as one msgpack array32).
+
+    Raises:
+        msgspec.ValidationError, msgspec.DecodeError: as :func:`decode`, for the first bad
+            payload (the error names its array index).
+    """
+    header = b"\xdd" + len(payloads).to_bytes(4, "big")  # msgpack array32 (msgpack spec)
+    return _msgpack_list_decoder.decode(header + b"".join(payloads))
 
 
 def to_json(event: Event) -> bytes:

@@ -26,13 +26,14 @@ to ``rollover`` on D+1; the default is midnight UTC. DST transitions are handled
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from qtd.events import AnyEvent, Event, Fill
+from qtd.events import AnyEvent, Event, Fill, Side
 from qtd.orders import ApplyResult, OrderBook
 
 ZERO = Decimal(0)
@@ -86,7 +87,7 @@ class Position:
     def apply(self, fill: Fill) -> Decimal:
         """Apply one fill; return the realized PnL it produced (gross of fees)."""
         price = fill.price
-        dq = fill.qty if fill.side == "BUY" else -fill.qty
+        dq = fill.qty if fill.side == Side.BUY else -fill.qty  # == also holds for a plain "BUY"
         q = self.qty
         realized = ZERO
         if not q or (q > 0) == (dq > 0):
@@ -216,10 +217,23 @@ class Projections:
         day.fills += 1
         day.traded_notional += fill.qty * fill.price
 
-    async def rebuild(self, events: AsyncIterator[AnyEvent]) -> Projections:
-        """Apply every event of ``events`` (e.g. ``store.replay()``) and return self."""
-        async for ev in events:
-            self.apply(ev)
+    async def rebuild(self, events: AsyncIterator[list[AnyEvent]]) -> Projections:
+        """Apply every batch of ``events`` (``store.replay_batches()``) and return self.
+
+        The cyclic garbage collector is paused while replaying (projections hold no
+        reference cycles; a bulk load of many small objects otherwise triggers repeated
+        full collections) and restored afterwards.
+        """
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            apply = self.apply
+            async for batch in events:
+                for ev in batch:
+                    apply(ev)
+        finally:
+            if paused:
+                gc.enable()
         return self
 
     def position(self, bot: str, account: str, symbol: str) -> Position | None:

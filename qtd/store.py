@@ -46,7 +46,7 @@ import msgspec
 
 from qtd import __version__
 from qtd.errors import StoreError
-from qtd.events import AnyEvent, Event, OrderIntent, decode, encode
+from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many, encode
 
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
@@ -338,20 +338,31 @@ class EventStore:
         return [decode(r[0]) for r in rows]
 
     async def replay(self, after_seq: int = 0, batch: int = 5000) -> AsyncIterator[AnyEvent]:
-        """Every event with ``seq > after_seq`` in seq order, fetched ``batch`` rows at a time
-        (the next batch is read in the store's thread while this one is decoded)."""
-        sql = "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        """Every event with ``seq > after_seq`` in seq order (see :meth:`replay_batches`)."""
+        async for events in self.replay_batches(after_seq, batch):
+            for ev in events:
+                yield ev
+
+    async def replay_batches(
+        self, after_seq: int = 0, batch: int = 5000
+    ) -> AsyncIterator[list[AnyEvent]]:
+        """Events with ``seq > after_seq`` in seq order, as lists of up to ``batch``.
+
+        The next batch is read in the store's thread while this one is decoded, and a batch
+        is decoded in one call (the payloads framed as one msgpack array).
+        """
+        sql = "SELECT payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         pending = asyncio.ensure_future(self._db.execute_fetchall(sql, (after_seq, batch)))
         try:
             while True:
-                rows = list(await pending)
-                if len(rows) == batch:
-                    pending = asyncio.ensure_future(
-                        self._db.execute_fetchall(sql, (rows[-1][0], batch))
-                    )
-                for _, payload in rows:
-                    yield decode(payload)
-                if len(rows) < batch:
+                payloads = [r[0] for r in await pending]
+                events = decode_many(payloads)
+                if len(events) == batch:
+                    nxt = (events[-1].seq, batch)
+                    pending = asyncio.ensure_future(self._db.execute_fetchall(sql, nxt))
+                if events:
+                    yield events
+                if len(events) < batch:
                     return
         finally:
             if not pending.done():

@@ -100,7 +100,7 @@ async def run_positions(args: argparse.Namespace, out: TextIO = sys.stdout) -> i
             rule="IANA time zone and HH:MM",
         ) from None
     async with await EventStore.open(args.db, readonly=True) as store:
-        proj = await Projections(day).rebuild(store.replay())
+        proj = await Projections(day).rebuild(store.replay_batches())
     positions = sorted(proj.positions.values(), key=lambda p: (p.bot, p.account, p.symbol))
     if args.json:
         doc = {

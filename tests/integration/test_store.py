@@ -95,7 +95,7 @@ async def test_rebuild_from_replay_equals_incremental(store: EventStore) -> None
                    fill(cid, f"{cid}-b", qty="3", price=str(99 + i), side=side, symbol=sym)]
     for ev in stream:
         live.apply(await store.append(ev))
-    rebuilt = await Projections().rebuild(store.replay(batch=7))
+    rebuilt = await Projections().rebuild(store.replay_batches(batch=7))
     assert rebuilt.state() == live.state()
     assert rebuilt.last_seq == live.last_seq == len(stream)
     assert any(p.realized != 0 for p in live.positions.values())
