@@ -1,0 +1,295 @@
+"""The order path: the one place where order requests become venue orders.
+
+:class:`OrderRouter.submit` runs the risk engine; a denial is stored as
+:class:`~qtd.events.OrderDenied` + :class:`~qtd.events.RiskBreach` (risk says no with an
+event, not an exception). An approval becomes an :class:`~qtd.events.OrderIntent` with a
+deterministic client_order_id, appended durably to the event store *before* the broker
+adapter sees it, then handed to the adapter with the engine-minted token and recorded as
+:class:`~qtd.events.OrderSubmitted`. An adapter exception is recorded as
+:class:`~qtd.events.BrokerError`; the intent stays stored (and the order open) until a venue
+update or reconciliation settles it.
+
+Venue updates come back through :meth:`OrderRouter.on_venue_event` (exact duplicates, as the
+order book reports them, are dropped), are stored, and feed the projections and the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from qtd.brokers.base import Broker
+from qtd.clock import Clock
+from qtd.events import (
+    AnyEvent,
+    BrokerError,
+    Event,
+    OrderCancelRequested,
+    OrderDenied,
+    OrderIntent,
+    OrderRejected,
+    OrderSubmitted,
+    RiskBreach,
+    Scope,
+    TradingState,
+    TradingStateChanged,
+)
+from qtd.orders import ApplyResult, ClientOrderIds, OrderRequest
+from qtd.projections import Projections
+from qtd.risk.checks import Denial
+from qtd.risk.engine import Denied, RiskEngine
+from qtd.risk.kill import KillCommand, flatten_requests
+from qtd.store import EventStore
+
+
+class KillReport:
+    """What one kill-switch activation did (times are ``perf_counter_ns`` deltas, ns)."""
+
+    __slots__ = ("canceled", "flatten", "halted_ns", "cancels_issued_ns")
+
+    def __init__(self) -> None:
+        self.canceled: list[str] = []
+        self.flatten: list[OrderIntent | OrderDenied] = []
+        self.halted_ns = 0
+        self.cancels_issued_ns = 0
+
+
+class OrderRouter:
+    """The only order path (wired by constructor; see the module docstring).
+
+    Args:
+        store: the node's event store (durable appends).
+        clock: UTC ns time source.
+        risk: the risk engine.
+        cids: client_order_id source (resumes counters from the store).
+        brokers: broker adapter per account name.
+        projections: shared projections (the engine reads the same instance).
+    """
+
+    def __init__(
+        self, *, store: EventStore, clock: Clock, risk: RiskEngine, cids: ClientOrderIds,
+        brokers: Mapping[str, Broker], projections: Projections,
+    ) -> None:
+        self.store, self.clock, self.risk, self.cids = store, clock, risk, cids
+        self.brokers, self.proj = dict(brokers), projections
+        self.node = store.node
+        self._lock = asyncio.Lock()
+
+    # --- orders ---------------------------------------------------------------------------
+
+    async def submit(self, request: OrderRequest) -> OrderIntent | OrderDenied:
+        """Check ``request``; on approval store the intent, then send it to its broker.
+
+        Returns:
+            The stored intent (sent, or recorded with a BrokerError) or the stored denial.
+
+        Raises:
+            StoreError: the intent could not be stored; no broker saw the order.
+        """
+        broker = self.brokers.get(request.account)
+        async with self._lock:  # check → reserve → durable intent, in approval order
+            cid, counter = await self.cids.next(request.bot)
+            now = self.clock.now_ns()
+            result = (self.risk.check(request, now) if broker is not None
+                      else Denied(request, _no_broker(request.account), now))
+            if isinstance(result, Denied):
+                return await self._record_denial(result)
+            intent = _intent(request, self.node, cid, counter, now)
+            token = result.bind(intent)
+            stored = await self.store.append(intent)
+            assert isinstance(stored, OrderIntent)
+            self.proj.apply(stored)
+            self.risk.on_event(stored)
+        assert broker is not None
+        late = self.risk.last_look(stored, result.flatten)
+        if late is not None:  # a kill switch landed while the intent was being stored
+            await self._append(OrderRejected(
+                node=self.node, bot=stored.bot, ts_event=now, ts_init=now,
+                client_order_id=cid, reason=late.message, code="RISK_HALTED",
+            ))
+            await self._flush()
+            return stored
+        try:
+            await broker.submit(stored, token)
+        except Exception as exc:
+            self.risk.on_broker_result(request.account, False)
+            await self._append(self._broker_error(stored, "submit", exc))
+            await self._flush()
+            return stored
+        self.risk.on_broker_result(request.account, True)
+        t = self.clock.now_ns()
+        await self._append(OrderSubmitted(
+            node=self.node, bot=stored.bot, ts_event=t, ts_init=t, client_order_id=cid,
+            account=stored.account, venue=stored.venue,
+        ))
+        await self._flush()
+        return stored
+
+    async def cancel(self, cid: str, reason: str) -> bool:
+        """Ask the order's broker to cancel it and record OrderCancelRequested.
+
+        Returns:
+            False when the order is unknown or already done (nothing sent).
+        """
+        return bool(await self.cancel_many([cid], reason))
+
+    async def cancel_many(self, cids: list[str], reason: str) -> list[str]:
+        """Issue cancels for open orders, then record them in one durable batch.
+
+        Cancels go to the venue first (a cancel is idempotent and only reduces risk; after a
+        crash reconciliation finds the venue state), so a kill switch is not slowed by the
+        store. Returns the client_order_ids sent.
+        """
+        sent = await self._issue_cancels(cids)
+        await self._record_cancels(sent, reason)
+        return [i.client_order_id for i, exc in sent if exc is None]
+
+    async def _issue_cancels(
+        self, cids: list[str]
+    ) -> list[tuple[OrderIntent, BaseException | None]]:
+        sent: list[tuple[OrderIntent, BaseException | None]] = []
+        orders, brokers, mint = self.proj.orders.orders, self.brokers, self.risk.cancel_token
+        for cid in cids:
+            rec = orders.get(cid)
+            broker = brokers.get(rec.account) if rec is not None else None
+            if rec is None or rec.state.is_terminal or broker is None:
+                continue
+            try:
+                await broker.cancel(cid, mint(cid))
+                sent.append((rec.intent, None))
+            except Exception as exc:
+                sent.append((rec.intent, exc))
+        return sent
+
+    async def _record_cancels(
+        self, sent: list[tuple[OrderIntent, BaseException | None]], reason: str
+    ) -> None:
+        t = self.clock.now_ns()
+        events: list[Event] = []
+        for intent, exc in sent:
+            if exc is None:
+                events.append(OrderCancelRequested(
+                    node=self.node, bot=intent.bot, ts_event=t, ts_init=t,
+                    client_order_id=intent.client_order_id, reason=reason,
+                ))
+            else:
+                events.append(self._broker_error(intent, "cancel", exc))
+            self.risk.on_broker_result(intent.account, exc is None)
+        for ev in await self.store.append_many(events):
+            self.proj.apply(ev)
+            self.risk.on_event(ev)
+        await self._flush()
+
+    # --- venue updates and market data ----------------------------------------------------
+
+    async def on_venue_event(self, event: Event) -> AnyEvent | None:
+        """Store a venue update (ack, reject, fill, cancel, expiry) and feed projections and
+        the engine. Exact duplicates are dropped (returns None)."""
+        if self.proj.apply(event) is ApplyResult.DUPLICATE:
+            return None
+        stored = await self.store.append(event)
+        self.risk.on_event(stored)
+        await self._flush()
+        return stored
+
+    async def consume(self, broker: Broker) -> None:
+        """Feed one broker's report stream into :meth:`on_venue_event` (run as a task)."""
+        async for event in broker.reports():
+            await self.on_venue_event(event)
+
+    async def on_market_data(self, symbol: str, price: Any, ts_ns: int) -> None:
+        """Feed a last trade / mid to the engine (marks, staleness, PnL breakers)."""
+        self.risk.on_market_data(symbol, price, ts_ns)
+        await self._flush()
+
+    # --- operator actions -----------------------------------------------------------------
+
+    async def kill(self, cmd: KillCommand) -> KillReport:
+        """Kill switch: HALT the scope, cancel its open orders, optionally flatten.
+
+        Flatten orders are reduce-only MARKET orders that go through :meth:`submit` (and so
+        through the engine, which admits them in the HALTED scope once each).
+        """
+        report = KillReport()
+        t0 = time.perf_counter_ns()
+        cids = self.risk.halt(cmd.scope, cmd.key, cmd.reason, operator=cmd.operator,
+                              source=cmd.source, flatten=cmd.flatten)
+        report.halted_ns = time.perf_counter_ns() - t0
+        sent = await self._issue_cancels(cids)
+        report.cancels_issued_ns = time.perf_counter_ns() - t0
+        await self._flush()  # KillSwitch + TradingStateChanged first, then the cancels
+        await self._record_cancels(sent, f"kill switch: {cmd.reason}")
+        report.canceled = [i.client_order_id for i, exc in sent if exc is None]
+        if cmd.flatten:
+            venues = {a: b.venue for a, b in self.brokers.items()}
+            for req in flatten_requests(cmd, list(self.proj.positions.values()), venues):
+                self.risk.allow_flatten(req)
+                report.flatten.append(await self.submit(req))
+        return report
+
+    async def resume(
+        self, scope: Scope, key: str, *, operator: str, reason: str,
+        state: TradingState = TradingState.ACTIVE,
+    ) -> TradingStateChanged | None:
+        """Operator action: lift a scope (e.g. after a HALT). Raises ConfigError without an
+        operator name and reason."""
+        change = self.risk.resume(scope, key, operator, reason, state)
+        await self._flush()
+        return change
+
+    # --- helpers --------------------------------------------------------------------------
+
+    async def _record_denial(self, denied: Denied) -> OrderDenied:
+        r, d, t = denied.request, denied.denial, denied.now_ns
+        od = OrderDenied(
+            node=self.node, bot=r.bot, ts_event=t, ts_init=t, account=r.account,
+            symbol=r.symbol, side=r.side, qty=r.qty, check=d.check, message=d.message,
+            limit_price=r.limit_price,
+        )
+        breach = RiskBreach(
+            node=self.node, bot=r.bot, ts_event=t, ts_init=t, check=d.check, scope=d.scope,
+            scope_key=d.scope_key, limit=d.limit, value=d.value, unit=d.unit,
+            severity=d.severity, action="deny" if d.trip is None else d.trip.value.lower(),
+            symbol=r.symbol, message=d.message,
+        )
+        stored = await self.store.append_many([od, breach, *self.risk.drain_events()])
+        result = stored[0]
+        assert isinstance(result, OrderDenied)
+        return result
+
+    def _broker_error(self, intent: OrderIntent, op: str, exc: BaseException) -> BrokerError:
+        t = self.clock.now_ns()
+        return BrokerError(
+            node=self.node, bot=intent.bot, ts_event=t, ts_init=t,
+            client_order_id=intent.client_order_id, account=intent.account, operation=op,
+            error_type=type(exc).__name__, message=str(exc), venue=intent.venue,
+        )
+
+    async def _append(self, event: Event) -> None:
+        stored = await self.store.append(event)
+        self.proj.apply(stored)
+        self.risk.on_event(stored)
+
+    async def _flush(self) -> None:
+        events = self.risk.drain_events()
+        if events:
+            await self.store.append_many(events)
+
+
+def _intent(req: OrderRequest, node: str, cid: str, counter: int, now: int) -> OrderIntent:
+    return OrderIntent(
+        node=node, bot=req.bot, ts_event=now, ts_init=now, client_order_id=cid,
+        cid_counter=counter, account=req.account, venue=req.venue, symbol=req.symbol,
+        side=req.side, qty=req.qty, order_type=req.order_type, limit_price=req.limit_price,
+        tif=req.tif, reduce_only=req.reduce_only, decision_price=req.decision_price,
+        reason=req.reason,
+    )
+
+
+def _no_broker(account: str) -> Denial:
+    return Denial(
+        check="unknown_account", scope=Scope.ACCOUNT, scope_key=account, limit=0.0, value=0.0,
+        unit="", field="account", message=f"account = {account!r}: no broker adapter wired",
+    )

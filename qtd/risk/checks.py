@@ -1,0 +1,404 @@
+"""Pre-trade checks: each a small callable ``check(request, ctx) -> Denial | None``.
+
+A check reads the order and the engine's state (through :class:`OrderContext` and the
+references it was built with) and never changes anything; the engine records an approval
+only after every check passed. Each check object is built once per (bot, account, symbol)
+for one configured limit at one scope, so the hot path runs only enabled controls.
+
+Units: quantities in instrument units, notional in the account currency, collars in bps,
+durations in seconds (held as ns internally), counts in orders.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Final
+
+import msgspec
+
+from qtd.events import OrderType, Scope, Severity, TradingState
+from qtd.orders import OrderRequest
+from qtd.risk.state import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
+
+ZERO: Final = Decimal(0)
+_BPS: Final = Decimal(10_000)
+_HUNDRED: Final = Decimal(100)
+
+
+class Denial(msgspec.Struct, frozen=True, kw_only=True):
+    """Why the engine refused an order: the ``check``, its ``scope``/``scope_key``, the
+    configured ``limit`` against the observed ``value`` (both in ``unit``), a paging
+    ``severity`` and, for bad input, the request ``field`` at fault. ``trip`` names a trading
+    state the scope moves to because of this denial (order-rate spike)."""
+
+    check: str
+    scope: Scope
+    scope_key: str
+    limit: float
+    value: float
+    unit: str
+    message: str
+    severity: Severity = Severity.P4
+    field: str = ""
+    trip: TradingState | None = None
+
+
+def deny(
+    check: str, scope: Scope, key: str, limit: float | Decimal, value: float | Decimal,
+    unit: str, rule: str, *, field: str = "", severity: Severity = Severity.P4,
+    trip: TradingState | None = None,
+) -> Denial:
+    """Build a :class:`Denial` whose message names the check, scope, value, limit and rule."""
+    where = f"{scope.value}:{key}" if key else scope.value
+    msg = f"{check} at {where}: {value} {unit} {rule} {limit} {unit}".replace("  ", " ")
+    return Denial(
+        check=check, scope=scope, scope_key=key, limit=float(limit), value=float(value),
+        unit=unit, message=msg, severity=severity, field=field, trip=trip,
+    )
+
+
+class OrderContext:
+    """Per-request values shared by the checks (computed once).
+
+    Attributes:
+        now_ns: check time, UTC ns.
+        buy: the order buys.
+        price: reference price (limit price for LIMIT orders, else the last mark), currency.
+        notional: ``qty × price``, currency.
+        reducing: the order only reduces the bot's position in the symbol (open orders
+            included).
+        mark: the symbol's last price cell.
+        day: trading-day label of ``now_ns``.
+    """
+
+    __slots__ = ("buy", "day", "mark", "notional", "now_ns", "price", "reducing")
+
+    def __init__(
+        self, now_ns: int, buy: bool, price: Decimal, notional: Decimal, reducing: bool,
+        mark: MarkCell, day: str,
+    ) -> None:
+        self.now_ns, self.buy, self.price, self.notional = now_ns, buy, price, notional
+        self.reducing, self.mark, self.day = reducing, mark, day
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def validate_request(req: OrderRequest) -> Denial | None:
+    """Refuse NaN / infinite / zero / negative quantities and prices and inconsistent order
+    types, naming the field and the rule."""
+    qty = req.qty
+    if not isinstance(qty, Decimal) or not qty.is_finite() or qty <= 0:
+        return _bad("qty", qty, "must be a finite number > 0")
+    lp = req.limit_price
+    if req.order_type is OrderType.LIMIT:
+        if lp is None:
+            return _bad("limit_price", lp, "is required for a LIMIT order")
+    elif lp is not None:
+        return _bad("limit_price", lp, "must be empty for a MARKET order")
+    if lp is not None and (not isinstance(lp, Decimal) or not lp.is_finite() or lp <= 0):
+        return _bad("limit_price", lp, "must be a finite number > 0")
+    dp = req.decision_price
+    if dp is not None and (not isinstance(dp, Decimal) or not dp.is_finite() or dp <= 0):
+        return _bad("decision_price", dp, "must be a finite number > 0")
+    return None
+
+
+def _bad(field: str, value: object, rule: str) -> Denial:
+    return Denial(
+        check="bad_input", scope=Scope.GLOBAL, scope_key="", limit=0.0, value=float("nan"),
+        unit="", message=f"{field} = {value}: {rule}", field=field,
+    )
+
+
+def unknown(field: str, value: str, rule: str) -> Denial:
+    """Denial for an unknown symbol, account or strategy."""
+    return Denial(
+        check=f"unknown_{field}", scope=Scope.GLOBAL, scope_key="", limit=0.0, value=0.0,
+        unit="", message=f"{field} = {value!r}: {rule}", field=field,
+    )
+
+
+# --- per-order size and price --------------------------------------------------------------
+
+
+class _Check:
+    __slots__ = ("key", "limit", "scope")
+    name = ""
+
+    def __init__(self, scope: Scope, key: str, limit: Decimal | int) -> None:
+        self.scope, self.key, self.limit = scope, key, limit
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        raise NotImplementedError
+
+    def _deny(self, value: Decimal | float, unit: str, rule: str = ">") -> Denial:
+        return deny(self.name, self.scope, self.key, self.limit, value, unit, rule)
+
+
+class MaxOrderQty(_Check):
+    """Order quantity ≤ limit (instrument units)."""
+
+    __slots__ = ()
+    name = "max_order_qty"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        return self._deny(req.qty, "units") if req.qty > self.limit else None
+
+
+class MaxOrderNotional(_Check):
+    """Order notional (qty × reference price) ≤ limit (currency)."""
+
+    __slots__ = ()
+    name = "max_order_notional"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        return self._deny(ctx.notional, "currency") if ctx.notional > self.limit else None
+
+
+class PriceCollar(_Check):
+    """A limit price within ``limit`` bps of the last trade / mid."""
+
+    __slots__ = ()
+    name = "price_collar"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        lp = req.limit_price
+        if lp is None:
+            return None
+        mark = ctx.mark.price
+        if mark is None:
+            return self._deny(float("inf"), "bps", "(no reference price) >")
+        if abs(lp - mark) * _BPS > self.limit * mark:
+            return self._deny(abs(lp - mark) * _BPS / mark, "bps")
+        return None
+
+
+class StaleData(_Check):
+    """No new exposure when the symbol's last market data is older than ``limit`` ns."""
+
+    __slots__ = ()
+    name = "stale_data"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        age = ctx.now_ns - ctx.mark.ts_ns
+        if ctx.reducing or age <= self.limit:
+            return None
+        return deny(self.name, self.scope, self.key, float(self.limit) / NS, age / NS, "s", ">")
+
+
+def reduce_only(req: OrderRequest, ctx: OrderContext) -> Denial | None:
+    """A reduce-only order must only reduce the bot's position (never open or flip it)."""
+    if req.reduce_only and not ctx.reducing:
+        return Denial(
+            check="reduce_only", scope=Scope.STRATEGY, scope_key=req.bot, limit=0.0,
+            value=float(req.qty), unit="units", field="reduce_only",
+            message=f"reduce_only order of {req.qty} {req.symbol} would open or flip a position",
+        )
+    return None
+
+
+# --- exposure ------------------------------------------------------------------------------
+
+
+class _ExposureCheck(_Check):
+    __slots__ = ("exposure",)
+
+    def __init__(self, scope: Scope, key: str, limit: Decimal, exposure: Exposure) -> None:
+        super().__init__(scope, key, limit)
+        self.exposure = exposure
+
+
+class MaxPositionQty(_ExposureCheck):
+    """Worst-case position after the order ≤ limit (instrument units)."""
+
+    __slots__ = ()
+    name = "max_position_qty"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        if ctx.reducing:
+            return None
+        pos = abs(self.exposure.worst(ctx.buy, req.qty))
+        return self._deny(pos, "units") if pos > self.limit else None
+
+
+class MaxPositionNotional(_ExposureCheck):
+    """Worst-case position × reference price ≤ limit (currency)."""
+
+    __slots__ = ()
+    name = "max_position_notional"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        if ctx.reducing:
+            return None
+        value = abs(self.exposure.worst(ctx.buy, req.qty)) * ctx.price
+        return self._deny(value, "currency") if value > self.limit else None
+
+
+class MaxPositionPctEquity(_ExposureCheck):
+    """Worst-case position notional ≤ ``limit`` % of the account's current equity."""
+
+    __slots__ = ("equity",)
+    name = "max_position_pct_equity"
+
+    def __init__(
+        self, scope: Scope, key: str, limit: Decimal, exposure: Exposure, equity: Cell
+    ) -> None:
+        super().__init__(scope, key, limit, exposure)
+        self.equity = equity
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        if ctx.reducing:
+            return None
+        value = abs(self.exposure.worst(ctx.buy, req.qty)) * ctx.price * _HUNDRED
+        eq = self.equity.value
+        if value > self.limit * eq:
+            return self._deny(value / eq if eq > 0 else float("inf"), "%")
+        return None
+
+
+class _BookCheck(_Check):
+    """Checks over all of a strategy's positions: ``book`` is its (mark, exposure) list."""
+
+    __slots__ = ("book", "own")
+
+    def __init__(
+        self, scope: Scope, key: str, limit: Decimal, book: list[tuple[MarkCell, Exposure]],
+        own: Exposure,
+    ) -> None:
+        super().__init__(scope, key, limit)
+        self.book, self.own = book, own
+
+
+class MaxGrossNotional(_BookCheck):
+    """Σ over the strategy's positions of |worst-case position| × price ≤ limit (currency)."""
+
+    __slots__ = ()
+    name = "max_gross_notional"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        if ctx.reducing:
+            return None
+        own, total = self.own, ZERO
+        for mark, exp in self.book:
+            if exp is not own and mark.price is not None:
+                total += exp.gross() * mark.price
+        o = abs(own.worst(ctx.buy, req.qty))
+        total += max(o, abs(own.worst(not ctx.buy))) * ctx.price
+        return self._deny(total, "currency") if total > self.limit else None
+
+
+class MaxNetNotional(_BookCheck):
+    """|Σ worst-case signed position × price| on the order's side ≤ limit (currency)."""
+
+    __slots__ = ()
+    name = "max_net_notional"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        if ctx.reducing:
+            return None
+        own, buy, total = self.own, ctx.buy, ZERO
+        for mark, exp in self.book:
+            if exp is not own and mark.price is not None:
+                total += exp.worst(buy) * mark.price
+        total = abs(total + own.worst(buy, req.qty) * ctx.price)
+        return self._deny(total, "currency") if total > self.limit else None
+
+
+# --- order flow ----------------------------------------------------------------------------
+
+
+class _CounterCheck(_Check):
+    __slots__ = ("counters",)
+
+    def __init__(
+        self, scope: Scope, key: str, limit: Decimal | int, counters: ScopeCounters
+    ) -> None:
+        super().__init__(scope, key, limit)
+        self.counters = counters
+
+
+class MaxOpenOrders(_CounterCheck):
+    """Open orders at the scope, this one included, ≤ limit."""
+
+    __slots__ = ()
+    name = "max_open_orders"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        n = self.counters.open_orders + 1
+        return self._deny(n, "orders") if n > self.limit else None
+
+
+class OrderRate(_CounterCheck):
+    """Approvals in any sliding 1-second window at the scope ≤ limit (orders/s)."""
+
+    __slots__ = ()
+    name = "order_rate"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        n = self.counters.in_last_second(ctx.now_ns) + 1
+        return self._deny(n, "orders/s") if n > self.limit else None
+
+
+class TradesPerDay(_CounterCheck):
+    """Approved orders in the current trading day at the scope ≤ limit."""
+
+    __slots__ = ()
+    name = "max_trades_per_day"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        n = self.counters.today(ctx.day) + 1
+        return self._deny(n, "orders") if n > self.limit else None
+
+
+class Cooldown(_CounterCheck):
+    """At least ``limit`` ns between two approvals at the scope."""
+
+    __slots__ = ()
+    name = "trade_cooldown"
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        last = self.counters.last_ns
+        if last is None or ctx.now_ns - last >= self.limit:
+            return None
+        gap = (ctx.now_ns - last) / NS
+        return deny(self.name, self.scope, self.key, float(self.limit) / NS, gap, "s", "<")
+
+
+class OrderSpike(_Check):
+    """Orders this second > ``limit`` × the strategy's trailing normal rate → deny and HALT."""
+
+    __slots__ = ("floor", "meter")
+    name = "order_spike"
+
+    def __init__(self, key: str, limit: Decimal, meter: SpikeMeter, floor: float) -> None:
+        super().__init__(Scope.STRATEGY, key, limit)
+        self.meter, self.floor = meter, floor
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        count, normal = self.meter.current(ctx.now_ns)
+        cap = float(self.limit) * max(normal, self.floor)
+        if count + 1 <= cap:
+            return None
+        return deny(self.name, self.scope, self.key, cap, count + 1, "orders/s", ">",
+                    severity=Severity.P3, trip=TradingState.HALTED)
+
+
+DupKey = tuple[str, str, str, bool, Decimal]
+
+
+class DuplicateOrder:
+    """Same bot, account, symbol, side and qty approved less than ``window_ns`` ago."""
+
+    __slots__ = ("seen", "window_ns")
+    name = "duplicate_order"
+
+    def __init__(self, window_ns: int, seen: dict[DupKey, int]) -> None:
+        self.window_ns, self.seen = window_ns, seen
+
+    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
+        last = self.seen.get((req.bot, req.account, req.symbol, ctx.buy, req.qty))
+        if last is None or ctx.now_ns - last >= self.window_ns:
+            return None
+        gap = (ctx.now_ns - last) / NS
+        return deny(self.name, Scope.STRATEGY, req.bot, self.window_ns / NS, gap, "s", "<")

@@ -1,0 +1,404 @@
+"""The pre-trade risk engine: the only way an order request becomes an order intent.
+
+:meth:`RiskEngine.check` runs, cheapest first: input validation; the allow-list (a
+``[symbols.<name>]`` table), known account and strategy; the restricted list; the trading
+state of the order's four scopes (GLOBAL, ACCOUNT, STRATEGY, SYMBOL — REDUCING admits only
+exposure-reducing orders, HALTED nothing); then every configured check of
+:mod:`qtd.risk.checks` at every scope that configures it. A pass returns :class:`Approved`,
+whose :meth:`Approved.bind` reserves the order's exposure and mints the single-use
+:class:`~qtd.risk.tokens.SubmitToken` a broker adapter demands. A failure returns
+:class:`Denied` carrying a :class:`~qtd.risk.checks.Denial` (risk says no with an event, not
+an exception; :class:`qtd.execution.OrderRouter` stores it).
+
+The engine keeps its own incremental state from events: call :meth:`RiskEngine.on_event`
+with every order event and fill *after* applying it to the shared
+:class:`~qtd.projections.Projections` (positions and PnL come from there), and
+:meth:`RiskEngine.on_market_data` with every price. State changes and breaker trips are
+queued as events; :meth:`RiskEngine.drain_events` hands them to the caller to store.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+
+from qtd.clock import Clock
+from qtd.events import (
+    Event,
+    Fill,
+    KillSwitch,
+    OrderIntent,
+    OrderType,
+    RiskBreach,
+    Scope,
+    Severity,
+    Side,
+    TradingState,
+    TradingStateChanged,
+)
+from qtd.orders import OrderRequest
+from qtd.projections import Projections, TradingDay
+from qtd.risk import checks as C
+from qtd.risk.breakers import CircuitBreakers
+from qtd.risk.config import RiskConfig, validate_config
+from qtd.risk.kill import in_scope
+from qtd.risk.plan import Plan, build_plan
+from qtd.risk.state import Exposure, MarkCell, OpenOrder, ScopeCounters, SpikeMeter
+from qtd.risk.states import HALTED, REDUCING, TradingStates
+from qtd.risk.tokens import SubmitToken, TokenError, mint_cancel, mint_submit
+
+FlattenKey = tuple[str, str, str, Side, Decimal]
+_DUP_PRUNE_AT = 4096  # remembered (bot, account, symbol, side, qty) keys before pruning
+LEVEL_NAMES = {Scope.GLOBAL: "L1", Scope.ACCOUNT: "L2", Scope.STRATEGY: "L3", Scope.SYMBOL: "L4"}
+
+
+class Approved:
+    """A passed check. Call :meth:`bind` once with the order intent built from the request."""
+
+    __slots__ = ("_bound", "_engine", "_plan", "flatten", "request")
+    approved = True
+
+    def __init__(
+        self, engine: RiskEngine, request: OrderRequest, plan: Plan, flatten: bool = False
+    ) -> None:
+        self._engine, self.request, self._plan, self._bound = engine, request, plan, False
+        self.flatten = flatten
+
+    def bind(self, intent: OrderIntent) -> SubmitToken:
+        """Reserve the order's exposure under ``intent.client_order_id`` and mint its token.
+
+        Raises:
+            TokenError: called twice, or ``intent`` differs from the approved request.
+        """
+        r = self.request
+        if self._bound:
+            raise TokenError("approval already bound to an intent", cid=intent.client_order_id)
+        if (intent.bot, intent.account, intent.symbol, intent.side, intent.qty,
+                intent.order_type, intent.limit_price, intent.reduce_only) != (
+                r.bot, r.account, r.symbol, r.side, r.qty, r.order_type, r.limit_price,
+                r.reduce_only):
+            raise TokenError("intent differs from the approved request",
+                             cid=intent.client_order_id)
+        self._bound = True
+        self._engine._register(intent, self._plan)
+        return mint_submit(intent)
+
+
+class Denied:
+    """A refused request: ``denial`` says which check, scope, limit and observed value."""
+
+    __slots__ = ("denial", "now_ns", "request")
+    approved = False
+
+    def __init__(self, request: OrderRequest, denial: C.Denial, now_ns: int) -> None:
+        self.request, self.denial, self.now_ns = request, denial, now_ns
+
+
+class RiskEngine:
+    """Pre-trade checks, trading states, circuit breakers and kill-switch state of one node.
+
+    Args:
+        cfg: validated risk config (re-validated here; see
+            :func:`qtd.risk.config.validate_config`).
+        projections: the shared orders/positions/PnL projections (read only here).
+        clock: time for event-driven state (breaker windows, event timestamps), UTC ns.
+        node: node name stamped on emitted events.
+
+    Raises:
+        ConfigError: the config breaks a field or cross-field rule.
+    """
+
+    def __init__(
+        self, cfg: RiskConfig, projections: Projections, clock: Clock, node: str
+    ) -> None:
+        self.cfg = validate_config(cfg)
+        self.proj, self.clock, self.node = projections, clock, node
+        self.states = TradingStates(node)
+        self.marks: dict[str, MarkCell] = {}
+        self.exposures: dict[tuple[str, ...], Exposure] = {}
+        self.books: dict[str, list[tuple[MarkCell, Exposure]]] = {}
+        self.counters: dict[tuple[Scope, str], ScopeCounters] = {}
+        self.spikes: dict[str, SpikeMeter] = {}
+        self.duplicates: dict[C.DupKey, int] = {}
+        self.open: dict[str, OpenOrder] = {}
+        self.day = TradingDay(cfg.trading_day_tz, cfg.trading_day_rollover)
+        self._plans: dict[tuple[str, str, str], Plan] = {}
+        self._flatten: Counter[FlattenKey] = Counter()
+        self._events: list[Event] = []
+        self.breakers = CircuitBreakers(
+            self.cfg, self.states, projections, self.marks, self._events.append, node
+        )
+
+    # --- the check ------------------------------------------------------------------------
+
+    def check(self, request: OrderRequest, now_ns: int) -> Approved | Denied:
+        """Run every pre-trade check on ``request`` at ``now_ns`` (UTC ns).
+
+        Returns:
+            :class:`Approved` (rate, day and duplicate counters already count it) or
+            :class:`Denied` (nothing recorded, except a trip the denial names).
+        """
+        bad = C.validate_request(request)
+        if bad is not None:
+            return self._deny(request, bad, now_ns)
+        plan = self._plans.get((request.bot, request.account, request.symbol))
+        if plan is None:
+            built = build_plan(self, request.bot, request.account, request.symbol)
+            if isinstance(built, C.Denial):
+                return self._deny(request, built, now_ns)
+            plan = self._plans[(request.bot, request.account, request.symbol)] = built
+        buy = request.side is Side.BUY
+        if self._flatten and self._take_flatten(request):
+            return self._check_flatten(request, plan, buy, now_ns)
+        if plan.blocked is not None:
+            return self._deny(request, plan.blocked, now_ns)
+        reducing = plan.own.reduces(buy, request.qty)
+        if self.states:
+            denial = self._state_denial(request, reducing, now_ns)
+            if denial is not None:
+                return self._deny(request, denial, now_ns)
+        mark = plan.mark
+        price = request.limit_price if request.order_type is OrderType.LIMIT else mark.price
+        if price is None:
+            return self._deny(request, _no_data(request.symbol), now_ns)
+        ctx = C.OrderContext(now_ns, buy, price, request.qty * price, reducing, mark,
+                             self.day.label(now_ns))
+        for chk in plan.checks:
+            denial = chk(request, ctx)
+            if denial is not None:
+                return self._deny(request, denial, now_ns)
+        plan.record(now_ns, ctx.day)
+        dups = self.duplicates
+        dups[(request.bot, request.account, request.symbol, buy, request.qty)] = now_ns
+        if len(dups) > _DUP_PRUNE_AT:
+            self._prune_duplicates(now_ns)
+        return Approved(self, request, plan)
+
+    def _prune_duplicates(self, now_ns: int) -> None:
+        floor = now_ns - int(self.cfg.global_.duplicate_window_s * 1_000_000_000)
+        for key in [k for k, t in self.duplicates.items() if t < floor]:
+            del self.duplicates[key]
+
+    def _state_denial(self, req: OrderRequest, reducing: bool, now_ns: int) -> C.Denial | None:
+        st, scope, key = self.states.effective(req.account, req.bot, req.symbol, now_ns)
+        self._events.extend(self.states.take_expired())
+        if st is HALTED or (st is REDUCING and not reducing):
+            return C.Denial(
+                check="trading_state", scope=scope, scope_key=key, limit=0.0, value=0.0,
+                unit="", message=f"{scope.value}:{key} is {st.value}"
+                + ("" if st is HALTED else "; only exposure-reducing orders are accepted"),
+            )
+        return None
+
+    def _deny(self, req: OrderRequest, denial: C.Denial, now_ns: int) -> Denied:
+        if denial.trip is not None:
+            change = self.states.escalate(denial.scope, denial.scope_key, denial.trip,
+                                          denial.message, now_ns)
+            if change is not None:
+                self._events.append(change)
+        return Denied(req, denial, now_ns)
+
+    def last_look(self, intent: OrderIntent, flatten: bool = False) -> C.Denial | None:
+        """Re-check, just before the broker call, that no scope of an approved order was
+        HALTED since its check (a kill switch while its intent was being stored). Kill-switch
+        flatten orders are exempt."""
+        if flatten or not self.states:
+            return None
+        st, scope, key = self.states.effective(intent.account, intent.bot, intent.symbol,
+                                               self.clock.now_ns())
+        if st is not HALTED:
+            return None
+        return C.Denial(check="trading_state", scope=scope, scope_key=key, limit=0.0,
+                        value=0.0, unit="", message=f"{scope.value}:{key} HALTED before send")
+
+    # --- flatten (kill switch) ------------------------------------------------------------
+
+    def allow_flatten(self, request: OrderRequest) -> None:
+        """Let one kill-switch flatten order through HALTED states and flow limits: it must
+        still be a valid reduce-only MARKET order that only reduces the bot's position
+        (orders already asked to cancel not counted)."""
+        self._flatten[_fkey(request)] += 1
+
+    def _take_flatten(self, req: OrderRequest) -> bool:
+        key = _fkey(req)
+        if not self._flatten.get(key):
+            return False
+        self._flatten[key] -= 1
+        if not self._flatten[key]:
+            del self._flatten[key]
+        return True
+
+    def _check_flatten(
+        self, req: OrderRequest, plan: Plan, buy: bool, now_ns: int
+    ) -> Approved | Denied:
+        ok = (req.reduce_only and req.order_type is OrderType.MARKET
+              and plan.own.reduces(buy, req.qty, ignore_canceling=True))
+        if not ok:
+            return self._deny(req, C.Denial(
+                check="reduce_only", scope=Scope.STRATEGY, scope_key=req.bot, limit=0.0,
+                value=float(req.qty), unit="units", field="reduce_only",
+                message="a flatten must be a reduce-only MARKET order that only reduces",
+            ), now_ns)
+        plan.record(now_ns, self.day.label(now_ns))
+        return Approved(self, req, plan, flatten=True)
+
+    # --- state from events ----------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Update engine state from an event already applied to the projections."""
+        if isinstance(event, Fill):
+            self._on_fill(event)
+        elif isinstance(event, OrderIntent):
+            if event.client_order_id not in self.open:
+                self._register(event, None)
+            self._sync(event.client_order_id)
+        else:
+            cid = getattr(event, "client_order_id", None)
+            if cid is not None:
+                self._sync(cid)
+
+    def on_market_data(self, symbol: str, price: Decimal, ts_ns: int) -> None:
+        """New last trade or mid for ``symbol`` (quote currency) at ``ts_ns`` (UTC ns).
+        Non-finite or non-positive prices and out-of-order ticks are ignored."""
+        if not price.is_finite() or price <= 0:
+            return
+        mark = self.mark(symbol)
+        if ts_ns < mark.ts_ns:
+            return
+        mark.price, mark.ts_ns = price, ts_ns
+        self.breakers.on_mark(symbol, self.clock.now_ns())
+
+    def on_broker_result(self, account: str, ok: bool) -> None:
+        """Record one broker request outcome (for the broker error-rate breaker)."""
+        self.breakers.on_broker_result(account, ok, self.clock.now_ns())
+
+    def _on_fill(self, fill: Fill) -> None:
+        mark = self.mark(fill.symbol)
+        if fill.ts_event >= mark.ts_ns:
+            mark.price, mark.ts_ns = fill.price, fill.ts_event
+        dq = fill.qty if fill.side is Side.BUY else -fill.qty
+        for exp in self.position_keys(fill.bot, fill.account, fill.symbol):
+            exp.qty += dq
+        self._sync(fill.client_order_id)
+        self.breakers.on_fill(fill, self.clock.now_ns())
+
+    def _register(self, intent: OrderIntent, plan: Plan | None) -> None:
+        exps = self.position_keys(intent.bot, intent.account, intent.symbol)
+        cnts = tuple(self.counter(s, k) for s, k in (
+            (Scope.GLOBAL, ""), (Scope.ACCOUNT, intent.account), (Scope.STRATEGY, intent.bot),
+            (Scope.SYMBOL, intent.symbol)))
+        o = OpenOrder(intent.bot, intent.account, intent.symbol, intent.side is Side.BUY,
+                      intent.qty, exps, cnts)
+        for e in exps:
+            e.add_open(o.buy, o.leaves, False)
+        for c in cnts:
+            c.open_orders += 1
+        self.open[intent.client_order_id] = o
+
+    def _sync(self, cid: str) -> None:
+        o = self.open.get(cid)
+        rec = self.proj.orders.get(cid)
+        if o is None or rec is None:
+            return
+        leaves, canceling = rec.leaves_qty, rec.cancel_requested
+        if leaves != o.leaves or canceling != o.canceling:
+            for e in o.exposures:
+                e.add_open(o.buy, -o.leaves, o.canceling)
+                e.add_open(o.buy, leaves, canceling)
+            o.leaves, o.canceling = leaves, canceling
+        if rec.state.is_terminal:
+            del self.open[cid]
+            for c in o.counters:
+                c.open_orders -= 1
+
+    # --- state cells (shared with plans) --------------------------------------------------
+
+    def mark(self, symbol: str) -> MarkCell:
+        """The symbol's last-price cell (created empty on first use)."""
+        cell = self.marks.get(symbol)
+        if cell is None:
+            cell = self.marks[symbol] = MarkCell()
+        return cell
+
+    def position_keys(self, bot: str, account: str, symbol: str) -> tuple[Exposure, ...]:
+        """Exposures of (bot, account, symbol), (account, symbol) and (symbol)."""
+        out = []
+        for key in (("B", bot, account, symbol), ("A", account, symbol), ("Y", symbol)):
+            exp = self.exposures.get(key)
+            if exp is None:
+                exp = self.exposures[key] = Exposure()
+                if key[0] == "B":
+                    self.books.setdefault(bot, []).append((self.mark(symbol), exp))
+            out.append(exp)
+        return tuple(out)
+
+    def counter(self, scope: Scope, key: str) -> ScopeCounters:
+        """Order counters of one scope key (created on first use)."""
+        c = self.counters.get((scope, key))
+        if c is None:
+            c = self.counters[(scope, key)] = ScopeCounters()
+        return c
+
+    # --- operator actions and outputs -----------------------------------------------------
+
+    def halt(
+        self, scope: Scope, key: str, reason: str, *, operator: str = "", source: str = "cli",
+        flatten: bool = False,
+    ) -> list[str]:
+        """Kill switch: move the scope to HALTED now and return the client_order_ids of its
+        open orders (the caller cancels them). Emits KillSwitch, a P1 RiskBreach and
+        TradingStateChanged."""
+        now = self.clock.now_ns()
+        change = self.states.escalate(scope, key, HALTED, f"kill switch: {reason}", now,
+                                      operator=operator)
+        self._events.append(KillSwitch(
+            node=self.node, ts_event=now, ts_init=now, scope=scope, scope_key=key, active=True,
+            reason=reason, flatten=flatten, operator=operator, source=source,
+        ))
+        self._events.append(RiskBreach(
+            node=self.node, bot=key if scope is Scope.STRATEGY else "", ts_event=now,
+            ts_init=now, check="kill_switch", scope=scope, scope_key=key, limit=0.0, value=1.0,
+            unit="", severity=Severity.P1, action="halted",
+            message=f"kill switch {LEVEL_NAMES[scope]} {scope.value}:{key} by "
+                    f"{operator or source}: {reason}",
+        ))
+        if change is not None:
+            self._events.append(change)
+        return [cid for cid, o in self.open.items()
+                if in_scope(scope, key, o.bot, o.account, o.symbol)]
+
+    def resume(
+        self, scope: Scope, key: str, operator: str, reason: str,
+        state: TradingState = TradingState.ACTIVE,
+    ) -> TradingStateChanged | None:
+        """Operator action: lift a scope to ``state`` (default ACTIVE).
+
+        Raises:
+            ConfigError: empty operator or reason.
+        """
+        change = self.states.resume(scope, key, operator, reason, self.clock.now_ns(), state)
+        if change is not None:
+            self._events.append(change)
+        return change
+
+    def cancel_token(self, cid: str) -> SubmitToken:
+        """Mint a cancel token (cancels only reduce risk, so every cancel is allowed)."""
+        return mint_cancel(cid)
+
+    def drain_events(self) -> list[Event]:
+        """State changes, breaker breaches and kill-switch events queued since the last call."""
+        self._events.extend(self.states.take_expired())
+        out = self._events[:]
+        self._events.clear()
+        return out
+
+
+def _fkey(req: OrderRequest) -> FlattenKey:
+    return (req.bot, req.account, req.symbol, req.side, req.qty)
+
+
+def _no_data(symbol: str) -> C.Denial:
+    return C.Denial(
+        check="stale_data", scope=Scope.SYMBOL, scope_key=symbol, limit=0.0,
+        value=float("inf"), unit="s", message=f"no market data for {symbol}: no reference price",
+    )

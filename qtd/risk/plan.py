@@ -1,0 +1,176 @@
+"""Check plans: the list of enabled checks for one (bot, account, symbol), built once.
+
+Limits come from four scopes (GLOBAL ``[global]``, ACCOUNT ``[accounts.<a>]``, STRATEGY
+``[strategies.<bot>]``, SYMBOL ``[symbols.<s>]``). Per-order limits (qty, notional, collar,
+data age) depend only on the order, so only the tightest of them can bind: one check holds
+it and names its scope. Position limits are merged per exposure they read (GLOBAL and SYMBOL
+both read the symbol's total). Flow limits (open orders, rate, trades per day, cooldown) keep
+one check per scope, since each scope counts different orders. Check objects hold their
+limit (converted to Decimal / ns once) and references to the state cells they read, so the
+hot path does no config or dict lookups.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import FunctionType
+from typing import TYPE_CHECKING, Any
+
+from qtd.events import Scope
+from qtd.risk import checks as C
+from qtd.risk.config import Limits
+from qtd.risk.state import NS, Exposure, MarkCell, ScopeCounters, SpikeMeter
+
+if TYPE_CHECKING:
+    from qtd.risk.engine import RiskEngine
+
+Check = Any  # a callable (OrderRequest, OrderContext) -> Denial | None
+ScopeRow = tuple[Scope, str, Limits, Exposure, ScopeCounters]
+
+
+class Plan:
+    """Enabled checks and state cells for one (bot, account, symbol).
+
+    Attributes:
+        checks: the checks, cheapest first.
+        blocked: a denial every order gets (restricted symbol), or None.
+        own: the bot's exposure in the symbol (for reduce-only and REDUCING).
+        mark: the symbol's last-price cell.
+        counters: GLOBAL, ACCOUNT, STRATEGY and SYMBOL order counters.
+    """
+
+    __slots__ = ("blocked", "checks", "counters", "mark", "own", "spike")
+
+    def __init__(
+        self, checks: list[Check], blocked: C.Denial | None, own: Exposure, mark: MarkCell,
+        counters: tuple[ScopeCounters, ...], spike: SpikeMeter,
+    ) -> None:
+        # bound __call__ methods: calling them skips the slot lookup of calling an instance
+        self.checks = [c if isinstance(c, FunctionType) else c.__call__ for c in checks]
+        self.blocked, self.own, self.mark = blocked, own, mark
+        self.counters, self.spike = counters, spike
+
+    def record(self, now_ns: int, day: str) -> None:
+        """Count an approval in every scope's counters and the spike meter."""
+        for c in self.counters:
+            c.record(now_ns, day)
+        self.spike.add(now_ns)
+
+
+def _dec(x: float) -> Decimal:
+    return Decimal(repr(x))
+
+
+def build_plan(engine: RiskEngine, bot: str, account: str, symbol: str) -> Plan | C.Denial:
+    """Build the plan, or the denial for an unknown symbol, account or strategy."""
+    cfg = engine.cfg
+    ycfg = cfg.symbols.get(symbol)
+    if ycfg is None:
+        return C.unknown("symbol", symbol, "not on the allow-list (no [symbols.<name>] table)")
+    acfg = cfg.accounts.get(account)
+    if acfg is None:
+        return C.unknown("account", account, "no [accounts.<name>] table")
+    scfg = cfg.strategy(bot)
+    if scfg is None:
+        return C.unknown("bot", bot, "no [strategies.<bot>] table and no [strategy_defaults]")
+    own, acct_exp, sym_exp = engine.position_keys(bot, account, symbol)
+    mark = engine.mark(symbol)
+    cnt = tuple(engine.counter(s, k) for s, k in (
+        (Scope.GLOBAL, ""), (Scope.ACCOUNT, account), (Scope.STRATEGY, bot), (Scope.SYMBOL, symbol)
+    ))
+    scopes: list[ScopeRow] = [
+        (Scope.GLOBAL, "", cfg.global_, sym_exp, cnt[0]),
+        (Scope.ACCOUNT, account, acfg, acct_exp, cnt[1]),
+        (Scope.STRATEGY, bot, scfg, own, cnt[2]),
+        (Scope.SYMBOL, symbol, ycfg, sym_exp, cnt[3]),
+    ]
+    checks: list[Check] = [*_per_order(scopes), *_exposure(engine, account, scopes)]
+    checks.extend(_book(engine, bot, scfg, own))
+    g = cfg.global_
+    spike = engine.spikes.get(bot)
+    if spike is None:
+        spike = engine.spikes[bot] = SpikeMeter(g.order_spike_halflife_s)
+    for sc in scopes:
+        checks.extend(_flow(*sc))
+    if g.order_spike_factor > 0:
+        checks.append(C.OrderSpike(bot, _dec(g.order_spike_factor), spike,
+                                   g.order_spike_min_baseline))
+    if g.duplicate_window_s > 0:
+        checks.append(C.DuplicateOrder(int(g.duplicate_window_s * NS), engine.duplicates))
+    blocked = None
+    if symbol in g.restricted_symbols:
+        blocked = C.Denial(
+            check="restricted_symbol", scope=Scope.SYMBOL, scope_key=symbol, limit=0.0,
+            value=0.0, unit="", field="symbol", message=f"{symbol} is on the restricted list",
+        )
+    return Plan(checks, blocked, own, mark, cnt, spike)
+
+
+def _tightest(
+    scopes: list[ScopeRow], field: str
+) -> tuple[float, Scope, str] | None:
+    """The smallest value of ``field`` over the scopes (and the scope it comes from)."""
+    found = [(getattr(lim, field), scope, key) for scope, key, lim, _, _ in scopes
+             if getattr(lim, field) is not None]
+    return min(found, key=lambda f: f[0]) if found else None
+
+
+def _per_order(scopes: list[ScopeRow]) -> list[Check]:
+    """Per-order limits: only the tightest scope's limit can bind, so one check each."""
+    out: list[Check] = []
+    for field, make in (("max_order_qty", C.MaxOrderQty),
+                        ("max_order_notional", C.MaxOrderNotional),
+                        ("price_collar_bps", C.PriceCollar)):
+        t = _tightest(scopes, field)
+        if t is not None:
+            out.append(make(t[1], t[2], _dec(t[0])))
+    t = _tightest(scopes, "max_data_age_s")
+    if t is not None:
+        out.append(C.StaleData(t[1], t[2], int(t[0] * NS)))
+    out.append(C.reduce_only)
+    return out
+
+
+def _exposure(engine: RiskEngine, account: str, scopes: list[ScopeRow]) -> list[Check]:
+    """Position limits, once per distinct exposure (GLOBAL and SYMBOL share the symbol's)."""
+    out: list[Check] = []
+    groups: dict[int, list[ScopeRow]] = {}
+    for row in scopes:
+        groups.setdefault(id(row[3]), []).append(row)
+    equity = engine.breakers.equity(account)
+    for rows in groups.values():
+        exp = rows[0][3]
+        t = _tightest(rows, "max_position_qty")
+        if t is not None:
+            out.append(C.MaxPositionQty(t[1], t[2], _dec(t[0]), exp))
+        t = _tightest(rows, "max_position_notional")
+        if t is not None:
+            out.append(C.MaxPositionNotional(t[1], t[2], _dec(t[0]), exp))
+        t = _tightest(rows, "max_position_pct_equity")
+        if t is not None:
+            out.append(C.MaxPositionPctEquity(t[1], t[2], _dec(t[0]), exp, equity))
+    return out
+
+
+def _book(engine: RiskEngine, bot: str, scfg: Any, own: Exposure) -> list[Check]:
+    book = engine.books[bot]
+    out: list[Check] = []
+    if scfg.max_gross_notional is not None:
+        out.append(C.MaxGrossNotional(Scope.STRATEGY, bot, _dec(scfg.max_gross_notional),
+                                      book, own))
+    if scfg.max_net_notional is not None:
+        out.append(C.MaxNetNotional(Scope.STRATEGY, bot, _dec(scfg.max_net_notional), book, own))
+    return out
+
+
+def _flow(scope: Scope, key: str, lim: Limits, exp: Exposure, cnt: ScopeCounters) -> list[Check]:
+    out: list[Check] = []
+    if lim.max_open_orders is not None:
+        out.append(C.MaxOpenOrders(scope, key, lim.max_open_orders, cnt))
+    if lim.max_orders_per_s is not None:
+        out.append(C.OrderRate(scope, key, lim.max_orders_per_s, cnt))
+    if lim.max_trades_per_day is not None:
+        out.append(C.TradesPerDay(scope, key, lim.max_trades_per_day, cnt))
+    if lim.trade_cooldown_s is not None and lim.trade_cooldown_s > 0:
+        out.append(C.Cooldown(scope, key, int(lim.trade_cooldown_s * NS), cnt))
+    return out

@@ -1,0 +1,171 @@
+"""Circuit breakers trip to their configured state, with events, and HALTED needs an operator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from qtd.errors import ConfigError
+from qtd.events import RiskBreach, Scope, Severity, Side, TradingState, TradingStateChanged
+from qtd.risk import Approved
+from qtd.risk.breakers import rolling_sharpe
+from tests.unit.test_risk_harness import Harness, denied, req
+
+HALTED, REDUCING, ACTIVE = TradingState.HALTED, TradingState.REDUCING, TradingState.ACTIVE
+
+
+def round_trip(h: Harness, buy: str, sell: str, bot: str = "bot1") -> None:
+    h.trade(Side.BUY, "10", buy, bot=bot)
+    h.advance(1)
+    h.trade(Side.SELL, "10", sell, bot=bot)
+    h.advance(1)
+
+
+def breaches(h: Harness) -> list[RiskBreach]:
+    return [e for e in h.engine.drain_events() if isinstance(e, RiskBreach)]
+
+
+def test_daily_loss_in_currency_halts_the_account() -> None:
+    h = Harness({"accounts": {"acct1": {"equity": 100_000.0, "max_daily_loss": 1_000.0}}})
+    h.trade(Side.BUY, "100", "100")
+    h.mark("AAPL", "90.00")  # -1,000: at the limit, not above
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is ACTIVE
+    h.mark("AAPL", "89.99")
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is HALTED
+    events = h.engine.drain_events()
+    b = next(e for e in events if isinstance(e, RiskBreach))
+    assert (b.check, b.scope, b.limit, b.unit, b.severity) == (
+        "daily_loss", Scope.ACCOUNT, 1000.0, "currency", Severity.P2)
+    assert b.value == pytest.approx(1001.0)
+    change = next(e for e in events if isinstance(e, TradingStateChanged))
+    assert (change.old, change.new) == (ACTIVE, HALTED) and "daily_loss" in change.reason
+    denied(h.check(req(Side.SELL, "100")), "trading_state")
+    assert isinstance(h.check(req(account="acct2")), Approved)
+
+
+def test_daily_loss_pct_of_day_open_equity_and_configured_trip_state() -> None:
+    h = Harness({"accounts": {"acct1": {"equity": 100_000.0, "max_daily_loss_pct": 2.0}},
+                 "breakers": {"daily_loss": {"trip": "REDUCING"}}})
+    h.trade(Side.BUY, "100", "100")
+    h.mark("AAPL", "80.01")
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is ACTIVE
+    h.mark("AAPL", "79.99")
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is REDUCING
+    assert [b.check for b in breaches(h)] == ["daily_loss_pct"]
+    assert isinstance(h.check(req(Side.SELL, "100")), Approved)  # reducing allowed
+
+
+def test_daily_loss_measures_from_the_day_open() -> None:
+    h = Harness({"accounts": {"acct1": {"equity": 100_000.0, "max_daily_loss": 1_000.0}}})
+    h.trade(Side.BUY, "100", "100")
+    h.mark("AAPL", "95")  # -500 today
+    h.advance(86_400)
+    h.mark("AAPL", "95")  # new day opens at 99,500
+    h.mark("AAPL", "88")  # -700 today (-1,200 overall)
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is ACTIVE
+    h.mark("AAPL", "84.99")
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is HALTED
+
+
+def test_drawdown_from_peak_halts_globally_by_default() -> None:
+    h = Harness({"accounts": {"acct1": {"equity": 100_000.0}, "acct2": {"equity": 100_000.0}},
+                 "breakers": {"drawdown": {"max_drawdown_pct": 10.0}}})
+    h.trade(Side.BUY, "1000", "100")
+    h.mark("AAPL", "140")  # total equity 240,000 = peak
+    h.mark("AAPL", "117")  # 217,000: 9.58 % below peak
+    assert h.engine.states.get(Scope.GLOBAL) is ACTIVE
+    h.mark("AAPL", "115")  # 215,000: 10.4 %
+    assert h.engine.states.get(Scope.GLOBAL) is HALTED
+    (b,) = breaches(h)
+    assert (b.check, b.scope, b.severity, b.unit) == ("drawdown", Scope.GLOBAL, Severity.P1, "%")
+    denied(h.check(req(account="acct2", bot="bot2")), "trading_state")
+
+
+def test_consecutive_losses_halt_the_strategy() -> None:
+    h = Harness({"breakers": {"consecutive_losses": {"max_losses": 3}}})
+    round_trip(h, "100", "99")
+    round_trip(h, "100", "99")
+    round_trip(h, "100", "101")  # a win resets the streak
+    round_trip(h, "100", "99")
+    round_trip(h, "100", "99")
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is ACTIVE
+    round_trip(h, "100", "99")
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is HALTED
+    (b,) = breaches(h)
+    assert (b.check, b.value, b.severity) == ("consecutive_losses", 3.0, Severity.P3)
+    assert isinstance(h.check(req(bot="bot2")), Approved)
+
+
+def test_win_streak_cooldown_expires_by_itself() -> None:
+    h = Harness({"breakers": {"win_streak": {"max_wins": 2, "cooldown_s": 60.0}}})
+    round_trip(h, "100", "101")
+    h.trade(Side.BUY, "10", "100")
+    h.trade(Side.SELL, "5", "102")  # second winning (closing) trade
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is REDUCING
+    denied(h.check(req(Side.BUY, "1")), "trading_state")
+    assert isinstance(h.check(req(Side.SELL, "5")), Approved)
+    h.engine.drain_events()
+    h.advance(60)
+    assert isinstance(h.check(req(Side.BUY, "1")), Approved)
+    (change,) = h.engine.drain_events()
+    assert isinstance(change, TradingStateChanged)
+    assert (change.new, change.reason) == (ACTIVE, "cooldown expired")
+
+
+def test_min_rolling_sharpe_reduces_the_strategy() -> None:
+    h = Harness({"breakers": {"sharpe": {"min_sharpe": 0.0, "window_trades": 3}}})
+    round_trip(h, "100", "101")
+    round_trip(h, "100", "99.5")
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is ACTIVE  # only 2 trades
+    round_trip(h, "100", "99")  # PnL +10, -5, -10
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is REDUCING
+    assert breaches(h)[0].check == "min_sharpe"
+
+
+def test_rolling_sharpe_values() -> None:
+    assert rolling_sharpe([1.0, 3.0]) == pytest.approx(2 / math.sqrt(2))
+    assert rolling_sharpe([-1.0, -1.0]) == float("-inf")
+    assert rolling_sharpe([0.0, 0.0]) == 0.0
+
+
+def test_broker_error_rate_above_ten_percent_over_60s() -> None:
+    h = Harness({"breakers": {"broker_errors": {"max_error_rate": 0.10, "min_requests": 10}}})
+    for _ in range(9):
+        h.engine.on_broker_result("acct1", True)
+    h.engine.on_broker_result("acct1", False)  # 1 / 10 = 10 %: not above
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is ACTIVE
+    h.advance(61)  # the window forgets those
+    for _ in range(8):
+        h.engine.on_broker_result("acct1", True)
+    h.engine.on_broker_result("acct1", False)
+    h.engine.on_broker_result("acct1", False)  # 2 / 10
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is REDUCING
+    assert breaches(h)[0].check == "broker_error_rate"
+
+
+def test_repeated_execution_throttle_halts_until_operator_resumes() -> None:
+    h = Harness({"breakers": {"execution_throttle": {"max_fills": 5, "window_s": 60.0}}})
+    _, cid = h.place(req(qty="60", limit="100"))
+    for _ in range(5):
+        h.fill(cid, qty="1")
+        h.advance(1)
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is ACTIVE
+    h.fill(cid, qty="1")
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is HALTED
+    (b,) = breaches(h)
+    assert (b.check, b.limit, b.value, b.unit) == ("repeated_execution", 5.0, 6.0, "fills")
+    h.advance(3600)
+    denied(h.check(req()), "trading_state")
+    with pytest.raises(ConfigError):
+        h.engine.resume(Scope.STRATEGY, "bot1", operator="", reason="")
+    h.engine.resume(Scope.STRATEGY, "bot1", operator="bob", reason="deployment rolled back")
+    assert isinstance(h.check(req(Side.SELL, "6")), Approved)
+
+
+def test_breakers_only_escalate() -> None:
+    h = Harness({"breakers": {"broker_errors": {"min_requests": 1}}})
+    h.engine.states.escalate(Scope.ACCOUNT, "acct1", HALTED, "operator halt", 0)
+    h.engine.on_broker_result("acct1", False)  # would trip REDUCING: must not lower HALTED
+    assert h.engine.states.get(Scope.ACCOUNT, "acct1") is HALTED
+    assert breaches(h) == []
