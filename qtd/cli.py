@@ -26,6 +26,8 @@ examples:
   qtd events --db events.db --cid node-a.momo.x1y2z3.17    one order's whole story
   qtd events --db events.db --follow                       keep printing new events
   qtd positions --db events.db --tz America/New_York --rollover 17:00
+  qtd validate etc/                                        admit every bot and routes.toml
+  qtd route explain SPY --at 2018-12-24T15:00:00-05:00     which strategy, and why
 """
 
 
@@ -64,7 +66,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_positions(sub)
     _add_data(sub)
     _add_up(sub)
+    _add_validate(sub)
+    _add_route(sub)
     return parser
+
+
+def _add_validate(sub: Any) -> None:
+    p = sub.add_parser(
+        "validate", help="admit bot configs, strategies, params and routes (CI gate)",
+        description="Checks every bot config (etc/bots/*.toml) and routes.toml under the "
+        "given files or directories: strategy imports, params schema, cross-field rules, "
+        "order notional vs risk limits, instrument per venue, a smoke backtest on bundled "
+        "real data. Lists every error (file, field, value, rule); exit 78 on any error.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="bot config, routes.toml or dir")
+    p.add_argument("--db", help="record StrategyAdmitted events in this events.db")
+    p.add_argument("--node", default="local", help="node name stamped on events")
+    p.add_argument("--no-smoke", action="store_true", help="skip the smoke backtests")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(handler=_run_validate)
+
+
+def _add_route(sub: Any) -> None:
+    p = sub.add_parser("route", help="pattern-to-strategy routes")
+    rsub = p.add_subparsers(dest="route_command", metavar="ACTION", required=True)
+    ex = rsub.add_parser(
+        "explain", help="show every route rule tried for a symbol and why",
+        description="Evaluates etc/routes.toml in order for SYMBOL (first match wins) and "
+        "prints each rule's conditions. The regime is classified on the bundled bars of "
+        "the symbol (or --dataset) up to --at; exit 1 if no rule matches.",
+    )
+    ex.add_argument("symbol", metavar="SYMBOL")
+    ex.add_argument("--venue", help="venue (default: the first venue listing SYMBOL)")
+    ex.add_argument("--routes", default="etc/routes.toml", help="routes file")
+    ex.add_argument("--at", type=parse_time, help="time to route at (ISO 8601 or UTC ns)")
+    ex.add_argument("--dataset", help="bundled data set for the regime (qtd data list)")
+    ex.add_argument("--regime", choices=["trend", "range", "high_vol"],
+                    help="use this regime instead of classifying")
+    ex.set_defaults(handler=_run_route_explain)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from qtd.commands.validate import run_validate
+
+    return asyncio.run(run_validate(args))
+
+
+def _run_route_explain(args: argparse.Namespace) -> int:
+    import time
+
+    from qtd.commands.route import run_route_explain
+
+    args.now_ns = time.time_ns()
+    return run_route_explain(args)
 
 
 def _add_events(sub: Any) -> None:

@@ -1,0 +1,104 @@
+"""Bot config files (``etc/bots/<bot>.toml``): schema and loading with every error collected.
+
+Example::
+
+    name = "momo-goog"                         # bot name, [A-Za-z0-9_-]{1,32}
+    strategy = "../../strategies/ma_cross.py"  # relative to this file
+    venue = "paper"
+    account = "paper-main"
+    symbols = ["GOOG"]                         # first = the strategy's default symbol
+    risk_profile = "momo"                      # [strategies.<profile>] in the risk file
+    # risk_file = "../risk.toml"               # default: ../risk.toml beside bots/, if any
+    # max_order_notional = 50000.0             # used only when no risk file is found
+
+    [smoke]
+    dataset = "goog_1d"                        # bundled real data (`qtd data list`)
+
+    [params]                                   # the strategy's Params, checked by its schema
+    fast = 10
+    slow = 30
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from qtd.admit.problems import Problem, toml_lines
+from qtd.admit.schema import check_struct
+
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+Amount = Annotated[float, Meta(gt=0, lt=1e15)]
+
+
+class SmokeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Smoke backtest settings.
+
+    Attributes:
+        dataset: bundled data set name; its bars are replayed as the bot's first symbol.
+        max_bars: replay at most this many bars (the first ones), to bound admission time.
+        hook_budget_s: per-hook time budget during the smoke run, seconds.
+    """
+
+    dataset: str = "goog_1d"
+    max_bars: Annotated[int, Meta(ge=10, le=100_000)] = 5000
+    hook_budget_s: Annotated[float, Meta(gt=0, le=10)] = 0.5
+
+
+class BotConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One bot: which strategy, where it trades, its params and risk profile (module doc)."""
+
+    name: Name
+    strategy: Annotated[str, Meta(min_length=1)]
+    venue: Annotated[str, Meta(min_length=1)]
+    account: Annotated[str, Meta(min_length=1)]
+    symbols: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
+    risk_profile: str = ""
+    risk_file: str = ""
+    max_order_notional: Amount | None = None
+    currency: str = "USD"
+    params: dict[str, Any] = {}
+    smoke: SmokeConfig = SmokeConfig()
+
+
+class LoadedBot(msgspec.Struct, frozen=True, kw_only=True):
+    """A parsed bot config with where it came from."""
+
+    path: Path
+    config: BotConfig
+    lines: dict[str, int]
+
+    @property
+    def strategy_path(self) -> Path:
+        return (self.path.parent / self.config.strategy).resolve()
+
+    @property
+    def profile(self) -> str:
+        return self.config.risk_profile or self.config.name
+
+
+def load_bot_config(path: Path) -> tuple[LoadedBot | None, list[Problem]]:
+    """Read and validate one bot config; return ``(bot or None, problems)``."""
+    file = str(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text)
+    except OSError as exc:
+        return None, [Problem(file=file, field="<file>", value=file,
+                              rule=f"cannot read: {exc.strerror}")]
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return None, [Problem(file=file, field="<file>", value=None, rule=f"not TOML: {exc}")]
+    lines = toml_lines(text)
+    cfg, problems = check_struct(BotConfig, data, file=file, lines=lines)
+    if cfg is None:
+        return None, problems
+    bot = LoadedBot(path=path, config=cfg, lines=lines)
+    if not bot.strategy_path.is_file():
+        return None, [Problem(file=file, field="strategy", value=cfg.strategy,
+                              rule=f"strategy file not found: {bot.strategy_path}",
+                              line=lines.get("strategy", 0))]
+    return bot, []

@@ -1,0 +1,102 @@
+"""Load a strategy file in isolation and find its one :class:`~qtd.strategy.Strategy`.
+
+Each file is imported under its own module name, ``qtd_user.<stem>_<sha256[:12]>``, built
+from its content hash, so two versions of the same file (hot reload) or two files with the
+same name never share a namespace and never shadow a real package. The module is put in
+``sys.modules`` because msgspec resolves ``from __future__ import annotations`` type hints
+through it. The import runs in a worker thread under a time budget (a module body that
+loops forever is an admission error, not a hung ``qtd validate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from qtd.admit.problems import Problem
+from qtd.runner import HookThread, HookTimeout
+from qtd.strategy import Strategy
+
+IMPORT_BUDGET_S = 5.0
+
+
+def source_hash(source: bytes) -> str:
+    """sha256 hex of a strategy file's bytes."""
+    return hashlib.sha256(source).hexdigest()
+
+
+def _exec(path: Path, source: bytes) -> ModuleType:
+    name = f"qtd_user.{path.stem}_{source_hash(source)[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        code = compile(source, str(path), "exec")
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _error_line(exc: BaseException, path: Path) -> int:
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return (frames[-1].lineno or 0) if frames else 0
+
+
+async def load_strategy(path: Path) -> tuple[type[Strategy] | None, bytes, list[Problem]]:
+    """Import ``path`` and return ``(strategy class or None, source bytes, problems)``.
+
+    Problems: unreadable file, syntax error (with its line), any exception while importing
+    (with the line in the file), an import that overruns :data:`IMPORT_BUDGET_S`, and not
+    exactly one Strategy subclass defined in the file.
+    """
+    file = str(path)
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        return None, b"", [Problem(file=file, field="<source>", value=file,
+                                   rule=f"cannot read strategy file: {exc.strerror}")]
+    thread = HookThread(f"qtd-import-{path.stem}")
+    try:
+        module = await thread.call(_exec, path, source, timeout_s=IMPORT_BUDGET_S)
+    except HookTimeout:
+        return None, source, [Problem(file=file, field="<source>", value=None,
+                                      rule=f"import did not finish within {IMPORT_BUDGET_S} s")]
+    except Exception as exc:
+        text = exc.text.strip() if isinstance(exc, SyntaxError) and exc.text else None
+        rule = f"{type(exc).__name__}: {exc.msg if isinstance(exc, SyntaxError) else exc}"
+        return None, source, [Problem(file=file, field="<source>", value=text, rule=rule,
+                                      line=_error_line(exc, path))]
+    finally:
+        thread.close()
+    cls, problems = _one_strategy(module, file)
+    return cls, source, problems
+
+
+def _one_strategy(module: ModuleType, file: str) -> tuple[type[Strategy] | None, list[Problem]]:
+    found = [
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Strategy) and obj is not Strategy
+        and obj.__module__ == module.__name__
+    ]
+    if len(found) == 1:
+        return found[0], []
+    names = [c.__name__ for c in found]
+    return None, [Problem(file=file, field="<source>", value=names,
+                          rule=f"must define exactly one Strategy subclass, found {len(found)}")]
+
+
+def load_strategy_sync(path: Path) -> tuple[type[Strategy] | None, bytes, list[Problem]]:
+    """:func:`load_strategy` for code without a running event loop."""
+    return asyncio.run(load_strategy(path))

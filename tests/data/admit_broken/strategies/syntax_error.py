@@ -1,0 +1,6 @@
+from qtd.strategy import Strategy
+
+
+class Broken(Strategy):
+    def on_bar(self, bar)
+        pass

@@ -1,0 +1,9 @@
+from qtd.strategy import Strategy
+
+
+class One(Strategy):
+    pass
+
+
+class Two(Strategy):
+    pass
