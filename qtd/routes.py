@@ -7,11 +7,11 @@ Each ``[[route]]`` may constrain (all given conditions must hold; absent = any):
   regex that must match the whole symbol;
 * ``asset_class`` — ``equity | index | fx | crypto | future`` (from
   :mod:`qtd.admit.instruments`);
-* ``session`` — a session name: built-in ``XNYS`` (Mon–Fri 09:30–16:00 America/New_York),
-  ``FX`` (Sun 17:00 → Fri 17:00 New York), ``CME`` (Sun–Thu 18:00 → next day 17:00 New
-  York), ``24x7``, or a ``[sessions.<name>]`` table of the file (``tz``, ``days``,
-  ``start``, ``end``; ``end <= start`` means the session runs past midnight). Sessions are
-  weekday/hours specs: exchange holidays are **not** modelled (no calendar dependency);
+* ``session`` — a session name: a ``[sessions.<name>]`` table of the file (``tz``,
+  ``days``, ``start``, ``end``; ``end <= start`` means the session runs past midnight),
+  built-in ``FX`` (Sun 17:00 → Fri 17:00 New York) or ``24x7``, or any
+  ``exchange-calendars`` code (``XNYS``, ``XNAS``, ``CMES``, ``XLON``, …), which brings that
+  exchange's holidays and early closes (:mod:`qtd.calendars`);
 * ``regime`` — ``trend | range | high_vol`` from :mod:`qtd.regime` on recent bars;
 
 and yields ``strategy`` (a file stem in ``strategies/``), ``preset`` (a bot config name in
@@ -37,6 +37,7 @@ from msgspec import Meta
 from qtd.admit.instruments import INSTRUMENTS, AssetClass, Instrument
 from qtd.admit.problems import Problem, toml_lines
 from qtd.admit.schema import check_struct
+from qtd.calendars import ExchangeSession, is_calendar
 from qtd.regime import Regime
 
 Day = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -71,11 +72,8 @@ def _hhmm(text: str) -> dtime:
 
 _WEEK: list[Day] = ["Mon", "Tue", "Wed", "Thu", "Fri"]
 BUILTIN_SESSIONS: dict[str, Session] = {
-    "XNYS": Session(tz="America/New_York", days=list(_WEEK), start="09:30", end="16:00"),
     "FX": Session(tz="America/New_York", days=["Sun", "Mon", "Tue", "Wed", "Thu"],
                   start="17:00", end="17:00"),
-    "CME": Session(tz="America/New_York", days=["Sun", "Mon", "Tue", "Wed", "Thu"],
-                   start="18:00", end="17:00"),
     "24x7": Session(),
 }
 
@@ -108,8 +106,12 @@ class RoutesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     sessions: dict[str, Session] = {}
     strategies_dir: str = "../strategies"
 
-    def session(self, name: str) -> Session | None:
-        return self.sessions.get(name) or BUILTIN_SESSIONS.get(name)
+    def session(self, name: str) -> Session | ExchangeSession | None:
+        """The named session: the file's own, a built-in, or an exchange calendar."""
+        found = self.sessions.get(name) or BUILTIN_SESSIONS.get(name)
+        if found is None and is_calendar(name):
+            return ExchangeSession(name)
+        return found
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True):
@@ -281,7 +283,8 @@ def _check_names(r: Rule, i: int, cfg: RoutesConfig, strategies: set[str],
         report(i, "venue", r.venue, f"unknown venue; known: {', '.join(sorted(INSTRUMENTS))}")
     if r.session is not None and cfg.session(r.session) is None:
         known = sorted({*BUILTIN_SESSIONS, *cfg.sessions})
-        report(i, "session", r.session, f"unknown session; known: {', '.join(known)}")
+        report(i, "session", r.session, f"unknown session; known: {', '.join(known)} "
+               "or an exchange-calendars code (e.g. XNYS, XNAS, CMES)")
     if r.strategy not in strategies:
         report(i, "strategy", r.strategy,
                f"unknown strategy; known: {', '.join(sorted(strategies)) or 'none'}")

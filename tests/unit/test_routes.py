@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from qtd.calendars import ExchangeSession
 from qtd.cli import main
 from qtd.commands.route import run_route_explain
 from qtd.data import load_dataset
@@ -37,10 +38,18 @@ def q(symbol: str = "GOOG", **kw: object) -> Query:
     return Query(**base)  # type: ignore[arg-type]
 
 
-def test_sessions_weekday_hours_and_overnight() -> None:
-    xnys = BUILTIN_SESSIONS["XNYS"]
+def test_exchange_calendar_sessions_know_holidays_and_early_closes() -> None:
+    xnys = RoutesConfig().session("XNYS")
+    assert isinstance(xnys, ExchangeSession)
     assert xnys.contains(ns(2024, 3, 5, 10)) and not xnys.contains(ns(2024, 3, 5, 16))
     assert not xnys.contains(ns(2024, 3, 9, 11))  # Saturday
+    assert not xnys.contains(ns(2024, 12, 25, 11))  # Christmas Day
+    assert xnys.contains(ns(2018, 12, 24, 12, 59)) and not xnys.contains(ns(2018, 12, 24, 13, 1))
+    assert not xnys.contains(ns(1980, 3, 5, 10))  # before the calendar: closed, not guessed
+    assert RoutesConfig().session("NOPE") is None
+
+
+def test_sessions_weekday_hours_and_overnight() -> None:
     fx = BUILTIN_SESSIONS["FX"]
     assert fx.contains(ns(2024, 3, 10, 18)) and fx.contains(ns(2024, 3, 8, 16))  # Sun eve, Fri
     assert not fx.contains(ns(2024, 3, 8, 17, 30)) and not fx.contains(ns(2024, 3, 9, 12))
@@ -122,7 +131,7 @@ def test_check_routes_passes_clean_file(tmp_path: Path) -> None:
     (_route("a", strategy="nope"), "route[0].strategy", "unknown strategy"),
     (_route("a", preset="ghost"), "route[0].preset", "unknown preset"),
     (_route("a", strategy="bollinger_revert"), "route[0].preset", "runs strategy 'ma_cross'"),
-    (_route("a", 'session = "LSE"'), "route[0].session", "unknown session"),
+    (_route("a", 'session = "MOON"'), "route[0].session", "unknown session"),
     (_route("a", 'venue = "nyse"'), "route[0].venue", "unknown venue"),
     (_route("a", 'symbol_regex = "(["'), "route[0].symbol_regex", "invalid regex"),
     (_route("a", 'venue = "binance"\nasset_class = "equity"'), "route[0].name", "never match"),
