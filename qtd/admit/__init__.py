@@ -41,7 +41,6 @@ from qtd.admit.smoke import SmokeResult, smoke_items, smoke_run
 from qtd.clock import Clock, LiveClock
 from qtd.events import Event, StrategyAdmitted
 from qtd.feeds import Bar
-from qtd.runner import BotSpec
 from qtd.strategy import Strategy
 
 __all__ = [
@@ -128,12 +127,16 @@ def _cross_field(cls: type[Strategy], params: Strategy.Params, bot: LoadedBot) -
 def _notional_problems(cls: type[Strategy], params: Strategy.Params, bot: LoadedBot,
                        caps: OrderCaps, ref: Decimal | None) -> list[Problem]:
     try:
-        qty = cls.max_order_qty(params)
+        raw = cls.max_order_qty(params)
+        qty = None if raw is None else Decimal(str(raw))
     except Exception as exc:
         return [Problem(file=str(bot.path), field="params", value=None,
                         rule=f"max_order_qty() raised {type(exc).__name__}: {exc}")]
     if qty is None:
         return []
+    if not qty.is_finite() or qty <= 0:
+        return [Problem(file=str(bot.path), field="params", value=str(raw),
+                        rule="max_order_qty() must return a finite quantity > 0 or None")]
     out, line = [], bot.lines.get("params.qty", 0)
     if caps.qty is not None and qty > Decimal(str(caps.qty)):
         out.append(Problem(file=str(bot.path), field="params.qty", value=float(qty), line=line,
@@ -168,7 +171,8 @@ async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "
         problems += schema_problems
     cross = _cross_field(cls, params, bot) if cls is not None and params is not None else []
     problems += cross
-    caps, cap_problems = limits_for(bot).caps(bot, cfg.symbols[0])
+    limit_source = limits_for(bot)
+    caps, cap_problems = limit_source.caps(bot, cfg.symbols[0])
     problems += cap_problems
     items, data_problems = smoke_items(cfg.smoke.dataset, cfg.smoke.max_bars, file)
     problems += data_problems
@@ -177,21 +181,14 @@ async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "
         if caps is not None:
             problems += _notional_problems(cls, params, bot, caps, ref)
         if smoke:
-            result.smoke, smoke_problems = await _smoke(cls, params, bot, items, caps)
+            risk = getattr(limit_source, "cfg", None)
+            result.smoke, smoke_problems = await smoke_run(cls, params, bot, items=items,
+                                                           risk=risk)
             problems += smoke_problems
     result.problems = problems
     if cls is not None and params is not None and not problems:
         await _admitted(result, cls, params, source, bot, store, node, clock or LiveClock())
     return result
-
-
-async def _smoke(cls: type[Strategy], params: Strategy.Params, bot: LoadedBot, items: list[Any],
-                 caps: OrderCaps | None) -> tuple[SmokeResult, list[Problem]]:
-    cfg = bot.config
-    spec = BotSpec(name=cfg.name, account=cfg.account, venue=cfg.venue,
-                   symbols=tuple(cfg.symbols), currency=cfg.currency)
-    return await smoke_run(cls, params, spec, items=items, hook_budget_s=cfg.smoke.hook_budget_s,
-                           caps=caps, file=str(bot.path))
 
 
 async def _admitted(result: Admission, cls: type[Strategy], params: Strategy.Params,

@@ -18,7 +18,14 @@ from qtd.store import EventStore
 def _line(r: Admission) -> str:
     if r.kind == "routes":
         return f"OK    {r.path}  routes"
-    smoke = f"  smoke: {r.smoke.items} bars, {r.smoke.orders} orders" if r.smoke else ""
+    smoke = ""
+    if r.smoke:
+        sm = r.smoke
+        smoke = f"  smoke: {sm.items} bars, {sm.orders} orders, {sm.fills} fills"
+        if sm.denials:
+            smoke += " (risk denied " + ", ".join(f"{k} x{n}" for k, n in sm.denials.items()) + ")"
+        if sm.halts:
+            smoke += f"\n      note: risk engine HALTED the bot in the smoke run: {sm.halts[0]}"
     return (f"OK    {r.path}  bot={r.bot} strategy={r.strategy} "
             f"hash={r.content_hash[:16]}{smoke}")
 

@@ -20,6 +20,7 @@ run, so one load reports all problems at once in a single :class:`~qtd.errors.Co
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -217,6 +218,21 @@ class RiskConfig(_Cfg, frozen=True, kw_only=True):
     def strategy(self, bot: str) -> StrategyConfig | None:
         """The bot's own table, else ``strategy_defaults`` (None: the bot is unknown)."""
         return self.strategies.get(bot, self.strategy_defaults)
+
+
+def bind_profiles(cfg: RiskConfig, profiles: Mapping[str, str]) -> RiskConfig:
+    """Give each bot the ``[strategies.<profile>]`` table of its risk profile.
+
+    The engine looks strategy limits up by bot name; a bot config (or a route) names a
+    *risk profile* instead. This returns a config where ``strategies[bot]`` is the profile's
+    table for every ``bot -> profile`` pair whose bot has no table of its own and whose
+    profile exists (others keep ``strategy_defaults``).
+    """
+    extra = {bot: cfg.strategies[prof] for bot, prof in profiles.items()
+             if bot not in cfg.strategies and prof in cfg.strategies}
+    if not extra:
+        return cfg
+    return msgspec.structs.replace(cfg, strategies={**cfg.strategies, **extra})
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -269,3 +269,28 @@ async def test_hot_reload_accepts_and_rejects(tmp_path: Path,
     assert [c.accepted for c in changes] == [False, True]
     assert "fast must be < slow" in changes[0].reason
     assert runner.strategy.params.fast == 7 and runner.params_hash == changes[1].new_hash  # type: ignore[union-attr]
+
+
+async def test_smoke_runs_on_the_live_order_path_and_flags_oversized_orders(
+    tmp_path: Path,
+) -> None:
+    # max_order_qty() says 1 share, but from bar 50 on the strategy sends 500 (≈ $100k):
+    # only running the real risk engine during the smoke backtest can catch it.
+    strat = strategy_file(tmp_path, (
+        "class Sneaky(Strategy):\n"
+        "    class Params(Strategy.Params):\n"
+        "        qty: float = 1.0\n"
+        "    @classmethod\n"
+        "    def max_order_qty(cls, params):\n"
+        "        return params.qty\n"
+        "    def on_start(self):\n"
+        "        self.n = 0\n"
+        "    def on_bar(self, bar):\n"
+        "        self.n += 1\n"
+        "        self.buy(500 if self.n >= 50 else self.params.qty)\n"))
+    r = await admit_bot(bot_file(tmp_path, "", strategy=strat))
+    (p,) = r.problems
+    assert p.field == "params" and "risk engine denied" in p.rule
+    assert "max_order_notional" in p.rule
+    assert r.smoke is not None and r.smoke.denials.get("max_order_notional", 0) > 0
+    assert r.smoke.fills >= 49  # the small orders went through the paper broker
