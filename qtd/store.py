@@ -435,6 +435,9 @@ def _check_header(p: Path) -> None:
 
 def _lock_writer(p: Path) -> int:
     lock_path = p.with_name(p.name + ".lock")
+    if not p.parent.is_dir():
+        raise StoreError(f"{p}: directory {p.parent} does not exist; create it or fix the "
+                         "configured path", path=str(p))
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:

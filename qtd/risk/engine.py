@@ -257,6 +257,21 @@ class RiskEngine:
             if cid is not None:
                 self._sync(cid)
 
+    def restore(self, event: Event) -> None:
+        """Rebuild engine state from one stored event on restart (replay, after the
+        projections applied it): trading states (a HALTED scope stays HALTED across a
+        restart), open orders and exposures, and the order counters behind the rate, per-day
+        and cooldown checks (each intent counted at its ``ts_event``). Emits nothing."""
+        if isinstance(event, TradingStateChanged):
+            self.states.restore(event)
+            return
+        if isinstance(event, OrderIntent) and event.client_order_id not in self.open:
+            day = self.day.label(event.ts_event)
+            for scope, key in ((Scope.GLOBAL, ""), (Scope.ACCOUNT, event.account),
+                               (Scope.STRATEGY, event.bot), (Scope.SYMBOL, event.symbol)):
+                self.counter(scope, key).record(event.ts_event, day)
+        self.on_event(event)
+
     def on_market_data(self, symbol: str, price: Decimal, ts_ns: int) -> None:
         """New last trade or mid for ``symbol`` (quote currency) at ``ts_ns`` (UTC ns).
         Non-finite or non-positive prices and out-of-order ticks are ignored."""

@@ -115,6 +115,17 @@ class TradingStates:
             self._states[sk] = state
         return self._event(scope, key, old, state, reason, now_ns, operator)
 
+    def restore(self, change: TradingStateChanged) -> None:
+        """Re-apply a stored state change on restart (no new event). A timed REDUCING
+        restored this way has no expiry: after a restart it stays until an operator
+        resumes it (when unsure, reduce risk)."""
+        sk = (change.scope, change.scope_key)
+        self._until.pop(sk, None)
+        if change.new is ACTIVE:
+            self._states.pop(sk, None)
+        else:
+            self._states[sk] = change.new
+
     def snapshot(self) -> dict[ScopeKey, TradingState]:
         """Every non-ACTIVE scope and its state."""
         return dict(self._states)

@@ -270,3 +270,8 @@ async def test_concurrent_appends_keep_strict_order(store: EventStore) -> None:
     assert flat == list(range(1, 201))
     assert all(r == sorted(r) for r in results)
     assert isinstance((await store.query(limit=1))[0], OrderIntent)
+
+
+async def test_missing_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"directory .*nope does not exist"):
+        await EventStore.open(tmp_path / "nope" / "e.db", node=NODE)
