@@ -16,12 +16,13 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from qtd.events import AnyEvent, OrderIntent, PositionSnapshot
+from qtd.events import AnyEvent, Fill, OrderIntent, OrderState, PositionSnapshot, Side
 from qtd.risk.tokens import SubmitToken, TokenError, verify_cancel_token, verify_token
 
 __all__ = [
     "AccountSnapshot",
     "Broker",
+    "OrderStatusReport",
     "SubmitToken",
     "TokenError",
     "verify_cancel_token",
@@ -36,6 +37,35 @@ class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     cash: Decimal
     equity: Decimal
     currency: str = "USD"
+
+
+class OrderStatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The venue's word on one order (for reconciliation and unknown submit outcomes).
+
+    Attributes:
+        client_order_id: the order's client_order_id.
+        state: the venue status mapped to a qtd state; ``None`` when the venue reported a
+            status qtd does not know (``venue_status``): never treat that order as dead.
+        venue_status: the venue's own status string, as sent.
+        filled_qty: cumulative filled quantity, instrument units.
+        avg_price: average fill price, quote currency (``None`` before any fill).
+        venue_order_id: the venue's order id.
+        symbol: instrument symbol as qtd names it.
+        side: order side, when the venue reports it.
+        qty: ordered quantity, instrument units, when the venue reports it.
+        ts_ns: the venue's last update time of the order, UTC ns (0 if unknown).
+    """
+
+    client_order_id: str
+    state: OrderState | None
+    venue_status: str
+    filled_qty: Decimal
+    avg_price: Decimal | None = None
+    venue_order_id: str = ""
+    symbol: str = ""
+    side: Side | None = None
+    qty: Decimal | None = None
+    ts_ns: int = 0
 
 
 @runtime_checkable
@@ -78,6 +108,24 @@ class Broker(Protocol):
 
     async def account_info(self) -> AccountSnapshot:
         """Cash and equity of the account."""
+        ...
+
+    async def get_order(self, client_order_id: str) -> OrderStatusReport | None:
+        """The venue's word on one order, looked up by client_order_id; None when the venue
+        says it has no such order.
+
+        Raises:
+            TemporaryError: the venue could not be asked (the answer is not "no such order").
+        """
+        ...
+
+    async def fills_since(self, ts_ns: int) -> list[Fill]:
+        """Executions of the account at or after ``ts_ns`` (UTC ns) from the venue's trade
+        history, oldest first, with the same ``trade_id`` the report stream uses.
+
+        Raises:
+            TemporaryError: the venue could not be asked.
+        """
         ...
 
     def reports(self) -> AsyncIterator[AnyEvent]:

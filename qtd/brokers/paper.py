@@ -21,7 +21,13 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-from qtd.brokers.base import AccountSnapshot, SubmitToken, verify_cancel_token, verify_token
+from qtd.brokers.base import (
+    AccountSnapshot,
+    OrderStatusReport,
+    SubmitToken,
+    verify_cancel_token,
+    verify_token,
+)
 from qtd.clock import Clock
 from qtd.events import (
     AnyEvent,
@@ -34,6 +40,7 @@ from qtd.events import (
     PositionSnapshot,
     Side,
 )
+from qtd.orders import OrderBook
 
 _BPS = Decimal(10_000)
 
@@ -73,6 +80,8 @@ class PaperBroker:
         self.holdings: dict[str, Decimal] = {}
         self.submitted: list[OrderIntent] = []
         self.cancels: list[str] = []
+        self.fills: list[Fill] = []
+        self._book = OrderBook()  # every order it saw, for get_order
         self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._trades = itertools.count(1)
@@ -87,6 +96,7 @@ class PaperBroker:
         """
         verify_token(token, intent)
         self.submitted.append(intent)
+        self._book.apply(intent)
         price = self.prices.get(intent.symbol)
         if intent.order_type is OrderType.MARKET and price is None:
             self._put(OrderRejected(
@@ -141,6 +151,22 @@ class PaperBroker:
         value = sum((q * self.prices.get(s, Decimal(0)) for s, q in self.holdings.items()),
                     Decimal(0))
         return AccountSnapshot(account=self.account, cash=self.cash, equity=self.cash + value)
+
+    async def get_order(self, client_order_id: str) -> OrderStatusReport | None:
+        """What this simulated venue knows of one order (None if it never saw it)."""
+        rec = self._book.get(client_order_id)
+        if rec is None:
+            return None
+        return OrderStatusReport(
+            client_order_id=rec.cid, state=rec.state, venue_status=rec.state.value,
+            filled_qty=rec.filled_qty, avg_price=rec.avg_fill_price,
+            venue_order_id=rec.venue_order_id, symbol=rec.symbol, side=rec.side, qty=rec.qty,
+            ts_ns=rec.ts_last,
+        )
+
+    async def fills_since(self, ts_ns: int) -> list[Fill]:
+        """Fills at or after ``ts_ns`` (UTC ns), oldest first."""
+        return [f for f in self.fills if f.ts_event >= ts_ns]
 
     async def reports(self) -> AsyncIterator[AnyEvent]:
         while True:
@@ -197,4 +223,7 @@ class PaperBroker:
         return {"node": self.node, "bot": bot, "ts_event": now, "ts_init": now}
 
     def _put(self, event: AnyEvent) -> None:
+        self._book.apply(event)
+        if isinstance(event, Fill):
+            self.fills.append(event)
         self._queue.put_nowait(event)
