@@ -22,6 +22,7 @@ from typing import Any
 
 from qtd.brokers.base import Broker
 from qtd.clock import Clock
+from qtd.errors import OperationalError
 from qtd.events import (
     AnyEvent,
     BrokerError,
@@ -33,6 +34,7 @@ from qtd.events import (
     OrderSubmitted,
     RiskBreach,
     Scope,
+    Severity,
     TradingState,
     TradingStateChanged,
 )
@@ -116,6 +118,7 @@ class OrderRouter:
         except Exception as exc:
             self.risk.on_broker_result(request.account, False)
             await self._append(self._broker_error(stored, "submit", exc))
+            self._halt_on_operational(stored, exc)
             await self._flush()
             return stored
         self.risk.on_broker_result(request.account, True)
@@ -161,6 +164,7 @@ class OrderRouter:
                 sent.append((rec.intent, None))
             except Exception as exc:
                 sent.append((rec.intent, exc))
+                self._halt_on_operational(rec.intent, exc)
         return sent
 
     async def _record_cancels(
@@ -258,6 +262,16 @@ class OrderRouter:
         result = stored[0]
         assert isinstance(result, OrderDenied)
         return result
+
+    def _halt_on_operational(self, intent: OrderIntent, exc: BaseException) -> None:
+        """A broker error a human must act on (e.g. Binance HTTP 418 IP ban, bad keys):
+        HALT the account (P2: account halted, venue down) so nothing else is sent to it."""
+        if isinstance(exc, OperationalError):
+            self.risk.trip(
+                Scope.ACCOUNT, intent.account, TradingState.HALTED,
+                f"broker {intent.venue} for account {intent.account}: {exc}",
+                check="broker_operational_error", severity=Severity.P2,
+            )
 
     def _broker_error(self, intent: OrderIntent, op: str, exc: BaseException) -> BrokerError:
         t = self.clock.now_ns()

@@ -356,6 +356,23 @@ class RiskEngine:
 
     # --- operator actions and outputs -----------------------------------------------------
 
+    def trip(
+        self, scope: Scope, key: str, state: TradingState, reason: str, *, check: str,
+        severity: Severity, value: float = 1.0,
+    ) -> None:
+        """Move a scope to ``state`` because of an operational fault (e.g. a venue ban):
+        emits a RiskBreach (``check``, ``severity``) and the TradingStateChanged. Like every
+        HALTED state, only an operator resumes it."""
+        now = self.clock.now_ns()
+        change = self.states.escalate(scope, key, state, reason, now)
+        self._events.append(RiskBreach(
+            node=self.node, ts_event=now, ts_init=now, check=check, scope=scope,
+            scope_key=key, limit=0.0, value=value, unit="", severity=severity,
+            action=state.value.lower(), message=reason,
+        ))
+        if change is not None:
+            self._events.append(change)
+
     def halt(
         self, scope: Scope, key: str, reason: str, *, operator: str = "", source: str = "cli",
         flatten: bool = False,

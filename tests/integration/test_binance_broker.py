@@ -15,7 +15,8 @@ import pytest
 from qtd.brokers.binance import BinanceBroker
 from qtd.brokers.retry import RetryPolicy, VenueBanned
 from qtd.clock import LiveClock
-from qtd.events import BrokerError, OrderState
+from qtd.events import BrokerError, OrderDenied, OrderState, Scope, Severity, Side
+from qtd.orders import OrderRequest
 from qtd.store import EventStore
 from tests.stubs import Fault, StubServer
 from tests.stubs.alpaca_stub import wait_for
@@ -146,6 +147,15 @@ async def test_418_stops_all_calls_and_raises_an_operational_error(
     n = len(venue.log.entries)
     with pytest.raises(VenueBanned):  # nothing goes out while banned
         await rig.broker.account_info()
+    assert len(venue.log.entries) == n
+    # the account is HALTED (P2, a human must act) and the next order never leaves qtd
+    breach = [b for b in await rig.store.query(kind="RiskBreach")
+              if b.check == "broker_operational_error"]  # type: ignore[union-attr]
+    assert [(b.scope, b.severity) for b in breach] == [(Scope.ACCOUNT, Severity.P2)]  # type: ignore[union-attr]
+    denied = await rig.router.submit(OrderRequest(
+        bot="bot1", account=rig.broker.account, venue=rig.broker.venue, symbol="BTCUSDT",
+        side=Side.BUY, qty=Decimal("0.01")))
+    assert isinstance(denied, OrderDenied) and denied.check == "trading_state"
     assert len(venue.log.entries) == n
 
 
