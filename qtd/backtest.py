@@ -2,25 +2,29 @@
 order lifecycle and event store, fed by a historical feed, a paper broker and a simulated
 clock. Nothing here decides, checks or fills an order: it only drives time.
 
-Per market-data item (bars at their close time, trades at their time), in timestamp order:
+Per market-data item, in timestamp order (bars at their close time, trades at their time):
 
-1. the :class:`~qtd.clock.SimClock` moves to the item's availability time;
-2. the paper broker sees the price (bar close or trade price) and fills resting orders it
-   crosses; its reports go through :meth:`OrderRouter.on_venue_event` (stored, projected,
-   fed to the risk engine) and fills reach their bot;
-3. the risk engine gets the mark (staleness, PnL breakers);
-4. each bot trading the symbol processes the item (hooks run in the same quarantined runner
+1. for a bar, the :class:`~qtd.clock.SimClock` moves to the bar's **open** and the paper
+   broker matches its resting orders against the bar (:meth:`PaperBroker.on_bar`: market
+   orders at the open by default, limits and stops through the bar's range); for a trade,
+   it sees the trade price (:meth:`PaperBroker.on_price`). Reports go through
+   :meth:`OrderRouter.on_venue_event` (stored, projected, fed to the risk engine) and fills
+   reach their bot;
+2. the clock moves to the item's availability time (bar close, trade time) and the risk
+   engine gets the mark (staleness, PnL breakers);
+3. each bot trading the symbol processes the item (hooks run in the same quarantined runner
    as live); its order requests go to :meth:`OrderRouter.submit` — risk check, write-ahead
-   intent, paper broker — and the resulting reports are pumped before the next item.
+   intent, paper broker — and the resulting reports are pumped before the next item;
+4. the run's equity is marked to market (projections at the last prices) for the curve.
 
-Market orders therefore fill at the price of the bar that triggered them (the close), moved
-by the paper broker's slippage; see :mod:`qtd.brokers.paper` for the fill rules.
+So with the default ``fill_at="next_open"`` a decision taken on a bar's close fills at the
+next bar's open; see :mod:`qtd.brokers.paper` for every fill rule.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -30,7 +34,7 @@ from qtd.brokers.paper import PaperBroker
 from qtd.clock import SimClock
 from qtd.events import Fill, OrderDenied, OrderIntent
 from qtd.execution import OrderRouter
-from qtd.feeds import Bar, MarketData, available_ns
+from qtd.feeds import Bar, MarketData, Trade, available_ns
 from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk.config import RiskConfig
@@ -66,12 +70,33 @@ class BotResult(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
+class EquityCurve(msgspec.Struct, kw_only=True):
+    """Mark-to-market equity of the run, one point per distinct item time.
+
+    Attributes:
+        ts_ns: point times (item availability time: bar close, trade time), UTC ns.
+        equity: starting cash + Σ positions (realized − fees + unrealized at the last
+            prices), quote currency, as float.
+        exposed: whether any position was open at that point.
+    """
+
+    ts_ns: list[int] = []
+    equity: list[float] = []
+    exposed: list[bool] = []
+
+
 class BacktestResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Outcome of :func:`run_backtest`: items replayed and each bot's result."""
+    """Outcome of :func:`run_backtest`: items replayed, each bot's result, the equity curve
+    and every fill (quote currency; ``start_equity`` is the paper accounts' starting cash,
+    ``final_equity`` the exact mark-to-market equity at the end)."""
 
     items: int
     bots: dict[str, BotResult]
     last_seq: int
+    start_equity: Decimal = Decimal(0)
+    final_equity: Decimal = Decimal(0)
+    curve: EquityCurve = msgspec.field(default_factory=EquityCurve)
+    fills: list[Fill] = []
 
 
 class _Driven:
@@ -129,6 +154,10 @@ class Backtest:
         self.bots: dict[str, _Driven] = {}
         self._by_symbol: dict[str, list[_Driven]] = {}
         self._results: dict[str, list[OrderIntent | OrderDenied]] = {}
+        self.start_equity = sum((b.cash for b in self.brokers.values()), Decimal(0))
+        self.marks: dict[str, Decimal] = {}
+        self.curve = EquityCurve()
+        self.fills: list[Fill] = []
 
     def add(self, bot: BacktestBot) -> BotRunner:
         """Add a bot; returns its runner."""
@@ -161,11 +190,23 @@ class Backtest:
         for broker in self.brokers.values():
             for report in broker.pending_reports():
                 stored = await self.router.on_venue_event(report)
-                if isinstance(stored, Fill) and stored.bot in self.bots:
-                    self.bots[stored.bot].runner.deliver_fill(stored)
+                if isinstance(stored, Fill):
+                    self.fills.append(stored)
+                    if stored.bot in self.bots:
+                        self.bots[stored.bot].runner.deliver_fill(stored)
 
-    async def run(self, items: Iterable[MarketData]) -> BacktestResult:
-        """Replay ``items`` (in timestamp order) through every bot; return the results."""
+    async def run(
+        self, items: Iterable[MarketData], *, progress: Callable[[int], None] | None = None,
+        progress_every: int = 1000,
+    ) -> BacktestResult:
+        """Replay ``items`` (in timestamp order) through every bot; return the results.
+
+        Args:
+            items: bars/trades in timestamp order.
+            progress: called with the number of items done every ``progress_every`` items
+                and once at the end.
+            progress_every: items between progress calls.
+        """
         for d in self.bots.values():
             d.task = asyncio.ensure_future(d.runner.run(d.feed()))
         n = 0
@@ -173,25 +214,63 @@ class Backtest:
             for item in items:
                 n += 1
                 await self._step(item)
+                if progress is not None and n % progress_every == 0:
+                    progress(n)
         finally:
             for d in self.bots.values():
                 d.queue.put_nowait(_END)
             await asyncio.gather(*(d.task for d in self.bots.values() if d.task is not None))
             await self.pump()
-        return BacktestResult(items=n, bots=self._bot_results(), last_seq=self.store.last_seq)
+        if progress is not None:
+            progress(n)
+        return BacktestResult(
+            items=n, bots=self._bot_results(), last_seq=self.store.last_seq,
+            start_equity=self.start_equity, final_equity=self.equity(), curve=self.curve,
+            fills=list(self.fills))
 
     async def _step(self, item: MarketData) -> None:
         ts = available_ns(item)
+        if type(item) is Bar:
+            if item.ts_ns > self.clock.now_ns():
+                self.clock.set(item.ts_ns)  # fills at the open are stamped at the open
+            for broker in self.brokers.values():
+                broker.on_bar(item)
+            price = item.close
+        else:
+            assert isinstance(item, Trade)
+            if ts > self.clock.now_ns():
+                self.clock.set(ts)
+            price = item.price
+            for broker in self.brokers.values():
+                broker.on_price(item.symbol, price, ts)
+        await self.pump()
         if ts > self.clock.now_ns():
             self.clock.set(ts)
-        price = item.close if isinstance(item, Bar) else item.price
-        for broker in self.brokers.values():
-            broker.on_price(item.symbol, price, ts)
-        await self.pump()
+        self.marks[item.symbol] = price
         await self.router.on_market_data(item.symbol, price, ts)
         for d in self._by_symbol.get(item.symbol, ()):
             await d.offer(item)
             await self.pump()
+        self._mark(ts)
+
+    def equity(self) -> Decimal:
+        """Starting cash + Σ positions' realized − fees + unrealized at the last prices."""
+        total = self.start_equity
+        marks = self.marks
+        for p in self.proj.positions.values():
+            total += p.realized - p.fees + p.unrealized(marks.get(p.symbol))
+        return total
+
+    def _mark(self, ts: int) -> None:
+        curve = self.curve
+        eq = float(self.equity())
+        exposed = any(p.qty for p in self.proj.positions.values())
+        if curve.ts_ns and curve.ts_ns[-1] == ts:
+            curve.equity[-1], curve.exposed[-1] = eq, exposed
+        else:
+            curve.ts_ns.append(ts)
+            curve.equity.append(eq)
+            curve.exposed.append(exposed)
 
     def _bot_results(self) -> dict[str, BotResult]:
         out = {}
@@ -216,6 +295,7 @@ async def run_backtest(
     bots: Sequence[BacktestBot], items: Iterable[MarketData], *, store: EventStore,
     risk: RiskConfig, accounts: Mapping[str, Mapping[str, Any]] | None = None,
     clock: SimClock | None = None, hook_budget_s: float = 0.5,
+    progress: Callable[[int], None] | None = None,
 ) -> BacktestResult:
     """Backtest ``bots`` over ``items`` on the live order path.
 
@@ -224,10 +304,13 @@ async def run_backtest(
         items: bars/trades in timestamp order (e.g. a :class:`~qtd.feeds.HistoricalFeed`).
         store: a fresh event store for the run (every event lands there).
         risk: risk config.
-        accounts: paper broker settings per account (``cash``, ``slippage_bps``,
-            ``commission_bps``, ``max_fill_qty``); every bot's account gets a paper broker.
+        accounts: paper broker settings per account (keyword arguments of
+            :class:`~qtd.brokers.paper.PaperBroker`: ``cash``, ``slippage_bps``,
+            ``commission_bps``, ``commission_per_unit``, ``max_fill_qty``, ``fill_at``,
+            ``latency_ns``); every bot's account gets a paper broker.
         clock: simulated clock (default: starts at 0 and follows the items).
         hook_budget_s: wall-time budget of one strategy hook, seconds.
+        progress: called with the number of items done, every 1,000 items and at the end.
     """
     clock = clock or SimClock()
     settings = dict(accounts or {})
@@ -239,4 +322,4 @@ async def run_backtest(
                   hook_budget_s=hook_budget_s)
     for b in bots:
         bt.add(b)
-    return await bt.run(items)
+    return await bt.run(items, progress=progress)

@@ -28,6 +28,15 @@ examples:
   qtd positions --db events.db --tz America/New_York --rollover 17:00
   qtd validate etc/                                        admit every bot and routes.toml
   qtd route explain SPY --at 2018-12-24T15:00:00-05:00     which strategy, and why
+  qtd agent --config etc/agent.toml                        run the agent daemon
+  qtd kill --reason 'runaway bot' --operator alice         halt every agent (NATS)
+  qtd kill --local --reason 'NATS down'                    halt this host (kill file)
+  qtd leader --config etc/leader.toml                     run the fleet leader
+  qtd resume --operator alice --reason 'root cause fixed'  release the kill switch
+  qtd alerts / qtd ack 3f2a9c1b                            open alerts; stop a P1 repeat
+  qtd backtest strategies/ma_cross.py --data goog_1d --plot eq.html   report + chart
+  qtd backtest etc/bots/momo-goog.toml --data goog_1d --gate          promotion gates
+  qtd backtest strategies/ma_cross.py --data goog_1d --sweep fast=5:30:5 slow=20:100:10
 """
 
 
@@ -68,7 +77,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(sub)
     _add_validate(sub)
     _add_route(sub)
+    _add_agent(sub)
+    _add_leader(sub)
+    _add_backtest(sub)
     return parser
+
+
+def _add_agent(sub: Any) -> None:
+    from qtd.commands.agent import add_parsers
+
+    add_parsers(sub)
+
+
+def _add_leader(sub: Any) -> None:
+    from qtd.commands.leader import add_parsers
+
+    add_parsers(sub)
+
+
+def _add_backtest(sub: Any) -> None:
+    p = sub.add_parser(
+        "backtest", help="backtest a strategy or bot config on the live order path",
+        description="Replays bars through the bot runner, risk engine, order router and a "
+        "paper broker (market orders at the next bar's open by default), writes every event "
+        "to a new SQLite store (open it with `qtd events --db`), prints the report. "
+        f"Exit {3} when --gate finds failing gates.",
+    )
+    p.add_argument("target", metavar="STRATEGY_OR_BOT_CONFIG", help="strategy .py or bot .toml")
+    p.add_argument("--data", required=True, help="bundled data set (qtd data list) or bar file")
+    p.add_argument("--symbol", help="symbol to trade (default: the bot's, else the data's)")
+    p.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
+    p.add_argument("--params", nargs="+", metavar="K=V", help="param overrides")
+    p.add_argument("--db", help="event store to create (default: backtest-<name>-<time>.db)")
+    p.add_argument("--risk", help="risk file (default: the bot's, else permissive limits)")
+    p.add_argument("--json", action="store_true", help="JSON report on stdout")
+    p.add_argument("--plot", metavar="FILE", help="equity/drawdown chart (.html or .png)")
+    p.add_argument("--gate", action="store_true", help="check promotion gates; exit 3 if any "
+                   "fails (recorded as <bot config>.gate.json for a bot config)")
+    p.add_argument("--gate-threshold", action="append", metavar="NAME=VALUE",
+                   help="override a gate: sharpe, max_drawdown, win_rate, profit_factor")
+    p.add_argument("--sweep", nargs="+", metavar="K=A:B:STEP", help="parameter grid")
+    p.add_argument("--rank-by", default="sharpe", help="sweep ranking (a report field)")
+    p.add_argument("--top", type=int, default=20, help="sweep rows shown")
+    p.add_argument("--workers", type=int, help="sweep processes (default: all cores)")
+    p.add_argument("--commission-bps", type=float, default=0.0, help="bps of notional")
+    p.add_argument("--commission-per-unit", type=float, default=0.0, help="per unit filled")
+    p.add_argument("--slippage-bps", type=float, default=0.0, help="market/stop fills, bps")
+    p.add_argument("--fill", choices=["next_open", "close"], default="next_open",
+                   help="market orders fill at the next bar's open or this bar's close")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="order latency, ms")
+    p.set_defaults(handler=_run_backtest)
+
+
+def _run_backtest(args: argparse.Namespace) -> int:
+    from qtd.commands.backtest import run_backtest_command
+
+    return run_backtest_command(args)
 
 
 def _add_validate(sub: Any) -> None:

@@ -42,8 +42,12 @@ class Side(StrEnum):
 
 
 class OrderType(StrEnum):
+    """MARKET, LIMIT (at ``limit_price`` or better) or STOP (a market order once the price
+    reaches ``stop_price``: buy stops at or above it, sell stops at or below it)."""
+
     MARKET = "MARKET"
     LIMIT = "LIMIT"
+    STOP = "STOP"
 
 
 class TimeInForce(StrEnum):
@@ -145,6 +149,7 @@ class OrderIntent(Event, frozen=True):
     reduce_only: bool = False
     decision_price: Decimal | None = None
     reason: str = "strategy"
+    stop_price: Decimal | None = None
 
 
 class OrderDenied(Event, frozen=True):
@@ -350,6 +355,73 @@ class StrategyError(Event, frozen=True):
     traceback: str = ""
 
 
+class Reconciliation(Event, frozen=True):
+    """The agent compared one account's stored orders and positions with its broker before
+    any bot traded. ``resolved`` lists client_order_ids settled here (the venue had no such
+    order: recorded as OrderCanceled); ``unknown_at_venue`` lists venue orders qtd never
+    sent; ``position_mismatches`` lists ``"SYMBOL store=Q broker=Q"``. ``ok`` is False when
+    something unexplained remains (the account then goes REDUCING with a P2 RiskBreach)."""
+
+    account: str
+    open_in_store: int = 0
+    open_at_venue: int = 0
+    resolved: list[str] = []
+    unresolved: list[str] = []
+    unknown_at_venue: list[str] = []
+    position_mismatches: list[str] = []
+    ok: bool = True
+
+
+class CommandAudit(Event, frozen=True):
+    """An operator or leader command the agent received (``verb``: status, halt, resume,
+    flatten, reload, kill, kill_release), who sent it, why, and what came of it."""
+
+    verb: str
+    operator: str = ""
+    reason: str = ""
+    scope: Scope | None = None
+    scope_key: str = ""
+    ok: bool = True
+    result: str = ""
+    source: str = "nats"
+
+
+class KillAck(Event, frozen=True):
+    """An agent applied a kill switch (``kill_id`` from the kill message): the resulting
+    trading ``state`` of the scope and the client_order_ids it asked to cancel. Also
+    published on core NATS ``<prefix>.ack.kill.<node>``."""
+
+    kill_id: str
+    scope: Scope
+    scope_key: str
+    reason: str
+    state: TradingState
+    canceled: list[str] = []
+    flatten_orders: int = 0
+    duplicate: bool = False
+
+
+class Alert(Event, frozen=True):
+    """A leader alert (page) changing ``status``: ``"open"`` (raised or escalated),
+    ``"acked"`` (an operator acknowledged it) or ``"closed"`` (the condition recovered).
+    ``alert_id`` is stable across the changes; ``key`` identifies the condition (e.g.
+    ``"hb:node-a"``); ``limit`` and ``value`` are in ``unit``. The leader stores these in
+    fleet.db as the audit trail of paging."""
+
+    alert_id: str
+    key: str
+    severity: Severity
+    status: str
+    title: str
+    trigger: str = ""
+    limit: float | None = None
+    value: float | None = None
+    unit: str = ""
+    symbol: str = ""
+    message: str = ""
+    operator: str = ""
+
+
 AnyEvent: TypeAlias = (
     Signal
     | OrderIntent
@@ -371,6 +443,10 @@ AnyEvent: TypeAlias = (
     | StrategyAdmitted
     | ParamsChanged
     | StrategyError
+    | Reconciliation
+    | CommandAudit
+    | KillAck
+    | Alert
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

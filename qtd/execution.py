@@ -298,7 +298,7 @@ def _intent(req: OrderRequest, node: str, cid: str, counter: int, now: int) -> O
         cid_counter=counter, account=req.account, venue=req.venue, symbol=req.symbol,
         side=req.side, qty=req.qty, order_type=req.order_type, limit_price=req.limit_price,
         tif=req.tif, reduce_only=req.reduce_only, decision_price=req.decision_price,
-        reason=req.reason,
+        reason=req.reason, stop_price=req.stop_price,
     )
 
 

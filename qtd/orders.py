@@ -73,6 +73,7 @@ class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
     reduce_only: bool = False
     decision_price: Decimal | None = None
     reason: str = "strategy"
+    stop_price: Decimal | None = None
 
 
 def client_order_id(node: str, bot: str, incarnation: str, counter: int) -> str:

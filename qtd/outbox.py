@@ -8,12 +8,19 @@ watermark moves to the highest seq of the *contiguous* acked prefix only, so aft
 a timeout or a NATS outage the publisher re-sends from the watermark. A re-sent event inside
 JetStream's duplicate window is dropped by the server (PubAck ``duplicate: true``); outside
 it the leader is idempotent on ``(node, incarnation, seq)``.
+
+Hot path: a writer that hands freshly stored events to :meth:`Outbox.offer` has them
+published from memory (no store read); the outbox falls back to reading the store whenever
+its in-memory tail does not continue the watermark (start-up, a gap, an overflow). The
+watermark is cached (only the outbox writes it) and its durable write for one round overlaps
+the next round's publishes; :meth:`Outbox.flush` returns only once it is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
@@ -30,6 +37,7 @@ from qtd.store import EventStore
 log = logging.getLogger("qtd.outbox")
 
 DEFAULT_BATCH: Final = 256
+MAX_TAIL: Final = 100_000  # events kept in memory for publishing; beyond: read the store
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, OSError)
 
 
@@ -58,9 +66,21 @@ class Outbox:
         self.published = 0
         self.duplicates = 0
         self._wake = asyncio.Event()
+        self._tail: deque[AnyEvent] = deque()
+        self._wm: int | None = None
+        self._wm_write: asyncio.Future[None] | None = None
 
     def notify(self) -> None:
         """Wake :meth:`run` (call after appending events)."""
+        self._wake.set()
+
+    def offer(self, events: Sequence[AnyEvent]) -> None:
+        """Hand just-stored events (with their seq, in seq order) to the outbox and wake it;
+        they are published from memory instead of being read back from the store."""
+        if len(self._tail) + len(events) > MAX_TAIL:
+            self._tail.clear()  # too far behind (NATS away): the store has them all
+        else:
+            self._tail.extend(events)
         self._wake.set()
 
     async def pending(self) -> int:
@@ -78,21 +98,62 @@ class Outbox:
                 last contiguous ack; call again later).
         """
         done = 0
-        while True:
-            wm = await self.store.watermark(self.WATERMARK)
-            events = await self.store.query(after_seq=wm, limit=self.batch)
-            if not events:
-                return done
-            acked = await self._publish_round(events)
-            if acked:
-                await self.store.set_watermark(events[acked - 1].seq, self.WATERMARK)
-                done += acked
-            if acked < len(events):
-                raise TemporaryError(
-                    f"outbox: JetStream acknowledged {acked} of {len(events)} events after seq "
-                    f"{wm}; will re-send from seq {wm + acked + 1}",
-                    acked=acked, watermark=wm + acked,
-                )
+        try:
+            while True:
+                wm = await self._watermark()
+                events = await self._next_batch(wm)
+                if not events:
+                    return done
+                acked = await self._publish_round(events)
+                if acked:
+                    await self._commit(events[acked - 1].seq)
+                    done += acked
+                if acked < len(events):
+                    raise TemporaryError(
+                        f"outbox: JetStream acknowledged {acked} of {len(events)} events "
+                        f"after seq {wm}; will re-send from seq {wm + acked + 1}",
+                        acked=acked, watermark=wm + acked,
+                    )
+        finally:
+            await self._committed()
+
+    async def _watermark(self) -> int:
+        if self._wm is None:
+            self._wm = await self.store.watermark(self.WATERMARK)
+        return self._wm
+
+    async def _next_batch(self, wm: int) -> list[AnyEvent]:
+        """Up to ``batch`` events after ``wm``: from the in-memory tail when it continues
+        the watermark without a gap, else from the store."""
+        tail = self._tail
+        while tail and tail[0].seq <= wm:
+            tail.popleft()
+        out: list[AnyEvent] = []
+        expect = wm + 1
+        for ev in tail:
+            if ev.seq != expect or len(out) == self.batch:
+                break
+            out.append(ev)
+            expect += 1
+        if out:
+            return out
+        return await self.store.query(after_seq=wm, limit=self.batch)
+
+    async def _commit(self, seq: int) -> None:
+        """Move the watermark to ``seq``: the durable write runs while the next round is
+        published (one write in flight at a time, always forward)."""
+        await self._committed()
+        self._wm = seq
+        self._wm_write = asyncio.ensure_future(self.store.set_watermark(seq, self.WATERMARK))
+
+    async def _committed(self) -> None:
+        pending, self._wm_write = self._wm_write, None
+        if pending is not None:
+            try:
+                await pending
+            except BaseException:
+                self._wm = None  # re-read: the write may not have happened
+                raise
 
     async def _publish_round(self, events: Sequence[AnyEvent]) -> int:
         """Publish in order; return the length of the acknowledged prefix."""

@@ -13,7 +13,9 @@ For each bot config (:mod:`qtd.admit.config`), every rule runs and every error i
 6. ``notional``: ``max_order_qty(params)`` × the highest price of the smoke data fits the
    bot's order caps (:mod:`qtd.admit.limits`);
 7. ``smoke``: a backtest on bundled real data raises nothing, overruns no hook budget and
-   sends no order over the caps (:mod:`qtd.admit.smoke`).
+   sends no order over the caps (:mod:`qtd.admit.smoke`);
+8. ``stage``: a bot with ``stage = "live"`` needs a passed promotion-gate result for this
+   strategy source and params (:func:`qtd.gates.live_refusal`).
 
 A bot with no problems gets ``content_hash = sha256(strategy source bytes + canonical params
 JSON)`` (params with defaults filled in, keys sorted) and, when a store is given, a
@@ -41,6 +43,7 @@ from qtd.admit.smoke import SmokeResult, smoke_items, smoke_run
 from qtd.clock import Clock, LiveClock
 from qtd.events import Event, StrategyAdmitted
 from qtd.feeds import Bar
+from qtd.gates import live_refusal
 from qtd.strategy import Strategy
 
 __all__ = [
@@ -149,6 +152,12 @@ def _notional_problems(cls: type[Strategy], params: Strategy.Params, bot: Loaded
     return out
 
 
+def _live_gate(bot: LoadedBot, source: bytes, params: Strategy.Params) -> list[Problem]:
+    why = live_refusal(bot.path, source, params_json(params))
+    return [] if why is None else [Problem(file=str(bot.path), field="stage", value="live",
+                                           rule=why, line=bot.lines.get("stage", 0))]
+
+
 async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "local",
                     clock: Clock | None = None, smoke: bool = True) -> Admission:
     """Run every admission rule on one bot config (module docstring); never raises for bad
@@ -185,6 +194,8 @@ async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "
             result.smoke, smoke_problems = await smoke_run(cls, params, bot, items=items,
                                                            risk=risk)
             problems += smoke_problems
+    if cfg.stage == "live" and cls is not None and params is not None:
+        problems += _live_gate(bot, source, params)
     result.problems = problems
     if cls is not None and params is not None and not problems:
         await _admitted(result, cls, params, source, bot, store, node, clock or LiveClock())

@@ -8,6 +8,7 @@ Example::
     account = "paper-main"
     symbols = ["GOOG"]                         # first = the strategy's default symbol
     risk_profile = "momo"                      # [strategies.<profile>] in the risk file
+    # stage = "paper"                          # research|backtest|paper|shadow|live
     # risk_file = "../risk.toml"               # default: ../risk.toml beside bots/, if any
     # max_order_notional = 50000.0             # used only when no risk file is found
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -63,6 +64,8 @@ class BotConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     currency: str = "USD"
     params: dict[str, Any] = {}
     smoke: SmokeConfig = SmokeConfig()
+    # lifecycle stage; "live" needs a passed gate result (qtd.gates)
+    stage: Literal["research", "backtest", "paper", "shadow", "live"] = "paper"
 
 
 class LoadedBot(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,16 +1,43 @@
-"""In-process paper broker: fills against prices fed with :meth:`PaperBroker.on_price`.
+"""In-process paper broker shared by backtest, paper and shadow modes.
 
-* MARKET orders fill at once at the last price, moved against the order by
-  ``slippage_bps`` (buys pay more, sells get less); rejected when no price is known yet.
-* LIMIT orders fill when the last price reaches the limit (buy: price ≤ limit, sell:
-  price ≥ limit) at the better of limit and last price; otherwise they rest until a later
-  :meth:`on_price` crosses them.
+Prices arrive two ways; each symbol follows the rules of the way it was last priced.
+
+**Bars** (:meth:`PaperBroker.on_bar`, backtests). An order is *eligible* from
+``submit time + latency_ns``. Resting orders are matched against each later bar, then the
+bar's close becomes the last price:
+
+* MARKET, ``fill_at="next_open"`` (default): fills at the open of the first bar that opens
+  at or after the order became eligible — a decision taken at a bar's close fills at the
+  next bar's open. ``fill_at="close"``: fills at the close of the bar it was decided on
+  (at submission; with latency, at the close of the first bar closing after eligibility).
+* LIMIT (buy at ``limit_price`` or lower, sell at it or higher): fills on a later bar whose
+  range reaches the limit (buy: low ≤ limit; sell: high ≥ limit) at the limit, or at the
+  open if the bar opens through it (buy: open ≤ limit; sell: open ≥ limit). Never on the
+  bar it was decided on.
+* STOP (``stop_price``; buy stops trigger at or above it, sell stops at or below): on a
+  later bar whose range reaches the stop it fills at the stop, or at the open if the bar
+  gaps through (buy: open ≥ stop; sell: open ≤ stop); then it behaves as a market order.
+
+**Ticks / last prices** (:meth:`PaperBroker.on_price`, live paper and shadow mode, trade
+replays): MARKET orders fill at the last price (at submission, or with latency at the first
+price at or after eligibility); LIMIT orders fill when the last price reaches the limit, at
+the better of limit and last price; STOP orders trigger when the last price reaches the
+stop and fill at the last price.
+
+Costs, in the quote currency:
+
+* slippage: MARKET and STOP fills move ``slippage_bps`` against the order
+  (``price × (1 ± slippage_bps / 10,000)``: buys pay more, sells get less); LIMIT fills
+  never slip past their limit.
+* commission per fill: ``qty × price × commission_bps / 10,000 + qty × commission_per_unit``
+  (``commission_bps`` is the rate of notional in basis points: 20 bps = 0.2 %).
 * ``max_fill_qty`` (instrument units) caps each fill, so an order fills in parts across
-  price updates (partial fills); ``None`` fills whole orders.
-* Commission is ``commission_bps`` of the fill notional, in the quote currency.
+  bars or price updates (partial fills); ``None`` fills whole orders.
 
-Every call checks its risk-engine token first. Reports (OrderAccepted, OrderRejected, Fill,
-OrderCanceled) go to an in-memory queue read by :meth:`reports`.
+A MARKET order for a symbol with no price yet is rejected (``NO_PRICE``). The account has
+no margin model: cash may go negative. Every call checks its risk-engine token first.
+Reports (OrderAccepted, OrderRejected, Fill, OrderCanceled) go to an in-memory queue read
+by :meth:`reports` (or :meth:`pending_reports` for synchronous drivers).
 """
 
 from __future__ import annotations
@@ -19,7 +46,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from qtd.brokers.base import (
     AccountSnapshot,
@@ -40,16 +67,21 @@ from qtd.events import (
     PositionSnapshot,
     Side,
 )
+from qtd.feeds.bars import Bar
 from qtd.orders import OrderBook
 
 _BPS = Decimal(10_000)
+_ZERO = Decimal(0)
+FillAt = Literal["next_open", "close"]
 
 
 class _Resting:
-    __slots__ = ("intent", "leaves", "voi")
+    __slots__ = ("eligible_ns", "intent", "leaves", "triggered", "voi")
 
-    def __init__(self, intent: OrderIntent, voi: str) -> None:
+    def __init__(self, intent: OrderIntent, voi: str, eligible_ns: int) -> None:
         self.intent, self.voi, self.leaves = intent, voi, intent.qty
+        self.eligible_ns = eligible_ns
+        self.triggered = intent.order_type is not OrderType.STOP
 
 
 class PaperBroker:
@@ -61,26 +93,43 @@ class PaperBroker:
         clock: event timestamps (UTC ns).
         venue: venue name (default ``"paper"``).
         cash: starting cash, quote currency.
-        slippage_bps: adverse price move applied to market fills, bps.
+        slippage_bps: adverse price move applied to market and stop fills, bps.
         commission_bps: commission per fill, bps of notional.
+        commission_per_unit: commission per instrument unit filled, quote currency.
         max_fill_qty: largest single fill, instrument units (None: fill whole orders).
+        fill_at: bar-priced market orders fill at the ``"next_open"`` or this bar's
+            ``"close"``.
+        latency_ns: delay between submission and the order becoming fillable, ns.
+
+    Raises:
+        ValueError: unknown ``fill_at`` or negative costs or latency.
     """
 
     def __init__(
         self, *, account: str, node: str, clock: Clock, venue: str = "paper",
-        cash: Decimal = Decimal(100_000), slippage_bps: Decimal = Decimal(0),
-        commission_bps: Decimal = Decimal(0), max_fill_qty: Decimal | None = None,
+        cash: Decimal = Decimal(100_000), slippage_bps: Decimal = _ZERO,
+        commission_bps: Decimal = _ZERO, commission_per_unit: Decimal = _ZERO,
+        max_fill_qty: Decimal | None = None, fill_at: FillAt = "next_open",
+        latency_ns: int = 0,
     ) -> None:
+        if fill_at not in ("next_open", "close"):
+            raise ValueError(f"fill_at must be 'next_open' or 'close', got {fill_at!r}")
+        if min(slippage_bps, commission_bps, commission_per_unit) < 0 or latency_ns < 0:
+            raise ValueError("slippage, commission and latency must be >= 0")
         self.account, self.venue, self.node, self.clock = account, venue, node, clock
         self.cash = cash
         self.slippage_bps, self.commission_bps = slippage_bps, commission_bps
+        self.commission_per_unit = commission_per_unit
         self.max_fill_qty = max_fill_qty
+        self.fill_at: FillAt = fill_at
+        self.latency_ns = latency_ns
         self.prices: dict[str, Decimal] = {}
         self.resting: dict[str, _Resting] = {}
         self.holdings: dict[str, Decimal] = {}
         self.submitted: list[OrderIntent] = []
         self.cancels: list[str] = []
         self.fills: list[Fill] = []
+        self._bar_priced: set[str] = set()  # symbols whose last price came from on_bar
         self._book = OrderBook()  # every order it saw, for get_order
         self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
         self._ids = itertools.count(1)
@@ -104,12 +153,17 @@ class PaperBroker:
                 reason=f"no price for {intent.symbol}", code="NO_PRICE",
             ))
             return
-        order = _Resting(intent, f"P{next(self._ids)}")
+        eligible = self.clock.now_ns() + self.latency_ns
+        order = _Resting(intent, f"P{next(self._ids)}", eligible)
         self._put(OrderAccepted(**self._base(intent.bot), client_order_id=intent.client_order_id,
                                 venue_order_id=order.voi))
         self.resting[intent.client_order_id] = order
-        if price is not None:
+        if price is None or self.latency_ns:
+            return
+        if intent.symbol not in self._bar_priced:
             self._match(order, price)
+        elif intent.order_type is OrderType.MARKET and self.fill_at == "close":
+            self._fill(order, self._qty(order), self._slipped(price, intent.side))
 
     async def cancel(self, client_order_id: str, token: SubmitToken) -> None:
         """Cancel a resting order (no-op if it is already done).
@@ -175,10 +229,24 @@ class PaperBroker:
     # --- simulation -----------------------------------------------------------------------
 
     def on_price(self, symbol: str, price: Decimal, ts_ns: int) -> None:
-        """New last price (quote currency) for ``symbol``: fill resting orders it crosses."""
+        """New last price (quote currency) for ``symbol`` at ``ts_ns`` (UTC ns): fill the
+        eligible resting orders it reaches (tick rules, module docstring)."""
         self.prices[symbol] = price
+        self._bar_priced.discard(symbol)
         for order in [o for o in self.resting.values() if o.intent.symbol == symbol]:
-            self._match(order, price)
+            if not self.latency_ns or order.eligible_ns <= ts_ns:
+                self._match(order, price)
+
+    def on_bar(self, bar: Bar) -> None:
+        """A finished bar of ``bar.symbol``: fill resting orders by the bar rules (module
+        docstring), then take its close as the last price. Call it with the clock at the
+        bar's open (fills are stamped with the clock)."""
+        sym = bar.symbol
+        if self.resting:
+            for order in [o for o in self.resting.values() if o.intent.symbol == sym]:
+                self._match_bar(order, bar)
+        self.prices[sym] = bar.close
+        self._bar_priced.add(sym)
 
     def pending_reports(self) -> list[AnyEvent]:
         """Take every queued report now (for synchronous drivers such as backtests)."""
@@ -190,22 +258,68 @@ class PaperBroker:
     def _match(self, order: _Resting, last: Decimal) -> None:
         it = order.intent
         buy = it.side is Side.BUY
-        if it.order_type is OrderType.MARKET:
-            slip = last * self.slippage_bps / _BPS
-            price = last + slip if buy else last - slip
-        else:
+        if it.order_type is OrderType.LIMIT:
             lp = it.limit_price
             assert lp is not None
             if (buy and last > lp) or (not buy and last < lp):
                 return
             price = min(lp, last) if buy else max(lp, last)
-        qty = order.leaves if self.max_fill_qty is None else min(order.leaves, self.max_fill_qty)
-        self._fill(order, qty, price)
+        else:
+            if not order.triggered:
+                sp = it.stop_price
+                assert sp is not None
+                if (buy and last < sp) or (not buy and last > sp):
+                    return
+                order.triggered = True
+            price = self._slipped(last, it.side)
+        self._fill(order, self._qty(order), price)
+
+    def _match_bar(self, order: _Resting, bar: Bar) -> None:
+        it = order.intent
+        kind = it.order_type
+        if kind is OrderType.MARKET:
+            if self.fill_at == "close":
+                if bar.ts_ns + bar.interval_ns >= order.eligible_ns:
+                    self._fill(order, self._qty(order), self._slipped(bar.close, it.side))
+            elif bar.ts_ns >= order.eligible_ns:
+                self._fill(order, self._qty(order), self._slipped(bar.open, it.side))
+            return
+        if bar.ts_ns < order.eligible_ns:
+            return
+        price = _limit_price(it, bar) if kind is OrderType.LIMIT else self._stop_price(order, bar)
+        if price is not None:
+            self._fill(order, self._qty(order), price)
+
+    def _stop_price(self, order: _Resting, bar: Bar) -> Decimal | None:
+        it = order.intent
+        if order.triggered:  # triggered on an earlier bar, partly filled: market at the open
+            return self._slipped(bar.open, it.side)
+        sp = it.stop_price
+        assert sp is not None
+        buy = it.side is Side.BUY
+        if (bar.open >= sp) if buy else (bar.open <= sp):
+            price = bar.open  # gapped through the stop
+        elif (bar.high >= sp) if buy else (bar.low <= sp):
+            price = sp
+        else:
+            return None
+        order.triggered = True
+        return self._slipped(price, it.side)
+
+    def _slipped(self, price: Decimal, side: Side) -> Decimal:
+        if not self.slippage_bps:
+            return price
+        slip = price * self.slippage_bps / _BPS
+        return price + slip if side is Side.BUY else price - slip
+
+    def _qty(self, order: _Resting) -> Decimal:
+        cap = self.max_fill_qty
+        return order.leaves if cap is None else min(order.leaves, cap)
 
     def _fill(self, order: _Resting, qty: Decimal, price: Decimal) -> None:
         it = order.intent
         sign = 1 if it.side is Side.BUY else -1
-        fee = qty * price * self.commission_bps / _BPS
+        fee = qty * price * self.commission_bps / _BPS + qty * self.commission_per_unit
         order.leaves -= qty
         if not order.leaves:
             del self.resting[it.client_order_id]
@@ -227,3 +341,13 @@ class PaperBroker:
         if isinstance(event, Fill):
             self.fills.append(event)
         self._queue.put_nowait(event)
+
+
+def _limit_price(intent: OrderIntent, bar: Bar) -> Decimal | None:
+    """Bar fill price of a limit order: the open if the bar opens through the limit, the
+    limit if the bar's range reaches it, else None."""
+    lp = intent.limit_price
+    assert lp is not None
+    if intent.side is Side.BUY:
+        return bar.open if bar.open <= lp else (lp if bar.low <= lp else None)
+    return bar.open if bar.open >= lp else (lp if bar.high >= lp else None)

@@ -1,0 +1,159 @@
+"""Backtest throughput: qtd's live code path vs backtesting.py, same bars, same strategy.
+
+Method
+------
+*Bars.* A seeded random walk of 1-minute OHLCV bars (close-to-close log-normal steps of
+0.2 %, highs/lows 0.1 % beyond open/close, prices rounded to cents, 24/7 timestamps from
+2020-09-13T12:26Z). Random-walk bars rather than chained real data so any length has the
+same statistics; the strategy and the engines do the same work per bar either way.
+
+*Strategy.* SMA(10)/SMA(30) crossover, 1 unit, long only: ``strategies/ma_cross.py`` in
+qtd, the equivalent ``crossover`` strategy in backtesting.py (``commission=0``, market
+orders at the next open in both).
+
+*qtd.* :func:`qtd.backtest.run_backtest`: bot runner (hook thread, time budget), risk engine
+(permissive limits), order router with write-ahead intents, paper broker, projections and
+the **event log on** (an :class:`~qtd.store.EventStore` file in a temporary directory,
+``--dir`` to choose, e.g. /dev/shm). Timed from the first to the last bar (the store is
+opened before, closed after). *backtesting.py*: ``Backtest(df, ...).run()`` timed whole
+(it includes its stats computation).
+
+*Multi-symbol.* 20 symbols × 50,000 bars, one bot per symbol, merged by
+:class:`~qtd.feeds.HistoricalFeed` in time order, one store: qtd only.
+
+Target: qtd bars/s ≥ 1.5 × backtesting.py bars/s. Exits 1 when missed.
+
+Usage: ``python benchmarks/backtest.py [--bars 200000] [--symbols 20] [--bars-each 50000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import sys
+import tempfile
+import time
+import warnings
+from decimal import Decimal
+from pathlib import Path
+
+from qtd.admit.loader import load_strategy
+from qtd.backtest import BacktestBot, run_backtest
+from qtd.feeds import Bar, HistoricalFeed
+from qtd.risk.config import parse_risk_config
+from qtd.runner import BotSpec
+from qtd.store import EventStore
+
+MIN_NS = 60 * 10**9
+T0 = 1_600_000_000 * 10**9
+TARGET = 1.5
+STRATEGY = Path(__file__).resolve().parents[1] / "strategies" / "ma_cross.py"
+
+
+def random_walk(n: int, symbol: str, seed: int) -> list[Bar]:
+    """``n`` 1-minute bars of a seeded random walk (module docstring); equal prices share
+    one Decimal object to keep a million bars in memory."""
+    rng, p, cache = random.Random(seed), 100.0, {}
+    out = []
+
+    def q(x: float) -> Decimal:
+        k = round(x * 100)
+        d = cache.get(k)
+        if d is None:
+            d = cache[k] = Decimal(k) / 100
+        return d
+
+    one = Decimal(1)
+    for i in range(n):
+        c = max(1.0, p * math.exp(rng.gauss(0, 0.002)))
+        o, cl = q(p), q(c)
+        h = max(q(max(p, c) * (1 + abs(rng.gauss(0, 0.001)))), o, cl)
+        lo = min(q(min(p, c) * (1 - abs(rng.gauss(0, 0.001)))), o, cl)
+        out.append(Bar(symbol, T0 + i * MIN_NS, MIN_NS, o, h, lo, cl, one))
+        p = c
+    return out
+
+
+async def qtd_rate(streams: list[list[Bar]], tmp: Path) -> tuple[float, int, int]:
+    """Bars/s of qtd over ``streams`` (one bot per stream); also fills and events stored."""
+    symbols = [s[0].symbol for s in streams]
+    cls, _, problems = await load_strategy(STRATEGY)  # as admission loads it
+    assert cls is not None, problems
+    risk = parse_risk_config({
+        "global": {"duplicate_window_s": 0.0, "order_spike_factor": 0.0},
+        "accounts": {"bench": {"equity": 1e12}},
+        "strategies": {f"ma-{s}": {} for s in symbols}, "symbols": {s: {} for s in symbols}})
+    bots = [BacktestBot(strategy=cls, params=cls.Params(fast=10, slow=30, qty=1),
+                        spec=BotSpec(name=f"ma-{s}", account="bench", venue="paper",
+                                     symbols=(s,))) for s in symbols]
+    items = streams[0] if len(streams) == 1 else list(HistoricalFeed(streams))
+    store = await EventStore.open(tmp / f"bench-{len(streams)}.db", node="bench")
+    try:
+        t = time.perf_counter()
+        res = await run_backtest(bots, items, store=store, risk=risk,
+                                 accounts={"bench": {"cash": Decimal(10**9)}})
+        dt = time.perf_counter() - t
+    finally:
+        await store.close()
+    return len(items) / dt, sum(b.fills for b in res.bots.values()), res.last_seq
+
+
+def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
+    """Bars/s of backtesting.py on the same bars and strategy; also its trade count."""
+    import pandas as pd
+    from backtesting import Backtest, Strategy
+    from backtesting.lib import crossover
+    from backtesting.test import SMA
+
+    class SmaCross(Strategy):  # type: ignore[misc]
+        def init(self) -> None:
+            self.fast = self.I(SMA, self.data.Close, 10)
+            self.slow = self.I(SMA, self.data.Close, 30)
+
+        def next(self) -> None:
+            if crossover(self.fast, self.slow):
+                self.buy(size=1)
+            elif crossover(self.slow, self.fast):
+                self.position.close()
+
+    df = pd.DataFrame({k: [float(getattr(b, k.lower())) for b in bars]
+                       for k in ("Open", "High", "Low", "Close", "Volume")},
+                      index=pd.to_datetime([b.ts_ns for b in bars]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        stats = Backtest(df, SmaCross, cash=10**9).run()
+        dt = time.perf_counter() - t
+    return len(bars) / dt, int(stats["# Trades"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bars", type=int, default=200_000)
+    ap.add_argument("--symbols", type=int, default=20)
+    ap.add_argument("--bars-each", type=int, default=50_000)
+    ap.add_argument("--dir", help="directory for the event stores (default: system temp)")
+    args = ap.parse_args()
+    bars = random_walk(args.bars, "SYN", 1)
+    bt_rate, bt_trades = backtesting_rate(bars)
+    print(f"backtesting.py  {args.bars:>9,} bars   {bt_rate:>10,.0f} bars/s  "
+          f"({bt_trades} trades)")
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        rate, fills, events = asyncio.run(qtd_rate([bars], Path(d)))
+        print(f"qtd (event log)  {args.bars:>9,} bars   {rate:>10,.0f} bars/s  "
+              f"({fills} fills, {events:,} events stored)")
+        ratio = rate / bt_rate
+        print(f"ratio qtd / backtesting.py = {ratio:.3f} (target >= {TARGET})")
+        del bars
+        streams = [random_walk(args.bars_each, f"S{i:02d}", 100 + i)
+                   for i in range(args.symbols)]
+        m_rate, m_fills, m_events = asyncio.run(qtd_rate(streams, Path(d)))
+        print(f"qtd {args.symbols} symbols x {args.bars_each:,} bars   {m_rate:>10,.0f} "
+              f"bars/s  ({m_fills} fills, {m_events:,} events stored)")
+    return 0 if ratio >= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The per-server agent daemon: supervised bots, telemetry over NATS, control, fail-safe.
+
+* :mod:`qtd.agent.config` — :class:`AgentConfig` (``etc/agent.toml``).
+* :mod:`qtd.agent.daemon` — :class:`Agent`: start-up order, task group, shutdown.
+* :mod:`qtd.agent.control` — wire messages and :func:`send_kill` (for ``qtd kill`` and the
+  leader).
+"""
+
+from __future__ import annotations
+
+from qtd.agent.config import AgentConfig, load_agent_config, parse_agent_config
+from qtd.agent.control import (
+    CommandReply,
+    CommandRequest,
+    KillMessage,
+    kill_ack_subject,
+    new_kill,
+    release_kill,
+    send_kill,
+)
+
+__all__ = [
+    "AgentConfig",
+    "CommandReply",
+    "CommandRequest",
+    "KillMessage",
+    "kill_ack_subject",
+    "load_agent_config",
+    "new_kill",
+    "parse_agent_config",
+    "release_kill",
+    "send_kill",
+]

@@ -1,0 +1,209 @@
+"""The agent's side of control: kill switches (NATS, KV, kill file) and ctl verbs.
+
+Every command is audited as a :class:`~qtd.events.CommandAudit` event in the store; every
+applied kill is stored as a :class:`~qtd.events.KillAck` and the ack is also published on
+``<prefix>.ack.kill.<node>`` (see :mod:`qtd.agent.control`).
+
+Verbs on ``<prefix>.ctl.<node>.<verb>``:
+
+* ``status`` — states, bots, store and outbox figures, NATS and leader.
+* ``halt`` — HALT a scope (default GLOBAL) and cancel its open orders (a kill without flatten).
+* ``resume`` — lift a scope to ACTIVE; needs ``operator`` and ``reason``. Resuming a bot
+  (scope STRATEGY) that the supervisor left HALTED also restarts it.
+* ``flatten`` — HALT the scope, cancel its orders and close its positions (reduce-only
+  market orders through the risk engine).
+* ``reload`` — re-admit the bot configs; a bot whose params changed (same strategy source)
+  swaps them at its next bar; anything else needs a restart and is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from qtd.admit import admit_bot
+from qtd.agent.control import CommandReply, CommandRequest, KillMessage, kill_ack_subject
+from qtd.agent.wiring import bot_files, status_of
+from qtd.errors import ConfigError
+from qtd.events import CommandAudit, KillAck, Scope
+from qtd.outbox import Outbox
+from qtd.risk.kill import KillCommand
+from qtd.runner import BotState
+
+if TYPE_CHECKING:
+    from qtd.agent.daemon import Agent
+
+log = logging.getLogger("qtd.agent.control")
+
+
+# --- kills ---------------------------------------------------------------------------------
+
+
+async def apply_kill(agent: Agent, msg: KillMessage, *, via: str) -> KillAck | None:
+    """Apply a kill once per id; publish the ack (a repeat over core NATS is acknowledged
+    with ``duplicate=True``; a repeat seen in the KV bucket is ignored)."""
+    now = agent.clock.now_ns()
+    if msg.id in agent.kills_applied:
+        if via == "kv":
+            return None
+        ack = KillAck(node=agent.node, ts_event=now, ts_init=now, kill_id=msg.id,
+                      scope=msg.scope, scope_key=msg.key, reason=msg.reason,
+                      state=agent.risk.states.get(msg.scope, msg.key), duplicate=True)
+    else:
+        agent.kills_applied.add(msg.id)
+        agent.kv_kill = True
+        report = await agent.router.kill(msg.command())
+        stored = await agent.store.append(KillAck(
+            node=agent.node, ts_event=now, ts_init=now, kill_id=msg.id, scope=msg.scope,
+            scope_key=msg.key, reason=msg.reason,
+            state=agent.risk.states.get(msg.scope, msg.key), canceled=report.canceled,
+            flatten_orders=len(report.flatten)))
+        assert isinstance(stored, KillAck)
+        ack = stored
+        log.warning("kill %s applied (%s %s:%s, via %s): %s; %d cancels", msg.id,
+                    ack.state.value, msg.scope.value, msg.key, via, msg.reason,
+                    len(report.canceled), extra={"kill_id": msg.id})
+    if agent.link is not None:
+        await agent.link.publish(kill_ack_subject(agent.subjects, agent.node),
+                                 msgspec.json.encode(ack))
+    return ack
+
+
+async def apply_file_kill(agent: Agent, cmd: KillCommand) -> None:
+    """A kill from the local kill file (works with NATS down)."""
+    report = await agent.router.kill(cmd)
+    await audit(agent, "kill", CommandRequest(operator=cmd.operator, reason=cmd.reason,
+                                              scope=cmd.scope, key=cmd.key),
+                True, f"kill file: {len(report.canceled)} cancels", source="kill_file")
+    log.warning("kill file applied: %s %s:%s: %s", cmd.scope.value, cmd.key, cmd.reason)
+
+
+# --- ctl verbs -----------------------------------------------------------------------------
+
+
+async def audit(agent: Agent, verb: str, req: CommandRequest, ok: bool, result: str,
+                source: str = "nats") -> None:
+    now = agent.clock.now_ns()
+    await agent.store.append(CommandAudit(
+        node=agent.node, ts_event=now, ts_init=now, verb=verb, operator=req.operator,
+        reason=req.reason, scope=req.scope, scope_key=req.key, ok=ok, result=result[:500],
+        source=source))
+
+
+async def handle(agent: Agent, verb: str, data: bytes) -> CommandReply:
+    """Run one ctl verb and audit it; never raises for bad input."""
+    try:
+        req = msgspec.json.decode(data or b"{}", type=CommandRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        req, reply = CommandRequest(), _reply(agent, verb, False, f"bad request: {exc}")
+    else:
+        fn = _VERBS.get(verb)
+        if fn is None:
+            reply = _reply(agent, verb, False, f"unknown verb {verb!r}; one of "
+                           f"{', '.join(sorted(_VERBS))}")
+        else:
+            try:
+                reply = await fn(agent, req)
+            except ConfigError as exc:
+                reply = _reply(agent, verb, False, exc.message)
+    await audit(agent, verb, req, reply.ok, reply.message)
+    return reply
+
+
+def _reply(agent: Agent, verb: str, ok: bool, message: str,
+           data: dict[str, Any] | None = None) -> CommandReply:
+    return CommandReply(ok=ok, node=agent.node, verb=verb, message=message, data=data or {})
+
+
+async def _status(agent: Agent, req: CommandRequest) -> CommandReply:
+    wm = await agent.store.watermark(Outbox.WATERMARK)
+    mono = agent.loop_time()
+    data = {
+        "states": [{"scope": s.value, "key": k, "state": st.value}
+                   for (s, k), st in agent.risk.states.snapshot().items()],
+        "global": agent.risk.states.get(Scope.GLOBAL).value,
+        "bots": status_of(agent.supervisor.slots),
+        "refused": agent.refused,
+        "accounts": {**{a: "ok" for a in agent.brokers}, **agent.failed_accounts},
+        "last_seq": agent.store.last_seq,
+        "watermark": wm,
+        "nats": agent.link is not None and agent.link.connected,
+        "leader_silence_s": round(agent.failsafe.silence_s(mono), 3),
+        "kill_active": agent.kill_active,
+        "open_orders": sum(1 for _ in agent.proj.orders.open_orders()),
+    }
+    return _reply(agent, "status", True, f"{agent.node}: GLOBAL {data['global']}", data)
+
+
+async def _halt(agent: Agent, req: CommandRequest) -> CommandReply:
+    return await _kill_verb(agent, "halt", req, flatten=False)
+
+
+async def _flatten(agent: Agent, req: CommandRequest) -> CommandReply:
+    return await _kill_verb(agent, "flatten", req, flatten=True)
+
+
+async def _kill_verb(agent: Agent, verb: str, req: CommandRequest, *, flatten: bool
+                     ) -> CommandReply:
+    _check_scope(req)
+    report = await agent.router.kill(KillCommand(
+        scope=req.scope, key=req.key, reason=req.reason or f"operator {verb}",
+        flatten=flatten, operator=req.operator, source="ctl"))
+    state = agent.risk.states.get(req.scope, req.key)
+    return _reply(agent, verb, True,
+                  f"{req.scope.value}:{req.key} {state.value}; {len(report.canceled)} cancels"
+                  + (f", {len(report.flatten)} flatten orders" if flatten else ""),
+                  {"canceled": report.canceled, "state": state.value,
+                   "flatten_orders": len(report.flatten)})
+
+
+async def _resume(agent: Agent, req: CommandRequest) -> CommandReply:
+    _check_scope(req)
+    change = await agent.router.resume(req.scope, req.key, operator=req.operator,
+                                       reason=req.reason)
+    restarted = False
+    slot = agent.supervisor.slots.get(req.key) if req.scope is Scope.STRATEGY else None
+    if slot is not None and slot.state is BotState.HALTED:
+        task = agent.task(f"bot:{slot.name}")
+        if task is None or task.done():
+            slot.restarts.clear()
+            agent.spawn_bot(slot)
+            restarted = True
+    state = agent.risk.states.get(req.scope, req.key)
+    msg = (f"{req.scope.value}:{req.key} {state.value}" + ("" if change else " (unchanged)")
+           + ("; bot restarted" if restarted else ""))
+    return _reply(agent, "resume", True, msg, {"state": state.value, "restarted": restarted})
+
+
+async def _reload(agent: Agent, req: CommandRequest) -> CommandReply:
+    swapped, needs_restart, refused = [], [], []
+    for path in bot_files(agent.cfg):
+        adm = await admit_bot(path, store=agent.store, node=agent.node, clock=agent.clock,
+                              smoke=agent.cfg.admit_smoke)
+        slot = agent.supervisor.slots.get(adm.bot)
+        if not adm.ok:
+            refused.append(str(path))
+        elif slot is None or adm.strategy_cls is not slot.strategy_cls:
+            needs_restart.append(adm.bot)
+        elif adm.content_hash != slot.content_hash:
+            slot.params, slot.content_hash = adm.params_obj, adm.content_hash
+            if slot.runner is not None:
+                slot.runner.swap_params(adm.params_obj, adm.content_hash)
+            swapped.append(adm.bot)
+    ok = not refused
+    msg = (f"params swapped: {', '.join(swapped) or '-'}; needs restart: "
+           f"{', '.join(needs_restart) or '-'}; refused: {', '.join(refused) or '-'}")
+    return _reply(agent, "reload", ok, msg, {"swapped": swapped, "needs_restart": needs_restart,
+                                             "refused": refused})
+
+
+def _check_scope(req: CommandRequest) -> None:
+    if req.scope is not Scope.GLOBAL and not req.key:
+        raise ConfigError(f"scope {req.scope.value} needs a key", source="<request>",
+                          field="key", value="", rule="required unless scope is GLOBAL")
+
+
+_VERBS = {"status": _status, "halt": _halt, "resume": _resume, "flatten": _flatten,
+          "reload": _reload}

@@ -1,0 +1,133 @@
+"""``qtd agent --config etc/agent.toml`` and ``qtd kill ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import msgspec
+
+from qtd.agent.config import AgentConfig, load_agent_config
+from qtd.agent.control import new_kill, release_kill, send_kill
+from qtd.agent.logs import setup_json_logging
+from qtd.bus import BusConfig, connect
+from qtd.errors import ConfigError
+from qtd.events import Scope
+from qtd.risk.kill import DEFAULT_KILL_FILE, remove_kill_file, write_kill_file
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """Load the config, log JSON to stdout, run the agent until SIGTERM/SIGINT."""
+    cfg = load_agent_config(args.config)
+    setup_json_logging(cfg.node, level=getattr(logging, args.log_level))
+    return asyncio.run(_agent_main(cfg))
+
+
+async def _agent_main(cfg: AgentConfig) -> int:
+    from qtd.agent.daemon import Agent
+
+    agent = Agent(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_shutdown)
+    try:
+        return await agent.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _bus_from_args(args: argparse.Namespace) -> BusConfig:
+    if args.config:
+        cfg = load_agent_config(args.config)
+        if cfg.bus is None:
+            raise ConfigError(f"{args.config}: no [bus] section: use --server or --local",
+                              source=args.config, field="bus", value=None, rule="required")
+        return msgspec.structs.replace(cfg.bus, name="qtd-kill", initial_connect_timeout=5.0)
+    return BusConfig(servers=tuple(args.server or ("nats://127.0.0.1:4222",)),
+                     name="qtd-kill", prefix=args.prefix, initial_connect_timeout=5.0)
+
+
+def run_kill(args: argparse.Namespace) -> int:
+    """``qtd kill``: set the kill switch over NATS (KV + broadcast) or in the local file."""
+    scope = Scope(args.scope.upper())
+    if scope is not Scope.GLOBAL and not args.key and not args.release:
+        raise ConfigError(f"--scope {args.scope} needs --key", source="<arg>", field="key",
+                          value="", rule="required unless scope is global")
+    if args.local:
+        path = Path(args.kill_file)
+        if args.release:
+            remove_kill_file(path)
+            print(f"removed {path} (trading stays halted until an operator resumes)")
+            return 0
+        write_kill_file(path, scope=scope, key=args.key or "", reason=args.reason,
+                        flatten=args.flatten, operator=args.operator)
+        print(f"wrote kill file {path}: {scope.value}:{args.key or ''} ({args.reason})")
+        return 0
+    return asyncio.run(_kill_over_nats(args, scope, _bus_from_args(args)))
+
+
+async def _kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig) -> int:
+    nc = await connect(bus, source=args.config or "<arg>")
+    try:
+        if args.release:
+            had = await release_kill(nc)
+            print("kill key deleted" if had else "no kill key was set")
+            return 0
+        msg = new_kill(reason=args.reason, scope=scope, key=args.key or "",
+                       flatten=args.flatten, operator=args.operator, source="cli")
+        acks = await send_kill(nc, msg, prefix=bus.prefix, wait_acks_s=args.wait,
+                               expect=args.expect)
+    finally:
+        await nc.drain()
+    print(json.dumps({"kill_id": msg.id, "scope": scope.value, "key": msg.key,
+                      "acks": [msgspec.to_builtins(a) for a in acks]}))
+    return 0 if acks or args.wait == 0 else 3
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``agent`` and ``kill`` to the ``qtd`` command."""
+    p = sub.add_parser(
+        "agent", help="run the per-server agent daemon (bots, telemetry, control)",
+        description="Runs the agent: reconciles every account, admits and runs the bots, "
+        "publishes the event store to JetStream, answers commands on "
+        "<prefix>.ctl.<node>.<verb>, applies kills. JSON logs on stdout. SIGTERM stops "
+        "it cleanly (exit 0).")
+    p.add_argument("--config", required=True, help="agent TOML (see etc/agent.toml)")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(handler=run_agent)
+    k = sub.add_parser(
+        "kill", help="kill switch: halt a scope on every agent (NATS) or this host (--local)",
+        description="Sets the kill key in the qtd_control KV bucket and broadcasts it on "
+        "<prefix>.ctl.kill (agents that start later start HALTED), then prints the agents' "
+        "acknowledgements. --local writes the kill file instead (works with NATS down). "
+        "Exit 3 when --wait elapsed without any acknowledgement.")
+    k.add_argument("--scope", default="global", choices=["global", "account", "strategy",
+                                                         "symbol"])
+    k.add_argument("--key", help="account, bot or symbol (required unless --scope global)")
+    k.add_argument("--flatten", action="store_true", help="also close the scope's positions")
+    k.add_argument("--reason", default="", help="why (required unless --release)")
+    k.add_argument("--operator", default="", help="who")
+    k.add_argument("--local", action="store_true", help="write the local kill file instead")
+    k.add_argument("--kill-file", default=str(DEFAULT_KILL_FILE), help="kill file path")
+    k.add_argument("--release", action="store_true",
+                   help="delete the kill key / file (does not resume trading)")
+    k.add_argument("--config", help="take the NATS settings from this agent TOML")
+    k.add_argument("--server", action="append", help="NATS URL (repeatable)")
+    k.add_argument("--prefix", default="qtd", help="subject prefix")
+    k.add_argument("--wait", type=float, default=2.0, help="seconds to collect acks")
+    k.add_argument("--expect", type=int, default=0, help="stop waiting after N acks")
+    k.set_defaults(handler=_kill_handler)
+
+
+def _kill_handler(args: argparse.Namespace) -> int:
+    if not args.release and not args.reason.strip():
+        print("qtd kill: --reason is required", file=sys.stderr)
+        return ConfigError.exit_code
+    return run_kill(args)

@@ -1,0 +1,205 @@
+"""Alerts: open, escalate, acknowledge and close conditions; page them with PnL context.
+
+One open alert per condition ``key`` (e.g. ``"hb:node-a"``). Raising an open key again does
+nothing unless the severity is higher (an escalation: paged again). Every change is stored in
+fleet.db as an :class:`~qtd.events.Alert` event (the audit trail) and paged through the
+:class:`~qtd.notify.Notifier` with the bot's and the fleet's PnL today, the affected
+positions and the bot's last events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from qtd.clock import Clock
+from qtd.events import Alert, AnyEvent, Severity
+from qtd.leader.fleetdb import LEADER_NODE, FleetDB
+from qtd.leader.snapshot import AlertView
+from qtd.leader.view import FleetView
+from qtd.notify import Notifier, Page
+
+log = logging.getLogger("qtd.leader.alerts")
+_NS = 1_000_000_000
+_SHOWN_FIELDS = ("symbol", "side", "qty", "price", "client_order_id", "check", "reason",
+                 "message", "realized", "unrealized")
+
+
+class AlertRecord(msgspec.Struct, kw_only=True):
+    """An alert as the leader tracks it (mutable: status, severity, operator change)."""
+
+    alert_id: str
+    key: str
+    severity: Severity
+    title: str
+    status: str = "open"
+    trigger: str = ""
+    limit: float | None = None
+    value: float | None = None
+    unit: str = ""
+    node: str = ""
+    bot: str = ""
+    symbol: str = ""
+    message: str = ""
+    opened_ns: int = 0
+    operator: str = ""
+
+
+class TaskSet:
+    """Background tasks owned by the leader (kept referenced; cancelled at shutdown)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed: %r", task.get_name(), task.exception())
+
+    async def drain(self, timeout_s: float) -> None:
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
+            for t in pending:
+                t.cancel()
+
+
+class AlertBook:
+    """Open alerts, their lifecycle and their pages.
+
+    Args:
+        view: the fleet view (PnL context).
+        db: fleet.db (audit events; the bot's last events).
+        notifier: the pager (None: alerts are recorded only).
+        clock: leader clock.
+        tasks: where context gathering and audit writes run.
+        recent_events: how many of the bot's events a page lists.
+    """
+
+    def __init__(self, *, view: FleetView, db: FleetDB, notifier: Notifier | None,
+                 clock: Clock, tasks: TaskSet, recent_events: int = 5) -> None:
+        self.view = view
+        self.db = db
+        self.notifier = notifier
+        self.clock = clock
+        self.tasks = tasks
+        self.recent_events = recent_events
+        self.open: dict[str, AlertRecord] = {}
+        self.closed: list[AlertRecord] = []
+
+    def raise_alert(self, key: str, severity: Severity, title: str, **fields: Any
+                    ) -> AlertRecord:
+        """Open (or escalate) the alert for ``key`` and page it.
+
+        Args:
+            key: the condition, e.g. ``"hb:node-a"``.
+            severity: P1..P4.
+            title: one line for the operator.
+            **fields: ``trigger``, ``limit``, ``value``, ``unit``, ``node``, ``bot``,
+                ``symbol``, ``message``.
+
+        Returns:
+            The open alert (existing, escalated or new).
+        """
+        rec = self.open.get(key)
+        if rec is not None:
+            if severity.value >= rec.severity.value:
+                return rec  # same or lower severity: already paged
+            rec.severity, rec.title = severity, title  # escalation: page again
+            for name, value in fields.items():
+                setattr(rec, name, value)
+        else:
+            rec = AlertRecord(alert_id=uuid.uuid4().hex[:8], key=key, severity=severity,
+                              title=title, opened_ns=self.clock.now_ns(), **fields)
+            self.open[key] = rec
+        self._emit(rec)
+        return rec
+
+    def close(self, key: str, message: str = "recovered") -> AlertRecord | None:
+        """Close the alert for ``key`` (its condition recovered) and page the recovery."""
+        rec = self.open.pop(key, None)
+        if rec is None:
+            return None
+        rec.status, rec.message = "closed", message
+        self.closed = [*self.closed[-199:], rec]
+        if self.notifier is not None:
+            self.notifier.resolve(rec.alert_id)
+        self._emit(rec)
+        return rec
+
+    def ack(self, alert_id: str, operator: str) -> AlertRecord | None:
+        """Acknowledge an open alert (stops P1 repeats). None if no such open alert."""
+        for rec in self.open.values():
+            if rec.alert_id == alert_id:
+                rec.status, rec.operator = "acked", operator
+                if self.notifier is not None:
+                    self.notifier.ack(alert_id)
+                self.tasks.spawn(self._audit(rec), f"qtd-alert-audit-{alert_id}")
+                return rec
+        return None
+
+    def views(self) -> list[AlertView]:
+        """Open and acknowledged alerts, most severe first (for the status page)."""
+        recs = sorted(self.open.values(), key=lambda r: (r.severity.value, r.opened_ns))
+        return [AlertView(alert_id=r.alert_id, key=r.key, severity=r.severity.value,
+                          status=r.status, title=r.title, node=r.node, bot=r.bot,
+                          opened_ns=r.opened_ns, limit=r.limit, value=r.value, unit=r.unit,
+                          operator=r.operator) for r in recs]
+
+    def _emit(self, rec: AlertRecord) -> None:
+        snap = msgspec.structs.replace(rec)  # the state at this moment, not a later one
+        self.tasks.spawn(self._page(snap), f"qtd-alert-{rec.alert_id}")
+
+    async def _page(self, rec: AlertRecord) -> None:
+        await self._audit(rec)
+        if self.notifier is not None:
+            self.notifier.notify(await self.page_for(rec))
+
+    async def _audit(self, rec: AlertRecord) -> None:
+        now = self.clock.now_ns()
+        await self.db.append_local([Alert(
+            node=LEADER_NODE, bot=rec.bot, ts_event=now, ts_init=now, alert_id=rec.alert_id,
+            key=rec.key, severity=rec.severity, status=rec.status, title=rec.title,
+            trigger=rec.trigger, limit=rec.limit, value=rec.value, unit=rec.unit,
+            symbol=rec.symbol, message=rec.message, operator=rec.operator)])
+
+    async def page_for(self, rec: AlertRecord) -> Page:
+        """The page for an alert, with the PnL context gathered now."""
+        r = self.view.rollup()
+        bot_acc = r.bots.get((rec.node, rec.bot))
+        events: list[AnyEvent] = []
+        if rec.bot and self.recent_events:
+            events = await self.db.recent(rec.node, rec.bot, self.recent_events)
+        rows = [p for p in r.positions
+                if (not rec.node or p.node == rec.node) and (not rec.bot or p.bot == rec.bot)
+                and (not rec.symbol or p.symbol == rec.symbol)]
+        rows.sort(key=lambda p: -abs(p.notional))
+        return Page(
+            alert_id=rec.alert_id, key=rec.key, severity=rec.severity, title=rec.title,
+            status="closed" if rec.status == "closed" else "open", trigger=rec.trigger,
+            limit=rec.limit, value=rec.value, unit=rec.unit, node=rec.node, bot=rec.bot,
+            symbol=rec.symbol, currency=self.view.currency,
+            bot_pnl_today=float(bot_acc.today) if bot_acc is not None else None,
+            fleet_pnl_today=float(r.totals.today),
+            positions=[f"{p.node}/{p.bot} {p.account} {p.symbol} qty {p.qty:g} avg "
+                       f"{p.avg_price:,.2f} mark {p.mark if p.mark is not None else 'n/a'} "
+                       f"unrealized {p.unrealized:,.2f}" for p in rows[:10]],
+            recent_events=[describe(e) for e in events], message=rec.message,
+            ts_ns=self.clock.now_ns())
+
+
+def describe(ev: AnyEvent) -> str:
+    """One line for an event in a page: time, kind and its main fields."""
+    ts = datetime.fromtimestamp(ev.ts_event / _NS, UTC).strftime("%H:%M:%S.%f")[:-3]
+    parts = [f"{f}={getattr(ev, f)}" for f in _SHOWN_FIELDS if getattr(ev, f, None)]
+    return f"{ts} {type(ev).__name__} " + " ".join(parts)

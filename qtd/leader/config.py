@@ -1,0 +1,297 @@
+"""Leader configuration: frozen msgspec Structs loaded once from TOML (see ``etc/leader.toml``).
+
+Units: money in the fleet currency (``fleet.currency``); percentages in percent (``10.0`` =
+10 %); durations in seconds; rates in orders per second. A cap table that is absent is not
+checked. Every cap names the kill-switch ``level`` it trips (``L1`` global, ``L2`` account,
+``L3`` strategy, ``L4`` symbol); the key of the scope comes from the breach (the symbol of a
+symbol-exposure breach, the account of a self-trade), falling back to L1 when the breach has
+no such key (fail safe).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from msgspec import Meta
+
+from qtd.bus import BusConfig, check_bus_config
+from qtd.errors import ConfigError
+from qtd.events import Severity
+
+_BIG = 1e15
+Amount = Annotated[float, Meta(gt=0, lt=_BIG)]
+Pct = Annotated[float, Meta(gt=0, le=100)]
+Seconds = Annotated[float, Meta(gt=0, lt=10 * 365 * 86400)]
+Count = Annotated[int, Meta(gt=0, lt=10**9)]
+Level = Literal["L1", "L2", "L3", "L4"]
+
+
+class _Cfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class LossCap(_Cfg, frozen=True, kw_only=True):
+    """Fleet daily loss: trips when today's fleet PnL <= -``limit`` (currency)."""
+
+    limit: Amount
+    level: Level = "L1"
+    flatten: bool = False
+
+
+class DrawdownCap(_Cfg, frozen=True, kw_only=True):
+    """Fleet drawdown: trips when equity is ``limit_pct`` % below its peak
+    (equity = ``fleet.capital`` + total PnL)."""
+
+    limit_pct: Pct
+    level: Level = "L1"
+    flatten: bool = False
+
+
+class ExposureCap(_Cfg, frozen=True, kw_only=True):
+    """Fleet gross exposure: sum of |qty × mark| over every position (currency)."""
+
+    limit: Amount
+    level: Level = "L1"
+    flatten: bool = False
+
+
+class SymbolExposureCap(_Cfg, frozen=True, kw_only=True):
+    """Per-symbol fleet exposure: |net notional| of a symbol summed over all bots and nodes
+    (currency). ``per_symbol`` overrides ``limit`` for named symbols."""
+
+    limit: Amount
+    per_symbol: dict[str, Amount] = {}
+    level: Level = "L4"
+    flatten: bool = False
+
+
+class ErrorRateCap(_Cfg, frozen=True, kw_only=True):
+    """Fleet error rate: (rejects + broker errors) / orders over the last ``window_s`` s,
+    checked once at least ``min_orders`` orders were sent in the window."""
+
+    max_pct: Pct = 10.0
+    window_s: Seconds = 60.0
+    min_orders: Count = 20
+    level: Level = "L1"
+    flatten: bool = False
+
+
+class OrderSpikeCap(_Cfg, frozen=True, kw_only=True):
+    """Order-rate spike: orders/s over the last ``window_s`` above ``factor`` × the trailing
+    normal (orders/s over the preceding ``baseline_s``, at least ``min_baseline_per_s``)."""
+
+    factor: Annotated[float, Meta(gt=1)] = 10.0
+    window_s: Seconds = 5.0
+    baseline_s: Seconds = 600.0
+    min_baseline_per_s: Amount = 1.0
+    level: Level = "L1"
+    flatten: bool = False
+
+
+class SelfTradeCap(_Cfg, frozen=True, kw_only=True):
+    """Self-trade risk: two bots send opposite-side orders for the same symbol on the same
+    account within ``window_s`` seconds (event time)."""
+
+    window_s: Seconds = 5.0
+    level: Level = "L2"
+    flatten: bool = False
+
+
+class CapsConfig(_Cfg, frozen=True, kw_only=True):
+    """Fleet-wide caps; an absent cap is not checked."""
+
+    daily_loss: LossCap | None = None
+    drawdown: DrawdownCap | None = None
+    gross_exposure: ExposureCap | None = None
+    symbol_exposure: SymbolExposureCap | None = None
+    error_rate: ErrorRateCap | None = None
+    order_spike: OrderSpikeCap | None = None
+    self_trade: SelfTradeCap | None = None
+
+
+class IngestConfig(_Cfg, frozen=True, kw_only=True):
+    """The durable JetStream pull consumer of ``QTD_EVENTS``.
+
+    Attributes:
+        durable: consumer name (one per fleet; a standby leader uses the same).
+        batch: messages per fetch (and per fleet.db transaction).
+        fetch_timeout_s: how long one fetch waits for messages.
+        ack_wait_s: JetStream redelivers an unacked message after this.
+        max_ack_pending: messages delivered but not yet acked, at most.
+        fsync: fsync fleet.db at every commit (SQLite ``synchronous=FULL``); ``False`` uses
+            ``NORMAL`` (a power cut may lose the last commits; they were acked already).
+    """
+
+    durable: str = "qtd-leader"
+    batch: Annotated[int, Meta(gt=0, le=10_000)] = 1000
+    fetch_timeout_s: Seconds = 0.25
+    ack_wait_s: Seconds = 30.0
+    max_ack_pending: Count = 50_000
+    fsync: bool = True
+
+
+class FleetConfig(_Cfg, frozen=True, kw_only=True):
+    """Fleet money and the trading day. One currency: positions in another quote currency
+    are summed as is (the leader does no FX)."""
+
+    capital: Amount = 1_000_000.0
+    currency: str = "USD"
+    trading_day_tz: str = "UTC"
+    trading_day_rollover: str = "00:00"
+
+
+class KillConfig(_Cfg, frozen=True, kw_only=True):
+    """Kill switch: agents that have not acknowledged within ``ack_timeout_s`` are paged P1."""
+
+    ack_timeout_s: Seconds = 1.0
+
+
+class LivenessConfig(_Cfg, frozen=True, kw_only=True):
+    """Heartbeats and bot data staleness.
+
+    Attributes:
+        heartbeat_timeout_s: an agent heartbeat older than this opens a P2 alert.
+        bot_stale_s: a bot with no PnL tick or event for this long opens a P3 alert.
+        bot_stale_overrides: per-bot ``"node/bot"`` override of ``bot_stale_s`` (a daily-bar
+            bot may legitimately be quiet for hours).
+        check_interval_s: how often caps and liveness are evaluated.
+        heartbeat_interval_s: how often the leader publishes its own heartbeat.
+    """
+
+    heartbeat_timeout_s: Seconds = 5.0
+    bot_stale_s: Seconds = 120.0
+    bot_stale_overrides: dict[str, Seconds] = {}
+    check_interval_s: Seconds = 0.5
+    heartbeat_interval_s: Seconds = 1.0
+
+
+class QuietHours(_Cfg, frozen=True, kw_only=True):
+    """Local ``HH:MM`` window (may wrap midnight) in which P3/P4 pages are held."""
+
+    start: str
+    end: str
+    tz: str = "UTC"
+
+
+class NotifyConfig(_Cfg, frozen=True, kw_only=True):
+    """Paging (:mod:`qtd.notify`).
+
+    Attributes:
+        destinations: Apprise URLs per severity, e.g. ``P1 = ["tgram://TOKEN/CHAT"]``.
+        dedupe_window_s: an identical page (same alert key and severity) inside this window
+            is dropped.
+        p1_repeat_s: a P1 page is re-sent this often until acknowledged.
+        retry_attempts: delivery attempts per destination before giving up (logged).
+        retry_base_s: first retry delay; doubles per attempt up to ``retry_max_s``.
+        retry_max_s: cap of the retry delay.
+        send_timeout_s: one delivery may take at most this long.
+        quiet_hours: P3/P4 pages raised inside it are held until it ends.
+        recent_events: how many of the bot's last events a page lists.
+    """
+
+    destinations: dict[Severity, list[str]] = {}
+    dedupe_window_s: Seconds = 300.0
+    p1_repeat_s: Seconds = 120.0
+    retry_attempts: Count = 5
+    retry_base_s: Seconds = 1.0
+    retry_max_s: Seconds = 60.0
+    send_timeout_s: Seconds = 10.0
+    quiet_hours: QuietHours | None = None
+    recent_events: Annotated[int, Meta(ge=0, le=100)] = 5
+
+
+class LeaderConfig(_Cfg, frozen=True, kw_only=True):
+    """Everything ``qtd leader`` needs (see ``etc/leader.toml``)."""
+
+    fleet_db: str = "state/leader/fleet.db"
+    bus: BusConfig = BusConfig(name="qtd-leader")
+    ingest: IngestConfig = IngestConfig()
+    fleet: FleetConfig = FleetConfig()
+    caps: CapsConfig = CapsConfig()
+    kill: KillConfig = KillConfig()
+    liveness: LivenessConfig = LivenessConfig()
+    notify: NotifyConfig = NotifyConfig()
+
+
+def _error(source: str, field: str, value: Any, rule: str) -> ConfigError:
+    return ConfigError(f"{source}: {field} = {value!r}: {rule}",
+                       source=source, field=field, value=value, rule=rule)
+
+
+def _check_hhmm(source: str, field: str, value: str) -> None:
+    try:
+        time.fromisoformat(value)
+    except ValueError:
+        raise _error(source, field, value, "must be local time HH:MM") from None
+
+
+def _check_tz(source: str, field: str, value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _error(source, field, value, "must be an IANA time zone") from None
+
+
+def check_leader_config(cfg: LeaderConfig, source: str = "<config>") -> LeaderConfig:
+    """Cross-field checks (times, zones, bus, Apprise URLs).
+
+    Raises:
+        ConfigError: names the file, the field, the value and the rule.
+    """
+    check_bus_config(cfg.bus, source)
+    _check_tz(source, "fleet.trading_day_tz", cfg.fleet.trading_day_tz)
+    _check_hhmm(source, "fleet.trading_day_rollover", cfg.fleet.trading_day_rollover)
+    quiet = cfg.notify.quiet_hours
+    if quiet is not None:
+        _check_tz(source, "notify.quiet_hours.tz", quiet.tz)
+        _check_hhmm(source, "notify.quiet_hours.start", quiet.start)
+        _check_hhmm(source, "notify.quiet_hours.end", quiet.end)
+    spike = cfg.caps.order_spike
+    if spike is not None and spike.baseline_s <= spike.window_s:
+        raise _error(source, "caps.order_spike.baseline_s", spike.baseline_s,
+                     f"must be > window_s ({spike.window_s})")
+    from qtd.notify import check_url  # apprise is imported only when paging is configured
+
+    for sev, urls in cfg.notify.destinations.items():
+        for i, url in enumerate(urls):
+            if not check_url(url):
+                raise _error(source, f"notify.destinations.{sev}[{i}]", url,
+                             "Apprise does not recognise this URL")
+    return cfg
+
+
+def parse_leader_config(data: dict[str, Any], source: str = "<config>") -> LeaderConfig:
+    """Validate a decoded TOML document.
+
+    Raises:
+        ConfigError: the first problem, naming the field path, the value and the rule.
+    """
+    try:
+        cfg = msgspec.convert(data, LeaderConfig)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        path = text.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in text else "?"
+        raise ConfigError(f"{source}: {path}: {text}", source=source, field=path,
+                          rule=text.split(" - at ")[0]) from None
+    return check_leader_config(cfg, source)
+
+
+def load_leader_config(path: str | Path) -> LeaderConfig:
+    """Load and validate ``etc/leader.toml``.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a value breaks a rule.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})", source=str(p)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})", source=str(p)) from None
+    return parse_leader_config(data, str(p))

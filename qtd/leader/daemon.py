@@ -1,0 +1,274 @@
+"""The leader daemon: wires fleet.db, the fleet view, caps, kill switch, liveness and paging.
+
+Tasks (one task group): ``ingest`` (JetStream → fleet.db → view), ``checks`` (caps and
+liveness every ``check_interval_s``), ``heartbeat`` (``<prefix>.hb.leader`` every
+``heartbeat_interval_s``), ``notify`` (the page dispatcher). Core subscriptions: agents'
+heartbeats and PnL ticks, kill acknowledgements, and the leader's request/reply commands on
+``<prefix>.ctl.leader.<verb>`` (``resume``, ``ack``, ``alerts``, ``kill``, ``status``) used
+by ``qtd resume``/``qtd ack``/``qtd alerts``. Shutdown: stop flag → tasks end their loop →
+pending audit/page tasks get a few seconds → NATS drained → fleet.db closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from qtd.bus import Subjects, connect, ensure_jetstream
+from qtd.clock import Clock, LiveClock
+from qtd.errors import QtdError
+from qtd.events import AnyEvent, Heartbeat, PnLSnapshot, RiskBreach, Scope, Severity, TradingState
+from qtd.leader.alerts import AlertBook, TaskSet
+from qtd.leader.caps import Breach, FleetCaps
+from qtd.leader.config import LeaderConfig
+from qtd.leader.fleetdb import LEADER_NODE, FleetDB
+from qtd.leader.ingest import Ingestor
+from qtd.leader.kill import KillSwitchController
+from qtd.leader.liveness import LivenessMonitor
+from qtd.leader.view import FleetView
+from qtd.notify import Notifier, Sender
+from qtd.projections import TradingDay
+
+log = logging.getLogger("qtd.leader")
+_hb_decoder = msgspec.json.Decoder(Heartbeat)
+_pnl_decoder = msgspec.json.Decoder(PnLSnapshot)
+PEAK_KEY = "peak_equity"
+
+
+class CommandRequest(msgspec.Struct, kw_only=True):
+    """Body of a ``<prefix>.ctl.leader.<verb>`` request."""
+
+    operator: str = ""
+    reason: str = ""
+    alert_id: str = ""
+    scope: Scope = Scope.GLOBAL
+    key: str = ""
+    flatten: bool = False
+
+
+class Leader:
+    """The leader process (use ``async with Leader(cfg) as leader`` or start/stop).
+
+    Args:
+        cfg: the leader config.
+        clock: leader clock (default wall clock).
+        sender: page delivery (default Apprise).
+
+    Attributes:
+        view: the live :class:`FleetView` (``view.snapshot()`` for the status page).
+        db, caps, alerts, kill, notifier, ingestor: the parts, available after start.
+    """
+
+    def __init__(self, cfg: LeaderConfig, *, clock: Clock | None = None,
+                 sender: Sender | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or LiveClock()
+        self.subjects = Subjects(cfg.bus.prefix)
+        fleet = cfg.fleet
+        self.view = FleetView(
+            trading_day=TradingDay(fleet.trading_day_tz, fleet.trading_day_rollover),
+            capital=Decimal(repr(fleet.capital)), currency=fleet.currency, clock=self.clock,
+            heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s)
+        self.caps = FleetCaps(cfg.caps, self.clock)
+        self.notifier = Notifier(cfg.notify, sender=sender, clock=self.clock)
+        self.tasks = TaskSet()
+        self._stop = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._saved_peak = Decimal(0)
+
+    async def __aenter__(self) -> Leader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open fleet.db, rebuild the view, connect, subscribe and start the tasks.
+
+        Raises:
+            StoreError: fleet.db cannot be opened.
+            ConfigError, OperationalError, TemporaryError: NATS setup failed.
+        """
+        self.db = await FleetDB.open(self.cfg.fleet_db, fsync=self.cfg.ingest.fsync)
+        try:
+            await self._rebuild()
+            self.nc: Client = await connect(self.cfg.bus)
+            await self._wire()
+        except BaseException:
+            await self.db.close()
+            raise
+        self._main = asyncio.create_task(self._run(), name="qtd-leader")
+
+    async def _rebuild(self) -> None:
+        n = 0
+        async for batch in self.db.replay_batches():
+            for ev in batch:
+                self.view.apply(ev)
+                self.caps.on_event(ev, live=False)
+            n += len(batch)
+        peak = await self.db.get_meta(PEAK_KEY)
+        if peak is not None:
+            self.view.peak_equity = self._saved_peak = max(self.view.capital, Decimal(peak))
+        log.info("leader.rebuilt events=%d stream_seq=%d", n, self.db.stream_seq)
+
+    async def _wire(self) -> None:
+        js = self.nc.jetstream()
+        setup = await ensure_jetstream(js, self.subjects.prefix)
+        self.alerts = AlertBook(view=self.view, db=self.db, notifier=self.notifier,
+                                clock=self.clock, tasks=self.tasks,
+                                recent_events=self.cfg.notify.recent_events)
+        self.view.alerts = self.alerts.views
+        self.kill = KillSwitchController(
+            nc=self.nc, kv=setup.control, subjects=self.subjects, db=self.db, view=self.view,
+            alerts=self.alerts, caps=self.caps, clock=self.clock, tasks=self.tasks,
+            ack_timeout_s=self.cfg.kill.ack_timeout_s)
+        self.liveness = LivenessMonitor(self.cfg.liveness, self.view, self.alerts)
+        self.ingestor = Ingestor(js, self.subjects, self.cfg.ingest, self.db, self._on_events)
+        self.view.ingest_stats = self.ingestor.stats
+        await self.kill.start()
+        await self.nc.subscribe(self.subjects.hb_all, cb=self._on_hb)
+        await self.nc.subscribe(self.subjects.pnl_all, cb=self._on_pnl)
+        await self.nc.subscribe(f"{self.subjects.prefix}.ctl.{LEADER_NODE}.*", cb=self._on_cmd)
+        await self.nc.flush()
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.ingestor.run(self._stop), name="qtd-leader-ingest")
+            tg.create_task(self._every(self.cfg.liveness.check_interval_s, self._checks),
+                           name="qtd-leader-checks")
+            tg.create_task(self._every(self.cfg.liveness.heartbeat_interval_s, self._beat),
+                           name="qtd-leader-heartbeat")
+            tg.create_task(self.notifier.run(self._stop), name="qtd-leader-notify")
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the tasks, drain NATS, close fleet.db."""
+        self._stop.set()
+        if self._main is not None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._main)
+            except TimeoutError:
+                self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+        await self.tasks.drain(timeout_s)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        await self.db.close()
+
+    async def wait(self) -> None:
+        """Until the tasks end (after :meth:`stop`, or when one fails: re-raised)."""
+        if self._main is not None:
+            await self._main
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def _every(self, period_s: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while not self._stop.is_set():
+            try:
+                await fn()
+            except Exception:  # one bad tick must not end the leader's checks
+                log.exception("leader.tick_failed fn=%s", getattr(fn, "__name__", fn))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period_s):
+                    await self._stop.wait()
+
+    async def _checks(self) -> None:
+        self._handle(self.caps.evaluate(self.view))
+        self.liveness.check()
+        if self.view.peak_equity > self._saved_peak:
+            self._saved_peak = self.view.peak_equity
+            await self.db.set_meta(PEAK_KEY, str(self._saved_peak))
+
+    async def _beat(self) -> None:
+        now = self.clock.now_ns()
+        state = TradingState.HALTED if self.view.kill.active else TradingState.ACTIVE
+        hb = Heartbeat(node=LEADER_NODE, ts_event=now, ts_init=now, role="leader",
+                       state=state, last_seq=self.db.stream_seq)
+        await self.nc.publish(self.subjects.hb_leader, msgspec.json.encode(hb))
+
+    # --- events and breaches -------------------------------------------------------------
+
+    def _on_events(self, events: list[AnyEvent]) -> None:
+        breaches: list[Breach] = []
+        for ev in events:
+            self.view.apply(ev)
+            breaches += self.caps.on_event(ev)
+        self._handle(breaches)
+
+    def _handle(self, breaches: list[Breach]) -> None:
+        for b in breaches:
+            self.tasks.spawn(self.trip(b), f"qtd-leader-trip-{b.cap}")
+
+    async def trip(self, b: Breach) -> None:
+        """A cap fired: kill at its level first, then audit and page P1."""
+        scope, key = b.scope()
+        reason = f"fleet cap {b.cap}: {b.message}"
+        await self.kill.trigger_kill(scope, key, reason, flatten=b.flatten, source="leader")
+        now = self.clock.now_ns()
+        await self.db.append_local([RiskBreach(
+            node=LEADER_NODE, bot=b.bot, ts_event=now, ts_init=now, check=b.cap, scope=scope,
+            scope_key=key, limit=b.limit, value=b.value, unit=b.unit, severity=Severity.P1,
+            action="kill", symbol=b.symbol, message=b.message)])
+        self.alerts.raise_alert(
+            f"cap:{b.cap}:{key}", Severity.P1, f"fleet cap {b.cap} tripped: kill {scope} {key}",
+            trigger=b.cap, limit=b.limit, value=b.value, unit=b.unit, node=b.node, bot=b.bot,
+            symbol=b.symbol, message=b.message)
+
+    # --- core subscriptions --------------------------------------------------------------
+
+    async def _on_hb(self, msg: Msg) -> None:
+        if msg.subject == self.subjects.hb_leader:
+            return
+        try:
+            self.view.on_heartbeat(_hb_decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("leader.bad_heartbeat subject=%s error=%s", msg.subject, exc)
+
+    async def _on_pnl(self, msg: Msg) -> None:
+        try:
+            self.view.on_pnl(_pnl_decoder.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("leader.bad_pnl subject=%s error=%s", msg.subject, exc)
+
+    async def _on_cmd(self, msg: Msg) -> None:
+        verb = msg.subject.rsplit(".", 1)[-1]
+        try:
+            req = msgspec.json.decode(msg.data or b"{}", type=CommandRequest)
+            reply: dict[str, Any] = {"ok": True, **await self.command(verb, req)}
+        except (QtdError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        if msg.reply:
+            await self.nc.publish(msg.reply, msgspec.json.encode(reply))
+
+    async def command(self, verb: str, req: CommandRequest) -> dict[str, Any]:
+        """Run an operator command (``resume``, ``ack``, ``alerts``, ``kill``, ``status``).
+
+        Raises:
+            QtdError: unknown verb, missing operator/reason, unknown alert.
+        """
+        if verb == "resume":
+            return {"resumed": True, "agents": await self.kill.resume(req.operator, req.reason)}
+        if verb == "ack":
+            rec = self.alerts.ack(req.alert_id, req.operator or "operator")
+            if rec is None:
+                raise QtdError(f"no open alert {req.alert_id!r}", alert_id=req.alert_id)
+            return {"alert_id": rec.alert_id, "status": rec.status}
+        if verb == "alerts":
+            return {"alerts": msgspec.to_builtins(self.alerts.views())}
+        if verb == "kill":
+            rnd = await self.kill.trigger_kill(req.scope, req.key, req.reason or "operator kill",
+                                               req.operator, req.flatten, source="cli")
+            return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
+        if verb == "status":
+            return {"snapshot": msgspec.to_builtins(self.view.snapshot())}
+        raise QtdError(f"unknown leader command {verb!r}", verb=verb)

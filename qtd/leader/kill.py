@@ -1,0 +1,299 @@
+"""The global kill switch, leader side: decide, broadcast, collect acknowledgements, page.
+
+Wire format: the agent's (:mod:`qtd.agent.control`). :meth:`KillSwitchController.trigger_kill`
+publishes a :class:`~qtd.agent.control.KillMessage` on core ``<prefix>.ctl.kill`` first (the
+fast path every agent subscribes to), then stores it under KV key ``kill`` in
+``qtd_control`` (an agent that starts later starts HALTED), then audits it in fleet.db as a
+:class:`~qtd.events.KillSwitch` event. Every agent answers on ``<prefix>.ack.kill.<node>``
+with a :class:`~qtd.events.KillAck` carrying the message's ``id``. Agents known from
+heartbeats that have not acknowledged within ``ack_timeout_s`` are listed on the view and
+paged P1. A kill published by someone else (``qtd kill``) is tracked the same way.
+
+:meth:`KillSwitchController.resume` needs an operator and a reason: it deletes the KV key,
+asks every known agent to ``resume`` the killed scope (request/reply
+``<prefix>.ctl.<node>.resume``; agents only resume on that command, never because a key went
+away), audits an inactive KillSwitch and re-arms the fleet caps. Nothing is published on
+``ctl.kill`` for a resume: agents read anything there as a kill (fail safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from qtd.agent.control import CommandReply, KillMessage, decode_kill
+from qtd.agent.control import CommandRequest as AgentRequest
+from qtd.bus import KILL_KEY, Subjects
+from qtd.bus.subjects import check_token
+from qtd.clock import Clock
+from qtd.errors import ConfigError
+from qtd.events import KillAck, KillSwitch, Scope, Severity, TradingState
+from qtd.leader.alerts import AlertBook, TaskSet
+from qtd.leader.caps import FleetCaps
+from qtd.leader.fleetdb import LEADER_NODE, FleetDB
+from qtd.leader.snapshot import KillView
+from qtd.leader.view import FleetView
+
+log = logging.getLogger("qtd.leader.kill")
+UNACKED_KEY = "kill:unacked"
+
+
+def ack_subject(subjects: Subjects, node: str | None = None) -> str:
+    """``<prefix>.ack.kill.<node>`` (``None``: every node, ``*``)."""
+    return f"{subjects.prefix}.ack.kill.{'*' if node is None else check_token('node', node)}"
+
+
+class AckWire(msgspec.Struct, kw_only=True):
+    """What the leader reads from an acknowledgement (extra fields are ignored)."""
+
+    node: str
+    kill_id: str = ""
+    state: str = ""
+    reason: str = ""
+    canceled: list[str] = []
+    flatten_orders: int = 0
+    duplicate: bool = False
+
+
+_ack_decoder = msgspec.json.Decoder(AckWire)
+_reply_decoder = msgspec.json.Decoder(CommandReply)
+
+
+class KillRound:
+    """One kill and its acknowledgements.
+
+    Attributes:
+        kill: the kill message broadcast.
+        kill_id: its id.
+        t0: ``time.perf_counter()`` at the decision, seconds.
+        expected: nodes known from heartbeats at the decision.
+        latency_s: acknowledging node -> seconds from the decision to its ack.
+        acks: acknowledging node -> its acknowledgement.
+        all_acked: set once every expected node acknowledged.
+    """
+
+    def __init__(self, kill: KillMessage, t0: float, expected: set[str]) -> None:
+        self.kill = kill
+        self.kill_id = kill.id
+        self.t0 = t0
+        self.expected = expected
+        self.latency_s: dict[str, float] = {}
+        self.acks: dict[str, AckWire] = {}
+        self.all_acked = asyncio.Event()
+        if not expected:
+            self.all_acked.set()
+
+    def missing(self) -> list[str]:
+        """Expected nodes that have not acknowledged."""
+        return sorted(self.expected - set(self.acks))
+
+
+class KillSwitchController:
+    """Leader side of the kill switch (see the module docstring).
+
+    Args:
+        nc: NATS client.
+        kv: the ``qtd_control`` bucket.
+        subjects: subject builder.
+        db: fleet.db (audit).
+        view: the fleet view (its ``kill`` field is kept current).
+        alerts: for the P1 page on missing acknowledgements.
+        caps: re-armed on resume.
+        clock: event timestamps.
+        tasks: background tasks.
+        ack_timeout_s: seconds agents have to acknowledge.
+    """
+
+    def __init__(self, *, nc: Client, kv: KeyValue, subjects: Subjects, db: FleetDB,
+                 view: FleetView, alerts: AlertBook, caps: FleetCaps, clock: Clock,
+                 tasks: TaskSet, ack_timeout_s: float = 1.0) -> None:
+        self.nc, self.kv, self.subjects, self.db = nc, kv, subjects, db
+        self.view, self.alerts, self.caps, self.clock = view, alerts, caps, clock
+        self.tasks = tasks
+        self.ack_timeout_s = ack_timeout_s
+        self.current: KillRound | None = None
+        self._past: set[str] = set()
+        self.known_nodes: Callable[[], set[str]] = lambda: set(view.heartbeats)
+
+    async def start(self) -> None:
+        """Subscribe to acknowledgements and to kills published by others; restore the
+        kill state stored in KV."""
+        await self.nc.subscribe(ack_subject(self.subjects), cb=self._on_ack)
+        await self.nc.subscribe(self.subjects.ctl_kill, cb=self._on_ctl)
+        try:
+            entry = await self.kv.get(KILL_KEY)
+        except Exception:  # no key (KeyNotFoundError) or KV away: nothing to restore
+            return
+        if entry.value:
+            self.current = KillRound(decode_kill(entry.value), time.perf_counter(), set())
+            self._show()
+
+    async def trigger_kill(self, scope: Scope, key: str, reason: str, operator: str = "",
+                           flatten: bool = False, source: str = "leader") -> KillRound:
+        """Kill now: broadcast (core, then KV), audit, and watch the acknowledgements.
+
+        Args:
+            scope: GLOBAL (L1), ACCOUNT (L2), STRATEGY (L3) or SYMBOL (L4).
+            key: the account, bot or symbol ("" for GLOBAL).
+            reason: why (shown in events and pages).
+            operator: who ("" for a tripped cap).
+            flatten: agents also close the scope's positions.
+            source: "leader", "cli", "web".
+
+        Returns:
+            The round; ``await round.all_acked.wait()`` to wait for every agent.
+        """
+        t0 = time.perf_counter()
+        msg = KillMessage(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
+                          flatten=flatten, operator=operator, source=source,
+                          ts_ns=self.clock.now_ns())
+        rnd = self._begin(msg, t0)
+        data = msgspec.json.encode(msg)
+        await self.nc.publish(self.subjects.ctl_kill, data)
+        await self.kv.put(KILL_KEY, data)
+        log.warning("kill.triggered id=%s scope=%s key=%s reason=%r operator=%s expected=%d",
+                    rnd.kill_id, scope, key, reason, operator, len(rnd.expected))
+        self.tasks.spawn(self._audit_kill(msg, active=True), "qtd-kill-audit")
+        return rnd
+
+    async def _audit_kill(self, msg: KillMessage, *, active: bool) -> None:
+        now = self.clock.now_ns()
+        await self.db.append_local([KillSwitch(
+            node=LEADER_NODE, ts_event=msg.ts_ns or now, ts_init=now, scope=msg.scope,
+            scope_key=msg.key, active=active, reason=msg.reason, flatten=msg.flatten,
+            operator=msg.operator, source=msg.source)])
+
+    def _begin(self, msg: KillMessage, t0: float) -> KillRound:
+        if self.current is not None:
+            self._past.add(self.current.kill_id)
+        rnd = self.current = KillRound(msg, t0, self.known_nodes())
+        self._show()
+        self.tasks.spawn(self._watch(rnd), f"qtd-kill-watch-{rnd.kill_id}")
+        return rnd
+
+    async def resume(self, operator: str, reason: str, timeout_s: float = 2.0
+                     ) -> dict[str, str]:
+        """Release the kill: delete the KV key, ask every known agent to resume the killed
+        scope, audit, re-arm the caps.
+
+        Returns:
+            node -> the agent's reply (``"ok: ..."``, ``"refused: ..."`` or ``"no reply"``).
+
+        Raises:
+            ConfigError: operator or reason is empty.
+        """
+        for field, value in (("operator", operator), ("reason", reason)):
+            if not value.strip():
+                raise ConfigError(f"resume needs a non-empty {field}", source="<arg>",
+                                  field=field, value=value, rule="must not be empty")
+        rnd = self.current
+        scope, key = (rnd.kill.scope, rnd.kill.key) if rnd is not None else (Scope.GLOBAL, "")
+        with contextlib.suppress(Exception):  # KeyNotFoundError: no kill set
+            await self.kv.delete(KILL_KEY)
+        req = msgspec.json.encode(AgentRequest(operator=operator, reason=reason, scope=scope,
+                                               key=key))
+        nodes = sorted(self.known_nodes())
+        replies = await asyncio.gather(*(self._ask(n, req, timeout_s) for n in nodes))
+        release = KillMessage(id="resume", scope=scope, key=key, reason=reason,
+                              operator=operator, source="leader", ts_ns=self.clock.now_ns())
+        await self._audit_kill(release, active=False)
+        if rnd is not None:
+            self._past.add(rnd.kill_id)
+        self.current = None
+        self.caps.reset()
+        for k in [k for k in self.alerts.open if k.startswith(("cap:", "kill:"))]:
+            self.alerts.close(k, f"resumed by {operator}: {reason}")
+        self.view.kill = KillView(active=False, reason=reason, operator=operator,
+                                  ts_ns=release.ts_ns)
+        log.warning("kill.resumed operator=%s reason=%r replies=%s", operator, reason,
+                    dict(zip(nodes, replies, strict=True)))
+        return dict(zip(nodes, replies, strict=True))
+
+    async def _ask(self, node: str, req: bytes, timeout_s: float) -> str:
+        try:
+            msg = await self.nc.request(self.subjects.ctl(node, "resume"), req,
+                                        timeout=timeout_s)
+            reply = _reply_decoder.decode(msg.data)
+        except Exception as exc:  # timeout, no responders, garbage: reported per node
+            return f"no reply ({type(exc).__name__})"
+        return f"{'ok' if reply.ok else 'refused'}: {reply.message}"
+
+    def _on_ack_data(self, data: bytes) -> None:
+        ack = _ack_decoder.decode(data)
+        rnd = self.current
+        if rnd is None or ack.kill_id in self._past or ack.node in rnd.acks:
+            return
+        if ack.kill_id and ack.kill_id != rnd.kill_id:
+            return
+        rnd.latency_s[ack.node] = time.perf_counter() - rnd.t0
+        rnd.acks[ack.node] = ack
+        if rnd.expected <= set(rnd.acks):
+            rnd.all_acked.set()
+            if self.alerts.open.get(UNACKED_KEY) is not None:
+                self.alerts.close(UNACKED_KEY, "every agent acknowledged the kill")
+        self._show()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            self._on_ack_data(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("kill.bad_ack subject=%s error=%s", msg.subject, exc)
+
+    async def _on_ctl(self, msg: Msg) -> None:
+        kill = decode_kill(msg.data)
+        if kill.id in self._past or (self.current and self.current.kill_id == kill.id):
+            return
+        log.warning("kill.external id=%s scope=%s source=%s", kill.id, kill.scope, kill.source)
+        self._begin(kill, time.perf_counter())
+        self.tasks.spawn(self._audit_kill(kill, active=True), "qtd-kill-audit")
+
+    async def _watch(self, rnd: KillRound) -> None:
+        try:
+            async with asyncio.timeout(self.ack_timeout_s):
+                await rnd.all_acked.wait()
+        except TimeoutError:
+            missing = rnd.missing()
+            log.error("kill.unacknowledged id=%s missing=%s", rnd.kill_id, missing)
+            self.alerts.raise_alert(
+                UNACKED_KEY, Severity.P1, f"kill not acknowledged by {len(missing)} agent(s)",
+                trigger="kill_ack_timeout", limit=self.ack_timeout_s, unit="s",
+                message=f"kill {rnd.kill_id} ({rnd.kill.reason}): no acknowledgement from "
+                f"{', '.join(missing)}")
+        await self._audit_acks(rnd)
+
+    async def _audit_acks(self, rnd: KillRound) -> None:
+        now = self.clock.now_ns()
+        acks = [KillAck(node=a.node, ts_event=now, ts_init=now, kill_id=rnd.kill_id,
+                        scope=rnd.kill.scope, scope_key=rnd.kill.key, reason=a.reason,
+                        state=_state(a.state), canceled=a.canceled,
+                        flatten_orders=a.flatten_orders, duplicate=a.duplicate)
+                for a in rnd.acks.values()]
+        if acks:
+            await self.db.append_local(acks)
+
+    def _show(self) -> None:
+        rnd = self.current
+        if rnd is None:
+            return
+        k = rnd.kill
+        self.view.kill = KillView(
+            active=True, kill_id=rnd.kill_id, scope=k.scope.value, key=k.key,
+            reason=k.reason, operator=k.operator, source=k.source, ts_ns=k.ts_ns,
+            acked=sorted(rnd.acks), pending=rnd.missing(),
+            ack_latency_ms={n: s * 1000 for n, s in rnd.latency_s.items()})
+
+
+def _state(text: str) -> TradingState:
+    try:
+        return TradingState(text)
+    except ValueError:
+        return TradingState.HALTED

@@ -1,0 +1,158 @@
+"""The fleet snapshot: what :meth:`qtd.leader.FleetView.snapshot` returns (msgspec Structs).
+
+Encode with ``msgspec.json.encode(snapshot)``. Money is in the fleet currency as ``float``
+(display values; the exact Decimals stay in the projections), quantities in instrument
+units, times in UTC ns, ages in seconds, utilisation as a fraction of the limit (1.0 = at
+the limit).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Agg(msgspec.Struct, kw_only=True):
+    """Aggregates of one node, bot, account or symbol (and of the fleet).
+
+    Attributes:
+        realized: realized PnL net of fees in the quote currency, all time.
+        unrealized: open positions at the last mark.
+        pnl_today: today's net realized PnL plus the open positions' unrealized PnL.
+        gross_exposure: sum of |qty × mark|.
+        net_exposure: sum of qty × mark (signed).
+        orders: order intents sent; fills, rejects, errors (broker errors), denials
+            (risk engine refusals): event counts.
+        open_positions: non-flat positions.
+    """
+
+    realized: float = 0.0
+    unrealized: float = 0.0
+    pnl_today: float = 0.0
+    gross_exposure: float = 0.0
+    net_exposure: float = 0.0
+    orders: int = 0
+    fills: int = 0
+    rejects: int = 0
+    errors: int = 0
+    denials: int = 0
+    open_positions: int = 0
+
+
+class NodeView(msgspec.Struct, kw_only=True):
+    """One agent: heartbeat age (None before the first), its reported state, aggregates."""
+
+    node: str
+    alive: bool
+    heartbeat_age_s: float | None
+    state: str
+    bots_running: int
+    agg: Agg
+
+
+class BotView(msgspec.Struct, kw_only=True):
+    """One bot on one node; ``last_activity_age_s`` since its last event or PnL tick;
+    ``reported_pnl`` is the agent's own last PnL tick (realized + unrealized), if any."""
+
+    node: str
+    bot: str
+    accounts: list[str]
+    last_activity_age_s: float | None
+    reported_pnl: float | None
+    agg: Agg
+
+
+class AccountView(msgspec.Struct, kw_only=True):
+    account: str
+    agg: Agg
+
+
+class SymbolView(msgspec.Struct, kw_only=True):
+    """A symbol across the fleet: net quantity, last mark, and the per-symbol cap's
+    utilisation (None when that cap is off)."""
+
+    symbol: str
+    net_qty: float
+    mark: float | None
+    cap_utilisation: float | None
+    agg: Agg
+
+
+class PositionView(msgspec.Struct, kw_only=True):
+    node: str
+    bot: str
+    account: str
+    symbol: str
+    qty: float
+    avg_price: float
+    mark: float | None
+    notional: float
+    realized: float
+    unrealized: float
+
+
+class CapView(msgspec.Struct, kw_only=True):
+    """One fleet cap: ``value`` against ``limit`` (same ``unit``); ``key`` names the worst
+    symbol or account for keyed caps; ``tripped`` once it fired a kill (until resume)."""
+
+    name: str
+    limit: float
+    value: float
+    unit: str
+    utilisation: float
+    level: str
+    key: str = ""
+    tripped: bool = False
+
+
+class KillView(msgspec.Struct, kw_only=True):
+    """The kill switch as the leader knows it; ``pending`` are agents not yet acknowledged,
+    ``ack_latency_ms`` per acknowledging node (from the kill decision)."""
+
+    active: bool = False
+    kill_id: str = ""
+    scope: str = ""
+    key: str = ""
+    reason: str = ""
+    operator: str = ""
+    source: str = ""
+    ts_ns: int = 0
+    acked: list[str] = []
+    pending: list[str] = []
+    ack_latency_ms: dict[str, float] = {}
+
+
+class AlertView(msgspec.Struct, kw_only=True):
+    alert_id: str
+    key: str
+    severity: str
+    status: str
+    title: str
+    node: str
+    bot: str
+    opened_ns: int
+    limit: float | None = None
+    value: float | None = None
+    unit: str = ""
+    operator: str = ""
+
+
+class FleetSnapshot(msgspec.Struct, kw_only=True):
+    """Everything the status page shows, at ``ts_ns``."""
+
+    ts_ns: int
+    trading_day: str
+    currency: str
+    capital: float
+    equity: float
+    peak_equity: float
+    drawdown_pct: float
+    totals: Agg
+    nodes: list[NodeView]
+    bots: list[BotView]
+    accounts: list[AccountView]
+    symbols: list[SymbolView]
+    positions: list[PositionView]
+    caps: list[CapView]
+    kill: KillView
+    alerts: list[AlertView]
+    ingest: dict[str, int]

@@ -1,0 +1,297 @@
+"""FleetView: live aggregates of every agent's events, per node, bot, account and symbol.
+
+Positions and realized PnL come from one :class:`qtd.projections.Projections` per node (the
+same average-cost code the agents run; bot names may repeat across nodes). The view adds
+what only the fleet knows: the last mark per symbol (last fill price, or a
+``PositionSnapshot``'s mark), order/fill/reject/error counts, today's realized PnL per
+position (the realized delta of each fill, labelled by the fill's trading day), agents'
+heartbeats and PnL ticks, and the latest cap, kill and alert state for the status page.
+
+**Today's PnL** of a position is its net realized PnL on today's trading day plus its whole
+unrealized PnL at the mark (no start-of-day mark is kept, so a position carried overnight
+counts its full open PnL: conservative for the daily-loss cap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+from qtd.clock import Clock
+from qtd.events import (
+    AnyEvent,
+    BrokerError,
+    Fill,
+    Heartbeat,
+    OrderDenied,
+    OrderIntent,
+    OrderRejected,
+    PnLSnapshot,
+    PositionSnapshot,
+)
+from qtd.leader.snapshot import (
+    AccountView,
+    Agg,
+    AlertView,
+    BotView,
+    CapView,
+    FleetSnapshot,
+    KillView,
+    NodeView,
+    PositionView,
+    SymbolView,
+)
+from qtd.orders import ApplyResult
+from qtd.projections import ZERO, Position, Projections, TradingDay
+
+_NS = 1_000_000_000
+Key4 = tuple[str, str, str, str]  # node, bot, account, symbol
+
+
+class _Acc:
+    """Mutable accumulator behind :class:`Agg` (Decimal money, exact sums)."""
+
+    __slots__ = ("counts", "gross", "net", "open", "realized", "today", "unrealized")
+
+    def __init__(self) -> None:
+        self.realized = self.unrealized = self.today = self.gross = self.net = ZERO
+        self.counts = [0, 0, 0, 0, 0]  # orders, fills, rejects, errors, denials
+        self.open = 0
+
+    def agg(self) -> Agg:
+        o, f, r, e, d = self.counts
+        return Agg(realized=float(self.realized), unrealized=float(self.unrealized),
+                   pnl_today=float(self.today), gross_exposure=float(self.gross),
+                   net_exposure=float(self.net), orders=o, fills=f, rejects=r, errors=e,
+                   denials=d, open_positions=self.open)
+
+
+class Rollup:
+    """One pass over every position and counter: the aggregates at every level.
+
+    Attributes:
+        totals: the fleet.
+        nodes, bots, accounts, symbols: per key (bots by ``(node, bot)``).
+        positions: per-position rows.
+        symbol_qty: net quantity per symbol.
+    """
+
+    def __init__(self) -> None:
+        self.totals = _Acc()
+        self.nodes: dict[str, _Acc] = {}
+        self.bots: dict[tuple[str, str], _Acc] = {}
+        self.accounts: dict[str, _Acc] = {}
+        self.symbols: dict[str, _Acc] = {}
+        self.positions: list[PositionView] = []
+        self.symbol_qty: dict[str, Decimal] = {}
+        self.bot_accounts: dict[tuple[str, str], set[str]] = {}
+
+    def accs(self, k: Key4) -> tuple[_Acc, ...]:
+        node, bot, account, symbol = k
+        self.bot_accounts.setdefault((node, bot), set()).add(account)
+        return (self.totals, self.nodes.setdefault(node, _Acc()),
+                self.bots.setdefault((node, bot), _Acc()),
+                self.accounts.setdefault(account, _Acc()), self.symbols.setdefault(symbol, _Acc()))
+
+
+class FleetView:
+    """Live fleet aggregates, fed by the ingest loop (:meth:`apply`) and core NATS ticks.
+
+    Args:
+        trading_day: the fleet's trading-day boundary.
+        capital: fleet starting equity, currency (drawdown base).
+        currency: the fleet currency (labels only; no FX).
+        clock: leader clock (ages, today's label).
+        heartbeat_timeout_s: a node whose heartbeat is older is shown not alive.
+    """
+
+    def __init__(self, *, trading_day: TradingDay, capital: Decimal, currency: str,
+                 clock: Clock, heartbeat_timeout_s: float = 5.0) -> None:
+        self.trading_day = trading_day
+        self.capital = capital
+        self.currency = currency
+        self.clock = clock
+        self.heartbeat_timeout_ns = int(heartbeat_timeout_s * _NS)
+        self.projections: dict[str, Projections] = {}
+        self.marks: dict[str, Decimal] = {}
+        self.counts: dict[Key4, list[int]] = {}
+        self.day_realized: dict[tuple[str, str, str, str, str], Decimal] = {}
+        self.activity: dict[tuple[str, str], int] = {}
+        self.reported: dict[tuple[str, str], PnLSnapshot] = {}
+        self.heartbeats: dict[str, tuple[Heartbeat, int]] = {}
+        self.peak_equity = capital
+        self.applied = 0
+        self.caps: list[CapView] = []
+        self.symbol_utilisation: dict[str, float] = {}
+        self.kill = KillView()
+        self.alerts: Callable[[], list[AlertView]] = list
+        self.ingest_stats: Callable[[], dict[str, int]] = dict
+
+    # --- feeding -------------------------------------------------------------------------
+
+    def apply(self, ev: AnyEvent) -> None:
+        """Apply one consumed event (idempotent for order events, like the projections)."""
+        proj = self.projections.get(ev.node)
+        if proj is None:
+            proj = self.projections[ev.node] = Projections(self.trading_day)
+        self.applied += 1
+        t = type(ev)
+        if t is Fill:
+            self._apply_fill(proj, ev)  # type: ignore[arg-type]
+        else:
+            result = proj.apply(ev)
+            if result is not ApplyResult.DUPLICATE:
+                self._count(proj, ev)
+        if t is PositionSnapshot and ev.mark_price is not None:  # type: ignore[union-attr]
+            self.marks[ev.symbol] = ev.mark_price  # type: ignore[union-attr]
+        elif t is PnLSnapshot:
+            self.reported[(ev.node, ev.bot)] = ev  # type: ignore[assignment]
+        if ev.bot:
+            self.activity[(ev.node, ev.bot)] = self.clock.now_ns()
+
+    def _apply_fill(self, proj: Projections, fill: Fill) -> None:
+        pos = proj.positions.get((fill.bot, fill.account, fill.symbol))
+        before = pos.net_realized if pos is not None else ZERO
+        if proj.apply(fill) is ApplyResult.DUPLICATE:
+            return
+        pos = proj.positions[(fill.bot, fill.account, fill.symbol)]
+        day = self.trading_day.label(fill.ts_event)
+        dkey = (day, fill.node, fill.bot, fill.account, fill.symbol)
+        self.day_realized[dkey] = self.day_realized.get(dkey, ZERO) + pos.net_realized - before
+        self.marks[fill.symbol] = fill.price
+        self._bump((fill.node, fill.bot, fill.account, fill.symbol), 1)
+
+    def _count(self, proj: Projections, ev: AnyEvent) -> None:
+        t = type(ev)
+        if t is OrderIntent or t is OrderDenied:
+            k4 = (ev.node, ev.bot, ev.account, ev.symbol)  # type: ignore[union-attr]
+            self._bump(k4, 0 if t is OrderIntent else 4)
+        elif t is OrderRejected or t is BrokerError:
+            rec = proj.orders.get(ev.client_order_id)  # type: ignore[union-attr]
+            account, symbol = (rec.account, rec.symbol) if rec is not None else ("", "")
+            self._bump((ev.node, ev.bot, account, symbol), 2 if t is OrderRejected else 3)
+
+    def _bump(self, k4: Key4, i: int) -> None:
+        c = self.counts.get(k4)
+        if c is None:
+            c = self.counts[k4] = [0, 0, 0, 0, 0]
+        c[i] += 1
+
+    def on_pnl(self, snap: PnLSnapshot) -> None:
+        """An agent's PnL tick (core NATS): the bot is alive and reporting."""
+        self.reported[(snap.node, snap.bot)] = snap
+        self.activity[(snap.node, snap.bot)] = self.clock.now_ns()
+
+    def on_heartbeat(self, hb: Heartbeat) -> None:
+        """An agent's heartbeat (core NATS)."""
+        self.heartbeats[hb.node] = (hb, self.clock.now_ns())
+
+    def heartbeat_age_s(self, node: str) -> float | None:
+        """Seconds since the node's last heartbeat (None: never seen)."""
+        seen = self.heartbeats.get(node)
+        return None if seen is None else (self.clock.now_ns() - seen[1]) / _NS
+
+    # --- reading -------------------------------------------------------------------------
+
+    def mark(self, pos: Position) -> Decimal | None:
+        """The symbol's last fleet mark, else the position's last fill price."""
+        return self.marks.get(pos.symbol, pos.last_price)
+
+    def rollup(self) -> Rollup:
+        """Aggregate every position and counter (one pass; O(positions + counters))."""
+        r = Rollup()
+        today = self.trading_day.label(self.clock.now_ns())
+        for node, proj in self.projections.items():
+            for pos in proj.positions.values():
+                self._roll_position(r, node, pos, today)
+        for k4, counts in self.counts.items():
+            for acc in r.accs(k4):
+                for i, n in enumerate(counts):
+                    acc.counts[i] += n
+        return r
+
+    def _roll_position(self, r: Rollup, node: str, pos: Position, today: str) -> None:
+        mark = self.mark(pos)
+        notional = pos.qty * mark if mark is not None else ZERO
+        unreal = pos.unrealized(mark)
+        k4 = (node, pos.bot, pos.account, pos.symbol)
+        today_pnl = self.day_realized.get((today, *k4), ZERO) + unreal
+        for acc in r.accs(k4):
+            acc.realized += pos.net_realized
+            acc.unrealized += unreal
+            acc.today += today_pnl
+            acc.gross += abs(notional)
+            acc.net += notional
+            acc.open += 1 if pos.qty else 0
+        r.symbol_qty[pos.symbol] = r.symbol_qty.get(pos.symbol, ZERO) + pos.qty
+        if pos.qty:
+            r.positions.append(PositionView(
+                node=node, bot=pos.bot, account=pos.account, symbol=pos.symbol,
+                qty=float(pos.qty), avg_price=float(pos.avg_price),
+                mark=None if mark is None else float(mark), notional=float(notional),
+                realized=float(pos.net_realized), unrealized=float(unreal)))
+
+    def equity(self, r: Rollup) -> Decimal:
+        """Fleet equity: capital + realized (net) + unrealized, currency."""
+        return self.capital + r.totals.realized + r.totals.unrealized
+
+    def snapshot(self) -> FleetSnapshot:
+        """Everything the status page needs, msgspec-serialisable (see
+        :mod:`qtd.leader.snapshot` for the shape and units)."""
+        r = self.rollup()
+        equity = self.equity(r)
+        peak = max(self.peak_equity, equity)
+        dd = float((peak - equity) / peak * 100) if peak > 0 else 0.0
+        return FleetSnapshot(
+            ts_ns=self.clock.now_ns(), trading_day=self.trading_day.label(self.clock.now_ns()),
+            currency=self.currency, capital=float(self.capital), equity=float(equity),
+            peak_equity=float(peak), drawdown_pct=dd, totals=r.totals.agg(),
+            nodes=self._nodes(r), bots=self._bots(r),
+            accounts=[AccountView(account=k, agg=a.agg()) for k, a in sorted(r.accounts.items())],
+            symbols=self._symbols(r), positions=r.positions, caps=list(self.caps),
+            kill=self.kill, alerts=self.alerts(), ingest=self.ingest_stats(),
+        )
+
+    def _nodes(self, r: Rollup) -> list[NodeView]:
+        out = []
+        for node in sorted(set(r.nodes) | set(self.heartbeats)):
+            hb = self.heartbeats.get(node)
+            age = self.heartbeat_age_s(node)
+            out.append(NodeView(
+                node=node, alive=age is not None and age * _NS <= self.heartbeat_timeout_ns,
+                heartbeat_age_s=age, state=hb[0].state.value if hb else "UNKNOWN",
+                bots_running=hb[0].bots_running if hb else 0,
+                agg=r.nodes.get(node, _Acc()).agg()))
+        return out
+
+    def _bots(self, r: Rollup) -> list[BotView]:
+        now = self.clock.now_ns()
+        out = []
+        for key in sorted(set(r.bots) | set(self.activity)):
+            seen = self.activity.get(key)
+            rep = self.reported.get(key)
+            out.append(BotView(
+                node=key[0], bot=key[1], accounts=sorted(r.bot_accounts.get(key, set()) - {""}),
+                last_activity_age_s=None if seen is None else (now - seen) / _NS,
+                reported_pnl=None if rep is None else float(rep.realized + rep.unrealized),
+                agg=r.bots.get(key, _Acc()).agg()))
+        return out
+
+    def _symbols(self, r: Rollup) -> list[SymbolView]:
+        util = self.symbol_utilisation
+        out = []
+        for sym, acc in sorted(r.symbols.items()):
+            if not sym:
+                continue
+            mark = self.marks.get(sym)
+            out.append(SymbolView(
+                symbol=sym, net_qty=float(r.symbol_qty.get(sym, ZERO)),
+                mark=None if mark is None else float(mark), cap_utilisation=util.get(sym),
+                agg=acc.agg()))
+        return out
+
+    def bot_pnl_today(self, node: str, bot: str) -> Decimal:
+        """Today's PnL of one bot, currency (see the module docstring)."""
+        r = self.rollup()
+        acc = r.bots.get((node, bot))
+        return acc.today if acc is not None else ZERO

@@ -1,0 +1,122 @@
+"""Kill switch, fleet caps, liveness and paging on a real nats-server with fake agents, pages
+delivered through Apprise ``json://`` to a local HTTP receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer
+from qtd.events import KillSwitch, RiskBreach, Scope, Side
+from qtd.leader import Leader
+from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
+from tests.integration.leader_peer import PageReceiver, agents, leader_config, wait_for
+
+NODES = ["node-a", "node-b", "node-c", "node-d"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[PageReceiver]:
+    r = PageReceiver()
+    yield r
+    r.close()
+
+
+async def _audit(leader: Leader, kind: type) -> list[object]:
+    return [e async for b in leader.db.replay_all() for e in b if isinstance(e, kind)]
+
+
+async def test_kill_reaches_every_agent_and_unacked_agent_is_paged(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client,
+    receiver: PageReceiver,
+) -> None:
+    cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
+    async with agents(tmp_path, nats_server, NODES) as peers, Leader(cfg) as leader:
+        peers[-1].answer_kills = False
+        await wait_for(lambda: set(leader.view.heartbeats) == set(NODES), what="heartbeats")
+        rnd = await leader.kill.trigger_kill(Scope.GLOBAL, "", "test kill", "alice")
+        await wait_for(lambda: all(p.kills for p in peers), what="kill at every agent")
+        assert {p.kills[0].id for p in peers} == {rnd.kill_id}
+        kv = await nats_client.jetstream().key_value(CONTROL_BUCKET)
+        assert msgspec.json.decode((await kv.get(KILL_KEY)).value)["id"] == rnd.kill_id
+        await wait_for(lambda: len(rnd.acks) == 3, what="acks")
+        assert leader.view.kill.acked == NODES[:3] and leader.view.kill.pending == ["node-d"]
+        await wait_for(lambda: "kill:unacked" in leader.alerts.open, 3.0, "P1 alert")
+        await wait_for(lambda: any("node-d" in b["message"] for b in receiver.bodies), 3.0,
+                       "P1 page naming node-d")
+        page = next(b for b in receiver.bodies if "node-d" in b["message"])
+        assert page["title"].startswith("[P1]")
+        reply = await nats_client.request("qtd.ctl.leader.resume", msgspec.json.encode(
+            {"operator": "alice", "reason": "all clear"}), timeout=5)
+        body = msgspec.json.decode(reply.data)
+        assert body["ok"] and body["agents"]["node-a"].startswith("ok")
+        assert all(p.resumes and p.resumes[0]["operator"] == "alice" for p in peers)
+        assert not leader.view.kill.active and "kill:unacked" not in leader.alerts.open
+        refused = await nats_client.request("qtd.ctl.leader.resume", b"{}", timeout=5)
+        assert msgspec.json.decode(refused.data)["ok"] is False  # no operator, no reason
+        kills = await _audit(leader, KillSwitch)
+        assert [k.active for k in kills] == [True, False] and kills[1].operator == "alice"
+
+
+async def test_daily_loss_cap_trips_a_kill_and_pages_with_pnl_context(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, receiver: PageReceiver,
+) -> None:
+    caps = CapsConfig(daily_loss=LossCap(limit=150.0, level="L1"))
+    cfg = leader_config(tmp_path, nats_server, caps=caps, page_url=receiver.url)
+    async with agents(tmp_path, nats_server, NODES[:2]) as peers, Leader(cfg) as leader:
+        await wait_for(lambda: len(leader.view.heartbeats) == 2, what="heartbeats")
+        await peers[0].trade("momo", "SPY", Side.BUY, "10", "100")
+        await peers[0].trade("momo", "SPY", Side.SELL, "5", "80")  # realized -100
+        await peers[1].trade("meanrev", "QQQ", Side.BUY, "1", "50")
+        # today: realized 5 x (80 - 100) = -100, the open 5 SPY at mark 80 another -100
+        await wait_for(lambda: all(p.kills for p in peers), what="cap kill at agents")
+        assert peers[0].kills[0].reason.startswith("fleet cap daily_loss")
+        assert peers[0].kills[0].scope is Scope.GLOBAL
+        breach = await _audit(leader, RiskBreach)
+        assert [b.check for b in breach] == ["daily_loss"]
+        await wait_for(lambda: any("daily_loss" in b["message"] for b in receiver.bodies),
+                       what="cap page")
+        text = next(b["message"] for b in receiver.bodies if "daily_loss" in b["message"])
+        assert "PnL today: fleet -200.00 USD" in text
+        assert "node-a/momo acct1 SPY qty 5" in text
+        cap = next(c for c in leader.view.snapshot().caps if c.name == "daily_loss")
+        assert cap.tripped and cap.value == pytest.approx(200.0)
+
+
+async def test_self_trade_risk_kills_the_account(
+    tmp_path: Path, nats_server: EmbeddedNatsServer,
+) -> None:
+    caps = CapsConfig(self_trade=SelfTradeCap(window_s=5.0, level="L2"))
+    cfg = leader_config(tmp_path, nats_server, caps=caps)
+    async with agents(tmp_path, nats_server, NODES[:2]) as peers, Leader(cfg) as leader:
+        await peers[0].trade("a", "SPY", Side.BUY, "1", "100", account="shared")
+        await peers[1].trade("b", "SPY", Side.SELL, "1", "100", account="shared")
+        await wait_for(lambda: all(p.kills for p in peers), what="self-trade kill")
+        kill = peers[0].kills[0]
+        assert (kill.scope, kill.key) == (Scope.ACCOUNT, "shared")
+        assert leader.view.kill.scope == "ACCOUNT"
+
+
+async def test_missing_heartbeat_pages_p2_and_recovery_closes_it(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, receiver: PageReceiver,
+) -> None:
+    cfg = leader_config(tmp_path, nats_server, page_url=receiver.url, hb_timeout_s=0.4)
+    async with agents(tmp_path, nats_server, NODES[:2]) as peers, Leader(cfg) as leader:
+        await peers[1].trade("momo", "SPY", Side.BUY, "3", "10")
+        await wait_for(lambda: len(leader.view.heartbeats) == 2, what="heartbeats")
+        peers[1].heartbeats = False
+        await wait_for(lambda: "hb:node-b" in leader.alerts.open, 3.0, "P2 alert")
+        assert leader.alerts.open["hb:node-b"].severity == "P2"
+        assert "hb:node-a" not in leader.alerts.open
+        await wait_for(lambda: any(b["title"].startswith("[P2]") for b in receiver.bodies),
+                       what="P2 page")
+        peers[1].heartbeats = True
+        await wait_for(lambda: "hb:node-b" not in leader.alerts.open, 3.0, "recovery")
+        await wait_for(lambda: any("RECOVERED" in b["title"] for b in receiver.bodies),
+                       what="recovery page")
+        snap = leader.view.snapshot()
+        assert [n.alive for n in snap.nodes] == [True, True]
