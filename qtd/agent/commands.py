@@ -19,6 +19,7 @@ Verbs on ``<prefix>.ctl.<node>.<verb>``:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,7 +28,7 @@ from qtd.admit import admit_bot
 from qtd.agent.control import CommandReply, CommandRequest, KillMessage, kill_ack_subject
 from qtd.agent.wiring import bot_files, status_of
 from qtd.errors import ConfigError
-from qtd.events import CommandAudit, KillAck, Scope
+from qtd.events import CommandAudit, KillAck, ParamsChanged, Scope
 from qtd.outbox import Outbox
 from qtd.risk.kill import KillCommand
 from qtd.runner import BotState
@@ -177,26 +178,46 @@ async def _resume(agent: Agent, req: CommandRequest) -> CommandReply:
     return _reply(agent, "resume", True, msg, {"state": state.value, "restarted": restarted})
 
 
+async def reload_file(agent: Agent, path: Path) -> str:
+    """Re-admit one bot config and apply it to the running bot (hot reload).
+
+    Returns ``"swapped"`` (new params from the next bar boundary), ``"unchanged"``,
+    ``"needs_restart"`` (a new strategy class or bot) or ``"refused"`` (admission failed:
+    the old params keep running; ``ParamsChanged(accepted=False)`` is stored with the
+    reasons and a warning logged — the alert).
+    """
+    adm = await admit_bot(path, store=agent.store, node=agent.node, clock=agent.clock,
+                          smoke=agent.cfg.admit_smoke)
+    slot = agent.supervisor.slots.get(adm.bot)
+    if not adm.ok:
+        reasons = "; ".join(str(p) for p in adm.problems)[:2000]
+        log.warning("bot config %s: change refused, old params keep running: %s", path,
+                    reasons, extra={"bot": adm.bot})
+        if slot is not None:
+            now = agent.clock.now_ns()
+            await agent.store.append(ParamsChanged(
+                node=agent.node, bot=adm.bot, ts_event=now, ts_init=now,
+                old_hash=slot.content_hash, new_hash=adm.content_hash, accepted=False,
+                reason=reasons))
+        return "refused"
+    if slot is None or adm.strategy_cls is not slot.strategy_cls:
+        return "needs_restart"
+    if adm.content_hash == slot.content_hash:
+        return "unchanged"
+    slot.params, slot.content_hash = adm.params_obj, adm.content_hash
+    if slot.runner is not None:
+        slot.runner.swap_params(adm.params_obj, adm.content_hash)
+    return "swapped"
+
+
 async def _reload(agent: Agent, req: CommandRequest) -> CommandReply:
-    swapped, needs_restart, refused = [], [], []
+    outcome: dict[str, list[str]] = {"swapped": [], "needs_restart": [], "refused": []}
     for path in bot_files(agent.cfg):
-        adm = await admit_bot(path, store=agent.store, node=agent.node, clock=agent.clock,
-                              smoke=agent.cfg.admit_smoke)
-        slot = agent.supervisor.slots.get(adm.bot)
-        if not adm.ok:
-            refused.append(str(path))
-        elif slot is None or adm.strategy_cls is not slot.strategy_cls:
-            needs_restart.append(adm.bot)
-        elif adm.content_hash != slot.content_hash:
-            slot.params, slot.content_hash = adm.params_obj, adm.content_hash
-            if slot.runner is not None:
-                slot.runner.swap_params(adm.params_obj, adm.content_hash)
-            swapped.append(adm.bot)
-    ok = not refused
-    msg = (f"params swapped: {', '.join(swapped) or '-'}; needs restart: "
-           f"{', '.join(needs_restart) or '-'}; refused: {', '.join(refused) or '-'}")
-    return _reply(agent, "reload", ok, msg, {"swapped": swapped, "needs_restart": needs_restart,
-                                             "refused": refused})
+        result = await reload_file(agent, path)
+        if result in outcome:
+            outcome[result].append(str(path) if result == "refused" else path.stem)
+    msg = "; ".join(f"{k.replace('_', ' ')}: {', '.join(v) or '-'}" for k, v in outcome.items())
+    return _reply(agent, "reload", not outcome["refused"], msg, dict(outcome))
 
 
 def _check_scope(req: CommandRequest) -> None:

@@ -125,6 +125,9 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
         bus_wait_s: seconds start-up waits for NATS (to read the kill key) before bots
             start anyway.
         kill_file: the local kill file, polled every ``kill_poll_s`` seconds.
+        params_poll_s: bot config files are checked for changes this often, seconds; a
+            changed file is re-admitted and its params swapped in at a bar boundary (hot
+            reload), or refused with the old params kept running.
         admit_smoke: run the admission smoke backtest for each bot at start.
         hook_budget_s: wall-time budget of one strategy hook call, seconds.
         jetstream_replicas: replicas of the stream and KV bucket (3 in a cluster).
@@ -148,6 +151,7 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     bus_wait_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     kill_file: str = "/dev/shm/qtd.kill"
     kill_poll_s: Seconds = 0.25
+    params_poll_s: Seconds = 2.0
     admit_smoke: bool = True
     hook_budget_s: Seconds = 0.5
     jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +29,7 @@ from qtd import sdnotify
 from qtd.agent import commands
 from qtd.agent.control import decode_kill, read_kill
 from qtd.agent.telemetry import pnl_snapshots
+from qtd.agent.wiring import bot_files
 from qtd.events import Heartbeat, Scope, to_json
 from qtd.risk.kill import KillFileWatcher
 
@@ -91,7 +94,8 @@ async def start_kill_file(agent: Agent) -> None:
 
 def telemetry_tasks(agent: Agent) -> dict[str, Coroutine[Any, Any, None]]:
     """The periodic tasks to start once bots run."""
-    tasks: dict[str, Coroutine[Any, Any, None]] = {"failsafe": _failsafe(agent)}
+    tasks: dict[str, Coroutine[Any, Any, None]] = {"failsafe": _failsafe(agent),
+                                                   "params-watch": _params_watch(agent)}
     if agent.link is not None:
         tasks.update(heartbeat=_heartbeat(agent), pnl=_pnl(agent), **{"kill-kv": _kill_kv(agent)})
     interval = sdnotify.watchdog_interval_s()
@@ -148,6 +152,28 @@ async def _kill_kv(agent: Agent) -> None:
     while True:
         await _every(KV_POLL_S)
         await _poll_kv_once(agent)
+
+
+def _mtimes(agent: Agent) -> dict[Path, int]:
+    out = {}
+    for path in bot_files(agent.cfg):
+        with contextlib.suppress(OSError):
+            out[path] = path.stat().st_mtime_ns
+    return out
+
+
+async def _params_watch(agent: Agent) -> None:
+    """Hot reload: re-admit a bot config whose file changed (polled every
+    ``params_poll_s``); see :func:`qtd.agent.commands.reload_file`."""
+    seen = _mtimes(agent)
+    while True:
+        await _every(agent.cfg.params_poll_s)
+        now = _mtimes(agent)
+        for path, mtime in now.items():
+            if seen.get(path) not in (None, mtime):
+                result = await commands.reload_file(agent, path)
+                log.info("bot config %s changed: %s", path, result)
+        seen = now
 
 
 async def _watchdog(interval: float) -> None:

@@ -216,3 +216,30 @@ async def test_a_halt_survives_a_restart_and_resume_restarts_the_bot(
         await wait_for(lambda: agent.store.last_seq > seq + 20)
         intents = await agent.store.query(kind="OrderIntent", bot="b1", after_seq=seq)
     assert intents
+
+
+async def test_changed_params_file_is_hot_reloaded_and_a_bad_one_is_refused(
+    tmp_path: Path, nats_server: EmbeddedNatsServer
+) -> None:
+    cfg = write_fleet(tmp_path, {"b1": {"qty": 1.0}}, bus_url=nats_server.url,
+                      market=MINUTE_SPEED, extra="params_poll_s = 0.1")
+    bot_file = tmp_path / "bots" / "b1.toml"
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(100_000)}) as agent:
+        await wait_for(lambda: agent.supervisor.slots["b1"].runner is not None)
+        runner = agent.supervisor.slots["b1"].runner
+        bot_file.write_text(bot_file.read_text().replace("qty = 1.0", "qty = 2.0"))
+        await wait_for(lambda: getattr(runner.strategy, "params", None) is not None
+                       and runner.strategy.params.qty == 2.0)
+        bot_file.write_text(bot_file.read_text().replace("qty = 2.0", "qyt = 5.0"))  # typo
+        await wait_for(lambda: agent.store.query(kind="ParamsChanged"), timeout_s=10)
+
+        async def refused() -> list:
+            return [e for e in await agent.store.query(kind="ParamsChanged")
+                    if not e.accepted]
+
+        await wait_for(refused)
+        (bad,) = await refused()
+        assert "params.qyt" in bad.reason and "qty" in bad.reason  # named, with did-you-mean
+        assert runner.strategy.params.qty == 2.0  # the old params keep running
+        accepted = [e for e in await agent.store.query(kind="ParamsChanged") if e.accepted]
+        assert len(accepted) == 1
