@@ -243,3 +243,18 @@ async def test_changed_params_file_is_hot_reloaded_and_a_bad_one_is_refused(
         assert runner.strategy.params.qty == 2.0  # the old params keep running
         accepted = [e for e in await agent.store.query(kind="ParamsChanged") if e.accepted]
         assert len(accepted) == 1
+
+
+async def test_a_bot_that_fails_admission_never_runs_its_siblings_do(
+    tmp_path: Path, nats_server: EmbeddedNatsServer
+) -> None:
+    cfg = write_fleet(tmp_path, {"good": {}, "bad": {"qty": "lots"}}, bus_url=nats_server.url,
+                      market=MINUTE_SPEED)
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(3000)}) as agent:
+        await wait_for(lambda: agent.store.query(kind="Fill", bot="good"))
+        (problems,) = [v for k, v in agent.refused.items() if k.endswith("bad.toml")]
+        assert "params.qty = 'lots'" in " ".join(problems)
+        assert "bad" not in agent.supervisor.slots
+        admitted = [e.bot for e in await agent.store.query(kind="StrategyAdmitted")]
+        assert admitted == ["good"]
+        assert await agent.store.query(bot="bad") == []  # not one event: it never ran
