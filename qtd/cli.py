@@ -37,6 +37,8 @@ examples:
   qtd backtest strategies/ma_cross.py --data goog_1d --plot eq.html   report + chart
   qtd backtest etc/bots/momo-goog.toml --data goog_1d --gate          promotion gates
   qtd backtest strategies/ma_cross.py --data goog_1d --sweep fast=5:30:5 slow=20:100:10
+  qtd up                                                   the fleet on this machine
+  qtd up --agents 3 --speed 50 --duration 60               faster, stops after a minute
 """
 
 
@@ -227,12 +229,9 @@ def _add_data(sub: Any) -> None:
 
 
 def _add_up(sub: Any) -> None:
-    p = sub.add_parser(
-        "up", help="the whole fleet on one machine (not built yet: see README)",
-        description="Starts nats-server, a leader and agents on one machine on real market "
-        "data. Not built yet in this version: it says so and exits 2.",
-    )
-    p.set_defaults(handler=_run_up)
+    from qtd.commands.up import add_parser
+
+    add_parser(sub)
 
 
 def _run_events(args: argparse.Namespace) -> int:
@@ -252,16 +251,6 @@ def _run_data_list(args: argparse.Namespace) -> int:
 
     print(format_dataset_table())
     return 0
-
-
-def _run_up(args: argparse.Namespace) -> int:
-    print(
-        "qtd up: not built yet. This version has the event store, order lifecycle and "
-        "projections (qtd events, qtd positions); the fleet (agents, leader, NATS) lands "
-        "with the qtd up issue.",
-        file=sys.stderr,
-    )
-    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

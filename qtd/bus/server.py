@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from qtd.errors import OperationalError
+from qtd.proc import term_with_parent
 
 log = logging.getLogger("qtd.bus.server")
 
@@ -213,6 +214,7 @@ class EmbeddedNatsServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # a terminal's Ctrl-C goes to qtd, which stops us
+                preexec_fn=term_with_parent,  # and we never outlive qtd (even a SIGKILL)
             )
         self._proc, self._paused = proc, False
         self._finalizer = weakref.finalize(self, _kill_and_reap, proc)

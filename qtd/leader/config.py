@@ -205,6 +205,34 @@ class NotifyConfig(_Cfg, frozen=True, kw_only=True):
     recent_events: Annotated[int, Meta(ge=0, le=100)] = 5
 
 
+class WebConfig(_Cfg, frozen=True, kw_only=True):
+    """The status page (:mod:`qtd.web`), served by the leader in its own event loop.
+
+    The operator token is never in this file: name an environment variable
+    (``operator_token_env``) or a file (``operator_token_file``) holding it. Without either
+    the page is read-only (controls hidden, control endpoints answer 403).
+
+    Attributes:
+        enabled: serve the page.
+        host: interface to bind (loopback by default; put a TLS proxy in front otherwise).
+        port: TCP port; 0 picks a free port, logged as ``leader.web url=...``.
+        operator_token_env: environment variable holding the operator token.
+        operator_token_file: file holding the operator token.
+        session_ttl_s: how long an operator login lasts.
+        push_interval_s: seconds between live PnL frames on the WebSocket.
+        allowed_origins: extra origins accepted for controls (e.g. the TLS proxy's URL).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    operator_token_env: str = ""
+    operator_token_file: str = ""
+    session_ttl_s: Seconds = 12 * 3600.0
+    push_interval_s: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
+    allowed_origins: list[str] = []
+
+
 class LeaderConfig(_Cfg, frozen=True, kw_only=True):
     """Everything ``qtd leader`` needs (see ``etc/leader.toml``)."""
 
@@ -216,6 +244,7 @@ class LeaderConfig(_Cfg, frozen=True, kw_only=True):
     kill: KillConfig = KillConfig()
     liveness: LivenessConfig = LivenessConfig()
     notify: NotifyConfig = NotifyConfig()
+    web: WebConfig = WebConfig()
 
 
 def _error(source: str, field: str, value: Any, rule: str) -> ConfigError:
@@ -251,6 +280,9 @@ def check_leader_config(cfg: LeaderConfig, source: str = "<config>") -> LeaderCo
         _check_tz(source, "notify.quiet_hours.tz", quiet.tz)
         _check_hhmm(source, "notify.quiet_hours.start", quiet.start)
         _check_hhmm(source, "notify.quiet_hours.end", quiet.end)
+    if cfg.web.operator_token_env and cfg.web.operator_token_file:
+        raise _error(source, "web.operator_token_file", cfg.web.operator_token_file,
+                     "set operator_token_env or operator_token_file, not both")
     spike = cfg.caps.order_spike
     if spike is not None and spike.baseline_s <= spike.window_s:
         raise _error(source, "caps.order_spike.baseline_s", spike.baseline_s,
@@ -271,6 +303,11 @@ def parse_leader_config(data: dict[str, Any], source: str = "<config>") -> Leade
     Raises:
         ConfigError: the first problem, naming the field path, the value and the rule.
     """
+    web = data.get("web")
+    if isinstance(web, dict) and "operator_token" in web:
+        raise _error(source, "web.operator_token", "<hidden>", "never put the token in the "
+                     "config: name an environment variable (operator_token_env) or a file "
+                     "(operator_token_file)")
     try:
         cfg = msgspec.convert(data, LeaderConfig)
     except msgspec.ValidationError as e:

@@ -2,11 +2,13 @@
 
 Tasks (one task group): ``ingest`` (JetStream → fleet.db → view), ``checks`` (caps and
 liveness every ``check_interval_s``), ``heartbeat`` (``<prefix>.hb.leader`` every
-``heartbeat_interval_s``), ``notify`` (the page dispatcher). Core subscriptions: agents'
-heartbeats and PnL ticks, kill acknowledgements, and the leader's request/reply commands on
-``<prefix>.ctl.leader.<verb>`` (``resume``, ``ack``, ``alerts``, ``kill``, ``status``) used
-by ``qtd resume``/``qtd ack``/``qtd alerts``. Shutdown: stop flag → tasks end their loop →
-pending audit/page tasks get a few seconds → NATS drained → fleet.db closed.
+``heartbeat_interval_s``), ``notify`` (the page dispatcher), and with ``[web] enabled`` the
+status page (``qtd-leader-web``: uvicorn in this event loop, :mod:`qtd.web`). Core
+subscriptions: agents' heartbeats and PnL ticks, kill acknowledgements, and the leader's
+request/reply commands on ``<prefix>.ctl.leader.<verb>`` (``resume``, ``ack``, ``alerts``,
+``kill``, ``status``) used by ``qtd resume``/``qtd ack``/``qtd alerts``. Shutdown: web server
+stopped (WebSockets closed, requests drained) → stop flag → tasks end their loop → pending
+audit/page tasks get a few seconds → NATS drained → fleet.db closed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client
@@ -24,7 +26,7 @@ from nats.aio.msg import Msg
 
 from qtd.bus import Subjects, connect, ensure_jetstream
 from qtd.clock import Clock, LiveClock
-from qtd.errors import QtdError
+from qtd.errors import ConfigError, QtdError
 from qtd.events import AnyEvent, Heartbeat, PnLSnapshot, RiskBreach, Scope, Severity, TradingState
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import Breach, FleetCaps
@@ -36,6 +38,9 @@ from qtd.leader.liveness import LivenessMonitor
 from qtd.leader.view import FleetView
 from qtd.notify import Notifier, Sender
 from qtd.projections import TradingDay
+
+if TYPE_CHECKING:
+    from qtd.web import WebServer
 
 log = logging.getLogger("qtd.leader")
 _hb_decoder = msgspec.json.Decoder(Heartbeat)
@@ -83,6 +88,7 @@ class Leader:
         self._stop = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._saved_peak = Decimal(0)
+        self.web: WebServer | None = None
 
     async def __aenter__(self) -> Leader:
         await self.start()
@@ -107,6 +113,39 @@ class Leader:
             await self.db.close()
             raise
         self._main = asyncio.create_task(self._run(), name="qtd-leader")
+        if self.cfg.web.enabled:
+            try:
+                await self._start_web()
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def _start_web(self) -> None:
+        from qtd.web import LeaderSource, WebServer, create_app, resolve_operator_token
+
+        w = self.cfg.web
+        token = resolve_operator_token(w.operator_token_env, w.operator_token_file)
+        app = create_app(LeaderSource(self), token=token, push_interval_s=w.push_interval_s,
+                         session_ttl_s=w.session_ttl_s, allowed_origins=tuple(w.allowed_origins))
+        web = WebServer(app, w.host, w.port)
+        try:
+            await web.start()
+        except OSError as exc:
+            raise ConfigError(f"web: cannot listen on {w.host}:{w.port} ({exc.strerror})",
+                              field="web.port", value=w.port) from None
+        self.web = web
+        log.warning("leader.web url=%s controls=%s", web.url,
+                    "token" if token else "read-only")
+
+    @property
+    def web_port(self) -> int | None:
+        """The status page's bound TCP port (None: not serving)."""
+        return None if self.web is None else self.web.port
+
+    @property
+    def web_url(self) -> str | None:
+        """The status page's URL, ``http://host:port/`` (None: not serving)."""
+        return None if self.web is None else self.web.url
 
     async def _rebuild(self) -> None:
         n = 0
@@ -150,7 +189,10 @@ class Leader:
             tg.create_task(self.notifier.run(self._stop), name="qtd-leader-notify")
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the tasks, drain NATS, close fleet.db."""
+        """Stop the web server and the tasks, drain NATS, close fleet.db."""
+        if self.web is not None:
+            await self.web.stop(timeout_s)
+            self.web = None
         self._stop.set()
         if self._main is not None:
             try:

@@ -1,0 +1,243 @@
+"""The status page application: :func:`create_app`.
+
+Routes: ``GET /`` (fleet overview), ``GET /bots/{node}/{bot}`` (drill-down),
+``GET|POST /login``, ``POST /logout``, ``WS /ws/live`` (PnL frames, :mod:`qtd.web.live`),
+``GET /metrics`` (Prometheus), ``GET /api/...`` and ``POST /api/control`` /
+``POST /api/alerts/{id}/ack`` (:mod:`qtd.web.api`), ``GET /api/openapi.json``,
+``GET /healthz``, ``/static/...`` (the page's CSS and JS, no CDN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from qtd.leader.snapshot import FleetSnapshot
+from qtd.web import api, pages
+from qtd.web.auth import COOKIE, Auth, valid_operator
+from qtd.web.detail import ORDER_KINDS, BotDetail, admission, blotter, bot_metrics, equity_curve
+from qtd.web.live import PnlHub
+from qtd.web.prom import CONTENT_TYPE, WebMetrics
+from qtd.web.source import FleetSource
+
+log = logging.getLogger("qtd.web")
+STATIC = Path(__file__).parent / "static"
+BOT_EVENTS = 5000
+
+
+class WebApp:
+    """The handlers and their shared state (one per app).
+
+    Args:
+        source: the leader's read and control API.
+        auth: credentials and CSRF checks.
+        push_interval_s: seconds between WebSocket frames.
+    """
+
+    def __init__(self, source: FleetSource, auth: Auth, push_interval_s: float = 1.0) -> None:
+        self.source = source
+        self.auth = auth
+        self.hub = PnlHub(source, push_interval_s)
+        self.metrics = WebMetrics(source)
+
+    # --- pages ---------------------------------------------------------------------------
+
+    def _html(self, request: Request, title: str, body_fn: Any, status: int = 200) -> Response:
+        operator = self.auth.session_operator(request) or ""
+        body = body_fn(bool(operator))
+        html = pages.page(title, body, csrf=self.auth.csrf_token(request) if operator else "",
+                          operator=operator, auth_enabled=self.auth.enabled)
+        return HTMLResponse(html, status, headers=_SECURITY_HEADERS)
+
+    async def index(self, request: Request) -> Response:
+        snap = self.source.snapshot()
+        return self._html(request, "qtd fleet", lambda c: pages.overview(snap, controls=c))
+
+    async def bot(self, request: Request) -> Response:
+        detail = await self.detail(request.path_params["node"], request.path_params["bot"])
+        return self._html(request, f"qtd {detail.node}/{detail.bot}",
+                          lambda c: pages.bot_page(detail, controls=c))
+
+    async def detail(self, node: str, bot: str) -> BotDetail:
+        """The drill-down of one bot.
+
+        Raises:
+            HTTPException: 404 when neither the view nor fleet.db know the bot.
+        """
+        snap = self.source.snapshot()
+        view = next((b for b in snap.bots if b.node == node and b.bot == bot), None)
+        events = await self.source.bot_events(node, bot, BOT_EVENTS, ORDER_KINDS)
+        admitted = await self.source.bot_events(node, bot, 1, ("StrategyAdmitted",))
+        if view is None and not events and not admitted:
+            raise HTTPException(404, f"unknown bot {node}/{bot}")
+        points, fills = equity_curve(events)
+        rows = blotter(events)
+        self.metrics.observe_orders((r.client_order_id, r.latency_ms) for r in rows)
+        return BotDetail(
+            node=node, bot=bot, currency=snap.currency, view=view,
+            positions=[p for p in snap.positions if p.node == node and p.bot == bot],
+            blotter=rows, equity=points, metrics=bot_metrics(points, fills, snap.capital),
+            admission=admission(admitted))
+
+    async def login_page(self, request: Request) -> Response:
+        if not self.auth.enabled:
+            return self._html(request, "qtd login", lambda _: pages.login_form(
+                "no operator token is configured: the page is read-only"), 403)
+        return self._html(request, "qtd login", lambda _: pages.login_form())
+
+    async def login(self, request: Request) -> Response:
+        if not self.auth.enabled:
+            raise HTTPException(403, "read-only: no operator token is configured")
+        if not self.auth.origin_ok(request, required=False):
+            raise HTTPException(403, "cross-site request refused (Origin)")
+        form = parse_qs((await request.body())[:4096].decode(errors="replace"))
+        operator = form.get("operator", [""])[0].strip()
+        token = form.get("token", [""])[0]
+        if not valid_operator(operator) or not self.auth.check_token(token):
+            await asyncio.sleep(0.5)  # slow down guessing
+            log.warning("web.login_refused operator=%r", operator[:64])
+            return self._html(request, "qtd login", lambda _: pages.login_form(
+                "wrong operator name or token"), 401)
+        log.warning("web.login operator=%s", operator)
+        resp = RedirectResponse("/", 303)
+        resp.set_cookie(COOKIE, self.auth.session_cookie(operator), httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https",
+                        max_age=int(self.auth.session_ttl_s))
+        return resp
+
+    async def logout(self, request: Request) -> Response:
+        if not self.auth.origin_ok(request, required=True):
+            raise HTTPException(403, "cross-site request refused (Origin)")
+        resp = RedirectResponse("/", 303)
+        resp.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return resp
+
+    # --- JSON ----------------------------------------------------------------------------
+
+    async def api_get(self, request: Request) -> Response:
+        snap: FleetSnapshot = self.source.snapshot()
+        part = request.url.path.rsplit("/", 1)[-1]
+        parts: dict[str, Any] = {"snapshot": snap, "nodes": snap.nodes, "bots": snap.bots,
+                                 "alerts": snap.alerts, "kill": snap.kill,
+                                 "pnl": list(self.hub.fleet)}
+        return api.json_response(parts[part])
+
+    async def api_bot(self, request: Request) -> Response:
+        p = request.path_params
+        return api.json_response(await self.detail(p["node"], p["bot"]))
+
+    async def control(self, request: Request) -> Response:
+        body: api.ControlBody = await api.read_body(request, api.ControlBody)
+        operator = self._authorise(request, body.operator)
+        action = api.to_action(body, operator)
+        log.warning("web.control verb=%s target=%s key=%s operator=%s reason=%r",
+                    action.verb, action.target, action.key, operator, action.reason)
+        try:
+            result = await self.source.control(action)
+        except Exception as exc:
+            self.metrics.controls.labels(action.verb, action.target, "false").inc()
+            raise HTTPException(409, f"{type(exc).__name__}: {exc}") from None
+        self.metrics.controls.labels(action.verb, action.target, "true").inc()
+        return api.json_response({"ok": True, "operator": operator, "result": result})
+
+    async def ack(self, request: Request) -> Response:
+        body: api.AckBody = await api.read_body(request, api.AckBody)
+        operator = self._authorise(request, body.operator)
+        alert_id = request.path_params["alert_id"]
+        if not await self.source.ack(alert_id, operator):
+            raise HTTPException(404, f"no open alert {alert_id!r}")
+        self.metrics.controls.labels("ack", "alert", "true").inc()
+        return api.json_response({"ok": True, "operator": operator, "alert_id": alert_id})
+
+    def _authorise(self, request: Request, body_operator: str) -> str:
+        try:
+            return self.auth.operator_for(request, body_operator)
+        except HTTPException as exc:
+            self.metrics.refused.labels(str(exc.status_code)).inc()
+            log.warning("web.control_refused status=%d detail=%s", exc.status_code, exc.detail)
+            raise
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def live(self, ws: WebSocket) -> None:
+        await self.hub.serve(ws)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.hub.run(), name="qtd-web-pnl-hub")
+        try:
+            yield
+        finally:
+            self.hub.stop()
+            await task
+
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"ok": False, "error": exc.detail}, exc.status_code,
+                        headers=exc.headers)
+
+
+def create_app(source: FleetSource, *, token: str | None = None, push_interval_s: float = 1.0,
+               session_ttl_s: float = 12 * 3600, allowed_origins: tuple[str, ...] = ()
+               ) -> Starlette:
+    """The status page app over ``source``.
+
+    Args:
+        source: a :class:`~qtd.web.source.FleetSource` (the leader: wrap it in
+            :class:`~qtd.web.source.LeaderSource`).
+        token: operator token (None: read-only, every control answers 403).
+        push_interval_s: seconds between live PnL frames.
+        session_ttl_s: how long an operator login lasts.
+        allowed_origins: extra origins accepted for controls (e.g. behind a TLS proxy).
+
+    Returns:
+        A Starlette app; ``app.state.web`` is its :class:`WebApp`.
+    """
+    web = WebApp(source, Auth(token, session_ttl_s=session_ttl_s,
+                              allowed_origins=allowed_origins), push_interval_s)
+    routes: list[Any] = [
+        Route("/", web.index),
+        Route("/bots/{node}/{bot}", web.bot),
+        Route("/login", web.login_page, methods=["GET"]),
+        Route("/login", web.login, methods=["POST"]),
+        Route("/logout", web.logout, methods=["POST"]),
+        Route("/healthz", lambda r: JSONResponse({"ok": True})),
+        Route("/metrics", web.metrics_endpoint),
+        *(Route(f"/api/{p}", web.api_get) for p in
+          ("snapshot", "nodes", "bots", "alerts", "kill", "pnl")),
+        Route("/api/bots/{node}/{bot}", web.api_bot),
+        Route("/api/control", web.control, methods=["POST"]),
+        Route("/api/alerts/{alert_id}/ack", web.ack, methods=["POST"]),
+        WebSocketRoute("/ws/live", web.live),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    doc = api.openapi([r for r in routes if isinstance(r, Route)])
+    routes.append(Route("/api/openapi.json", lambda r: JSONResponse(doc)))
+    app = Starlette(routes=routes, lifespan=web.lifespan,
+                    exception_handlers={HTTPException: _error})
+    app.state.web = web
+    return app

@@ -1,0 +1,243 @@
+"""Server-rendered HTML: the fleet overview, a bot's drill-down and the login form.
+
+Plain strings with every value escaped; the page works without JavaScript (numbers as of the
+render), and ``/static/app.js`` keeps them live from the WebSocket. Controls are rendered
+only for a logged-in operator (``csrf`` non-empty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from html import escape
+from urllib.parse import quote
+
+from qtd.leader.snapshot import BotView, CapView, FleetSnapshot, NodeView
+from qtd.web.detail import BotDetail
+
+_NS = 1_000_000_000
+
+
+def money(x: float | None) -> str:
+    """``1,234.50`` (``–`` for None)."""
+    return "–" if x is None else f"{x:,.2f}"
+
+
+def _cls(x: float | None) -> str:
+    return "neg" if x is not None and x < 0 else "pos" if x else ""
+
+
+def _ts(ns: int) -> str:
+    return datetime.fromtimestamp(ns / _NS, UTC).strftime("%Y-%m-%d %H:%M:%S") if ns else "–"
+
+
+def _num(x: float | None, key: str = "", fmt: str = "money") -> str:
+    text = money(x) if fmt == "money" else "–" if x is None else f"{x:{fmt}}"
+    attr = f' data-k="{escape(key)}"' if key else ""
+    return f'<td class="num {_cls(x)}"{attr}>{text}</td>'
+
+
+def bar(frac: float | None, label: str = "") -> str:
+    """A utilisation bar (fraction of the limit; amber from 70 %, red from 90 %)."""
+    if frac is None:
+        return '<span class="muted">–</span>'
+    pct = max(0.0, min(frac, 1.0)) * 100
+    level = "hot" if frac >= 0.9 else "warm" if frac >= 0.7 else "ok"
+    return (f'<span class="bar {level}" title="{escape(label)}"><i style="width:{pct:.0f}%">'
+            f'</i><b>{frac * 100:.0f}%</b></span>')
+
+
+def page(title: str, body: str, *, csrf: str = "", operator: str = "",
+         auth_enabled: bool = False) -> str:
+    """The HTML shell (dark, monospace) around ``body``."""
+    if operator:
+        who = (f'operator <b>{escape(operator)}</b> <form method="post" action="/logout" '
+               f'class="inline"><button>log out</button></form>')
+    elif auth_enabled:
+        who = '<a href="/login">operator login</a> <span class="muted">(read-only)</span>'
+    else:
+        who = '<span class="muted">read-only: no operator token configured</span>'
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width"><title>{escape(title)}</title>'
+        f'<meta name="csrf" content="{escape(csrf)}">'
+        '<link rel="stylesheet" href="/static/app.css"></head><body>'
+        f'<header><a href="/" class="brand">qtd</a> <span id="conn" class="conn">'
+        f'connecting…</span><span class="who">{who}</span></header>'
+        f'<main>{body}</main><script src="/static/app.js"></script></body></html>')
+
+
+def _kill_banner(snap: FleetSnapshot) -> str:
+    k = snap.kill
+    hidden = "" if k.active else " hidden"
+    text = (f"KILL {escape(k.scope)} {escape(k.key)} — {escape(k.reason)} "
+            f"({escape(k.operator or k.source)})") if k.active else ""
+    return f'<div id="kill" class="kill{hidden}">{text}</div>'
+
+
+def _totals(snap: FleetSnapshot) -> str:
+    t = snap.totals
+    cells = [("PnL today", t.pnl_today, "fleet.pnl"), ("realized", t.realized, "fleet.realized"),
+             ("unrealized", t.unrealized, "fleet.unrealized"), ("equity", snap.equity,
+             "fleet.equity"), ("gross exposure", t.gross_exposure, "fleet.gross")]
+    items = "".join(f'<div class="tot"><span>{n}</span><b class="{_cls(v)}" data-k="{k}">'
+                    f'{money(v)}</b></div>' for n, v, k in cells)
+    items += (f'<div class="tot"><span>drawdown</span><b data-k="fleet.dd" data-fmt="pct">'
+              f'{snap.drawdown_pct:.2f}%</b></div><div class="tot"><span>orders / fills / '
+              f'rejects</span><b>{t.orders} / {t.fills} / {t.rejects}</b></div>')
+    return (f'<section class="totals"><h1>fleet <small>{escape(snap.trading_day)} · '
+            f'{escape(snap.currency)}</small></h1>{items}</section>')
+
+
+def _table(cls: str, head: Iterable[str], rows: Iterable[str]) -> str:
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join(rows) or f'<tr><td colspan="{len(list(head))}" class="muted">none</td></tr>'
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _btn(verb: str, target: str, key: str, label: str) -> str:
+    return (f'<button class="ctl {verb}" data-verb="{verb}" data-target="{target}" '
+            f'data-key="{escape(key)}">{label}</button>')
+
+
+def _caps(caps: list[CapView]) -> str:
+    rows = [f'<tr><td>{escape(c.name)}{" ⚡" if c.tripped else ""}</td><td>{escape(c.key)}</td>'
+            f'{_num(c.value)}{_num(c.limit)}<td>{escape(c.unit)}</td>'
+            f'<td>{bar(c.utilisation, c.name)}</td><td>{escape(c.level)}</td></tr>' for c in caps]
+    return "<h2>fleet caps</h2>" + _table(
+        "caps", ["cap", "key", "value", "limit", "unit", "utilisation", "level"], rows)
+
+
+def _node_row(n: NodeView, controls: bool) -> str:
+    age = "–" if n.heartbeat_age_s is None else f"{n.heartbeat_age_s:.1f}s"
+    alive = "alive" if n.alive else "DOWN"
+    ctl = ("<td>" + _btn("kill", "node", n.node, "halt") + _btn("flatten", "node", n.node,
+           "flatten") + _btn("resume", "node", n.node, "resume") + "</td>") if controls else ""
+    return (f'<tr data-node="{escape(n.node)}"><td>{escape(n.node)}</td>'
+            f'<td class="{"ok" if n.alive else "bad"}" data-k="node.alive">{alive}</td>'
+            f'<td data-k="node.state">{escape(n.state)}</td><td class="num" data-k="node.age">'
+            f'{age}</td><td class="num">{n.bots_running}</td>{_num(n.agg.pnl_today)}{ctl}</tr>')
+
+
+def bot_state(b: BotView, snap: FleetSnapshot, node_state: dict[str, str]) -> str:
+    """HALTED when a kill covers the bot, else its node's reported state (STALE if unknown)."""
+    k = snap.kill
+    if k.active and (k.scope == "GLOBAL" or (k.scope == "STRATEGY" and k.key == b.bot)
+                     or (k.scope == "ACCOUNT" and k.key in b.accounts)):
+        return "HALTED"
+    return node_state.get(b.node, "UNKNOWN")
+
+
+def _bot_row(b: BotView, snap: FleetSnapshot, states: dict[str, str], gross_limit: float,
+             controls: bool) -> str:
+    key = f"{b.node}/{b.bot}"
+    pos = " ".join(f"{p.symbol} {p.qty:+g}" for p in snap.positions
+                   if p.node == b.node and p.bot == b.bot) or "flat"
+    util = b.agg.gross_exposure / gross_limit if gross_limit else None
+    ctl = ("<td>" + _btn("kill", "bot", b.bot, "kill") + _btn("flatten", "bot", b.bot,
+           "flatten") + "</td>") if controls else ""
+    href = f"/bots/{quote(b.node, safe='')}/{quote(b.bot, safe='')}"
+    state = bot_state(b, snap, states)
+    return (f'<tr data-bot="{escape(key)}"><td><a href="{href}">{escape(key)}</a></td>'
+            f'<td class="state {state.lower()}">{escape(state)}</td>'
+            f'{_num(b.agg.pnl_today, "bot.pnl")}'
+            f'{_num(b.agg.realized + b.agg.unrealized, "bot.total")}'
+            f'<td>{escape(pos)}</td>{_num(b.agg.gross_exposure, "bot.gross")}'
+            f'<td>{bar(util, "gross exposure / fleet gross cap")}</td>'
+            f'<td class="num">{b.agg.orders}/{b.agg.fills}/{b.agg.rejects}/{b.agg.denials}</td>'
+            f'{ctl}</tr>')
+
+
+def _alerts(snap: FleetSnapshot, controls: bool) -> str:
+    rows = [f'<li class="sev {escape(a.severity)}" data-alert="{escape(a.alert_id)}">'
+            f'<b>{escape(a.severity)}</b> <span>{escape(a.status)}</span> {escape(a.title)} '
+            f'<small>{escape(a.alert_id)} · {_ts(a.opened_ns)}'
+            f'{" · " + escape(a.operator) if a.operator else ""}</small>'
+            + (_btn("ack", "alert", a.alert_id, "ack") if controls and a.status == "open"
+               else "") + "</li>" for a in snap.alerts]
+    body = "".join(rows) or '<li class="muted">no open alerts</li>'
+    return f'<h2>alerts</h2><ul id="alerts" class="alerts">{body}</ul>'
+
+
+def overview(snap: FleetSnapshot, *, controls: bool) -> str:
+    """The fleet overview body (totals, caps, chart, alerts, nodes, bots, symbols)."""
+    states = {n.node: n.state for n in snap.nodes}
+    gross = next((c.limit for c in snap.caps if c.name == "gross_exposure"), 0.0)
+    node_head = ["node", "heartbeat", "state", "age", "bots", "PnL today"]
+    bot_head = ["bot", "state", "PnL today", "PnL total", "position", "exposure",
+                "exposure / cap", "ord/fill/rej/deny"]
+    glob = ('<div class="controls">' + _btn("kill", "global", "", "KILL ALL") +
+            _btn("flatten", "global", "", "FLATTEN ALL") + _btn("resume", "global", "",
+            "RESUME") + "</div>") if controls else ""
+    sym_rows = [f"<tr><td>{escape(s.symbol)}</td>{_num(s.net_qty, fmt=',g')}{_num(s.mark)}"
+                f"{_num(s.agg.net_exposure)}<td>{bar(s.cap_utilisation, s.symbol)}</td></tr>"
+                for s in snap.symbols]
+    return (
+        _kill_banner(snap) + _totals(snap) + glob +
+        '<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '
+        'height="180" data-series="fleet"></canvas></section>' + _alerts(snap, controls) +
+        _caps(snap.caps) + "<h2>nodes</h2>" +
+        _table("nodes", node_head + (["control"] if controls else []),
+               [_node_row(n, controls) for n in snap.nodes]) + "<h2>bots</h2>" +
+        _table("bots", bot_head + (["control"] if controls else []),
+               [_bot_row(b, snap, states, gross, controls) for b in snap.bots]) +
+        "<h2>symbols</h2>" + _table("symbols", ["symbol", "net qty", "mark", "net exposure",
+                                                "cap"], sym_rows) + _dialog(controls))
+
+
+def _dialog(controls: bool) -> str:
+    if not controls:
+        return ""
+    return ('<dialog id="confirm"><form method="dialog"><h3 id="confirm-title"></h3>'
+            '<label>reason <input name="reason" required maxlength="200"></label>'
+            '<label>type <code id="confirm-word"></code> to confirm <input name="confirm" '
+            'required autocomplete="off"></label><p id="confirm-error" class="neg"></p>'
+            '<menu><button value="cancel" formnovalidate>cancel</button>'
+            '<button value="ok" class="danger">confirm</button></menu></form></dialog>')
+
+
+def bot_page(d: BotDetail, *, controls: bool) -> str:
+    """The drill-down body of one bot."""
+    key = f"{d.node}/{d.bot}"
+    m, a = d.metrics, d.admission
+    pf = "∞" if m.profit_factor is None else f"{m.profit_factor:.2f}"
+    adm = (f"{escape(a.strategy)} · params <code>{escape(a.params_hash)}</code> · admitted "
+           f"{_ts(a.ts_ns)}" if a else '<span class="muted">no admission recorded</span>')
+    facts = [("PnL", money(m.pnl)), ("Sharpe", f"{m.sharpe:.2f}"),
+             ("win rate", f"{m.win_rate * 100:.1f}%"), ("max drawdown",
+             f"{m.max_drawdown * 100:.2f}%"), ("profit factor", pf), ("trades", str(m.trades)),
+             ("fills", str(m.fills))]
+    tots = "".join(f'<div class="tot"><span>{n}</span><b>{v}</b></div>' for n, v in facts)
+    live = d.view.agg.pnl_today if d.view else None
+    rows = [f"<tr><td><code>{escape(r.client_order_id)}</code></td><td>{_ts(r.ts_ns)}</td>"
+            f"<td>{escape(r.symbol)}</td><td>{escape(r.side)}</td>{_num(r.qty, fmt=',g')}"
+            f'<td class="state {r.state.lower()}">{escape(r.state)}</td>{_num(r.decision_price)}'
+            f"{_num(r.avg_fill_price)}{_num(r.slippage_bps, fmt='+.1f')}"
+            f"{_num(r.latency_ms, fmt='.1f')}<td>{escape(r.note)}</td></tr>" for r in d.blotter]
+    ctl = ('<div class="controls">' + _btn("kill", "bot", d.bot, "kill bot") +
+           _btn("flatten", "bot", d.bot, "flatten bot") + "</div>") if controls else ""
+    return (
+        f'<section class="totals" data-bot="{escape(key)}"><h1>{escape(key)} <small>{adm}'
+        f'</small></h1><div class="tot"><span>PnL today (live)</span><b data-k="bot.pnl" '
+        f'class="{_cls(live)}">{money(live)}</b></div>{tots}</section>{ctl}'
+        f'<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '
+        f'height="160" data-series="{escape(key)}"></canvas></section>'
+        f'<section class="chart"><h2>equity curve (PnL after each fill)</h2><canvas id="equity"'
+        f' width="900" height="160" data-points="{escape(_points(d.equity))}"></canvas></section>'
+        "<h2>orders and fills</h2>" + _table("blotter", [
+            "client_order_id", "time (UTC)", "symbol", "side", "qty", "state", "decision",
+            "fill price", "slippage bps", "ack ms", "note"], rows) + _dialog(controls))
+
+
+def _points(points: list[tuple[int, float]]) -> str:
+    return ";".join(f"{t // 1_000_000},{v:.2f}" for t, v in points[-2000:])
+
+
+def login_form(error: str = "") -> str:
+    """The operator login body."""
+    err = f'<p class="neg">{escape(error)}</p>' if error else ""
+    return ('<section class="login"><h1>operator login</h1>' + err +
+            '<form method="post" action="/login"><label>operator <input name="operator" '
+            'required maxlength="64" pattern="[A-Za-z0-9._@\\-]+" autocomplete="username">'
+            '</label><label>token <input name="token" type="password" required '
+            'autocomplete="current-password"></label><button>log in</button></form></section>')

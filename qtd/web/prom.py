@@ -1,0 +1,122 @@
+"""Prometheus ``/metrics``: a collector that reads one fleet snapshot per scrape.
+
+Its own :class:`~prometheus_client.CollectorRegistry` per app (no process-global state).
+Money in the fleet currency. Counters are the leader's all-time event counts (rebuilt from
+fleet.db at start, so they only grow). ``qtd_order_ack_latency_seconds`` is kept from the
+blotters the status page computes (the intent → venue acceptance time of each order seen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from qtd.leader.snapshot import BotView, FleetSnapshot
+from qtd.web.source import FleetSource
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_COUNTS = ("orders", "fills", "rejects", "errors", "denials")
+
+
+class SnapshotCollector(Collector):
+    """Fleet, node, bot, cap, kill and alert figures from ``source.snapshot()``."""
+
+    def __init__(self, source: FleetSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.source.snapshot()
+        t = snap.totals
+        for name, value, text in (
+            ("qtd_fleet_pnl_today", t.pnl_today, "fleet PnL today"),
+            ("qtd_fleet_realized_pnl", t.realized, "fleet realized PnL net of fees"),
+            ("qtd_fleet_unrealized_pnl", t.unrealized, "fleet unrealized PnL at the marks"),
+            ("qtd_fleet_equity", snap.equity, "capital + realized + unrealized"),
+            ("qtd_fleet_drawdown_pct", snap.drawdown_pct, "percent below peak equity"),
+            ("qtd_fleet_gross_exposure", t.gross_exposure, "sum of |qty x mark|"),
+            ("qtd_fleet_net_exposure", t.net_exposure, "sum of qty x mark"),
+            ("qtd_kill_active", float(snap.kill.active), "1 while a kill switch is active"),
+        ):
+            yield GaugeMetricFamily(name, text, value=value)
+        yield from self._bots(snap.bots)
+        yield from self._nodes(snap)
+        yield from self._caps(snap)
+
+    def _bots(self, bots: Iterable[BotView]) -> Iterable[Metric]:
+        pnl = GaugeMetricFamily("qtd_bot_pnl_today", "bot PnL today", labels=["node", "bot"])
+        gross = GaugeMetricFamily("qtd_bot_gross_exposure", "bot gross exposure",
+                                  labels=["node", "bot"])
+        counts = {c: CounterMetricFamily(f"qtd_bot_{c}", f"bot {c} (events)",
+                                         labels=["node", "bot"]) for c in _COUNTS}
+        for b in bots:
+            labels = [b.node, b.bot]
+            agg = b.agg
+            pnl.add_metric(labels, agg.pnl_today)
+            gross.add_metric(labels, agg.gross_exposure)
+            for c, fam in counts.items():
+                fam.add_metric(labels, getattr(agg, c))
+        yield pnl
+        yield gross
+        yield from counts.values()
+
+    def _nodes(self, snap: FleetSnapshot) -> Iterable[Metric]:
+        age = GaugeMetricFamily("qtd_node_heartbeat_age_seconds", "since the last heartbeat",
+                                labels=["node"])
+        alive = GaugeMetricFamily("qtd_node_alive", "1 if the heartbeat is fresh",
+                                  labels=["node"])
+        for n in snap.nodes:
+            if n.heartbeat_age_s is not None:
+                age.add_metric([n.node], n.heartbeat_age_s)
+            alive.add_metric([n.node], float(n.alive))
+        lat = GaugeMetricFamily("qtd_kill_ack_latency_ms", "kill decision to agent ack",
+                                labels=["node"])
+        for node, ms in snap.kill.ack_latency_ms.items():
+            lat.add_metric([node], ms)
+        yield from (age, alive, lat)
+
+    def _caps(self, snap: FleetSnapshot) -> Iterable[Metric]:
+        util = GaugeMetricFamily("qtd_cap_utilisation", "value / limit", labels=["cap", "key"])
+        tripped = GaugeMetricFamily("qtd_cap_tripped", "1 once the cap fired a kill",
+                                    labels=["cap"])
+        for c in snap.caps:
+            util.add_metric([c.name, c.key], c.utilisation)
+            tripped.add_metric([c.name], float(c.tripped))
+        alerts = GaugeMetricFamily("qtd_alerts_open", "open or acknowledged alerts",
+                                   labels=["severity", "status"])
+        tally: dict[tuple[str, str], int] = {}
+        for a in snap.alerts:
+            tally[(a.severity, a.status)] = tally.get((a.severity, a.status), 0) + 1
+        for (sev, status), n in sorted(tally.items()):
+            alerts.add_metric([sev, status], n)
+        yield from (util, tripped, alerts)
+
+
+class WebMetrics:
+    """The app's registry: the snapshot collector plus the web's own instruments."""
+
+    def __init__(self, source: FleetSource) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(source))
+        self.controls = Counter("qtd_web_controls", "controls run from the web",
+                                ["verb", "target", "ok"], registry=self.registry)
+        self.refused = Counter("qtd_web_refused", "control requests refused",
+                               ["status"], registry=self.registry)
+        self.order_latency = Histogram(
+            "qtd_order_ack_latency_seconds", "order intent to venue acceptance",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry)
+        self._seen: set[str] = set()
+
+    def observe_orders(self, rows: Iterable[tuple[str, float | None]]) -> None:
+        """Record ``(client_order_id, latency_ms)`` once per order."""
+        for cid, ms in rows:
+            if ms is not None and cid not in self._seen and len(self._seen) < 1_000_000:
+                self._seen.add(cid)
+                self.order_latency.observe(ms / 1000)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

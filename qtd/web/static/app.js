@@ -1,0 +1,151 @@
+// qtd status page: live PnL over a WebSocket (reconnects with backoff), canvas charts,
+// confirmed operator controls. Vanilla JS, no libraries, works offline.
+"use strict";
+(() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+  const csrf = ($('meta[name="csrf"]') || {}).content || "";
+  const botBox = $("section[data-bot]");
+  const botKey = botBox ? botBox.dataset.bot : "";
+  const chart = $("#chart");
+  const series = [];
+  const MAX_POINTS = 900;
+
+  const money = (x) => x == null ? "–" : x.toLocaleString("en-US",
+    {minimumFractionDigits: 2, maximumFractionDigits: 2});
+  const setNum = (el, x, fmt) => {
+    if (!el) return;
+    el.textContent = fmt === "pct" ? `${x.toFixed(2)}%` : money(x);
+    el.classList.toggle("neg", x < 0);
+    el.classList.toggle("pos", x > 0);
+  };
+
+  function draw(canvas, points) {
+    if (!canvas) return;
+    const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = 8;
+    g.clearRect(0, 0, w, h);
+    if (points.length < 1) return;
+    const ys = points.map((p) => p[1]);
+    let lo = Math.min(0, ...ys), hi = Math.max(0, ...ys);
+    if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
+    const t0 = points[0][0], t1 = points[points.length - 1][0] || t0 + 1;
+    const X = (t) => pad + (w - 2 * pad) * (t1 > t0 ? (t - t0) / (t1 - t0) : 1);
+    const Y = (v) => h - pad - (h - 2 * pad) * (v - lo) / (hi - lo);
+    g.strokeStyle = "#30363d"; g.beginPath(); g.moveTo(pad, Y(0)); g.lineTo(w - pad, Y(0)); g.stroke();
+    const last = ys[ys.length - 1];
+    g.strokeStyle = last < 0 ? "#f85149" : "#3fb950"; g.lineWidth = 2; g.beginPath();
+    points.forEach((p, i) => (i ? g.lineTo(X(p[0]), Y(p[1])) : g.moveTo(X(p[0]), Y(p[1]))));
+    g.stroke();
+    g.fillStyle = "#8b949e"; g.font = "12px monospace";
+    g.fillText(money(hi), pad + 2, pad + 10); g.fillText(money(lo), pad + 2, h - pad - 2);
+    g.fillStyle = "#e6edf3"; g.fillText(money(last), w - pad - 90, pad + 10);
+  }
+
+  function onTick(f) {
+    for (const [k, v] of Object.entries(f.fleet)) setNum($(`[data-k="fleet.${k}"]`), v, k === "dd" ? "pct" : "");
+    for (const [key, row] of Object.entries(f.bots)) {
+      const tr = $(`tr[data-bot="${CSS.escape(key)}"]`);
+      if (tr) { setNum($('[data-k="bot.pnl"]', tr), row[0]); setNum($('[data-k="bot.gross"]', tr), row[1]); setNum($('[data-k="bot.total"]', tr), row[2]); }
+    }
+    if (botKey && f.bots[botKey]) setNum($('[data-k="bot.pnl"]', botBox), f.bots[botKey][0]);
+    for (const [node, [age, alive, state]] of Object.entries(f.nodes)) {
+      const tr = $(`tr[data-node="${CSS.escape(node)}"]`);
+      if (!tr) continue;
+      $('[data-k="node.age"]', tr).textContent = age == null ? "–" : `${age.toFixed(1)}s`;
+      const a = $('[data-k="node.alive"]', tr);
+      a.textContent = alive ? "alive" : "DOWN"; a.className = alive ? "ok" : "bad";
+      $('[data-k="node.state"]', tr).textContent = state;
+    }
+    const kill = $("#kill");
+    if (kill) {
+      kill.classList.toggle("hidden", !f.kill.active);
+      kill.textContent = f.kill.active ? `KILL ${f.kill.scope} ${f.kill.key} — ${f.kill.reason} (${f.kill.operator})` : "";
+    }
+    renderAlerts(f.alerts);
+    const v = botKey ? (f.bots[botKey] || [null])[0] : f.fleet.pnl;
+    if (v != null) { series.push([f.t, v]); if (series.length > MAX_POINTS) series.shift(); }
+    draw(chart, series);
+  }
+
+  function renderAlerts(alerts) {
+    const ul = $("#alerts");
+    if (!ul) return;
+    const sig = alerts.map((a) => a.alert_id + a.status).join();
+    if (ul.dataset.sig === sig) return;
+    ul.dataset.sig = sig;
+    ul.replaceChildren(...(alerts.length ? alerts.map((a) => {
+      const li = document.createElement("li");
+      li.className = `sev ${a.severity}`;
+      li.textContent = `${a.severity} ${a.status} ${a.title} `;
+      if (csrf && a.status === "open") li.append(button("ack", "alert", a.alert_id, "ack"));
+      return li;
+    }) : [Object.assign(document.createElement("li"), {className: "muted", textContent: "no open alerts"})]));
+  }
+
+  function button(verb, target, key, label) {
+    const b = Object.assign(document.createElement("button"), {className: `ctl ${verb}`, textContent: label});
+    Object.assign(b.dataset, {verb, target, key});
+    return b;
+  }
+
+  let delay = 500;
+  function connect() {
+    const proto = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${proto}://${location.host}/ws/live${botKey ? "?bot=" + encodeURIComponent(botKey) : ""}`);
+    const conn = $("#conn");
+    ws.onopen = () => { delay = 500; conn.textContent = "live"; conn.classList.add("live"); };
+    ws.onmessage = (ev) => {
+      const f = JSON.parse(ev.data);
+      if (f.type === "hello") {
+        series.length = 0;
+        series.push(...(botKey ? f.bot_history : f.fleet));
+        draw(chart, series);
+      } else if (f.type === "tick") { onTick(f); conn.dataset.ticks = String(1 + Number(conn.dataset.ticks || 0)); }
+    };
+    ws.onclose = () => {
+      conn.classList.remove("live");
+      const wait = Math.min(delay, 10000) * (0.8 + Math.random() * 0.4);
+      conn.textContent = `reconnecting in ${(wait / 1000).toFixed(1)}s`;
+      setTimeout(connect, wait);
+      delay = Math.min(delay * 2, 10000);
+    };
+  }
+
+  async function post(url, body) {
+    const r = await fetch(url, {method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}, body: JSON.stringify(body)});
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(j.error || `HTTP ${r.status}`);
+    return j;
+  }
+
+  function confirmControl(b) {
+    const dlg = $("#confirm"), form = $("form", dlg), {verb, target, key} = b.dataset;
+    const word = target === "global" ? "GLOBAL" : key;
+    $("#confirm-title").textContent = `${verb.toUpperCase()} ${target} ${key}`.trim();
+    $("#confirm-word").textContent = word;
+    $("#confirm-error").textContent = "";
+    form.reset();
+    dlg.onclose = async () => {
+      if (dlg.returnValue !== "ok") return;
+      try {
+        await post("/api/control", {verb, target, key, reason: form.reason.value, confirm: form.confirm.value});
+        location.reload();
+      } catch (e) { alert(`${verb} refused: ${e.message}`); }
+    };
+    dlg.showModal();
+  }
+
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button.ctl");
+    if (!b) return;
+    if (b.dataset.verb !== "ack") return confirmControl(b);
+    if (!confirm(`Acknowledge alert ${b.dataset.key}?`)) return;
+    try { await post(`/api/alerts/${encodeURIComponent(b.dataset.key)}/ack`, {}); location.reload(); }
+    catch (e) { alert(`ack refused: ${e.message}`); }
+  });
+
+  const eq = $("#equity");
+  if (eq && eq.dataset.points) draw(eq, eq.dataset.points.split(";").map((s) => s.split(",").map(Number)));
+  connect();
+})();

@@ -1,0 +1,58 @@
+"""qtd up's pure parts: the TOML writer, the fleet plan, the generated configs, etc/ lookup."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from qtd.agent.config import load_agent_config
+from qtd.errors import ConfigError
+from qtd.leader.config import load_leader_config
+from qtd.up.configs import assign, generate, load_bots, realtime_multiple
+from qtd.up.layout import Layout, find_etc, repo_root
+from qtd.up.toml import dumps
+
+ETC = repo_root() / "etc"
+
+
+@pytest.mark.parametrize("name", ["leader.toml", "agent.toml", "risk.toml"])
+def test_toml_writer_round_trips_the_shipped_configs(name: str) -> None:
+    doc = tomllib.loads((ETC / name).read_text())
+    assert tomllib.loads(dumps(doc, "generated")) == doc
+
+
+def test_bots_are_spread_round_robin_and_stably() -> None:
+    bots = load_bots(ETC)
+    plan = assign(bots, 2)
+    assert list(plan) == ["node-1", "node-2"]
+    assert sorted(b.name for bs in plan.values() for b in bs) == [b.name for b in bots]
+    assert abs(len(plan["node-1"]) - len(plan["node-2"])) <= 1
+    assert assign(bots, 2) == plan
+
+
+def test_speed_is_bars_per_second_whatever_the_interval() -> None:
+    assert realtime_multiple("goog_1d", 10) == pytest.approx(10 * 1.4 * 86_400, rel=0.05)
+    assert realtime_multiple("eurusd_1h", 10) < realtime_multiple("goog_1d", 10)
+
+
+def test_generated_configs_load_and_point_into_the_state_dir(tmp_path: Path) -> None:
+    layout = Layout.at(tmp_path / "s")
+    layout.create()
+    plan = generate(ETC, layout, agents=3, url="nats://127.0.0.1:1", bars_per_s=5)
+    leader = load_leader_config(plan.leader_config)
+    assert leader.fleet_db == str(layout.fleet_db) and leader.notify.destinations == {}
+    for node, path in plan.agent_configs.items():
+        cfg = load_agent_config(path)
+        assert cfg.node == node and cfg.state_dir == str(layout.agent_dir(node))
+        assert cfg.bus is not None and cfg.bus.servers == ("nats://127.0.0.1:1",)
+        assert cfg.kill_file.startswith(str(layout.root))
+        assert set(cfg.accounts) == {f"paper-{b}" for b in plan.nodes[node]}
+        assert set(cfg.market.bots) == set(plan.nodes[node])
+
+
+def test_missing_etc_is_a_config_error_that_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing leader\.toml, agent\.toml"):
+        find_etc(tmp_path)
+    assert find_etc() == ETC.resolve()
