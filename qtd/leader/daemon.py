@@ -24,6 +24,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from qtd.aio import cancel_and_wait
 from qtd.bus import Subjects, connect, ensure_jetstream
 from qtd.clock import Clock, LiveClock
 from qtd.errors import ConfigError, QtdError
@@ -199,7 +200,7 @@ class Leader:
                 async with asyncio.timeout(timeout_s):
                     await asyncio.shield(self._main)
             except TimeoutError:
-                self._main.cancel()
+                await cancel_and_wait(self._main)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
         await self.tasks.drain(timeout_s)

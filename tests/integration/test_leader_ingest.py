@@ -11,6 +11,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 
+from qtd.aio import cancel_and_wait
 from qtd.bus import EVENTS_STREAM, EmbeddedNatsServer, Subjects, ensure_jetstream
 from qtd.events import Side, to_json
 from qtd.leader import FleetDB, Leader
@@ -43,9 +44,7 @@ def _caught_up(leader: Leader, peers: list[FakeAgent]) -> bool:
 async def _crash(leader: Leader) -> None:
     """Kill the leader's tasks where they stand: no drain, no final ack."""
     assert leader._main is not None
-    leader._main.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await leader._main
+    await cancel_and_wait(leader._main)
     await leader.tasks.drain(0.5)
     await leader.nc.close()
     await leader.db.close()
