@@ -165,6 +165,8 @@ class Agent:
     async def _start_bots(self) -> None:
         slots, self.refused = await admit_bots(self.cfg, self.store, self.clock,
                                                set(self.brokers))
+        # the engine checks each bot against the risk profile admission checked it against
+        self.risk.bind_profiles({slot.name: loaded.profile for slot, loaded in slots})
         for slot, loaded in slots:
             key = feed_key(self.cfg, loaded)
             if key not in self.feeds:

@@ -20,6 +20,7 @@ queued as events; :meth:`RiskEngine.drain_events` hands them to the caller to st
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from decimal import Decimal
 
 from qtd.clock import Clock
@@ -40,7 +41,7 @@ from qtd.orders import OrderRequest
 from qtd.projections import Projections, TradingDay
 from qtd.risk import checks as C
 from qtd.risk.breakers import CircuitBreakers
-from qtd.risk.config import RiskConfig, validate_config
+from qtd.risk.config import RiskConfig, bind_profiles, validate_config
 from qtd.risk.kill import in_scope
 from qtd.risk.plan import Plan, build_plan
 from qtd.risk.state import Exposure, MarkCell, OpenOrder, ScopeCounters, SpikeMeter
@@ -128,6 +129,13 @@ class RiskEngine:
         self.breakers = CircuitBreakers(
             self.cfg, self.states, projections, self.marks, self._events.append, node
         )
+
+    def bind_profiles(self, profiles: Mapping[str, str]) -> None:
+        """Give each bot (``bot -> risk profile``) its profile's ``[strategies.<profile>]``
+        limits, as admission checked them (:func:`qtd.risk.config.bind_profiles`). Call it
+        before the bots send orders; cached check plans are rebuilt."""
+        self.cfg = validate_config(bind_profiles(self.cfg, profiles))
+        self._plans.clear()
 
     # --- the check ------------------------------------------------------------------------
 

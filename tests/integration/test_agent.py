@@ -258,3 +258,21 @@ async def test_a_bot_that_fails_admission_never_runs_its_siblings_do(
         admitted = [e.bot for e in await agent.store.query(kind="StrategyAdmitted")]
         assert admitted == ["good"]
         assert await agent.store.query(bot="bad") == []  # not one event: it never ran
+
+
+async def test_the_engine_checks_a_bot_against_its_risk_profile(
+    tmp_path: Path, nats_server: EmbeddedNatsServer
+) -> None:
+    cfg = write_fleet(tmp_path, {"b1": {"qty": 1.0}}, bus_url=nats_server.url,
+                      market=MINUTE_SPEED)
+    bot = tmp_path / "bots" / "b1.toml"
+    bot.write_text(bot.read_text().replace('symbols = ["GOOG"]',
+                                           'symbols = ["GOOG"]\nrisk_profile = "tight"'))
+    risk = tmp_path / "risk.toml"
+    # a limit admission cannot see in the params: only the engine, bound to the profile
+    risk.write_text(risk.read_text() + "\n[strategies.tight]\nmax_trades_per_day = 2\n")
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(3000)}) as agent:
+        await wait_for(lambda: agent.store.query(kind="OrderDenied", bot="b1"))
+        denied = await agent.store.query(kind="OrderDenied", bot="b1")
+        assert {d.check for d in denied} == {"max_trades_per_day"}
+        assert len(await agent.store.query(kind="OrderIntent", bot="b1")) == 2
