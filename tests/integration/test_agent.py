@@ -59,7 +59,8 @@ async def test_bot_raising_halts_only_itself_sibling_keeps_trading(
     cfg = write_fleet(tmp_path, {"good": {}, "bad": {"boom_after": 5}},
                       bus_url=nats_server.url, market=MINUTE_SPEED,
                       extra="[restart]\nmax_per_hour = 0\n")
-    async with running_agent(cfg, items={"goog_1d": synthetic_bars(400)}) as agent:
+    # enough bars that the sibling is still trading however late the halt is observed
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(5000)}) as agent:
         await wait_for(lambda: agent.supervisor.slots["bad"].state.value == "HALTED")
         at_halt = agent.store.last_seq
         await wait_for(lambda: agent.store.last_seq > at_halt + 40)
