@@ -29,6 +29,7 @@ examples:
   qtd validate etc/                                        admit every bot and routes.toml
   qtd route explain SPY --at 2018-12-24T15:00:00-05:00     which strategy, and why
   qtd agent --config etc/agent.toml                        run the agent daemon
+  qtd preflight --config etc/agent.toml                    pre-deploy checklist (exit 2)
   qtd kill --reason 'runaway bot' --operator alice         halt every agent (NATS)
   qtd kill --local --reason 'NATS down'                    halt this host (kill file)
   qtd leader --config etc/leader.toml                     run the fleet leader
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_agent(sub)
     _add_leader(sub)
     _add_backtest(sub)
+    _add_preflight(sub)
     return parser
 
 
@@ -93,6 +95,12 @@ def _add_agent(sub: Any) -> None:
 
 def _add_leader(sub: Any) -> None:
     from qtd.commands.leader import add_parsers
+
+    add_parsers(sub)
+
+
+def _add_preflight(sub: Any) -> None:
+    from qtd.commands.preflight import add_parsers
 
     add_parsers(sub)
 
