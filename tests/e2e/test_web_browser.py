@@ -133,7 +133,9 @@ async def test_browser_sees_pnl_update_over_websocket(
         (DOCS / "status.png").write_bytes(png)
 
 
-async def _wait_js(page: Page, expr: str, timeout_s: float = 15.0) -> Any:
+async def _wait_js(page: Page, expr: str, timeout_s: float = 60.0) -> Any:
+    # the timeout only guards against a hang (it measures nothing): a JetStream redelivery
+    # after ack_wait can legitimately delay one update by seconds on a loaded machine
     async with asyncio.timeout(timeout_s):
         while not (value := await page.js(expr)):
             await asyncio.sleep(0.1)

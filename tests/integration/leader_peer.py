@@ -203,7 +203,8 @@ def leader_config(tmp: Path, server: EmbeddedNatsServer, *, caps: CapsConfig | N
     return msgspec.convert({
         "fleet_db": str(tmp / "leader" / "fleet.db"),
         "bus": msgspec.to_builtins(bus_config(server, name="qtd-leader")),
-        "ingest": msgspec.to_builtins(IngestConfig(fetch_timeout_s=0.05, batch=500)),
+        "ingest": msgspec.to_builtins(IngestConfig(fetch_timeout_s=0.05, batch=500,
+                                                    ack_wait_s=2.0)),
         "caps": msgspec.to_builtins(caps or CapsConfig()),
         "kill": msgspec.to_builtins(KillConfig(ack_timeout_s=1.0)),
         "liveness": msgspec.to_builtins(LivenessConfig(
