@@ -228,49 +228,6 @@ def test_cli_validate_etc(capsys: pytest.CaptureFixture[str]) -> None:
     assert "0 error(s)" in capsys.readouterr().out
 
 
-async def test_hot_reload_accepts_and_rejects(tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    import asyncio
-
-    from qtd.admit.reload import reload_params
-    from qtd.clock import SimClock
-    from qtd.data import load_dataset
-    from qtd.events import ParamsChanged
-    from qtd.runner import BotRunner, BotSpec
-
-    p = bot_file(tmp_path, "[params]\nfast = 5\nslow = 20\n")
-    first = await admit_bot(p)
-    spec = BotSpec(name="b", account="acct", venue="paper", symbols=("GOOG",))
-
-    async def submit(req: object) -> None:
-        return None
-
-    runner = BotRunner(first.strategy_cls, first.params_obj, spec, clock=SimClock(),
-                       submit=submit, params_hash=first.content_hash)
-    gate = asyncio.Event()
-    goog = load_dataset("goog_1d")
-
-    async def feed():  # type: ignore[no-untyped-def]
-        for b in goog[:5]:
-            yield b
-        await gate.wait()
-        for b in goog[5:10]:
-            yield b
-
-    task = asyncio.create_task(runner.run(feed()))
-    p.write_text(p.read_text().replace("fast = 5", "fast = 50"))  # fast > slow: rejected
-    assert not await reload_params(runner, p)
-    assert "params change rejected" in caplog.text
-    p.write_text(p.read_text().replace("fast = 50", "fast = 7"))
-    assert await reload_params(runner, p)
-    gate.set()
-    await task
-    changes = [e for e in runner.events if isinstance(e, ParamsChanged)]
-    assert [c.accepted for c in changes] == [False, True]
-    assert "fast must be < slow" in changes[0].reason
-    assert runner.strategy.params.fast == 7 and runner.params_hash == changes[1].new_hash  # type: ignore[union-attr]
-
-
 async def test_smoke_runs_on_the_live_order_path_and_flags_oversized_orders(
     tmp_path: Path,
 ) -> None:
