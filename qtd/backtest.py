@@ -181,8 +181,8 @@ class Backtest:
         return result
 
     async def _cancel(self, req: CancelAll) -> None:
-        cids = [r.cid for r in self.proj.orders.open_orders(bot=req.bot, symbol=req.symbol)]
-        await self.router.cancel_many(cids, f"strategy cancel_all ({req.bot})")
+        await self.router.cancel_open(bot=req.bot, account=req.account, symbol=req.symbol,
+                                      reason=req.reason)
         await self.pump()
 
     async def pump(self) -> None:

@@ -138,6 +138,16 @@ class OrderRouter:
         """
         return bool(await self.cancel_many([cid], reason))
 
+    async def cancel_open(
+        self, *, bot: str, account: str | None = None, symbol: str | None = None,
+        reason: str,
+    ) -> list[str]:
+        """Cancel a bot's open orders (optionally one account / symbol): a strategy's
+        ``cancel_all``. Returns the client_order_ids sent (see :meth:`cancel_many`)."""
+        cids = [r.cid for r in self.proj.orders.open_orders(bot=bot, account=account,
+                                                            symbol=symbol)]
+        return await self.cancel_many(cids, reason) if cids else []
+
     async def cancel_many(self, cids: list[str], reason: str) -> list[str]:
         """Issue cancels for open orders, then record them in one durable batch.
 

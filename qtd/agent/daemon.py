@@ -230,10 +230,8 @@ class Agent:
         return self.feeds[self.bot_feed[bot]].subscribe(bot)
 
     async def _cancel_all(self, req: CancelAll) -> None:
-        cids = [r.cid for r in self.proj.orders.open_orders(bot=req.bot, account=req.account,
-                                                            symbol=req.symbol)]
-        if cids:
-            await self.router.cancel_many(cids, req.reason)
+        await self.router.cancel_open(bot=req.bot, account=req.account, symbol=req.symbol,
+                                      reason=req.reason)
 
     async def _on_price(self, symbol: str, price: Decimal) -> None:
         now = self.clock.now_ns()
