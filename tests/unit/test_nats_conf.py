@@ -25,7 +25,7 @@ def test_conf_has_durable_jetstream_and_no_clear_text_password() -> None:
     text = CONF.read_text()
     for needle in ('listen: "127.0.0.1:4222"', 'store_dir: "/var/lib/nats"',
                    "max_memory_store:", "max_file_store:", "sync_interval: always",
-                   'user: "agent"', 'user: "leader"', 'user: "operator"', '"$JS.API.>"'):
+                   'user: "agent-node-a"', 'user: "leader"', 'user: "operator"', '"$JS.API.>"'):
         assert needle in text, needle
     passwords = [line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.strip().startswith("password:")]

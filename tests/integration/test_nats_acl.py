@@ -1,0 +1,189 @@
+"""etc/nats-server.conf's accounts hold against a real nats-server.
+
+The shipped config is started as it is, with only what a test must change: a free port, a
+temporary store directory, no monitoring port and known passwords instead of the bcrypt
+placeholders. Then:
+
+- a real qtd agent logged in as ``agent-node-a`` starts, trades and publishes its events into
+  QTD_EVENTS, answers a control request and acknowledges a kill (the permissions are enough);
+- the same user is refused everything the issue forbids: publishing under another node's
+  subjects (events, heartbeats, kill acks), setting or clearing the kill key, purging or
+  deleting streams, commanding or listening to another agent; and the leader sees none of it;
+- the operator user cannot touch the kill key either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+
+from qtd.agent.control import (
+    CONTROL_BUCKET, KILL_KEY, CommandRequest, new_kill, read_kill, request, send_kill,
+)
+from qtd.bus import EVENTS_STREAM, ensure_jetstream, find_nats_server
+from qtd.events import Scope, TradingState
+from tests.agent_rig import running_agent, wait_for, write_fleet
+
+CONF = Path(__file__).resolve().parents[2] / "etc" / "nats-server.conf"
+PASSWORDS = {"agent-node-a": "pw-agent-a", "leader": "pw-leader", "operator": "pw-operator"}
+
+
+def _render(tmp: Path) -> Path:
+    """The shipped config with a free port, a tmp store, no monitor port, known passwords."""
+    text = CONF.read_text()
+    text = text.replace('listen: "127.0.0.1:4222"', 'listen: "127.0.0.1:-1"\n'
+                        f'ports_file_dir: "{tmp}"')
+    text = re.sub(r'^http: .*$', "", text, flags=re.M)
+    text = text.replace('store_dir: "/var/lib/nats"', f'store_dir: "{tmp / "js"}"')
+    users = re.findall(r'user: "([^"]+)"\s*\n\s*password: "([^"]+)"', text)
+    assert {u for u, _ in users} == set(PASSWORDS), users
+    for user, placeholder in users:
+        text = text.replace(placeholder, PASSWORDS[user], 1)
+    out = tmp / "nats-server.conf"
+    out.write_text(text)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def _server(tmp: Path) -> AsyncIterator[str]:
+    conf = _render(tmp)
+    proc = subprocess.Popen([str(find_nats_server()), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ports = tmp / f"nats-server_{proc.pid}.ports"
+        for _ in range(500):
+            if ports.exists() and ports.stat().st_size:
+                break
+            assert proc.poll() is None, "nats-server exited at start"
+            await asyncio.sleep(0.02)
+        url = msgspec.json.decode(ports.read_bytes())["nats"][0]
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _connect(url: str, user: str, errors: list[str]) -> Client:
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(url, user=user, password=PASSWORDS[user], error_cb=on_error,
+                              allow_reconnect=False, connect_timeout=2)
+
+
+async def _denied(errors: list[str], what: str) -> None:
+    try:
+        await wait_for(lambda: any("permissions violation" in e.lower() and what.lower() in e.lower()
+                                   for e in errors), timeout_s=5)
+    except TimeoutError:
+        raise AssertionError(f"no permissions violation for {what!r}; errors: {errors}")
+
+
+async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> None:
+    async with _server(tmp_path) as url:
+        leader_errors: list[str] = []
+        leader = await _connect(url, "leader", leader_errors)
+        js = leader.jetstream()
+        await ensure_jetstream(js, "qtd")
+        seen: list[str] = []
+
+        async def on_msg(m: object) -> None:
+            seen.append(m.subject)  # type: ignore[attr-defined]
+
+        await leader.subscribe("qtd.>", cb=on_msg)
+
+        # A real agent, as agent-node-a, trades and publishes into the stream.
+        cfg = write_fleet(tmp_path / "fleet", {"flip": {"qty": 1.0}}, node="node-a",
+                          bus_url=url)
+        cfg.write_text(cfg.read_text().replace(
+            "[bus]\n", f'[bus]\nuser = "agent-node-a"\npassword = "{PASSWORDS["agent-node-a"]}"\n'))
+        async with running_agent(cfg) as agent:
+            async def fills_in_stream() -> bool:
+                info = await js.stream_info(EVENTS_STREAM, subjects_filter="qtd.evt.node-a.>")
+                return any(s.endswith(".Fill") for s in (info.state.subjects or {}))
+            await wait_for(fills_in_stream, timeout_s=30)
+            reply = await request(leader, "node-a", "status", CommandRequest(operator="t",
+                                                                              reason="acl"))
+            assert reply.ok, reply
+            acks = await send_kill(leader, new_kill(reason="acl test", operator="t"),
+                                   wait_acks_s=10, expect=1)
+            assert [a.node for a in acks] == ["node-a"]
+            assert acks[0].state is TradingState.HALTED
+            assert agent.risk.states.get(Scope.GLOBAL) is TradingState.HALTED
+
+        # The same user, by hand: everything outside its node is refused.
+        errors: list[str] = []
+        rogue = await _connect(url, "agent-node-a", errors)
+        rjs = rogue.jetstream()
+        seen.clear()
+        for subject in ("qtd.evt.node-b.bot.Fill", "qtd.hb.node-b", "qtd.ack.kill.node-b",
+                        "qtd.pnl.node-b.bot", "qtd.ctl.kill", "qtd.ctl.node-b.halt"):
+            await rogue.publish(subject, b"{}")
+            await _denied(errors, subject)
+        with pytest.raises(nats.errors.TimeoutError):  # the KV put never reaches the stream
+            await rogue.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"{}", timeout=0.5)
+        await _denied(errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
+        for api in (f"$JS.API.STREAM.PURGE.KV_{CONTROL_BUCKET}",
+                    f"$JS.API.STREAM.DELETE.{EVENTS_STREAM}",
+                    f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
+                    f"$JS.API.STREAM.MSG.DELETE.KV_{CONTROL_BUCKET}"):
+            with pytest.raises(nats.errors.TimeoutError):
+                await rjs._api_request(api, b"{}", timeout=0.5)
+            await _denied(errors, api)
+        await rogue.subscribe("qtd.ctl.node-b.*")
+        await _denied(errors, "qtd.ctl.node-b.*")
+        await rogue.subscribe("qtd.evt.>")
+        await _denied(errors, "qtd.evt.>")
+        await rogue.flush()
+        await asyncio.sleep(0.2)
+        assert seen == [], seen  # the leader received none of the forged messages
+        kill = await read_kill(leader)
+        assert kill is not None and kill.reason == "acl test"  # still the leader's kill
+        stream = await js.stream_info(f"KV_{CONTROL_BUCKET}")
+        assert stream.state.messages >= 1
+        # Its own node's subjects still work on this connection.
+        await rogue.publish("qtd.hb.node-a", b"{}")
+        await rogue.flush()
+        await wait_for(lambda: "qtd.hb.node-a" in seen)
+        await rogue.close()
+
+        # The operator CLI user can send control requests but not touch the kill key.
+        op_errors: list[str] = []
+        op = await _connect(url, "operator", op_errors)
+        with pytest.raises(nats.errors.TimeoutError):
+            await op.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"", timeout=0.5)
+        await _denied(op_errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
+        await op.close()
+
+        # No user at all: refused (raw protocol; nats-py leaks the socket of a refused
+        # connect, which pytest's -W error would report).
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            info = msgspec.json.decode((await reader.readline()).removeprefix(b"INFO "))
+            assert info["auth_required"] is True
+            writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readline(), 5)
+            assert b"Authorization Violation" in answer, answer
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert leader_errors == []
+        await leader.close()
