@@ -12,18 +12,27 @@ Per market-data item, in timestamp order (bars at their close time, trades at th
    reach their bot;
 2. the clock moves to the item's availability time (bar close, trade time) and the risk
    engine gets the mark (staleness, PnL breakers);
-3. each bot trading the symbol processes the item (hooks run in the same quarantined runner
-   as live); its order requests go to :meth:`OrderRouter.submit` — risk check, write-ahead
-   intent, paper broker — and the resulting reports are pumped before the next item;
+3. each bot trading the symbol processes the item (:meth:`BotRunner.handle`: the fills
+   delivered since its last item reach ``on_fill`` first; hooks run in the same quarantined
+   runner, with the same budget, as live); its order requests go to
+   :meth:`OrderRouter.submit` — risk check, write-ahead intent, paper broker — and the
+   resulting reports are pumped before the next item;
 4. the run's equity is marked to market (projections at the last prices) for the curve.
 
 So with the default ``fill_at="next_open"`` a decision taken on a bar's close fills at the
 next bar's open; see :mod:`qtd.brokers.paper` for every fill rule.
+
+The driver is a plain loop: it awaits only when there is order work (a hook queued a
+request, a broker has reports), so a bar with nothing to do costs a few microseconds.
+Every event of the run is stored, in order, with its seq — but through
+:class:`WriteBehindStore`: events are committed in batches (``sync=False``) and the final
+commit is fsynced, instead of one fsynced commit per event. The write-ahead rule (intent
+durable before the broker sees it) protects real orders across a crash; a backtest's broker
+is simulated and a crashed run is simply rerun, so only the finished file must be durable.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -32,18 +41,18 @@ import msgspec
 
 from qtd.brokers.paper import PaperBroker
 from qtd.clock import SimClock
-from qtd.events import Fill, OrderDenied, OrderIntent
+from qtd.events import AnyEvent, Event, Fill, OrderDenied, OrderIntent
 from qtd.execution import OrderRouter
-from qtd.feeds import Bar, MarketData, Trade, available_ns
+from qtd.feeds import Bar, MarketData, Trade
 from qtd.orders import ClientOrderIds, OrderRequest
-from qtd.projections import Projections
+from qtd.projections import Position, Projections
 from qtd.risk.config import RiskConfig
 from qtd.risk.engine import RiskEngine
-from qtd.runner import BotRunner, BotSpec, BotState
+from qtd.runner import BotRunner, BotSpec
 from qtd.store import EventStore
 from qtd.strategy import CancelAll, Strategy
 
-_END: Final = object()
+WRITE_BATCH: Final = 4096
 
 
 class BacktestBot(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,65 +108,101 @@ class BacktestResult(msgspec.Struct, frozen=True, kw_only=True):
     fills: list[Fill] = []
 
 
-class _Driven:
-    """A runner fed one item at a time through a queue (so the driver knows when the bot
-    has finished with an item: the feed is asked for the next one)."""
+class WriteBehindStore:
+    """An :class:`~qtd.store.EventStore` front for a backtest: ``append`` assigns the seq
+    at once (so every event, its order and seq are exactly what a direct append would give)
+    and keeps the event; every ``batch`` events go to the store in one ``sync=False``
+    transaction, and :meth:`flush` (called at the end of the run) commits the rest with an
+    fsync, which makes every earlier batch durable too (one WAL, see :mod:`qtd.store`).
 
-    def __init__(self, runner: BotRunner) -> None:
-        self.runner = runner
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.task: asyncio.Task[BotState] | None = None
+    Reads (``last_cid_counter``) flush first, so they see every event appended before.
 
-    async def feed(self) -> Any:
-        while True:
-            item = await self.queue.get()
-            if item is _END:
-                self.queue.task_done()
-                return
-            yield item
-            self.queue.task_done()
+    Args:
+        store: the run's store (nothing else may write to it during the run).
+        batch: events per transaction (>= 1).
 
-    async def offer(self, item: MarketData) -> None:
-        """Give the bot ``item`` and wait until it is done with it (or stopped running)."""
-        assert self.task is not None
-        if self.task.done():
+    Raises:
+        ValueError: ``batch`` < 1.
+        RuntimeError: (at a flush) something else wrote to the store during the run.
+    """
+
+    def __init__(self, store: EventStore, batch: int = WRITE_BATCH) -> None:
+        if batch < 1:
+            raise ValueError(f"write_batch={batch!r}: must be >= 1 event")
+        self.inner, self.batch = store, batch
+        self.node, self.incarnation, self.path = store.node, store.incarnation, store.path
+        self.last_seq = store.last_seq
+        self._pending: list[Event] = []
+
+    async def append(self, event: Event) -> AnyEvent:
+        self.last_seq += 1
+        stored = msgspec.structs.replace(event, seq=self.last_seq)
+        self._pending.append(stored)
+        if len(self._pending) >= self.batch:
+            await self.flush(sync=False)
+        return stored  # type: ignore[return-value]
+
+    async def append_many(self, events: Sequence[Event], *, sync: bool = True
+                          ) -> list[AnyEvent]:
+        return [await self.append(e) for e in events]
+
+    async def flush(self, *, sync: bool = True) -> None:
+        """Write the kept events in one transaction (fsynced if ``sync``)."""
+        if not self._pending:
             return
-        self.queue.put_nowait(item)
-        joined = asyncio.ensure_future(self.queue.join())
-        await asyncio.wait([joined, self.task], return_when=asyncio.FIRST_COMPLETED)
-        joined.cancel()
+        batch, self._pending = self._pending, []
+        stored = await self.inner.append_many(batch, sync=sync)
+        if stored[-1].seq != batch[-1].seq:  # someone else wrote to the run's store
+            raise RuntimeError(f"{self.path}: seq {stored[-1].seq} stored as "
+                               f"{batch[-1].seq}: the run's store must not be shared")
+
+    async def last_cid_counter(self, bot: str) -> int:
+        await self.flush(sync=False)
+        return await self.inner.last_cid_counter(bot)
 
 
 class Backtest:
     """Wires the live order path for a backtest (see the module docstring).
 
     Args:
-        store: event store receiving every event of the run (use a fresh file per run).
+        store: event store receiving every event of the run (use a fresh file per run;
+            written through a :class:`WriteBehindStore`).
         risk: risk config (the same file live uses).
         clock: the simulated clock.
         brokers: paper broker per account name (they must share ``clock``).
         hook_budget_s: wall-time budget of one strategy hook, seconds.
+        write_batch: events per store transaction (see :class:`WriteBehindStore`).
     """
 
     def __init__(
         self, *, store: EventStore, risk: RiskConfig, clock: SimClock,
         brokers: Mapping[str, PaperBroker], hook_budget_s: float = 0.5,
+        write_batch: int = WRITE_BATCH,
     ) -> None:
-        self.store, self.clock, self.brokers = store, clock, dict(brokers)
+        self.store = WriteBehindStore(store, write_batch)
+        self.clock, self.brokers = clock, dict(brokers)
         self.hook_budget_s = hook_budget_s
         self.proj = Projections()
         self.risk = RiskEngine(risk, self.proj, clock, store.node)
+        run_store: Any = self.store  # duck-types EventStore: append, append_many, reads
         self.router = OrderRouter(
-            store=store, clock=clock, risk=self.risk, cids=ClientOrderIds(store),
+            store=run_store, clock=clock, risk=self.risk, cids=ClientOrderIds(run_store),
             brokers=self.brokers, projections=self.proj,
         )
-        self.bots: dict[str, _Driven] = {}
-        self._by_symbol: dict[str, list[_Driven]] = {}
+        self.bots: dict[str, BotRunner] = {}
+        self._by_symbol: dict[str, list[BotRunner]] = {}
         self._results: dict[str, list[OrderIntent | OrderDenied]] = {}
         self.start_equity = sum((b.cash for b in self.brokers.values()), Decimal(0))
         self.marks: dict[str, Decimal] = {}
         self.curve = EquityCurve()
         self.fills: list[Fill] = []
+        self._base = self.start_equity  # start + Σ (realized − fees), valid until a fill
+        self._open: dict[str, list[Position]] = {}  # open positions by symbol (until a fill)
+        self._unreal: dict[str, Decimal] = {}  # their unrealized PnL by symbol, at the marks
+        self._unreal_total = Decimal(0)
+        self._dirty = False
+        self._flat_equity = float(self.start_equity)  # float(_base) while nothing is open
+        self._broker_list = list(self.brokers.values())
 
     def add(self, bot: BacktestBot) -> BotRunner:
         """Add a bot; returns its runner."""
@@ -168,10 +213,9 @@ class Backtest:
             submit=self._submit, cancel=self._cancel, emit=self.store.append,
             node=self.store.node, hook_budget_s=self.hook_budget_s, params_hash=bot.params_hash,
         )
-        driven = _Driven(runner)
-        self.bots[name] = driven
+        self.bots[name] = runner
         for sym in bot.spec.symbols:
-            self._by_symbol.setdefault(sym, []).append(driven)
+            self._by_symbol.setdefault(sym, []).append(runner)
         return runner
 
     async def _submit(self, request: OrderRequest) -> OrderIntent | OrderDenied:
@@ -188,12 +232,16 @@ class Backtest:
     async def pump(self) -> None:
         """Apply every pending paper-broker report and hand fills to their bots."""
         for broker in self.brokers.values():
+            if not broker.has_reports():
+                continue
             for report in broker.pending_reports():
                 stored = await self.router.on_venue_event(report)
                 if isinstance(stored, Fill):
                     self.fills.append(stored)
-                    if stored.bot in self.bots:
-                        self.bots[stored.bot].runner.deliver_fill(stored)
+                    self._dirty = True
+                    runner = self.bots.get(stored.bot)
+                    if runner is not None:
+                        runner.deliver_fill(stored)
 
     async def run(
         self, items: Iterable[MarketData], *, progress: Callable[[int], None] | None = None,
@@ -207,20 +255,24 @@ class Backtest:
                 and once at the end.
             progress_every: items between progress calls.
         """
-        for d in self.bots.values():
-            d.task = asyncio.ensure_future(d.runner.run(d.feed()))
         n = 0
         try:
-            for item in items:
-                n += 1
-                await self._step(item)
-                if progress is not None and n % progress_every == 0:
-                    progress(n)
+            for runner in self.bots.values():
+                await runner.start()
+            step = self._step
+            if progress is None:
+                for n, item in enumerate(items, 1):  # noqa: B007 - n is the count after
+                    await step(item)
+            else:
+                for n, item in enumerate(items, 1):
+                    await step(item)
+                    if n % progress_every == 0:
+                        progress(n)
         finally:
-            for d in self.bots.values():
-                d.queue.put_nowait(_END)
-            await asyncio.gather(*(d.task for d in self.bots.values() if d.task is not None))
+            for runner in self.bots.values():
+                await runner.finish()
             await self.pump()
+            await self.store.flush(sync=True)
         if progress is not None:
             progress(n)
         return BacktestResult(
@@ -229,29 +281,38 @@ class Backtest:
             fills=list(self.fills))
 
     async def _step(self, item: MarketData) -> None:
-        ts = available_ns(item)
+        clock = self.clock
         if type(item) is Bar:
-            if item.ts_ns > self.clock.now_ns():
-                self.clock.set(item.ts_ns)  # fills at the open are stamped at the open
-            for broker in self.brokers.values():
+            ts = item.ts_ns + item.interval_ns
+            if item.ts_ns > clock.now_ns():
+                clock.set(item.ts_ns)  # fills at the open are stamped at the open
+            for broker in self._broker_list:
                 broker.on_bar(item)
             price = item.close
         else:
             assert isinstance(item, Trade)
-            if ts > self.clock.now_ns():
-                self.clock.set(ts)
+            ts = item.ts_ns
+            if ts > clock.now_ns():
+                clock.set(ts)
             price = item.price
-            for broker in self.brokers.values():
+            for broker in self._broker_list:
                 broker.on_price(item.symbol, price, ts)
-        await self.pump()
-        if ts > self.clock.now_ns():
-            self.clock.set(ts)
-        self.marks[item.symbol] = price
-        await self.router.on_market_data(item.symbol, price, ts)
-        for d in self._by_symbol.get(item.symbol, ()):
-            await d.offer(item)
+        if self._has_reports():
             await self.pump()
-        self._mark(ts)
+        if ts > clock.now_ns():
+            clock.set(ts)
+        sym = item.symbol
+        self.marks[sym] = price
+        await self.router.on_market_data(sym, price, ts)
+        for runner in self._by_symbol.get(sym, ()):
+            await runner.handle(item)  # its submits and cancels pump their own reports
+        self._mark(ts, sym)
+
+    def _has_reports(self) -> bool:
+        for broker in self._broker_list:  # noqa: SIM110 - cheaper than any(genexpr) per bar
+            if broker.has_reports():
+                return True
+        return False
 
     def equity(self) -> Decimal:
         """Starting cash + Σ positions' realized − fees + unrealized at the last prices."""
@@ -261,23 +322,46 @@ class Backtest:
             total += p.realized - p.fees + p.unrealized(marks.get(p.symbol))
         return total
 
-    def _mark(self, ts: int) -> None:
+    def _mark(self, ts: int, sym: str) -> None:
+        """Append the equity after an item of ``sym``: O(positions open in ``sym``), exact
+        Decimal sums (re-derived from the projections after every fill), stored as float."""
+        marks = self.marks
+        if self._dirty:  # a fill changed a position: re-derive the cached sums
+            self._dirty = False
+            positions = self.proj.positions.values()
+            self._base = self.start_equity + sum(
+                (p.realized - p.fees for p in positions), Decimal(0))
+            self._open = {}
+            for p in positions:
+                if p.qty:
+                    self._open.setdefault(p.symbol, []).append(p)
+            self._unreal = {s: sum((p.unrealized(marks.get(s)) for p in ps), Decimal(0))
+                            for s, ps in self._open.items()}
+            self._unreal_total = sum(self._unreal.values(), Decimal(0))
+            self._flat_equity = float(self._base)
+        if self._open:
+            held = self._open.get(sym)
+            if held is not None:
+                mark = marks.get(sym)
+                now = sum((p.unrealized(mark) for p in held), Decimal(0))
+                self._unreal_total += now - self._unreal[sym]
+                self._unreal[sym] = now
+            value, exposed = float(self._base + self._unreal_total), True
+        else:
+            value, exposed = self._flat_equity, False
         curve = self.curve
-        eq = float(self.equity())
-        exposed = any(p.qty for p in self.proj.positions.values())
         if curve.ts_ns and curve.ts_ns[-1] == ts:
-            curve.equity[-1], curve.exposed[-1] = eq, exposed
+            curve.equity[-1], curve.exposed[-1] = value, exposed
         else:
             curve.ts_ns.append(ts)
-            curve.equity.append(eq)
+            curve.equity.append(value)
             curve.exposed.append(exposed)
 
     def _bot_results(self) -> dict[str, BotResult]:
         out = {}
-        for name, d in self.bots.items():
+        for name, r in self.bots.items():
             results = self._results[name]
             positions = [p for p in self.proj.positions.values() if p.bot == name]
-            r = d.runner
             out[name] = BotResult(
                 bot=name, state=str(r.state), requests=len(r.requests),
                 intents=sum(isinstance(x, OrderIntent) for x in results),
@@ -295,7 +379,7 @@ async def run_backtest(
     bots: Sequence[BacktestBot], items: Iterable[MarketData], *, store: EventStore,
     risk: RiskConfig, accounts: Mapping[str, Mapping[str, Any]] | None = None,
     clock: SimClock | None = None, hook_budget_s: float = 0.5,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, write_batch: int = WRITE_BATCH,
 ) -> BacktestResult:
     """Backtest ``bots`` over ``items`` on the live order path.
 
@@ -311,6 +395,7 @@ async def run_backtest(
         clock: simulated clock (default: starts at 0 and follows the items).
         hook_budget_s: wall-time budget of one strategy hook, seconds.
         progress: called with the number of items done, every 1,000 items and at the end.
+        write_batch: events per store transaction (the last one is fsynced).
     """
     clock = clock or SimClock()
     settings = dict(accounts or {})
@@ -319,7 +404,7 @@ async def run_backtest(
         for acct in {b.spec.account for b in bots}
     }
     bt = Backtest(store=store, risk=risk, clock=clock, brokers=brokers,
-                  hook_budget_s=hook_budget_s)
+                  hook_budget_s=hook_budget_s, write_batch=write_batch)
     for b in bots:
         bt.add(b)
     return await bt.run(items, progress=progress)

@@ -96,17 +96,20 @@ class SMA:
         return self._value is not None
 
     def update(self, x: float) -> float | None:
-        x = _check_input("SMA", "x", x)
-        if len(self._window) == self.period:
-            self._sum -= self._window[0]
-        self._window.append(x)
+        if type(x) is not float or x - x:  # x - x is NaN (truthy) for NaN and ±inf
+            x = _check_input("SMA", "x", x)
+        window, period = self._window, self.period
+        full = len(window) == period
+        if full:
+            self._sum -= window[0]
+        window.append(x)
         self._sum += x
         self._since_exact += 1
-        if self._since_exact >= self.period:
-            self._sum = math.fsum(self._window)
+        if self._since_exact >= period:
+            self._sum = math.fsum(window)
             self._since_exact = 0
-        if len(self._window) == self.period:
-            self._value = self._sum / self.period
+        if full or len(window) == period:
+            self._value = self._sum / period
         return self._value
 
 
@@ -475,7 +478,10 @@ class Cross:
         if a is None or b is None:
             self.value = 0
             return 0
-        a, b = _check_input("Cross", "a", a), _check_input("Cross", "b", b)
+        if type(a) is not float or a - a:
+            a = _check_input("Cross", "a", a)
+        if type(b) is not float or b - b:
+            b = _check_input("Cross", "b", b)
         side = (a > b) - (a < b)
         self.value = side if side and self._side and side != self._side else 0
         if side:

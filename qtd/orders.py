@@ -22,6 +22,7 @@ the orphan is attached to it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -93,11 +94,16 @@ def client_order_id(node: str, bot: str, incarnation: str, counter: int) -> str:
             f"client_order_id counter={counter}: must be in 1..9999999999",
             field="counter", value=counter, rule="1 <= counter <= 9999999999",
         )
-    digest = hashlib.blake2b(f"{node}\x00{bot}\x00{incarnation}".encode(), digest_size=5).digest()
-    tag = base64.b32encode(digest).decode()[:6].lower()
-    cid = f"{_CID_TOKEN.sub('', node)[:8]}.{_CID_TOKEN.sub('', bot)[:8]}.{tag}.{counter}"
+    cid = f"{_cid_prefix(node, bot, incarnation)}.{counter}"
     assert len(cid) <= CID_MAX_LEN
     return cid
+
+
+@functools.lru_cache(maxsize=4096)
+def _cid_prefix(node: str, bot: str, incarnation: str) -> str:
+    digest = hashlib.blake2b(f"{node}\x00{bot}\x00{incarnation}".encode(), digest_size=5).digest()
+    tag = base64.b32encode(digest).decode()[:6].lower()
+    return f"{_CID_TOKEN.sub('', node)[:8]}.{_CID_TOKEN.sub('', bot)[:8]}.{tag}"
 
 
 class ApplyResult(StrEnum):

@@ -1,31 +1,44 @@
 """The bot runner: one strategy instance for one bot, quarantined and on a time budget.
 
-Each bot runs as one asyncio task (:meth:`BotRunner.run`) and owns one daemon worker thread
-(:class:`HookThread`). Every call into user code — construction, ``on_start``, ``on_bar``,
-``on_trade``, ``on_fill``, ``on_stop``, params swaps — goes through one wrapper,
-:meth:`BotRunner._call`, which:
+A bot is driven one input at a time — the live agent through :meth:`BotRunner.run` (one
+asyncio task per bot, fed by a market data subscription), a backtest by pushing items with
+:meth:`BotRunner.start` / :meth:`BotRunner.handle` / :meth:`BotRunner.finish` (``run`` is
+built from the same three). Every call into user code — construction, ``on_start``,
+``on_bar``, ``on_trade``, ``on_fill``, ``on_stop``, params swaps — goes through one wrapper,
+:meth:`BotRunner._invoke`, which:
 
-* runs the hook in the bot's worker thread, so a slow or looping hook never blocks the
-  event loop (other bots, the risk engine, telemetry keep running);
-* waits at most ``hook_budget_s`` (default 0.5 s) of wall time for it;
+* runs the hook **inline** on the calling (event loop) thread, watched by a
+  :class:`HookGuard`: no thread hand-off, so a hook costs a function call (~0.1 µs of
+  runner overhead) instead of a thread round trip (~20-170 µs);
+* halts the bot if the hook runs longer than ``hook_budget_s`` of wall time (default
+  0.5 s): the process-wide watchdog thread (:class:`Watchdog`) sees a guard busy with the
+  same call for the whole budget and injects :class:`HookAborted` into the thread running
+  it (CPython's ``PyThreadState_SetAsyncExc``). A hook looping in Python bytecode
+  (``while True: ...``, even inside ``except Exception``) receives it at its next bytecode
+  boundary; the halt is reported with ``error_type="HookTimeout"`` at least ``budget`` and at
+  most two watchdog polls (≤ half a budget, ≤ 0.2 s) more after the hook started;
 * turns any exception into a :class:`~qtd.events.StrategyError` event (with the traceback)
   plus a ``TradingStateChanged`` to HALTED for that bot alone, and stops the bot.
 
-**Overrunning hooks (infinite loops).** When the budget runs out the bot is halted and
-reported (``error_type="HookTimeout"``), and the runner injects :class:`HookAborted` into the
-worker thread with CPython's ``PyThreadState_SetAsyncExc``. A hook looping in Python
-bytecode (``while True: ...``) receives it at its next bytecode boundary and ends, freeing
-the thread. A hook stuck inside one C call (e.g. ``time.sleep(3600)``) only receives it when
-the call returns; until then the daemon thread is abandoned — the bot is already halted and
-no order it queues afterwards is ever submitted, and daemon threads never block process
-exit. No ``sys.settrace`` or signals are involved, so it works in any thread and costs
-nothing on the happy path beyond one thread hand-off per hook (~20-50 µs).
+**Two ways to run a hook, one runner.** Backtests (and admission smoke runs) call hooks
+inline as described here. The live agent passes ``isolate_hooks=True``: each bot's hooks run
+in its own :class:`HookThread` and the event loop only awaits the result for at most the
+budget, so a hook stuck in a blocking C call halts its bot alone while the other bots, the
+risk engine and the kill switch keep running. Everything else — the order path, the
+failure capture, the events recorded — is the same code in both modes.
+
+Inline mode: while a hook runs, the event loop waits for it (at most the budget, for
+bytecode): other bots, the risk engine and telemetry resume as soon as it returns or is
+aborted. A hook blocked inside one C call that releases the GIL (``time.sleep(3600)``,
+blocking socket I/O) receives the abort only when the call returns; in a backtest that only
+delays the run. Strategies must not block: hooks are pure computation
+on the bar and the bot's state (the DSL gives them no I/O).
 
 **Orders.** Hooks queue requests in the context outbox; after the hook returns the runner
 submits each :class:`~qtd.orders.OrderRequest` through the injected async ``submit`` (in
 production the OrderRouter: risk engine, write-ahead intent, broker). A result that is an
 ``OrderDenied``/``OrderRejected`` releases the in-flight quantity. Fills come back through
-:meth:`BotRunner.deliver_fill` and reach ``on_fill`` between market data items.
+:meth:`BotRunner.deliver_fill` and reach ``on_fill`` before the next market data item.
 """
 
 from __future__ import annotations
@@ -34,9 +47,12 @@ import asyncio
 import concurrent.futures
 import ctypes
 import logging
+import os
 import queue
 import threading
+import time
 import traceback
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any, Final
@@ -66,18 +82,140 @@ Submit = Callable[[OrderRequest], Awaitable[Any]]
 Cancel = Callable[[CancelAll], Awaitable[Any]]
 Emit = Callable[[Event], Awaitable[Any]]
 
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
 
 class HookAborted(BaseException):
-    """Injected into a worker thread whose hook overran its budget (not an ``Exception``,
-    so user ``except Exception`` blocks cannot swallow it)."""
+    """Injected into a thread whose hook overran its budget (not an ``Exception``, so user
+    ``except Exception`` blocks cannot swallow it)."""
 
 
 class HookTimeout(Exception):
     """A hook did not return within its budget."""
 
 
+def _inject(ident: int) -> None:
+    _set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(HookAborted))
+
+
+def _clear_injected(ident: int) -> None:
+    _set_async_exc(ctypes.c_ulong(ident), ctypes.c_void_p(0))
+
+
+class HookGuard:
+    """Watches one bot's hook calls for overruns (see :class:`Watchdog`).
+
+    The calling thread marks each call with :meth:`enter` / :meth:`exit` (two attribute
+    stores and one uncontended lock: ~0.2 µs); the watchdog thread calls :meth:`check`
+    every poll. An abort is injected only under the guard's lock while the same call is
+    still busy, and :meth:`exit` clears an injection that raced with the hook's return, so
+    :class:`HookAborted` can only surface between :meth:`enter` and the end of :meth:`exit`.
+
+    Args:
+        budget_s: wall-time budget of one call, seconds (> 0).
+    """
+
+    __slots__ = ("budget_s", "busy", "fired", "ident", "lock", "seen_at", "seen_seq", "seq")
+
+    def __init__(self, budget_s: float) -> None:
+        if not budget_s > 0:
+            raise ValueError(f"hook_budget_s={budget_s!r}: must be > 0 seconds")
+        self.budget_s = budget_s
+        self.lock = threading.Lock()
+        self.ident = threading.get_ident()
+        self.seq = 0
+        self.busy = False
+        self.fired = False
+        self.seen_seq = -1
+        self.seen_at = 0.0
+
+    def bind(self) -> None:
+        """Watch calls made on the current thread from now on."""
+        self.ident = threading.get_ident()
+
+    def enter(self) -> None:
+        """A call starts (on the bound thread)."""
+        self.seq += 1
+        self.busy = True
+
+    def exit(self) -> bool:
+        """The call ended; returns whether the watchdog aborted it (any injection still
+        pending is cleared before this returns)."""
+        with self.lock:
+            self.busy = False
+            fired = self.fired
+        if fired:
+            self.fired = False  # the watchdog writes it only while busy
+            _clear_injected(self.ident)
+        return fired
+
+    def check(self, now: float) -> bool:
+        """Watchdog side: abort the current call if it has been busy for the whole budget
+        (``now``: ``time.monotonic()``). Returns whether it aborted."""
+        with self.lock:
+            if not self.busy or self.fired:
+                self.seen_seq = -1
+                return False
+            if self.seq != self.seen_seq:
+                self.seen_seq, self.seen_at = self.seq, now
+                return False
+            if now - self.seen_at < self.budget_s:
+                return False
+            self.fired = True
+            _inject(self.ident)
+            return True
+
+
+class Watchdog:
+    """One daemon thread per process polling every registered :class:`HookGuard`.
+
+    It sleeps while no guard is registered; otherwise it wakes every ``min(budget) / 4``
+    seconds (at most 0.1 s, at least 2 ms), so a call is first seen busy within a quarter
+    budget of its start and aborted at most half a budget after its budget ran out.
+    """
+
+    def __init__(self) -> None:
+        self._guards: set[HookGuard] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, guard: HookGuard) -> None:
+        with self._cond:
+            self._guards.add(guard)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="qtd-hook-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, guard: HookGuard) -> None:
+        with self._cond:
+            self._guards.discard(guard)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._guards:
+                    self._cond.wait()
+                guards = list(self._guards)
+            time.sleep(min(0.1, max(0.002, min(g.budget_s for g in guards) / 4)))
+            now = time.monotonic()
+            for g in guards:
+                if g.check(now):
+                    log.warning("hook overran its %.3f s budget: aborting it", g.budget_s)
+
+    def _after_fork(self) -> None:
+        self._guards, self._cond, self._thread = set(), threading.Condition(), None
+
+
+WATCHDOG: Final = Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG._after_fork)
+
+
 class HookThread:
-    """One daemon thread running a bot's hooks one at a time, with a watchdog.
+    """One daemon thread running calls one at a time, with a timeout (used where isolation
+    matters more than speed: the live agent's hooks, see ``BotRunner(isolate_hooks=True)``,
+    and importing strategy files at admission).
 
     Args:
         name: thread name (shown in tracebacks and ``py-spy``).
@@ -101,7 +239,7 @@ class HookThread:
                     fut.set_result(fn(*args))
                 except BaseException as exc:  # user code: everything goes back to the caller
                     fut.set_exception(exc)
-        except HookAborted:  # delivered late, outside a hook: just end the thread
+        except HookAborted:  # delivered late, outside a call: just end the thread
             return
 
     async def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float) -> Any:
@@ -122,8 +260,7 @@ class HookThread:
         """Inject :class:`HookAborted` into the thread and stop it after the current job."""
         ident = self._thread.ident
         if ident is not None and self._thread.is_alive():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(ident), ctypes.py_object(HookAborted))
+            _inject(ident)
         self.close()
 
     def close(self) -> None:
@@ -161,6 +298,7 @@ class BotState(StrEnum):
 
 _END: Final = object()
 _STOP: Final = object()
+_RUNNING: Final = BotState.RUNNING
 
 
 async def _as_async(items: Iterable[MarketData] | AsyncIterable[MarketData]
@@ -188,20 +326,29 @@ class BotRunner:
         emit: async callable storing events (``EventStore.append``); ``None`` keeps them in
             :attr:`events`.
         node: node name stamped on events.
-        hook_budget_s: wall-time budget of one hook call, seconds.
+        hook_budget_s: wall-time budget of one hook call, seconds (> 0).
         params_hash: content hash of the admitted (source, params) pair.
+        isolate_hooks: run hooks in the bot's own :class:`HookThread` instead of inline.
+            The live agent sets it: a hook blocked in a C call that releases the GIL
+            (``time.sleep``, blocking socket I/O) then halts only its bot after the budget,
+            while the event loop — other bots, the risk engine, the kill switch — runs on.
+            Costs a thread round trip per hook (~20-170 µs); backtests run inline.
+
+    Raises:
+        ValueError: ``hook_budget_s`` is not > 0.
     """
 
     def __init__(
         self, strategy_cls: type[Strategy], params: Strategy.Params, spec: BotSpec, *,
         clock: Clock, submit: Submit, cancel: Cancel | None = None, emit: Emit | None = None,
         node: str = "local", hook_budget_s: float = DEFAULT_HOOK_BUDGET_S,
-        params_hash: str = "",
+        params_hash: str = "", isolate_hooks: bool = False,
     ) -> None:
         self.spec, self.clock, self.node = spec, clock, node
         self._cls, self._params = strategy_cls, params
         self._submit, self._cancel, self._emit = submit, cancel, emit
         self.hook_budget_s = hook_budget_s
+        self.guard = HookGuard(hook_budget_s)
         self.params_hash = params_hash
         self.state = BotState.CREATED
         self.events: list[Event] = []
@@ -211,9 +358,16 @@ class BotRunner:
             bot=spec.name, account=spec.account, venue=spec.venue, symbols=spec.symbols,
             clock=clock, strategy=strategy_cls.__name__, currency=spec.currency)
         self.strategy: Strategy | None = None
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._inbox: deque[Any] = deque()  # fills and the stop marker, in arrival order
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._failure: tuple[str, str, str, str] | None = None
         self._pending_params: tuple[Strategy.Params, str] | None = None
+        self.isolate_hooks = isolate_hooks
         self._thread: HookThread | None = None
+        self.handled = 0
+        """Market data items of the bot's symbols whose hook ran and whose orders were
+        submitted (a canary split waits on it: :mod:`qtd.agent.canary`)."""
 
     @property
     def name(self) -> str:
@@ -226,19 +380,22 @@ class BotRunner:
     # --- inputs from outside --------------------------------------------------------------
 
     def deliver_fill(self, fill: Fill) -> None:
-        """Hand one of this bot's fills to the runner (non-blocking; others are ignored)."""
+        """Hand one of this bot's fills to the runner (non-blocking; others are ignored).
+        It reaches ``on_fill`` before the next market data item."""
         if fill.bot == self.spec.name:
-            self._inbox.put_nowait(fill)
+            self._inbox.append(fill)
+            self._wake.set()
 
     def request_stop(self) -> None:
         """Stop after the current item: ``on_stop`` runs, state becomes STOPPED."""
-        self._inbox.put_nowait(_STOP)
+        self._inbox.append(_STOP)
+        self._wake.set()
 
     def swap_params(self, params: Strategy.Params, content_hash: str) -> None:
         """Use admitted ``params`` from the next bar boundary on (see :meth:`_swap`)."""
         self._pending_params = (params, content_hash)
 
-    # --- main loop --------------------------------------------------------------------------
+    # --- driving: live (run) and pushed (start / handle / finish) -------------------------
 
     async def run(self, feed: Iterable[MarketData] | AsyncIterable[MarketData]) -> BotState:
         """Run the bot over ``feed`` until it ends, :meth:`request_stop`, or a halt.
@@ -246,78 +403,111 @@ class BotRunner:
         Returns the final state: STOPPED (normal end) or HALTED (strategy error/overrun,
         or an order submission failure). Never raises for strategy errors.
         """
-        self._thread = HookThread(f"qtd-bot-{self.spec.name}")
-        self.state = BotState.RUNNING
         try:
-            if await self._start():
+            if await self.start():
                 await self._loop(aiter(_as_async(feed)))
-            if self.state is BotState.RUNNING:
+            return await self.finish()
+        finally:
+            WATCHDOG.remove(self.guard)
+            if self._thread is not None:
+                self._thread.close()
+
+    async def start(self) -> bool:
+        """Construct the strategy and run ``on_start``; returns whether the bot is running."""
+        self.state = BotState.RUNNING
+        if self.isolate_hooks:
+            self._thread = HookThread(f"qtd-bot-{self.spec.name}")
+        else:
+            self.guard.bind()
+            WATCHDOG.add(self.guard)
+        self.strategy = await self._call("__init__", self._cls, self.ctx, self._params)
+        if self.strategy is None:
+            return False
+        return await self._ok("on_start", self.strategy.on_start)
+
+    async def handle(self, item: MarketData) -> None:
+        """Process the fills delivered so far (``on_fill``), then one market data item:
+        mark it and run ``on_bar``/``on_trade`` if it is one of the bot's symbols, then
+        submit what the hooks queued. Does nothing once the bot is not running."""
+        if self._inbox:
+            await self._drain()
+        if self.state is not _RUNNING or self._stopping:
+            return
+        ctx = self.ctx
+        sym = item.symbol
+        if sym not in ctx.positions:
+            return
+        if self._pending_params is not None and not await self._swap():
+            return
+        strategy: Any = self.strategy
+        if type(item) is Bar:
+            ctx.marks[sym] = item.close
+            if self._thread is None:
+                self._invoke("on_bar", strategy.on_bar, item)
+            else:
+                await self._threaded("on_bar", strategy.on_bar, item)
+        elif type(item) is Trade:
+            ctx.marks[sym] = item.price
+            if self._thread is None:
+                self._invoke("on_trade", strategy.on_trade, item)
+            else:
+                await self._threaded("on_trade", strategy.on_trade, item)
+        if self._failure is not None or ctx.outbox:
+            await self._settle()
+        self.handled += 1
+
+    async def finish(self) -> BotState:
+        """End of input: process the delivered fills, run ``on_stop``; returns the final
+        state (STOPPED, or HALTED)."""
+        try:
+            if self._inbox and self.state is _RUNNING:
+                await self._drain()
+            if self.state is _RUNNING:
                 assert self.strategy is not None
                 await self._call("on_stop", self.strategy.on_stop)
-                if self.state is BotState.RUNNING:
+                if self.state is _RUNNING:
                     self.state = BotState.STOPPED
         finally:
-            self._thread.close()
+            WATCHDOG.remove(self.guard)
+            if self._thread is not None:
+                self._thread.close()
         return self.state
 
-    async def _start(self) -> bool:
-        self.strategy = await self._call("__init__", self._cls, self.ctx, self._params)
-        return self.strategy is not None and await self._ok("on_start", self.strategy.on_start)
-
     async def _loop(self, it: AsyncIterator[MarketData]) -> None:
+        """Live input: wait for the next item or a fill/stop, whichever comes first."""
         nxt: asyncio.Future[Any] = asyncio.ensure_future(anext(it, _END))
         try:
-            while self.state is BotState.RUNNING:
-                got = await self._next(nxt)
-                if got is _END or got is _STOP:
+            while self.state is _RUNNING:
+                self._wake.clear()
+                if self._inbox:
+                    await self._drain()
+                if self._stopping or self.state is not _RUNNING:
                     return
-                await self._on_market(got)
+                if not nxt.done():
+                    wake = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait({nxt, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    wake.cancel()
+                    continue
+                got = nxt.result()
+                if got is _END:
+                    return
+                await self.handle(got)
                 await asyncio.sleep(0)  # let fills scheduled by the submit path arrive first
                 nxt = asyncio.ensure_future(anext(it, _END))
         finally:
             if not nxt.done():
                 nxt.cancel()
 
-    async def _next(self, nxt: asyncio.Future[Any]) -> Any:
-        """Process fills until the next market data item is there; return it."""
-        while self.state is BotState.RUNNING:
-            while not self._inbox.empty():
-                if await self._on_inbox(self._inbox.get_nowait()):
-                    return _STOP
-            if nxt.done():
-                return nxt.result()
-            get = asyncio.ensure_future(self._inbox.get())
-            done, _ = await asyncio.wait({nxt, get}, return_when=asyncio.FIRST_COMPLETED)
-            if get in done:
-                if await self._on_inbox(get.result()):
-                    return _STOP
-            else:
-                get.cancel()
-        return _STOP
-
-    async def _on_inbox(self, item: Any) -> bool:
-        if item is _STOP:
-            return True
-        await self._on_fill(item)
-        return False
-
-    async def _on_fill(self, fill: Fill) -> None:
-        self.ctx.apply_fill(fill)
-        if self.strategy is not None:
-            await self._call("on_fill", self.strategy.on_fill, fill)
-
-    async def _on_market(self, item: MarketData) -> None:
-        if item.symbol not in self.ctx.positions:
-            return
-        if self._pending_params is not None and not await self._swap():
-            return
-        assert self.strategy is not None
-        if type(item) is Bar:
-            self.ctx.mark(item.symbol, item.close)
-            await self._call("on_bar", self.strategy.on_bar, item)
-        elif type(item) is Trade:
-            self.ctx.mark(item.symbol, item.price)
-            await self._call("on_trade", self.strategy.on_trade, item)
+    async def _drain(self) -> None:
+        inbox = self._inbox
+        while inbox and self.state is _RUNNING:
+            item = inbox.popleft()
+            if item is _STOP:
+                self._stopping = True
+                return
+            self.ctx.apply_fill(item)
+            if self.strategy is not None:
+                await self._call("on_fill", self.strategy.on_fill, item)
 
     async def _swap(self) -> bool:
         """Swap in pending params at a bar boundary, then re-run ``on_start`` so indicators
@@ -336,25 +526,66 @@ class BotRunner:
 
     # --- the one wrapper around user code --------------------------------------------------
 
+    def _invoke(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run user code ``fn(*args)`` inline under the guard. An exception or an overrun
+        is kept in ``_failure`` (recorded by :meth:`_settle`); returns ``None`` then."""
+        guard = self.guard  # HookGuard.enter / exit inlined (hot path: once per bar)
+        guard.seq += 1
+        guard.busy = True
+        try:
+            try:
+                return fn(*args)
+            finally:
+                with guard.lock:
+                    guard.busy = False
+                    fired = guard.fired
+                if fired:
+                    guard.fired = False  # the watchdog writes it only while busy
+                    _clear_injected(guard.ident)
+                    raise HookAborted
+        except HookAborted:
+            self._failure = (hook, "HookTimeout",
+                             f"{hook} did not return within {self.hook_budget_s} s (budget)", "")
+        except Exception as exc:
+            self._failure = (hook, type(exc).__name__, str(exc),
+                             "".join(traceback.format_exception(exc)))
+        return None
+
+    async def _threaded(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`_invoke` for ``isolate_hooks``: the same failure capture, with the hook in
+        the bot's :class:`HookThread`; an overrun abandons (and aborts) that thread."""
+        assert self._thread is not None
+        try:
+            return await self._thread.call(fn, *args, timeout_s=self.hook_budget_s)
+        except HookTimeout:
+            self._failure = (hook, "HookTimeout",
+                             f"{hook} did not return within {self.hook_budget_s} s (budget)", "")
+        except Exception as exc:
+            self._failure = (hook, type(exc).__name__, str(exc),
+                             "".join(traceback.format_exception(exc)))
+        return None
+
+    async def _settle(self) -> None:
+        """After a hook: record its failure (halting the bot), else submit its requests."""
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            await self._halt(*failure)
+        else:
+            await self._flush()
+
     async def _ok(self, hook: str, fn: Callable[..., Any], *args: Any) -> bool:
         await self._call(hook, fn, *args)
-        return self.state is BotState.RUNNING
+        return self.state is _RUNNING
 
     async def _call(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run user code ``fn(*args)`` in the worker thread under the budget; on any error
-        halt this bot and record a ``StrategyError``. Then submit what the hook queued."""
-        if self.state is not BotState.RUNNING or self._thread is None:
+        """Run a hook (see :meth:`_invoke`) while the bot runs, then settle it."""
+        if self.state is not _RUNNING:
             return None
-        try:
-            result = await self._thread.call(fn, *args, timeout_s=self.hook_budget_s)
-        except HookTimeout as exc:
-            await self._halt(hook, "HookTimeout", f"{hook} {exc} (budget)", "")
-            return None
-        except Exception as exc:
-            tb = "".join(traceback.format_exception(exc))
-            await self._halt(hook, type(exc).__name__, str(exc), tb)
-            return None
-        await self._flush()
+        if self._thread is None:
+            result = self._invoke(hook, fn, *args)
+        else:
+            result = await self._threaded(hook, fn, *args)
+        await self._settle()
         return result
 
     async def _flush(self) -> None:

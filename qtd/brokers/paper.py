@@ -130,7 +130,8 @@ class PaperBroker:
         self.cancels: list[str] = []
         self.fills: list[Fill] = []
         self._bar_priced: set[str] = set()  # symbols whose last price came from on_bar
-        self._book = OrderBook()  # every order it saw, for get_order
+        self._book = OrderBook()  # every order it saw, for get_order (built on demand)
+        self._unbooked: list[AnyEvent | OrderIntent] = []  # not yet applied to _book
         self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._trades = itertools.count(1)
@@ -145,7 +146,7 @@ class PaperBroker:
         """
         verify_token(token, intent)
         self.submitted.append(intent)
-        self._book.apply(intent)
+        self._unbooked.append(intent)
         price = self.prices.get(intent.symbol)
         if intent.order_type is OrderType.MARKET and price is None:
             self._put(OrderRejected(
@@ -208,6 +209,9 @@ class PaperBroker:
 
     async def get_order(self, client_order_id: str) -> OrderStatusReport | None:
         """What this simulated venue knows of one order (None if it never saw it)."""
+        for event in self._unbooked:
+            self._book.apply(event)
+        self._unbooked.clear()
         rec = self._book.get(client_order_id)
         if rec is None:
             return None
@@ -247,6 +251,10 @@ class PaperBroker:
                 self._match_bar(order, bar)
         self.prices[sym] = bar.close
         self._bar_priced.add(sym)
+
+    def has_reports(self) -> bool:
+        """Whether reports are queued (a cheap check before :meth:`pending_reports`)."""
+        return not self._queue.empty()
 
     def pending_reports(self) -> list[AnyEvent]:
         """Take every queued report now (for synchronous drivers such as backtests)."""
@@ -337,7 +345,7 @@ class PaperBroker:
         return {"node": self.node, "bot": bot, "ts_event": now, "ts_init": now}
 
     def _put(self, event: AnyEvent) -> None:
-        self._book.apply(event)
+        self._unbooked.append(event)
         if isinstance(event, Fill):
             self.fills.append(event)
         self._queue.put_nowait(event)

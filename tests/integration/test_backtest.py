@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
+import msgspec
+import pytest
+
 from qtd.admit import admit_bot
-from qtd.backtest import BacktestBot, run_backtest
+from qtd.backtest import Backtest, BacktestBot, WriteBehindStore, run_backtest
+from qtd.brokers.paper import PaperBroker
+from qtd.clock import SimClock
 from qtd.data import load_dataset
-from qtd.events import Fill, OrderIntent, OrderSubmitted
+from qtd.events import Fill, OrderIntent, OrderSubmitted, TradingState
+from qtd.feeds import Bar, HistoricalFeed
 from qtd.projections import Projections
-from qtd.risk.config import bind_profiles, load_risk_config
+from qtd.risk.config import bind_profiles, load_risk_config, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
+from qtd.strategy import Strategy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +79,112 @@ async def test_same_data_same_code_same_result(tmp_path: Path) -> None:
     finally:
         await s1.close()
         await s2.close()
+
+
+class _LoopsLater(Strategy):
+    """Trades like a buyer, then loops forever in its 50th on_bar."""
+
+    def on_start(self) -> None:
+        self.seen = 0
+
+    def on_bar(self, bar: Bar) -> None:
+        self.seen += 1
+        if self.seen == 50:
+            while True:
+                pass
+        self.target_position(1 if self.seen % 10 < 5 else 0)
+
+
+async def test_event_log_is_complete_with_write_behind_batches(tmp_path: Path) -> None:
+    """Small batches force many intermediate commits: every event still lands once, in
+    order, with the seq the run handed out, and the file has them all after a reopen."""
+    path = tmp_path / "wb.db"
+    store = await EventStore.open(path, node="bt")
+    risk = bind_profiles(load_risk_config(ROOT / "etc/risk.toml"), {"momo-goog": "momo-goog"})
+    res = await run_backtest([await _bot("momo-goog")], load_dataset("goog_1d"), store=store,
+                             risk=risk, write_batch=7)
+    assert res.bots["momo-goog"].fills > 10 and res.last_seq > 7 * 10
+    assert store.last_seq == res.last_seq
+    await store.close()
+    ro = await EventStore.open(path, readonly=True)
+    try:
+        events = [e async for e in ro.replay()]
+        assert [e.seq for e in events] == list(range(1, res.last_seq + 1))
+        assert [e for e in events if isinstance(e, Fill)] == res.fills
+        kinds = {type(e).__name__ for e in events}
+        assert {"OrderIntent", "OrderSubmitted", "OrderAccepted", "Fill"} <= kinds
+    finally:
+        await ro.close()
+    with pytest.raises(ValueError, match="write_batch=0"):
+        WriteBehindStore(store, 0)
+
+
+async def test_a_looping_bot_halts_alone_and_the_backtest_goes_on(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "loop.db", node="bt")
+    risk = bind_profiles(load_risk_config(ROOT / "etc/risk.toml"),
+                         {"momo-goog": "momo-goog", "looper": "momo-goog"})
+    looper = BacktestBot(strategy=_LoopsLater, params=_LoopsLater.Params(),
+                         spec=BotSpec(name="looper", account="paper-main", venue="paper",
+                                      symbols=("GOOG",)))
+    try:
+        res = await run_backtest([await _bot("momo-goog"), looper], load_dataset("goog_1d"),
+                                 store=store, risk=risk, hook_budget_s=0.2)
+        assert res.bots["looper"].state == "HALTED"
+        assert res.bots["looper"].error.startswith("HookTimeout: on_bar did not return")
+        assert res.bots["looper"].fills > 0  # it traded before it looped
+        assert res.bots["momo-goog"].state == "STOPPED" and res.bots["momo-goog"].fills > 10
+        errors = await store.query(kind="StrategyError", bot="looper")
+        assert len(errors) == 1 and errors[0].hook == "on_bar"
+        halted = await store.query(kind="TradingStateChanged", bot="looper")
+        assert [e.new for e in halted] == [TradingState.HALTED]
+        assert res.items == len(load_dataset("goog_1d"))
+    finally:
+        await store.close()
+
+
+class _Flipper(Strategy):
+    def on_start(self) -> None:
+        self.seen = 0
+
+    def on_bar(self, bar: Bar) -> None:
+        self.seen += 1
+        self.target_position(2 if self.seen % 7 < 4 else 0)
+
+
+class _CheckedBacktest(Backtest):
+    """Records the exact mark-to-market equity next to every curve point."""
+
+    exact: list[float]
+
+    def _mark(self, ts: int, sym: str) -> None:
+        super()._mark(ts, sym)
+        self.exact.append(float(self.equity()))
+
+
+async def test_equity_curve_is_the_exact_mark_to_market_at_every_point(tmp_path: Path) -> None:
+    goog: list[Bar] = load_dataset("goog_1d")[:400]  # type: ignore[assignment]
+    streams = [[msgspec.structs.replace(b, symbol=s) for b in goog] for s in ("A", "B", "C")]
+    store = await EventStore.open(tmp_path / "eq.db", node="bt")
+    names = {f"flip-{s}": s for s in ("A", "B", "C")}
+    risk = parse_risk_config({"accounts": {"acct": {"equity": 1e9}},
+                              "strategies": {n: {} for n in names},
+                              "symbols": {s: {} for s in names.values()}})
+    clock = SimClock()
+    bt = _CheckedBacktest(store=store, risk=risk, clock=clock, brokers={"acct": PaperBroker(
+        account="acct", node="bt", clock=clock, cash=Decimal(10**6),
+        commission_bps=Decimal(3))})
+    bt.exact = []
+    for name, sym in names.items():
+        bt.add(BacktestBot(strategy=_Flipper, params=_Flipper.Params(),
+                           spec=BotSpec(name=name, account="acct", venue="paper",
+                                        symbols=(sym,))))
+    try:
+        res = await bt.run(HistoricalFeed(streams))
+    finally:
+        await store.close()
+    assert all(b.fills > 20 for b in res.bots.values())
+    # one point per distinct time (3 items each): the last item's exact equity
+    assert len(res.curve.ts_ns) == 400 and len(bt.exact) == 1200
+    assert res.curve.equity == bt.exact[2::3]
+    assert res.curve.equity[-1] == float(res.final_equity)
+    assert any(res.curve.exposed) and not all(res.curve.exposed)

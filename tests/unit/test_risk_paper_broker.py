@@ -13,6 +13,7 @@ from qtd.events import (
     OrderCanceled,
     OrderIntent,
     OrderRejected,
+    OrderState,
     OrderType,
     Side,
 )
@@ -99,3 +100,21 @@ async def test_cancel_all() -> None:
     await _send(b, _intent("b", limit="91"))
     assert sorted(await b.cancel_all(mint_cancel("*"))) == ["a", "b"]
     assert await b.open_orders() == []
+
+
+async def test_get_order_reports_what_the_venue_knows() -> None:
+    b = _broker()
+    b.on_price("AAPL", Decimal(100), 1)
+    await _send(b, _intent("m1"))  # fills at once
+    await _send(b, _intent("l1", limit="90"))  # rests
+    assert b.has_reports() and len(b.pending_reports()) == 3  # 2 acks, 1 fill
+    assert not b.has_reports()
+    filled, resting = await b.get_order("m1"), await b.get_order("l1")
+    assert filled is not None and filled.state is OrderState.FILLED
+    assert (filled.filled_qty, filled.avg_price) == (Decimal(10), Decimal(100))
+    assert resting is not None and resting.state is OrderState.ACCEPTED
+    assert resting.filled_qty == 0 and resting.venue_order_id == "P2"
+    b.on_price("AAPL", Decimal(89), 2)  # the limit fills after the first look
+    later = await b.get_order("l1")
+    assert later is not None and later.state is OrderState.FILLED
+    assert await b.get_order("nope") is None
