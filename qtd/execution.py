@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from qtd.brokers.base import Broker
@@ -126,6 +127,7 @@ class OrderRouter:
         await self._append(OrderSubmitted(
             node=self.node, bot=stored.bot, ts_event=t, ts_init=t, client_order_id=cid,
             account=stored.account, venue=stored.venue,
+            arrival_price=_arrival(self.risk, stored.symbol),
         ))
         await self._flush()
         return stored
@@ -310,6 +312,12 @@ def _intent(req: OrderRequest, node: str, cid: str, counter: int, now: int) -> O
         tif=req.tif, reduce_only=req.reduce_only, decision_price=req.decision_price,
         reason=req.reason, stop_price=req.stop_price,
     )
+
+
+def _arrival(risk: RiskEngine, symbol: str) -> Decimal | None:
+    """The symbol's last mark as the engine saw it (None before the first price)."""
+    cell = risk.marks.get(symbol)
+    return None if cell is None else cell.price
 
 
 def _no_broker(account: str) -> Denial:

@@ -38,6 +38,7 @@ from alpaca.trading.stream import TradingStream
 from qtd.brokers import alpaca_map as am
 from qtd.brokers.base import (
     AccountSnapshot,
+    Link,
     OrderStatusReport,
     SubmitToken,
     verify_cancel_token,
@@ -81,13 +82,20 @@ class _Client(TradingClient):
 
 
 class _Stream(TradingStream):
-    def __init__(self, *args: Any, on_connect: Callable[[], None], **kw: Any) -> None:
+    def __init__(self, *args: Any, on_connect: Callable[[], None],
+                 on_lost: Callable[[], None], **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._on_connect = on_connect
+        self._on_connect, self._on_lost = on_connect, on_lost
 
     async def _start_ws(self) -> None:
         await super()._start_ws()  # type: ignore[no-untyped-call]
         self._on_connect()
+
+    async def _consume(self) -> None:
+        try:
+            await super()._consume()  # type: ignore[no-untyped-call]
+        finally:
+            self._on_lost()
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -139,7 +147,8 @@ class AlpacaBroker:
         self._client = _Client(api_key, secret_key, paper=paper, raw_data=True,
                                url_override=base_url, timeout_s=timeout_s)
         self._stream = _Stream(api_key, secret_key, paper=paper, raw_data=True,
-                               url_override=stream_url, on_connect=self._connected)
+                               url_override=stream_url, on_connect=self._connected,
+                               on_lost=self.link_down)
         self._stream._reconnect_min_backoff = reconnect_min_s
         self._stream.subscribe_trade_updates(self._on_update)
         self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
@@ -149,6 +158,7 @@ class AlpacaBroker:
         self._task: asyncio.Task[None] | None = None
         self.connects = 0
         self.connected = asyncio.Event()
+        self.link = Link()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -310,9 +320,14 @@ class AlpacaBroker:
 
     # --- stream ---------------------------------------------------------------------------
 
+    def link_down(self) -> None:
+        """The trade-updates stream dropped (see :class:`~qtd.brokers.base.Link`)."""
+        self.link.down()
+
     def _connected(self) -> None:
         self.connects += 1
         self.connected.set()
+        self.link.up()
         if self.connects > 1:
             asyncio.get_running_loop().create_task(self.resync(), name="alpaca-resync")
 

@@ -10,7 +10,8 @@ with :func:`verify_token` before any I/O; cancels likewise need a cancel token
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,7 @@ from qtd.risk.tokens import SubmitToken, TokenError, verify_cancel_token, verify
 __all__ = [
     "AccountSnapshot",
     "Broker",
+    "Link",
     "OrderStatusReport",
     "SubmitToken",
     "TokenError",
@@ -66,6 +68,40 @@ class OrderStatusReport(msgspec.Struct, frozen=True, kw_only=True):
     side: Side | None = None
     qty: Decimal | None = None
     ts_ns: int = 0
+
+
+class Link:
+    """Connection state of an adapter's venue stream, for reconciliation and the
+    auto-flatten policy (:class:`qtd.reconcile.Reconciler`).
+
+    The adapter calls :meth:`down` when its stream drops and :meth:`up` when it is
+    connected (and subscribed) again; listeners registered with :meth:`on_up` get the outage
+    length in seconds (monotonic clock; 0.0 for the first connection).
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.ups = 0
+        self._listeners: list[Callable[[float], None]] = []
+
+    @property
+    def is_up(self) -> bool:
+        return self.ups > 0 and self.down_since is None
+
+    def on_up(self, listener: Callable[[float], None]) -> None:
+        """Call ``listener(outage_s)`` after every (re)connection."""
+        self._listeners.append(listener)
+
+    def down(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def up(self) -> None:
+        outage = 0.0 if self.down_since is None else time.monotonic() - self.down_since
+        self.down_since = None
+        self.ups += 1
+        for listener in list(self._listeners):
+            listener(outage)
 
 
 @runtime_checkable

@@ -53,6 +53,7 @@ from websockets.asyncio.client import connect
 from qtd.brokers import binance_map as bm
 from qtd.brokers.base import (
     AccountSnapshot,
+    Link,
     OrderStatusReport,
     SubmitToken,
     verify_cancel_token,
@@ -138,6 +139,8 @@ class BinanceBroker:
         recv_window_ms: ``recvWindow`` of signed orders, ms.
         policy: retry and resolution timing.
         reconnect_min_s: first user-stream reconnect delay, seconds (doubles to 30 s).
+        session_params: extra ``aiohttp.ClientSession`` arguments (e.g. ``connector``,
+            ``trace_configs``), passed through python-binance's ``session_params``.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class BinanceBroker:
         symbols: list[str], api_url: str = LIVE_API, ws_api_url: str = LIVE_WS_API,
         quote_asset: str = "USDT", timeout_s: float = 5.0, recv_window_ms: int = 5000,
         policy: RetryPolicy | None = None, reconnect_min_s: float = 1.0, venue: str = "binance",
+        session_params: dict[str, Any] | None = None,
     ) -> None:
         self.account, self.venue, self.node, self.clock = account, venue, node, clock
         self.names = bm.Names(node=node, account=account, venue=venue)
@@ -154,6 +158,7 @@ class BinanceBroker:
             reconnect_min_s
         self._key, self._secret, self._api_url, self._ws_url = api_key, api_secret, api_url, \
             ws_api_url
+        self._session_params = session_params
         self.rules: dict[str, bm.SymbolRules] = {}
         self.gate = RateGate([])
         self._client: AsyncClient | None = None
@@ -166,6 +171,7 @@ class BinanceBroker:
         self.banned_until = 0.0  # time.monotonic() until which a 418 ban lasts
         self.connects = 0
         self.connected = asyncio.Event()
+        self.link = Link()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -174,7 +180,8 @@ class BinanceBroker:
         from ``exchangeInfo``, and subscribe to the user data stream."""
         cls: Any = type("QtdAsyncClient", (AsyncClient,),
                    {"API_URL": self._api_url, "REQUEST_TIMEOUT": self.timeout_s})
-        self._client = await cls.create(self._key, self._secret)
+        self._client = await cls.create(self._key, self._secret,
+                                        session_params=self._session_params)
         raw = await self._rest("exchangeInfo", self._c.get_exchange_info, idempotent=True)
         rules, limits = bm.parse_exchange_info(raw)
         self.rules = {s: rules[s] for s in self.symbols if s in rules}
@@ -376,6 +383,8 @@ class BinanceBroker:
             except (OSError, TimeoutError, websockets.WebSocketException,
                     VenueMessageError) as exc:
                 log.warning("binance user stream: %s; reconnecting in %.2f s", exc, delay)
+            finally:
+                self.link.down()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -389,6 +398,7 @@ class BinanceBroker:
             raise VenueMessageError(f"binance userDataStream.subscribe.signature: {answer}")
         self.connects += 1
         self.connected.set()
+        self.link.up()
         if self.connects > 1:
             asyncio.get_running_loop().create_task(self.resync(), name="binance-resync")
 

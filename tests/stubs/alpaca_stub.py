@@ -14,7 +14,8 @@ Behaviour: MARKET orders fill at once at :attr:`AlpacaStub.price` (in the chunks
 Faults: :attr:`faults` (HTTP status/headers/delays per route), :meth:`hold` /
 :meth:`release` (out-of-order delivery), :meth:`resend` (duplicates), :attr:`drop_after`
 (drop the stream after N more events; later events are lost to the client but stay true at
-the venue), :meth:`send_raw` (malformed or unknown messages).
+the venue), :attr:`refuse` (refuse stream connections: the venue is unreachable),
+:meth:`send_raw` (malformed or unknown messages).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class AlpacaStub:
         self.sent: list[dict[str, Any]] = []
         self.lost: list[dict[str, Any]] = []
         self.drop_after: int | None = None
+        self.refuse = False
         self.connections = 0
         self._clients: set[WebSocket] = set()
         self._held: list[dict[str, Any]] | None = None
@@ -173,6 +175,9 @@ class AlpacaStub:
                 self._clients.discard(ws)
 
     async def _stream(self, ws: WebSocket) -> None:
+        if self.refuse:  # the venue is unreachable: the handshake is refused
+            await ws.close(code=1013)
+            return
         await ws.accept()
         self.connections += 1
         try:

@@ -9,7 +9,8 @@ such order, -2011 unknown order to cancel), ``GET/DELETE /api/v3/openOrders``,
 ``userDataStream.subscribe.signature`` (HMAC checked) with ``{"subscriptionId"}`` and then
 pushing ``{"subscriptionId", "event": executionReport}`` messages.
 
-MARKET orders fill at once at :attr:`BinanceStub.price` (in :attr:`fill_chunks` when set);
+MARKET orders fill at once at :attr:`BinanceStub.price` (in :attr:`fill_chunks` when set,
+or in :attr:`fill_fractions` of each order's quantity, the last part taking the rest);
 LIMIT orders rest until :meth:`BinanceStub.fill`. Faults as in :mod:`tests.stubs.alpaca_stub`.
 """
 
@@ -68,6 +69,7 @@ class BinanceStub:
         self.api_key, self.secret, self.price = api_key, secret, Decimal(price)
         self.info = exchange_info(orders_per_10s, weight_per_min)
         self.fill_chunks: list[Decimal] = []
+        self.fill_fractions: list[Decimal] = []  # of each MARKET order's qty (partial fills)
         self.orders: dict[str, dict[str, Any]] = {}  # by clientOrderId (latest)
         self.post_counts: dict[str, int] = {}
         self.trades: list[dict[str, Any]] = []
@@ -232,7 +234,11 @@ class BinanceStub:
         self.orders[cid] = o
         await self._report(o, "NEW")
         if o["type"] == "MARKET":
-            for chunk in self.fill_chunks or [Decimal(o["origQty"])]:
+            qty = Decimal(o["origQty"])
+            chunks = self.fill_chunks or [qty * f for f in self.fill_fractions[:-1]]
+            if self.fill_fractions and not self.fill_chunks:
+                chunks.append(qty - sum(chunks, Decimal(0)))  # the rest: the order fills
+            for chunk in chunks or [qty]:
                 await self.fill(cid, chunk)
         return JSONResponse(dict(o))
 
