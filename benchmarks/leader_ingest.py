@@ -1,23 +1,39 @@
 """Leader ingest throughput: events/s consumed from QTD_EVENTS into fleet.db and the fleet view.
 
 Producers are separate processes publishing realistic agent events (OrderIntent, submitted,
-accepted, Fill, as JSON with ``Nats-Msg-Id``) with ``publish_async``. Three figures, same run:
+accepted, Fill, as JSON with ``Nats-Msg-Id``) with ``publish_async`` to an embedded
+nats-server (JetStream file storage, ``sync_interval: always`` unless ``--nats-sync``: on a
+slow disk the producers cannot offer 20,000 events/s with an fsync per message, so the
+sustained phase is producer-bound; ``--nats-sync 2m`` lifts that). Figures, same run, same
+server:
 
-1. **bare reference**: a pull consumer doing ``fetch(1000)`` + ack of each message, nothing
-   else (what nats-py itself manages here).
-2. **leader drain**: the real :class:`~qtd.leader.Leader` consuming a pre-filled backlog
-   (decode, dedupe, fleet.db commit per batch with fsync, view and caps, ack).
-3. **leader sustained**: producers publish at ``--rate`` events/s for ``--seconds`` while the
-   leader consumes; lag = stream timestamp of each batch's newest message to its commit.
+1. **publish**: the producers' own rate filling the backlog (JetStream's ceiling here).
+2. **bare references** on that backlog, nothing but NATS: nats-py ``fetch(1000)`` + ack of
+   each message; nats-py ``fetch(1000)`` + one ack of the last (``AckPolicy.ALL``, the
+   leader's ack pattern); :class:`~qtd.leader.pull.BatchPuller` + one ack of the last.
+3. **leader drain**: the real :class:`~qtd.leader.Leader` consuming the backlog (decode,
+   dedupe, one fleet.db transaction per batch with fsync, view, caps, the quality monitor,
+   ack) — its capacity.
+4. **leader sustained**: producers publish at ``--rate`` events/s for ``--seconds`` while the
+   leader consumes; printed: the rate the producers achieved, the leader's rate over the
+   same window, and the lag (stream timestamp of each batch's newest message to its commit)
+   p50/p99/max. Target: >= 20,000 events/s with lag < 1 s.
+
+``--profile`` runs the drain under cProfile and prints the top functions by own time (note:
+cProfile counts every resumption of a coroutine as a call).
 
     python benchmarks/leader_ingest.py [--backlog 100000] [--rate 20000] [--seconds 10]
+                                       [--batch 5000] [--no-fsync] [--profile]
+                                       [--nats-sync always|2m]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -26,12 +42,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensure_jetstream
-from qtd.events import Fill, OrderAccepted, OrderIntent, OrderSubmitted, Side, to_json
+from qtd.events import Fill, OrderAccepted, OrderIntent, OrderSubmitted, Side, from_json, to_json
 from qtd.leader import Leader
 from qtd.leader.config import LeaderConfig
+from qtd.leader.pull import BatchPuller
 
 
 def _events(node: str, i: int) -> list[tuple[str, bytes]]:
@@ -40,17 +58,19 @@ def _events(node: str, i: int) -> list[tuple[str, bytes]]:
     now = time.time_ns()
     b = {"node": node, "bot": bot, "ts_event": now, "ts_init": now}
     side = Side.BUY if i % 2 else Side.SELL
-    evs = [OrderIntent(**b, client_order_id=cid, cid_counter=i, account="acct", venue="paper",
+    account = f"acct-{node}-{bot}"  # one account per bot, as `qtd up` runs them
+    evs = [OrderIntent(**b, client_order_id=cid, cid_counter=i, account=account, venue="paper",
                        symbol=sym, side=side, qty=Decimal(1)),
            OrderSubmitted(**b, client_order_id=cid),
            OrderAccepted(**b, client_order_id=cid, venue_order_id="v" + cid),
-           Fill(**b, client_order_id=cid, trade_id="t" + cid, account="acct", venue="paper",
+           Fill(**b, client_order_id=cid, trade_id="t" + cid, account=account, venue="paper",
                 symbol=sym, side=side, qty=Decimal(1), price=Decimal(100 + i % 5))]
     return [(f"qtd.evt.{node}.{bot}.{type(e).__name__}", to_json(e)) for e in evs]
 
 
 async def produce(url: str, node: str, total: int, rate: float) -> None:
-    """Publish ``total`` events at ``rate``/s (0: as fast as possible); own process."""
+    """Publish ``total`` events at ``rate``/s (0: as fast as possible); own process.
+    Prints ``produced <n> <seconds>``."""
     nc = await connect(BusConfig(servers=(url,), name=f"prod-{node}"))
     js = nc.jetstream()
     seq, start, pending = 0, time.perf_counter(), []
@@ -67,90 +87,184 @@ async def produce(url: str, node: str, total: int, rate: float) -> None:
                 if ahead > 0:
                     await asyncio.sleep(ahead)
     await asyncio.gather(*pending)
+    print(f"produced {seq} {time.perf_counter() - start:.3f}", flush=True)
     await nc.close()
 
 
-def _spawn(url: str, nodes: list[str], per_node: int, rate: float) -> list[subprocess.Popen[bytes]]:
+async def bare_follow(url: str, total: int) -> None:
+    """Reference for the sustained phase (own process): nats-py ``fetch`` + ack of the last
+    on a fresh consumer of the new events; prints ``lags <p50> <p99> <max>`` in ms (stream
+    timestamp of each batch's newest message to its arrival here)."""
+    nc = await connect(BusConfig(servers=(url,), name="bare-follow"))
+    js = nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM)
+    await js.add_consumer(EVENTS_STREAM, ConsumerConfig(
+        durable_name="bare-follow", ack_policy=AckPolicy.ALL, max_ack_pending=50_000,
+        filter_subject="qtd.evt.>", deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=info.state.last_seq + 1))
+    sub = await js.pull_subscribe_bind(durable="bare-follow", stream=EVENTS_STREAM)
+    print("ready", flush=True)
+    got, lags = 0, []
+    while got < total:
+        try:
+            msgs = await sub.fetch(1000, timeout=0.25)
+        except TimeoutError:
+            continue
+        stamped = msgs[-1].metadata.timestamp.timestamp()
+        lags.append(max(0, int((time.time() - stamped) * 1000)))
+        await msgs[-1].ack()
+        got += len(msgs)
+    print(f"lags {_pct(lags, 0.5)} {_pct(lags, 0.99)} {max(lags)}", flush=True)
+    await nc.close()
+
+
+def _spawn(url: str, nodes: list[str], per_node: int, rate: float) -> list[subprocess.Popen[str]]:
     return [subprocess.Popen([sys.executable, __file__, "--produce", url, n, str(per_node),
-                              str(rate)]) for n in nodes]
+                              str(rate)], stdout=subprocess.PIPE, text=True) for n in nodes]
 
 
-async def bare_reference(url: str, total: int) -> float:
+def _produced(procs: list[subprocess.Popen[str]]) -> float:
+    """Wait for the producers; their combined rate, events/s (over the slowest one's time)."""
+    total, slowest = 0, 0.0
+    for p in procs:
+        out, _ = p.communicate()
+        _, n, secs = out.split()
+        total, slowest = total + int(n), max(slowest, float(secs))
+    return total / slowest
+
+
+async def _consumer(nc: Client, name: str, policy: AckPolicy) -> None:
+    await nc.jetstream().add_consumer(EVENTS_STREAM, ConsumerConfig(
+        durable_name=name, ack_policy=policy, max_ack_pending=50_000,
+        filter_subject="qtd.evt.>"))
+
+
+async def bare_references(url: str, total: int) -> dict[str, float]:
+    """msg/s of three NATS-only pull consumers over the same backlog (module docstring)."""
     nc = await connect(BusConfig(servers=(url,), name="bare"))
     js = nc.jetstream()
-    sub = await js.pull_subscribe("qtd.evt.>", durable="bare", stream=EVENTS_STREAM,
-                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
-    got, t0 = 0, time.perf_counter()
-    while got < total:
-        for m in await sub.fetch(1000, timeout=2):
-            await m.ack()
-            got += 1
-    dt = time.perf_counter() - t0
+    out = {}
+    for name, policy in (("each", AckPolicy.EXPLICIT), ("last", AckPolicy.ALL)):
+        await _consumer(nc, f"bare-{name}", policy)
+        sub = await js.pull_subscribe_bind(durable=f"bare-{name}", stream=EVENTS_STREAM)
+        got, t0 = 0, time.perf_counter()
+        while got < total:
+            msgs = await sub.fetch(1000, timeout=2)
+            if policy is AckPolicy.EXPLICIT:
+                for m in msgs:
+                    await m.ack()
+            else:
+                await msgs[-1].ack()
+            got += len(msgs)
+        out[f"nats-py fetch(1000) + ack {name}"] = got / (time.perf_counter() - t0)
+    for decode in (False, True):
+        name = "bare-puller-decode" if decode else "bare-puller"
+        await _consumer(nc, name, AckPolicy.ALL)
+        puller = await BatchPuller(nc, EVENTS_STREAM, name).start()
+        got, t0 = 0, time.perf_counter()
+        while got < total:
+            msgs = await puller.fetch(5000, timeout=2)
+            if decode:
+                for m in msgs:
+                    from_json(m.data)
+            await msgs[-1].ack()
+            got += len(msgs)
+        what = " + decode" if decode else ""
+        out[f"BatchPuller(5000){what} + ack last"] = got / (time.perf_counter() - t0)
+        await puller.unsubscribe()
     await nc.close()
-    return got / dt
+    return out
 
 
 async def _leader_until(leader: Leader, last_seq: int, lags: list[int]) -> float:
     t0 = time.perf_counter()
     seen = leader.ingestor.batches  # lags of this phase only
     while leader.db.stream_seq < last_seq:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)
         if leader.ingestor.batches != seen:
             seen = leader.ingestor.batches
             lags.append(leader.ingestor.lag_ms)
     return time.perf_counter() - t0
 
 
-async def bench(backlog: int, rate: float, seconds: float) -> None:
+def _pct(xs: list[int], q: float) -> int:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0
+
+
+async def bench(args: argparse.Namespace) -> None:
     logging.getLogger("qtd").setLevel(logging.ERROR)
-    nodes = ["n1", "n2"]
+    nodes, backlog = ["n1", "n2"], args.backlog
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedNatsServer(Path(tmp) / "nats", js_max_storage=4 * 1024**3,
-                                    js_max_memory=256 * 1024**2)
+                                    js_max_memory=256 * 1024**2, sync_interval=args.nats_sync)
         await server.start()
         try:
             nc = await connect(BusConfig(servers=(server.url,)))
             await ensure_jetstream(nc.jetstream())
             await nc.close()
-            for p in _spawn(server.url, nodes, backlog // len(nodes), 0):
-                p.wait()
-            print(f"bare fetch(1000)+ack each: {await bare_reference(server.url, backlog):,.0f} "
-                  "msg/s")
+            print(f"publish (2 producer processes, JetStream sync_interval {args.nats_sync}): "
+                  f"{_produced(_spawn(server.url, nodes, backlog // 2, 0)):,.0f} events/s")
+            for name, rate in (await bare_references(server.url, backlog)).items():
+                print(f"bare {name}: {rate:,.0f} msg/s")
             cfg = msgspec.convert({"fleet_db": f"{tmp}/fleet.db", "bus": {
-                "servers": [server.url], "name": "qtd-leader"}}, LeaderConfig)
+                "servers": [server.url], "name": "qtd-leader"}, "ingest": {
+                "batch": args.batch, "fsync": not args.no_fsync}}, LeaderConfig)
             async with Leader(cfg) as leader:
+                prof = cProfile.Profile() if args.profile else None
+                if prof is not None:
+                    prof.enable()
                 dt = await _leader_until(leader, backlog, [])
-                print(f"leader drain of {backlog:,} events: {backlog / dt:,.0f} events/s")
-                per = int(rate * seconds) // len(nodes)
-                nodes2 = ["n3", "n4"]
-                procs = _spawn(server.url, nodes2, per, rate / len(nodes2))
+                if prof is not None:
+                    prof.disable()
+                print(f"leader drain of {backlog:,} events (batch <= {args.batch}, fsync "
+                      f"{not args.no_fsync}): {backlog / dt:,.0f} events/s"
+                      f"{' (under cProfile)' if prof else ''}")
+                per = int(args.rate * args.seconds) // 2
+                follow = subprocess.Popen([sys.executable, __file__, "--follow", server.url,
+                                           str(2 * per)], stdout=subprocess.PIPE, text=True)
+                assert follow.stdout is not None and follow.stdout.readline().strip() == "ready"
+                procs = _spawn(server.url, ["n3", "n4"], per, args.rate / 2)
                 lags: list[int] = []
-                dt = await _leader_until(leader, backlog + per * len(nodes2), lags)
-                for p in procs:
-                    p.wait()
-                n = per * len(nodes2)
-                lags.sort()
-                print(f"leader sustained at {rate:,.0f}/s offered: {n / dt:,.0f} events/s over "
-                      f"{dt:.1f} s; lag p50 {lags[len(lags) // 2]} ms, p99 "
-                      f"{lags[int(len(lags) * 0.99)]} ms, max {lags[-1]} ms (target >= 20,000 "
-                      "events/s with lag < 1 s)")
+                dt = await _leader_until(leader, backlog + 2 * per, lags)
+                offered = _produced(procs)
+                ref = follow.communicate(timeout=60)[0].strip().split()
+                print("bare nats-py follower (own process, same stream, same time): " + (
+                    f"lag p50 {ref[1]} ms, p99 {ref[2]} ms, max {ref[3]} ms"
+                    if ref[:1] == ["lags"] else f"failed ({' '.join(ref)!r})"))
+                print(f"leader sustained, {args.rate:,.0f}/s asked of the producers, "
+                      f"{offered:,.0f}/s achieved by them: leader {2 * per / dt:,.0f} events/s "
+                      f"over {dt:.1f} s; lag p50 {_pct(lags, 0.5)} ms, p99 {_pct(lags, 0.99)} "
+                      f"ms, max {max(lags, default=0)} ms; {leader.ingestor.batches} batches "
+                      "(target >= 20,000 events/s with lag < 1 s)")
                 assert leader.db.duplicates == 0
         finally:
             await server.stop()
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backlog", type=int, default=100_000)
-    ap.add_argument("--rate", type=float, default=20_000)
-    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--backlog", type=int, default=100_000, help="events in the backlog")
+    ap.add_argument("--rate", type=float, default=20_000, help="sustained offer, events/s")
+    ap.add_argument("--seconds", type=float, default=10, help="sustained phase length")
+    ap.add_argument("--batch", type=int, default=5000, help="leader ingest.batch")
+    ap.add_argument("--no-fsync", action="store_true", help="leader ingest.fsync = false")
+    ap.add_argument("--profile", action="store_true", help="cProfile the leader's drain")
+    ap.add_argument("--nats-sync", default="always",
+                    help="JetStream sync_interval: 'always' (qtd's production setting) or e.g. "
+                    "'2m' (nats-server's default) to offer more than this disk can fsync")
     ap.add_argument("--produce", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--follow", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.produce:
+    if args.follow:
+        asyncio.run(bare_follow(args.follow[0], int(args.follow[1])))
+    elif args.produce:
         url, node, total, rate = args.produce
         asyncio.run(produce(url, node, int(total), float(rate)))
     else:
-        asyncio.run(bench(args.backlog, args.rate, args.seconds))
+        asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Public API: :class:`Leader` (the daemon), :class:`FleetView` and its snapshot
 (:class:`FleetSnapshot`), :class:`LeaderConfig` and :func:`load_leader_config`,
-:class:`FleetDB`, :class:`KillSwitchController`, :func:`ack_subject`.
+:class:`FleetDB`, :class:`KillSwitchController`, :func:`ack_subject`, :class:`LeaderLease`
+(standby leaders).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from qtd.leader.config import LeaderConfig, load_leader_config, parse_leader_con
 from qtd.leader.daemon import CommandRequest, Leader
 from qtd.leader.fleetdb import FleetDB, Origin
 from qtd.leader.kill import KillRound, KillSwitchController, ack_subject
+from qtd.leader.lease import LeaderLease, LeaseRecord
 from qtd.leader.snapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 
@@ -23,6 +25,8 @@ __all__ = [
     "KillSwitchController",
     "Leader",
     "LeaderConfig",
+    "LeaderLease",
+    "LeaseRecord",
     "Origin",
     "ack_subject",
     "load_leader_config",

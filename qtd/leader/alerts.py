@@ -5,6 +5,11 @@ nothing unless the severity is higher (an escalation: paged again). Every change
 fleet.db as an :class:`~qtd.events.Alert` event (the audit trail) and paged through the
 :class:`~qtd.notify.Notifier` with the bot's and the fleet's PnL today, the affected
 positions and the bot's last events.
+
+A standby leader (:mod:`qtd.leader.lease`) opens no alert and pages nothing
+(:attr:`AlertBook.is_active`); when a leader stops being active it hands its open alerts
+over (:meth:`AlertBook.hand_over`): their P1 repeats stop here, and the active leader raises
+again whatever still holds.
 """
 
 from __future__ import annotations
@@ -12,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from qtd.clock import Clock
-from qtd.events import Alert, AnyEvent, Severity
+from qtd.events import Alert, AnyEvent, RiskBreach, Severity
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.snapshot import AlertView
 from qtd.leader.view import FleetView
@@ -96,6 +101,16 @@ class AlertBook:
         self.recent_events = recent_events
         self.open: dict[str, AlertRecord] = {}
         self.closed: list[AlertRecord] = []
+        self.is_active: Callable[[], bool] = lambda: True
+
+    def hand_over(self) -> None:
+        """This leader is no longer active: stop its P1 repeats and forget its open alerts."""
+        for rec in self.open.values():
+            if self.notifier is not None:
+                self.notifier.resolve(rec.alert_id)
+        if self.open:
+            log.warning("alerts.handed_over open=%s", sorted(self.open))
+        self.open.clear()
 
     def raise_alert(self, key: str, severity: Severity, title: str, **fields: Any
                     ) -> AlertRecord:
@@ -109,8 +124,13 @@ class AlertBook:
                 ``symbol``, ``message``.
 
         Returns:
-            The open alert (existing, escalated or new).
+            The open alert (existing, escalated or new); on a standby leader a record that
+            is neither kept nor paged.
         """
+        if not self.is_active():
+            log.info("alerts.standby_skip key=%s severity=%s", key, severity)
+            return AlertRecord(alert_id="", key=key, severity=severity, title=title,
+                               status="standby", opened_ns=self.clock.now_ns(), **fields)
         rec = self.open.get(key)
         if rec is not None:
             if severity.value >= rec.severity.value:
@@ -124,6 +144,18 @@ class AlertBook:
             self.open[key] = rec
         self._emit(rec)
         return rec
+
+    def on_agent_breach(self, b: RiskBreach) -> AlertRecord | None:
+        """An agent's breach sent over NATS core because its store cannot write
+        (``check="store_fault"``, :mod:`qtd.agent.storefault`; republished while it lasts):
+        page it at its severity under the key ``store:<node>``. Other checks arrive through
+        JetStream and are ignored here (returns None)."""
+        if b.check != "store_fault":
+            return None
+        return self.raise_alert(
+            f"store:{b.node}", b.severity, f"agent {b.node}: event store cannot write; "
+            "trading HALTED", trigger=b.check, limit=b.limit, value=b.value, unit=b.unit,
+            node=b.node, message=b.message)
 
     def close(self, key: str, message: str = "recovered") -> AlertRecord | None:
         """Close the alert for ``key`` (its condition recovered) and page the recovery."""

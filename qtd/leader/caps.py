@@ -2,7 +2,11 @@
 stream (error rate, order-rate spike, self-trade risk).
 
 A cap that fires returns a :class:`Breach` once; it stays *tripped* (no repeat) until the
-operator resumes (:meth:`FleetCaps.reset`). Rates are counted in one-second buckets of event
+operator resumes (:meth:`FleetCaps.reset`). A standby leader keeps its caps *disarmed*
+(:attr:`FleetCaps.armed` False): they measure and keep their books but never fire; on
+takeover :meth:`FleetCaps.arm` fires what the events seen meanwhile call for.
+
+Rates are counted in one-second buckets of event
 time (``ts_event``) and read in windows ending *now* (leader clock), so a backlog consumed
 after a leader restart lands in its own past seconds instead of looking like a spike.
 """
@@ -61,8 +65,25 @@ class FleetCaps:
         self.clock = clock
         self.orders: dict[int, int] = {}
         self.errors: dict[int, int] = {}
-        self.intents: dict[tuple[str, str], dict[tuple[str, str], tuple[Side, int]]] = {}
+        self.intents: dict[tuple[str, str],
+                           dict[tuple[str, str], tuple[Side, int, str, str]]] = {}
         self.tripped: set[str] = set()
+        self.armed = True
+
+    def arm(self, armed: bool) -> list[Breach]:
+        """Arm (active leader) or disarm (standby). Arming returns the self-trade risks
+        already in the book (seen while disarmed); the view-based caps fire at the next
+        :meth:`evaluate`."""
+        self.armed = armed
+        if not armed or self.cfg.self_trade is None:
+            return []
+        out: list[Breach] = []
+        now = self.clock.now_ns()
+        for book in self.intents.values():
+            for (node, bot), (side, ts, _, _) in list(book.items()):
+                if now - ts <= int(self.cfg.self_trade.window_s * _NS):
+                    out += self._check_book(book, (node, bot), side, ts)
+        return out
 
     def reset(self) -> None:
         """Re-arm every cap (after an operator resume)."""
@@ -90,21 +111,28 @@ class FleetCaps:
             return []  # history (a backlog): not a risk now
         book = self.intents.setdefault((intent.account, intent.symbol), {})
         me = (intent.node, intent.bot)
-        book[me] = (intent.side, intent.ts_event)
-        for other, (side, ts) in list(book.items()):
-            if abs(intent.ts_event - ts) > window:
+        book[me] = (intent.side, intent.ts_event, intent.account, intent.symbol)
+        return self._check_book(book, me, intent.side, intent.ts_event)
+
+    def _check_book(self, book: dict[tuple[str, str], tuple[Side, int, str, str]],
+                    me: tuple[str, str], my_side: Side, my_ts: int) -> list[Breach]:
+        cfg = self.cfg.self_trade
+        assert cfg is not None
+        window = int(cfg.window_s * _NS)
+        for other, (side, ts, account, symbol) in list(book.items()):
+            if abs(my_ts - ts) > window:
                 del book[other]
-            elif other != me and side is not intent.side:
-                return self._trip(f"self_trade:{intent.account}:{intent.symbol}", Breach(
-                    cap="self_trade", limit=cfg.window_s, value=abs(intent.ts_event - ts) / _NS,
-                    unit="s apart", level=cfg.level, flatten=cfg.flatten, node=intent.node,
-                    bot=intent.bot, account=intent.account, symbol=intent.symbol,
-                    message=f"{other[0]}/{other[1]} {side} and {me[0]}/{me[1]} {intent.side} "
-                    f"{intent.symbol} on account {intent.account}"))
+            elif other != me and side is not my_side:
+                return self._trip(f"self_trade:{account}:{symbol}", Breach(
+                    cap="self_trade", limit=cfg.window_s, value=abs(my_ts - ts) / _NS,
+                    unit="s apart", level=cfg.level, flatten=cfg.flatten, node=me[0],
+                    bot=me[1], account=account, symbol=symbol,
+                    message=f"{other[0]}/{other[1]} {side} and {me[0]}/{me[1]} {my_side} "
+                    f"{symbol} on account {account}"))
         return []
 
     def _trip(self, key: str, breach: Breach) -> list[Breach]:
-        if key in self.tripped:
+        if key in self.tripped or not self.armed:
             return []
         self.tripped.add(key)
         return [breach]
@@ -131,7 +159,7 @@ class FleetCaps:
                  ) -> Iterator[tuple[str, CapView, Breach | None]]:
         c = self.cfg
         if c.daily_loss is not None:
-            loss = float(-r.totals.today)
+            loss = max(0.0, float(-r.totals.today))  # today's loss; a gain is no loss (0)
             yield self._simple("daily_loss", c.daily_loss.limit, loss, view.currency,
                                c.daily_loss.level, c.daily_loss.flatten, loss >= c.daily_loss.limit)
         if c.drawdown is not None:

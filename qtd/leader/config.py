@@ -10,6 +10,7 @@ no such key (fail safe).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from msgspec import Meta
 from qtd.bus import BusConfig, check_bus_config
 from qtd.errors import ConfigError
 from qtd.events import Severity
+from qtd.quality.config import QualityConfig
 
 _BIG = 1e15
 Amount = Annotated[float, Meta(gt=0, lt=_BIG)]
@@ -118,31 +120,71 @@ class IngestConfig(_Cfg, frozen=True, kw_only=True):
     """The durable JetStream pull consumer of ``QTD_EVENTS``.
 
     Attributes:
-        durable: consumer name (one per fleet; a standby leader uses the same).
-        batch: messages per fetch (and per fleet.db transaction).
+        durable: consumer name. Each leader instance has its own consumer, paired with its
+            own fleet.db: with ``[lease] enabled`` the name used is
+            ``<durable>-<lease.instance>`` (two leaders on one consumer would split the
+            stream between them).
+        batch: messages per fetch (and per fleet.db transaction), at most. A batch is
+            what arrived while the previous one was committed, so it is small when the
+            fleet is quiet; under load it bounds the fsyncs per second.
         fetch_timeout_s: how long one fetch waits for messages.
-        ack_wait_s: JetStream redelivers an unacked message after this.
+        ack_wait_s: JetStream redelivers a delivered but unacked message after this. Ingest
+            is idempotent (a redelivery is dropped by origin), so it is short: a delivery
+            lost client-side (a reconnect) comes back within seconds, not after 30 s.
         max_ack_pending: messages delivered but not yet acked, at most.
         fsync: fsync fleet.db at every commit (SQLite ``synchronous=FULL``); ``False`` uses
             ``NORMAL`` (a power cut may lose the last commits; they were acked already).
     """
 
     durable: str = "qtd-leader"
-    batch: Annotated[int, Meta(gt=0, le=10_000)] = 1000
+    batch: Annotated[int, Meta(gt=0, le=20_000)] = 5000
     fetch_timeout_s: Seconds = 0.25
-    ack_wait_s: Seconds = 30.0
+    ack_wait_s: Seconds = 5.0
     max_ack_pending: Count = 50_000
     fsync: bool = True
 
 
+class LeaseConfig(_Cfg, frozen=True, kw_only=True):
+    """Standby leaders (:mod:`qtd.leader.lease`): every instance with ``enabled`` competes for
+    one KV lease; the holder is the active leader, the others stay passive (they consume into
+    their own fleet.db, so a takeover is warm, but never page, trip caps or kill).
+
+    Attributes:
+        enabled: compete for the lease (off: this leader is always active, as before).
+        instance: this instance's name (unique per fleet; letters, digits, ``-``, ``_``);
+            it also names its JetStream consumer (``<ingest.durable>-<instance>``).
+        bucket: the KV bucket of the lease (its TTL is ``ttl_s``).
+        key: the lease key.
+        ttl_s: lease period: a standby takes over at most about ``ttl_s`` + ``renew_s``
+            after the active leader stopped renewing. Keep it below the agents'
+            ``leader_timeout_s`` (default 5 s) so agents do not apply their fail-safe.
+        renew_s: renewal (and standby poll) interval; at most ``ttl_s / 3``. The holder
+            stops acting ``renew_s`` before its lease could be taken over.
+    """
+
+    enabled: bool = False
+    instance: str = ""
+    bucket: str = "qtd_leader"
+    key: str = "active"
+    ttl_s: Annotated[float, Meta(ge=0.3, le=600)] = 3.0
+    renew_s: Annotated[float, Meta(ge=0.05, le=200)] = 0.5
+
+
 class FleetConfig(_Cfg, frozen=True, kw_only=True):
     """Fleet money and the trading day. One currency: positions in another quote currency
-    are summed as is (the leader does no FX)."""
+    are summed as is (the leader does no FX).
+
+    ``pnl_stale_s``: a bot's unrealized PnL is the one its agent last reported on
+    ``<prefix>.pnl.<node>.<bot>`` (marked at the agent's market data) while that tick is
+    younger than this (seconds, leader clock) and no fill of the bot is newer than it;
+    otherwise the leader marks the bot's positions at the last fill price it saw.
+    """
 
     capital: Amount = 1_000_000.0
     currency: str = "USD"
     trading_day_tz: str = "UTC"
     trading_day_rollover: str = "00:00"
+    pnl_stale_s: Seconds = 5.0
 
 
 class KillConfig(_Cfg, frozen=True, kw_only=True):
@@ -245,6 +287,8 @@ class LeaderConfig(_Cfg, frozen=True, kw_only=True):
     liveness: LivenessConfig = LivenessConfig()
     notify: NotifyConfig = NotifyConfig()
     web: WebConfig = WebConfig()
+    quality: QualityConfig = QualityConfig()
+    lease: LeaseConfig = LeaseConfig()
 
 
 def _error(source: str, field: str, value: Any, rule: str) -> ConfigError:
@@ -266,6 +310,28 @@ def _check_tz(source: str, field: str, value: str) -> None:
         raise _error(source, field, value, "must be an IANA time zone") from None
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_lease(source: str, lease: LeaseConfig) -> None:
+    for field, value in (("instance", lease.instance), ("bucket", lease.bucket),
+                         ("key", lease.key)):
+        if (value or lease.enabled) and not _NAME.match(value):
+            raise _error(source, f"lease.{field}", value,
+                         "must be 1-64 letters, digits, '-' or '_'" +
+                         (" (required with lease.enabled)" if field == "instance" else ""))
+    if lease.renew_s * 3 > lease.ttl_s:
+        raise _error(source, "lease.renew_s", lease.renew_s,
+                     f"must be at most ttl_s / 3 ({lease.ttl_s / 3:g})")
+
+
+def consumer_name(cfg: LeaderConfig) -> str:
+    """The durable consumer this leader instance uses (see :class:`IngestConfig`)."""
+    if cfg.lease.enabled:
+        return f"{cfg.ingest.durable}-{cfg.lease.instance}"
+    return cfg.ingest.durable
+
+
 def check_leader_config(cfg: LeaderConfig, source: str = "<config>") -> LeaderConfig:
     """Cross-field checks (times, zones, bus, Apprise URLs).
 
@@ -273,6 +339,7 @@ def check_leader_config(cfg: LeaderConfig, source: str = "<config>") -> LeaderCo
         ConfigError: names the file, the field, the value and the rule.
     """
     check_bus_config(cfg.bus, source)
+    _check_lease(source, cfg.lease)
     _check_tz(source, "fleet.trading_day_tz", cfg.fleet.trading_day_tz)
     _check_hhmm(source, "fleet.trading_day_rollover", cfg.fleet.trading_day_rollover)
     quiet = cfg.notify.quiet_hours

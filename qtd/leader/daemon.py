@@ -9,6 +9,14 @@ request/reply commands on ``<prefix>.ctl.leader.<verb>`` (``resume``, ``ack``, `
 ``kill``, ``status``) used by ``qtd resume``/``qtd ack``/``qtd alerts``. Shutdown: web server
 stopped (WebSockets closed, requests drained) → stop flag → tasks end their loop → pending
 audit/page tasks get a few seconds → NATS drained → fleet.db closed.
+
+With ``[lease] enabled`` a ``lease`` task competes for the leader lease
+(:mod:`qtd.leader.lease`). Until it holds the lease the leader is a warm standby
+(:attr:`Leader.active` False): it ingests into its own fleet.db and consumer and keeps its
+view, but its caps are disarmed, it raises no alert, sends no page, publishes no heartbeat
+or kill and leaves commands to the active leader. Taking over arms the caps (a self-trade seen
+meanwhile fires at once), re-reads the kill state from KV and publishes a heartbeat; losing
+the lease hands open alerts over (their P1 repeats stop here).
 """
 
 from __future__ import annotations
@@ -31,20 +39,23 @@ from qtd.errors import ConfigError, QtdError
 from qtd.events import AnyEvent, Heartbeat, PnLSnapshot, RiskBreach, Scope, Severity, TradingState
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import Breach, FleetCaps
-from qtd.leader.config import LeaderConfig
+from qtd.leader.config import LeaderConfig, consumer_name
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.ingest import Ingestor
 from qtd.leader.kill import KillSwitchController
+from qtd.leader.lease import LeaderLease, lease_bucket
 from qtd.leader.liveness import LivenessMonitor
+from qtd.leader.versions import VersionBoard
 from qtd.leader.view import FleetView
 from qtd.notify import Notifier, Sender
 from qtd.projections import TradingDay
+from qtd.quality.monitor import QualityMonitor
 
 if TYPE_CHECKING:
     from qtd.web import WebServer
 
 log = logging.getLogger("qtd.leader")
-_hb_decoder = msgspec.json.Decoder(Heartbeat)
+_hb_decoder = msgspec.json.Decoder(Heartbeat | RiskBreach)  # RiskBreach: store faults
 _pnl_decoder = msgspec.json.Decoder(PnLSnapshot)
 PEAK_KEY = "peak_equity"
 
@@ -82,14 +93,18 @@ class Leader:
         self.view = FleetView(
             trading_day=TradingDay(fleet.trading_day_tz, fleet.trading_day_rollover),
             capital=Decimal(repr(fleet.capital)), currency=fleet.currency, clock=self.clock,
-            heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s)
+            heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s, pnl_stale_s=fleet.pnl_stale_s)
         self.caps = FleetCaps(cfg.caps, self.clock)
+        self.versions = VersionBoard(self.clock)  # deployed versions (qtd.deploy)
+        self.quality = QualityMonitor(cfg.quality, self.view.trading_day, self.clock,
+                                      fleet.currency)
         self.notifier = Notifier(cfg.notify, sender=sender, clock=self.clock)
         self.tasks = TaskSet()
         self._stop = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._saved_peak = Decimal(0)
         self.web: WebServer | None = None
+        self.lease: LeaderLease | None = None  # [lease] enabled: set in _wire
 
     async def __aenter__(self) -> Leader:
         await self.start()
@@ -154,6 +169,8 @@ class Leader:
             for ev in batch:
                 self.view.apply(ev)
                 self.caps.on_event(ev, live=False)
+                self.versions.on_event(ev, live=False)
+            self.quality.replay(batch)
             n += len(batch)
         peak = await self.db.get_meta(PEAK_KEY)
         if peak is not None:
@@ -163,17 +180,28 @@ class Leader:
     async def _wire(self) -> None:
         js = self.nc.jetstream()
         setup = await ensure_jetstream(js, self.subjects.prefix)
+        if self.cfg.lease.enabled:  # standby until the lease is ours
+            self.lease = LeaderLease(await lease_bucket(js, self.cfg.lease), self.cfg.lease,
+                                     self.clock, self._on_lease)
+            self.caps.arm(False)
         self.alerts = AlertBook(view=self.view, db=self.db, notifier=self.notifier,
                                 clock=self.clock, tasks=self.tasks,
                                 recent_events=self.cfg.notify.recent_events)
         self.view.alerts = self.alerts.views
+        self.alerts.is_active = lambda: self.active
+        await self.versions.attach(self.alerts, js)
         self.kill = KillSwitchController(
             nc=self.nc, kv=setup.control, subjects=self.subjects, db=self.db, view=self.view,
             alerts=self.alerts, caps=self.caps, clock=self.clock, tasks=self.tasks,
             ack_timeout_s=self.cfg.kill.ack_timeout_s)
         self.liveness = LivenessMonitor(self.cfg.liveness, self.view, self.alerts)
-        self.ingestor = Ingestor(js, self.subjects, self.cfg.ingest, self.db, self._on_events)
+        ingest = msgspec.structs.replace(self.cfg.ingest, durable=consumer_name(self.cfg))
+        self.ingestor = Ingestor(js, self.subjects, ingest, self.db, self._on_events)
         self.view.ingest_stats = self.ingestor.stats
+        await self.quality.attach(
+            alerts=self.alerts, db=self.db, sender=self.notifier.sender, tasks=self.tasks,
+            urls=self.cfg.notify.destinations.get(self.cfg.quality.daily_severity, []))
+        self.kill.is_active = lambda: self.active
         await self.kill.start()
         await self.nc.subscribe(self.subjects.hb_all, cb=self._on_hb)
         await self.nc.subscribe(self.subjects.pnl_all, cb=self._on_pnl)
@@ -188,6 +216,8 @@ class Leader:
             tg.create_task(self._every(self.cfg.liveness.heartbeat_interval_s, self._beat),
                            name="qtd-leader-heartbeat")
             tg.create_task(self.notifier.run(self._stop), name="qtd-leader-notify")
+            if self.lease is not None:
+                tg.create_task(self.lease.run(self._stop), name="qtd-leader-lease")
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the web server and the tasks, drain NATS, close fleet.db."""
@@ -208,6 +238,22 @@ class Leader:
             await self.nc.drain()
         await self.db.close()
 
+    @property
+    def active(self) -> bool:
+        """This leader acts (pages, trips caps, kills, answers commands, heartbeats):
+        always without ``[lease]``, else while it holds the lease (:mod:`qtd.leader.lease`)."""
+        return self.lease is None or self.lease.is_active()
+
+    async def _on_lease(self, active: bool) -> None:
+        log.warning("leader.%s instance=%s", "active" if active else "standby",
+                    self.cfg.lease.instance)
+        self._handle(self.caps.arm(active))
+        if active:
+            await self.kill.sync()
+            await self._beat()
+        else:
+            self.alerts.hand_over()
+
     async def wait(self) -> None:
         """Until the tasks end (after :meth:`stop`, or when one fails: re-raised)."""
         if self._main is not None:
@@ -227,12 +273,18 @@ class Leader:
 
     async def _checks(self) -> None:
         self._handle(self.caps.evaluate(self.view))
-        self.liveness.check()
+        if self.active:  # a standby pages nothing
+            self.liveness.check()
+        await self.versions.check()
+        if self.active:
+            await self.quality.check()
         if self.view.peak_equity > self._saved_peak:
             self._saved_peak = self.view.peak_equity
             await self.db.set_meta(PEAK_KEY, str(self._saved_peak))
 
     async def _beat(self) -> None:
+        if not self.active:  # agents must see no leader rather than a standby
+            return
         now = self.clock.now_ns()
         state = TradingState.HALTED if self.view.kill.active else TradingState.ACTIVE
         hb = Heartbeat(node=LEADER_NODE, ts_event=now, ts_init=now, role="leader",
@@ -246,7 +298,9 @@ class Leader:
         for ev in events:
             self.view.apply(ev)
             breaches += self.caps.on_event(ev)
+            self.versions.on_event(ev)
         self._handle(breaches)
+        self.quality.on_events(events)
 
     def _handle(self, breaches: list[Breach]) -> None:
         for b in breaches:
@@ -254,6 +308,8 @@ class Leader:
 
     async def trip(self, b: Breach) -> None:
         """A cap fired: kill at its level first, then audit and page P1."""
+        if not self.active:
+            return
         scope, key = b.scope()
         reason = f"fleet cap {b.cap}: {b.message}"
         await self.kill.trigger_kill(scope, key, reason, flatten=b.flatten, source="leader")
@@ -273,9 +329,15 @@ class Leader:
         if msg.subject == self.subjects.hb_leader:
             return
         try:
-            self.view.on_heartbeat(_hb_decoder.decode(msg.data))
+            hb = _hb_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("leader.bad_heartbeat subject=%s error=%s", msg.subject, exc)
+            return
+        if isinstance(hb, RiskBreach):  # a store fault: the agent's outbox cannot carry it
+            if self.active and msg.subject == f"{self.subjects.prefix}.hb.{hb.node}":
+                self.alerts.on_agent_breach(hb)
+            return
+        self.view.on_heartbeat(hb)
 
     async def _on_pnl(self, msg: Msg) -> None:
         try:
@@ -284,6 +346,8 @@ class Leader:
             log.warning("leader.bad_pnl subject=%s error=%s", msg.subject, exc)
 
     async def _on_cmd(self, msg: Msg) -> None:
+        if not self.active:
+            return  # a standby stays silent: the active leader answers
         verb = msg.subject.rsplit(".", 1)[-1]
         try:
             req = msgspec.json.decode(msg.data or b"{}", type=CommandRequest)
@@ -312,6 +376,9 @@ class Leader:
             rnd = await self.kill.trigger_kill(req.scope, req.key, req.reason or "operator kill",
                                                req.operator, req.flatten, source="cli")
             return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
+        if verb == "versions":
+            return {"versions": msgspec.to_builtins(self.versions.rows())}
         if verb == "status":
-            return {"snapshot": msgspec.to_builtins(self.view.snapshot())}
+            return {"snapshot": msgspec.to_builtins(self.view.snapshot()),
+                    "instance": self.cfg.lease.instance, "active": self.active}
         raise QtdError(f"unknown leader command {verb!r}", verb=verb)

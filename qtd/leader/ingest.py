@@ -6,10 +6,26 @@ fleet view and the caps → ack. The consumer uses ``AckPolicy.ALL``: acking the
 message acks the batch, and only after the commit, so a crash anywhere before the ack makes
 JetStream deliver the batch again and fleet.db drops what it already has.
 
+**Lost deliveries.** With ``AckPolicy.ALL`` an ack also acks every earlier delivery, so a
+delivery that never reached :meth:`Ingestor.process` (sent to a fetch request that had already
+ended client-side, or in flight during a reconnect) would be acked unseen by the next batch's
+ack: an event lost to the fleet view. Every delivery carries the consumer's delivery sequence,
+which grows by one per delivery (redeliveries included), so :meth:`Ingestor.process` checks
+that each batch continues the sequence. On a jump it commits and acks only the contiguous
+prefix and raises :class:`DeliveryGap`; :meth:`Ingestor.run` rebinds at once (the consumer is
+recreated right after its ack floor, below), so the missing events come next, within
+milliseconds, instead of after ``ack_wait``. A lost delivery with nothing after it to reveal
+the jump is redelivered after ``ack_wait`` (5 s by default; safe to keep short, because a
+redelivered event is dropped by its origin in fleet.db).
+
 **Restart.** The durable consumer resumes after its ack floor. If it has deliveries that
 were never acked (the leader died between fetch and ack) it is recreated to start right after
 the ack floor, so the redelivery comes first and in order rather than after ``AckWait``. If
-the consumer is gone it is created to start after the stream sequence recorded in fleet.db.
+the consumer is gone, or its ack floor is ahead of fleet.db (commits lost with ``fsync =
+false`` after a power cut, a restored backup, a new file), it is (re)created to start after the
+stream sequence recorded in fleet.db, so nothing the consumer acked is missing from fleet.db.
+A consumer whose ``ack_wait`` differs from the config is recreated the same way (after its
+ack floor), so a changed setting takes effect.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 import nats.errors
@@ -31,25 +48,50 @@ from qtd.bus import EVENTS_STREAM, Subjects
 from qtd.events import AnyEvent, from_json
 from qtd.leader.config import IngestConfig
 from qtd.leader.fleetdb import FleetDB, Origin, parse_msg_id
+from qtd.leader.pull import BatchPuller
 
 log = logging.getLogger("qtd.leader.ingest")
 _RETRYABLE = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
               nats.js.errors.Error, nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
+class DeliveryGap(Exception):
+    """Deliveries ``expected`` .. ``got - 1`` (consumer delivery sequence) never arrived."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"deliveries {expected}..{got - 1} lost client-side")
+        self.expected, self.got = expected, got
+
+
+class Binding(NamedTuple):
+    """A bound pull consumer (:class:`~qtd.leader.pull.BatchPuller`) and the consumer's
+    delivery sequence at bind time (the next delivery it makes is ``delivered + 1``)."""
+
+    sub: BatchPuller
+    delivered: int
+
+
 async def open_consumer(js: JetStreamContext, subjects: Subjects, cfg: IngestConfig,
-                        db_stream_seq: int, stream: str = EVENTS_STREAM
-                        ) -> JetStreamContext.PullSubscription:
+                        db_stream_seq: int, stream: str = EVENTS_STREAM) -> Binding:
     """Bind (creating or recreating as the module docstring says) the durable consumer."""
     start = db_stream_seq + 1
     try:
         info = await js.consumer_info(stream, cfg.durable)
     except nats.js.errors.NotFoundError:
         info = None
+    floor = info.ack_floor.stream_seq if info is not None and info.ack_floor else 0
+    why = ""
     if info is not None and info.num_ack_pending:
-        start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
-        log.warning("ingest.recreate_consumer durable=%s unacked=%d start_seq=%d",
-                    cfg.durable, info.num_ack_pending, start)
+        why = f"{info.num_ack_pending} delivered, never acked"
+    elif info is not None and floor > db_stream_seq:
+        why = (f"fleet.db behind its consumer (ack floor {floor}, fleet.db {db_stream_seq}: "
+               "lost commits, a restored or new file)")
+    elif info is not None and abs((info.config.ack_wait or 0) - cfg.ack_wait_s) > 1e-3:
+        why = f"ack_wait {info.config.ack_wait} s -> {cfg.ack_wait_s} s"
+    if why:
+        start = min(floor, db_stream_seq) + 1
+        log.warning("ingest.recreate_consumer durable=%s reason=%s start_seq=%d",
+                    cfg.durable, why, start)
         await js.delete_consumer(stream, cfg.durable)
         info = None
     if info is None:
@@ -59,8 +101,10 @@ async def open_consumer(js: JetStreamContext, subjects: Subjects, cfg: IngestCon
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
             opt_start_seq=start if start > 1 else None, max_deliver=-1)
         await js.add_consumer(stream, config)
-    return await js.pull_subscribe_bind(durable=cfg.durable, stream=stream,
-                                        pending_msgs_limit=4 * cfg.batch)
+    delivered = info.delivered.consumer_seq if info is not None and info.delivered else 0
+    # nats-py keeps the context's client and API prefix private; the puller needs both
+    puller = BatchPuller(js._nc, stream, cfg.durable, api_prefix=js._prefix)
+    return Binding(await puller.start(), delivered or 0)
 
 
 def decode_batch(msgs: list[Msg]) -> tuple[list[tuple[Origin, AnyEvent]], int]:
@@ -100,67 +144,100 @@ class Ingestor:
         self.ingested = 0
         self.lag_ms = 0
         self.batches = 0
+        self.rebinds = 0
+        self._delivered = 0  # last consumer delivery sequence processed on this binding
 
     def stats(self) -> dict[str, int]:
         """Counters for the status page."""
         return {"consumed": self.consumed, "ingested": self.ingested,
                 "duplicates": self.db.duplicates, "gaps": self.db.gaps,
-                "stream_seq": self.db.stream_seq, "lag_ms": self.lag_ms}
+                "stream_seq": self.db.stream_seq, "lag_ms": self.lag_ms,
+                "rebinds": self.rebinds}
+
+    async def bind(self) -> Binding:
+        """Open the consumer (:func:`open_consumer`) and start checking deliveries on it."""
+        b = await open_consumer(self.js, self.subjects, self.cfg, self.db.stream_seq)
+        self._delivered = b.delivered
+        return b
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; NATS trouble is retried with backoff.
 
-        The next fetch is in flight while a batch is committed (fleet.db works in its own
-        thread), so NATS and SQLite overlap; batches still commit and ack in order.
+        While a batch is committed (fleet.db works in its own thread) the puller's open
+        request keeps filling its buffer, so NATS and SQLite overlap and the next batch is
+        whatever arrived meanwhile; batches still commit and ack in order.
         """
         backoff = 0.1
         while not stop.is_set():
             try:
-                sub = await open_consumer(self.js, self.subjects, self.cfg, self.db.stream_seq)
+                b = await self.bind()
                 try:
-                    await self._pipeline(sub, stop)
+                    await self._pipeline(b.sub, stop)
                 finally:
                     with contextlib.suppress(*_RETRYABLE):
-                        await sub.unsubscribe()
+                        await b.sub.unsubscribe()
                 backoff = 0.1
+            except DeliveryGap as gap:  # rebind now: the missing deliveries come next
+                self.rebinds += 1
+                log.warning("ingest.rebind reason=%r", str(gap))
             except _RETRYABLE as exc:
                 log.warning("ingest.retry error=%r in=%.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def _pipeline(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
-                        ) -> None:
-        fetch = asyncio.ensure_future(self._fetch(sub))
-        try:
-            while not stop.is_set():
-                msgs = await fetch
-                fetch = asyncio.ensure_future(self._fetch(sub))
-                if msgs:
-                    await self.process(msgs)
-        finally:
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *_RETRYABLE):
-                await fetch
+    async def _pipeline(self, sub: BatchPuller, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            msgs = await self._fetch(sub)
+            if msgs:
+                await self.process(msgs)
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    async def _fetch(self, sub: BatchPuller) -> list[Msg]:
         try:
             return await sub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout_s)
         except TimeoutError:  # idle: nothing arrived in fetch_timeout_s
             return []
 
-    async def step(self, sub: JetStreamContext.PullSubscription) -> int:
+    async def step(self, b: Binding) -> int:
         """Fetch, commit, apply and ack one batch; return the messages consumed.
 
         Raises:
             nats.errors.TimeoutError: nothing arrived within ``fetch_timeout_s``.
+            DeliveryGap: as :meth:`process`.
         """
-        msgs = await sub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout_s)
+        msgs = await b.sub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout_s)
         if msgs:
             await self.process(msgs)
         return len(msgs)
 
     async def process(self, msgs: list[Msg]) -> None:
-        """Commit one fetched batch to fleet.db, apply the new events, then ack it."""
+        """Commit one fetched batch to fleet.db, apply the new events, then ack it.
+
+        Raises:
+            DeliveryGap: the batch does not continue the delivery sequence; its contiguous
+                prefix (if any) was committed and acked, the rest was left unacked.
+        """
+        n = self._contiguous(msgs)
+        if n:
+            self._delivered += n  # received; a failure from here on ends this binding
+            await self._commit(msgs[:n])
+        if n < len(msgs):
+            raise DeliveryGap(self._delivered + 1, msgs[n].metadata.sequence.consumer)
+
+    def _contiguous(self, msgs: list[Msg]) -> int:
+        """How many leading messages continue the delivery sequence."""
+        expect = self._delivered + 1
+        first = msgs[0].metadata.sequence.consumer
+        last = msgs[-1].metadata.sequence.consumer
+        if first == expect and last == expect + len(msgs) - 1:
+            return len(msgs)
+        n = 0
+        for m in msgs:
+            if m.metadata.sequence.consumer != expect + n:
+                break
+            n += 1
+        return n
+
+    async def _commit(self, msgs: list[Msg]) -> None:
         items, sseq = decode_batch(msgs)
         fresh = await self.db.ingest(items, sseq)
         self.on_events(fresh)

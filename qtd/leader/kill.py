@@ -14,6 +14,10 @@ asks every known agent to ``resume`` the killed scope (request/reply
 ``<prefix>.ctl.<node>.resume``; agents only resume on that command, never because a key went
 away), audits an inactive KillSwitch and re-arms the fleet caps. Nothing is published on
 ``ctl.kill`` for a resume: agents read anything there as a kill (fail safe).
+
+A standby leader (:mod:`qtd.leader.lease`) tracks kills it sees but neither kills nor
+resumes (:attr:`KillSwitchController.is_active`: :class:`~qtd.errors.OperationalError`); on
+takeover :meth:`KillSwitchController.sync` re-reads the kill state from KV.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Callable
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from qtd.agent.control import CommandReply, KillMessage, decode_kill
@@ -35,7 +40,7 @@ from qtd.agent.control import CommandRequest as AgentRequest
 from qtd.bus import KILL_KEY, Subjects
 from qtd.bus.subjects import check_token
 from qtd.clock import Clock
-from qtd.errors import ConfigError
+from qtd.errors import ConfigError, OperationalError
 from qtd.events import KillAck, KillSwitch, Scope, Severity, TradingState
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import FleetCaps
@@ -123,19 +128,41 @@ class KillSwitchController:
         self.current: KillRound | None = None
         self._past: set[str] = set()
         self.known_nodes: Callable[[], set[str]] = lambda: set(view.heartbeats)
+        self.is_active: Callable[[], bool] = lambda: True
+        self._show_due = False
 
     async def start(self) -> None:
         """Subscribe to acknowledgements and to kills published by others; restore the
         kill state stored in KV."""
         await self.nc.subscribe(ack_subject(self.subjects), cb=self._on_ack)
         await self.nc.subscribe(self.subjects.ctl_kill, cb=self._on_ctl)
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Adopt the kill state stored in KV (at start, and when a standby takes over: the
+        previous leader may have resumed, which is not broadcast)."""
         try:
             entry = await self.kv.get(KILL_KEY)
-        except Exception:  # no key (KeyNotFoundError) or KV away: nothing to restore
+        except KeyNotFoundError:
+            entry = None
+        except Exception:  # KV away: keep what we know
             return
-        if entry.value:
-            self.current = KillRound(decode_kill(entry.value), time.perf_counter(), set())
+        if entry is None or not entry.value:
+            if self.current is not None:
+                self._past.add(self.current.kill_id)
+                self.current = None
+                self.view.kill = KillView(active=False)
+            return
+        kill = decode_kill(entry.value)
+        if self.current is None or self.current.kill_id != kill.id:
+            self.current = KillRound(kill, time.perf_counter(), set())
             self._show()
+
+    def _check_active(self, what: str) -> None:
+        if not self.is_active():
+            raise OperationalError(f"this leader is a standby (it does not hold the leader "
+                                   f"lease): {what} refused; ask the active leader",
+                                   action=what)
 
     async def trigger_kill(self, scope: Scope, key: str, reason: str, operator: str = "",
                            flatten: bool = False, source: str = "leader") -> KillRound:
@@ -151,7 +178,11 @@ class KillSwitchController:
 
         Returns:
             The round; ``await round.all_acked.wait()`` to wait for every agent.
+
+        Raises:
+            OperationalError: this leader is a standby.
         """
+        self._check_active("kill")
         t0 = time.perf_counter()
         msg = KillMessage(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
                           flatten=flatten, operator=operator, source=source,
@@ -190,7 +221,9 @@ class KillSwitchController:
 
         Raises:
             ConfigError: operator or reason is empty.
+            OperationalError: this leader is a standby.
         """
+        self._check_active("resume")
         for field, value in (("operator", operator), ("reason", reason)):
             if not value.strip():
                 raise ConfigError(f"resume needs a non-empty {field}", source="<arg>",
@@ -240,6 +273,12 @@ class KillSwitchController:
             rnd.all_acked.set()
             if self.alerts.open.get(UNACKED_KEY) is not None:
                 self.alerts.close(UNACKED_KEY, "every agent acknowledged the kill")
+        if not self._show_due:  # one view update per burst of acks, not one per ack
+            self._show_due = True
+            asyncio.get_running_loop().call_soon(self._show_later)
+
+    def _show_later(self) -> None:
+        self._show_due = False
         self._show()
 
     async def _on_ack(self, msg: Msg) -> None:

@@ -49,9 +49,23 @@ class NodeView(msgspec.Struct, kw_only=True):
     agg: Agg
 
 
+class LimitView(msgspec.Struct, kw_only=True):
+    """One risk limit of a bot as its agent last reported it: ``used`` against ``limit`` in
+    ``unit``, where ``scope``/``key`` configure it (see :class:`qtd.events.LimitUsage`)."""
+
+    name: str
+    scope: str
+    key: str
+    limit: float
+    used: float
+    unit: str
+    utilisation: float
+
+
 class BotView(msgspec.Struct, kw_only=True):
     """One bot on one node; ``last_activity_age_s`` since its last event or PnL tick;
-    ``reported_pnl`` is the agent's own last PnL tick (realized + unrealized), if any."""
+    ``reported_pnl`` is the agent's own last PnL tick (realized + unrealized), if any.
+    ``stage``, ``state`` and ``limits`` come from that tick ("" and [] before one)."""
 
     node: str
     bot: str
@@ -59,6 +73,9 @@ class BotView(msgspec.Struct, kw_only=True):
     last_activity_age_s: float | None
     reported_pnl: float | None
     agg: Agg
+    stage: str = ""
+    state: str = ""
+    limits: list[LimitView] = []
 
 
 class AccountView(msgspec.Struct, kw_only=True):

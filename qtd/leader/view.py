@@ -10,6 +10,15 @@ heartbeats and PnL ticks, and the latest cap, kill and alert state for the statu
 **Today's PnL** of a position is its net realized PnL on today's trading day plus its whole
 unrealized PnL at the mark (no start-of-day mark is kept, so a position carried overnight
 counts its full open PnL: conservative for the daily-loss cap).
+
+**Unrealized PnL** of a bot is the one its agent last reported (``PnLSnapshot`` on core
+``<prefix>.pnl.<node>.<bot>`` about every second, marked at the agent's own market data)
+while that tick is fresh: received less than ``pnl_stale_s`` ago and no fill of that bot is
+newer than it (the tick would not contain the fill). Otherwise the leader marks the bot's
+positions itself at the last fill price (or ``PositionSnapshot`` mark) it saw for the symbol.
+The reported figure replaces the bot's fill-marked sum at the fleet, node, bot and account
+level, and at the symbol level and in the position row when the bot has a single open
+position (a per-bot tick cannot be split across several). Exposure stays at fill marks.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ from qtd.events import (
     BrokerError,
     Fill,
     Heartbeat,
+    LimitUsage,
     OrderDenied,
     OrderIntent,
     OrderRejected,
     PnLSnapshot,
     PositionSnapshot,
+    PositionTransfer,
 )
 from qtd.leader.snapshot import (
     AccountView,
@@ -37,6 +48,7 @@ from qtd.leader.snapshot import (
     CapView,
     FleetSnapshot,
     KillView,
+    LimitView,
     NodeView,
     PositionView,
     SymbolView,
@@ -85,6 +97,9 @@ class Rollup:
         self.positions: list[PositionView] = []
         self.symbol_qty: dict[str, Decimal] = {}
         self.bot_accounts: dict[tuple[str, str], set[str]] = {}
+        self.bot_unreal: dict[tuple[str, str], Decimal] = {}  # fill-marked, per bot
+        self.bot_open: dict[tuple[str, str], list[tuple[Key4, int]]] = {}  # k4, row index
+        self.reported_bots: set[tuple[str, str]] = set()  # unrealized from the agent
 
     def accs(self, k: Key4) -> tuple[_Acc, ...]:
         node, bot, account, symbol = k
@@ -106,8 +121,12 @@ class FleetView:
     """
 
     def __init__(self, *, trading_day: TradingDay, capital: Decimal, currency: str,
-                 clock: Clock, heartbeat_timeout_s: float = 5.0) -> None:
+                 clock: Clock, heartbeat_timeout_s: float = 5.0,
+                 pnl_stale_s: float = 5.0) -> None:
         self.trading_day = trading_day
+        self.pnl_stale_ns = int(pnl_stale_s * _NS)
+        self.live_pnl: dict[tuple[str, str], tuple[PnLSnapshot, int]] = {}  # tick, seen ns
+        self.last_fill_ts: dict[tuple[str, str], int] = {}  # newest fill ts_event per bot
         self.capital = capital
         self.currency = currency
         self.clock = clock
@@ -138,6 +157,8 @@ class FleetView:
         t = type(ev)
         if t is Fill:
             self._apply_fill(proj, ev)  # type: ignore[arg-type]
+        elif t is PositionTransfer:
+            self._apply_transfer(proj, ev)  # type: ignore[arg-type]
         else:
             result = proj.apply(ev)
             if result is not ApplyResult.DUPLICATE:
@@ -159,7 +180,30 @@ class FleetView:
         dkey = (day, fill.node, fill.bot, fill.account, fill.symbol)
         self.day_realized[dkey] = self.day_realized.get(dkey, ZERO) + pos.net_realized - before
         self.marks[fill.symbol] = fill.price
+        bk = (fill.node, fill.bot)
+        if fill.ts_event > self.last_fill_ts.get(bk, 0):
+            self.last_fill_ts[bk] = fill.ts_event
         self._bump((fill.node, fill.bot, fill.account, fill.symbol), 1)
+
+    def _apply_transfer(self, proj: Projections, tr: PositionTransfer) -> None:
+        """A canary's share moved between two bot ids without an order: positions follow
+        (the projections); the receiver's day realized PnL takes what netting realized
+        (nothing unless it held the opposite side); both bots' earlier PnL ticks are stale,
+        as after a fill."""
+        key = (tr.to_bot, tr.account, tr.symbol)
+        pos = proj.positions.get(key)
+        before = pos.net_realized if pos is not None else ZERO
+        if proj.apply(tr) is not ApplyResult.APPLIED:
+            return
+        pos = proj.positions[key]
+        if pos.net_realized != before:
+            dkey = (self.trading_day.label(tr.ts_event), tr.node, tr.to_bot, tr.account,
+                    tr.symbol)
+            self.day_realized[dkey] = self.day_realized.get(dkey, ZERO) + pos.net_realized \
+                - before
+        for b in (tr.from_bot, tr.to_bot):
+            if tr.ts_event > self.last_fill_ts.get((tr.node, b), 0):
+                self.last_fill_ts[(tr.node, b)] = tr.ts_event
 
     def _count(self, proj: Projections, ev: AnyEvent) -> None:
         t = type(ev)
@@ -178,9 +222,22 @@ class FleetView:
         c[i] += 1
 
     def on_pnl(self, snap: PnLSnapshot) -> None:
-        """An agent's PnL tick (core NATS): the bot is alive and reporting."""
+        """An agent's PnL tick (core NATS): the bot is alive and reporting; a bot-level
+        tick (``symbol == ""``) is its unrealized PnL while fresh (module docstring)."""
+        now = self.clock.now_ns()
         self.reported[(snap.node, snap.bot)] = snap
-        self.activity[(snap.node, snap.bot)] = self.clock.now_ns()
+        self.activity[(snap.node, snap.bot)] = now
+        if not snap.symbol:
+            self.live_pnl[(snap.node, snap.bot)] = (snap, now)
+
+    def fresh_pnl(self, node: str, bot: str) -> PnLSnapshot | None:
+        """The bot's last PnL tick if it is still the source of its unrealized PnL."""
+        seen = self.live_pnl.get((node, bot))
+        if seen is None or self.clock.now_ns() - seen[1] > self.pnl_stale_ns:
+            return None
+        if self.last_fill_ts.get((node, bot), 0) > seen[0].ts_event:
+            return None  # a fill the tick does not contain
+        return seen[0]
 
     def on_heartbeat(self, hb: Heartbeat) -> None:
         """An agent's heartbeat (core NATS)."""
@@ -204,6 +261,10 @@ class FleetView:
         for node, proj in self.projections.items():
             for pos in proj.positions.values():
                 self._roll_position(r, node, pos, today)
+        for node, bot in self.live_pnl:
+            rep = self.fresh_pnl(node, bot)
+            if rep is not None:
+                self._roll_reported(r, (node, bot), rep)
         for k4, counts in self.counts.items():
             for acc in r.accs(k4):
                 for i, n in enumerate(counts):
@@ -224,12 +285,33 @@ class FleetView:
             acc.net += notional
             acc.open += 1 if pos.qty else 0
         r.symbol_qty[pos.symbol] = r.symbol_qty.get(pos.symbol, ZERO) + pos.qty
+        bk = (node, pos.bot)
+        r.bot_unreal[bk] = r.bot_unreal.get(bk, ZERO) + unreal
         if pos.qty:
+            r.bot_open.setdefault(bk, []).append((k4, len(r.positions)))
             r.positions.append(PositionView(
                 node=node, bot=pos.bot, account=pos.account, symbol=pos.symbol,
                 qty=float(pos.qty), avg_price=float(pos.avg_price),
                 mark=None if mark is None else float(mark), notional=float(notional),
                 realized=float(pos.net_realized), unrealized=float(unreal)))
+
+    def _roll_reported(self, r: Rollup, key: tuple[str, str], rep: PnLSnapshot) -> None:
+        """Replace the bot's fill-marked unrealized PnL by its agent's (module docstring)."""
+        r.reported_bots.add(key)
+        delta = rep.unrealized - r.bot_unreal.get(key, ZERO)
+        opens = r.bot_open.get(key, [])
+        accounts = {k4[2] for k4, _ in opens}
+        account = rep.account or (next(iter(accounts)) if len(accounts) == 1 else "")
+        accs = [r.totals, r.nodes.setdefault(key[0], _Acc()), r.bots.setdefault(key, _Acc()),
+                r.accounts.setdefault(account, _Acc())]
+        r.bot_accounts.setdefault(key, set()).add(account)
+        if len(opens) == 1:
+            (k4, row) = opens[0]
+            accs.append(r.symbols.setdefault(k4[3], _Acc()))
+            r.positions[row].unrealized = float(rep.unrealized)
+        for acc in accs:
+            acc.unrealized += delta
+            acc.today += delta
 
     def equity(self, r: Rollup) -> Decimal:
         """Fleet equity: capital + realized (net) + unrealized, currency."""
@@ -274,7 +356,9 @@ class FleetView:
                 node=key[0], bot=key[1], accounts=sorted(r.bot_accounts.get(key, set()) - {""}),
                 last_activity_age_s=None if seen is None else (now - seen) / _NS,
                 reported_pnl=None if rep is None else float(rep.realized + rep.unrealized),
-                agg=r.bots.get(key, _Acc()).agg()))
+                agg=r.bots.get(key, _Acc()).agg(),
+                stage="" if rep is None else rep.stage, state="" if rep is None else rep.state,
+                limits=[] if rep is None else limit_views(rep.limits)))
         return out
 
     def _symbols(self, r: Rollup) -> list[SymbolView]:
@@ -295,3 +379,11 @@ class FleetView:
         r = self.rollup()
         acc = r.bots.get((node, bot))
         return acc.today if acc is not None else ZERO
+
+
+def limit_views(limits: list[LimitUsage]) -> list[LimitView]:
+    """An agent's reported limits with their utilisation (``used / limit``; 0 for a limit
+    that is not positive)."""
+    return [LimitView(name=u.name, scope=u.scope.value, key=u.key, limit=u.limit, used=u.used,
+                      unit=u.unit, utilisation=u.used / u.limit if u.limit > 0 else 0.0)
+            for u in limits]

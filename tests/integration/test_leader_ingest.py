@@ -13,10 +13,10 @@ from nats.aio.client import Client
 
 from qtd.aio import cancel_and_wait
 from qtd.bus import EVENTS_STREAM, EmbeddedNatsServer, Subjects, ensure_jetstream
-from qtd.events import Side, to_json
+from qtd.events import AnyEvent, Side, to_json
 from qtd.leader import FleetDB, Leader
 from qtd.leader.config import IngestConfig
-from qtd.leader.ingest import Ingestor, open_consumer
+from qtd.leader.ingest import DeliveryGap, Ingestor, open_consumer
 from qtd.projections import Projections
 from tests.integration.leader_peer import FakeAgent, agents, leader_config, wait_for
 
@@ -107,21 +107,143 @@ async def test_commit_without_ack_is_redelivered_first_and_dropped(
     class Crash(Exception):
         pass
 
-    def crash(events: object) -> None:
+    committed: list[int] = []
+
+    def crash(events: list[AnyEvent]) -> None:
+        committed.extend(e.seq for e in events)
         raise Crash
 
-    sub = await open_consumer(js, Subjects(), cfg, db.stream_seq)
+    b = await open_consumer(js, Subjects(), cfg, db.stream_seq)
     with contextlib.suppress(Crash):
-        await Ingestor(js, Subjects(), cfg, db, crash).step(sub)
-    await sub.unsubscribe()
-    assert (await js.consumer_info(EVENTS_STREAM, cfg.durable)).num_ack_pending == 40
+        await Ingestor(js, Subjects(), cfg, db, crash).step(b)  # a batch of up to 40
+    await b.sub.unsubscribe()
+    k = len(committed)
+    assert 0 < k <= 40 and committed == list(range(1, k + 1))
+    assert (await js.consumer_info(EVENTS_STREAM, cfg.durable)).num_ack_pending >= k
     seen: list[int] = []
     ing = Ingestor(js, Subjects(), cfg, db, lambda evs: seen.extend(e.seq for e in evs))
-    sub = await open_consumer(js, Subjects(), cfg, db.stream_seq)
+    b = await ing.bind()
     while db.stream_seq < 100:
-        with contextlib.suppress(nats.errors.TimeoutError):
-            await ing.step(sub)
-    await sub.unsubscribe()
-    assert seen == list(range(41, 101))  # redelivered batch came first, in order, dropped
-    assert db.duplicates == 40 and await db.count() == 100
+        with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
+            await ing.step(b)
+    await b.sub.unsubscribe()
+    assert seen == list(range(k + 1, 101))  # redelivered batch came first, in order, dropped
+    assert db.duplicates == k and await db.count() == 100
+    await db.close()
+
+
+async def _publish_trades(tmp: Path, server: EmbeddedNatsServer, js: object, trades: int
+                          ) -> None:
+    await ensure_jetstream(js)  # type: ignore[arg-type]
+    peer = await FakeAgent("node-a", tmp, server).start()
+    try:
+        for i in range(trades):  # 4 events each
+            await peer.trade("bot1", "SPY", Side.BUY, "1", str(100 + i))
+        await peer.outbox.flush()
+    finally:
+        await peer.stop()
+
+
+async def test_deliveries_lost_client_side_are_fetched_again_not_acked_unseen(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
+) -> None:
+    """AckPolicy.ALL acks everything below the acked message: a delivery that never reached
+    the ingestor must stop the ack, and come again at once (ack_wait is 10 min here)."""
+    js = nats_client.jetstream()
+    await _publish_trades(tmp_path, nats_server, js, 25)  # 100 events
+    db = await FleetDB.open(tmp_path / "fleet.db")
+    cfg = IngestConfig(batch=20, fetch_timeout_s=0.2, ack_wait_s=600.0)
+    seen: list[int] = []
+    ing = Ingestor(js, Subjects(), cfg, db, lambda evs: seen.extend(e.seq for e in evs))
+    b = await ing.bind()
+    lost = await b.sub.fetch(10, timeout=2)  # delivered, never handed to the ingestor
+    assert 0 < len(lost) <= 10
+    gaps: list[tuple[int, int]] = []
+    async with asyncio.timeout(30):  # hang guard
+        while db.stream_seq < 100:
+            try:
+                await ing.step(b)
+            except (nats.errors.TimeoutError, TimeoutError):
+                pass
+            except DeliveryGap as gap:
+                gaps.append((gap.expected, gap.got))
+                await b.sub.unsubscribe()
+                b = await ing.bind()
+    await b.sub.unsubscribe()
+    assert gaps == [(1, len(lost) + 1)] and seen == list(range(1, 101))  # none skipped
+    assert db.duplicates == 0 and await db.count() == 100
+    await db.close()
+
+
+async def test_redelivery_after_ack_wait_is_not_double_counted(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
+) -> None:
+    js = nats_client.jetstream()
+    await _publish_trades(tmp_path, nats_server, js, 25)  # 100 events
+    db = await FleetDB.open(tmp_path / "fleet.db")
+    cfg = IngestConfig(batch=40, fetch_timeout_s=0.2, ack_wait_s=1.0)
+    seen: list[int] = []
+    fail = [True]
+
+    def on_events(evs: list[AnyEvent]) -> None:
+        seen.extend(e.seq for e in evs)
+        if fail.pop() if fail else False:
+            raise RuntimeError("committed, then the ack never happened")
+
+    ing = Ingestor(js, Subjects(), cfg, db, on_events)
+    b = await ing.bind()
+    with contextlib.suppress(RuntimeError):
+        await ing.step(b)  # events 1..k (k <= 40) committed and applied, not acked
+    k = len(seen)
+    assert 0 < k <= 40 and seen == list(range(1, k + 1))
+    await asyncio.sleep(2 * cfg.ack_wait_s)  # no fetch (no ack) until the redelivery is due
+    async with asyncio.timeout(30):  # hang guard
+        while db.duplicates < k or db.stream_seq < 100:
+            with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
+                await ing.step(b)
+    await b.sub.unsubscribe()
+    assert seen == list(range(1, 101))  # each event applied once
+    assert db.duplicates >= k and await db.count() == 100  # redeliveries dropped
+    view = Projections()
+    for batch in [e async for e in db.replay_batches()]:
+        for ev in batch:
+            view.apply(ev)
+    [pos] = view.positions.values()
+    assert pos.qty == 25  # 25 fills of 1, none counted twice
+    await db.close()
+
+
+async def test_a_fleet_db_behind_its_consumer_is_refilled_from_the_stream(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
+) -> None:
+    """Commits lost after the ack (fsync = false and a power cut), a restored backup or a new
+    file: the consumer is rewound to fleet.db's own stream position."""
+    js = nats_client.jetstream()
+    await _publish_trades(tmp_path, nats_server, js, 10)  # 40 events
+    cfg = IngestConfig(batch=15, fetch_timeout_s=0.2)
+    for name in ("fleet.db", "new.db"):
+        db = await FleetDB.open(tmp_path / name)
+        ing = Ingestor(js, Subjects(), cfg, db, lambda evs: None)
+        b = await ing.bind()
+        async with asyncio.timeout(30):  # hang guard
+            while db.stream_seq < 40:
+                with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                    await ing.step(b)
+        await b.sub.unsubscribe()
+        assert await db.count() == 40 and db.duplicates == 0, name
+        await db.close()
+
+
+async def test_a_changed_ack_wait_reaches_the_existing_consumer(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
+) -> None:
+    js = nats_client.jetstream()
+    await ensure_jetstream(js)
+    db = await FleetDB.open(tmp_path / "fleet.db")
+    for ack_wait in (30.0, 5.0):  # the old default, then the new one
+        cfg = IngestConfig(ack_wait_s=ack_wait)
+        b = await Ingestor(js, Subjects(), cfg, db, lambda evs: None).bind()
+        await b.sub.unsubscribe()
+        info = await js.consumer_info(EVENTS_STREAM, cfg.durable)
+        assert info.config.ack_wait == ack_wait
     await db.close()

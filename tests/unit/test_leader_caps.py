@@ -8,7 +8,16 @@ import msgspec
 import pytest
 
 from qtd.clock import SimClock
-from qtd.events import Event, Fill, OrderIntent, OrderRejected, PositionSnapshot, Scope, Side
+from qtd.events import (
+    Event,
+    Fill,
+    OrderIntent,
+    OrderRejected,
+    PnLSnapshot,
+    PositionSnapshot,
+    Scope,
+    Side,
+)
 from qtd.leader.caps import Breach, FleetCaps
 from qtd.leader.config import (
     CapsConfig,
@@ -152,3 +161,81 @@ def test_self_trade_two_bots_one_account_opposite_sides_within_window() -> None:
 def test_breach_scope_falls_back_to_global_without_a_key() -> None:
     b = Breach(cap="daily_loss", limit=1, value=2, unit="USD", level="L3")
     assert b.scope() == (Scope.GLOBAL, "")
+
+
+def test_disarmed_caps_measure_but_fire_nothing_and_arming_fires_the_pending_self_trade(
+) -> None:
+    clock = SimClock(T0)
+    view = _view(clock)
+    caps = FleetCaps(CapsConfig(self_trade=SelfTradeCap(window_s=2, level="L2"),
+                                daily_loss=LossCap(limit=100)), clock)
+    caps.arm(False)  # a standby leader
+    a = _intent("n1", "a", "SPY", Side.BUY, "10")
+    crash = _intent("n1", "a", "SPY", Side.SELL, "1")
+    _feed(view, caps, a, _fill(a, "100"), crash, _fill(crash, "80"))  # 9 x -20 - 20 = -200
+    assert _feed(view, caps, _intent("n1", "a", "SPY", Side.BUY, "1"),
+                 _intent("n2", "b", "SPY", Side.SELL, "1")) == []  # self-trade risk, disarmed
+    assert caps.evaluate(view) == [] and not caps.tripped
+    assert {c.name: c.value for c in view.caps}["daily_loss"] == pytest.approx(200.0)
+    [st] = caps.arm(True)  # takeover: the self-trade seen while disarmed fires now
+    assert (st.cap, st.scope()) == ("self_trade", (Scope.ACCOUNT, "acct"))
+    assert [b.cap for b in caps.evaluate(view)] == ["daily_loss"]
+    clock.advance(3 * 10**9)
+    caps.reset()
+    caps.arm(False)
+    assert caps.arm(True) == []  # outside the window: nothing left to fire
+
+
+def test_daily_loss_row_shows_a_gain_as_no_loss() -> None:
+    clock = SimClock(T0)
+    view = _view(clock)
+    caps = FleetCaps(CapsConfig(daily_loss=LossCap(limit=100)), clock)
+    a = _intent("n1", "a", "SPY", Side.BUY, "10")
+    win = _intent("n1", "a", "SPY", Side.SELL, "10")
+    _feed(view, caps, a, _fill(a, "100"), win, _fill(win, "150"))  # +500 today
+    assert caps.evaluate(view) == []
+    row = {c.name: c for c in view.caps}["daily_loss"]
+    assert view.snapshot().totals.pnl_today == 500.0
+    assert (row.value, row.utilisation, row.unit) == (0.0, 0.0, "USD")
+
+
+def _tick(node: str, bot: str, unrealized: str, ts: int) -> PnLSnapshot:
+    return PnLSnapshot(node=node, bot=bot, ts_event=ts, ts_init=ts, account="acct",
+                       realized=Decimal(0), unrealized=Decimal(unrealized), fees=Decimal(0))
+
+
+def test_unrealized_pnl_from_fresh_agent_ticks_else_fill_marks() -> None:
+    clock = SimClock(T0)
+    view = FleetView(trading_day=TradingDay(), capital=Decimal(10_000), currency="USD",
+                     clock=clock, pnl_stale_s=5.0)
+    caps = FleetCaps(CapsConfig(daily_loss=LossCap(limit=500)), clock)
+    a = _intent("n1", "a", "SPY", Side.BUY, "10")
+    b = _intent("n1", "b", "QQQ", Side.BUY, "1")
+    _feed(view, caps, a, _fill(a, "100"), b, _fill(b, "50"))
+
+    def agg(key: str) -> tuple[float, float]:
+        snap = view.snapshot()
+        if key == "fleet":
+            return snap.totals.unrealized, snap.totals.pnl_today
+        x = next(x.agg for x in snap.bots if x.bot == key)
+        return x.unrealized, x.pnl_today
+
+    assert agg("a") == (0.0, 0.0)  # fill marks: SPY last traded at 100
+    clock.advance(10**9)
+    view.on_pnl(_tick("n1", "a", "-600", clock.now_ns()))  # the agent marks SPY at 40
+    assert agg("a") == (-600.0, -600.0) and agg("b") == (0.0, 0.0)
+    snap = view.snapshot()
+    assert snap.totals.unrealized == -600.0 and snap.equity == 9_400.0
+    assert {p.symbol: p.unrealized for p in snap.positions}["SPY"] == -600.0
+    assert {s.symbol: s.agg.unrealized for s in snap.symbols}["SPY"] == -600.0
+    assert [x.cap for x in caps.evaluate(view)] == ["daily_loss"]  # invisible at fill marks
+    clock.advance(6 * 10**9)  # the tick is stale now: back to fill marks
+    assert agg("a") == (0.0, 0.0)
+    view.on_pnl(_tick("n1", "a", "-100", clock.now_ns()))
+    assert agg("a") == (-100.0, -100.0)
+    sell = _intent("n1", "a", "SPY", Side.SELL, "5", ts=clock.now_ns() + 1)
+    _feed(view, caps, sell, _fill(sell, "90"))  # newer than the tick: fill marks at 90
+    assert agg("a") == (-50.0, -100.0)  # 5 x (90 - 100) open; -50 realized today
+    view.on_pnl(_tick("n1", "a", "-40", clock.now_ns() + 2))  # a tick after the fill
+    assert agg("a") == (-40.0, -90.0)
+    assert agg("fleet") == (-40.0, -90.0)

@@ -14,7 +14,7 @@ import pytest
 
 from qtd.cli import build_parser
 from qtd.errors import ConfigError
-from qtd.leader.config import load_leader_config, parse_leader_config
+from qtd.leader.config import consumer_name, load_leader_config, parse_leader_config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "qtd-leader.service"
@@ -40,6 +40,8 @@ def test_example_config_loads_with_every_cap() -> None:
     (("notify", "quiet_hours", "end"), "25:99", "notify.quiet_hours.end"),
     (("notify", "destinations", "P1"), ["nonsense://x"], "notify.destinations.P1[0]"),
     (("caps", "order_spike", "baseline_s"), 2.0, "caps.order_spike.baseline_s"),
+    (("lease", "renew_s"), 2.0, "lease.renew_s"),
+    (("lease", "instance"), "ops 1", "lease.instance"),
 ])
 def test_bad_values_name_the_field(path: tuple[str, ...], value: object, field: str) -> None:
     data = _example()
@@ -80,3 +82,14 @@ def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
     res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+
+
+def test_lease_needs_an_instance_and_names_its_consumer() -> None:
+    data = _example()
+    data["lease"].update(enabled=True, instance="")
+    with pytest.raises(ConfigError) as err:
+        parse_leader_config(data, "leader.toml")
+    assert err.value.field == "lease.instance" and "required" in str(err.value)
+    data["lease"]["instance"] = "ops-2"
+    assert consumer_name(parse_leader_config(data)) == "qtd-leader-ops-2"
+    assert consumer_name(load_leader_config(ROOT / "etc" / "leader.toml")) == "qtd-leader"
