@@ -1,7 +1,9 @@
 """Agent telemetry and the leader fail-safe (pure logic; the daemon does the I/O).
 
 * :func:`pnl_snapshots` — one :class:`~qtd.events.PnLSnapshot` per bot (realized net of fees,
-  unrealized at the risk engine's last marks), published on ``<prefix>.pnl.<node>.<bot>``.
+  unrealized at the risk engine's last marks), published on ``<prefix>.pnl.<node>.<bot>``;
+  given the bot slots it also carries each bot's stage, state (:func:`bot_state`) and risk
+  limits with their current use (:func:`bot_limits`), for the status page's cap bars.
 * :class:`FailSafe` — watches the leader's heartbeat. When it has been silent longer than
   ``timeout_s`` the GLOBAL scope is escalated to the policy state (default REDUCING). Before
   any leader heartbeat was ever seen, the silence is counted from the agent's start, so an
@@ -12,23 +14,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
-from qtd.events import PnLSnapshot, Scope, TradingState, TradingStateChanged
+from qtd.agent.supervisor import BotSlot
+from qtd.events import LimitUsage, PnLSnapshot, Scope, TradingState, TradingStateChanged
 from qtd.projections import Projections
+from qtd.risk.config import Limits
 from qtd.risk.engine import RiskEngine
+from qtd.risk.state import Exposure
 from qtd.risk.states import TradingStates
+from qtd.runner import BotState
 
 ZERO = Decimal(0)
 FAILSAFE_OPERATOR = "failsafe"
+_RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+_POSITION = (("max_position_qty", "units"), ("max_position_notional", "currency"),
+             ("max_position_pct_equity", "%"))
+_FLOW = (("max_open_orders", "orders"), ("max_orders_per_s", "orders/s"),
+         ("max_trades_per_day", "orders"))
 
 
 def pnl_snapshots(proj: Projections, risk: RiskEngine, node: str, now_ns: int,
-                  bots: dict[str, str]) -> list[PnLSnapshot]:
+                  bots: Mapping[str, str], slots: Mapping[str, BotSlot] | None = None
+                  ) -> list[PnLSnapshot]:
     """PnL per bot (quote currency), at the engine's last marks.
 
     Args:
         bots: bot name → account (bots without positions get a zero snapshot).
+        slots: the agent's bot slots: adds ``stage``, ``state`` and ``limits`` to the
+            snapshot of every bot found there.
     """
     acc: dict[str, list[Decimal]] = {b: [ZERO, ZERO, ZERO] for b in bots}
     currency: dict[str, str] = {}
@@ -40,12 +55,159 @@ def pnl_snapshots(proj: Projections, risk: RiskEngine, node: str, now_ns: int,
         row[2] += p.fees
         currency[p.bot] = p.currency
     day = proj.trading_day.label(now_ns)
-    return [
-        PnLSnapshot(node=node, bot=bot, ts_event=now_ns, ts_init=now_ns,
-                    account=bots.get(bot, ""), realized=r, unrealized=u, fees=f,
-                    currency=currency.get(bot, "USD"), trading_day=day)
-        for bot, (r, u, f) in sorted(acc.items())
-    ]
+    out = []
+    for bot, (r, u, f) in sorted(acc.items()):
+        account = bots.get(bot, "")
+        slot = slots.get(bot) if slots is not None else None
+        stage = state = ""
+        limits: list[LimitUsage] = []
+        if slot is not None:
+            syms = slot.spec.symbols
+            stage = slot.stage
+            state = bot_state(risk, bot, account, syms, slot.state, now_ns)
+            limits = bot_limits(risk, bot, account, syms, now_ns)
+        out.append(PnLSnapshot(node=node, bot=bot, ts_event=now_ns, ts_init=now_ns,
+                               account=account, realized=r, unrealized=u, fees=f,
+                               currency=currency.get(bot, "USD"), trading_day=day,
+                               stage=stage, state=state, limits=limits))
+    return out
+
+
+def bot_state(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
+              runner: BotState, now_ns: int) -> str:
+    """The bot's state as an operator reads it: ``HALTED`` or ``STOPPED`` when its runner is
+    (a strategy error beyond its restarts, or its feed ended), else the most restrictive
+    trading state over its GLOBAL, ACCOUNT, STRATEGY and SYMBOL scopes (ACTIVE, REDUCING,
+    HALTED; a REDUCING cooldown that ran out expires here, as at the next order check, and
+    its state change is stored with the engine's next events)."""
+    if runner in (BotState.HALTED, BotState.STOPPED):
+        return runner.value
+    worst = TradingState.ACTIVE
+    for symbol in symbols or ("",):
+        st = risk.states.effective(account, bot, symbol, now_ns)[0]
+        if _RANK[st] > _RANK[worst]:
+            worst = st
+    return worst.value
+
+
+def bot_limits(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
+               now_ns: int) -> list[LimitUsage]:
+    """Every configured limit that binds the bot, with its current use (read-only: no
+    exposure or counter is created).
+
+    Position limits (``max_position_qty`` units, ``max_position_notional`` currency,
+    ``max_position_pct_equity`` % of the account's equity) are measured on the worst-case
+    position (filled plus open orders on the larger side, as the pre-trade check sees it) at
+    the engine's last mark, in the bot's most used symbol: at STRATEGY scope the bot's own
+    position, at ACCOUNT scope the account's, at SYMBOL scope the node's. At STRATEGY scope
+    also ``max_gross_notional`` / ``max_net_notional`` (over the bot's symbols). Flow limits
+    (``max_open_orders``, ``max_orders_per_s`` over the last second, ``max_trades_per_day``)
+    at STRATEGY and ACCOUNT scope. ``max_daily_loss`` (currency) and ``max_daily_loss_pct``
+    (% of the day's opening equity) of the account's daily-loss breaker (its own limit, else
+    ``[breakers.daily_loss]``); a gain counts as 0.
+    """
+    cfg = risk.cfg
+    out: list[LimitUsage] = []
+    equity = risk.breakers.equity(account).value
+    scfg = cfg.strategy(bot)
+    acfg = cfg.accounts.get(account)
+    if scfg is not None:
+        own = [(s, risk.exposures.get(("B", bot, account, s))) for s in symbols]
+        out += _position(risk, Scope.STRATEGY, bot, scfg, own, equity)
+        out += _book(risk, bot, scfg, own)
+        out += _flow(risk, Scope.STRATEGY, bot, scfg, now_ns)
+    if acfg is not None:
+        acct = [(s, risk.exposures.get(("A", account, s))) for s in symbols]
+        out += _position(risk, Scope.ACCOUNT, account, acfg, acct, equity)
+        out += _flow(risk, Scope.ACCOUNT, account, acfg, now_ns)
+        out += _daily_loss(risk, account, now_ns)
+    for s in symbols:
+        ycfg = cfg.symbols.get(s)
+        if ycfg is not None:
+            out += _position(risk, Scope.SYMBOL, s, ycfg, [(s, risk.exposures.get(("Y", s)))],
+                             equity)
+    return out
+
+
+def _price(risk: RiskEngine, symbol: str) -> Decimal:
+    mark = risk.marks.get(symbol)
+    return mark.price if mark is not None and mark.price is not None else ZERO
+
+
+def _position(risk: RiskEngine, scope: Scope, key: str, lim: Limits,
+              exps: Iterable[tuple[str, Exposure | None]], equity: Decimal) -> list[LimitUsage]:
+    qty = {s: e.gross() for s, e in exps if e is not None}
+    notional = {s: q * _price(risk, s) for s, q in qty.items()}
+    out = []
+    for field, unit in _POSITION:
+        limit = getattr(lim, field)
+        if limit is None:
+            continue
+        values = qty if field == "max_position_qty" else notional
+        worst = max(values, key=values.__getitem__, default="")
+        used = values.get(worst, ZERO)
+        if field == "max_position_pct_equity":
+            used = used * 100 / equity if equity > 0 else ZERO
+        out.append(LimitUsage(name=field, scope=scope,
+                              key=worst or key if scope is Scope.SYMBOL else key,
+                              limit=float(limit), used=float(used), unit=unit))
+    return out
+
+
+def _book(risk: RiskEngine, bot: str, lim: Limits, exps: list[tuple[str, Exposure | None]]
+          ) -> list[LimitUsage]:
+    gross = buy = sell = ZERO
+    for s, e in exps:
+        if e is not None:
+            px = _price(risk, s)
+            gross += e.gross() * px
+            buy += e.worst(True) * px
+            sell += e.worst(False) * px
+    out = []
+    for field, used in (("max_gross_notional", gross),
+                        ("max_net_notional", max(abs(buy), abs(sell)))):
+        limit = getattr(lim, field, None)
+        if limit is not None:
+            out.append(LimitUsage(name=field, scope=Scope.STRATEGY, key=bot,
+                                  limit=float(limit), used=float(used), unit="currency"))
+    return out
+
+
+def _flow(risk: RiskEngine, scope: Scope, key: str, lim: Limits, now_ns: int
+          ) -> list[LimitUsage]:
+    c = risk.counters.get((scope, key))
+    day = risk.day.label(now_ns)
+    out = []
+    for field, unit in _FLOW:
+        limit = getattr(lim, field)
+        if limit is None:
+            continue
+        used = 0 if c is None else (c.open_orders if field == "max_open_orders" else
+                                    c.in_last_second(now_ns) if field == "max_orders_per_s"
+                                    else c.today(day))
+        out.append(LimitUsage(name=field, scope=scope, key=key, limit=float(limit),
+                              used=float(used), unit=unit))
+    return out
+
+
+def _daily_loss(risk: RiskEngine, account: str, now_ns: int) -> list[LimitUsage]:
+    acfg, br = risk.cfg.accounts[account], risk.cfg.breakers.daily_loss
+    book = risk.breakers.accounts.get(account)
+    if book is None:
+        return []
+    limit = acfg.max_daily_loss if acfg.max_daily_loss is not None else br.max_loss
+    pct = acfg.max_daily_loss_pct if acfg.max_daily_loss_pct is not None else br.max_loss_pct
+    today = book.day == risk.breakers.day.label(now_ns)  # else nothing lost yet today
+    loss = max(book.day_open - book.equity.value, ZERO) if today else ZERO
+    out = []
+    if limit is not None:
+        out.append(LimitUsage(name="max_daily_loss", scope=Scope.ACCOUNT, key=account,
+                              limit=float(limit), used=float(loss), unit="currency"))
+    if pct is not None:
+        used = loss * 100 / book.day_open if book.day_open > 0 else ZERO
+        out.append(LimitUsage(name="max_daily_loss_pct", scope=Scope.ACCOUNT, key=account,
+                              limit=float(pct), used=float(used), unit="%"))
+    return out
 
 
 class FailSafe:

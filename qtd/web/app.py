@@ -26,12 +26,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from qtd.leader.snapshot import FleetSnapshot
+from qtd.quality.web import daily_body, execution_section
 from qtd.web import api, pages
 from qtd.web.auth import COOKIE, Auth, valid_operator
 from qtd.web.detail import ORDER_KINDS, BotDetail, admission, blotter, bot_metrics, equity_curve
 from qtd.web.live import PnlHub
 from qtd.web.prom import CONTENT_TYPE, WebMetrics
 from qtd.web.source import FleetSource
+from qtd.web.versions import versions_section
 
 log = logging.getLogger("qtd.web")
 STATIC = Path(__file__).parent / "static"
@@ -64,7 +66,13 @@ class WebApp:
 
     async def index(self, request: Request) -> Response:
         snap = self.source.snapshot()
-        return self._html(request, "qtd fleet", lambda c: pages.overview(snap, controls=c))
+        extra = execution_section(self.source) + versions_section(self.source)
+        return self._html(request, "qtd fleet",
+                          lambda c: pages.overview(snap, controls=c) + extra)
+
+    async def daily(self, request: Request) -> Response:
+        body = await daily_body(self.source, request.query_params.get("date"))
+        return self._html(request, "qtd daily report", lambda c: body)
 
     async def bot(self, request: Request) -> Response:
         detail = await self.detail(request.path_params["node"], request.path_params["bot"])
@@ -222,6 +230,7 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
     routes: list[Any] = [
         Route("/", web.index),
         Route("/bots/{node}/{bot}", web.bot),
+        Route("/reports/daily", web.daily),
         Route("/login", web.login_page, methods=["GET"]),
         Route("/login", web.login, methods=["POST"]),
         Route("/logout", web.logout, methods=["POST"]),

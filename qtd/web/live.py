@@ -1,12 +1,26 @@
 """Live PnL: one sampler takes a fleet snapshot every ``period_s`` and pushes one compact
 frame to every WebSocket client, however many bots changed.
 
-Frame (JSON, ``type = "tick"``)::
+Frame (JSON, ``type = "tick"``; money rounded to cents, utilisation in whole percent)::
 
     {"type": "tick", "t": <ms>, "fleet": {"pnl": today, "realized", "unrealized",
-     "equity", "gross", "dd"}, "bots": {"node/bot": [pnl_today, gross, realized+unrealized]},
-     "nodes": {"node": [heartbeat_age_s | null, alive, state]}, "kill": {...},
-     "alerts": [{alert_id, severity, status, title}]}
+     "equity", "gross", "dd"},
+     "counts": "orders / fills / rejects",
+     "bots": {"node/bot": [pnl_today, gross, realized+unrealized, position text, stage,
+                           state, layout index, [utilisation % per limit],
+                           "orders/fills/rejects/denials"]},
+     "layouts": [[bar label, ...], ...],
+     "caps": [[value, utilisation %, key], ...],
+     "nodes": {"node": [heartbeat_age_s | null, alive, state, bots_running, pnl_today]},
+     "symbols": {"SYM": [net_qty, mark | null, net_exposure, cap utilisation % | null]},
+     "kill": {...}, "alerts": [{alert_id, severity, status, title}]}
+
+Every number the overview shows is in the frame, so nothing on the page goes stale beside a
+live neighbour (a position shown next to a newer exposure, say).
+
+A bot's limit bars are named once per distinct layout (bots with the same limits share
+one), so a frame stays small with 500 bots and is still complete on its own: a client that
+missed frames, or a row whose limits changed, is rebuilt from any single frame.
 
 A client first gets ``type = "hello"`` with the fleet PnL history (and the history of one
 bot when it connected with ``?bot=node/bot``). The frame is encoded once per tick and shared;
@@ -26,6 +40,7 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qtd.leader.snapshot import FleetSnapshot
+from qtd.web import botrow
 from qtd.web.source import FleetSource
 
 log = logging.getLogger("qtd.web.live")
@@ -36,13 +51,31 @@ def tick_frame(snap: FleetSnapshot) -> dict[str, Any]:
     """The compact per-tick frame of a snapshot (module docstring)."""
     t = snap.totals
     k = snap.kill
+    states = {n.node: n.state for n in snap.nodes}
+    positions = botrow.positions_by_bot(snap)
+    layouts: dict[str, int] = {}
+    bots: dict[str, list[Any]] = {}
+    for b in snap.bots:
+        sig = botrow.layout(b.limits)
+        idx = layouts.setdefault(sig, len(layouts))
+        a = b.agg
+        bots[f"{b.node}/{b.bot}"] = [
+            round(a.pnl_today, 2), round(a.gross_exposure, 2), round(a.realized + a.unrealized, 2),
+            positions.get((b.node, b.bot), "flat"), b.stage, botrow.bot_state(b, k, states), idx,
+            [botrow.pct(x.utilisation) for x in b.limits], botrow.counts(a)]
     return {
         "type": "tick", "t": snap.ts_ns // 1_000_000,
         "fleet": {"pnl": t.pnl_today, "realized": t.realized, "unrealized": t.unrealized,
                   "equity": snap.equity, "gross": t.gross_exposure, "dd": snap.drawdown_pct},
-        "bots": {f"{b.node}/{b.bot}": [b.agg.pnl_today, b.agg.gross_exposure,
-                                       b.agg.realized + b.agg.unrealized] for b in snap.bots},
-        "nodes": {n.node: [n.heartbeat_age_s, n.alive, n.state] for n in snap.nodes},
+        "counts": botrow.counts(t, 3),
+        "bots": bots,
+        "layouts": [sig.split("|") if sig else [] for sig in layouts],
+        "caps": [[round(c.value, 2), botrow.pct(c.utilisation), c.key] for c in snap.caps],
+        "nodes": {n.node: [n.heartbeat_age_s, n.alive, n.state, n.bots_running,
+                           round(n.agg.pnl_today, 2)] for n in snap.nodes},
+        "symbols": {s.symbol: [s.net_qty, s.mark, round(s.agg.net_exposure, 2),
+                               None if s.cap_utilisation is None else
+                               botrow.pct(s.cap_utilisation)] for s in snap.symbols},
         "kill": {"active": k.active, "scope": k.scope, "key": k.key, "reason": k.reason,
                  "operator": k.operator, "pending": k.pending},
         "alerts": [{"alert_id": a.alert_id, "severity": a.severity, "status": a.status,

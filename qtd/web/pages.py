@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote
 
-from qtd.leader.snapshot import BotView, CapView, FleetSnapshot, NodeView
+from qtd.leader.snapshot import BotView, CapView, FleetSnapshot, LimitView, NodeView
+from qtd.web import botrow
 from qtd.web.detail import BotDetail
 
 _NS = 1_000_000_000
@@ -37,14 +38,22 @@ def _num(x: float | None, key: str = "", fmt: str = "money") -> str:
     return f'<td class="num {_cls(x)}"{attr}>{text}</td>'
 
 
-def bar(frac: float | None, label: str = "") -> str:
-    """A utilisation bar (fraction of the limit; amber from 70 %, red from 90 %)."""
+def bar(frac: float | None, label: str = "", text: str = "", cls: str = "bar") -> str:
+    """A utilisation bar (fraction of the limit; amber from 70 %, red from 90 %) showing
+    ``text`` before the percentage, ``label`` as its tooltip."""
     if frac is None:
         return '<span class="muted">–</span>'
-    pct = max(0.0, min(frac, 1.0)) * 100
-    level = "hot" if frac >= 0.9 else "warm" if frac >= 0.7 else "ok"
-    return (f'<span class="bar {level}" title="{escape(label)}"><i style="width:{pct:.0f}%">'
-            f'</i><b>{frac * 100:.0f}%</b></span>')
+    fill = round(min(botrow.pct(frac), 100) / 5) * 5  # app.css .f0 .. .f100
+    return (f'<span class="{cls} {botrow.level(frac)}" title="{escape(label)}"><i class="'
+            f'f{fill}"></i><b>{escape(text)}{" " if text else ""}{botrow.pct(frac)}%</b></span>')
+
+
+def limit_bars(limits: list[LimitView], currency: str) -> str:
+    """One small bar per limit of a bot (``data-sig``: its layout, for the live updates)."""
+    bars = "".join(bar(x.utilisation, botrow.limit_title(x, currency), botrow.limit_label(x),
+                       "bar lim") for x in limits)
+    return (f'<td class="lims" data-k="bot.lims" data-sig="{escape(botrow.layout(limits))}">'
+            f'{bars or "<span class=muted>not reported</span>"}</td>')
 
 
 def page(title: str, body: str, *, csrf: str = "", operator: str = "",
@@ -84,7 +93,7 @@ def _totals(snap: FleetSnapshot) -> str:
                     f'{money(v)}</b></div>' for n, v, k in cells)
     items += (f'<div class="tot"><span>drawdown</span><b data-k="fleet.dd" data-fmt="pct">'
               f'{snap.drawdown_pct:.2f}%</b></div><div class="tot"><span>orders / fills / '
-              f'rejects</span><b>{t.orders} / {t.fills} / {t.rejects}</b></div>')
+              f'rejects</span><b data-k="fleet.counts">{botrow.counts(t, 3)}</b></div>')
     return (f'<section class="totals"><h1>fleet <small>{escape(snap.trading_day)} · '
             f'{escape(snap.currency)}</small></h1>{items}</section>')
 
@@ -101,11 +110,14 @@ def _btn(verb: str, target: str, key: str, label: str) -> str:
 
 
 def _caps(caps: list[CapView]) -> str:
-    rows = [f'<tr><td>{escape(c.name)}{" ⚡" if c.tripped else ""}</td><td>{escape(c.key)}</td>'
-            f'{_num(c.value)}{_num(c.limit)}<td>{escape(c.unit)}</td>'
-            f'<td>{bar(c.utilisation, c.name)}</td><td>{escape(c.level)}</td></tr>' for c in caps]
-    return "<h2>fleet caps</h2>" + _table(
-        "caps", ["cap", "key", "value", "limit", "unit", "utilisation", "level"], rows)
+    rows = [f'<tr data-cap="{i}"><td>{escape(c.name)}{" ⚡" if c.tripped else ""}</td>'
+            f'<td data-k="cap.key">{escape(c.key)}</td><td class="num" data-k="cap.value">'
+            f'{money(c.value)}</td><td class="num">{money(c.limit)}</td><td>{escape(c.unit)}'
+            f'</td><td data-k="cap.bar">'
+            f'{bar(c.utilisation, c.name)}</td><td>{escape(c.level)}</td></tr>'
+            for i, c in enumerate(caps)]
+    return '<h2>fleet caps</h2>' + _table(
+        "caps", ["cap", "key", "value", "limit", "unit", "utilisation", "kill level"], rows)
 
 
 def _node_row(n: NodeView, controls: bool) -> str:
@@ -116,36 +128,25 @@ def _node_row(n: NodeView, controls: bool) -> str:
     return (f'<tr data-node="{escape(n.node)}"><td>{escape(n.node)}</td>'
             f'<td class="{"ok" if n.alive else "bad"}" data-k="node.alive">{alive}</td>'
             f'<td data-k="node.state">{escape(n.state)}</td><td class="num" data-k="node.age">'
-            f'{age}</td><td class="num">{n.bots_running}</td>{_num(n.agg.pnl_today)}{ctl}</tr>')
+            f'{age}</td><td class="num" data-k="node.bots">{n.bots_running}</td>'
+            f'{_num(n.agg.pnl_today, "node.pnl")}{ctl}</tr>')
 
 
-def bot_state(b: BotView, snap: FleetSnapshot, node_state: dict[str, str]) -> str:
-    """HALTED when a kill covers the bot, else its node's reported state (STALE if unknown)."""
-    k = snap.kill
-    if k.active and (k.scope == "GLOBAL" or (k.scope == "STRATEGY" and k.key == b.bot)
-                     or (k.scope == "ACCOUNT" and k.key in b.accounts)):
-        return "HALTED"
-    return node_state.get(b.node, "UNKNOWN")
-
-
-def _bot_row(b: BotView, snap: FleetSnapshot, states: dict[str, str], gross_limit: float,
+def _bot_row(b: BotView, snap: FleetSnapshot, states: dict[str, str], pos: str,
              controls: bool) -> str:
     key = f"{b.node}/{b.bot}"
-    pos = " ".join(f"{p.symbol} {p.qty:+g}" for p in snap.positions
-                   if p.node == b.node and p.bot == b.bot) or "flat"
-    util = b.agg.gross_exposure / gross_limit if gross_limit else None
     ctl = ("<td>" + _btn("kill", "bot", b.bot, "kill") + _btn("flatten", "bot", b.bot,
            "flatten") + "</td>") if controls else ""
     href = f"/bots/{quote(b.node, safe='')}/{quote(b.bot, safe='')}"
-    state = bot_state(b, snap, states)
+    state = botrow.bot_state(b, snap.kill, states)
     return (f'<tr data-bot="{escape(key)}"><td><a href="{href}">{escape(key)}</a></td>'
-            f'<td class="state {state.lower()}">{escape(state)}</td>'
+            f'<td class="stage {escape(b.stage)}" data-k="bot.stage">{escape(b.stage or "–")}'
+            f'</td><td class="state {state.lower()}" data-k="bot.state">{escape(state)}</td>'
             f'{_num(b.agg.pnl_today, "bot.pnl")}'
             f'{_num(b.agg.realized + b.agg.unrealized, "bot.total")}'
-            f'<td>{escape(pos)}</td>{_num(b.agg.gross_exposure, "bot.gross")}'
-            f'<td>{bar(util, "gross exposure / fleet gross cap")}</td>'
-            f'<td class="num">{b.agg.orders}/{b.agg.fills}/{b.agg.rejects}/{b.agg.denials}</td>'
-            f'{ctl}</tr>')
+            f'<td data-k="bot.pos">{escape(pos)}</td>{_num(b.agg.gross_exposure, "bot.gross")}'
+            f'{limit_bars(b.limits, snap.currency)}'
+            f'<td class="num" data-k="bot.counts">{botrow.counts(b.agg)}</td>{ctl}</tr>')
 
 
 def _alerts(snap: FleetSnapshot, controls: bool) -> str:
@@ -160,27 +161,31 @@ def _alerts(snap: FleetSnapshot, controls: bool) -> str:
 
 
 def overview(snap: FleetSnapshot, *, controls: bool) -> str:
-    """The fleet overview body (totals, caps, chart, alerts, nodes, bots, symbols)."""
+    """The fleet overview body (totals, fleet caps, chart, alerts, nodes, bots, symbols)."""
     states = {n.node: n.state for n in snap.nodes}
-    gross = next((c.limit for c in snap.caps if c.name == "gross_exposure"), 0.0)
+    positions = botrow.positions_by_bot(snap)
     node_head = ["node", "heartbeat", "state", "age", "bots", "PnL today"]
-    bot_head = ["bot", "state", "PnL today", "PnL total", "position", "exposure",
-                "exposure / cap", "ord/fill/rej/deny"]
+    bot_head = ["bot", "stage", "state", "PnL today", "PnL total", "position", "gross exposure",
+                "risk limits used (agent)", "ord/fill/rej/deny"]
     glob = ('<div class="controls">' + _btn("kill", "global", "", "KILL ALL") +
             _btn("flatten", "global", "", "FLATTEN ALL") + _btn("resume", "global", "",
             "RESUME") + "</div>") if controls else ""
-    sym_rows = [f"<tr><td>{escape(s.symbol)}</td>{_num(s.net_qty, fmt=',g')}{_num(s.mark)}"
-                f"{_num(s.agg.net_exposure)}<td>{bar(s.cap_utilisation, s.symbol)}</td></tr>"
-                for s in snap.symbols]
+    sym_rows = [f'<tr data-symbol="{escape(s.symbol)}"><td>{escape(s.symbol)}</td>'
+                f'{_num(s.net_qty, "sym.qty", ",g")}{_num(s.mark, "sym.mark")}'
+                f'{_num(s.agg.net_exposure, "sym.net")}<td data-k="sym.bar">'
+                f'{bar(s.cap_utilisation, s.symbol)}</td></tr>' for s in snap.symbols]
+    bot_rows = [_bot_row(b, snap, states, positions.get((b.node, b.bot), "flat"), controls)
+                for b in snap.bots]
     return (
-        _kill_banner(snap) + _totals(snap) + glob +
+        _kill_banner(snap) + '<div id="changed" class="changed hidden">the fleet changed '
+        '(new bots, nodes or symbols): <a href="">reload</a> to see them</div>' +
+        _totals(snap) + glob + _caps(snap.caps) +
         '<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '
         'height="180" data-series="fleet"></canvas></section>' + _alerts(snap, controls) +
-        _caps(snap.caps) + "<h2>nodes</h2>" +
+        "<h2>nodes</h2>" +
         _table("nodes", node_head + (["control"] if controls else []),
                [_node_row(n, controls) for n in snap.nodes]) + "<h2>bots</h2>" +
-        _table("bots", bot_head + (["control"] if controls else []),
-               [_bot_row(b, snap, states, gross, controls) for b in snap.bots]) +
+        _table("bots", bot_head + (["control"] if controls else []), bot_rows) +
         "<h2>symbols</h2>" + _table("symbols", ["symbol", "net qty", "mark", "net exposure",
                                                 "cap"], sym_rows) + _dialog(controls))
 
@@ -216,17 +221,30 @@ def bot_page(d: BotDetail, *, controls: bool) -> str:
             f"{_num(r.latency_ms, fmt='.1f')}<td>{escape(r.note)}</td></tr>" for r in d.blotter]
     ctl = ('<div class="controls">' + _btn("kill", "bot", d.bot, "kill bot") +
            _btn("flatten", "bot", d.bot, "flatten bot") + "</div>") if controls else ""
+    stage = d.view.stage if d.view and d.view.stage else "–"
     return (
-        f'<section class="totals" data-bot="{escape(key)}"><h1>{escape(key)} <small>{adm}'
+        f'<section class="totals" data-bot="{escape(key)}"><h1>{escape(key)} <small>stage '
+        f'<span class="stage {escape(stage)}">{escape(stage)}</span> · {adm}'
         f'</small></h1><div class="tot"><span>PnL today (live)</span><b data-k="bot.pnl" '
         f'class="{_cls(live)}">{money(live)}</b></div>{tots}</section>{ctl}'
         f'<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '
         f'height="160" data-series="{escape(key)}"></canvas></section>'
         f'<section class="chart"><h2>equity curve (PnL after each fill)</h2><canvas id="equity"'
         f' width="900" height="160" data-points="{escape(_points(d.equity))}"></canvas></section>'
-        "<h2>orders and fills</h2>" + _table("blotter", [
+        + _limits_table(d) + "<h2>orders and fills</h2>" + _table("blotter", [
             "client_order_id", "time (UTC)", "symbol", "side", "qty", "state", "decision",
             "fill price", "slippage bps", "ack ms", "note"], rows) + _dialog(controls))
+
+
+def _limits_table(d: BotDetail) -> str:
+    limits = d.view.limits if d.view else []
+    rows = [f"<tr><td>{escape(x.scope)}</td><td>{escape(x.key)}</td><td>{escape(x.name)}</td>"
+            f'<td class="num">{x.used:,.2f}</td><td class="num">{x.limit:,.2f}</td><td>'
+            f"{escape(d.currency if x.unit == 'currency' else x.unit)}</td>"
+            f"<td>{bar(x.utilisation, botrow.limit_title(x, d.currency))}</td></tr>"
+            for x in limits]
+    return ("<h2>risk limits (as its agent last reported them)</h2>" + _table(
+        "limits", ["scope", "key", "name", "used", "limit", "unit", "utilisation"], rows))
 
 
 def _points(points: list[tuple[int, float]]) -> str:

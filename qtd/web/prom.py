@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from qtd.leader.snapshot import BotView, FleetSnapshot
+from qtd.quality.web import quality_metrics
 from qtd.web.source import FleetSource
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -44,6 +45,7 @@ class SnapshotCollector(Collector):
         yield from self._bots(snap.bots)
         yield from self._nodes(snap)
         yield from self._caps(snap)
+        yield from quality_metrics(self.source)
 
     def _bots(self, bots: Iterable[BotView]) -> Iterable[Metric]:
         pnl = GaugeMetricFamily("qtd_bot_pnl_today", "bot PnL today", labels=["node", "bot"])
@@ -51,6 +53,9 @@ class SnapshotCollector(Collector):
                                   labels=["node", "bot"])
         counts = {c: CounterMetricFamily(f"qtd_bot_{c}", f"bot {c} (events)",
                                          labels=["node", "bot"]) for c in _COUNTS}
+        limits = GaugeMetricFamily("qtd_bot_limit_utilisation",
+                                   "risk limit in use / limit, as the bot's agent reported it",
+                                   labels=["node", "bot", "limit", "scope", "key"])
         for b in bots:
             labels = [b.node, b.bot]
             agg = b.agg
@@ -58,9 +63,12 @@ class SnapshotCollector(Collector):
             gross.add_metric(labels, agg.gross_exposure)
             for c, fam in counts.items():
                 fam.add_metric(labels, getattr(agg, c))
+            for x in b.limits:
+                limits.add_metric([b.node, b.bot, x.name, x.scope, x.key], x.utilisation)
         yield pnl
         yield gross
         yield from counts.values()
+        yield limits
 
     def _nodes(self, snap: FleetSnapshot) -> Iterable[Metric]:
         age = GaugeMetricFamily("qtd_node_heartbeat_age_seconds", "since the last heartbeat",

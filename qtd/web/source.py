@@ -22,6 +22,7 @@ from qtd.web.detail import FleetDBReader
 
 if TYPE_CHECKING:
     from qtd.leader.daemon import Leader
+    from qtd.quality.monitor import QualityMonitor
 
 Target = Literal["global", "node", "bot", "account", "symbol"]
 Verb = Literal["kill", "flatten", "resume"]
@@ -126,6 +127,10 @@ class LeaderSource:
 
     async def ack(self, alert_id: str, operator: str) -> bool:
         return self.leader.alerts.ack(alert_id, operator) is not None
+
+    def quality(self) -> QualityMonitor:
+        """The leader's execution-quality and surveillance monitor (optional in a source)."""
+        return self.leader.quality
 
     async def bot_events(self, node: str, bot: str, limit: int,
                          kinds: tuple[str, ...] = ()) -> list[AnyEvent]:

@@ -1,136 +1,108 @@
-"""A real browser on the status page: headless Chromium (Debian package ``chromium``) loads
-the page of a running leader fed by fake agents on a real nats-server, the PnL changes after
-the page loaded and must reach the page over the WebSocket; a screenshot is saved under the
-test's output (and, with QTD_UPDATE_SCREENSHOT=1, as ``docs/status.png`` for the
-README). Driven over the DevTools protocol with the ``websockets`` client (no extra packages)."""
+"""A real browser on the status page of a fleet of paper bots: a real nats-server, the
+leader (status page on) and two agents running the admitted sample bots of ``etc/`` on
+bundled market data through paper brokers (the configs ``qtd up`` generates, one bot set to
+``stage = "shadow"``). Headless Chromium (Debian package ``chromium``) loads the page; the
+fleet PnL must change over the WebSocket without a reload, every bot row must show its stage,
+its state and one bar per risk limit its agent reported, and the fleet caps their bars. A
+screenshot is saved under the test's output (and, with QTD_UPDATE_SCREENSHOT=1, as
+``docs/status.png`` for the README). Driven over the DevTools protocol with the
+``websockets`` client (no extra packages)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import itertools
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import msgspec
 import pytest
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 
 from qtd.bus import EmbeddedNatsServer
-from qtd.events import Side
 from qtd.leader import Leader
-from qtd.leader.config import WebConfig
+from qtd.leader.config import WebConfig, parse_leader_config
+from qtd.up.configs import generate
+from qtd.up.layout import Layout, find_etc
+from tests.agent_rig import running_agent
+from tests.e2e.devtools import CHROMIUM, Page, chromium, open_page
 from tests.integration.conftest import nats_server  # noqa: F401  (fixture)
-from tests.integration.leader_peer import agents, leader_config, wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 pytestmark = pytest.mark.skipif(CHROMIUM is None,
                                 reason="chromium not installed (apt-get install -y chromium)")
 
 
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[str]:
-    """Headless Chromium with DevTools on a free port; yields the DevTools HTTP base URL."""
-    with tempfile.TemporaryDirectory() as profile:
-        proc = await asyncio.create_subprocess_exec(
-            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}",
-            "--remote-debugging-port=0", "--window-size=1400,1100", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        drain: asyncio.Task[None] | None = None
-        try:
-            assert proc.stderr is not None
-            m = None
-            async with asyncio.timeout(20):
-                while m is None:
-                    line = await proc.stderr.readline()
-                    assert line, "chromium exited before DevTools listened"
-                    m = re.search(rb"ws://([\d.:]+)/devtools", line)
-            drain = asyncio.create_task(_drain(proc.stderr), name="chromium-stderr")
-            yield f"http://{m.group(1).decode()}"
-        finally:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            if drain is not None:
-                await drain
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.read(65536):
-        pass
-
-
-class Page:
-    """A DevTools session on one page target."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.ids = itertools.count(1)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        n = next(self.ids)
-        await self.ws.send(json.dumps({"id": n, "method": method, "params": params}))
-        while True:
-            msg = json.loads(await self.ws.recv())
-            if msg.get("id") == n:
-                assert "error" not in msg, msg
-                return msg["result"]  # type: ignore[no-any-return]
-
-    async def js(self, expr: str) -> Any:
-        res = await self.call("Runtime.evaluate", expression=expr, returnByValue=True)
-        return res["result"].get("value")
-
-
-async def test_browser_sees_pnl_update_over_websocket(
+async def test_browser_sees_paper_bots_live(
     tmp_path: Path, nats_server: EmbeddedNatsServer,  # noqa: F811
 ) -> None:
-    web = WebConfig(enabled=True, port=0, push_interval_s=0.5)
-    cfg = msgspec.structs.replace(leader_config(tmp_path, nats_server), web=web)
-    async with agents(tmp_path, nats_server, ["node-a", "node-b"]) as peers, \
-            Leader(cfg) as leader, chromium() as devtools:
-        await peers[0].trade("momo", "SPY", Side.BUY, "10", "100")
-        await peers[1].trade("meanrev", "QQQ", Side.BUY, "5", "400")
-        await peers[0].trade("momo", "SPY", Side.SELL, "4", "104")
-        await wait_for(lambda: leader.view.snapshot().totals.fills == 3, what="fills")
-        async with httpx2.AsyncClient() as http:
-            targets = (await http.get(f"{devtools}/json/list")).json()
-        url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-        async with ws_connect(url, max_size=None) as ws:
-            page = Page(ws)
-            await page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1100,
+    layout = Layout.at(tmp_path / "state")
+    layout.create()
+    plan = generate(find_etc(), layout, agents=2, url=nats_server.url, bars_per_s=20.0)
+    shadow = layout.etc_dir / "bots" / f"{SHADOW}.toml"
+    shadow.write_text('stage = "shadow"\n' + shadow.read_text())  # before any [table]
+    cfg = parse_leader_config(plan.leader_doc, str(plan.leader_config))
+    cfg = msgspec.structs.replace(cfg, web=WebConfig(enabled=True, port=0, push_interval_s=0.5))
+    bots = {(n, b) for n, names in plan.nodes.items() for b in names}
+    async with Leader(cfg) as leader, \
+            running_agent(plan.agent_configs["node-1"]), \
+            running_agent(plan.agent_configs["node-2"]), chromium() as devtools:
+        await _until(lambda: _reporting(leader) == bots and
+                     leader.view.snapshot().totals.fills > 0)
+        async with open_page(devtools) as page:
+            await page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1250,
                             deviceScaleFactor=1, mobile=False)
             await page.call("Page.navigate", url=leader.web_url)
-            before = await _wait_js(page, "document.querySelector('#conn').dataset.ticks >= 1 "
-                                    "&& document.querySelector('[data-k=\"fleet.pnl\"]')"
-                                    ".textContent")
-            assert before == "40.00"  # momo: 16 realized + 6 x 4 open
-            await peers[1].trade("meanrev", "QQQ", Side.SELL, "5", "410")  # +50 realized
-            after = await _wait_js(page, "(t => t === '90.00' && t)(document.querySelector("
-                                   "'[data-k=\"fleet.pnl\"]').textContent)")
-            assert after == "90.00"
+            before = await _wait_js(page, "document.querySelector('#conn').dataset.ticks >= 1"
+                                    " && (window.qtdLoaded = 1) && " + PNL_TEXT)
+            after = await _wait_js(page, f"(t => t !== {json.dumps(before)} && t)({PNL_TEXT})")
+            assert after != before
+            assert await page.js("window.qtdLoaded") == 1  # updated in place, not reloaded
             assert await page.js("document.querySelector('#conn').textContent") == "live"
+            rows = await page.js(ROWS)
+            cap_bars = await page.js("document.querySelectorAll('table.caps tr[data-cap] "
+                                     "span.bar').length")
             shot = await page.call("Page.captureScreenshot", format="png")
+        caps = len(leader.view.snapshot().caps)
+    assert {tuple(r["bot"].split("/")) for r in rows} == bots
+    for r in rows:
+        assert r["stage"] == ("shadow" if r["bot"].endswith(SHADOW) else "paper"), r
+        assert r["state"] in {"ACTIVE", "REDUCING", "HALTED", "STOPPED"}, r
+        assert r["bars"] and all(re.fullmatch(r".+ \d+%", b) for b in r["bars"]), r
+        assert any(b.startswith("acct day loss ") for b in r["bars"]), r
+        assert r["live"] or not r["shown"], r  # bars on screen redrawn from a frame
+    assert any(r["shown"] for r in rows)
+    assert cap_bars == caps > 0  # every fleet cap of etc/leader.toml has its bar
     png = base64.b64decode(shot["data"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "status.png").write_bytes(png)
     if os.environ.get("QTD_UPDATE_SCREENSHOT"):  # refresh the README picture on demand
         DOCS.mkdir(exist_ok=True)
         (DOCS / "status.png").write_bytes(png)
+
+
+SHADOW = "revert-qqq"
+PNL_TEXT = "document.querySelector('[data-k=\"fleet.pnl\"]').textContent"
+ROWS = """Array.from(document.querySelectorAll('table.bots tbody tr[data-bot]')).map(tr => ({
+  bot: tr.dataset.bot,
+  stage: tr.querySelector('[data-k="bot.stage"]').textContent,
+  state: tr.querySelector('[data-k="bot.state"]').textContent,
+  bars: Array.from(tr.querySelectorAll('span.bar.lim b')).map(b => b.textContent),
+  live: tr.querySelector('[data-k="bot.lims"]').dataset.u !== undefined,
+  shown: tr.getBoundingClientRect().top < innerHeight}))"""
+
+
+def _reporting(leader: Leader) -> set[tuple[str, str]]:
+    """Bots whose agent reported stage and limits to the leader."""
+    return {(b.node, b.bot) for b in leader.view.snapshot().bots if b.stage and b.limits}
+
+
+async def _until(pred: Any, timeout_s: float = 60.0) -> None:
+    async with asyncio.timeout(timeout_s):  # a hang guard only: it measures nothing
+        while not pred():
+            await asyncio.sleep(0.1)
 
 
 async def _wait_js(page: Page, expr: str, timeout_s: float = 60.0) -> Any:

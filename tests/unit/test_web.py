@@ -5,7 +5,6 @@ cross-site or without the CSRF token and work with them, API, OpenAPI and /metri
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -15,11 +14,21 @@ import pytest
 from starlette.testclient import TestClient
 
 from qtd.clock import SimClock
-from qtd.events import AnyEvent, Heartbeat, OrderIntent, Side, StrategyAdmitted
+from qtd.events import (
+    AnyEvent,
+    Heartbeat,
+    LimitUsage,
+    OrderIntent,
+    PnLSnapshot,
+    Scope,
+    Side,
+    StrategyAdmitted,
+)
 from qtd.leader.snapshot import AlertView, CapView, FleetSnapshot
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.web import ControlAction, create_app
+from qtd.web.live import tick_frame
 from tests.factories import NODE, accepted, fill, submitted
 
 TOKEN = "s3cret-operator-token-0123456789"
@@ -76,6 +85,27 @@ def _trade(src: ViewSource, cid: str, side: Side, qty: str, price: str, decision
                   ts=ts + 3_000_000))
 
 
+LIMITS = [  # (name, scope, key, limit, used, unit) as an agent reports them
+    ("max_position_notional", Scope.STRATEGY, "momo", 1_000.0, 660.0, "currency"),
+    ("max_open_orders", Scope.STRATEGY, "momo", 4.0, 3.0, "orders"),
+    ("max_daily_loss", Scope.ACCOUNT, "acct1", 500.0, 475.0, "currency"),
+    ("max_position_qty", Scope.SYMBOL, "SPY", 10.0, 6.0, "units"),
+]
+
+
+def _pnl_tick(src: ViewSource, limits: list[tuple[Any, ...]], *, stage: str = "shadow",
+              state: str = "REDUCING", bot: str = "momo", realized: str = "0",
+              unrealized: str = "0") -> None:
+    """The bot's PnL tick as its agent sends it (PnL in USD, limits in use)."""
+    now = src.clock.now_ns()
+    src.view.on_pnl(PnLSnapshot(
+        node=NODE, bot=bot, ts_event=now, ts_init=now, account="acct1",
+        realized=Decimal(realized), unrealized=Decimal(unrealized), fees=Decimal(0),
+        stage=stage, state=state,
+        limits=[LimitUsage(name=n, scope=sc, key=k, limit=lim, used=u, unit=un)
+                for n, sc, k, lim, u, un in limits]))
+
+
 @pytest.fixture
 def src() -> ViewSource:
     s = ViewSource()
@@ -86,6 +116,7 @@ def src() -> ViewSource:
     _trade(s, "c1", Side.BUY, "10", "100.05", "100", T0)
     _trade(s, "c2", Side.SELL, "4", "110", "110.10", T0 + 60 * 10**9)
     s.clock.set(T0 + 61 * 10**9)
+    _pnl_tick(s, LIMITS, realized="39.8", unrealized="59.7")  # 6 open at 110 vs 100.05
     return s
 
 
@@ -129,15 +160,14 @@ def test_overview_shows_the_snapshot_numbers_read_only(client: TestClient,
     assert "cdn" not in html.lower() and "https://" not in html
 
 
-def test_websocket_pushes_pnl_at_least_once_a_second(src: ViewSource) -> None:
-    with TestClient(create_app(src, push_interval_s=1.0)) as c, \
-            c.websocket_connect("/ws/live?bot=node-a/momo") as ws:
+def test_websocket_pushes_pnl_every_period(src: ViewSource) -> None:
+    app = create_app(src, push_interval_s=1.0)
+    with TestClient(app) as c, c.websocket_connect("/ws/live?bot=node-a/momo") as ws:
         hello = ws.receive_json()
         assert hello["type"] == "hello" and hello["bot"] == "node-a/momo"
-        t0 = time.monotonic()
+        assert hello["period_s"] == 1.0  # the pace is measured in benchmarks/web.py
         ticks = [ws.receive_json() for _ in range(3)]
-        elapsed = time.monotonic() - t0
-    assert elapsed < 3.4  # one frame a second (the first within a second of connecting)
+        assert app.state.web.hub.frames >= 3  # one frame per period for every client
     assert all(t["type"] == "tick" for t in ticks)
     assert ticks[-1]["fleet"]["pnl"] == pytest.approx(99.5)
     assert ticks[-1]["bots"]["node-a/momo"][0] == pytest.approx(99.5)
@@ -242,16 +272,78 @@ def test_json_api_openapi_and_metrics(client: TestClient, src: ViewSource) -> No
     assert "qtd_kill_active 0.0" in text and 'qtd_alerts_open{severity="P2"' in text
 
 
-def test_500_bots_render_fast_and_one_small_frame(src: ViewSource) -> None:
+def test_500_bots_one_frame_with_every_bot_and_shared_layouts(src: ViewSource) -> None:
     for i in range(500):
         _trade(src, f"m{i}", Side.BUY, "1", "100", "100", T0 + i, bot=f"b{i}")
+        _pnl_tick(src, [(n, sc, f"b{i}" if sc is Scope.STRATEGY else k, lim, u * (i % 3), un)
+                        for n, sc, k, lim, u, un in LIMITS], bot=f"b{i}", state="ACTIVE")
     app = create_app(src)
     with TestClient(app) as c:
-        t0 = time.perf_counter()
         r = c.get("/")
-        render_s = time.perf_counter() - t0
-        frame = app.state.web.hub.tick()
+        frame = msgspec.json.decode(app.state.web.hub.tick())
     assert r.status_code == 200 and r.text.count('<tr data-bot="') == 501
-    print(f"500 bots: first render {render_s * 1000:.0f} ms, {len(r.content)} B; "
-          f"frame {len(frame)} B")
-    assert render_s < 1.0 and len(frame) < 64_000
+    assert r.text.count('class="bar lim') == 501 * len(LIMITS)
+    assert len(frame["bots"]) == 501 and len(frame["layouts"]) == 1  # one layout, shared
+    assert frame["bots"]["node-a/b2"][7] == [132, 150, 190, 120]  # used x 2, in whole %
+    # render time and frame size and time at 500 bots: benchmarks/web.py
+
+
+def test_overview_shows_stage_state_and_a_bar_per_limit(client: TestClient) -> None:
+    html = client.get("/").text
+    row = html.split('<tr data-bot="node-a/momo">', 1)[1].split("</tr>", 1)[0]
+    assert 'data-k="bot.stage">shadow<' in row and 'class="state reducing"' in row
+    bars = re.findall(r'<span class="bar lim (\w+)" title="([^"]*)"><i class="f(\d+)">'
+                      r'</i><b>([^<]*)</b>', row)
+    assert bars == [  # colour level, tooltip, fill in 5 % steps, label and use
+        ("ok", "STRATEGY momo max_position_notional &lt;= 1,000.00 USD", "65", "bot pos ntl 66%"),
+        ("warm", "STRATEGY momo max_open_orders &lt;= 4.00 orders", "75", "bot open ord 75%"),
+        ("hot", "ACCOUNT acct1 max_daily_loss &lt;= 500.00 USD", "95", "acct day loss 95%"),
+        ("ok", "SYMBOL SPY max_position_qty &lt;= 10.00 units", "60", "SPY pos qty 60%")]
+    assert ' style="' not in html  # the CSP (default-src 'self') refuses inline styles
+    assert 'data-sig="bot pos ntl|bot open ord|acct day loss|SPY pos qty"' in row
+    assert html.index("fleet caps") < html.index("PnL today (live)")  # caps at the top
+    assert 'data-cap="0"' in html and 'data-k="cap.bar"' in html
+    # every figure has a live hook; a bot, node or symbol the page lacks asks for a reload
+    assert 'data-k="bot.counts">2/2/0/0<' in row and 'data-k="fleet.counts">2 / 2 / 0<' in html
+    assert 'data-k="node.pnl"' in html and '<tr data-symbol="SPY">' in html
+    assert 'id="changed" class="changed hidden"' in html
+
+
+def test_frame_keeps_position_stage_state_and_limits_live(src: ViewSource) -> None:
+    frame = tick_frame(src.snapshot())
+    _, gross, _, pos, stage, state, layout, utils, counts = frame["bots"]["node-a/momo"]
+    assert (pos, stage, state, counts) == ("SPY +6", "shadow", "REDUCING", "2/2/0/0")
+    assert gross == 660.0 and frame["counts"] == "2 / 2 / 0"
+    assert frame["nodes"]["node-a"][3:] == [0, 99.5]  # bots running (last beat), PnL today
+    assert frame["symbols"] == {"SPY": [6.0, 110.0, 660.0, None]}
+    assert frame["layouts"][layout] == ["bot pos ntl", "bot open ord", "acct day loss",
+                                        "SPY pos qty"]
+    assert utils == [66, 75, 95, 60]
+    assert frame["caps"] == [[2000.0, 20, ""]]
+    # the bot closes its position: the position text goes flat in the same frame as the
+    # exposure (the page once showed "SPY +6" beside a live 0.00 exposure)
+    _trade(src, "c3", Side.SELL, "6", "111", "111", T0 + 62 * 10**9)
+    _pnl_tick(src, LIMITS[1:], stage="live", state="ACTIVE")
+    row = tick_frame(src.snapshot())["bots"]["node-a/momo"]
+    assert row[1] == 0.0 and row[3] == "flat" and row[4:6] == ["live", "ACTIVE"]
+    assert row[8] == "3/3/0/0"  # the order counts move with them
+    assert len(row[7]) == 3 and tick_frame(src.snapshot())["layouts"][row[6]][0] == \
+        "bot open ord"
+
+
+def test_bot_state_halted_by_a_kill_before_its_agent_reports_it(src: ViewSource) -> None:
+    src.view.kill.active, src.view.kill.scope, src.view.kill.key = True, "ACCOUNT", "acct1"
+    assert tick_frame(src.snapshot())["bots"]["node-a/momo"][5] == "HALTED"
+
+
+def test_api_and_metrics_carry_the_limits(client: TestClient) -> None:
+    bot = client.get("/api/bots").json()[0]
+    assert (bot["stage"], bot["state"]) == ("shadow", "REDUCING")
+    assert bot["limits"][2] == {"name": "max_daily_loss", "scope": "ACCOUNT", "key": "acct1",
+                                "limit": 500.0, "used": 475.0, "unit": "currency",
+                                "utilisation": 0.95}
+    assert "LimitView" in client.get("/api/openapi.json").json()["components"]["schemas"]
+    assert ('qtd_bot_limit_utilisation{bot="momo",key="acct1",limit="max_daily_loss",'
+            'node="node-a",scope="ACCOUNT"} 0.95') in client.get("/metrics").text
+    html = client.get("/bots/node-a/momo").text
+    assert "risk limits" in html and "max_daily_loss" in html and ">475.00<" in html

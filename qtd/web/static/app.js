@@ -3,7 +3,6 @@
 "use strict";
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
-  const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
   const csrf = ($('meta[name="csrf"]') || {}).content || "";
   const botBox = $("section[data-bot]");
   const botKey = botBox ? botBox.dataset.bot : "";
@@ -11,11 +10,16 @@
   const series = [];
   const MAX_POINTS = 900;
 
-  const money = (x) => x == null ? "–" : x.toLocaleString("en-US",
-    {minimumFractionDigits: 2, maximumFractionDigits: 2});
+  // Live updates touch the DOM only where a value changed: with 500 bots a frame is mostly
+  // unchanged cells, and every write costs the browser style and layout work.
+  const fmtMoney = new Intl.NumberFormat("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
+  const fmtQty = new Intl.NumberFormat("en-US", {maximumFractionDigits: 8});
+  const money = (x) => x == null ? "–" : fmtMoney.format(x);
   const setNum = (el, x, fmt) => {
     if (!el) return;
-    el.textContent = fmt === "pct" ? `${x.toFixed(2)}%` : money(x);
+    const text = x == null ? "–" : fmt === "pct" ? `${x.toFixed(2)}%` : fmt === "qty" ? fmtQty.format(x) : money(x);
+    if (el.textContent === text) return;
+    el.textContent = text;
     el.classList.toggle("neg", x < 0);
     el.classList.toggle("pos", x > 0);
   };
@@ -41,16 +45,122 @@
     g.fillStyle = "#e6edf3"; g.fillText(money(last), w - pad - 90, pad + 10);
   }
 
-  function onTick(f) {
-    for (const [k, v] of Object.entries(f.fleet)) setNum($(`[data-k="fleet.${k}"]`), v, k === "dd" ? "pct" : "");
-    for (const [key, row] of Object.entries(f.bots)) {
-      const tr = $(`tr[data-bot="${CSS.escape(key)}"]`);
-      if (tr) { setNum($('[data-k="bot.pnl"]', tr), row[0]); setNum($('[data-k="bot.gross"]', tr), row[1]); setNum($('[data-k="bot.total"]', tr), row[2]); }
+  const setText = (el, text, cls) => {
+    if (!el) return;
+    if (el.textContent !== text) el.textContent = text;
+    if (cls !== undefined && el.className !== cls) el.className = cls;
+  };
+  const level = (pct) => pct >= 90 ? "hot" : pct >= 70 ? "warm" : "ok";  // = qtd.web.botrow
+
+  const shown = new WeakMap();  // bar element -> the text it shows
+  function setBar(el, pct, label) {  // <span class="bar ..."><i style="width"></i><b>text</b>
+    const text = label ? `${label} ${pct}%` : `${pct}%`;
+    if (shown.get(el) === text) return;
+    shown.set(el, text);
+    const cls = `${el.classList.contains("lim") ? "bar lim" : "bar"} ${level(pct)}`;
+    if (el.className !== cls) el.className = cls;
+    el.firstChild.style.transform = `scaleX(${Math.min(pct, 100) / 100})`;  // no layout
+    el.lastChild.textContent = text;
+  }
+
+  // one bar per limit; rebuilt when the bot's limits (its layout) changed since the render
+  function setLimits(td, labels, utils) {
+    const sig = labels.join("|"), u = utils.join();
+    if (td.dataset.sig === sig && td.dataset.u === u) return;
+    if (td.dataset.sig !== sig) {
+      td.replaceChildren(...labels.map((l) => {
+        const s = Object.assign(document.createElement("span"), {className: "bar lim", title: l});
+        s.append(document.createElement("i"), document.createElement("b"));
+        return s;
+      }));
+      if (!labels.length) td.append(Object.assign(document.createElement("span"), {className: "muted", textContent: "not reported"}));
+      td.dataset.sig = sig;
     }
+    td.dataset.u = u;
+    for (let i = 0; i < labels.length; i++) setBar(td.children[i], utils[i] || 0, labels[i]);
+  }
+
+  // Limit bars are redrawn only in rows on (or near) the screen: with 500 bots x 12 limits
+  // all moving, redrawing every bar each second would keep the browser busy. A row that
+  // scrolls into view gets its latest bars at once.
+  const onScreen = new Set(), pendingBars = new Map();
+  const watcher = "IntersectionObserver" in window ? new IntersectionObserver((seen) => {
+    for (const e of seen) {
+      if (!e.isIntersecting) { onScreen.delete(e.target); continue; }
+      onScreen.add(e.target);
+      const p = pendingBars.get(e.target);
+      if (p) { pendingBars.delete(e.target); setLimits(...p); }
+    }
+  }, {rootMargin: "300px 0px"}) : null;
+
+  const rows = new Map();  // "node/bot" -> its <tr> (one lookup per bot, not per frame)
+  function botRow(key) {
+    let tr = rows.get(key);
+    if (tr === undefined || !tr.isConnected) {
+      tr = $(`tr[data-bot="${CSS.escape(key)}"]`);
+      if (tr) { rows.set(key, tr); if (watcher) watcher.observe(tr); }
+    }
+    return tr;
+  }
+
+  const cellsOf = new WeakMap();  // row -> {data-k: cell}, collected once
+  function cells(tr) {
+    let c = cellsOf.get(tr);
+    if (c === undefined) {
+      c = {};
+      for (const el of tr.querySelectorAll("[data-k]")) c[el.dataset.k] = el;
+      cellsOf.set(tr, c);
+    }
+    return c;
+  }
+
+  function onBot(tr, row, layouts) {
+    const [pnl, gross, total, pos, stage, state, li, utils, counts] = row;
+    const c = cells(tr);
+    setText(c["bot.counts"], counts);
+    setNum(c["bot.pnl"], pnl); setNum(c["bot.gross"], gross); setNum(c["bot.total"], total);
+    setText(c["bot.pos"], pos);
+    setText(c["bot.stage"], stage || "–", `stage ${stage}`);
+    setText(c["bot.state"], state, `state ${state.toLowerCase()}`);
+    const td = c["bot.lims"];
+    if (!td) return;
+    if (watcher && !onScreen.has(tr)) pendingBars.set(tr, [td, layouts[li] || [], utils]);
+    else setLimits(td, layouts[li] || [], utils);
+  }
+
+  const overview = !!$("table.bots");
+  function onTick(f) {
+    // the chart first: canvas text needs the page's style, which is clean before the updates
+    const v = botKey ? (f.bots[botKey] || [null])[0] : f.fleet.pnl;
+    if (v != null) { series.push([f.t, v]); if (series.length > MAX_POINTS) series.shift(); }
+    draw(chart, series);
+    let unknown = 0;  // bots, nodes or symbols the page does not show yet
+    for (const [k, v] of Object.entries(f.fleet)) setNum($(`[data-k="fleet.${k}"]`), v, k === "dd" ? "pct" : "");
+    setText($('[data-k="fleet.counts"]'), f.counts);
+    for (const [key, row] of Object.entries(f.bots)) {
+      const tr = botRow(key);
+      if (tr) onBot(tr, row, f.layouts); else unknown++;
+    }
+    for (const [sym, [qty, mark, net, pct]] of Object.entries(f.symbols || {})) {
+      const tr = $(`tr[data-symbol="${CSS.escape(sym)}"]`);
+      if (!tr) { unknown++; continue; }
+      const c = cells(tr);
+      setNum(c["sym.qty"], qty, "qty"); setNum(c["sym.mark"], mark); setNum(c["sym.net"], net);
+      const b = $('[data-k="sym.bar"] .bar', tr);
+      if (b && pct != null) setBar(b, pct, "");
+    }
+    (f.caps || []).forEach(([value, pct, key], i) => {
+      const tr = $(`tr[data-cap="${i}"]`);
+      if (!tr) return;
+      setText($('[data-k="cap.value"]', tr), money(value)); setText($('[data-k="cap.key"]', tr), key);
+      const b = $('[data-k="cap.bar"] .bar', tr);
+      if (b) setBar(b, pct, "");
+    });
     if (botKey && f.bots[botKey]) setNum($('[data-k="bot.pnl"]', botBox), f.bots[botKey][0]);
-    for (const [node, [age, alive, state]] of Object.entries(f.nodes)) {
+    for (const [node, [age, alive, state, bots, pnl]] of Object.entries(f.nodes)) {
       const tr = $(`tr[data-node="${CSS.escape(node)}"]`);
-      if (!tr) continue;
+      if (!tr) { unknown++; continue; }
+      setText($('[data-k="node.bots"]', tr), String(bots)); setNum($('[data-k="node.pnl"]', tr), pnl);
       $('[data-k="node.age"]', tr).textContent = age == null ? "–" : `${age.toFixed(1)}s`;
       const a = $('[data-k="node.alive"]', tr);
       a.textContent = alive ? "alive" : "DOWN"; a.className = alive ? "ok" : "bad";
@@ -61,10 +171,9 @@
       kill.classList.toggle("hidden", !f.kill.active);
       kill.textContent = f.kill.active ? `KILL ${f.kill.scope} ${f.kill.key} — ${f.kill.reason} (${f.kill.operator})` : "";
     }
+    const changed = $("#changed");
+    if (changed && overview) changed.classList.toggle("hidden", unknown === 0);
     renderAlerts(f.alerts);
-    const v = botKey ? (f.bots[botKey] || [null])[0] : f.fleet.pnl;
-    if (v != null) { series.push([f.t, v]); if (series.length > MAX_POINTS) series.shift(); }
-    draw(chart, series);
   }
 
   function renderAlerts(alerts) {
