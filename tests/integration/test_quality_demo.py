@@ -1,0 +1,51 @@
+"""The demo fleet (``qtd up``: the sample bots on bundled real data through paper brokers)
+trades, and surveillance finds nothing in what it leaves behind: neither ``qtd surveil`` on
+the leader's fleet.db and each agent's store, nor the leader's own continuous run (no
+``surveil:`` alert in fleet.db)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qtd.events import Alert
+from qtd.quality.source import read_events
+from qtd.up.procs import stop_leftovers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    state = tmp_path / "state"
+    yield state
+    asyncio.run(stop_leftovers(state / "pids.json", str(state), timeout_s=5.0))
+
+
+def _qtd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qtd.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+async def test_demo_fleet_has_no_surveillance_findings(state: Path) -> None:
+    up = _qtd("up", "--duration", "15", "--state-dir", str(state), "--agents", "2",
+              "--speed", "40", "--stop-timeout", "10", timeout=90)
+    assert up.returncode == 0, up.stderr[-2000:]
+    fleet = state / "leader" / "fleet.db"
+    for db in (fleet, *sorted(state.glob("node-*/events.db"))):
+        res = _qtd("surveil", "--db", str(db), "--json")
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        doc = json.loads(res.stdout)
+        assert doc["findings"] == [] and doc["events"] > 0
+    ex = json.loads(_qtd("report", "execution", "--db", str(fleet), "--json").stdout)
+    fills = sum(r["fills"] for r in ex["rows"])
+    assert len(ex["rows"]) >= 3 and fills >= 5  # the fleet really traded
+    keys = [ev.key async for batch in read_events(fleet) for ev in batch
+            if isinstance(ev, Alert)]
+    assert not [k for k in keys if k.startswith("surveil:")]
