@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qtd.up import DEFAULT_BARS_PER_S, UpOptions, run_up
+from qtd.up.configs import TICKS_PER_BAR
 
 
 def add_parser(sub: Any) -> None:
@@ -17,7 +18,8 @@ def add_parser(sub: Any) -> None:
         "up", help="the whole fleet on one machine: nats-server, a leader, agents, real data",
         description="Starts a private nats-server (JetStream in STATE/nats), a leader and "
         "--agents agent processes, each running several of the etc/bots/ bots on bundled "
-        "real market data through paper brokers, and prints a live summary every second. "
+        "real market data through paper brokers, and shows a live summary every second (a "
+        "table redrawn in place on a terminal, plain text lines otherwise). "
         "Ctrl-C (or SIGTERM, or --duration) stops the agents, then the leader, then "
         "nats-server; the stores stay, and the next `qtd up` on the same state directory "
         "resumes from them. Logs in STATE/logs, generated configs in STATE/etc.",
@@ -27,15 +29,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--agents", type=_positive_int, metavar="N",
                    help="agent processes (default: as last time on this state dir, else 2)")
     p.add_argument("--speed", type=_positive_float, default=DEFAULT_BARS_PER_S,
-                   metavar="BARS_PER_S", help="replay pace: bars (or ticks) per second per "
-                   f"series (default {DEFAULT_BARS_PER_S:g})")
+                   metavar="BARS_PER_S", help="replay pace: bars per second per series; a "
+                   f"tick series plays {TICKS_PER_BAR} trades per bar (default "
+                   f"{DEFAULT_BARS_PER_S:g})")
     p.add_argument("--duration", type=_positive_float, metavar="S",
                    help="stop after S seconds (default: run until Ctrl-C)")
     p.add_argument("--config", type=Path, metavar="DIR",
                    help="generate the fleet from this etc/-like directory (default: the "
                    "checkout's etc/)")
     p.add_argument("--open", action="store_true",
-                   help="open the status page in a browser (when the leader serves one)")
+                   help="open the status page in a browser once the leader answers (says "
+                   "so and prints the URL when no browser can be started)")
     p.add_argument("--stop-timeout", type=_positive_float, default=20.0, metavar="S",
                    help="seconds each process gets after SIGTERM before SIGKILL")
     p.set_defaults(handler=run_up_command)

@@ -10,7 +10,8 @@ runs one by hand). What differs from ``etc/``:
 * bots are spread round-robin over ``node-1..node-N`` by name (stable across runs with the
   same N, so a second ``qtd up`` finds each bot's history in the same store);
 * every bot replays its ``[smoke].dataset`` at ``bars_per_s`` (converted per data set to the
-  agent's multiple of real time) and loops;
+  agent's multiple of real time; a tick series plays :data:`TICKS_PER_BAR` trades per bar)
+  and loops;
 * the leader pages nobody (no Apprise destinations) and keeps every cap; a ``[web]`` table
   without a port gets a free one, so the status page URL can be printed.
 """
@@ -77,12 +78,21 @@ def load_bots(etc: Path) -> list[BotFile]:
     return sorted(bots, key=lambda b: b.name)
 
 
+TICKS_PER_BAR = 10
+"""A tick series plays ``TICKS_PER_BAR`` trades per bar of ``--speed``: at the default 10
+bars/s the E-mini ticks play ~100 trades/s, ~30x real time, so a strategy building 15-second
+bars from them sees a bar every ~0.5 s (at 10 trades/s it would wait minutes for its first
+signal)."""
+
+
 def realtime_multiple(dataset: str, bars_per_s: float) -> float:
-    """Replay speed (multiple of real time) that plays ``bars_per_s`` items of ``dataset``
-    per second, from the data set's mean interval between items."""
+    """Replay speed (multiple of real time) that plays ``bars_per_s`` bars of ``dataset``
+    per second (``bars_per_s * TICKS_PER_BAR`` trades for a tick series), from the data
+    set's mean interval between items."""
     info = DATASETS[dataset]
     mean_s = (info.last_ts_ns - info.first_ts_ns) / 1e9 / max(info.rows - 1, 1)
-    return max(bars_per_s * mean_s, 1e-6)
+    per_s = bars_per_s * (TICKS_PER_BAR if info.kind == "ticks" else 1)
+    return max(per_s * mean_s, 1e-6)
 
 
 def assign(bots: list[BotFile], agents: int) -> dict[str, list[BotFile]]:

@@ -27,13 +27,15 @@ from typing import TextIO
 import msgspec
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
+from rich.console import Console
+from rich.live import Live
 
 from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensure_jetstream
 from qtd.errors import OperationalError
 from qtd.up.configs import FleetPlan, generate
 from qtd.up.layout import Layout, find_etc
 from qtd.up.procs import Child, stop_children, stop_leftovers, write_pids
-from qtd.up.summary import FleetWatch, render
+from qtd.up.summary import FleetWatch, render, rich_view
 
 DEFAULT_AGENTS = 2
 DEFAULT_BARS_PER_S = 10.0
@@ -51,7 +53,8 @@ class UpOptions:
         config_dir: etc/-like directory to generate from (default: the checkout's etc/).
         stop_timeout_s: per process group, seconds between SIGTERM and SIGKILL.
         refresh_s: seconds between summaries.
-        clear: redraw the summary in place (ANSI) instead of appending it.
+        clear: redraw the summary in place as a rich table (a terminal) instead of appending
+            it as plain text lines (a pipe, a log, CI).
         open_browser: open the status page (if the leader serves one) once it answers.
     """
 
@@ -121,12 +124,17 @@ class Fleet:
         self.nc: Client | None = None
         self.watch: FleetWatch | None = None
         self.plan: FleetPlan | None = None
+        self.live: Live | None = None
 
     def say(self, text: str) -> None:
-        """Print to the terminal; a closed pipe (``qtd up | head``) never stops the fleet
-        uncleanly: output goes to /dev/null from then on."""
+        """Print to the terminal (above the live table while it runs); a closed pipe
+        (``qtd up | head``) never stops the fleet uncleanly: output goes to /dev/null from
+        then on."""
         try:
-            print(text, file=self.out, flush=True)
+            if self.live is not None:
+                self.live.console.print(text, markup=False, highlight=False)
+            else:
+                print(text, file=self.out, flush=True)
         except BrokenPipeError:
             self.out = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
 
@@ -200,11 +208,27 @@ class Fleet:
         if snap is not None:
             path = self.layout.fleet_db.parent / "snapshot.json"
             path.write_bytes(msgspec.json.format(msgspec.json.encode(snap)))
-            self.say(render(self.watch, started=self.started, extra=["final:"]))
+            if self.opts.clear:
+                Console(file=self.out).print(rich_view(self.watch, started=self.started,
+                                                       extra=["final:"]))
+            else:
+                self.say(render(self.watch, started=self.started, extra=["final:"]))
 
 
 def _prefix(plan: FleetPlan) -> str:
     return str(plan.leader_doc.get("bus", {}).get("prefix", "qtd"))
+
+
+async def _open_browser(fleet: Fleet, url: str) -> None:
+    # In a thread: a console browser (BROWSER=w3m) would otherwise stall the summary.
+    try:
+        ok = await asyncio.to_thread(webbrowser.open, url)
+    except webbrowser.Error as e:
+        ok, why = False, str(e)
+    else:
+        why = "no browser found"
+    fleet.say(f"opened the status page in a browser: {url}" if ok else
+              f"could not open a browser ({why}): open {url} yourself")
 
 
 async def _watch(fleet: Fleet, plan: FleetPlan) -> None:
@@ -213,20 +237,31 @@ async def _watch(fleet: Fleet, plan: FleetPlan) -> None:
     url = web_url(plan)
     header = [f"nats {fleet.nats.url}  state {fleet.layout.root}  logs {fleet.layout.logs_dir}"]
     header += [f"status page {url}"] if url else []
+    if fleet.opts.open_browser and not url:
+        fleet.say("--open: the leader config has no [web] table with a port: no status page")
     opened = not (url and fleet.opts.open_browser)
-    while not fleet.stop.is_set():
-        if not opened and watch.snapshot is not None:
-            webbrowser.open(url or "")
-            opened = True
-        for node in list(pending):
-            if await watch.agent_states(node, timeout=0.5):
-                pending.discard(node)
-        await watch.poll()
-        text = render(watch, started=fleet.started, extra=header)
-        fleet.say(("\x1b[H\x1b[2J" if fleet.opts.clear else "\n") + text)
-        _check_alive(fleet)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fleet.stop.wait(), fleet.opts.refresh_s)
+    with contextlib.ExitStack() as stack:
+        if fleet.opts.clear:
+            fleet.live = stack.enter_context(Live(
+                rich_view(watch, started=fleet.started, extra=header),
+                console=Console(file=fleet.out), auto_refresh=False, transient=True))
+            stack.callback(setattr, fleet, "live", None)
+        while not fleet.stop.is_set():
+            if not opened and watch.snapshot is not None:
+                await _open_browser(fleet, url or "")
+                opened = True
+            for node in list(pending):
+                if await watch.agent_states(node, timeout=0.5):
+                    pending.discard(node)
+            await watch.poll()
+            if fleet.live is not None:
+                fleet.live.update(rich_view(watch, started=fleet.started, extra=header),
+                                  refresh=True)
+            else:
+                fleet.say("\n" + render(watch, started=fleet.started, extra=header))
+            _check_alive(fleet)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fleet.stop.wait(), fleet.opts.refresh_s)
 
 
 def _check_alive(fleet: Fleet) -> None:

@@ -1,5 +1,8 @@
 """The live terminal summary of ``qtd up``: the leader's fleet view, once per second.
 
+On a terminal it is a :mod:`rich` table redrawn in place (:func:`rich_view`); otherwise
+(a pipe, a log file, CI) the same figures as plain text lines (:func:`render`).
+
 Figures come from the leader (``<prefix>.ctl.leader.status``: what reached the leader);
 bot states from each agent's ``status`` reply at start-up, then from the agents'
 ``TradingStateChanged`` events as they are published.
@@ -16,6 +19,9 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 from qtd.events import Scope, TradingStateChanged
 from qtd.leader.snapshot import FleetSnapshot
@@ -85,37 +91,91 @@ def _money(x: float | None) -> str:
     return "-" if x is None else f"{x:,.2f}"
 
 
-def render(watch: FleetWatch, *, started: float, extra: Iterable[str] = ()) -> str:
-    """The summary table as text (one line per bot, per node, and the fleet)."""
+Row = tuple[str, str, str, int, int, float | None, float | None]
+"""node, bot (``(node)`` for a node's total), state, orders, fills, realized, pnl today."""
+
+
+def rows(watch: FleetWatch) -> list[Row]:
+    """One row per bot and per node (after its bots), from the last snapshot and states."""
     snap = watch.snapshot
-    lines = [f"qtd up  {time.strftime('%H:%M:%S')}  up {time.monotonic() - started:,.0f} s"
-             + ("" if snap else "  (waiting for the leader)")]
-    lines += list(extra)
-    head = f"{'node':<8} {'bot':<16} {'state':<9} {'orders':>6} {'fills':>6} {'realized':>12} " \
-           f"{'pnl today':>12}"
-    lines += ["", head, "-" * len(head)]
     bots = {(b.node, b.bot): b for b in snap.bots} if snap else {}
     nodes = {n.node: n for n in snap.nodes} if snap else {}
+    out: list[Row] = []
     for node, names in watch.nodes.items():
         for bot in names:
             b = bots.get((node, bot))
-            lines.append(
-                f"{node:<8} {bot:<16} {watch.states.get((node, bot), '?'):<9} "
-                f"{b.agg.orders if b else 0:>6} {b.agg.fills if b else 0:>6} "
-                f"{_money(b.agg.realized if b else None):>12} "
-                f"{_money(b.agg.pnl_today if b else None):>12}")
+            out.append((node, bot, watch.states.get((node, bot), "?"),
+                        b.agg.orders if b else 0, b.agg.fills if b else 0,
+                        b.agg.realized if b else None, b.agg.pnl_today if b else None))
         n = nodes.get(node)
         alive = "down" if n is None or not n.alive else n.state
-        lines.append(f"{node:<8} {'(node)':<16} {alive:<9} {n.agg.orders if n else 0:>6} "
-                     f"{n.agg.fills if n else 0:>6} {_money(n.agg.realized if n else None):>12} "
-                     f"{_money(n.agg.pnl_today if n else None):>12}")
+        out.append((node, "(node)", alive, n.agg.orders if n else 0, n.agg.fills if n else 0,
+                    n.agg.realized if n else None, n.agg.pnl_today if n else None))
+    return out
+
+
+def _title(watch: FleetWatch, started: float) -> str:
+    return (f"qtd up  {time.strftime('%H:%M:%S')}  up {time.monotonic() - started:,.0f} s"
+            + ("" if watch.snapshot else "  (waiting for the leader)"))
+
+
+def _footer(snap: FleetSnapshot) -> str:
+    kill = f"KILL {snap.kill.scope} {snap.kill.key}".strip() if snap.kill.active else "none"
+    return (f"equity {_money(snap.equity)} {snap.currency}  drawdown "
+            f"{snap.drawdown_pct:.2f} %  kill switch: {kill}  open alerts: {len(snap.alerts)}")
+
+
+def render(watch: FleetWatch, *, started: float, extra: Iterable[str] = ()) -> str:
+    """The summary table as plain text (one line per bot, per node, and the fleet): what
+    ``qtd up`` prints when its output is not a terminal (logs, CI, the e2e test)."""
+    snap = watch.snapshot
+    lines = [_title(watch, started), *extra]
+    head = f"{'node':<8} {'bot':<16} {'state':<9} {'orders':>6} {'fills':>6} {'realized':>12} " \
+           f"{'pnl today':>12}"
+    lines += ["", head, "-" * len(head)]
+    for node, bot, state, orders, fills, realized, today in rows(watch):
+        lines.append(f"{node:<8} {bot:<16} {state:<9} {orders:>6} {fills:>6} "
+                     f"{_money(realized):>12} {_money(today):>12}")
     if snap:
         t = snap.totals
-        kill = f"KILL {snap.kill.scope} {snap.kill.key}".strip() if snap.kill.active else "none"
         lines += ["-" * len(head),
                   f"{'fleet':<8} {'':<16} {'':<9} {t.orders:>6} {t.fills:>6} "
                   f"{_money(t.realized):>12} {_money(t.pnl_today):>12}",
-                  f"equity {_money(snap.equity)} {snap.currency}  drawdown "
-                  f"{snap.drawdown_pct:.2f} %  kill switch: {kill}  open alerts: "
-                  f"{len(snap.alerts)}"]
+                  _footer(snap)]
     return "\n".join(lines)
+
+
+_STATE_STYLE = {"ACTIVE": "green", "REDUCING": "yellow", "HALTED": "bold red",
+                "REFUSED": "bold red", "down": "bold red", "STOPPED": "dim"}
+
+
+def _pnl(x: float | None) -> Text:
+    if x is None:
+        return Text("-", style="dim")
+    return Text(_money(x), style="green" if x > 0 else "red" if x < 0 else "")
+
+
+def rich_view(watch: FleetWatch, *, started: float, extra: Iterable[str] = ()) -> Group:
+    """The same summary as a :mod:`rich` renderable (a colored table redrawn in place by
+    ``rich.live.Live`` when ``qtd up`` writes to a terminal)."""
+    snap = watch.snapshot
+    table = Table(title=_title(watch, started), title_justify="left", expand=False,
+                  show_footer=snap is not None)
+    t = snap.totals if snap else None
+    table.add_column("node", footer="fleet")
+    table.add_column("bot")
+    table.add_column("state")
+    table.add_column("orders", justify="right", footer=str(t.orders) if t else "")
+    table.add_column("fills", justify="right", footer=str(t.fills) if t else "")
+    table.add_column("realized", justify="right", footer=_pnl(t.realized) if t else "")
+    table.add_column("pnl today", justify="right", footer=_pnl(t.pnl_today) if t else "")
+    for node, bot, state, orders, fills, realized, today in rows(watch):
+        is_node = bot == "(node)"
+        table.add_row(node, bot, Text(state, style=_STATE_STYLE.get(state, "")), str(orders),
+                      str(fills), _pnl(realized), _pnl(today),
+                      style="bold" if is_node else None, end_section=is_node)
+    parts: list[Any] = [Text(line, style="dim") for line in extra]
+    parts.append(table)
+    if snap:
+        parts.append(Text(_footer(snap), style="bold red" if snap.kill.active else ""))
+    return Group(*parts)

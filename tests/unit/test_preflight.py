@@ -45,8 +45,17 @@ def _rows(out: str) -> dict[str, str]:
     return rows
 
 
+@pytest.fixture
+def no_clock_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PATH without chronyc/timedatectl: the NTP row does not depend on the host."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
 def test_offline_config_passes_with_nats_rows_skipped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_clock_tools: Path
 ) -> None:
     cfg = _deploy(tmp_path)
     assert main(["preflight", "--config", str(cfg), "--min-free-mb", "1"]) == 0
@@ -54,14 +63,20 @@ def test_offline_config_passes_with_nats_rows_skipped(
     assert _rows(out) == {
         "bot configs admitted": "ok",
         "risk file valid": "ok",
+        "live bots risk-limited": "skipped",
+        "broker credentials": "skipped",
         "store integrity": "ok",
         "disk free": "ok",
+        "clock vs NTP": "skipped",
         "NATS reachable": "skipped",
         "stream QTD_EVENTS": "skipped",
         "KV bucket qtd_control": "skipped",
+        "NATS auth on": "skipped",
+        "kill switch round trip": "skipped",
+        "clock vs NATS server": "skipped",
     }, out
     assert "momo-goog" in out
-    assert "7 check(s), 0 failed" in out
+    assert "13 check(s), 0 failed" in out
 
 
 def test_broken_bot_fails_with_nonzero_exit(

@@ -22,9 +22,10 @@ COMMON = ("Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes",
           "[Install]", "WantedBy=multi-user.target")
 SPECIFIC = {
     "qtd-agent.service": ("Type=notify", "WatchdogSec=", "User=qtd", "StateDirectory=qtd",
-                          "LoadCredential=", "After=network-online.target nats-server.service"),
+                          "LoadCredential=nats-agent-password:",
+                          "After=network-online.target nats-server.service"),
     "qtd-leader.service": ("Type=notify", "WatchdogSec=", "User=qtd",
-                           "StateDirectory=qtd-leader",
+                           "StateDirectory=qtd-leader", "LoadCredential=nats-leader-password:",
                            "After=network-online.target nats-server.service"),
     # nats-server has no sd_notify: Type=simple, no watchdog.
     "nats-server.service": ("Type=simple", "User=nats", "StateDirectory=nats",

@@ -10,7 +10,7 @@ import pytest
 from qtd.agent.config import load_agent_config
 from qtd.errors import ConfigError
 from qtd.leader.config import load_leader_config
-from qtd.up.configs import assign, generate, load_bots, realtime_multiple
+from qtd.up.configs import TICKS_PER_BAR, assign, generate, load_bots, realtime_multiple
 from qtd.up.layout import Layout, find_etc, repo_root
 from qtd.up.toml import dumps
 
@@ -56,3 +56,14 @@ def test_missing_etc_is_a_config_error_that_says_what_to_do(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"missing leader\.toml, agent\.toml"):
         find_etc(tmp_path)
     assert find_etc() == ETC.resolve()
+
+
+def test_tick_series_play_ticks_per_bar_of_pace() -> None:
+    info_mean_s = 0.323  # es_ticks: 500,000 trades over ~44.9 h
+    assert realtime_multiple("es_ticks", 10) == pytest.approx(10 * TICKS_PER_BAR * info_mean_s,
+                                                              rel=0.01)
+
+
+def test_demo_fleet_covers_every_bundled_series() -> None:
+    assert {b.dataset for b in load_bots(ETC)} == {
+        "es_ticks", "eurusd_1h", "goog_1d", "sp500_1d", "nasdaq_1d", "btcusd_1mo"}
