@@ -71,9 +71,11 @@ async def _web_url(log: Path, start: int) -> str:
     return url.rstrip("/")
 
 
-def _fleet_count(db: Path) -> int:
+def _fleet_count(db: Path, node: str = "node-a") -> int:
+    """The agent's events in fleet.db (the leader also stores its own, e.g. alerts)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-        return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(con.execute("SELECT count(*) FROM events WHERE node = ?", (node,))
+                   .fetchone()[0])
 
 
 def _get_json(url: str) -> Any:

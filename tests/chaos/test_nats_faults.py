@@ -6,9 +6,10 @@
   the agent is connected to is SIGKILLed mid-stream.
 
 In both, a real agent trades two paper bots and a third bot whose orders break its local
-cap after its first five of the day (max_trades_per_day): the stream the leader consumes must hold every stored event
-exactly once and in seq order, and the agent's risk engine must keep denying the oversized
-orders while NATS is unavailable (local caps never depend on the bus).
+cap after its first five of the day (max_trades_per_day): the stream the leader consumes
+must hold every stored event exactly once and in seq order, and the agent's risk engine must
+keep denying that bot's orders while NATS is unavailable (local caps never depend on the
+bus).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from qtd.bus import BusConfig, EmbeddedNatsServer, connect, find_nats_server
 from qtd.events import AnyEvent, Fill, OrderDenied
 from qtd.store import EventStore
 from tests.agent_rig import (
-    running_agent, store_events, stream_events, synthetic_bars, wait_for, write_fleet,
+    running_agent,
+    store_events,
+    stream_events,
+    synthetic_bars,
+    wait_for,
+    write_fleet,
 )
 
 FAULT_S = float(os.environ.get("QTD_CHAOS_OUTAGE_S", "3"))
@@ -137,7 +143,7 @@ async def _cluster(root: Path) -> AsyncIterator[list[tuple[str, subprocess.Popen
                 try:
                     await js.account_info()
                     break
-                except Exception:  # noqa: BLE001 - not ready: no meta leader yet
+                except Exception:
                     await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the JetStream cluster did not form")
@@ -177,7 +183,7 @@ async def test_cluster_node_lost_mid_stream_loses_and_duplicates_nothing(
             feed = next(iter(agent.feeds.values()))
             await wait_for(feed.done.is_set, FAULT_S + 30)
             await wait_for(lambda: link.connected, 30)
-            assert not str(link.nc.connected_url.netloc) == victim_url
+            assert str(link.nc.connected_url.netloc) != victim_url
             await wait_for(lambda: _drained(agent.store), 60)
         survivors = tuple(u for u, p in nodes if p.poll() is None)
         nc = await connect(BusConfig(servers=survivors))

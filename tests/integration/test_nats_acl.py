@@ -29,14 +29,22 @@ import pytest
 from nats.aio.client import Client
 
 from qtd.agent.control import (
-    CONTROL_BUCKET, KILL_KEY, CommandRequest, new_kill, read_kill, request, send_kill,
+    CONTROL_BUCKET,
+    KILL_KEY,
+    CommandRequest,
+    new_kill,
+    read_kill,
+    request,
+    send_kill,
 )
 from qtd.bus import EVENTS_STREAM, ensure_jetstream, find_nats_server
+from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet
 
 CONF = Path(__file__).resolve().parents[2] / "etc" / "nats-server.conf"
-PASSWORDS = {"agent-node-a": "pw-agent-a", "leader": "pw-leader", "operator": "pw-operator"}
+PASSWORDS = {"agent-node-a": "pw-agent-a", "leader": "pw-leader", "operator": "pw-operator",
+             "deployer": "pw-deployer"}
 
 
 def _render(tmp: Path) -> Path:
@@ -87,11 +95,12 @@ async def _connect(url: str, user: str, errors: list[str]) -> Client:
 
 
 async def _denied(errors: list[str], what: str) -> None:
+    needle = what.lower()
     try:
-        await wait_for(lambda: any("permissions violation" in e.lower() and what.lower() in e.lower()
+        await wait_for(lambda: any("permissions violation" in e.lower() and needle in e.lower()
                                    for e in errors), timeout_s=5)
     except TimeoutError:
-        raise AssertionError(f"no permissions violation for {what!r}; errors: {errors}")
+        raise AssertionError(f"no permissions violation for {what!r}; errors: {errors}") from None
 
 
 async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> None:
@@ -169,6 +178,27 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
             await op.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"", timeout=0.5)
         await _denied(op_errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
         await op.close()
+
+        # Deploys: the deployer writes the deploy buckets; an agent reads but cannot write them;
+        # the deployer cannot touch the kill key.
+        dep_errors: list[str] = []
+        dep = await _connect(url, "deployer", dep_errors)
+        fleet = await Fleet.open(dep.jetstream())
+        await fleet.sources.put("abc123", b"source bytes")
+        await fleet.deploy.put("desired.b1", b"{}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await dep.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"", timeout=0.5)
+        await _denied(dep_errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
+        await dep.close()
+        agent_errors: list[str] = []
+        reader = await _connect(url, "agent-node-a", agent_errors)
+        seen_by_agent = await Fleet.open(reader.jetstream())
+        assert await seen_by_agent.source("abc123") == b"source bytes"
+        assert (await seen_by_agent.deploy.get("desired.b1")).value == b"{}"
+        with pytest.raises(nats.errors.TimeoutError):
+            await reader.request("$KV.qtd_deploy.desired.b1", b"forged", timeout=0.5)
+        await _denied(agent_errors, "$KV.qtd_deploy.desired.b1")
+        await reader.close()
 
         # No user at all: refused (raw protocol; nats-py leaks the socket of a refused
         # connect, which pytest's -W error would report).

@@ -29,7 +29,7 @@ def test_conf_has_durable_jetstream_and_no_clear_text_password() -> None:
         assert needle in text, needle
     passwords = [line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.strip().startswith("password:")]
-    assert len(passwords) == 3
+    assert len(passwords) == 4
     assert all(p.startswith('"$2a$11$REPLACE') for p in passwords), passwords  # placeholders
 
 
