@@ -1,14 +1,17 @@
 """Agent figures: one agent, 50 bots on 20 symbols at 10 bars/s each, beside bare JetStream.
 
-Measures (issue 12), in one run against one embedded nats-server (JetStream, file storage,
-``sync_interval: always``):
+Measures (issue 12), in one run against one embedded nats-server (JetStream, file storage;
+``--js-sync always`` fsyncs every write before its ack, ``--js-sync default`` keeps
+nats-server's 2-minute interval — safe for qtd because the outbox audits the stream on every
+connect and re-sends what a crashed server lost, :meth:`qtd.outbox.Outbox.audit`):
   1. CPU of the agent process, % of one core (``resource.getrusage``), while trading;
   2. event → JetStream ack latency p50/p99: from the moment the store's append returned
-     (the event is durable in SQLite) to the PubAck of its publish by the outbox;
+     (the event is durable in SQLite) to the PubAck of its publish by the outbox (the
+     outbox's ``observer`` hook), split into append → publish and publish → ack;
   3. outbox drain rate after a NATS outage (events/s): the backlog stored while NATS was
      down, divided by the time from reconnection to its last ack;
   reference: bare JetStream ``publish`` + ack one at a time (p50/p99) and pipelined
-  ``publish_async`` (msg/s) on the same server.
+  ``publish_async`` (msg/s) on the same server, in the same run.
 
 Targets: p99 <= 2 ms; drain >= 20,000 events/s. Exits 1 if a target is missed.
 
@@ -18,6 +21,7 @@ events per order — intent, submitted, accepted, fill). Symbols S00..S19 are re
 the paper venue in this process only.
 
 Usage: python benchmarks/agent.py [--duration S] [--outage S] [--trade-every N] [--dir DIR]
+                                 [--js-sync always|default]
        (the issue's figure uses a 60 s outage: --outage 60)
 """
 
@@ -95,21 +99,6 @@ def write_fleet(root: Path, url: str, every: int) -> Path:
     return cfg
 
 
-class BenchServer(EmbeddedNatsServer):
-    """The embedded server; with ``sync_always=False`` JetStream keeps its default fsync
-    interval (2 min) instead of qtd's ``sync_interval: always``."""
-
-    def __init__(self, data_dir: Path, *, sync_always: bool, **kw: Any) -> None:
-        super().__init__(data_dir, **kw)
-        self.sync_always = sync_always
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        if not self.sync_always:
-            text = self.config_path.read_text().replace("  sync_interval: always\n", "")
-            self.config_path.write_text(text)
-
-
 class AckClock:
     """Records when each seq became durable (store listener) and when JetStream acked it."""
 
@@ -128,21 +117,9 @@ class AckClock:
         assert self.agent.link is not None
         self.agent.link.offer(events)
 
-    def wrap(self, js: Any) -> Any:
-        clock = self
-
-        class Js:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(js, name)
-
-            async def publish_async(self, subject: str, payload: bytes, **kw: Any) -> Any:
-                seq = int(kw["headers"]["Nats-Msg-Id"].rsplit(":", 1)[1])
-                clock.sent.setdefault(seq, time.perf_counter())
-                fut = await js.publish_async(subject, payload, **kw)
-                fut.add_done_callback(lambda f: clock.acked.setdefault(seq, time.perf_counter()))
-                return fut
-
-        return Js()
+    def observe(self, what: str, seq: int) -> None:
+        """The outbox's observer: ``("sent" | "acked", seq)``."""
+        (self.sent if what == "sent" else self.acked).setdefault(seq, time.perf_counter())
 
     def latencies_ms(self, start: str = "appended", end: str = "acked") -> list[float]:
         a, b = getattr(self, start), getattr(self, end)
@@ -174,11 +151,25 @@ async def bare_reference(url: str, n: int = 2000) -> tuple[float, float, float]:
         await nc.close()
 
 
-async def measure(agent: Agent, clock: AckClock, duration: float) -> tuple[float, int]:
+async def loop_lag(stop: asyncio.Event, out: list[float], step_s: float = 0.001) -> None:
+    """How late the event loop wakes a 1 ms sleep (ms): what any callback, an ack's
+    included, waits behind the agent's other work."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(step_s)
+        out.append((time.perf_counter() - t - step_s) * 1000)
+
+
+async def measure(agent: Agent, clock: AckClock, duration: float, lag: list[float]
+                  ) -> tuple[float, int]:
     r0, t0, s0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), \
         agent.store.last_seq
     clock.recording = True
+    stop = asyncio.Event()
+    probe = asyncio.create_task(loop_lag(stop, lag))
     await asyncio.sleep(duration)
+    stop.set()
+    await probe
     clock.recording = False
     r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (t1 - t0) * 100
@@ -205,8 +196,8 @@ async def run(args: argparse.Namespace) -> int:
                                                currency="USD", calendar="XNYS")
                                  for s in SYMBOLS})
     root = Path(args.dir or tempfile.mkdtemp(prefix="qtd-bench-agent-"))
-    server = BenchServer(root / "nats", js_max_storage=4 << 30,
-                         sync_always=args.js_sync == "always")
+    server = EmbeddedNatsServer(root / "nats", js_max_storage=4 << 30,
+                                sync_interval="always" if args.js_sync == "always" else None)
     async with server:
         ref50, ref99, ref_rate = await bare_reference(server.url)
         cfg = load_agent_config(write_fleet(root, server.url, args.trade_every))
@@ -217,9 +208,10 @@ async def run(args: argparse.Namespace) -> int:
         assert agent.link is not None and agent.link.outbox is not None
         clock = AckClock(agent)
         agent.store.listener = clock.on_append
-        agent.link.outbox.js = clock.wrap(agent.link.outbox.js)
+        agent.link.outbox.observer = clock.observe
         await asyncio.sleep(2)  # warm up
-        cpu, events = await measure(agent, clock, args.duration)
+        lag: list[float] = []
+        cpu, events = await measure(agent, clock, args.duration, lag)
         backlog, rate = await drain(agent, server, args.outage)
         agent.request_shutdown()
         await asyncio.wait_for(task, 60)
@@ -228,6 +220,8 @@ async def run(args: argparse.Namespace) -> int:
     print(f"agent: {N_BOTS} bots, {N_SYMBOLS} symbols, {BARS_PER_S} bars/s per symbol, "
           f"{events / args.duration:,.0f} events/s stored over {args.duration:.0f} s")
     print(f"  CPU of the agent process      {cpu:6.1f} % of one core")
+    lag.sort()
+    print(f"  event-loop lag (1 ms sleep)   p50 {pct(lag, 50):.3f} ms  p99 {pct(lag, 99):.3f} ms")
     print(f"  event -> JetStream ack        p50 {pct(lat, 50):.3f} ms  p99 {pct(lat, 99):.3f} ms"
           f"  ({len(lat)} events; target p99 <= 2 ms)")
     q, w = clock.latencies_ms("appended", "sent"), clock.latencies_ms("sent", "acked")

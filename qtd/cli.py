@@ -40,6 +40,10 @@ examples:
   qtd backtest strategies/ma_cross.py --data goog_1d --sweep fast=5:30:5 slow=20:100:10
   qtd up                                                   the fleet on this machine
   qtd up --agents 3 --speed 50 --duration 60               faster, stops after a minute
+  qtd deploy etc/ --dry-run / qtd versions / qtd rollback BOT    fleet deploys
+  qtd report execution --db qtd-state/leader/fleet.db      latency, slippage, fill rates
+  qtd report shadow --shadow-db A/events.db --live-db B/events.db --bot X   shadow vs live
+  qtd surveil --db qtd-state/leader/fleet.db               wash, spoofing, layering checks
 """
 
 
@@ -84,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_leader(sub)
     _add_backtest(sub)
     _add_preflight(sub)
+    _add_deploy(sub)
+    _add_report(sub)
     return parser
+
+
+def _add_report(sub: Any) -> None:
+    from qtd.commands.report import add_parsers
+
+    add_parsers(sub, parse_time)
+
+
+def _add_deploy(sub: Any) -> None:
+    from qtd.commands.deploy import add_parsers
+
+    add_parsers(sub)
 
 
 def _add_agent(sub: Any) -> None:

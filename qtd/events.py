@@ -165,11 +165,14 @@ class OrderDenied(Event, frozen=True):
 
 
 class OrderSubmitted(Event, frozen=True):
-    """The adapter handed the order to the venue (request sent, no ack yet)."""
+    """The adapter handed the order to the venue (request sent, no ack yet).
+    ``arrival_price`` is the symbol's last known price (quote currency) when the order was
+    handed over: the arrival-price benchmark of :mod:`qtd.quality.execution`."""
 
     client_order_id: str
     account: str = ""
     venue: str = ""
+    arrival_price: Decimal | None = None
 
 
 class OrderAccepted(Event, frozen=True):
@@ -260,9 +263,29 @@ class PositionSnapshot(Event, frozen=True):
     mark_price: Decimal | None = None
 
 
+class LimitUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One risk limit of a bot and how much of it is in use (carried on the bot's
+    :class:`PnLSnapshot`). ``limit`` and ``used`` are in ``unit``: ``units`` (instrument
+    units), ``currency`` (the account's quote currency), ``%``, ``orders`` or ``orders/s``.
+    ``scope``/``key`` name where the limit is configured: ``STRATEGY``/bot,
+    ``ACCOUNT``/account, ``SYMBOL``/symbol (the bot's most used symbol)."""
+
+    name: str
+    scope: Scope
+    key: str
+    limit: float
+    used: float
+    unit: str
+
+
 class PnLSnapshot(Event, frozen=True):
     """PnL of a bot (``symbol == ""``) or of one of its symbols, in ``currency``.
-    ``realized`` is net of fees paid in ``currency``; ``trading_day`` is ISO ``YYYY-MM-DD``."""
+    ``realized`` is net of fees paid in ``currency``; ``trading_day`` is ISO ``YYYY-MM-DD``.
+
+    A bot-level snapshot from an agent also carries the bot's lifecycle ``stage`` (research,
+    backtest, paper, shadow, live), its ``state`` (the most restrictive of its trading states
+    and its runner: ACTIVE, REDUCING, HALTED or STOPPED) and its risk ``limits`` with their
+    current use ("" and [] when not reported)."""
 
     account: str
     realized: Decimal
@@ -272,6 +295,9 @@ class PnLSnapshot(Event, frozen=True):
     symbol: str = ""
     trading_day: str = ""
     equity: Decimal | None = None
+    stage: str = ""
+    state: str = ""
+    limits: list[LimitUsage] = []
 
 
 class Heartbeat(Event, frozen=True):
@@ -360,7 +386,9 @@ class Reconciliation(Event, frozen=True):
     any bot traded. ``resolved`` lists client_order_ids settled here (the venue had no such
     order: recorded as OrderCanceled); ``unknown_at_venue`` lists venue orders qtd never
     sent; ``position_mismatches`` lists ``"SYMBOL store=Q broker=Q"``. ``ok`` is False when
-    something unexplained remains (the account then goes REDUCING with a P2 RiskBreach)."""
+    something unexplained remains (the account then goes REDUCING with a P2 RiskBreach).
+    ``trigger``: ``"start"``, ``"reconnect"`` or ``"periodic"``; ``fills_imported``: fills
+    found in the venue's trade history that the store did not have."""
 
     account: str
     open_in_store: int = 0
@@ -370,6 +398,8 @@ class Reconciliation(Event, frozen=True):
     unknown_at_venue: list[str] = []
     position_mismatches: list[str] = []
     ok: bool = True
+    trigger: str = "start"
+    fills_imported: int = 0
 
 
 class CommandAudit(Event, frozen=True):
@@ -422,6 +452,103 @@ class Alert(Event, frozen=True):
     operator: str = ""
 
 
+class BotVersion(Event, frozen=True):
+    """The version of a bot this node runs now (fleet deploys, :mod:`qtd.deploy`): stored
+    at agent start for every bot and after every deployed version took effect.
+
+    Attributes:
+        version: deploy version number (1, 2, ...); 0 = a local config never deployed.
+        content_hash: sha256 hex of strategy source + canonical params (admission's).
+        stage: the bot's lifecycle stage (paper, shadow, live).
+        how: ``"start"`` (admitted at agent start), ``"params"`` (params swapped at a bar
+            boundary) or ``"restart"`` (new strategy source: bot restarted between bars).
+    """
+
+    version: int
+    content_hash: str
+    stage: str = ""
+    how: str = ""
+
+
+class DeployRefused(Event, frozen=True):
+    """A deployed version this node refused (its own re-admission failed, or the change
+    needs a restart): the old version keeps running. ``reason`` lists every problem."""
+
+    version: int
+    content_hash: str
+    running_hash: str
+    reason: str
+
+
+class CanaryStep(Event, frozen=True):
+    """One decision of a canary rollout of a deployed version (:mod:`qtd.agent.canary`):
+    the candidate runs as the second runner ``canary_bot`` (``<bot>~canary``) with
+    ``fraction`` of the bot's allocation; the incumbent keeps ``1 - fraction``.
+
+    Attributes:
+        action: ``start``, ``advance``, ``promote`` (the candidate became the bot's
+            version) or ``rollback`` (the candidate stopped; its position flattened
+            reduce-only; the incumbent has the whole allocation again).
+        step: index of the ramp step (0 = the first share).
+        fraction: the candidate's share after this decision (0.0 after a rollback).
+        version / content_hash: the candidate (deploy version number, sha256 hex).
+        running_hash: the incumbent's content hash.
+        canary_bot: bot id of the candidate's runner (its orders, fills and PnL).
+        sharpe: rolling Sharpe of the candidate's slice (None: not enough observations).
+        drawdown: drawdown of the slice from its peak, fraction (0.10 = 10 %).
+        realized / unrealized: the candidate's PnL so far, quote currency (``unrealized``
+            net of the unrealized PnL of the positions it was given by
+            :class:`PositionTransfer` at the incumbent's cost, so the sum is its own result).
+        reason: why, in words.
+    """
+
+    action: str
+    step: int
+    fraction: float
+    version: int
+    content_hash: str
+    running_hash: str
+    canary_bot: str
+    sharpe: float | None = None
+    drawdown: float | None = None
+    realized: float = 0.0
+    unrealized: float = 0.0
+    reason: str = ""
+
+
+class PositionTransfer(Event, frozen=True):
+    """An internal move of a position share between two bot ids of one beneficial owner on
+    one account and symbol, without any order (a canary's ramp, promotion or rollback
+    between ``<bot>`` and ``<bot>~canary``: :mod:`qtd.agent.canary`). Stored before it
+    takes effect; :meth:`qtd.projections.Projections.apply` applies it.
+
+    **Convention: transferred at the giver's average cost.** ``qty`` is the signed quantity
+    taken from ``from_bot``'s position (same sign as that position, shares/contracts/coins)
+    and ``cost`` the signed cost basis that goes with it (``cost(giver) × qty / qty(giver)``,
+    the whole cost when the whole position moves), so ``price = cost / qty`` is the giver's
+    average entry price (quote currency). The giver realizes nothing; the receiver adds
+    ``qty`` and ``cost`` when flat or on the same side (realized PnL unchanged in total),
+    and nets against the opposite side at ``price`` like a fill of the average-cost method
+    otherwise (that part realizes the entry-price difference between the two). Total PnL
+    (realized + mark × qty − cost) of the two bots together is exactly unchanged.
+
+    Attributes:
+        transfer_id: deterministic id (duplicates are applied once).
+        reason: why, in words.
+    """
+
+    account: str = ""
+    symbol: str = ""
+    from_bot: str = ""
+    to_bot: str = ""
+    qty: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+    price: Decimal = Decimal(0)
+    currency: str = "USD"
+    transfer_id: str = ""
+    reason: str = ""
+
+
 AnyEvent: TypeAlias = (
     Signal
     | OrderIntent
@@ -447,6 +574,10 @@ AnyEvent: TypeAlias = (
     | CommandAudit
     | KillAck
     | Alert
+    | BotVersion
+    | DeployRefused
+    | CanaryStep
+    | PositionTransfer
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

@@ -2,41 +2,68 @@
 
 The SQLite store is the system of record; JetStream is transport. Each event goes to
 ``<prefix>.evt.<node>.<bot>.<kind>`` as msgspec JSON with header
-``Nats-Msg-Id: <node>:<incarnation>:<seq>``. Publishes are pipelined with nats-py's
-``publish_async`` (written to the connection in seq order, acks awaited together); the
-watermark moves to the highest seq of the *contiguous* acked prefix only, so after a crash,
-a timeout or a NATS outage the publisher re-sends from the watermark. A re-sent event inside
-JetStream's duplicate window is dropped by the server (PubAck ``duplicate: true``); outside
-it the leader is idempotent on ``(node, incarnation, seq)``.
+``Nats-Msg-Id: <node>:<incarnation>:<seq>``.
+
+**Pipeline.** Each event is a core NATS publish with the reply subject ``<inbox>.<seq>``:
+JetStream answers it with a PubAck there (the JetStream publish protocol; one subscription
+collects them, much cheaper than nats-py's per-message futures of ``publish_async``). Up to
+``window``
+events are in flight (written to the connection in seq order, not yet acknowledged) and a new
+event is published as soon as it is stored, without waiting for the acks of earlier ones.
+Acks are collected oldest first; the watermark moves to the highest seq of the
+*contiguous* acknowledged prefix only. When the oldest publish fails or is not acknowledged
+within ``ack_timeout_s``, everything in flight is abandoned and the publisher re-sends from the
+watermark (after a crash, a timeout or a NATS outage alike). A re-sent event inside
+JetStream's duplicate window is dropped by the server (PubAck ``duplicate: true``); outside it
+the leader is idempotent on ``(node, incarnation, seq)``. So an event is never lost (the store
+keeps it until its ack) and never double-counted (same Msg-Id, idempotent leader).
+
+**Order.** JetStream stores what it accepts in arrival order, so a refused publish followed
+by an accepted later one would put event k+1 before the re-sent event k. After start-up and
+after every reset the window is therefore 1 (one probe) until JetStream acknowledges again
+(right after a restart it refuses publishes until its stream is recovered), and only then
+opens to ``window``.
+
+**Order across a disconnect.** Nothing is published while the connection is down (nats-py
+would buffer it and deliver it after the reconnect, *behind* events lost with the old
+socket, which the re-send would then put after later ones; the agent's link also drops what
+nats-py still held unsent at the disconnect, :mod:`qtd.agent.link`); the window is abandoned
+as soon as the disconnect is seen, and publishing resumes from the watermark.
 
 Hot path: a writer that hands freshly stored events to :meth:`Outbox.offer` has them
 published from memory (no store read); the outbox falls back to reading the store whenever
-its in-memory tail does not continue the watermark (start-up, a gap, an overflow). The
-watermark is cached (only the outbox writes it) and its durable write for one round overlaps
-the next round's publishes; :meth:`Outbox.flush` returns only once it is written.
+its in-memory tail does not continue what it has sent (start-up, a gap, an overflow). The
+watermark is cached (only the outbox writes it); its durable write runs in the background,
+one at a time, always with the latest acknowledged seq (coalesced), and
+:meth:`Outbox.flush` returns only once it is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
-from qtd.bus import Subjects, msg_id
+from qtd.bus import EVENTS_STREAM, Subjects, msg_id
 from qtd.errors import TemporaryError
 from qtd.events import AnyEvent, to_json
 from qtd.store import EventStore
 
 log = logging.getLogger("qtd.outbox")
 
-DEFAULT_BATCH: Final = 256
+DEFAULT_BATCH: Final = 512
+DEFAULT_WINDOW: Final = 2048  # below nats-py's publish_async_max_pending (4000 by default)
+RECONNECT_POLL_S: Final = 0.02  # while NATS is down: how often to look for the reconnect
 MAX_TAIL: Final = 100_000  # events kept in memory for publishing; beyond: read the store
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, OSError)
 
@@ -48,27 +75,52 @@ class Outbox:
         store: the event store (its watermark ``"jetstream"`` records progress).
         js: a JetStream context.
         subjects: subject builder (prefix).
-        batch: events per pipelined round.
-        ack_timeout_s: seconds to wait for a round's acks before giving up (retry later).
+        batch: events read (from memory or the store) and published per step.
+        ack_timeout_s: seconds the oldest unacknowledged publish may wait for its ack before
+            the publisher gives up and re-sends from the watermark.
+        window: most events published and not yet acknowledged at any time.
+        connected: returns False while the connection is down: nothing is published then
+            and the pipeline is abandoned at once (see the module docstring); ``None``:
+            always connected.
+        nc: the client under ``js`` (default: ``js``'s own).
+
+    Attributes:
+        observer: optional ``(what, seq)`` callback, ``what`` = ``"sent"`` or ``"acked"``
+            (benchmarks measure latency with it; keep it cheap).
     """
 
     WATERMARK = "jetstream"
 
     def __init__(
         self, store: EventStore, js: JetStreamContext, subjects: Subjects, *,
-        batch: int = DEFAULT_BATCH, ack_timeout_s: float = 5.0,
+        batch: int = DEFAULT_BATCH, ack_timeout_s: float = 5.0, window: int = DEFAULT_WINDOW,
+        connected: Callable[[], bool] | None = None, nc: Client | None = None,
     ) -> None:
+        self.connected = connected or (lambda: True)
+        self.nc: Client = nc if nc is not None else js._nc
+        self.observer: Callable[[str, int], None] | None = None
         self.store = store
         self.js = js
         self.subjects = subjects
         self.batch = batch
         self.ack_timeout_s = ack_timeout_s
+        self.window = max(1, window)
         self.published = 0
         self.duplicates = 0
         self._wake = asyncio.Event()
         self._tail: deque[AnyEvent] = deque()
-        self._wm: int | None = None
+        self._wm: int | None = None  # highest seq of the contiguous acknowledged prefix
+        self._sent = 0  # highest seq published in the current pipeline (>= _wm)
+        self._inflight: deque[tuple[int, float]] = deque()  # (seq, monotonic time sent)
+        self._acks: dict[int, bool] = {}  # seq -> acknowledged (True) or refused (False)
+        self._acked = asyncio.Event()
+        self._subject_cache: dict[tuple[str, str, str], str] = {}
+        self._lock = asyncio.Lock()  # one publisher at a time: run() or flush()
+        self._probe = True  # window of 1 until JetStream acknowledges (start, after a reset)
+        self._inbox = ""
+        self._sub: Subscription | None = None
         self._wm_write: asyncio.Future[None] | None = None
+        self._wm_durable = 0
 
     def notify(self) -> None:
         """Wake :meth:`run` (call after appending events)."""
@@ -88,7 +140,7 @@ class Outbox:
         return self.store.last_seq - await self.store.watermark(self.WATERMARK)
 
     async def flush(self) -> int:
-        """Publish everything pending now.
+        """Publish everything stored up to now and wait for the acks.
 
         Returns:
             The number of events acknowledged in this call.
@@ -97,92 +149,15 @@ class Outbox:
             TemporaryError: NATS or JetStream did not acknowledge (the watermark stays at the
                 last contiguous ack; call again later).
         """
-        done = 0
-        try:
-            while True:
-                wm = await self._watermark()
-                events = await self._next_batch(wm)
-                if not events:
-                    return done
-                acked = await self._publish_round(events)
-                if acked:
-                    await self._commit(events[acked - 1].seq)
-                    done += acked
-                if acked < len(events):
-                    raise TemporaryError(
-                        f"outbox: JetStream acknowledged {acked} of {len(events)} events "
-                        f"after seq {wm}; will re-send from seq {wm + acked + 1}",
-                        acked=acked, watermark=wm + acked,
-                    )
-        finally:
-            await self._committed()
-
-    async def _watermark(self) -> int:
-        if self._wm is None:
-            self._wm = await self.store.watermark(self.WATERMARK)
-        return self._wm
-
-    async def _next_batch(self, wm: int) -> list[AnyEvent]:
-        """Up to ``batch`` events after ``wm``: from the in-memory tail when it continues
-        the watermark without a gap, else from the store."""
-        tail = self._tail
-        while tail and tail[0].seq <= wm:
-            tail.popleft()
-        out: list[AnyEvent] = []
-        expect = wm + 1
-        for ev in tail:
-            if ev.seq != expect or len(out) == self.batch:
-                break
-            out.append(ev)
-            expect += 1
-        if out:
-            return out
-        return await self.store.query(after_seq=wm, limit=self.batch)
-
-    async def _commit(self, seq: int) -> None:
-        """Move the watermark to ``seq``: the durable write runs while the next round is
-        published (one write in flight at a time, always forward)."""
-        await self._committed()
-        self._wm = seq
-        self._wm_write = asyncio.ensure_future(self.store.set_watermark(seq, self.WATERMARK))
-
-    async def _committed(self) -> None:
-        pending, self._wm_write = self._wm_write, None
-        if pending is not None:
+        async with self._lock:
+            start = await self._watermark()
+            target = self.store.last_seq
             try:
-                await pending
-            except BaseException:
-                self._wm = None  # re-read: the write may not have happened
-                raise
-
-    async def _publish_round(self, events: Sequence[AnyEvent]) -> int:
-        """Publish in order; return the length of the acknowledged prefix."""
-        store = self.store
-        futures: list[asyncio.Future[PubAck]] = []
-        try:
-            for ev in events:
-                subject = self.subjects.evt(ev.node, ev.bot, type(ev).__name__)
-                headers = {"Nats-Msg-Id": msg_id(ev.node, store.incarnation, ev.seq)}
-                futures.append(await self.js.publish_async(subject, to_json(ev), headers=headers))
-        except _NATS_ERRORS as exc:
-            log.warning("outbox publish failed after %d of %d: %r", len(futures), len(events), exc)
-        if not futures:
-            return 0
-        done, _ = await asyncio.wait(futures, timeout=self.ack_timeout_s)
-        acked = 0
-        for fut in futures:
-            if fut not in done or fut.cancelled() or fut.exception() is not None:
-                break
-            acked += 1
-            if fut.result().duplicate:
-                self.duplicates += 1
-        for fut in futures[acked:]:
-            if fut.done() and not fut.cancelled():
-                fut.exception()  # retrieved: no "exception never retrieved" noise
-            else:
-                fut.cancel()
-        self.published += acked
-        return acked
+                while await self._watermark() < target:
+                    await self._step(wait_new=False)
+            finally:
+                await self._committed()
+            return await self._watermark() - start
 
     async def run(self, stop: asyncio.Event, *, idle_s: float = 0.25, max_backoff_s: float = 5.0
                   ) -> None:
@@ -191,16 +166,321 @@ class Outbox:
         Local trading never waits for this loop: events stay in the store until acked.
         """
         backoff = idle_s
+        async with self._lock:
+            await self.audit()
         while not stop.is_set():
             try:
-                await self.flush()
+                await self._pump(stop, idle_s)
                 backoff = idle_s
             except TemporaryError as exc:
+                if not self.connected():
+                    log.warning("%s (resumes when NATS is back)", exc)
+                    while not self.connected() and not stop.is_set():
+                        await _wait_any(stop, None, RECONNECT_POLL_S)
+                    if not stop.is_set():
+                        async with self._lock:
+                            await self.audit()
+                    continue
                 log.warning("%s (retry in %.2fs)", exc, backoff)
+                await _wait_any(stop, None, backoff)
                 backoff = min(backoff * 2, max_backoff_s)
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(self._wake.wait()),
-                       asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=backoff, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+        await self._committed()
+
+    async def audit(self) -> int:
+        """Check that JetStream still has this node's events up to the watermark.
+
+        JetStream acknowledges before it fsyncs unless it runs with ``sync_interval:
+        always``; a NATS host that crashes can come back without events it acknowledged.
+        The store keeps every event, so the outbox asks the stream for this node's last event
+        (``Nats-Msg-Id``) after every (re)connect and, when it is older than the watermark,
+        re-sends from it (the leader is idempotent on the origin, so an event it already
+        consumed is not counted twice). A node with no event left in the stream counts as a
+        loss only when its watermark event is younger than the stream's ``max_age``.
+
+        Returns:
+            How many acknowledged events are re-sent (0: nothing was lost, or the stream
+            could not be read now; the next connect checks again).
+        """
+        wm = await self._watermark()
+        if wm == 0:
+            return 0
+        node, subject = self.store.node, self.subjects.evt_filter(self.store.node)
+        try:
+            msg = await self.js.get_last_msg(EVENTS_STREAM, subject.rsplit(".", 2)[0] + ".>")
+            mid = (msg.headers or {}).get("Nats-Msg-Id", "")
+            last = _seq_of(mid, node, self.store.incarnation)
+            if last == 0 and not await self._young(wm):
+                return 0
+        except nats.js.errors.NotFoundError:
+            if not await self._young(wm):
+                return 0
+            last = 0
+        except _NATS_ERRORS as exc:
+            log.warning("outbox audit: cannot read the stream now (%r); checked again at the "
+                        "next connect", exc)
+            return 0
+        if last >= wm:
+            return 0
+        log.error("outbox audit: JetStream has this node's events only up to seq %d, the "
+                  "watermark is %d: it lost %d acknowledged events (NATS host crash before "
+                  "fsync?); re-sending them from the store", last, wm, wm - last)
+        self._inflight.clear()
+        self._acks.clear()
+        self._wm = self._sent = last
+        self._probe = True
+        return wm - last
+
+    async def _young(self, wm: int) -> bool:
+        """True if the event at ``wm`` should still be in the stream (younger than its
+        ``max_age``; False when unknown)."""
+        try:
+            info = await self.js.stream_info(EVENTS_STREAM)
+            events = await self.store.query(after_seq=wm - 1, limit=1)
+        except _NATS_ERRORS:
+            return False
+        max_age = info.config.max_age or 0.0
+        if not events or not max_age:
+            return bool(events)
+        return time.time_ns() - events[0].ts_init < max_age * 1e9
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    async def _pump(self, stop: asyncio.Event, idle_s: float) -> None:
+        while not stop.is_set():
+            wm = await self._watermark()
+            if self._inflight or wm < self.store.last_seq:
+                async with self._lock:
+                    await self._step(wait_new=True)
+            else:
+                self._wake.clear()
+                if wm >= self.store.last_seq:
+                    await _wait_any(stop, self._wake, idle_s)
+                self._commit_latest()
+
+    async def _step(self, *, wait_new: bool) -> None:
+        """Fill the window, then wait for the oldest ack (or new events) and collect acks.
+
+        Raises:
+            TemporaryError: a publish failed or the oldest ack timed out (pipeline reset to
+                the watermark).
+        """
+        wm = await self._watermark()
+        self._sent = max(self._sent, wm)
+        self._wake.clear()  # an offer during the fill below wakes the wait after it
+        if not self.connected():
+            self._reset(wm, 0, len(self._inflight), "NATS connection down")
+        failed = await self._fill()
+        if not self._inflight:
+            if failed:
+                self._reset(wm, 0, 0)
+            return
+        seq, sent = self._inflight[0]
+        timeout = sent + self.ack_timeout_s - time.monotonic()
+        if seq not in self._acks and timeout > 0 and not failed:
+            self._acked.clear()
+            if seq not in self._acks:
+                await _wait_any(self._acked, self._wake if wait_new else None, timeout)
+        self._collect(failed)
+
+    async def _fill(self) -> bool:
+        """Publish events after ``_sent`` until the window is full; True if a publish failed."""
+        window = 1 if self._probe else self.window
+        while len(self._inflight) < window:
+            events = await self._next_batch(self._sent,
+                                            min(self.batch, window - len(self._inflight)))
+            if not events:
+                return False
+            written = await self._publish(events)
+            now = time.monotonic()
+            self._inflight.extend((ev.seq, now) for ev in events[:written])
+            if written:
+                self._sent = events[written - 1].seq
+            if written < len(events):
+                return True
+        return False
+
+    def _collect(self, failed: bool) -> None:
+        """Pop the acknowledged prefix, advance the watermark; on a refused or overdue oldest
+        publish, reset the pipeline and raise."""
+        inflight, acks, acked, wm = self._inflight, self._acks, 0, self._wm or 0
+        refused = False
+        while inflight:
+            ok = acks.pop(inflight[0][0], None)
+            if ok is None:
+                break
+            if not ok:
+                refused = True
+                break
+            wm = inflight.popleft()[0]
+            acked += 1
+        self.published += acked
+        self._wm = wm
+        if acked:
+            self._probe = False
+            self._commit_latest()
+        overdue = bool(inflight) and time.monotonic() - inflight[0][1] >= self.ack_timeout_s
+        if failed or refused or overdue:
+            self._reset(wm, acked, len(inflight), "refused" if refused else "")
+
+    def _reset(self, wm: int, acked: int, abandoned: int, why: str = "") -> None:
+        self._inflight.clear()
+        self._acks.clear()
+        self._sent = wm
+        self._probe = True
+        raise TemporaryError(
+            f"outbox: {why + ': ' if why else ''}JetStream acknowledged {acked} of "
+            f"{acked + abandoned} events after seq {wm - acked}; will re-send from seq {wm + 1}",
+            acked=acked, watermark=wm,
+        )
+
+    async def _ensure_sub(self) -> None:
+        """Subscribe to this outbox's ack inbox (``<inbox>.<seq>``) once."""
+        if self._sub is None:
+            self._inbox = self.nc.new_inbox() + "."
+            self._sub = await self.nc.subscribe(self._inbox + "*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """A PubAck (JSON) or an error / no-responders status for ``<inbox>.<seq>``."""
+        seq = int(msg.subject[len(self._inbox):])
+        data = msg.data
+        ok = bool(data) and b'"error"' not in data
+        if ok and b'"duplicate"' in data:  # only present when true (omitempty)
+            self.duplicates += 1
+        if seq > (self._wm or 0):
+            self._acks[seq] = ok
+            if self.observer is not None:
+                self.observer("acked", seq)
+        self._acked.set()
+
+    async def _publish(self, events: Sequence[AnyEvent]) -> int:
+        """Write ``events`` to the connection in order, each with the reply subject of its
+        ack; return how many were written."""
+        await self._ensure_sub()
+        publish, inc, inbox = self.nc.publish, self.store.incarnation, self._inbox
+        subjects, evt = self._subject_cache, self.subjects.evt
+        observer, n = self.observer, 0
+        if not self.connected():  # checked after the last await: nothing is buffered unsent
+            return 0
+        try:
+            for ev in events:
+                seq = ev.seq
+                key = (ev.node, ev.bot, type(ev).__name__)
+                subject = subjects.get(key)
+                if subject is None:
+                    subject = subjects[key] = evt(*key)  # validated once per (node, bot, kind)
+                await publish(subject, to_json(ev),
+                              reply=f"{inbox}{seq}",
+                              headers={"Nats-Msg-Id": msg_id(ev.node, inc, seq)})
+                n += 1
+                if observer is not None:
+                    observer("sent", seq)
+        except _NATS_ERRORS as exc:
+            log.warning("outbox publish failed after %d of %d: %r", n, len(events), exc)
+        return n
+
+    async def _publish_round(self, events: Sequence[AnyEvent]) -> int:
+        """Publish ``events`` and wait for their acks, without touching the watermark;
+        return the length of the acknowledged prefix (tests: an ack lost to a crash)."""
+        written = await self._publish(events)
+        deadline = time.monotonic() + self.ack_timeout_s
+        seqs = [ev.seq for ev in events[:written]]
+        while any(s not in self._acks for s in seqs) and time.monotonic() < deadline:
+            self._acked.clear()
+            await _wait_any(self._acked, None, deadline - time.monotonic())
+        acked = 0
+        for seq in seqs:
+            if not self._acks.get(seq):
+                break
+            acked += 1
+        for seq in seqs:
+            self._acks.pop(seq, None)
+        return acked
+
+    # --- reading what to send ---------------------------------------------------------------
+
+    async def _watermark(self) -> int:
+        if self._wm is None:
+            self._wm = self._wm_durable = await self.store.watermark(self.WATERMARK)
+        return self._wm
+
+    async def _next_batch(self, after: int, limit: int) -> list[AnyEvent]:
+        """Up to ``limit`` events after seq ``after``: from the in-memory tail when it
+        continues without a gap, else from the store."""
+        tail, wm = self._tail, self._wm or 0
+        while tail and tail[0].seq <= wm:
+            tail.popleft()
+        out: list[AnyEvent] = []
+        if tail and tail[0].seq <= after + 1 <= tail[-1].seq:
+            i = after + 1 - tail[0].seq
+            if tail[i].seq == after + 1:
+                expect = after + 1
+                for k in range(i, min(len(tail), i + limit)):
+                    ev = tail[k]
+                    if ev.seq != expect:
+                        break
+                    out.append(ev)
+                    expect += 1
+        if out:
+            return out
+        return await self.store.query(after_seq=after, limit=limit)
+
+    # --- the durable watermark --------------------------------------------------------------
+
+    def _commit_latest(self) -> None:
+        """Start the durable write of the acknowledged watermark if none is running."""
+        w = self._wm_write
+        if w is not None and not w.done():
+            return
+        if w is not None:
+            self._wm_write = None
+            if w.cancelled() or w.exception() is not None:
+                self._wm = None  # re-read: the write may not have happened
+                self._inflight_reset_quietly()
+                if not w.cancelled():
+                    raise w.exception()  # type: ignore[misc]
+                return
+        wm = self._wm or 0
+        if wm > self._wm_durable:
+            self._wm_durable = wm
+            self._wm_write = asyncio.ensure_future(self.store.set_watermark(wm, self.WATERMARK))
+            self._wm_write.add_done_callback(lambda _f: self._wake.set())
+
+    def _inflight_reset_quietly(self) -> None:
+        self._inflight.clear()
+        self._acks.clear()
+        self._sent = 0
+
+    async def _committed(self) -> None:
+        """Wait for the running watermark write, then write the latest if it moved."""
+        while True:
+            pending, self._wm_write = self._wm_write, None
+            if pending is not None:
+                try:
+                    await pending
+                except BaseException:
+                    self._wm = None
+                    self._inflight_reset_quietly()
+                    raise
+            if self._wm is None or self._wm <= self._wm_durable:
+                return
+            self._commit_latest()
+
+
+def _seq_of(mid: str, node: str, incarnation: str) -> int:
+    """The seq in a ``<node>:<incarnation>:<seq>`` Msg-Id of this store (0 otherwise)."""
+    parts = mid.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != node or parts[1] != incarnation:
+        return 0
+    return int(parts[2]) if parts[2].isdigit() else 0
+
+
+async def _wait_any(stop: asyncio.Event | None, wake: asyncio.Event | None,
+                    timeout: float) -> None:
+    """Wait until ``stop`` or ``wake`` is set, or ``timeout`` seconds."""
+    waiters: list[asyncio.Future[Any]] = [
+        asyncio.ensure_future(e.wait()) for e in (stop, wake) if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

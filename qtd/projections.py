@@ -33,7 +33,7 @@ from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from qtd.events import AnyEvent, Event, Fill, Side
+from qtd.events import AnyEvent, Event, Fill, PositionTransfer, Side
 from qtd.orders import ApplyResult, OrderBook
 
 ZERO = Decimal(0)
@@ -113,6 +113,44 @@ class Position:
         self.fills += 1
         return realized
 
+    def give(self, qty: Decimal) -> Decimal:
+        """Take signed ``qty`` (same side as the position, ``|qty| <= |self.qty|``) out of
+        the position at its average cost, realizing nothing; return the signed cost basis
+        removed (:class:`~qtd.events.PositionTransfer`).
+
+        Raises:
+            ValueError: ``qty`` is on the other side or larger than the position.
+        """
+        q = self.qty
+        if not qty or not q or (qty > 0) != (q > 0) or abs(qty) > abs(q):
+            raise ValueError(f"position {self.bot}/{self.symbol}: transfer qty {qty} must be "
+                             f"on the side of and at most the position {q}")
+        removed = self.cost if qty == q else _share(self.cost, abs(qty), abs(q))
+        self.cost -= removed
+        self.qty = q - qty
+        return removed
+
+    def take(self, qty: Decimal, cost: Decimal) -> Decimal:
+        """Receive signed ``qty`` with signed cost basis ``cost`` (a transfer at the giver's
+        average cost ``cost / qty``); return the realized PnL (non-zero only when netting
+        against an opposite position, at that price, as a fill would)."""
+        q = self.qty
+        if not qty:
+            return ZERO
+        if not q or (q > 0) == (qty > 0):
+            self.qty, self.cost = q + qty, self.cost + cost
+            return ZERO
+        closed = min(abs(qty), abs(q))
+        removed = self.cost if closed == abs(q) else _share(self.cost, closed, abs(q))
+        used = cost if closed == abs(qty) else _share(cost, closed, abs(qty))
+        realized = -used - removed  # sign × closed × price, price = cost / qty
+        self.cost -= removed
+        self.qty = q + qty
+        if closed < abs(qty):  # crossed zero: the rest keeps the giver's cost
+            self.cost = cost - used
+        self.realized += realized
+        return realized
+
     def as_tuple(self) -> tuple[object, ...]:
         return (self.bot, self.account, self.symbol, self.qty, self.cost, self.realized,
                 self.fees, tuple(sorted(self.other_fees.items())))
@@ -189,6 +227,7 @@ class Projections:
         self.anomalies: list[tuple[int, str]] = []
         self.trading_day = trading_day or TradingDay()
         self.last_seq = 0
+        self.transfers: set[str] = set()  # PositionTransfer ids applied (idempotent)
 
     def apply(self, event: Event) -> ApplyResult:
         """Apply one event; idempotent for order events (duplicates change nothing)."""
@@ -199,7 +238,42 @@ class Projections:
             if result is ApplyResult.ORPHAN:
                 self.anomalies.append((event.seq, _orphan_message(event)))
             self._apply_fill(event)
+        elif type(event) is PositionTransfer:
+            return self._apply_transfer(event)
         return result
+
+    def _apply_transfer(self, tr: PositionTransfer) -> ApplyResult:
+        """Move ``tr.qty`` at the giver's average cost (:class:`PositionTransfer`); a
+        duplicate id, or one the giver's position cannot cover, changes nothing (the latter
+        is kept in :attr:`anomalies`)."""
+        tid = tr.transfer_id or f"{tr.node}:{tr.seq}"
+        if tid in self.transfers:
+            return ApplyResult.DUPLICATE
+        self.transfers.add(tid)
+        giver = self.positions.get((tr.from_bot, tr.account, tr.symbol))
+        try:
+            if giver is None:
+                raise ValueError(f"{tr.from_bot} holds no {tr.symbol} on {tr.account}")
+            cost = giver.give(tr.qty)
+        except ValueError as e:
+            self.anomalies.append((tr.seq, f"transfer {tid} not applied: {e}"))
+            return ApplyResult.IGNORED
+        if cost != tr.cost:  # the giver's cost here differs from the sender's: use ours
+            self.anomalies.append((tr.seq, f"transfer {tid}: cost {tr.cost} stored, "
+                                           f"{cost} here (applied at {cost})"))
+        key = (tr.to_bot, tr.account, tr.symbol)
+        pos = self.positions.get(key)
+        if pos is None:
+            pos = self.positions[key] = Position(tr.to_bot, tr.account, tr.symbol, tr.currency)
+            pos.last_price = giver.last_price
+        realized = pos.take(tr.qty, cost)
+        if realized:
+            dkey = (tr.to_bot, self.trading_day.label(tr.ts_event))
+            day = self.daily.get(dkey)
+            if day is None:
+                day = self.daily[dkey] = DayPnL()
+            day.realized += realized
+        return ApplyResult.APPLIED
 
     def _apply_fill(self, fill: Fill) -> None:
         key = (fill.bot, fill.account, fill.symbol)

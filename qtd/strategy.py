@@ -32,8 +32,8 @@ admission (:mod:`qtd.admit`) checks params files against. Numeric constraints ne
 A strategy never sees a broker: the order verbs build :class:`~qtd.orders.OrderRequest`
 objects and hand them to the :class:`StrategyContext` outbox, which the bot runner
 (:mod:`qtd.runner`) drains after each hook and submits through the risk engine. Quantities
-are in instrument units, prices in the quote currency. Hooks are synchronous and run in the
-bot's worker thread under a time budget (see :mod:`qtd.runner`).
+are in instrument units, prices in the quote currency. Hooks are synchronous, must not block
+(no I/O, no sleeping) and run inline under a time budget (see :mod:`qtd.runner`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from qtd.clock import Clock
-from qtd.events import Fill, OrderType, Side, TimeInForce
+from qtd.events import Fill, OrderType, PositionTransfer, Side, TimeInForce
 from qtd.feeds.bars import Bar, Trade
 from qtd.orders import OrderRequest
 from qtd.projections import Position
@@ -144,7 +144,19 @@ class StrategyContext:
         clock: the injected clock (simulated in backtests).
         strategy: strategy class name (for logs).
         currency: quote currency of the positions.
+
+    Attributes:
+        share: the fraction of the bot's allocation this runner trades (1: all of it). A
+            canary rollout (:mod:`qtd.agent.canary`) runs the candidate params as a second
+            runner with ``share = f`` and the incumbent with ``1 - f``: ``target_position``
+            targets ``share × target`` and ``buy``/``sell`` order ``share × qty``, each
+            rounded toward zero to a multiple of ``lot`` (so the two runners together never
+            hold or order more than the one bot would); ``flatten`` is never scaled.
+        lot: instrument lot size the scaled quantities are rounded down to (units).
     """
+
+    share: Decimal = Decimal(1)
+    lot: Decimal = Decimal(1)
 
     def __init__(
         self, *, bot: str, account: str, venue: str, symbols: Sequence[str], clock: Clock,
@@ -160,6 +172,9 @@ class StrategyContext:
         self.marks: dict[str, Decimal] = {}
         self.inflight: dict[str, Decimal] = dict.fromkeys(self.symbols, ZERO)
         self.outbox: list[Request] = []
+        self.targets: dict[str, Decimal] = {}
+        """symbol -> the last whole-allocation target ``target_position`` asked for (signed
+        units, before the share): a canary moves the incumbent's exact share of it."""
 
     def apply_fill(self, fill: Fill) -> None:
         """Update the position and in-flight quantity with one of the bot's fills."""
@@ -169,6 +184,21 @@ class StrategyContext:
                 self.bot, self.account, fill.symbol, fill.currency)
         pos.apply(fill)
         self.release(fill.symbol, fill.side.sign * fill.qty)
+
+    def apply_transfer(self, tr: PositionTransfer) -> None:
+        """Apply a :class:`~qtd.events.PositionTransfer` this bot gives or receives (a
+        canary moving a share of the position without an order): the position changes at
+        the giver's average cost; in-flight quantities are untouched."""
+        if tr.from_bot == self.bot:
+            pos = self.positions.get(tr.symbol)
+            if pos is not None and pos.qty:
+                pos.give(tr.qty if abs(tr.qty) <= abs(pos.qty) else pos.qty)
+        elif tr.to_bot == self.bot:
+            pos = self.positions.get(tr.symbol)
+            if pos is None:
+                pos = self.positions[tr.symbol] = Position(
+                    self.bot, self.account, tr.symbol, tr.currency)
+            pos.take(tr.qty, tr.cost)
 
     def release(self, symbol: str, signed_qty: Decimal) -> None:
         """Remove ``signed_qty`` from the in-flight quantity (filled, denied or canceled)."""
@@ -184,6 +214,14 @@ class StrategyContext:
     def take_outbox(self) -> list[Request]:
         out, self.outbox = self.outbox, []
         return out
+
+    def scaled(self, qty: Decimal) -> Decimal:
+        """``qty × share`` rounded toward zero to a multiple of ``lot`` (``qty`` when the
+        share is 1)."""
+        if self.share == 1:
+            return qty
+        lot = self.lot if self.lot > 0 else Decimal(1)
+        return (qty * self.share / lot).to_integral_value(rounding="ROUND_DOWN") * lot
 
 
 def _qty(value: Number, what: str) -> Decimal:
@@ -317,18 +355,20 @@ class Strategy:
     # --- order verbs ----------------------------------------------------------------------
 
     def buy(self, qty: Number, *, symbol: str | None = None, limit: Number | None = None,
-            tif: TimeInForce = TimeInForce.DAY, reason: str = "strategy") -> OrderRequest:
+            tif: TimeInForce = TimeInForce.DAY, reason: str = "strategy") -> OrderRequest | None:
         """Request a buy of ``qty`` units: market, or limit at ``limit`` (quote currency).
+        ``None`` only in a canary split whose share of ``qty`` rounds to no lot.
 
         Raises:
             ValueError: ``qty`` or ``limit`` not > 0, or ``symbol`` not one of the bot's.
         """
-        return self._order(Side.BUY, _qty(qty, "buy"), symbol, _price(limit), tif, reason)
+        return self._scaled(Side.BUY, _qty(qty, "buy"), symbol, _price(limit), tif, reason)
 
     def sell(self, qty: Number, *, symbol: str | None = None, limit: Number | None = None,
-             tif: TimeInForce = TimeInForce.DAY, reason: str = "strategy") -> OrderRequest:
+             tif: TimeInForce = TimeInForce.DAY, reason: str = "strategy"
+             ) -> OrderRequest | None:
         """Request a sell of ``qty`` units (see :meth:`buy`)."""
-        return self._order(Side.SELL, _qty(qty, "sell"), symbol, _price(limit), tif, reason)
+        return self._scaled(Side.SELL, _qty(qty, "sell"), symbol, _price(limit), tif, reason)
 
     def target_position(
         self, qty: Number, *, symbol: str | None = None, limit: Number | None = None,
@@ -340,6 +380,9 @@ class Strategy:
         target = Decimal(str(qty)) if isinstance(qty, float) else Decimal(qty)
         if not target.is_finite():
             raise ValueError(f"target_position: qty must be finite, got {qty!r}")
+        self._ctx.targets[sym] = target
+        if self._ctx.share != 1:  # a canary split: this runner holds its share of the target
+            target = self._ctx.scaled(target)
         pos = self._ctx.positions.get(sym)
         current = (pos.qty if pos else ZERO) + self._ctx.inflight.get(sym, ZERO)
         delta = target - current
@@ -374,6 +417,15 @@ class Strategy:
         if symbol not in self._ctx.symbols:
             raise ValueError(f"symbol {symbol!r} is not one of bot's {self._ctx.symbols}")
         return symbol
+
+    def _scaled(self, side: Side, qty: Decimal, symbol: str | None, limit: Decimal | None,
+                tif: TimeInForce, reason: str) -> OrderRequest | None:
+        if self._ctx.share != 1:
+            qty = self._ctx.scaled(qty)
+            if not qty:  # this runner's share rounds to no lot: nothing to order
+                self._symbol(symbol)
+                return None
+        return self._order(side, qty, symbol, limit, tif, reason)
 
     def _order(self, side: Side, qty: Decimal, symbol: str | None, limit: Decimal | None,
                tif: TimeInForce, reason: str, reduce: bool = False) -> OrderRequest:

@@ -115,12 +115,14 @@ def synthetic_bars(n: int, symbol: str = "GOOG", start: int = 1_600_000_000_000_
 
 
 @contextlib.asynccontextmanager
-async def running_agent(cfg: AgentConfig | Path, *, items: dict[str, list[Any]] | None = None,
+async def running_agent(cfg: AgentConfig | Path | Agent, *,
+                        items: dict[str, list[Any]] | None = None,
                         timeout_s: float = 20.0) -> AsyncIterator[Agent]:
-    """An agent running in this event loop; stopped (cleanly) on exit."""
+    """An agent running in this event loop (from a config, or built by the caller, e.g.
+    with a simulated clock); stopped (cleanly) on exit."""
     if isinstance(cfg, Path):
         cfg = load_agent_config(cfg)
-    agent = Agent(cfg, items=items)
+    agent = cfg if isinstance(cfg, Agent) else Agent(cfg, items=items)
     task = asyncio.create_task(agent.run(), name="agent")
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=timeout_s,

@@ -4,6 +4,9 @@
 * :mod:`qtd.agent.daemon` — :class:`Agent`: start-up order, task group, shutdown.
 * :mod:`qtd.agent.control` — wire messages and :func:`send_kill` (for ``qtd kill`` and the
   leader).
+* :mod:`qtd.agent.accounts` — broker accounts: credentials, adapters, parallel start-up.
+* :mod:`qtd.agent.schedule` — session schedule: start, stop or flatten on the venue session.
+* :mod:`qtd.agent.routed` — bots yielded by the routes file.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from qtd.bus import BusConfig, check_bus_config
 from qtd.bus.subjects import check_token
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
+from qtd.quality.canary import CanaryConfig
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
 Bps = Annotated[float, Meta(ge=0, le=10_000)]
@@ -30,23 +31,85 @@ class _Cfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 
 class AccountSettings(_Cfg, frozen=True, kw_only=True):
-    """One broker account.
+    """One broker account: an isolated context (its connection failing never blocks another
+    account's bots; accounts connect in parallel at start-up).
+
+    Credentials are never in the TOML: they come from ``credentials_env`` variables, a
+    ``credentials_file`` (``KEY=value`` lines, mode 0600 or stricter: a group- or
+    world-readable file is refused), or systemd's ``$CREDENTIALS_DIRECTORY``
+    (``LoadCredential=<account>.env:...``); see :mod:`qtd.agent.accounts`.
 
     Attributes:
-        broker: adapter kind; only ``"paper"`` is built into the agent so far.
-        cash: starting cash, quote currency.
-        slippage_bps: adverse move on market fills, basis points.
-        commission_bps: commission per fill, basis points of notional.
-        max_fill_qty: largest single fill, instrument units (None: whole orders).
-        venue: venue name stamped on events.
+        broker: adapter kind: ``"paper"`` (simulated fills against the replayed prices),
+            ``"alpaca"`` (alpaca-py) or ``"binance"`` (python-binance, spot).
+        mode: alpaca and binance only: ``"live"`` (real money), ``"paper"`` (the venue's
+            paper/test environment; with ``paper_via = "qtd"``, qtd's paper broker on the
+            venue's live data instead, for a venue without a paper endpoint) or ``"shadow"``
+            (the venue's live market data, orders simulated by qtd's paper broker, every
+            intent recorded; compare with a live twin by ``qtd report shadow``).
+        base_url: REST base URL override (alpaca: without ``/v2``; binance: ending in
+            ``/api``); empty: the venue's endpoint for ``mode``.
+        stream_url: trade/user stream URL override (alpaca ``wss://.../stream``; binance
+            WebSocket API ``wss://.../ws-api/v3``).
+        credentials_env: environment variable names of the key and the secret.
+        credentials_file: an env file holding those variables (mode 0600 or stricter).
+        symbols: binance: the symbols whose filters are loaded (default: the bots' symbols).
+        quote_asset: binance: the asset counted as cash.
+        timeout_s: per-request timeout of the venue client, seconds.
+        connect_timeout_s: start-up connection budget of this account, seconds.
+        cash: paper: starting cash, quote currency.
+        slippage_bps: paper: adverse move on market fills, basis points.
+        commission_bps: paper: commission per fill, basis points of notional.
+        max_fill_qty: paper: largest single fill, instrument units (None: whole orders).
+        venue: venue name stamped on events (default: the broker kind; ``paper`` for paper).
+        data_interval: alpaca/binance: bar interval of the live market data (``"1m"``...).
+        data_stream_url: live market data stream URL override (:class:`~qtd.feeds.live.
+            LiveSettings` ``stream_url``).
+        data_rest_url: market data REST base override (back-fill after reconnects).
+        data_feed: alpaca stocks: ``"iex"`` (free) or ``"sip"``.
+        reconcile_interval_s: venue accounts: reconcile with the venue this often, seconds
+            (also after every reconnect of its stream; :mod:`qtd.agent.reconciling`).
+        flatten_after_disconnect_s: venue accounts: after a broker connection outage longer
+            than this (seconds), flatten the account through the venue once it is reachable
+            again and leave it HALTED with a P2 breach; unset (default): never.
+        paper_via: ``mode = "paper"``: ``"venue"`` (its paper endpoint) or ``"qtd"``
+            (qtd's paper broker on the venue's live data).
     """
 
-    broker: Literal["paper"] = "paper"
+    broker: Literal["paper", "alpaca", "binance"] = "paper"
+    mode: Literal["paper", "live", "shadow"] = "paper"
+    base_url: str = ""
+    stream_url: str = ""
+    credentials_env: list[str] = []
+    credentials_file: str = ""
+    symbols: list[str] = []
+    quote_asset: str = "USDT"
+    timeout_s: Seconds = 5.0
+    connect_timeout_s: Seconds = 30.0
     cash: Annotated[float, Meta(gt=0, lt=1e15)] = 100_000.0
     slippage_bps: Bps = 0.0
     commission_bps: Bps = 0.0
     max_fill_qty: Annotated[float, Meta(gt=0)] | None = None
-    venue: str = "paper"
+    venue: str = ""
+    data_interval: str = "1m"
+    data_stream_url: str = ""
+    data_rest_url: str = ""
+    data_feed: Literal["iex", "sip"] = "iex"
+    reconcile_interval_s: Seconds = 300.0
+    flatten_after_disconnect_s: Annotated[float, Meta(gt=0, le=86_400)] | None = None
+    paper_via: Literal["venue", "qtd"] = "venue"
+
+    @property
+    def venue_name(self) -> str:
+        """The venue stamped on events: ``venue``, else the broker kind."""
+        return self.venue or self.broker
+
+    @property
+    def simulated(self) -> bool:
+        """A venue account whose orders qtd's paper broker fills on the venue's live data
+        (``mode = "shadow"``, or ``"paper"`` with ``paper_via = "qtd"``)."""
+        return self.broker != "paper" and (
+            self.mode == "shadow" or (self.mode == "paper" and self.paper_via == "qtd"))
 
 
 class DataSource(_Cfg, frozen=True, kw_only=True):
@@ -102,6 +165,63 @@ class TradingDayConfig(_Cfg, frozen=True, kw_only=True):
     rollover: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "00:00"
 
 
+OnClose = Literal["flatten", "stop", "keep"]
+
+
+class SessionRule(_Cfg, frozen=True, kw_only=True):
+    """A bot's or a route's session settings; an unset field falls back to ``[schedule]``.
+
+    Attributes:
+        session: an ``exchange-calendars`` code (``XNYS``), ``24x7``, ``FX`` or a
+            ``[sessions.<name>]`` of the routes file; ``""``: no session (always on).
+        on_close: ``flatten``, ``stop`` or ``keep`` (:mod:`qtd.agent.schedule`).
+        flatten_before_close_s: seconds before the close at which ``flatten`` acts.
+    """
+
+    session: str | None = None
+    on_close: OnClose | None = None
+    flatten_before_close_s: Annotated[float, Meta(ge=0, le=86_400)] | None = None
+
+
+class ScheduleConfig(_Cfg, frozen=True, kw_only=True):
+    """Session schedule (:mod:`qtd.agent.schedule`): defaults and per-bot / per-route
+    entries.
+
+    Attributes:
+        session: default session of every bot (``""``: none, bots run whenever data
+            arrives).
+        on_close: default action at the close.
+        flatten_before_close_s: default seconds before the close at which ``flatten`` acts.
+        poll_s: wall seconds between looks at the agent's clock.
+        bots: bot name → its settings.
+        routes: route rule name → settings of the bots that rule yields.
+    """
+
+    session: str = ""
+    on_close: OnClose = "stop"
+    flatten_before_close_s: Annotated[float, Meta(ge=0, le=86_400)] = 300.0
+    poll_s: Seconds = 1.0
+    bots: dict[str, SessionRule] = {}
+    routes: dict[str, SessionRule] = {}
+
+
+class RoutedInstruments(_Cfg, frozen=True, kw_only=True):
+    """Instruments this node trades through the routes file (one bot per symbol).
+
+    Attributes:
+        account: the account the routed bots trade.
+        symbols: the instruments; each yields the bot of the first matching rule.
+        venue: the instruments' venue (default: the account's venue).
+        dataset: paper mode: bundled data set replayed for these bots (default: the
+            preset's ``[smoke].dataset``).
+    """
+
+    account: str
+    symbols: Annotated[list[str], Meta(min_length=1)]
+    venue: str = ""
+    dataset: str = ""
+
+
 class AgentConfig(_Cfg, frozen=True, kw_only=True):
     """Everything one agent needs (see ``etc/agent.toml``).
 
@@ -124,6 +244,8 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
         shutdown_timeout_s: seconds for the final outbox flush and NATS drain.
         bus_wait_s: seconds start-up waits for NATS (to read the kill key) before bots
             start anyway.
+        account_retry_s: an account that failed to connect is tried again this often
+            (seconds); once connected it is reconciled and its bots start.
         kill_file: the local kill file, polled every ``kill_poll_s`` seconds.
         params_poll_s: bot config files are checked for changes this often, seconds; a
             changed file is re-admitted and its params swapped in at a bar boundary (hot
@@ -131,6 +253,12 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
         admit_smoke: run the admission smoke backtest for each bot at start.
         hook_budget_s: wall-time budget of one strategy hook call, seconds.
         jetstream_replicas: replicas of the stream and KV bucket (3 in a cluster).
+        schedule: session schedule (start, stop, flatten on the venue's session).
+        routes: routes file (``etc/routes.toml``); with ``routed`` it yields bots
+            (:mod:`qtd.agent.routed`).
+        routed: instruments traded through the routes.
+        canary: how ``qtd deploy --canary`` versions ramp on this node
+            (:class:`qtd.quality.canary.CanaryConfig`, :mod:`qtd.agent.canary`).
     """
 
     node: str
@@ -149,13 +277,18 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     on_shutdown: Literal["leave", "cancel"] = "leave"
     shutdown_timeout_s: Seconds = 10.0
     bus_wait_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    account_retry_s: Seconds = 30.0
     kill_file: str = "/dev/shm/qtd.kill"
     kill_poll_s: Seconds = 0.25
     params_poll_s: Seconds = 2.0
     admit_smoke: bool = True
     hook_budget_s: Seconds = 0.5
     jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    schedule: ScheduleConfig = ScheduleConfig()
+    routes: str = ""
+    routed: list[RoutedInstruments] = []
     source: str = "<memory>"
+    canary: CanaryConfig = CanaryConfig()
 
     @property
     def store_path(self) -> Path:
@@ -219,7 +352,66 @@ def _check_bus(cfg: AgentConfig) -> None:
         check_bus_config(cfg.bus, cfg.source)
 
 
-CHECKS = (_check_node, _check_trading_day, _check_market, _check_restart, _check_bus)
+def _check_accounts(cfg: AgentConfig) -> None:
+    for name, a in cfg.accounts.items():
+        where = f"accounts.{name}"
+        if a.broker == "paper":
+            continue
+        keyless = a.broker == "binance" and a.simulated  # public market data: no keys
+        if not keyless and len(a.credentials_env) != 2:
+            raise _error(cfg.source, f"{where}.credentials_env", a.credentials_env,
+                         "two environment variable names: the API key's and the secret's "
+                         "(values come from the environment, credentials_file or "
+                         "$CREDENTIALS_DIRECTORY, never from this file)")
+        for url_field in ("base_url", "stream_url"):
+            url = getattr(a, url_field)
+            if url and url.split("://", 1)[0] not in ("http", "https", "ws", "wss"):
+                raise _error(cfg.source, f"{where}.{url_field}", url,
+                             "must be an http(s):// or ws(s):// URL")
+
+
+def _check_routed(cfg: AgentConfig) -> None:
+    if cfg.routed and not cfg.routes:
+        raise _error(cfg.source, "routes", cfg.routes, "required when [[routed]] is given")
+    for i, r in enumerate(cfg.routed):
+        if r.account not in cfg.accounts:
+            raise _error(cfg.source, f"routed[{i}].account", r.account,
+                         f"must be an account of [accounts]: {', '.join(cfg.accounts) or '-'}")
+        if r.dataset and r.dataset not in DATASETS:
+            raise _error(cfg.source, f"routed[{i}].dataset", r.dataset,
+                         f"must be a bundled data set: {', '.join(sorted(DATASETS))}")
+
+
+def _check_schedule(cfg: AgentConfig) -> None:
+    from qtd.calendars import is_calendar
+    from qtd.routes import BUILTIN_SESSIONS
+
+    sch = cfg.schedule
+    named: list[tuple[str, str | None]] = [("schedule.session", sch.session)]
+    named += [(f"schedule.bots.{b}.session", r.session) for b, r in sch.bots.items()]
+    named += [(f"schedule.routes.{n}.session", r.session) for n, r in sch.routes.items()]
+    for field, name in named:
+        if not name or name in BUILTIN_SESSIONS or cfg.routes or is_calendar(name):
+            continue  # with a routes file, its own [sessions.*] are checked at start
+        raise _error(cfg.source, field, name,
+                     f"unknown session; known: {', '.join(sorted(BUILTIN_SESSIONS))} or an "
+                     "exchange-calendars code (e.g. XNYS, XNAS, CMES)")
+
+
+CHECKS = (_check_node, _check_trading_day, _check_market, _check_restart, _check_bus,
+          _check_accounts, _check_routed, _check_schedule)
+
+
+def _validation_error(source: str, exc: msgspec.ValidationError, doc: Any,
+                      prefix: str = "") -> ConfigError:
+    rule, _, where = str(exc).partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    if rule.startswith("Object contains unknown field"):
+        name = rule.split("`")[1]
+        path, rule = ".".join(p for p in (path, name) if p), "unknown field"
+    shown = ("***" if path.endswith(("token", "password")) else _dig(doc, path) if path
+             else doc if prefix else None)
+    return _error(source, ".".join(p for p in (prefix, path) if p) or "<root>", shown, rule)
 
 
 def parse_agent_config(doc: dict[str, Any], *, source: str = "<memory>",
@@ -235,17 +427,17 @@ def parse_agent_config(doc: dict[str, Any], *, source: str = "<memory>",
         doc["bus"] = None
     elif isinstance(bus, dict):
         doc["bus"] = {k: v for k, v in bus.items() if k != "enabled"}
+    accounts = doc.get("accounts")
+    if isinstance(accounts, dict):  # per account first: errors name the account
+        for name, acct in accounts.items():
+            try:
+                msgspec.convert(acct, AccountSettings)
+            except msgspec.ValidationError as exc:
+                raise _validation_error(source, exc, acct, f"accounts.{name}") from None
     try:
         cfg = msgspec.convert({**doc, "source": source}, AgentConfig)
     except msgspec.ValidationError as exc:
-        rule, _, where = str(exc).partition(" - at `$")
-        path = where.rstrip("`").lstrip(".")
-        if rule.startswith("Object contains unknown field"):
-            name = rule.split("`")[1]
-            path, rule = ".".join(p for p in (path, name) if p), "unknown field"
-        path = path or "<root>"
-        shown = "***" if path.endswith(("token", "password")) else _dig(doc, path)
-        raise _error(source, path, shown, rule) from None
+        raise _validation_error(source, exc, doc) from None
     for check in CHECKS:
         check(cfg)
     return _resolve(cfg, base) if base is not None else cfg
@@ -257,7 +449,9 @@ def _resolve(cfg: AgentConfig, base: Path) -> AgentConfig:
 
     return msgspec.structs.replace(
         cfg, state_dir=rel(cfg.state_dir), bots=[rel(b) for b in cfg.bots], risk=rel(cfg.risk),
-        kill_file=rel(cfg.kill_file),
+        kill_file=rel(cfg.kill_file), routes=rel(cfg.routes) if cfg.routes else "",
+        accounts={n: msgspec.structs.replace(a, credentials_file=rel(a.credentials_file))
+                  if a.credentials_file else a for n, a in cfg.accounts.items()},
     )
 
 

@@ -3,13 +3,18 @@
 Start-up, in this order (nothing trades before reconciliation):
 
 1. open the store (``<state_dir>/events.db``); 2. rebuild projections from it; 3. build the
-risk engine and seed it with the rebuilt positions and open orders; 4. connect every account
-in parallel (one failing never blocks another's bots); 5. **reconcile** each account with its
-broker (:mod:`qtd.reconcile`); 6. start the NATS link in the background and wait up to
-``bus_wait_s`` for it, reading the kill key (a kill set while the agent was down is applied
-now: the agent starts HALTED); the local kill file is checked too; 7. admit the bots (refuse
-anything not admitted); 8. start bots under the supervisor, then the market data feeds;
-9. ``READY=1`` to systemd.
+risk engine (with the agent's ``[trading_day]``) and seed it with the rebuilt positions and
+open orders; 4. connect every account in parallel, each within its ``connect_timeout_s`` (one
+failing never blocks another's bots: :mod:`qtd.agent.accounts`); 5. **reconcile** each
+account with its broker (:mod:`qtd.reconcile`; afterwards every ``reconcile_interval_s`` and
+after every reconnect, with the auto-flatten policy: :mod:`qtd.agent.reconciling`); 6. start
+the NATS link in the background and wait up to ``bus_wait_s`` for it, reading the kill key
+(a kill set while the agent was down is applied now: the agent starts HALTED); the local kill
+file is checked too; 7. admit the bots
+of the config and those the routes yield (:mod:`qtd.agent.routed`; refuse anything not
+admitted); 8. start bots under the supervisor — a bot whose session is closed waits for its
+open (:mod:`qtd.agent.schedule`) — then the market data feeds (replays; live feeds for bots
+on venue accounts); 9. ``READY=1`` to systemd.
 
 Shutdown (SIGTERM/SIGINT set :attr:`Agent.stop`): ``STOPPING=1``; bots stop at a safe point;
 open orders are cancelled if ``on_shutdown = "cancel"``; the final outbox flush and the NATS
@@ -20,32 +25,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Coroutine, Mapping
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from qtd import sdnotify
 from qtd.agent import loops
+from qtd.agent.accounts import (
+    account_symbols,
+    close_brokers,
+    connect_account,
+    live_feed_for,
+    open_accounts,
+)
+from qtd.agent.canary import CanaryRamps
 from qtd.agent.config import AgentConfig
+from qtd.agent.deploy_watch import DeployWatch, adopt
 from qtd.agent.link import BusLink
-from qtd.agent.market import FeedKey, ReplayFeed
+from qtd.agent.market import FeedKey, LiveFanout, ReplayFeed
+from qtd.agent.reconciling import AccountReconciler, start_reconciler
+from qtd.agent.routed import RoutedBot, routed_bots
+from qtd.agent.schedule import Schedule, SessionPlan, plan_for
+from qtd.agent.storefault import attach as attach_store_faults
 from qtd.agent.supervisor import BotSlot, Supervisor
 from qtd.agent.telemetry import FailSafe
 from qtd.agent.wiring import (
     AgentStore,
     admit_bots,
+    bot_files,
+    bot_symbols,
     feed_key,
-    open_accounts,
     open_store,
     rebuild,
+    risk_config_for,
 )
 from qtd.brokers.base import Broker
 from qtd.brokers.paper import PaperBroker
 from qtd.bus import DEFAULT_PREFIX, Subjects
 from qtd.clock import Clock, LiveClock
-from qtd.errors import StoreError
+from qtd.errors import ConfigError, StoreError
 from qtd.events import Fill, Scope, TradingState
 from qtd.execution import OrderRouter
 from qtd.feeds import MarketData
@@ -79,6 +101,7 @@ class Agent:
         self.link: BusLink | None = None
         self.brokers: dict[str, Broker] = {}
         self.failed_accounts: dict[str, str] = {}
+        self.reconcilers: dict[str, AccountReconciler] = {}  # venue accounts (reconciling)
         self.feeds: dict[FeedKey, ReplayFeed] = {}
         self.bot_feed: dict[str, FeedKey] = {}
         self.refused: dict[str, list[str]] = {}
@@ -95,9 +118,12 @@ class Agent:
         cfg = self.cfg
         self.store: AgentStore = await open_store(cfg)
         self.proj = Projections(TradingDay(cfg.trading_day.tz, cfg.trading_day.rollover))
-        self.risk = RiskEngine(load_risk_config(cfg.risk), self.proj, self.clock, self.node)
+        risk_cfg = risk_config_for(cfg, load_risk_config(cfg.risk))  # one trading day
+        self.risk = RiskEngine(risk_cfg, self.proj, self.clock, self.node)
+        self.store_faults = attach_store_faults(self, self.store)  # halt + buffer + probe
         last_global = await rebuild(self.store, self.proj, self.risk)
-        self.brokers, self.failed_accounts = await open_accounts(cfg, self.clock)
+        self.brokers, self.failed_accounts = await open_accounts(
+            cfg, self.clock, bot_symbols(cfg, bot_files(cfg)))
         for name, b in self.brokers.items():
             if isinstance(b, PaperBroker):
                 restore_paper_broker(b, self.proj, Decimal(str(cfg.accounts[name].cash)))
@@ -123,6 +149,7 @@ class Agent:
         self.failsafe.adopt(last_global)
         self.supervisor = Supervisor(cfg.restart, self._make_runner, self._subscribe,
                                      self.store.append, self.node, self.clock.now_ns)
+        self.canary = CanaryRamps(self, cfg.canary)  # deploy --canary (qtd.agent.canary)
 
     async def run(self) -> int:
         """Run until :attr:`stop` is set; returns the exit status (0 after a clean stop)."""
@@ -141,6 +168,7 @@ class Agent:
         cfg = self.cfg
         for name, broker in self.brokers.items():
             self.spawn(f"reports:{name}", self._consume(broker))
+            start_reconciler(self, name)  # periodic + after reconnects, auto-flatten
         if cfg.bus is not None:
             self.link = BusLink(cfg.bus, self.store, source=cfg.source,
                                 replicas=cfg.jetstream_replicas, on_ready=self._on_bus_ready)
@@ -154,8 +182,13 @@ class Agent:
                             cfg.bus_wait_s)
         await loops.start_kill_file(self)
         await self._start_bots()
+        if self.failed_accounts:
+            self.spawn("accounts-retry", self._retry_accounts())
         for name, coro in loops.telemetry_tasks(self).items():
             self.spawn(name, coro)
+        self.deploys = DeployWatch(self)  # fleet deploys (qtd.deploy)
+        self.spawn("deploy-watch", self.deploys.run())
+        self.spawn("canary", self.canary.run())
         self.ready.set()
         sdnotify.ready(f"{len(self.supervisor.slots)} bots running")
         log.info("agent %s ready: %d bots, %d refused, accounts failed: %s", self.node,
@@ -163,26 +196,142 @@ class Agent:
                  ", ".join(self.failed_accounts) or "none")
 
     async def _start_bots(self) -> None:
-        slots, self.refused = await admit_bots(self.cfg, self.store, self.clock,
-                                               set(self.brokers))
+        cfg = self.cfg
+        taken = {p.stem for p in bot_files(cfg)}
+        routed, routed_refused = routed_bots(cfg, self.clock, bot_files(cfg), taken)
+        self.routed: dict[str, RoutedBot] = {r.name: r for r in routed}
+        slots, self.refused = await admit_bots(cfg, self.store, self.clock, set(self.brokers),
+                                               [r.path for r in routed])
+        self.refused.update(routed_refused)
+        slots = self._live_feeds(slots)
+        plans: dict[str, SessionPlan] = {}
+        for slot, _loaded in slots:
+            route = self.routed.get(slot.name)
+            plan = plan_for(cfg, slot.name, route.rule if route else None)
+            if plan is not None:
+                plans[slot.name] = plan
+        self.schedule = Schedule(self, plans, cfg.schedule.poll_s)
+        self._add_bots(slots)
+        if self.schedule.plans:
+            self.spawn("schedule", self.schedule.run())
+
+    def _add_bots(self, slots: list[tuple[BotSlot, Any]]) -> None:
+        """Register admitted bots (feeds, supervisor), start those that may run now, then
+        the feeds not running yet."""
         # the engine checks each bot against the risk profile admission checked it against
         self.risk.bind_profiles({slot.name: loaded.profile for slot, loaded in slots})
         for slot, loaded in slots:
-            key = feed_key(self.cfg, loaded)
+            key = self.bot_feed.get(slot.name) or feed_key(self.cfg, loaded)
             if key not in self.feeds:
                 self.feeds[key] = ReplayFeed(key, self._on_price, self.items.get(key.dataset))
             self.bot_feed[slot.name] = key
             self.supervisor.add(slot)
-        for slot in self.supervisor.slots.values():
+        for slot in (slot for slot, _ in slots):
             if self.risk.states.get(Scope.STRATEGY, slot.name) is TradingState.HALTED:
                 slot.state, slot.reason = BotState.HALTED, "HALTED before this start: resume it"
                 log.warning("bot %s not started: %s", slot.name, slot.reason,
                             extra={"bot": slot.name})
                 continue
+            if not self.schedule.may_start(slot.name):
+                plan = self.schedule.plans[slot.name]
+                slot.state, slot.reason = BotState.STOPPED, f"outside session {plan.name}"
+                log.info("bot %s waits for session %s to open", slot.name, plan.name,
+                         extra={"bot": slot.name})
+                continue
             self.spawn_bot(slot)
-        await asyncio.sleep(0)  # bots subscribe before their feeds start
         for key, feed in self.feeds.items():
-            self.spawn(f"feed:{key.dataset}:{key.symbol}", feed.run())
+            name = f"feed:{key.dataset}:{key.symbol}"
+            if name not in self._tasks:  # bots subscribed above, before their feed starts
+                self.spawn(name, feed.run())
+
+    def _live_feeds(self, slots: list[tuple[BotSlot, Any]]) -> list[tuple[BotSlot, Any]]:
+        """Bots on a venue account (alpaca, binance) read that venue's live market data
+        (:mod:`qtd.feeds.live`, one feed per account, ``data_*`` settings), unless
+        ``[market.bots.<bot>]`` names a replayed data set (venue test environments). A bot
+        whose live feed cannot be built is refused with the reason."""
+        cfg, kept = self.cfg, []
+        wanted: dict[str, list[tuple[BotSlot, Any]]] = {}
+        for slot, loaded in slots:
+            acct = cfg.accounts[slot.spec.account]
+            if acct.broker == "paper" or slot.name in cfg.market.bots:
+                kept.append((slot, loaded))
+            else:
+                wanted.setdefault(slot.spec.account, []).append((slot, loaded))
+        for account, bots in wanted.items():
+            symbols = sorted({s for slot, _ in bots for s in slot.spec.symbols})
+            key = FeedKey(f"live:{account}", "*", 0.0, False)
+            try:
+                live = live_feed_for(account, cfg.accounts[account], symbols, self._on_price)
+            except (ConfigError, ValueError) as exc:
+                why = f"account {account!r}: no live market data: {exc}"
+                for slot, loaded in bots:
+                    self.refused[str(loaded.path)] = [why]
+                    log.error("bot %s refused: %s", slot.name, why, extra={"bot": slot.name})
+                continue
+            self.feeds[key] = LiveFanout(key, live)
+            for slot, loaded in bots:
+                self.bot_feed[slot.name] = key
+                kept.append((slot, loaded))
+        return kept
+
+    async def _retry_accounts(self) -> None:
+        """Try the accounts that failed to connect every ``account_retry_s``; one that
+        connects is reconciled before its bots are admitted and started."""
+        while self.failed_accounts:
+            await asyncio.sleep(self.cfg.account_retry_s)
+            for name in list(self.failed_accounts):
+                try:
+                    await self._bring_online(name)
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    self.failed_accounts[name] = f"{type(exc).__name__}: {exc}"
+                    log.warning("account %s still not connected: %s", name,
+                                self.failed_accounts[name], extra={"account": name})
+
+    async def _bring_online(self, name: str) -> None:
+        cfg = self.cfg
+        s = cfg.accounts[name]
+        symbols = account_symbols(cfg, name, bot_symbols(cfg, bot_files(cfg)))
+        broker = await asyncio.wait_for(
+            connect_account(name, s, cfg, self.clock, symbols), s.connect_timeout_s)
+        self.router.brokers[name] = broker
+        try:
+            rec = await reconcile_account(self.router, broker, self.clock, trigger="reconnect")
+        except Exception:
+            del self.router.brokers[name]
+            await close_brokers({name: broker})
+            raise
+        self.brokers[name] = broker
+        del self.failed_accounts[name]
+        self.spawn(f"reports:{name}", self._consume(broker))
+        start_reconciler(self, name)
+        log.info("account %s connected late and reconciled (ok=%s)", name, rec.ok,
+                 extra={"account": name})
+        waiting = [Path(p) for p, problems in self.refused.items()
+                   if any(f"account = {name!r}: not connected" in x for x in problems)]
+        if not waiting:
+            return
+        slots, refused = await admit_bots(cfg, self.store, self.clock, set(self.brokers),
+                                          only=waiting)
+        for p in waiting:
+            self.refused.pop(str(p), None)
+        self.refused.update(refused)
+        slots = self._live_feeds(slots)
+        for slot, _loaded in slots:
+            route = self.routed.get(slot.name)
+            plan = plan_for(cfg, slot.name, route.rule if route else None)
+            if plan is not None:
+                self.schedule.plans[slot.name] = plan
+        self._add_bots(slots)
+        if self.schedule.plans and "schedule" not in self._tasks:
+            self.spawn("schedule", self.schedule.run())
+
+    def unsubscribe(self, bot: str) -> None:
+        """Stop delivering market data to ``bot`` (stopped by its session schedule)."""
+        key = self.bot_feed.get(bot)
+        if key is not None and key in self.feeds:
+            self.feeds[key].unsubscribe(bot)
 
     @property
     def kill_active(self) -> bool:
@@ -221,10 +370,15 @@ class Agent:
     # --- the order path around the router -------------------------------------------------
 
     def _make_runner(self, slot: BotSlot) -> BotRunner:
-        return BotRunner(slot.strategy_cls, slot.params, slot.spec, clock=self.clock,
-                         submit=self.router.submit, cancel=self._cancel_all,
-                         emit=self.store.append, node=self.node,
-                         hook_budget_s=self.cfg.hook_budget_s, params_hash=slot.content_hash)
+        runner = BotRunner(slot.strategy_cls, slot.params, slot.spec, clock=self.clock,
+                           submit=self.router.submit, cancel=self._cancel_all,
+                           emit=self.store.append, node=self.node,
+                           hook_budget_s=self.cfg.hook_budget_s, params_hash=slot.content_hash,
+                           isolate_hooks=True)  # a blocked hook never stalls the kill switch
+        seed_from_store(runner, self.proj)  # a restarted bot knows what it holds
+        adopt(slot, runner)  # a strategy swapped in by a deploy keeps the bot's positions
+        self.canary.shape(runner)  # its share of the allocation while a canary ramps
+        return runner
 
     def _subscribe(self, bot: str) -> Any:
         return self.feeds[self.bot_feed[bot]].subscribe(bot)
@@ -245,7 +399,7 @@ class Agent:
         async for event in broker.reports():
             stored = await self.router.on_venue_event(event)
             if type(stored) is Fill:
-                runner = self.supervisor.runner(stored.bot)
+                runner = self.supervisor.runner(stored.bot) or self.canary.runner(stored.bot)
                 if runner is not None:
                     runner.deliver_fill(stored)
 
@@ -273,6 +427,18 @@ class Agent:
                 sent = await self.router.cancel_many(cids, "agent shutdown")
                 log.info("shutdown: asked to cancel %d open orders", len(sent))
                 await asyncio.sleep(0.05)  # let the venue's cancel confirmations be stored
+        # Nothing may store events behind the final flush: stop market data first (a paper
+        # broker fills on the next bar, so no bars = no fills), then the tasks that act on
+        # their own. Venue reports keep being consumed until the link closes; anything a
+        # venue sends later is stored and published at the next start.
+        quiet = [t for n, t in self._tasks.items()
+                 if (n.startswith(("feed:", "reconcile:"))
+                     or n in ("schedule", "deploy-watch", "canary"))
+                 and not t.done()]
+        for task in quiet:
+            task.cancel()
+        if quiet:
+            await asyncio.wait(quiet, timeout=cfg.shutdown_timeout_s)
         self._telemetry_stop.set()
         if self.link is not None:
             pending = await self.link.close(cfg.shutdown_timeout_s)
@@ -282,7 +448,28 @@ class Agent:
             task.cancel()
 
     async def _close(self) -> None:
+        await close_brokers(self.brokers)
         store = getattr(self, "store", None)
         if store is not None:
             store.listener = None
             await store.close()
+
+
+def seed_from_store(runner: BotRunner, proj: Projections) -> None:
+    """Give a new runner the bot's positions and in-flight quantities from the projections
+    (the event store's view), so a bot restarted by the supervisor or after an agent restart
+    does not believe it is flat: ``target_position`` would otherwise buy its position again.
+
+    In-flight per symbol is the signed ``leaves_qty`` of the bot's open orders on its account.
+    """
+    ctx = runner.ctx
+    for symbol in ctx.symbols:
+        held = proj.position(ctx.bot, ctx.account, symbol)
+        if held is not None:
+            ctx.positions[symbol] = copy.deepcopy(held)
+            if held.last_price is not None:
+                ctx.marks.setdefault(symbol, held.last_price)
+        ctx.inflight[symbol] = sum(
+            (rec.side.sign * rec.leaves_qty
+             for rec in proj.orders.open_orders(bot=ctx.bot, account=ctx.account, symbol=symbol)),
+            Decimal(0))

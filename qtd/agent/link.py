@@ -26,6 +26,7 @@ from qtd.store import EventStore
 
 log = logging.getLogger("qtd.agent.link")
 
+SETTLE_S = 0.05  # final flush: the store must stay unchanged this long (seconds)
 _RETRY_ERRORS = (TemporaryError, nats.errors.Error, nats.js.errors.Error, OSError,
                  asyncio.TimeoutError)
 
@@ -65,7 +66,8 @@ class BusLink:
         if not await self._connect(stop):
             return
         assert self.js is not None
-        self.outbox = Outbox(self.store, self.js, self.subjects)
+        self.outbox = Outbox(self.store, self.js, self.subjects,
+                             connected=lambda: self.connected)
         await self._on_ready(self)
         self.ready.set()
         await self.outbox.run(stop)
@@ -76,6 +78,7 @@ class BusLink:
             try:
                 if self.nc is None:
                     self.nc = await connect(self.cfg, source=self.source)
+                    _drop_unsent_on_disconnect(self.nc)
                 self.js = self.nc.jetstream()
                 await ensure_jetstream(self.js, self.cfg.prefix, self.replicas)
                 return True
@@ -105,6 +108,16 @@ class BusLink:
             return False
         return True
 
+    async def _final_flush(self, outbox: Outbox) -> None:
+        """Flush until the store stops growing: venue reports (acks, fills of the last
+        orders) may still be stored while the first flush runs."""
+        while True:
+            await outbox.flush()
+            seen = self.store.last_seq
+            await asyncio.sleep(SETTLE_S)
+            if self.store.last_seq == seen:
+                return
+
     async def close(self, timeout_s: float) -> int:
         """Final outbox flush and drain, each bounded by ``timeout_s`` seconds.
 
@@ -114,7 +127,7 @@ class BusLink:
         """
         if self.outbox is not None and self.connected:
             try:
-                await asyncio.wait_for(self.outbox.flush(), timeout_s)
+                await asyncio.wait_for(self._final_flush(self.outbox), timeout_s)
             except (TemporaryError, TimeoutError) as exc:
                 log.warning("final outbox flush incomplete: %s", exc)
         pending = self.store.last_seq - await self.store.watermark(Outbox.WATERMARK)
@@ -125,3 +138,35 @@ class BusLink:
                 with contextlib.suppress(Exception):
                     await self.nc.close()
         return pending
+
+
+def _drop_unsent_on_disconnect(nc: Client) -> None:
+    """On a lost connection, drop what nats-py holds unsent instead of sending it after the
+    reconnect.
+
+    nats-py keeps publishes not yet written to the old socket and writes them to the new
+    one, while what it had written to the old socket died with it: event k+1 would reach
+    JetStream before the outbox re-sends event k, out of order. Dropping them makes the
+    stream receive a prefix of the events over the old connection and the outbox's re-send
+    from the watermark over the new one, in order (Msg-Id dedups the overlap). Heartbeats,
+    PnL ticks and kill acks held at that moment are dropped too (best effort by design; kill
+    acks are also stored events). Uses nats-py's connection internals (``_pending``,
+    ``_pending_data_size``, ``_disconnected_cb``; nats-py 2.x); without them nothing changes.
+    """
+    inner = getattr(nc, "_disconnected_cb", None)
+    if not (hasattr(nc, "_pending") and hasattr(nc, "_pending_data_size")):
+        log.warning("nats-py internals changed: unsent publishes are kept across a reconnect "
+                    "(JetStream order after an outage is then not guaranteed)")
+        return
+
+    async def on_disconnected() -> None:
+        dropped = len(nc._pending)
+        nc._pending = []
+        nc._pending_data_size = 0
+        if dropped:
+            log.info("NATS connection lost: %d unsent commands dropped; the outbox re-sends "
+                     "from its watermark", dropped)
+        if inner is not None:
+            await inner()
+
+    nc._disconnected_cb = on_disconnected

@@ -3,7 +3,8 @@
 * ``heartbeat`` — :class:`~qtd.events.Heartbeat` JSON on ``<prefix>.hb.<node>`` every
   ``heartbeat_s``;
 * ``pnl`` — one :class:`~qtd.events.PnLSnapshot` JSON per bot on
-  ``<prefix>.pnl.<node>.<bot>`` every ``pnl_s`` (core NATS: not stored);
+  ``<prefix>.pnl.<node>.<bot>`` every ``pnl_s``, with the bot's stage, state and risk
+  limits in use (core NATS: not stored);
 * ``failsafe`` — the leader-heartbeat policy (:class:`~qtd.agent.telemetry.FailSafe`);
 * ``kill-kv`` — reads the kill key of ``qtd_control`` every second. A poll rather than a KV
   watcher: an ephemeral watch consumer does not survive a nats-server restart, a ``get``
@@ -129,7 +130,7 @@ async def _pnl(agent: Agent) -> None:
         await _every(agent.cfg.pnl_s)
         bots = {n: s.spec.account for n, s in agent.supervisor.slots.items()}
         for snap in pnl_snapshots(agent.proj, agent.risk, agent.node, agent.clock.now_ns(),
-                                  bots):
+                                  bots, agent.supervisor.slots):
             await link.publish(agent.subjects.pnl(agent.node, snap.bot), to_json(snap))
 
 

@@ -22,6 +22,7 @@ import msgspec
 
 from qtd.data import load_dataset
 from qtd.feeds import Bar, HistoricalFeed, MarketData
+from qtd.feeds.live import LiveFeed
 
 log = logging.getLogger("qtd.agent.market")
 
@@ -113,3 +114,40 @@ async def _drain(q: asyncio.Queue[object]) -> AsyncIterator[MarketData]:
         if item is _END:
             return
         yield item  # type: ignore[misc]
+
+
+class LiveFanout(ReplayFeed):
+    """Live market data of one venue account (:mod:`qtd.feeds.live`), fanned out to its bots
+    like a replay: the live feed runs ``on_price`` (risk marks) before it queues an item,
+    then every subscribed bot gets it (a bot that falls :data:`QUEUE_SIZE` items behind
+    loses its oldest, counted in :attr:`dropped`; the venue reader is never blocked by one
+    slow bot).
+
+    Args:
+        key: identity (``FeedKey("live:<account>", "*", 0.0, False)``).
+        feed: the live feed (not started: :meth:`run` starts and closes it).
+    """
+
+    def __init__(self, key: FeedKey, feed: LiveFeed) -> None:
+        super().__init__(key, _no_price, [])
+        self.live = feed
+
+    async def run(self) -> None:
+        """Read the venue until cancelled (reconnects and back-fills are the feed's)."""
+        reader = asyncio.create_task(self.live.run(), name=f"live:{self.key.dataset}")
+        try:
+            async for item in self.live:
+                for q in list(self._subs.values()):
+                    self._put(q, item)
+                self.delivered += 1
+        finally:
+            await self.live.close()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.done.set()
+            for q in self._subs.values():
+                self._put(q, _END)
+
+
+async def _no_price(symbol: str, price: Decimal) -> None:
+    return None

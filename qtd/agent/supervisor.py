@@ -37,12 +37,14 @@ class BotSlot:
         restarts: monotonic times (s) of restarts in the last hour.
         state: last known state (CREATED, RUNNING, HALTED, STOPPED).
         reason: why it is not running, when it is not.
+        stage: the bot config's lifecycle stage (paper, shadow, live, ...; "" unknown).
     """
 
     def __init__(self, spec: BotSpec, strategy_cls: type[Strategy], params: Strategy.Params,
-                 content_hash: str) -> None:
+                 content_hash: str, stage: str = "") -> None:
         self.spec, self.strategy_cls, self.params = spec, strategy_cls, params
         self.content_hash = content_hash
+        self.stage = stage
         self.runner: BotRunner | None = None
         self.restarts: deque[float] = deque()
         self.total_restarts = 0

@@ -6,23 +6,26 @@ Each function does one start-up step (the order is the daemon's, see
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from qtd.admit import admit_bot, collect_files
 from qtd.admit.config import LoadedBot, load_bot_config
-from qtd.agent.config import AccountSettings, AgentConfig
+from qtd.agent.config import AgentConfig
+from qtd.agent.crashpoint import CrashPoint
 from qtd.agent.market import FeedKey
+from qtd.agent.storefault import StoreFaults
 from qtd.agent.supervisor import BotSlot
-from qtd.brokers.base import Broker
-from qtd.brokers.paper import PaperBroker
 from qtd.clock import Clock
+from qtd.deploy.files import deployed_config
+from qtd.errors import ConfigError, StoreError
 from qtd.events import AnyEvent, Event, OrderIntent, Scope, TradingStateChanged
 from qtd.projections import Projections
+from qtd.risk.config import RiskConfig
 from qtd.risk.engine import RiskEngine
 from qtd.runner import BotSpec
 from qtd.store import EventStore
@@ -33,22 +36,57 @@ log = logging.getLogger("qtd.agent")
 class AgentStore(EventStore):
     """The event store, calling :attr:`listener` with the stored events after every
     successful append (the daemon hands them to the outbox, which publishes them from memory
-    without polling delay or a store read)."""
+    without polling delay or a store read).
+
+    With :attr:`faults` set (the daemon does), a failing write halts trading and buffers
+    instead of raising (:mod:`qtd.agent.storefault`); :attr:`crash` is the test-only crash
+    point hook (:mod:`qtd.agent.crashpoint`, off unless ``QTD_TEST_CRASH_AT`` is set)."""
 
     listener: Callable[[Sequence[AnyEvent]], None] | None = None
+    faults: StoreFaults | None = None
+    crash: CrashPoint | None = None
 
     async def append(self, event: Event) -> AnyEvent:
-        stored = await super().append(event)
+        if self.crash is not None:
+            self.crash.before(event)
+        if self.faults is None:
+            stored = await super().append(event)
+        else:
+            stored = (await self.faults.append((event,)))[0]
+            if self.faults.faulted:
+                return stored  # buffered: published once written
+        if self.crash is not None:
+            self.crash.after(stored)
         if self.listener is not None:
             self.listener((stored,))
         return stored
 
     async def append_many(self, events: Sequence[Event], *, sync: bool = True
                           ) -> list[AnyEvent]:
-        stored = await super().append_many(events, sync=sync)
+        if self.faults is None:
+            stored = await super().append_many(events, sync=sync)
+        else:
+            stored = await self.faults.append(events, sync=sync)
+            if self.faults.faulted:
+                return stored  # buffered: published once written
         if stored and self.listener is not None:
             self.listener(stored)
         return stored
+
+    async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
+        if self.faults is not None and self.faults.faulted:
+            return  # kept at its last value: a restart re-sends, the leader is idempotent
+        try:
+            await super().set_watermark(seq, name)
+        except StoreError as exc:
+            if self.faults is None or "sqlite" not in exc.fields:
+                raise
+            self.faults.trip(exc)
+
+    async def close(self) -> None:
+        if self.faults is not None:
+            await self.faults.close()
+        await super().close()
 
 
 async def open_store(cfg: AgentConfig) -> AgentStore:
@@ -60,6 +98,7 @@ async def open_store(cfg: AgentConfig) -> AgentStore:
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
     store = await AgentStore.open(cfg.store_path, node=cfg.node)
     assert isinstance(store, AgentStore)
+    store.crash = CrashPoint.from_env()  # None unless the crash suite set it
     return store
 
 
@@ -95,38 +134,35 @@ async def rebuild(store: EventStore, proj: Projections, risk: RiskEngine
     return last_global
 
 
-def make_broker(name: str, s: AccountSettings, node: str, clock: Clock) -> Broker:
-    """The broker adapter of one account (only ``paper`` so far)."""
-    return PaperBroker(
-        account=name, node=node, clock=clock, venue=s.venue, cash=Decimal(str(s.cash)),
-        slippage_bps=Decimal(str(s.slippage_bps)), commission_bps=Decimal(str(s.commission_bps)),
-        max_fill_qty=None if s.max_fill_qty is None else Decimal(str(s.max_fill_qty)))
+def bot_symbols(cfg: AgentConfig, paths: list[Path]) -> dict[str, set[str]]:
+    """Account → symbols of the bots configured for it (files that do not parse are
+    skipped here: admission reports them)."""
+    out: dict[str, set[str]] = {}
+    for path in paths:
+        loaded, _ = load_bot_config(path)
+        if loaded is not None:
+            out.setdefault(loaded.config.account, set()).update(loaded.config.symbols)
+    for r in cfg.routed:
+        out.setdefault(r.account, set()).update(r.symbols)
+    return out
 
 
-async def open_accounts(cfg: AgentConfig, clock: Clock, timeout_s: float = 30.0
-                        ) -> tuple[dict[str, Broker], dict[str, str]]:
-    """Connect every account in parallel; one failing never blocks the others.
+def risk_config_for(cfg: AgentConfig, risk: RiskConfig) -> RiskConfig:
+    """The risk config with the agent's ``[trading_day]``, so the engine's daily counters
+    and daily-loss limits roll over with the PnL day.
 
-    Returns:
-        (brokers by account, error message by account that failed).
+    Raises:
+        ConfigError: the risk file sets another trading day (names both files and values).
     """
-    async def one(name: str, s: AccountSettings) -> Broker:
-        return make_broker(name, s, cfg.node, clock)
-
-    names = list(cfg.accounts)
-    results = await asyncio.gather(
-        *(asyncio.wait_for(one(n, cfg.accounts[n]), timeout_s) for n in names),
-        return_exceptions=True)
-    brokers: dict[str, Broker] = {}
-    failed: dict[str, str] = {}
-    for name, res in zip(names, results, strict=True):
-        if isinstance(res, BaseException):
-            failed[name] = f"{type(res).__name__}: {res}"
-            log.error("account %s failed to connect: %s", name, failed[name],
-                      extra={"account": name})
-        else:
-            brokers[name] = res
-    return brokers, failed
+    mine = (cfg.trading_day.tz, cfg.trading_day.rollover)
+    theirs = (risk.trading_day_tz, risk.trading_day_rollover)
+    if theirs not in (mine, ("UTC", "00:00")):
+        raise ConfigError(
+            f"{risk.source}: trading_day_tz/trading_day_rollover = {' '.join(theirs)}: must "
+            f"equal [trading_day] of {cfg.source} ({' '.join(mine)}), or be left out",
+            source=risk.source, field="trading_day_tz", value=" ".join(theirs),
+            rule="one trading day per agent")
+    return msgspec.structs.replace(risk, trading_day_tz=mine[0], trading_day_rollover=mine[1])
 
 
 def bot_files(cfg: AgentConfig) -> list[Path]:
@@ -137,16 +173,21 @@ def bot_files(cfg: AgentConfig) -> list[Path]:
     return found
 
 
-async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts: set[str]
+async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts: set[str],
+                     extra: Sequence[Path] = (), *, only: Sequence[Path] | None = None
                      ) -> tuple[list[tuple[BotSlot, LoadedBot]], dict[str, list[str]]]:
-    """Admit every configured bot; refuse (and report) anything not admitted.
+    """Admit every configured bot and the ``extra`` files (bots yielded by routes), or
+    exactly the ``only`` files; refuse (and report) anything not admitted.
 
     Returns:
         (admitted slots with their configs, problems by refused file).
     """
     slots: list[tuple[BotSlot, LoadedBot]] = []
     refused: dict[str, list[str]] = {}
-    for path in bot_files(cfg):
+    # a bot deployed to this node runs its last accepted version (qtd.deploy)
+    paths = list(only) if only is not None else [
+        *(deployed_config(cfg.state_dir, p, cfg.risk) for p in bot_files(cfg)), *extra]
+    for path in paths:
         adm = await admit_bot(path, store=store, node=cfg.node, clock=clock,
                               smoke=cfg.admit_smoke)
         loaded, _ = load_bot_config(path)
@@ -161,8 +202,8 @@ async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts
         c = loaded.config
         spec = BotSpec(name=c.name, account=c.account, venue=c.venue,
                        symbols=tuple(c.symbols), currency=c.currency)
-        slots.append((BotSlot(spec, adm.strategy_cls, adm.params_obj, adm.content_hash),
-                      loaded))
+        slots.append((BotSlot(spec, adm.strategy_cls, adm.params_obj, adm.content_hash,
+                              stage=c.stage), loaded))
     return slots, refused
 
 

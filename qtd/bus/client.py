@@ -27,6 +27,7 @@ from qtd.bus.config import (
     check_bus_config,
     config_error,
     redact_url,
+    resolve_credentials,
 )
 from qtd.errors import OperationalError, TemporaryError
 
@@ -234,11 +235,13 @@ async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
         A connected ``nats.aio.client.Client``.
 
     Raises:
-        ConfigError: ``cfg`` is invalid (see :func:`check_bus_config`).
+        ConfigError: ``cfg`` is invalid (see :func:`check_bus_config`), or a
+            ``*_credential`` cannot be read from ``$CREDENTIALS_DIRECTORY``.
         OperationalError: the servers refused the credentials, or ``nkeys`` is missing.
         TemporaryError: no server answered within ``initial_connect_timeout`` seconds.
     """
     check_bus_config(cfg, source)
+    cfg = resolve_credentials(cfg, source)
     rng = random.Random()
     redact = _Redactor([cfg.token or "", cfg.password or ""])
     state = _ConnState()

@@ -3,6 +3,9 @@ the value and the rule (secrets shown as ``***``)."""
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,6 +19,16 @@ from qtd.errors import ConfigError
 _SCHEMES = ("nats", "tls", "ws", "wss")
 REDACTED = "***"
 _SECRET_FIELDS = ("token", "password")
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+"""Directory systemd fills from the unit's ``LoadCredential=`` lines (a private ramfs,
+files mode 0400 owned by the service user; systemd.exec(5), "Credentials")."""
+_CREDENTIAL_FIELDS = {  # <name>_credential -> the field it fills
+    "token_credential": "token",
+    "password_credential": "password",
+    "nkey_seed_credential": "nkey_seed_file",
+    "creds_credential": "creds_file",
+}
+_SECRET_FILES = ("nkey_seed_file", "creds_file")
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -65,6 +78,16 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         ping_interval: seconds between client PINGs.
         max_outstanding_pings: unanswered PINGs before the connection counts as stale.
         drain_timeout: seconds ``drain()`` may take at shutdown.
+        token_credential: name of a systemd credential (``LoadCredential=NAME:/etc/...``)
+            holding the auth token: read from ``$CREDENTIALS_DIRECTORY/NAME`` at connect.
+        password_credential: the same for the password (with ``user``).
+        nkey_seed_credential: the same for an NKey seed file (used as ``nkey_seed_file``).
+        creds_credential: the same for a JWT ``.creds`` file (used as ``creds_file``).
+
+    A ``*_credential`` counts as its auth method (``token_credential`` is token auth, and so
+    on). Every secrets file — a named credential, ``nkey_seed_file``, ``creds_file`` — must
+    not be readable by group or others (mode 0600/0400, the rule broker credential files
+    follow too): :func:`check_bus_config` refuses it, so the process does not start.
     """
 
     servers: Annotated[tuple[str, ...], Meta(min_length=1)] = ("nats://127.0.0.1:4222",)
@@ -85,6 +108,10 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     ping_interval: PositiveInt = 10
     max_outstanding_pings: PositiveInt = 3
     drain_timeout: PositiveInt = 5
+    token_credential: str | None = None
+    password_credential: str | None = None
+    nkey_seed_credential: str | None = None
+    creds_credential: str | None = None
 
     def __repr__(self) -> str:
         fields = []
@@ -133,12 +160,18 @@ def _check_servers(cfg: BusConfig, source: str) -> None:
 
 
 def _check_auth(cfg: BusConfig, source: str) -> None:
+    for field, target in _CREDENTIAL_FIELDS.items():
+        if getattr(cfg, field) is not None and getattr(cfg, target) is not None:
+            raise config_error(source, field, getattr(cfg, field),
+                               f"give {target} or {field}, not both")
     methods = [
         name for name, on in (
-            ("token", cfg.token is not None),
-            ("user/password", cfg.user is not None or cfg.password is not None),
-            ("nkey_seed_file", cfg.nkey_seed_file is not None),
-            ("creds_file", cfg.creds_file is not None),
+            ("token", cfg.token is not None or cfg.token_credential is not None),
+            ("user/password", cfg.user is not None or cfg.password is not None
+             or cfg.password_credential is not None),
+            ("nkey_seed_file", cfg.nkey_seed_file is not None
+             or cfg.nkey_seed_credential is not None),
+            ("creds_file", cfg.creds_file is not None or cfg.creds_credential is not None),
         ) if on
     ]
     if len(methods) > 1:
@@ -146,9 +179,92 @@ def _check_auth(cfg: BusConfig, source: str) -> None:
             source, "auth", methods, "use at most one of token, user/password, "
             "nkey_seed_file, creds_file",
         )
-    if (cfg.user is None) != (cfg.password is None):
-        missing = "password" if cfg.password is None else "user"
-        raise config_error(source, missing, None, "user and password go together")
+    has_password = cfg.password is not None or cfg.password_credential is not None
+    if (cfg.user is None) != has_password:
+        return
+    missing = "password" if not has_password else "user"
+    raise config_error(source, missing, None, "user and password go together (password or "
+                       "password_credential)")
+
+
+def credential_path(name: str, field: str, source: str,
+                    environ: Mapping[str, str] | None = None) -> Path:
+    """``$CREDENTIALS_DIRECTORY/<name>``, checked: the directory is set, the name is a plain
+    file name, the file exists and is not readable by group or others.
+
+    Raises:
+        ConfigError: names ``bus.<field>``, the credential name and the rule broken.
+    """
+    env = os.environ if environ is None else environ
+    if not name or "/" in name or name in (".", ".."):
+        raise config_error(source, field, name, "a credential name (a file name, no '/')")
+    directory = env.get(CREDENTIALS_ENV)
+    if not directory:
+        raise config_error(
+            source, field, name, f"${CREDENTIALS_ENV} is not set: systemd sets it for a unit "
+            f"with LoadCredential={name}:/etc/qtd/credentials/...; by hand, export "
+            f"{CREDENTIALS_ENV}=<dir holding {name}>")
+    path = Path(directory) / name
+    check_secret_file(path, field, source)
+    return path
+
+
+def check_secret_file(path: Path, field: str, source: str) -> None:
+    """Refuse a secrets file that is missing or readable by group or others.
+
+    Raises:
+        ConfigError: names ``bus.<field>``, the file and its mode (never its content).
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as e:
+        raise config_error(source, field, str(path),
+                           f"secrets file must exist and be readable ({e.strerror})") from None
+    if mode & 0o077:
+        raise config_error(
+            source, field, str(path), f"secrets file has mode {mode:04o}: refused, it must "
+            f"not be readable by group or others (chmod 600 {path})")
+
+
+def read_credential(path: Path) -> str:
+    """A credential file's content without its trailing newline (a token or password)."""
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def resolve_credentials(cfg: BusConfig, source: str = "<config>",
+                        environ: Mapping[str, str] | None = None) -> BusConfig:
+    """``cfg`` with every ``*_credential`` replaced by what it names: the token or password
+    read from ``$CREDENTIALS_DIRECTORY/<name>``, or the seed/creds file path.
+
+    Raises:
+        ConfigError: a credential is missing, unreadable or readable by group or others.
+    """
+    updates: dict[str, str] = {}
+    for field, target in _CREDENTIAL_FIELDS.items():
+        name = getattr(cfg, field)
+        if name is None:
+            continue
+        path = credential_path(name, field, source, environ)
+        if target in _SECRET_FIELDS:
+            try:
+                updates[target] = read_credential(path)
+            except (OSError, UnicodeDecodeError) as e:
+                raise config_error(source, field, name, f"unreadable: {e}") from None
+        else:
+            updates[target] = str(path)
+        updates[field] = None  # type: ignore[assignment]
+    return msgspec.structs.replace(cfg, **updates) if updates else cfg
+
+
+def _check_credentials(cfg: BusConfig, source: str) -> None:
+    for field in _CREDENTIAL_FIELDS:
+        name = getattr(cfg, field)
+        if name is not None:
+            credential_path(name, field, source)
+    for field in _SECRET_FILES:
+        value = getattr(cfg, field)
+        if value is not None:
+            check_secret_file(Path(value), field, source)
 
 
 def _check_files(cfg: BusConfig, source: str) -> None:
@@ -195,10 +311,12 @@ def check_bus_config(cfg: BusConfig, source: str = "<config>") -> BusConfig:
         ``cfg`` unchanged.
 
     Raises:
-        ConfigError: names the field, the value (secrets shown as ``***``) and the rule.
+        ConfigError: names the field, the value (secrets shown as ``***``) and the rule;
+            among the rules: every ``*_credential`` names a file in
+            ``$CREDENTIALS_DIRECTORY`` and no secrets file is readable by group or others.
     """
     for check in (_check_constraints, _check_servers, _check_auth, _check_files,
-                  _check_reconnect, _check_prefix):
+                  _check_credentials, _check_reconnect, _check_prefix):
         check(cfg, source)
     return cfg
 

@@ -237,3 +237,30 @@ async def ensure_jetstream(
     for note in changes:
         log.info("jetstream.ensure change=%r", note)
     return JetStreamSetup(stream=info, control=kv, changes=changes)
+
+
+DEPLOY_BUCKET = "qtd_deploy"
+"""Fleet deploys (:mod:`qtd.deploy`): key ``desired.<bot>`` is the version every node should
+run, ``version.<bot>.<n>`` every version ever deployed (the history)."""
+SOURCES_BUCKET = "qtd_sources"
+"""Strategy sources by content: key = sha256 hex of the file's bytes (never overwritten)."""
+
+
+async def ensure_deploy_kv(js: JetStreamContext, replicas: int = 1
+                           ) -> tuple[KeyValue, KeyValue]:
+    """Create or verify the deploy buckets (:data:`DEPLOY_BUCKET`, :data:`SOURCES_BUCKET`),
+    file storage, like the control bucket. Idempotent.
+
+    Returns:
+        (deploy bucket, sources bucket).
+
+    Raises:
+        OperationalError: a bucket exists with another storage, or JetStream refused an
+            update.
+    """
+    deploy, a = await _ensure_kv(js, DEPLOY_BUCKET, DEFAULT_KV_HISTORY, replicas)
+    sources, b = await _ensure_kv(js, SOURCES_BUCKET, 1, replicas)
+    for note in (a, b):
+        if note:
+            log.info("jetstream.ensure change=%r", note)
+    return deploy, sources

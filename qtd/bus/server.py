@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -98,6 +99,11 @@ class EmbeddedNatsServer:
         start_timeout: seconds to wait for the server to accept clients.
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
         server_name: the server's name (shown in logs and monitoring).
+        sync_interval: JetStream fsync: ``"always"`` (before every ack, the default), a
+            duration (``"1s"``) or ``None`` (nats-server's default, every 2 min). The agent's
+            outbox audits the stream on every connect and re-sends what a crashed server
+            lost (:meth:`qtd.outbox.Outbox.audit`), so this trades durability of the
+            transport against throughput, not events.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class EmbeddedNatsServer:
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
         server_name: str = "qtd-embedded",
+        sync_interval: str | None = "always",
     ) -> None:
         if port < 0 or (monitor_port is not None and monitor_port < 0):
             raise ValueError("port and monitor_port must be >= 0 (0 = pick a free port)")
@@ -130,6 +137,11 @@ class EmbeddedNatsServer:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.server_name = server_name
+        if sync_interval is not None and not re.fullmatch(r"always|\d+(ms|s|m|h)",
+                                                          sync_interval):
+            raise ValueError(f"sync_interval = {sync_interval!r}: 'always', a duration such "
+                             "as '1s', or None (the server's default, 2 min)")
+        self.sync_interval = sync_interval
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[..., EmbeddedNatsServer] | None = None
         self._paused = False
@@ -308,8 +320,9 @@ class EmbeddedNatsServer:
             f"  store_dir: {q(self.data_dir)}",
             f"  max_memory_store: {self.js_max_memory}",
             f"  max_file_store: {self.js_max_storage}",
-            "  # fsync every write before the ack (default: every 2 min).",
-            "  sync_interval: always",
+            *([] if self.sync_interval is None else [
+                "  # fsync every write before the ack (nats-server's default: every 2 min).",
+                f"  sync_interval: {self.sync_interval}"]),
             "}",
         ]
         if self._monitor_port is not None:

@@ -30,6 +30,7 @@ from qtd.events import (
     KillSwitch,
     OrderIntent,
     OrderType,
+    PositionTransfer,
     RiskBreach,
     Scope,
     Severity,
@@ -256,6 +257,11 @@ class RiskEngine:
         """Update engine state from an event already applied to the projections."""
         if isinstance(event, Fill):
             self._on_fill(event)
+        elif isinstance(event, PositionTransfer):
+            # a share of a position moved between two bot ids (no order): the bots'
+            # exposures follow; the account's and the symbol's do not change
+            self.exposures_of(event.from_bot, event.account, event.symbol).qty -= event.qty
+            self.exposures_of(event.to_bot, event.account, event.symbol).qty += event.qty
         elif isinstance(event, OrderIntent):
             if event.client_order_id not in self.open:
                 self._register(event, None)
@@ -354,6 +360,10 @@ class RiskEngine:
                     self.books.setdefault(bot, []).append((self.mark(symbol), exp))
             out.append(exp)
         return tuple(out)
+
+    def exposures_of(self, bot: str, account: str, symbol: str) -> Exposure:
+        """The (bot, account, symbol) exposure (created with its siblings on first use)."""
+        return self.position_keys(bot, account, symbol)[0]
 
     def counter(self, scope: Scope, key: str) -> ScopeCounters:
         """Order counters of one scope key (created on first use)."""

@@ -47,6 +47,9 @@ def _assert_exactly_once_in_order(stream: list[tuple[str, AnyEvent]], store: lis
                                   node: str) -> None:
     ids = [mid for mid, _ in stream]
     assert len(ids) == len(set(ids)), "a Msg-Id appears twice in the stream"
+    got = {ev.seq for _, ev in stream}
+    missing = [(ev.seq, type(ev).__name__, ev.bot) for ev in store if ev.seq not in got]
+    assert not missing, f"stored but not in the stream: {missing[:10]}"
     assert [ev.seq for _, ev in stream] == [ev.seq for ev in store]  # all, once, in order
     assert all(mid.startswith(f"{node}:") and mid.endswith(f":{ev.seq}") for mid, ev in stream)
     assert [ev for _, ev in stream] == store  # same content as the system of record

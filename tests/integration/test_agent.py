@@ -70,8 +70,15 @@ async def test_bot_raising_halts_only_itself_sibling_keeps_trading(
     err = next(e for e in events if isinstance(e, StrategyError))
     assert err.bot == "bad" and err.hook == "on_bar" and "boom" in err.message
     assert "RuntimeError" in err.traceback
-    later_fills = [e for e in events if isinstance(e, Fill) and e.seq > err.seq]
-    assert later_fills and {f.bot for f in later_fills} == {"good"}
+    later = [e for e in events if e.seq > err.seq]
+    # the halted bot places no order after its error; a fill of an order it placed before
+    # may still be stored after it (venue reports are asynchronous); its sibling trades on
+    assert {e.bot for e in later if isinstance(e, OrderIntent)} == {"good"}
+    placed_before = {e.client_order_id for e in events
+                     if isinstance(e, OrderIntent) and e.seq < err.seq}
+    later_fills = [e for e in later if isinstance(e, Fill)]
+    assert all(f.client_order_id in placed_before for f in later_fills if f.bot == "bad")
+    assert any(f.bot == "good" for f in later_fills)
     assert bad_state == "HALTED" and good_state == "RUNNING"
 
 

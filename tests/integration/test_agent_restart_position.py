@@ -1,0 +1,49 @@
+"""A restarted bot knows the position it holds (money safety).
+
+A strategy that keeps ``target_position(3)`` must send one order over two agent runs on the
+same store: after the restart its runner is seeded from the event store's projections, so it
+is already at target. Without the seeding it would believe it is flat and buy 3 more.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+from qtd.events import Fill, OrderIntent
+from tests.agent_rig import running_agent, store_events, synthetic_bars, wait_for, write_fleet
+
+HOLDER = '''
+    from qtd.strategy import Strategy
+
+    class Holder(Strategy):
+        """Holds a fixed target position."""
+
+        class Params(Strategy.Params):
+            qty: float = 3.0
+
+        def on_bar(self, bar):
+            self.target_position(self.params.qty)
+'''
+
+
+async def test_restarted_bot_keeps_its_position_instead_of_buying_it_again(
+        tmp_path: Path) -> None:
+    cfg = write_fleet(tmp_path, {"h1": {"_strategy": "holder", "qty": 3.0}})
+    (tmp_path / "strategies" / "holder.py").write_text(textwrap.dedent(HOLDER))
+    for _ in range(2):
+        async with running_agent(cfg, items={"goog_1d": synthetic_bars(40)}) as agent:
+            feed = next(iter(agent.feeds.values()))
+            await wait_for(feed.done.is_set, 30)
+
+            def held() -> Decimal:
+                pos = agent.proj.position("h1", "paper-main", "GOOG")
+                return pos.qty if pos is not None else Decimal(0)
+
+            await wait_for(lambda: held() == 3, 10)
+    stored = await store_events(tmp_path / "state" / "events.db")
+    intents = [e for e in stored if isinstance(e, OrderIntent) and e.bot == "h1"]
+    fills = [e for e in stored if isinstance(e, Fill) and e.bot == "h1"]
+    assert len(intents) == 1, [(i.side, i.qty) for i in intents]
+    assert sum(f.qty for f in fills) == 3
