@@ -630,6 +630,10 @@ def from_json(data: bytes | str) -> AnyEvent:
 
     Raises:
         msgspec.ValidationError: wrong or missing field; the message names the field path.
-        msgspec.DecodeError: not JSON.
+        msgspec.DecodeError: not JSON, or a string in it is not UTF-8 (which msgspec
+            itself reports as UnicodeDecodeError).
     """
-    return _json_decoder.decode(data)
+    try:
+        return _json_decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"JSON is malformed: not UTF-8 ({exc})") from None

@@ -97,7 +97,7 @@ async def handle(agent: Agent, verb: str, data: bytes) -> CommandReply:
     """Run one ctl verb and audit it; never raises for bad input."""
     try:
         req = msgspec.json.decode(data or b"{}", type=CommandRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         req, reply = CommandRequest(), _reply(agent, verb, False, f"bad request: {exc}")
     else:
         fn = _VERBS.get(verb)

@@ -133,7 +133,7 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
     async def on_ack(m: Any) -> None:
         try:
             ack = msgspec.json.decode(m.data, type=KillAck)
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return
         if ack.kill_id == msg.id:
             acks.setdefault(ack.node, ack)
@@ -182,7 +182,7 @@ def decode_kill(data: bytes, *, revision: int = 0) -> KillMessage:
     """Decode a kill message; garbage becomes a GLOBAL kill naming the problem."""
     try:
         return msgspec.json.decode(data, type=KillMessage)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         return KillMessage(id=f"undecodable-{revision}-{len(data)}",
                            reason=f"undecodable kill message ({exc})", source="kv")
 

@@ -144,7 +144,7 @@ class DeployWatch:
         name = slot.name
         try:
             v = decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             if self._tried.get(name) != (-revision, ""):
                 self._tried[name] = (-revision, "")
                 await self._refuse(slot, 0, "", f"desired.{name} (revision {revision}) is "

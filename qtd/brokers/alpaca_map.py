@@ -151,7 +151,7 @@ def decode_trade_update(msg: bytes | str | dict[str, Any]) -> TradeUpdate | None
         if env.stream != "trade_updates":
             return None
         return msgspec.convert(env.data, TradeUpdate)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise VenueMessageError(f"alpaca stream: unreadable message: {exc}",
                                 raw=str(msg)[:200]) from exc
 

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from qtd.clock import Clock
-from qtd.events import Alert, AnyEvent, RiskBreach, Severity
+from qtd.events import Alert, AnyEvent, RiskBreach, Severity, TradingState, TradingStateChanged
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.snapshot import AlertView
 from qtd.leader.view import FleetView
@@ -156,6 +156,27 @@ class AlertBook:
             f"store:{b.node}", b.severity, f"agent {b.node}: event store cannot write; "
             "trading HALTED", trigger=b.check, limit=b.limit, value=b.value, unit=b.unit,
             node=b.node, message=b.message)
+
+    def on_agent_event(self, ev: AnyEvent) -> AlertRecord | None:
+        """Page an agent's own P1/P2 trip that arrived through JetStream (a breaker that
+        halted an account, a reconciliation that left it REDUCING, an auto-flatten...), under
+        ``breach:<node>:<check>:<scope>:<key>``; close those alerts when the agent reports the
+        scope ACTIVE again. Order denials (``action="deny"``) and the agents' own echo of a
+        kill switch (paged by the leader that sent it) are not paged here."""
+        if isinstance(ev, TradingStateChanged) and ev.new is TradingState.ACTIVE:
+            tail = f":{ev.scope.value}:{ev.scope_key}"
+            for key in [k for k in self.open if k.startswith(f"breach:{ev.node}:")
+                        and k.endswith(tail)]:
+                self.close(key, f"{ev.scope.value} {ev.scope_key} ACTIVE again on {ev.node}")
+            return None
+        if not isinstance(ev, RiskBreach) or ev.severity not in (Severity.P1, Severity.P2) \
+                or ev.action == "deny" or ev.check in ("kill_switch", "store_fault"):
+            return None
+        return self.raise_alert(
+            f"breach:{ev.node}:{ev.check}:{ev.scope.value}:{ev.scope_key}", ev.severity,
+            f"agent {ev.node}: {ev.check} → {ev.scope.value} {ev.scope_key} {ev.action}",
+            trigger=ev.check, limit=ev.limit, value=ev.value, unit=ev.unit, node=ev.node,
+            bot=ev.bot, symbol=ev.symbol, message=ev.message)
 
     def close(self, key: str, message: str = "recovered") -> AlertRecord | None:
         """Close the alert for ``key`` (its condition recovered) and page the recovery."""

@@ -34,9 +34,19 @@ from nats.aio.msg import Msg
 
 from qtd.aio import cancel_and_wait
 from qtd.bus import Subjects, connect, ensure_jetstream
+from qtd.bus.rejects import REJECTED
 from qtd.clock import Clock, LiveClock
 from qtd.errors import ConfigError, QtdError
-from qtd.events import AnyEvent, Heartbeat, PnLSnapshot, RiskBreach, Scope, Severity, TradingState
+from qtd.events import (
+    AnyEvent,
+    Heartbeat,
+    PnLSnapshot,
+    RiskBreach,
+    Scope,
+    Severity,
+    TradingState,
+    TradingStateChanged,
+)
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import Breach, FleetCaps
 from qtd.leader.config import LeaderConfig, consumer_name
@@ -299,6 +309,8 @@ class Leader:
             self.view.apply(ev)
             breaches += self.caps.on_event(ev)
             self.versions.on_event(ev)
+            if type(ev) in (RiskBreach, TradingStateChanged) and self.active:
+                self.alerts.on_agent_event(ev)
         self._handle(breaches)
         self.quality.on_events(events)
 
@@ -330,8 +342,8 @@ class Leader:
             return
         try:
             hb = _hb_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("leader.bad_heartbeat subject=%s error=%s", msg.subject, exc)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            REJECTED.reject("heartbeat", msg.subject, exc, log)
             return
         if isinstance(hb, RiskBreach):  # a store fault: the agent's outbox cannot carry it
             if self.active and msg.subject == f"{self.subjects.prefix}.hb.{hb.node}":
@@ -342,8 +354,8 @@ class Leader:
     async def _on_pnl(self, msg: Msg) -> None:
         try:
             self.view.on_pnl(_pnl_decoder.decode(msg.data))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("leader.bad_pnl subject=%s error=%s", msg.subject, exc)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            REJECTED.reject("pnl", msg.subject, exc, log)
 
     async def _on_cmd(self, msg: Msg) -> None:
         if not self.active:

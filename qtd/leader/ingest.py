@@ -45,6 +45,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from qtd.bus import EVENTS_STREAM, Subjects
+from qtd.bus.rejects import REJECTED
 from qtd.events import AnyEvent, from_json
 from qtd.leader.config import IngestConfig
 from qtd.leader.fleetdb import FleetDB, Origin, parse_msg_id
@@ -114,8 +115,8 @@ def decode_batch(msgs: list[Msg]) -> tuple[list[tuple[Origin, AnyEvent]], int]:
     for m in msgs:
         try:
             ev = from_json(m.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("ingest.bad_event subject=%s error=%s", m.subject, exc)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            REJECTED.reject("event", m.subject, exc, log)
             continue
         items.append((parse_msg_id((m.headers or {}).get("Nats-Msg-Id"), ev), ev))
     return items, msgs[-1].metadata.sequence.stream

@@ -38,6 +38,7 @@ from nats.js.kv import KeyValue
 from qtd.agent.control import CommandReply, KillMessage, decode_kill
 from qtd.agent.control import CommandRequest as AgentRequest
 from qtd.bus import KILL_KEY, Subjects
+from qtd.bus.rejects import REJECTED
 from qtd.bus.subjects import check_token
 from qtd.clock import Clock
 from qtd.errors import ConfigError, OperationalError
@@ -284,8 +285,8 @@ class KillSwitchController:
     async def _on_ack(self, msg: Msg) -> None:
         try:
             self._on_ack_data(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("kill.bad_ack subject=%s error=%s", msg.subject, exc)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            REJECTED.reject("kill_ack", msg.subject, exc, log)
 
     async def _on_ctl(self, msg: Msg) -> None:
         kill = decode_kill(msg.data)

@@ -244,5 +244,5 @@ class LeaderLease:
 def _holder(value: bytes | None) -> str:
     try:
         return _decoder.decode(value or b"").holder
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return "?"

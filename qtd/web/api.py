@@ -59,7 +59,7 @@ async def read_body(request: Request, kind: type[Any]) -> Any:
         raise HTTPException(413, "body too large")
     try:
         return msgspec.json.decode(data or b"{}", type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise HTTPException(422, str(exc)) from None
 
 

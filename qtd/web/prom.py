@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from qtd.bus.rejects import REJECTED
 from qtd.leader.snapshot import BotView, FleetSnapshot
 from qtd.quality.web import quality_metrics
 from qtd.web.source import FleetSource
@@ -99,7 +100,11 @@ class SnapshotCollector(Collector):
             tally[(a.severity, a.status)] = tally.get((a.severity, a.status), 0) + 1
         for (sev, status), n in sorted(tally.items()):
             alerts.add_metric([sev, status], n)
-        yield from (util, tripped, alerts)
+        bad = CounterMetricFamily("qtd_bad_messages", "NATS messages this process could not "
+                                  "read (rejected, not applied)", labels=["kind"])
+        for kind in ("event", "heartbeat", "pnl", "kill_ack"):
+            bad.add_metric([kind], REJECTED.counts[kind])
+        yield from (util, tripped, alerts, bad)
 
 
 class WebMetrics:

@@ -120,3 +120,36 @@ async def test_missing_heartbeat_pages_p2_and_recovery_closes_it(
                        what="recovery page")
         snap = leader.view.snapshot()
         assert [n.alive for n in snap.nodes] == [True, True]
+
+
+async def test_agent_trip_through_jetstream_is_paged_and_closed_when_active_again(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, receiver: PageReceiver,
+) -> None:
+    """A P2 an agent raised itself (a reconciliation left its account REDUCING) reaches the
+    operator through the leader; a denial does not page; ACTIVE again closes the alert."""
+    from qtd.events import Severity, TradingState, TradingStateChanged
+
+    cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
+    async with agents(tmp_path, nats_server, ["node-a"]) as (peer,), Leader(cfg) as leader:
+        await wait_for(lambda: "node-a" in leader.view.heartbeats, what="heartbeat")
+        t = 1_700_000_000_000_000_000
+        await peer.append(
+            RiskBreach(node="node-a", ts_event=t, ts_init=t, check="max_order_qty",
+                       scope=Scope.STRATEGY, scope_key="b1", limit=1.0, value=2.0, unit="qty",
+                       severity=Severity.P2, action="deny", message="one order denied"),
+            RiskBreach(node="node-a", ts_event=t, ts_init=t, check="reconcile",
+                       scope=Scope.ACCOUNT, scope_key="acct1", limit=0.0, value=1.0,
+                       unit="discrepancies", severity=Severity.P2, action="reducing",
+                       message="reconcile acct1: position mismatches: SPY"))
+        key = "breach:node-a:reconcile:ACCOUNT:acct1"
+        await wait_for(lambda: key in leader.alerts.open, 5.0, "the agent's P2 alert")
+        await wait_for(lambda: any("reconcile" in b["title"] for b in receiver.bodies), 5.0,
+                       "the P2 page")
+        page = next(b for b in receiver.bodies if "reconcile" in b["title"])
+        assert page["title"].startswith("[P2]") and "position mismatches" in page["message"]
+        assert not any("max_order_qty" in k for k in leader.alerts.open)  # denials don't page
+        await peer.append(TradingStateChanged(
+            node="node-a", ts_event=t + 1, ts_init=t + 1, scope=Scope.ACCOUNT,
+            scope_key="acct1", old=TradingState.REDUCING, new=TradingState.ACTIVE,
+            reason="operator resume", operator="alice"))
+        await wait_for(lambda: key not in leader.alerts.open, 5.0, "the alert closed")
