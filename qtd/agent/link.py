@@ -112,7 +112,14 @@ class BusLink:
         """Flush until the store stops growing: venue reports (acks, fills of the last
         orders) may still be stored while the first flush runs."""
         while True:
-            await outbox.flush()
+            try:
+                await outbox.flush()
+            except TemporaryError as exc:  # an ack overdue under load: the pipeline was
+                if not self.connected:     # reset to the watermark; try again in time left
+                    raise
+                log.info("final outbox flush: %s; retrying", exc)
+                await asyncio.sleep(SETTLE_S)
+                continue
             seen = self.store.last_seq
             await asyncio.sleep(SETTLE_S)
             if self.store.last_seq == seen:
