@@ -12,7 +12,6 @@ import os
 import random
 import socket
 import stat
-import time
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
@@ -155,12 +154,14 @@ async def test_cancelled_start_leaves_no_process(tmp_path: Path) -> None:
 
 
 async def test_stop_of_a_paused_server_is_prompt(tmp_path: Path) -> None:
-    server = EmbeddedNatsServer(tmp_path, stop_timeout=5.0)
+    # SIGCONT follows SIGTERM, so the server exits on SIGTERM: with a SIGKILL fallback of
+    # 10 minutes, a stop that had to wait for it would run into the test timeout instead.
+    server = EmbeddedNatsServer(tmp_path, stop_timeout=600.0)
     await server.start()
+    pid = server.pid
     server.pause()
-    t0 = time.monotonic()
     await server.stop()
-    assert time.monotonic() - t0 < 2.0  # SIGCONT after SIGTERM: no wait for SIGKILL
+    assert server.pid is None and not _alive(pid)
 
 
 async def test_forgotten_server_is_killed_when_collected(tmp_path: Path) -> None:
@@ -337,10 +338,11 @@ async def test_token_auth_and_secrets_never_logged(
     caplog.set_level(logging.DEBUG)
     secret = "s3cret-t0ken-xyz"
     async with EmbeddedNatsServer(tmp_path, token=secret) as server:
-        t0 = time.monotonic()
+        # A refused login fails at once: with a 10-minute connect timeout, waiting it out
+        # would run into the test timeout instead.
         with pytest.raises(OperationalError, match="refused qtd's credentials") as e:
-            await connect(bus_config(server, token="wrong-token-abc"))
-        assert time.monotonic() - t0 < 3.0  # refused login fails fast, not after the timeout
+            await connect(bus_config(server, token="wrong-token-abc",
+                                     initial_connect_timeout=600.0))
         assert "wrong-token-abc" not in str(e.value)
         nc = await connect(bus_config(server, token=secret))
         await nc.close()
@@ -351,10 +353,8 @@ async def test_token_auth_and_secrets_never_logged(
 
 async def test_connect_to_nothing_raises_temporary_error_in_time() -> None:
     cfg = BusConfig(servers=(f"nats://127.0.0.1:{_closed_port()}",), initial_connect_timeout=0.5)
-    t0 = time.monotonic()
     with pytest.raises(TemporaryError, match=r"within 0\.5 s"):
         await connect(cfg)
-    assert time.monotonic() - t0 < 2.0
 
 
 # --- config and backoff (no server) ---------------------------------------------------------
