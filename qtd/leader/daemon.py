@@ -210,7 +210,8 @@ class Leader:
         self.view.ingest_stats = self.ingestor.stats
         await self.quality.attach(
             alerts=self.alerts, db=self.db, sender=self.notifier.sender, tasks=self.tasks,
-            urls=self.cfg.notify.destinations.get(self.cfg.quality.daily_severity, []))
+            urls=self.cfg.notify.destinations.get(self.cfg.quality.daily_severity, []),
+            equity=self._bot_pnl)
         self.kill.is_active = lambda: self.active
         await self.kill.start()
         await self.nc.subscribe(self.subjects.hb_all, cb=self._on_hb)
@@ -300,6 +301,11 @@ class Leader:
         hb = Heartbeat(node=LEADER_NODE, ts_event=now, ts_init=now, role="leader",
                        state=state, last_seq=self.db.stream_seq)
         await self.nc.publish(self.subjects.hb_leader, msgspec.json.encode(hb))
+
+    def _bot_pnl(self) -> dict[str, float]:
+        """``node/bot`` -> realized + unrealized PnL now (the quality monitor's decay alert)."""
+        return {f"{b.node}/{b.bot}": b.agg.realized + b.agg.unrealized
+                for b in self.view.snapshot().bots}
 
     # --- events and breaches -------------------------------------------------------------
 

@@ -31,6 +31,22 @@ from qtd.quality.execution import Thresholds
 from qtd.quality.surveil import SurveilConfig
 
 
+class DecayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The leader's live decay alert (``[quality.decay]``): each bot's PnL (realized +
+    unrealized, fleet currency) is sampled every ``sample_s`` seconds onto an equity curve of
+    ``capital`` + PnL; the Sharpe of its last ``window`` returns, annualised on calendar time
+    (√(365.25 × 86400 / sample_s)), below ``floor`` opens a ``decay:<node>/<bot>`` alert at
+    ``severity``; back at or above it, the alert closes. A bot whose PnL did not move over
+    the window is not judged. (Live vs its own backtest is ``qtd report drift``.)"""
+
+    enabled: bool = True
+    sample_s: Annotated[float, Meta(gt=0)] = 3600.0
+    window: Annotated[int, Meta(ge=3, le=10_000)] = 48
+    floor: float = 0.5
+    capital: Annotated[float, Meta(gt=0)] = 100_000.0
+    severity: Severity = Severity.P3
+
+
 class QualityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the leader watches beyond "is it running" (module docstring).
 
@@ -43,6 +59,7 @@ class QualityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         daily_severity: the daily report goes to the notify destinations of this severity.
         eval_interval_s: seconds between two evaluations of the execution thresholds.
         surveil_quiet_s: a surveillance alert closes after this long without a new finding.
+        decay: the live rolling-Sharpe decay alert (:class:`DecayConfig`).
     """
 
     enabled: bool = True
@@ -53,3 +70,4 @@ class QualityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     daily_severity: Severity = Severity.P4
     eval_interval_s: Annotated[float, Meta(gt=0)] = 5.0
     surveil_quiet_s: Annotated[float, Meta(gt=0)] = 3600.0
+    decay: DecayConfig = DecayConfig()

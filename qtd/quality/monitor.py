@@ -24,7 +24,11 @@ ingested batch (:meth:`on_events`) and ticked by the leader's check loop (:meth:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +80,12 @@ class QualityMonitor:
         self._open_surveil: dict[str, int] = {}  # alert key -> ts of its last finding, ns
         self._sent_day: str | None = None
         self._next_eval = 0
+        self._equity: Callable[[], dict[str, float]] | None = None
+        self._samples: dict[str, deque[float]] = {}
+        self._next_sample = 0
+        self._open_decay: set[str] = set()
+        self.rolling_sharpe: dict[str, float] = {}
+        """``node/bot`` -> the last rolling Sharpe the decay alert judged."""
         self.retry_base_s = 1.0  # daily report delivery: retry after 1 s, then 2 s
 
     # --- wiring ---------------------------------------------------------------------------
@@ -90,8 +100,12 @@ class QualityMonitor:
         del self.surveillance.findings[:-200]
 
     async def attach(self, *, alerts: AlertBook, db: FleetDB, sender: Sender, urls: list[str],
-                     tasks: TaskSet) -> None:
-        """Connect to the alert book, fleet.db and the page sender (after the rebuild)."""
+                     tasks: TaskSet, equity: Callable[[], dict[str, float]] | None = None
+                     ) -> None:
+        """Connect to the alert book, fleet.db and the page sender (after the rebuild);
+        ``equity`` gives each bot's PnL now (``"node/bot"`` -> currency) for the decay
+        alert."""
+        self._equity = equity
         self._alerts, self._db, self._sender, self._urls, self._tasks = (
             alerts, db, sender, list(urls), tasks)
         self._sent_day = await db.get_meta(DAILY_META_KEY)
@@ -125,6 +139,10 @@ class QualityMonitor:
             self._next_eval = now + int(self.cfg.eval_interval_s * 1e9)
             self._exec_alerts()
             self._close_quiet(now)
+        if self.cfg.enabled and self.cfg.decay.enabled and self._equity is not None \
+                and now >= self._next_sample:
+            self._next_sample = now + int(self.cfg.decay.sample_s * 1e9)
+            self._decay_alerts(self._equity())
         if self.cfg.daily_report and self._db is not None and self._tasks is not None:
             ended = previous_day(self.clock.now_ns(), self.trading_day)
             if self._sent_day is None or self._sent_day < ended:
@@ -167,6 +185,39 @@ class QualityMonitor:
         for key in self._open_exec - now_open:
             self._alerts.close(key, "execution quality back inside its threshold")
         self._open_exec = now_open
+
+    def _decay_alerts(self, pnl: dict[str, float]) -> None:
+        """Sample each bot's equity; open or close its decay alert (:class:`DecayConfig`)."""
+        d = self.cfg.decay
+        ppy = 365.25 * 86_400 / d.sample_s
+        for bot, value in pnl.items():
+            curve = self._samples.setdefault(bot, deque(maxlen=d.window + 1))
+            curve.append(d.capital + value)
+            if len(curve) <= d.window:
+                continue
+            pts = list(curve)
+            rets = [b / a - 1.0 for a, b in itertools.pairwise(pts) if a > 0]
+            if len(rets) < 2:
+                continue
+            mean = math.fsum(rets) / len(rets)
+            var = math.fsum((x - mean) ** 2 for x in rets) / (len(rets) - 1)
+            if var <= 0.0:
+                continue  # the PnL did not move: nothing to judge
+            sharpe = mean / math.sqrt(var) * math.sqrt(ppy)
+            self.rolling_sharpe[bot] = sharpe
+            key = f"decay:{bot}"
+            if sharpe < d.floor and key not in self._open_decay and self._alerts is not None:
+                self._open_decay.add(key)
+                self._alerts.raise_alert(
+                    key, d.severity, f"decay: {bot} rolling Sharpe {sharpe:.2f} < floor "
+                    f"{d.floor:g} over {d.window} samples of {d.sample_s:g} s",
+                    trigger="decay", limit=d.floor, value=sharpe, unit="Sharpe",
+                    bot=bot.split("/", 1)[-1], node=bot.split("/", 1)[0],
+                    message=f"rolling Sharpe of {bot}'s live PnL fell below its floor")
+            elif sharpe >= d.floor and key in self._open_decay and self._alerts is not None:
+                self._open_decay.discard(key)
+                self._alerts.close(key, f"rolling Sharpe {sharpe:.2f} back at or above "
+                                   f"{d.floor:g}")
 
     def _close_quiet(self, now: int) -> None:
         quiet = int(self.cfg.surveil_quiet_s * 1e9)

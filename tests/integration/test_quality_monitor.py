@@ -169,3 +169,36 @@ def test_quality_section_of_the_leader_config() -> None:
     assert cfg.quality.execution.slippage_bps == 5.0  # the documented defaults stay
     with pytest.raises(ConfigError, match=r"quality\.execution\.fill_rate_min.*<= 1"):
         parse_leader_config({"quality": {"execution": {"fill_rate_min": 2}}}, "leader.toml")
+
+
+async def test_decay_alert_opens_below_the_floor_and_closes_when_it_recovers(
+        fleet: FleetDB) -> None:
+    """The leader's live decay alert: a bot's sampled PnL whose rolling Sharpe falls below
+    the floor opens ``decay:<node>/<bot>``; a flat bot is never judged; recovery closes it."""
+    from qtd.quality.config import DecayConfig
+
+    clock = SimClock(START + 3600 * S)
+    rig = Rig(fleet, clock, Recorder(),
+              decay=DecayConfig(sample_s=60.0, window=5, floor=0.5, capital=10_000.0))
+    pnl = {"node-a/loser": 0.0, "node-a/flat": 0.0}
+    await rig.mon.attach(alerts=rig.alerts, db=rig.db, sender=rig.sender,
+                         urls=["json://127.0.0.1:9/daily"], tasks=rig.tasks,
+                         equity=lambda: dict(pnl))
+
+    async def sample(loser_step: float, n: int) -> None:
+        for i in range(n):
+            pnl["node-a/loser"] += loser_step * (1.0 + 0.1 * (i % 3))  # noisy, one direction
+            await rig.mon.check()
+            clock.advance(60 * S)
+
+    await sample(-50.0, 5)
+    assert "decay:node-a/loser" not in rig.alerts.open  # fewer than window + 1 samples
+    await sample(-50.0, 2)
+    rec = rig.alerts.open["decay:node-a/loser"]
+    assert rec.severity is Severity.P3 and rig.mon.rolling_sharpe["node-a/loser"] < 0.5
+    assert "decay:node-a/flat" not in rig.alerts.open and "node-a/flat" not in \
+        rig.mon.rolling_sharpe  # a bot whose PnL never moved is not judged
+    await sample(+80.0, 6)
+    assert "decay:node-a/loser" not in rig.alerts.open
+    assert rig.mon.rolling_sharpe["node-a/loser"] >= 0.5
+    await rig.settle()
