@@ -544,12 +544,18 @@ class BotRunner:
                     _clear_injected(guard.ident)
                     raise HookAborted
         except HookAborted:
-            self._failure = (hook, "HookTimeout",
-                             f"{hook} did not return within {self.hook_budget_s} s (budget)", "")
+            self._timed_out(hook)
         except Exception as exc:
-            self._failure = (hook, type(exc).__name__, str(exc),
-                             "".join(traceback.format_exception(exc)))
+            self._raised(hook, exc)
         return None
+
+    def _timed_out(self, hook: str) -> None:
+        self._failure = (hook, "HookTimeout",
+                         f"{hook} did not return within {self.hook_budget_s} s (budget)", "")
+
+    def _raised(self, hook: str, exc: Exception) -> None:
+        self._failure = (hook, type(exc).__name__, str(exc),
+                         "".join(traceback.format_exception(exc)))
 
     async def _threaded(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
         """:meth:`_invoke` for ``isolate_hooks``: the same failure capture, with the hook in
@@ -558,11 +564,9 @@ class BotRunner:
         try:
             return await self._thread.call(fn, *args, timeout_s=self.hook_budget_s)
         except HookTimeout:
-            self._failure = (hook, "HookTimeout",
-                             f"{hook} did not return within {self.hook_budget_s} s (budget)", "")
+            self._timed_out(hook)
         except Exception as exc:
-            self._failure = (hook, type(exc).__name__, str(exc),
-                             "".join(traceback.format_exception(exc)))
+            self._raised(hook, exc)
         return None
 
     async def _settle(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
 import textwrap
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -103,6 +105,19 @@ def write_fleet(root: Path, bots: dict[str, dict[str, Any]], *, node: str = "nod
     return cfg
 
 
+def write_binance_bot(root: Path, *, name: str = "bnbot", account: str = "bn1",
+                      strategy: str = "flipper", qty: float = 0.01,
+                      dataset: str = "btcusd_1mo") -> Path:
+    """``bots/<name>.toml``: a bot trading BTCUSDT (quote USDT) on binance account
+    ``account`` with ``strategies/<strategy>.py``; returns its path."""
+    path = root / "bots" / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nstrategy = "../strategies/{strategy}.py"\nvenue = "binance"\n'
+        f'account = "{account}"\nsymbols = ["BTCUSDT"]\ncurrency = "USDT"\n\n'
+        f'[smoke]\ndataset = "{dataset}"\n\n[params]\nqty = {qty!r}\n')
+    return path
+
+
 def synthetic_bars(n: int, symbol: str = "GOOG", start: int = 1_600_000_000_000_000_000,
                    step_ns: int = 60_000_000_000) -> list[Bar]:
     """``n`` one-minute bars around 100 (deterministic zig-zag)."""
@@ -175,3 +190,33 @@ async def store_events(path: Path) -> list[AnyEvent]:
         return await store.query()
     finally:
         await store.close()
+
+
+async def last_seq_of(db: Path) -> int:
+    """The last seq of a store file another process may be writing (0 if not readable yet)."""
+    if not db.exists():
+        return 0
+    try:
+        store = await EventStore.open(db, readonly=True)
+    except Exception:
+        return 0
+    try:
+        return store.last_seq
+    finally:
+        await store.close()
+
+
+async def seq_above(db: Path, n: int) -> bool:
+    """Whether the store file's last seq is above ``n`` (for ``wait_for``)."""
+    return await last_seq_of(db) > n
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """SIGTERM a child this test started, SIGKILL it after ``timeout_s``, and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

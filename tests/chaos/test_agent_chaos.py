@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,9 @@ from qtd.bus import BusConfig, EmbeddedNatsServer, connect
 from qtd.events import AnyEvent, Fill, OrderIntent, Reconciliation
 from qtd.store import EventStore
 from tests.agent_rig import (
+    last_seq_of,
     running_agent,
+    seq_above,
     store_events,
     stream_events,
     synthetic_bars,
@@ -31,16 +32,6 @@ from tests.agent_rig import (
 )
 
 OUTAGE_S = float(os.environ.get("QTD_CHAOS_OUTAGE_S", "3"))  # the issue says 10 s
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(tmp_path / "nats", js_max_memory=16 << 20, js_max_storage=64 << 20)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 def _assert_exactly_once_in_order(stream: list[tuple[str, AnyEvent]], store: list[AnyEvent],
@@ -96,19 +87,6 @@ def _agent_proc(cfg: Path, env: dict[str, str] | None = None) -> subprocess.Pope
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
-async def _last_seq(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        store = await EventStore.open(db, readonly=True)
-    except Exception:
-        return 0
-    try:
-        return store.last_seq
-    finally:
-        await store.close()
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -123,14 +101,14 @@ async def test_sigkill_mid_stream_restart_loses_nothing_and_duplicates_nothing(
     db = tmp_path / "state" / "events.db"
     first = _agent_proc(cfg)
     try:
-        await wait_for(lambda: _last_seq(db), 20)
-        at = await _last_seq(db)
-        await wait_for(lambda: _seq_above(db, at + 300), 20)
+        await wait_for(lambda: last_seq_of(db), 20)
+        at = await last_seq_of(db)
+        await wait_for(lambda: seq_above(db, at + 300), 20)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     finally:
         _stop(first)
-    killed_at = await _last_seq(db)
+    killed_at = await last_seq_of(db)
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
@@ -140,7 +118,7 @@ async def test_sigkill_mid_stream_restart_loses_nothing_and_duplicates_nothing(
         ready = await _datagram(sock, b"READY=1", 20)
         assert ready.startswith(b"READY=1")
         await _datagram(sock, b"WATCHDOG=1", 5)
-        await wait_for(lambda: _seq_above(db, killed_at + 200), 20)
+        await wait_for(lambda: seq_above(db, killed_at + 200), 20)
         second.send_signal(signal.SIGTERM)
         await _datagram(sock, b"STOPPING=1", 10)
         out, err = await asyncio.to_thread(second.communicate, timeout=20)
@@ -157,10 +135,6 @@ async def test_sigkill_mid_stream_restart_loses_nothing_and_duplicates_nothing(
     finally:
         await nc.close()
     _assert_exactly_once_in_order(stream, stored, "node-a")
-
-
-async def _seq_above(db: Path, n: int) -> bool:
-    return await _last_seq(db) > n
 
 
 async def _datagram(sock: socket.socket, prefix: bytes, timeout_s: float) -> bytes:

@@ -53,7 +53,7 @@ from qtd.events import (
     Reconciliation,
 )
 from qtd.store import EventStore
-from tests.agent_rig import STRATEGIES, store_events, wait_for
+from tests.agent_rig import STRATEGIES, store_events, wait_for, write_binance_bot
 from tests.stubs import StubServer
 from tests.stubs.binance_stub import BinanceStub
 
@@ -86,18 +86,7 @@ def _write_config(root: Path, http_url: str, ws_url: str) -> tuple[Path, Path]:
     (root / "nobots").mkdir(exist_ok=True)
     (root / "strategies" / "flipper.py").write_text(textwrap.dedent(STRATEGIES["flipper.py"]))
     (root / "risk.toml").write_text(RISK)
-    (root / "bots" / "bnbot.toml").write_text(textwrap.dedent("""
-        name = "bnbot"
-        strategy = "../strategies/flipper.py"
-        venue = "binance"
-        account = "bn1"
-        symbols = ["BTCUSDT"]
-        currency = "USDT"
-        [smoke]
-        dataset = "goog_1d"
-        [params]
-        qty = 0.1
-    """))
+    write_binance_bot(root, qty=0.1, dataset="goog_1d")
     common = textwrap.dedent(f"""
         node = "node-a"
         state_dir = "state"

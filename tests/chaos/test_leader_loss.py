@@ -35,7 +35,14 @@ from qtd.bus import EmbeddedNatsServer
 from qtd.events import Fill, Scope, TradingState, TradingStateChanged
 from qtd.projections import Projections
 from qtd.store import EventStore
-from tests.agent_rig import running_agent, store_events, synthetic_bars, wait_for, write_fleet
+from tests.agent_rig import (
+    running_agent,
+    stop_process,
+    store_events,
+    synthetic_bars,
+    wait_for,
+    write_fleet,
+)
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 LEADER_TIMEOUT_S = 1.0
@@ -83,16 +90,6 @@ def _get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
 async def test_leader_killed_agents_fail_safe_and_restart_double_counts_nothing(
         tmp_path: Path) -> None:
@@ -137,7 +134,7 @@ async def test_leader_killed_agents_fail_safe_and_restart_double_counts_nothing(
         assert _fleet_count(tmp_path / "leader" / "fleet.db") == stored_count
         bots = {b["bot"]: b for b in _get_json(f"{url}/api/bots")}
     finally:
-        _stop(leader)
+        stop_process(leader)
         await nats.stop()
 
     stored = await store_events(db_path)

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -49,35 +49,18 @@ from qtd.events import (
 from qtd.leader.daemon import Leader
 from qtd.store import EventStore
 from tests import factories
-from tests.agent_rig import store_events, stream_events, wait_for, write_fleet
+from tests.agent_rig import (
+    seq_above,
+    store_events,
+    stream_events,
+    wait_for,
+    write_fleet,
+)
 from tests.factories import NODE
 from tests.integration.leader_peer import PageReceiver, leader_config
 
 FIGURES: dict[str, list[float]] = {"fault_to_p1_s": [], "fault_to_page_s": [],
                                    "detect_to_halted_ms": []}
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[EmbeddedNatsServer]:
-    srv = EmbeddedNatsServer(tmp_path / "nats", js_max_memory=16 << 20, js_max_storage=64 << 20)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-async def _last_seq(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        store = await EventStore.open(db, readonly=True)
-    except Exception:
-        return 0
-    try:
-        return store.last_seq
-    finally:
-        await store.close()
 
 
 class _Breaches:
@@ -113,7 +96,7 @@ async def _run_fault(tmp_path: Path, server: EmbeddedNatsServer,
     leader = Leader(leader_config(tmp_path, server, page_url=pages.url, hb_timeout_s=30.0))
     await leader.start()
     try:
-        await wait_for(lambda: _seq_above(db, 300), 30)
+        await wait_for(lambda: seq_above(db, 300), 30)
         committed = await store_events(db)  # committed before the fault: must all survive
         what = inject(proc)
         t_fault = time.perf_counter()
@@ -188,10 +171,6 @@ def _check(committed: list[AnyEvent], halted: list[AnyEvent], final: list[AnyEve
 def _store_page(pages: PageReceiver) -> bool:
     return any(b.get("title", "").startswith("[P1]") and "event store cannot write"
                in b.get("title", "") for b in pages.bodies)
-
-
-async def _seq_above(db: Path, n: int) -> bool:
-    return await _last_seq(db) > n
 
 
 async def _halt_stored(db: Path) -> bool:

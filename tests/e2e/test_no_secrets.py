@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +33,8 @@ from typing import Any
 import tomli_w
 
 from qtd.bus import EmbeddedNatsServer
-from tests.agent_rig import write_fleet
+from qtd.up.configs import free_port
+from tests.agent_rig import stop_process, write_fleet
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 BUS_TOKEN = "bus-s3cret-7f3a9c1e"
@@ -44,17 +43,11 @@ NOTIFY_PW = "page-s3cret-b16b00b5"
 SECRETS = (BUS_TOKEN, WEB_TOKEN, NOTIFY_PW)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _leader_config(tmp: Path, nats_url: str) -> Path:
     doc: dict[str, Any] = tomllib.loads((ETC / "leader.toml").read_text())
     doc["fleet_db"] = str(tmp / "leader" / "fleet.db")
     doc["bus"] = {"servers": [nats_url], "name": "qtd-leader", "token": BUS_TOKEN}
-    dead = _free_port()  # nothing listens: every delivery fails and is retried
+    dead = free_port()  # nothing listens: every delivery fails and is retried
     url = f"json://qtd:{NOTIFY_PW}@127.0.0.1:{dead}/pages"
     doc["notify"]["destinations"] = {sev: [url] for sev in ("P1", "P2", "P3", "P4")}
     doc["notify"].pop("quiet_hours", None)
@@ -82,16 +75,6 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[
     with log.open("wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen([sys.executable, "-m", "qtd.cli", *args], stdout=out,
                                 stderr=subprocess.STDOUT, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait(pred: Any, timeout_s: float, what: str) -> Any:
@@ -183,11 +166,11 @@ def test_no_secret_in_pages_api_metrics_logs_or_events(tmp_path: Path) -> None:
 
         # The kill pages on-call: every delivery fails and is retried, then given up.
         _wait(lambda: b"giving up" in leader_log.read_bytes(), 30, "a failed page delivery")
-        _stop(agent)
+        stop_process(agent)
         http.call("GET", "/api/alerts")
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process(p)
         asyncio.run(nats.stop())
 
     places: dict[str, bytes] = {"http": b"\n".join(http.seen),

@@ -4,7 +4,6 @@ account isolation: a venue account that is down at start never stops the paper b
 
 from __future__ import annotations
 
-import socket
 import textwrap
 import time
 from decimal import Decimal
@@ -17,7 +16,8 @@ from qtd.agent.config import AccountSettings, load_agent_config
 from qtd.agent.market import LiveFanout
 from qtd.errors import ConfigError
 from qtd.events import Fill
-from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
+from qtd.up.configs import free_port
+from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_binance_bot, write_fleet
 from tests.stubs import StubServer
 from tests.stubs.binance_stub import BinanceStub
 from tests.stubs.market_stub import MINUTE_NS, BinanceMarketStub
@@ -69,28 +69,11 @@ def test_venue_account_without_two_credential_variables_is_a_config_error(
         load_agent_config(tmp_path / "b.toml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _fleet(tmp_path: Path, http_url: str, ws_url: str) -> Path:
     cfg = write_fleet(tmp_path, {"p1": {}, "p2": {}}, market="speed = 6000.0")
     risk = tmp_path / "risk.toml"
     risk.write_text(risk.read_text() + "\n[symbols.BTCUSDT]\n")
-    (tmp_path / "bots" / "bnbot.toml").write_text(textwrap.dedent("""
-        name = "bnbot"
-        strategy = "../strategies/flipper.py"
-        venue = "binance"
-        account = "bn1"
-        symbols = ["BTCUSDT"]
-        currency = "USDT"
-        [smoke]
-        dataset = "btcusd_1mo"
-        [params]
-        qty = 0.01
-    """))
+    write_binance_bot(tmp_path)
     text = cfg.read_text().replace("[market]", textwrap.dedent(f"""
         [accounts.bn1]
         broker = "binance"
@@ -111,7 +94,7 @@ async def test_binance_account_down_at_start_paper_bots_still_trade(
 ) -> None:
     monkeypatch.setenv("QTD_T_KEY", "key")
     monkeypatch.setenv("QTD_T_SECRET", "secret")
-    port = _free_port()  # nothing listens: the venue is down
+    port = free_port()  # nothing listens: the venue is down
     cfg = _fleet(tmp_path, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(5000)}) as agent:
         await wait_for(lambda: sum(1 for p in agent.proj.positions.values()
@@ -196,7 +179,7 @@ async def test_account_down_at_start_is_retried_reconciled_and_its_bots_started(
 ) -> None:
     monkeypatch.setenv("QTD_T_KEY", "key")
     monkeypatch.setenv("QTD_T_SECRET", "secret")
-    port = _free_port()
+    port = free_port()
     cfg = _fleet(tmp_path, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
     cfg.write_text('account_retry_s = 0.2\n' + cfg.read_text())
     venue = BinanceStub()

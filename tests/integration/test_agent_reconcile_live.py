@@ -34,7 +34,7 @@ from qtd.events import (
     TradingState,
 )
 from qtd.orders import OrderState
-from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
+from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_binance_bot, write_fleet
 from tests.stubs import Fault, StubServer
 from tests.stubs.binance_stub import BinanceStub
 from tests.stubs.market_stub import MINUTE_NS, BinanceMarketStub
@@ -48,18 +48,7 @@ def fleet(tmp_path: Path, venue: StubServer, market: StubServer, *, strategy: st
     risk = tmp_path / "risk.toml"
     risk.write_text(risk.read_text() + "\n[symbols.BTCUSDT]\n\n[accounts.bn1]\n"
                     "equity = 1_000_000.0\n")
-    (tmp_path / "bots" / "bnbot.toml").write_text(textwrap.dedent(f"""
-        name = "bnbot"
-        strategy = "../strategies/{strategy}.py"
-        venue = "binance"
-        account = "bn1"
-        symbols = ["BTCUSDT"]
-        currency = "USDT"
-        [smoke]
-        dataset = "btcusd_1mo"
-        [params]
-        qty = 0.01
-    """))
+    write_binance_bot(tmp_path, strategy=strategy)
     cfg.write_text(cfg.read_text().replace("[market]", textwrap.dedent(f"""
         [accounts.bn1]
         broker = "binance"

@@ -19,23 +19,10 @@ import pytest
 from qtd.agent.market import LiveFanout
 from qtd.brokers.paper import PaperBroker
 from qtd.events import Fill, OrderIntent, Side
-from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
+from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_binance_bot, write_fleet
 from tests.stubs import StubServer
 from tests.stubs.binance_stub import BinanceStub
 from tests.stubs.market_stub import MINUTE_NS, BinanceMarketStub
-
-BOT = """
-name = "{name}"
-strategy = "../strategies/flipper.py"
-venue = "binance"
-account = "{account}"
-symbols = ["BTCUSDT"]
-currency = "USDT"
-[smoke]
-dataset = "btcusd_1mo"
-[params]
-qty = 0.01
-"""
 
 
 def fleet(tmp_path: Path, shadow_venue: StubServer, live_venue: StubServer,
@@ -45,7 +32,7 @@ def fleet(tmp_path: Path, shadow_venue: StubServer, live_venue: StubServer,
     risk.write_text(risk.read_text() + "\n[symbols.BTCUSDT]\n\n[accounts.sh1]\n"
                     "equity = 1_000_000.0\n\n[accounts.bn1]\nequity = 1_000_000.0\n")
     for name, account in (("shbot", "sh1"), ("twin", "bn1")):
-        (tmp_path / "bots" / f"{name}.toml").write_text(BOT.format(name=name, account=account))
+        write_binance_bot(tmp_path, name=name, account=account)
     data = f'data_stream_url = "{market.ws_url}/"\ndata_rest_url = "{market.http_url}/api"\n'
     cfg.write_text(cfg.read_text().replace("[market]", textwrap.dedent(f"""\
         [accounts.sh1]
