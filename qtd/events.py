@@ -19,7 +19,7 @@ from __future__ import annotations
 import typing
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -623,6 +623,12 @@ def decode_many(payloads: list[bytes]) -> list[AnyEvent]:
 def to_json(event: Event) -> bytes:
     """Encode an event as one JSON object (for NATS and ``qtd events --json``)."""
     return _json_encoder.encode(event)
+
+
+DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+"""What decoding a message from the network can raise: not JSON/msgpack, a wrong or missing
+field, or a JSON string that is not UTF-8 (msgspec raises ``UnicodeDecodeError`` for that,
+not ``DecodeError``). Every handler of NATS, venue or HTTP input catches this tuple."""
 
 
 def from_json(data: bytes | str) -> AnyEvent:

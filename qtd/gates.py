@@ -23,6 +23,7 @@ from typing import Any, Final
 import msgspec
 
 from qtd.errors import ConfigError
+from qtd.events import DECODE_ERRORS
 from qtd.metrics import Report
 
 STAGES: Final = ("research", "backtest", "paper", "shadow", "live")
@@ -143,7 +144,7 @@ def read_gate(bot_config: Path) -> GateResult | None:
     """The bot's last gate result, or None if there is none (or it is unreadable)."""
     try:
         return msgspec.json.decode(gate_path(bot_config).read_bytes(), type=GateResult)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+    except (OSError, *DECODE_ERRORS):
         return None
 
 

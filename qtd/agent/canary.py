@@ -81,7 +81,15 @@ from qtd.agent.supervisor import BotSlot
 from qtd.deploy.files import deploy_dir
 from qtd.deploy.model import DeployVersion
 from qtd.errors import StoreError
-from qtd.events import CanaryStep, OrderType, PositionTransfer, Scope, Side, TradingState
+from qtd.events import (
+    DECODE_ERRORS,
+    CanaryStep,
+    OrderType,
+    PositionTransfer,
+    Scope,
+    Side,
+    TradingState,
+)
 from qtd.orders import ApplyResult, OrderRequest
 from qtd.projections import Position
 from qtd.quality.canary import CanaryConfig, CanaryDecision, CanaryRollout, CanaryState
@@ -631,7 +639,7 @@ class CanaryRamps:
     def _load(self, bot: str) -> CanaryRecord | None:
         try:
             return msgspec.json.decode(self._path(bot).read_bytes(), type=CanaryRecord)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        except (OSError, *DECODE_ERRORS):
             return None
 
     # --- sizes ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from qtd.admit import admit_bot
 from qtd.agent.control import CommandReply, CommandRequest, KillMessage, kill_ack_subject
 from qtd.agent.wiring import bot_files, status_of
 from qtd.errors import ConfigError
-from qtd.events import CommandAudit, KillAck, ParamsChanged, Scope
+from qtd.events import DECODE_ERRORS, CommandAudit, KillAck, ParamsChanged, Scope
 from qtd.outbox import Outbox
 from qtd.risk.kill import KillCommand
 from qtd.runner import BotState
@@ -97,7 +97,7 @@ async def handle(agent: Agent, verb: str, data: bytes) -> CommandReply:
     """Run one ctl verb and audit it; never raises for bad input."""
     try:
         req = msgspec.json.decode(data or b"{}", type=CommandRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except DECODE_ERRORS as exc:
         req, reply = CommandRequest(), _reply(agent, verb, False, f"bad request: {exc}")
     else:
         fn = _VERBS.get(verb)

@@ -37,7 +37,7 @@ from nats.js.errors import KeyNotFoundError
 
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, Subjects
 from qtd.bus.subjects import check_token
-from qtd.events import KillAck, Scope
+from qtd.events import DECODE_ERRORS, KillAck, Scope
 from qtd.risk.kill import KillCommand
 
 
@@ -133,7 +133,7 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
     async def on_ack(m: Any) -> None:
         try:
             ack = msgspec.json.decode(m.data, type=KillAck)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             return
         if ack.kill_id == msg.id:
             acks.setdefault(ack.node, ack)
@@ -182,7 +182,7 @@ def decode_kill(data: bytes, *, revision: int = 0) -> KillMessage:
     """Decode a kill message; garbage becomes a GLOBAL kill naming the problem."""
     try:
         return msgspec.json.decode(data, type=KillMessage)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except DECODE_ERRORS as exc:
         return KillMessage(id=f"undecodable-{revision}-{len(data)}",
                            reason=f"undecodable kill message ({exc})", source="kv")
 

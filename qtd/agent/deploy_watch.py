@@ -39,7 +39,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import msgspec
 import nats.errors
 import nats.js.errors
 
@@ -50,7 +49,7 @@ from qtd.deploy.files import deploy_dir, load_current, materialize, save_current
 from qtd.deploy.fleet import Fleet
 from qtd.deploy.model import DeployVersion, decode, desired_key
 from qtd.errors import ConfigError
-from qtd.events import BotVersion, DeployRefused, Fill
+from qtd.events import DECODE_ERRORS, BotVersion, DeployRefused, Fill
 from qtd.runner import BotRunner, BotState
 from qtd.strategy import StrategyContext
 
@@ -144,7 +143,7 @@ class DeployWatch:
         name = slot.name
         try:
             v = decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             if self._tried.get(name) != (-revision, ""):
                 self._tried[name] = (-revision, "")
                 await self._refuse(slot, 0, "", f"desired.{name} (revision {revision}) is "

@@ -22,6 +22,7 @@ import msgspec
 from qtd.brokers.base import AccountSnapshot, OrderStatusReport
 from qtd.brokers.retry import VenueMessageError
 from qtd.events import (
+    DECODE_ERRORS,
     AnyEvent,
     Fill,
     OrderAccepted,
@@ -151,7 +152,7 @@ def decode_trade_update(msg: bytes | str | dict[str, Any]) -> TradeUpdate | None
         if env.stream != "trade_updates":
             return None
         return msgspec.convert(env.data, TradeUpdate)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise VenueMessageError(f"alpaca stream: unreadable message: {exc}",
                                 raw=str(msg)[:200]) from exc
 

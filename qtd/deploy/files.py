@@ -24,6 +24,7 @@ import tomli_w
 
 from qtd.deploy.model import BOT_NAME_RE, DeployVersion, check_names
 from qtd.errors import ConfigError
+from qtd.events import DECODE_ERRORS
 
 CURRENT = "current.json"
 log = logging.getLogger("qtd.deploy")
@@ -108,7 +109,7 @@ def load_current(state_dir: str | Path, bot: str) -> Current | None:
     try:
         cur = msgspec.json.decode((deploy_dir(state_dir, bot) / CURRENT).read_bytes(),
                                   type=Current)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+    except (OSError, *DECODE_ERRORS):
         return None
     return cur if Path(cur.config_path).is_file() else None
 

@@ -38,6 +38,7 @@ from qtd.bus.rejects import REJECTED
 from qtd.clock import Clock, LiveClock
 from qtd.errors import ConfigError, QtdError
 from qtd.events import (
+    DECODE_ERRORS,
     AnyEvent,
     Heartbeat,
     PnLSnapshot,
@@ -348,7 +349,7 @@ class Leader:
             return
         try:
             hb = _hb_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             REJECTED.reject("heartbeat", msg.subject, exc, log)
             return
         if isinstance(hb, RiskBreach):  # a store fault: the agent's outbox cannot carry it
@@ -360,7 +361,7 @@ class Leader:
     async def _on_pnl(self, msg: Msg) -> None:
         try:
             self.view.on_pnl(_pnl_decoder.decode(msg.data))
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             REJECTED.reject("pnl", msg.subject, exc, log)
 
     async def _on_cmd(self, msg: Msg) -> None:
@@ -370,7 +371,7 @@ class Leader:
         try:
             req = msgspec.json.decode(msg.data or b"{}", type=CommandRequest)
             reply: dict[str, Any] = {"ok": True, **await self.command(verb, req)}
-        except (QtdError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (QtdError, *DECODE_ERRORS) as exc:
             reply = {"ok": False, "error": str(exc)}
         if msg.reply:
             await self.nc.publish(msg.reply, msgspec.json.encode(reply))

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -46,7 +45,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from qtd.bus import EVENTS_STREAM, Subjects
 from qtd.bus.rejects import REJECTED
-from qtd.events import AnyEvent, from_json
+from qtd.events import DECODE_ERRORS, AnyEvent, from_json
 from qtd.leader.config import IngestConfig
 from qtd.leader.fleetdb import FleetDB, Origin, parse_msg_id
 from qtd.leader.pull import BatchPuller
@@ -115,7 +114,7 @@ def decode_batch(msgs: list[Msg]) -> tuple[list[tuple[Origin, AnyEvent]], int]:
     for m in msgs:
         try:
             ev = from_json(m.data)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             REJECTED.reject("event", m.subject, exc, log)
             continue
         items.append((parse_msg_id((m.headers or {}).get("Nats-Msg-Id"), ev), ev))

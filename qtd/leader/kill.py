@@ -42,7 +42,7 @@ from qtd.bus.rejects import REJECTED
 from qtd.bus.subjects import check_token
 from qtd.clock import Clock
 from qtd.errors import ConfigError, OperationalError
-from qtd.events import KillAck, KillSwitch, Scope, Severity, TradingState
+from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
@@ -285,7 +285,7 @@ class KillSwitchController:
     async def _on_ack(self, msg: Msg) -> None:
         try:
             self._on_ack_data(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        except DECODE_ERRORS as exc:
             REJECTED.reject("kill_ack", msg.subject, exc, log)
 
     async def _on_ctl(self, msg: Msg) -> None:

@@ -44,6 +44,7 @@ from nats.js.kv import KeyValue
 
 from qtd.clock import Clock
 from qtd.errors import OperationalError
+from qtd.events import DECODE_ERRORS
 from qtd.leader.config import LeaseConfig
 
 log = logging.getLogger("qtd.leader.lease")
@@ -244,5 +245,5 @@ class LeaderLease:
 def _holder(value: bytes | None) -> str:
     try:
         return _decoder.decode(value or b"").holder
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         return "?"

@@ -23,7 +23,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from qtd.events import Scope, TradingStateChanged
+from qtd.events import DECODE_ERRORS, Scope, TradingStateChanged
 from qtd.leader.snapshot import FleetSnapshot
 
 _state_decoder = msgspec.json.Decoder(TradingStateChanged)
@@ -48,7 +48,7 @@ class FleetWatch:
         await self.nc.subscribe(f"{self.prefix}.evt.*.*.TradingStateChanged", cb=self._on_state)
 
     async def _on_state(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+        with contextlib.suppress(*DECODE_ERRORS):
             ev = _state_decoder.decode(msg.data)
             if ev.scope is Scope.STRATEGY:
                 self.states[(ev.node, ev.scope_key)] = ev.new.value

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from qtd.events import DECODE_ERRORS
 from qtd.leader.snapshot import FleetSnapshot
 from qtd.web.detail import BotDetail
 from qtd.web.source import ControlAction, Target, Verb
@@ -59,7 +60,7 @@ async def read_body(request: Request, kind: type[Any]) -> Any:
         raise HTTPException(413, "body too large")
     try:
         return msgspec.json.decode(data or b"{}", type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise HTTPException(422, str(exc)) from None
 
 

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from qtd.bus import EmbeddedNatsServer, ensure_jetstream
 from qtd.bus.rejects import REJECTED
 from qtd.events import (
+    DECODE_ERRORS,
     CommandAudit,
     Heartbeat,
     KillAck,
@@ -69,7 +70,7 @@ def _mutate(rng: random.Random, valid: bytes) -> bytes:
 def _readable(data: bytes, typ: type) -> bool:
     try:
         msgspec.json.decode(data, type=typ)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         return False
     return True
 
