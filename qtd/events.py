@@ -107,8 +107,15 @@ class Severity(StrEnum):
     P4 = "P4"
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="kind"):
-    """Fields every event carries (see the module docstring for units)."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag=True, tag_field="kind", gc=False):
+    """Fields every event carries (see the module docstring for units).
+
+    Events are immutable values that never refer back to anything holding them, so they
+    cannot be part of a reference cycle: ``gc=False`` keeps them out of the cyclic garbage
+    collector (msgspec "Disabling Garbage Collection"). A process holding many of them (the
+    leader's projections, a backtest's fills) otherwise pays a full-heap scan per event
+    held at every full collection, which grew to 0.7 s pauses in the leader's ingest.
+    """
 
     node: str
     bot: str = ""
