@@ -17,6 +17,13 @@ A fill whose venue trade id was already counted for the order is a duplicate and
 nothing. A fill for a client_order_id we never wrote an intent for is kept as an *orphan*,
 flagged, and still counted in positions (it is real exposure); if the intent shows up later
 the orphan is attached to it.
+
+A long-running reader of the whole fleet (the leader) can bound its memory with
+``OrderBook(keep_terminal=N)``: only the N orders that most recently reached a terminal state
+are kept; older terminal orders are forgotten (counted in ``forgotten``). A terminal order
+takes no further fills (FILLED is complete; a venue confirms a cancel, reject or expiry only
+once nothing more can fill), so a forgotten order is not needed again; if a late event for one
+does arrive, a fill is still counted in positions as an orphan.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import base64
 import functools
 import hashlib
 import re
+from collections import deque
 from collections.abc import Iterator
 from decimal import Decimal
 from enum import StrEnum
@@ -178,12 +186,39 @@ class OrderRecord:
 
 
 class OrderBook:
-    """All orders of one store (or of the fleet, on the leader), keyed by client_order_id."""
+    """All orders of one store (or of the fleet, on the leader), keyed by client_order_id.
 
-    def __init__(self) -> None:
+    Args:
+        keep_terminal: keep only this many of the orders that reached a terminal state most
+            recently (module docstring); ``None`` (default) keeps every order.
+
+    Raises:
+        ValueError: ``keep_terminal`` < 0.
+    """
+
+    def __init__(self, keep_terminal: int | None = None) -> None:
+        if keep_terminal is not None and keep_terminal < 0:
+            raise ValueError(f"keep_terminal={keep_terminal!r}: must be >= 0 orders or None")
         self.orders: dict[str, OrderRecord] = {}
         self.orphan_fills: dict[str, list[Fill]] = {}
         self._orphan_trade_ids: set[tuple[str, str]] = set()
+        self.keep_terminal = keep_terminal
+        self.forgotten = 0
+        self._terminal: deque[str] | None = None if keep_terminal is None else deque()
+
+    def _retire(self, rec: OrderRecord, was_terminal: bool) -> None:
+        """``rec`` was just updated: queue it if it became terminal; forget the oldest
+        terminal orders beyond ``keep_terminal``."""
+        done = self._terminal
+        if done is None or was_terminal or not rec.state.is_terminal:
+            return
+        done.append(rec.cid)
+        orders = self.orders
+        while len(done) > self.keep_terminal:  # type: ignore[operator]
+            old = orders.get(done.popleft())
+            if old is not None and old.state.is_terminal:
+                del orders[old.cid]
+                self.forgotten += 1
 
     def get(self, cid: str) -> OrderRecord | None:
         return self.orders.get(cid)
@@ -214,7 +249,10 @@ class OrderBook:
             return ApplyResult.DUPLICATE
         if event.ts_event > rec.ts_last:
             rec.ts_last = event.ts_event
+        before = rec.state
         rec.state = rec.derive_state()
+        if self._terminal is not None:
+            self._retire(rec, before.is_terminal)
         return ApplyResult.APPLIED
 
     def _apply_intent(self, intent: OrderIntent) -> ApplyResult:
@@ -246,7 +284,10 @@ class OrderBook:
             rec.venue_order_id = fill.venue_order_id
         if fill.ts_event > rec.ts_last:
             rec.ts_last = fill.ts_event
+        before = rec.state
         rec.state = rec.derive_state()
+        if self._terminal is not None:
+            self._retire(rec, before.is_terminal)
         return ApplyResult.APPLIED
 
     def open_orders(

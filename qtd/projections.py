@@ -210,6 +210,8 @@ class Projections:
 
     Args:
         trading_day: the day boundary for :attr:`daily`.
+        keep_terminal: bound on the terminal orders kept in :attr:`orders` (see
+            :class:`~qtd.orders.OrderBook`); ``None`` keeps every order.
 
     Attributes:
         orders: the :class:`~qtd.orders.OrderBook`.
@@ -220,8 +222,9 @@ class Projections:
         last_seq: seq of the last event applied.
     """
 
-    def __init__(self, trading_day: TradingDay | None = None) -> None:
-        self.orders = OrderBook()
+    def __init__(self, trading_day: TradingDay | None = None, *,
+                 keep_terminal: int | None = None) -> None:
+        self.orders = OrderBook(keep_terminal)
         self.positions: dict[tuple[str, str, str], Position] = {}
         self.daily: dict[tuple[str, str], DayPnL] = {}
         self.anomalies: list[tuple[int, str]] = []

@@ -104,7 +104,8 @@ class Leader:
         self.view = FleetView(
             trading_day=TradingDay(fleet.trading_day_tz, fleet.trading_day_rollover),
             capital=Decimal(repr(fleet.capital)), currency=fleet.currency, clock=self.clock,
-            heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s, pnl_stale_s=fleet.pnl_stale_s)
+            heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s, pnl_stale_s=fleet.pnl_stale_s,
+            keep_terminal_orders=cfg.ingest.terminal_orders_kept)
         self.caps = FleetCaps(cfg.caps, self.clock)
         self.versions = VersionBoard(self.clock)  # deployed versions (qtd.deploy)
         self.quality = QualityMonitor(cfg.quality, self.view.trading_day, self.clock,

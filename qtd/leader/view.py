@@ -118,12 +118,15 @@ class FleetView:
         currency: the fleet currency (labels only; no FX).
         clock: leader clock (ages, today's label).
         heartbeat_timeout_s: a node whose heartbeat is older is shown not alive.
+        keep_terminal_orders: per node, how many orders that reached a terminal state are
+            kept (the most recent; :class:`~qtd.orders.OrderBook`); ``None`` keeps all.
     """
 
     def __init__(self, *, trading_day: TradingDay, capital: Decimal, currency: str,
                  clock: Clock, heartbeat_timeout_s: float = 5.0,
-                 pnl_stale_s: float = 5.0) -> None:
+                 pnl_stale_s: float = 5.0, keep_terminal_orders: int | None = None) -> None:
         self.trading_day = trading_day
+        self.keep_terminal_orders = keep_terminal_orders
         self.pnl_stale_ns = int(pnl_stale_s * _NS)
         self.live_pnl: dict[tuple[str, str], tuple[PnLSnapshot, int]] = {}  # tick, seen ns
         self.last_fill_ts: dict[tuple[str, str], int] = {}  # newest fill ts_event per bot
@@ -152,7 +155,8 @@ class FleetView:
         """Apply one consumed event (idempotent for order events, like the projections)."""
         proj = self.projections.get(ev.node)
         if proj is None:
-            proj = self.projections[ev.node] = Projections(self.trading_day)
+            proj = self.projections[ev.node] = Projections(
+                self.trading_day, keep_terminal=self.keep_terminal_orders)
         self.applied += 1
         t = type(ev)
         if t is Fill:

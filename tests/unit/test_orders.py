@@ -197,3 +197,31 @@ def test_any_interleaving_of_duplicated_reordered_updates_converges(streams: tup
         assert pa.total_pnl(MARK) == pb.total_pnl(MARK)  # exact: Decimal, order-independent
     if _fills_by_position(in_order) == _fills_by_position(perturbed):
         assert sa == sb  # same fill sequence per position: identical realized PnL too
+
+
+def test_order_book_keeps_only_the_most_recent_terminal_orders() -> None:
+    """``keep_terminal`` bounds memory: open orders stay, the oldest done ones go; a late
+    fill of a forgotten order is still counted in the position (as an orphan)."""
+    proj = Projections(keep_terminal=2)
+    book = proj.orders
+    for i in range(5):
+        proj.apply(intent(f"c{i}", counter=i + 1))
+    proj.apply(accepted("c4"))  # stays open throughout
+    for i in range(4):  # c0, c1 filled; c2, c3 canceled: terminal in that order
+        proj.apply(fill(f"c{i}", f"t{i}", qty="10", price="100") if i < 2 else canceled(f"c{i}"))
+    assert sorted(book.orders) == ["c2", "c3", "c4"] and book.forgotten == 2
+    assert book.get("c4") is not None and book.get("c4").state is OrderState.ACCEPTED
+    # a duplicate event of a kept terminal order doesn't queue it twice
+    assert proj.apply(canceled("c3")) is ApplyResult.DUPLICATE
+    assert proj.apply(fill("c0", "late", qty="1", price="100")) is ApplyResult.ORPHAN
+    assert proj.positions[("bot1", "acct1", "AAPL")].qty == Decimal(21)
+    with pytest.raises(ValueError, match="keep_terminal=-1"):
+        OrderBook(keep_terminal=-1)
+
+
+def test_order_book_keeps_every_order_by_default() -> None:
+    proj = Projections()
+    for i in range(50):
+        proj.apply(intent(f"c{i}", counter=i + 1))
+        proj.apply(fill(f"c{i}", f"t{i}", qty="10", price="100"))
+    assert len(proj.orders.orders) == 50 and proj.orders.forgotten == 0
