@@ -40,7 +40,9 @@ from qtd.events import (
     Fill,
     OrderCanceled,
     OrderCancelRequested,
+    OrderExpired,
     OrderIntent,
+    OrderRejected,
     OrderType,
     Side,
 )
@@ -92,8 +94,8 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Order:
-    __slots__ = ("account", "bot", "canceled", "cid", "filled", "limit", "node", "notional",
-                 "seq", "side", "symbol", "ts")
+    __slots__ = ("account", "bot", "cid", "limit", "node", "notional", "seq", "side", "symbol",
+                 "ts")
 
     def __init__(self, ev: OrderIntent, notional: Decimal | None) -> None:
         self.cid, self.bot, self.node, self.seq, self.ts = (
@@ -101,7 +103,6 @@ class _Order:
         self.account, self.symbol, self.side = ev.account, ev.symbol, ev.side
         self.limit = ev.limit_price if ev.order_type is OrderType.LIMIT else None
         self.notional = notional
-        self.filled = self.canceled = False
 
 
 class Surveillance:
@@ -110,6 +111,9 @@ class Surveillance:
     Args:
         cfg: thresholds (defaults: :class:`SurveilConfig`).
         max_orders: orders remembered for cancels to refer to (the oldest are forgotten).
+            An order is dropped at its first fill, cancel, reject or expiry: after that no
+            cancel of it can be a spoof or a layer (nothing filled, not yet canceled), so
+            only open orders are held.
     """
 
     def __init__(self, cfg: SurveilConfig | None = None, max_orders: int = 200_000) -> None:
@@ -117,7 +121,9 @@ class Surveillance:
         self.max_orders = max_orders
         self.orders: dict[str, _Order] = {}
         self._sizes: dict[tuple[str, str], deque[float]] = {}
-        self._fills: dict[tuple[str, str], deque[Fill]] = {}
+        # (account, symbol) -> (bot, side) -> (arrival number, fill), in arrival order
+        self._fills: dict[tuple[str, str], dict[tuple[str, Side], deque[tuple[int, Fill]]]] = {}
+        self._arrivals = 0
         self._runs: dict[tuple[str, str, Side], list[tuple[_Order, AnyEvent]]] = {}
         self.findings: list[Finding] = []
 
@@ -129,12 +135,12 @@ class Surveillance:
             return []
         found: list[Finding] = []
         if isinstance(ev, Fill):
-            o = self.orders.get(ev.client_order_id)
-            if o is not None:
-                o.filled = True
+            self.orders.pop(ev.client_order_id, None)  # filled: a later cancel is no spoof
             found = self._wash(ev)
         elif isinstance(ev, OrderCancelRequested | OrderCanceled):
             found = self._cancel(ev)
+        elif isinstance(ev, OrderRejected | OrderExpired):
+            self.orders.pop(ev.client_order_id, None)
         self.findings += found
         return found
 
@@ -165,36 +171,51 @@ class Surveillance:
     # --- wash -----------------------------------------------------------------------------
 
     def _wash(self, f: Fill) -> list[Finding]:
+        """A fill of ``f``'s account and symbol on the other side, by another bot, within the
+        window: the earliest such fill seen. Fills are kept per (account, symbol) and per
+        (bot, side), so a fill only looks at other bots' opposite-side fills: O(1) for the
+        usual one bot per account, however busy it is."""
         window = int(self.cfg.wash_window_s * _NS)
-        recent = self._fills.setdefault((f.account, f.symbol), deque())
-        while recent and recent[0].ts_event < f.ts_event - 2 * window:
-            recent.popleft()  # events may arrive a little out of time order across nodes
-        found = []
-        for other in recent:
-            if (other.side is not f.side and other.bot != f.bot
-                    and abs(f.ts_event - other.ts_event) <= window):
-                gap = abs(f.ts_event - other.ts_event) / _NS
-                found.append(Finding(
-                    pattern="wash", key=f"wash:{f.account}:{f.symbol}", account=f.account,
-                    symbol=f.symbol, bots=sorted({other.bot, f.bot}), ts_ns=f.ts_event,
-                    message=f"{f.account} {f.symbol}: {other.bot} {other.side} "
-                            f"{other.qty} @ {other.price} and {f.bot} {f.side} {f.qty} @ "
-                            f"{f.price} {gap:.3f} s apart (window {self.cfg.wash_window_s:g} s)",
-                    value=gap, limit=self.cfg.wash_window_s, unit="s",
-                    events=[_ref(other, f"{other.side} {other.qty} @ {other.price}"),
-                            _ref(f, f"{f.side} {f.qty} @ {f.price}")]))
-                break
-        recent.append(f)
-        return found
+        floor = f.ts_event - 2 * window  # events may arrive a little out of time order
+        books = self._fills.setdefault((f.account, f.symbol), {})
+        best: tuple[int, Fill] | None = None
+        for (bot, side), recent in books.items():
+            while recent and recent[0][1].ts_event < floor:
+                recent.popleft()
+            if bot == f.bot or side is f.side:
+                continue
+            for order, other in recent:
+                if best is not None and order > best[0]:
+                    break
+                if abs(f.ts_event - other.ts_event) <= window:
+                    best = (order, other)
+                    break
+        self._arrivals += 1
+        mine = books.get((f.bot, f.side))
+        if mine is None:
+            mine = books[(f.bot, f.side)] = deque()
+        mine.append((self._arrivals, f))
+        if best is None:
+            return []
+        other = best[1]
+        gap = abs(f.ts_event - other.ts_event) / _NS
+        return [Finding(
+            pattern="wash", key=f"wash:{f.account}:{f.symbol}", account=f.account,
+            symbol=f.symbol, bots=sorted({other.bot, f.bot}), ts_ns=f.ts_event,
+            message=f"{f.account} {f.symbol}: {other.bot} {other.side} "
+                    f"{other.qty} @ {other.price} and {f.bot} {f.side} {f.qty} @ "
+                    f"{f.price} {gap:.3f} s apart (window {self.cfg.wash_window_s:g} s)",
+            value=gap, limit=self.cfg.wash_window_s, unit="s",
+            events=[_ref(other, f"{other.side} {other.qty} @ {other.price}"),
+                    _ref(f, f"{f.side} {f.qty} @ {f.price}")])]
 
     # --- cancels: spoof and layer ---------------------------------------------------------
 
     def _cancel(self, ev: OrderCancelRequested | OrderCanceled) -> list[Finding]:
-        o = self.orders.get(ev.client_order_id)
-        if o is None or o.canceled:
-            return []  # unknown order, or the second event of one cancel
-        o.canceled = True
-        if ev.reason.lower().startswith(self.cfg.exempt_reasons) or o.filled:
+        o = self.orders.pop(ev.client_order_id, None)
+        if o is None:
+            return []  # unknown, filled, or the second event of one cancel
+        if ev.reason.lower().startswith(self.cfg.exempt_reasons):
             return []
         return [*self._spoof(o, ev), *self._layer(o, ev)]
 

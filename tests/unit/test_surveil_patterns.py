@@ -18,6 +18,7 @@ from qtd.events import (
     OrderCanceled,
     OrderCancelRequested,
     OrderIntent,
+    OrderRejected,
     OrderType,
     Side,
 )
@@ -118,6 +119,39 @@ async def test_no_wash_outside_window_same_bot_or_other_account(tmp_path: Path) 
     rc, doc = await _surveil(tmp_path / "events.db", "--set", "wash_window_s=10")
     assert rc == EXIT_FINDINGS
     assert [f["bots"] for f in doc["findings"]] == [["alpha", "beta"]]  # type: ignore[index]
+
+
+def test_wash_reports_the_earliest_opposite_fill_of_another_bot() -> None:
+    """Fills are kept per (bot, side): the match is still the earliest arrival among other
+    bots' opposite-side fills in the window, and a busy single bot never matches itself."""
+    sv = Surveillance(SurveilConfig(wash_window_s=5.0))
+    own = [_fill(f"a.{i}", "alpha", Side.BUY if i % 2 else Side.SELL, "1", T0 + i * MS,
+                 account="solo") for i in range(1000)]  # one bot churning its own position
+    assert sv.feed_many(list(own)) == []
+    sv.feed(_fill("g.1", "gamma", Side.BUY, "1", T0 - 9 * S))  # outside the window (9 s)
+    sv.feed(_fill("b.1", "beta", Side.BUY, "1", T0 + 2 * S))   # earliest candidate
+    sv.feed(_fill("g.2", "gamma", Side.BUY, "1", T0 + 3 * S))  # later candidate
+    sv.feed(_fill("b.2", "beta", Side.SELL, "1", T0 + 3 * S))  # same side as the probe
+    [f] = sv.feed(_fill("d.1", "delta", Side.SELL, "1", T0 + 4 * S))
+    assert f.bots == ["beta", "delta"] and f.value == pytest.approx(2.0)
+    assert [e.client_order_id for e in f.events] == ["b.1", "d.1"]
+
+
+def test_surveillance_holds_only_open_orders() -> None:
+    """Filled, canceled, rejected and expired orders are dropped at once (bounded memory on
+    the leader); a cancel after a partial fill is still no spoof."""
+    sv = Surveillance()
+    sv.feed_many(_normal_orders("alpha", 30, T0))  # 30 filled orders: a median notional
+    big = T0 + 3600 * S
+    sv.feed_many([_intent("p.1", "alpha", Side.BUY, "1000", big),
+                  _intent("r.1", "alpha", Side.BUY, "10", big),
+                  _intent("o.1", "alpha", Side.BUY, "10", big)])
+    assert sorted(sv.orders) == ["o.1", "p.1", "r.1"]
+    sv.feed(OrderRejected(node=NODE, bot="alpha", ts_event=big, ts_init=big,
+                          client_order_id="r.1", reason="insufficient funds"))
+    sv.feed(_fill("p.1", "alpha", Side.BUY, "1", big + 10 * MS))  # partial fill
+    assert sv.feed(_cancel("p.1", "alpha", big + 20 * MS)) == []  # big, fast, but filled
+    assert sorted(sv.orders) == ["o.1"]
 
 
 async def test_spoofing_large_order_canceled_within_100ms(tmp_path: Path) -> None:
