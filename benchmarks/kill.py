@@ -16,7 +16,9 @@ The leader is the real :class:`~qtd.leader.Leader`; each kill goes through
 the decision (``time.perf_counter()`` in ``trigger_kill``) to the arrival of the last
 acknowledgement. Reference, same peers, same run: one bare nats-py core publish of a
 KillMessage and a wait for every acknowledgement (no leader code). Prints p50/p99/max over
-``--kills`` kills (default 100) per agent count. Target: p99 <= 10 ms with 50 agents.
+``--kills`` kills (default 100) per agent count, and the peers' CPU time per kill (from
+``/proc``) over the bare run: divided by the cores, it is a floor no kill path can beat on
+this machine. Target: p99 <= 10 ms with 50 agents.
 
     python benchmarks/kill.py [--agents 10,25,50] [--kills 100] [--peer light|durable]
 """
@@ -84,6 +86,16 @@ def _start_peers(url: str, n: int, kind: str, data_dir: str) -> list[subprocess.
     return procs
 
 
+def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU seconds the processes used so far (/proc/<pid>/stat, Linux)."""
+    total = 0
+    for p in procs:
+        with open(f"/proc/{p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
@@ -112,7 +124,13 @@ async def bench(counts: list[int], kills: int, kind: str) -> None:
                         while len(leader.view.heartbeats) < n:
                             await asyncio.sleep(0.05)
                         lat = await _kills(leader, kills)
+                    cpu0, t0 = _cpu_s(procs), time.perf_counter()
+                    await asyncio.sleep(2.0)  # idle: heartbeats only
+                    idle_rate = (_cpu_s(procs) - cpu0) / (time.perf_counter() - t0)
+                    cpu0, t0 = _cpu_s(procs), time.perf_counter()
                     bare = await _bare(server.url, n, kills)
+                    busy = _cpu_s(procs) - cpu0 - idle_rate * (time.perf_counter() - t0)
+                    per_kill = max(0.0, busy) / (kills + 5)  # all peers, one kill
                 finally:
                     for p in procs:
                         p.terminate()
@@ -120,6 +138,10 @@ async def bench(counts: list[int], kills: int, kind: str) -> None:
                         p.wait(10)
                 print(_line("leader kill -> last ack", n, lat))
                 print(_line("bare core publish -> last ack", n, bare))
+                print(f"{'':32s} {n:3d} agents: peers' CPU per kill {per_kill * 1e3:.2f} ms "
+                      f"({per_kill / n * 1e6:.0f} us each, idle heartbeats subtracted), i.e. >= "
+                      f"{per_kill / (os.cpu_count() or 1) * 1e3:.2f} ms on {os.cpu_count()} "
+                      "cores before the last ack can leave")
         finally:
             await server.stop()
     print("target p99 <= 10 ms (50 agents); the bare line is this machine's floor for the "
