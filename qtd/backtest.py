@@ -33,6 +33,7 @@ is simulated and a crashed run is simply rerun, so only the finished file must b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -115,6 +116,11 @@ class WriteBehindStore:
     transaction, and :meth:`flush` (called at the end of the run) commits the rest with an
     fsync, which makes every earlier batch durable too (one WAL, see :mod:`qtd.store`).
 
+    A full batch is written in the background (the store's SQLite thread) while the run
+    goes on; at most one batch is in flight, and batches are committed strictly in order
+    (the next one waits for the previous). A failed background write is raised when the next
+    batch is handed over, or by :meth:`flush` (the run always ends with one).
+
     Reads (``last_cid_counter``) flush first, so they see every event appended before.
 
     Args:
@@ -124,6 +130,7 @@ class WriteBehindStore:
     Raises:
         ValueError: ``batch`` < 1.
         RuntimeError: (at a flush) something else wrote to the store during the run.
+        StoreError: a batch could not be written (see :meth:`EventStore.append_many`).
     """
 
     def __init__(self, store: EventStore, batch: int = WRITE_BATCH) -> None:
@@ -133,28 +140,46 @@ class WriteBehindStore:
         self.node, self.incarnation, self.path = store.node, store.incarnation, store.path
         self.last_seq = store.last_seq
         self._pending: list[Event] = []
+        self._inflight: asyncio.Task[None] | None = None
 
     async def append(self, event: Event) -> AnyEvent:
         self.last_seq += 1
         stored = msgspec.structs.replace(event, seq=self.last_seq)
         self._pending.append(stored)
         if len(self._pending) >= self.batch:
-            await self.flush(sync=False)
+            await self._write_behind()
         return stored  # type: ignore[return-value]
 
     async def append_many(self, events: Sequence[Event], *, sync: bool = True
                           ) -> list[AnyEvent]:
         return [await self.append(e) for e in events]
 
-    async def flush(self, *, sync: bool = True) -> None:
-        """Write the kept events in one transaction (fsynced if ``sync``)."""
-        if not self._pending:
-            return
+    async def _write_behind(self) -> None:
+        """Start writing the kept events in the background (after the previous batch)."""
+        await self._settle()
         batch, self._pending = self._pending, []
+        self._inflight = asyncio.create_task(self._write(batch, sync=False))
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight; raise its error, if any."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def _write(self, batch: list[Event], *, sync: bool) -> None:
         stored = await self.inner.append_many(batch, sync=sync)
         if stored[-1].seq != batch[-1].seq:  # someone else wrote to the run's store
             raise RuntimeError(f"{self.path}: seq {stored[-1].seq} stored as "
                                f"{batch[-1].seq}: the run's store must not be shared")
+
+    async def flush(self, *, sync: bool = True) -> None:
+        """Wait for the batch in flight, then write the kept events in one transaction
+        (fsynced if ``sync``)."""
+        await self._settle()
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        await self._write(batch, sync=sync)
 
     async def last_cid_counter(self, bot: str) -> int:
         await self.flush(sync=False)
