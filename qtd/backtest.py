@@ -53,6 +53,7 @@ from qtd.runner import BotRunner, BotSpec
 from qtd.store import EventStore
 from qtd.strategy import CancelAll, Strategy
 
+_ZERO: Final = Decimal(0)
 WRITE_BATCH: Final = 4096
 
 
@@ -227,6 +228,7 @@ class Backtest:
         self._unreal_total = Decimal(0)
         self._dirty = False
         self._flat_equity = float(self.start_equity)  # float(_base) while nothing is open
+        self._open_equity = self._flat_equity  # float(_base + _unreal_total)
         self._broker_list = list(self.brokers.values())
 
     def add(self, bot: BacktestBot) -> BotRunner:
@@ -364,21 +366,26 @@ class Backtest:
                             for s, ps in self._open.items()}
             self._unreal_total = sum(self._unreal.values(), Decimal(0))
             self._flat_equity = float(self._base)
+            self._open_equity = float(self._base + self._unreal_total)
         if self._open:
             held = self._open.get(sym)
             if held is not None:
                 mark = marks.get(sym)
-                now = sum((p.unrealized(mark) for p in held), Decimal(0))
+                now = _ZERO
+                for p in held:
+                    now += p.unrealized(mark)
                 self._unreal_total += now - self._unreal[sym]
                 self._unreal[sym] = now
-            value, exposed = float(self._base + self._unreal_total), True
+                self._open_equity = float(self._base + self._unreal_total)
+            value, exposed = self._open_equity, True
         else:
             value, exposed = self._flat_equity, False
         curve = self.curve
-        if curve.ts_ns and curve.ts_ns[-1] == ts:
+        times = curve.ts_ns
+        if times and times[-1] == ts:
             curve.equity[-1], curve.exposed[-1] = value, exposed
         else:
-            curve.ts_ns.append(ts)
+            times.append(ts)
             curve.equity.append(value)
             curve.exposed.append(exposed)
 

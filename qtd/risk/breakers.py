@@ -41,15 +41,18 @@ PosKey = tuple[str, str, str]
 
 
 class _AccountBook:
-    __slots__ = ("day", "day_open", "equity", "peak", "positions", "start")
+    __slots__ = ("day", "day_open", "equity", "loss_limit", "loss_pct", "peak", "positions",
+                 "start")
 
-    def __init__(self, start: Decimal) -> None:
+    def __init__(self, start: Decimal, loss_limit: float | None, loss_pct: float | None
+                 ) -> None:
         self.start = start
         self.equity = Cell(start)
         self.positions: list[Position] = []
         self.day = ""
         self.day_open = start
         self.peak = start
+        self.loss_limit, self.loss_pct = loss_limit, loss_pct  # daily loss: account or default
 
 
 class _StrategyBook:
@@ -81,11 +84,16 @@ class CircuitBreakers:
         self.cfg, self.states, self.proj, self.marks = cfg, states, projections, marks
         self._emit, self.node = emit, node
         self.day = TradingDay(cfg.trading_day_tz, cfg.trading_day_rollover)
-        self.accounts = {name: _AccountBook(Decimal(str(a.equity)))
-                         for name, a in cfg.accounts.items()}
+        dl = cfg.breakers.daily_loss
+        self.accounts = {name: _AccountBook(
+            Decimal(str(a.equity)),
+            a.max_daily_loss if a.max_daily_loss is not None else dl.max_loss,
+            a.max_daily_loss_pct if a.max_daily_loss_pct is not None else dl.max_loss_pct)
+            for name, a in cfg.accounts.items()}
         self._strategies: dict[str, _StrategyBook] = {}
         self._realized: dict[PosKey, Decimal] = {}
-        self._by_symbol: dict[str, set[str]] = {}
+        # symbol -> account -> that account's positions in the symbol (projection objects)
+        self._by_symbol: dict[str, dict[str, list[Position]]] = {}
         self._requests: dict[str, deque[tuple[int, bool]]] = {}
         self._global_peak = sum((b.start for b in self.accounts.values()), ZERO)
 
@@ -105,7 +113,7 @@ class CircuitBreakers:
         book = self.accounts.get(fill.account)
         if key not in self._realized and book is not None:
             book.positions.append(pos)
-            self._by_symbol.setdefault(fill.symbol, set()).add(fill.account)
+            self._by_symbol.setdefault(fill.symbol, {}).setdefault(fill.account, []).append(pos)
         before = self._realized.get(key, ZERO)
         self._realized[key] = pos.realized
         fee = fill.commission if fill.commission_currency == fill.currency else ZERO
@@ -115,9 +123,23 @@ class CircuitBreakers:
         self._update_account(fill.account, now_ns)
 
     def on_mark(self, symbol: str, now_ns: int) -> None:
-        """The symbol's mark moved: re-value the accounts holding it."""
-        for account in self._by_symbol.get(symbol, ()):
-            self._update_account(account, now_ns)
+        """The symbol's mark moved: re-value the accounts holding it. An account flat in the
+        symbol is skipped unless its trading day rolled over: its equity did not change, so
+        neither did any breaker's reading."""
+        held = self._by_symbol.get(symbol)
+        if not held:
+            return
+        day = self.day.label(now_ns)
+        accounts = self.accounts
+        for account, positions in held.items():
+            for pos in positions:
+                if pos.qty:
+                    self._update_account(account, now_ns)
+                    break
+            else:
+                book = accounts.get(account)
+                if book is not None and book.day != day:
+                    self._update_account(account, now_ns)
 
     def on_broker_result(self, account: str, ok: bool, now_ns: int) -> None:
         """Record one broker request outcome (submit / cancel) for the error-rate breaker."""
@@ -184,21 +206,24 @@ class CircuitBreakers:
         if book is None:
             return
         eq = book.start
+        marks = self.marks
         for pos in book.positions:
-            mark = self.marks.get(pos.symbol)
-            eq += pos.net_realized + pos.unrealized(mark.price if mark is not None else None)
+            mark = marks.get(pos.symbol)
+            eq += pos.realized - pos.fees + pos.unrealized(mark.price if mark is not None else None)
         book.equity.value = eq
         day = self.day.label(now_ns)
         if day != book.day:
             book.day, book.day_open = day, eq
-        book.peak = max(book.peak, eq)
-        self._check_daily_loss(account, book, now_ns)
-        self._check_drawdown(account, book, now_ns)
+        if eq > book.peak:
+            book.peak = eq
+        if book.loss_limit is not None or book.loss_pct is not None:
+            self._check_daily_loss(account, book, now_ns)
+        if self.cfg.breakers.drawdown.max_drawdown_pct is not None:
+            self._check_drawdown(account, book, now_ns)
 
     def _check_daily_loss(self, account: str, book: _AccountBook, now_ns: int) -> None:
-        br, acfg = self.cfg.breakers.daily_loss, self.cfg.accounts[account]
-        limit = acfg.max_daily_loss if acfg.max_daily_loss is not None else br.max_loss
-        pct = acfg.max_daily_loss_pct if acfg.max_daily_loss_pct is not None else br.max_loss_pct
+        br = self.cfg.breakers.daily_loss
+        limit, pct = book.loss_limit, book.loss_pct
         loss = float(book.day_open - book.equity.value)
         if limit is not None and loss > limit:
             self._trip("daily_loss", Scope.ACCOUNT, account, br.trip, limit, loss, "currency",

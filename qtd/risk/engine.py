@@ -120,6 +120,8 @@ class RiskEngine:
         self.exposures: dict[tuple[str, ...], Exposure] = {}
         self.books: dict[str, list[tuple[MarkCell, Exposure]]] = {}
         self.counters: dict[tuple[Scope, str], ScopeCounters] = {}
+        self._position_keys: dict[tuple[str, str, str], tuple[Exposure, ...]] = {}
+        self._order_counters: dict[tuple[str, str, str], tuple[ScopeCounters, ...]] = {}
         self.spikes: dict[str, SpikeMeter] = {}
         self.duplicates: dict[C.DupKey, int] = {}
         self.open: dict[str, OpenOrder] = {}
@@ -313,9 +315,7 @@ class RiskEngine:
 
     def _register(self, intent: OrderIntent, plan: Plan | None) -> None:
         exps = self.position_keys(intent.bot, intent.account, intent.symbol)
-        cnts = tuple(self.counter(s, k) for s, k in (
-            (Scope.GLOBAL, ""), (Scope.ACCOUNT, intent.account), (Scope.STRATEGY, intent.bot),
-            (Scope.SYMBOL, intent.symbol)))
+        cnts = self.order_counters(intent.bot, intent.account, intent.symbol)
         o = OpenOrder(intent.bot, intent.account, intent.symbol, intent.side is Side.BUY,
                       intent.qty, exps, cnts)
         for e in exps:
@@ -351,6 +351,9 @@ class RiskEngine:
 
     def position_keys(self, bot: str, account: str, symbol: str) -> tuple[Exposure, ...]:
         """Exposures of (bot, account, symbol), (account, symbol) and (symbol)."""
+        cached = self._position_keys.get((bot, account, symbol))
+        if cached is not None:  # cells are created once and never replaced
+            return cached
         out = []
         for key in (("B", bot, account, symbol), ("A", account, symbol), ("Y", symbol)):
             exp = self.exposures.get(key)
@@ -359,7 +362,19 @@ class RiskEngine:
                 if key[0] == "B":
                     self.books.setdefault(bot, []).append((self.mark(symbol), exp))
             out.append(exp)
-        return tuple(out)
+        cells = self._position_keys[(bot, account, symbol)] = tuple(out)
+        return cells
+
+    def order_counters(self, bot: str, account: str, symbol: str
+                       ) -> tuple[ScopeCounters, ...]:
+        """Order counters an order of (bot, account, symbol) counts in: GLOBAL, its account,
+        strategy and symbol (created on first use)."""
+        cached = self._order_counters.get((bot, account, symbol))
+        if cached is None:
+            cached = self._order_counters[(bot, account, symbol)] = tuple(
+                self.counter(s, k) for s, k in ((Scope.GLOBAL, ""), (Scope.ACCOUNT, account),
+                                                (Scope.STRATEGY, bot), (Scope.SYMBOL, symbol)))
+        return cached
 
     def exposures_of(self, bot: str, account: str, symbol: str) -> Exposure:
         """The (bot, account, symbol) exposure (created with its siblings on first use)."""
@@ -437,9 +452,14 @@ class RiskEngine:
 
     def drain_events(self) -> list[Event]:
         """State changes, breaker breaches and kill-switch events queued since the last call."""
-        self._events.extend(self.states.take_expired())
-        out = self._events[:]
-        self._events.clear()
+        events = self._events  # the same list object always: the breakers hold its append
+        expired = self.states.take_expired()
+        if expired:
+            events.extend(expired)
+        elif not events:
+            return []
+        out = events[:]
+        events.clear()
         return out
 
 

@@ -75,9 +75,7 @@ def build_plan(engine: RiskEngine, bot: str, account: str, symbol: str) -> Plan 
         return C.unknown("bot", bot, "no [strategies.<bot>] table and no [strategy_defaults]")
     own, acct_exp, sym_exp = engine.position_keys(bot, account, symbol)
     mark = engine.mark(symbol)
-    cnt = tuple(engine.counter(s, k) for s, k in (
-        (Scope.GLOBAL, ""), (Scope.ACCOUNT, account), (Scope.STRATEGY, bot), (Scope.SYMBOL, symbol)
-    ))
+    cnt = engine.order_counters(bot, account, symbol)
     scopes: list[ScopeRow] = [
         (Scope.GLOBAL, "", cfg.global_, sym_exp, cnt[0]),
         (Scope.ACCOUNT, account, acfg, acct_exp, cnt[1]),

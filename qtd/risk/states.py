@@ -132,6 +132,8 @@ class TradingStates:
 
     def take_expired(self) -> list[TradingStateChanged]:
         """Events of cooldowns that expired (in :meth:`effective`) since the last call."""
+        if not self._expired:
+            return []
         out, self._expired = self._expired, []
         return out
 
