@@ -266,6 +266,25 @@ def parse_range(spec: str) -> tuple[str, list[int | float]]:
     return name, [start + i * step for i in range(n)]
 
 
+def run_job_sync(job: Job, items: list[MarketData] | None = None,
+                 progress: Callable[[int], None] | None = None) -> JobResult:
+    """:func:`run_job` in a fresh event loop (``asyncio.run``), for the CLI and the sweep's
+    worker processes. Same arguments and errors.
+
+    The result is handed out of the loop by the coroutine, not returned by it: on exit
+    Python 3.11's ``asyncio.Runner`` restores the SIGINT handler, and
+    ``signal.signal`` formats ``repr()`` of the old handler, which holds the main task and so
+    its result: the whole equity curve and trade list, about 0.1 s per run for 100,000 bars.
+    """
+    out: list[JobResult] = []
+
+    async def main() -> None:
+        out.append(await run_job(job, items, progress))
+
+    asyncio.run(main())
+    return out[0]
+
+
 def grid(specs: Sequence[str]) -> Iterator[dict[str, Any]]:
     """Every combination of the ``--sweep`` ranges, as param-override dicts."""
     axes = [parse_range(s) for s in specs]
@@ -275,7 +294,7 @@ def grid(specs: Sequence[str]) -> Iterator[dict[str, Any]]:
 
 def _worker(job: Job) -> JobResult:
     try:
-        out = asyncio.run(run_job(job))
+        out = run_job_sync(job)
     except ConfigError as exc:  # e.g. fast >= slow: this point of the grid is skipped
         return JobResult(job=job, params=dict(job.params), error=str(exc))
     out.trades, out.curve_ts, out.curve_equity = [], [], []  # keep the pickle small

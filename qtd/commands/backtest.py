@@ -8,7 +8,6 @@ usual codes for bad input (78) and other errors.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from qtd.errors import ConfigError
 from qtd.gates import GateResult, evaluate, parse_thresholds, write_gate
 from qtd.metrics import Report
 from qtd.plot import write_chart
-from qtd.sweep import Job, JobResult, load_data, rank, run_job, run_sweep
+from qtd.sweep import Job, JobResult, load_data, rank, run_job_sync, run_sweep
 
 GATE_FAILED: Final = 3
 NS_PER_MS: Final = 1_000_000
@@ -152,7 +151,7 @@ def run_backtest_command(args: argparse.Namespace, out: TextIO | None = None) ->
     items = load_data(job.data)
     bar = Progress(len(items))
     try:
-        res = asyncio.run(run_job(job, items, progress=bar))
+        res = run_job_sync(job, items, progress=bar)
     finally:
         bar.close()
     if res.report is None:
