@@ -217,11 +217,8 @@ class OrderRouter:
 
     async def on_market_data(self, symbol: str, price: Any, ts_ns: int) -> None:
         """Feed a last trade / mid to the engine (marks, staleness, PnL breakers)."""
-        risk = self.risk
-        risk.on_market_data(symbol, price, ts_ns)
-        events = risk.drain_events()  # self._flush() inlined: once per bar
-        if events:
-            await self.store.append_many(events)
+        self.risk.on_market_data(symbol, price, ts_ns)
+        await self._flush()
 
     # --- operator actions -----------------------------------------------------------------
 

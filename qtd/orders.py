@@ -206,11 +206,13 @@ class OrderBook:
         self.forgotten = 0
         self._terminal: deque[str] | None = None if keep_terminal is None else deque()
 
-    def _retire(self, rec: OrderRecord, was_terminal: bool) -> None:
-        """``rec`` was just updated: queue it if it became terminal; forget the oldest
-        terminal orders beyond ``keep_terminal``."""
+    def _rederive(self, rec: OrderRecord) -> None:
+        """``rec`` took a new fact: derive its state; with ``keep_terminal``, queue it if it
+        just became terminal and forget the oldest terminal orders beyond the bound."""
+        before = rec.state
+        rec.state = rec.derive_state()
         done = self._terminal
-        if done is None or was_terminal or not rec.state.is_terminal:
+        if done is None or before.is_terminal or not rec.state.is_terminal:
             return
         done.append(rec.cid)
         orders = self.orders
@@ -249,10 +251,7 @@ class OrderBook:
             return ApplyResult.DUPLICATE
         if event.ts_event > rec.ts_last:
             rec.ts_last = event.ts_event
-        before = rec.state
-        rec.state = rec.derive_state()
-        if self._terminal is not None:
-            self._retire(rec, before.is_terminal)
+        self._rederive(rec)
         return ApplyResult.APPLIED
 
     def _apply_intent(self, intent: OrderIntent) -> ApplyResult:
@@ -284,10 +283,7 @@ class OrderBook:
             rec.venue_order_id = fill.venue_order_id
         if fill.ts_event > rec.ts_last:
             rec.ts_last = fill.ts_event
-        before = rec.state
-        rec.state = rec.derive_state()
-        if self._terminal is not None:
-            self._retire(rec, before.is_terminal)
+        self._rederive(rec)
         return ApplyResult.APPLIED
 
     def open_orders(

@@ -209,7 +209,7 @@ class CircuitBreakers:
         marks = self.marks
         for pos in book.positions:
             mark = marks.get(pos.symbol)
-            eq += pos.realized - pos.fees + pos.unrealized(mark.price if mark is not None else None)
+            eq += pos.net_realized + pos.unrealized(mark.price if mark is not None else None)
         book.equity.value = eq
         day = self.day.label(now_ns)
         if day != book.day:

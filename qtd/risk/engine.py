@@ -283,9 +283,8 @@ class RiskEngine:
             return
         if isinstance(event, OrderIntent) and event.client_order_id not in self.open:
             day = self.day.label(event.ts_event)
-            for scope, key in ((Scope.GLOBAL, ""), (Scope.ACCOUNT, event.account),
-                               (Scope.STRATEGY, event.bot), (Scope.SYMBOL, event.symbol)):
-                self.counter(scope, key).record(event.ts_event, day)
+            for c in self.order_counters(event.bot, event.account, event.symbol):
+                c.record(event.ts_event, day)
         self.on_event(event)
 
     def on_market_data(self, symbol: str, price: Decimal, ts_ns: int) -> None:
