@@ -34,6 +34,7 @@ is simulated and a crashed run is simply rerun, so only the finished file must b
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -50,7 +51,7 @@ from qtd.projections import Position, Projections
 from qtd.risk.config import RiskConfig
 from qtd.risk.engine import RiskEngine
 from qtd.runner import BotRunner, BotSpec
-from qtd.store import EventStore
+from qtd.store import BulkAppender, EventStore
 from qtd.strategy import CancelAll, Strategy
 
 _ZERO: Final = Decimal(0)
@@ -117,12 +118,15 @@ class WriteBehindStore:
     transaction, and :meth:`flush` (called at the end of the run) commits the rest with an
     fsync, which makes every earlier batch durable too (one WAL, see :mod:`qtd.store`).
 
-    A full batch is written in the background (the store's SQLite thread) while the run
-    goes on; at most one batch is in flight, and batches are committed strictly in order
-    (the next one waits for the previous). A failed background write is raised when the next
-    batch is handed over, or by :meth:`flush` (the run always ends with one).
+    A full batch is written in the background by the store's
+    :class:`~qtd.store.BulkAppender` (its own thread: the run never yields to the event
+    loop, so an aiosqlite round trip would only start when the run next waits) while the
+    run goes on; at most one batch is in flight, and batches are committed strictly in
+    order. A failed background write is raised when the next batch is handed over, or by
+    :meth:`flush` (the run always ends with one).
 
     Reads (``last_cid_counter``) flush first, so they see every event appended before.
+    :meth:`close` (after the last flush) stops the background writer.
 
     Args:
         store: the run's store (nothing else may write to it during the run).
@@ -130,8 +134,7 @@ class WriteBehindStore:
 
     Raises:
         ValueError: ``batch`` < 1.
-        RuntimeError: (at a flush) something else wrote to the store during the run.
-        StoreError: a batch could not be written (see :meth:`EventStore.append_many`).
+        StoreError: a batch could not be written (see :class:`~qtd.store.BulkAppender`).
     """
 
     def __init__(self, store: EventStore, batch: int = WRITE_BATCH) -> None:
@@ -141,49 +144,58 @@ class WriteBehindStore:
         self.node, self.incarnation, self.path = store.node, store.incarnation, store.path
         self.last_seq = store.last_seq
         self._pending: list[Event] = []
-        self._inflight: asyncio.Task[None] | None = None
+        self._bulk: BulkAppender | None = None
+        self._inflight: concurrent.futures.Future[None] | None = None
 
     async def append(self, event: Event) -> AnyEvent:
         self.last_seq += 1
         stored = msgspec.structs.replace(event, seq=self.last_seq)
-        self._pending.append(stored)
-        if len(self._pending) >= self.batch:
-            await self._write_behind()
+        pending = self._pending
+        pending.append(stored)
+        if len(pending) > self.batch:
+            # the newest event stays behind, so the final flush always has an event to
+            # commit with an fsync after the unsynced background batches
+            self._pending = [stored]
+            del pending[-1]
+            await self._hand_over(pending, sync=False)
         return stored  # type: ignore[return-value]
 
     async def append_many(self, events: Sequence[Event], *, sync: bool = True
                           ) -> list[AnyEvent]:
         return [await self.append(e) for e in events]
 
-    async def _write_behind(self) -> None:
-        """Start writing the kept events in the background (after the previous batch)."""
+    async def _hand_over(self, batch: list[Event], *, sync: bool) -> None:
+        """Give ``batch`` to the background writer, after the batch in flight."""
         await self._settle()
-        batch, self._pending = self._pending, []
-        self._inflight = asyncio.create_task(self._write(batch, sync=False))
+        if self._bulk is None:
+            self._bulk = self.inner.bulk_appender()
+        self._inflight = self._bulk.submit(batch, sync=sync)
 
     async def _settle(self) -> None:
         """Wait for the batch in flight; raise its error, if any."""
-        task, self._inflight = self._inflight, None
-        if task is not None:
-            await task
+        fut, self._inflight = self._inflight, None
+        if fut is not None:
+            await asyncio.wrap_future(fut)
 
-    async def _write(self, batch: list[Event], *, sync: bool) -> None:
-        stored = await self.inner.append_many(batch, sync=sync)
-        if stored[-1].seq != batch[-1].seq:  # someone else wrote to the run's store
-            raise RuntimeError(f"{self.path}: seq {stored[-1].seq} stored as "
-                               f"{batch[-1].seq}: the run's store must not be shared")
-
-    async def flush(self, *, sync: bool = True) -> None:
-        """Wait for the batch in flight, then write the kept events in one transaction
-        (fsynced if ``sync``)."""
+    async def flush(self) -> None:
+        """Commit the kept events with an fsync (which makes every earlier batch durable)
+        after the batch in flight, and wait for both."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            await self._hand_over(batch, sync=True)
         await self._settle()
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        await self._write(batch, sync=sync)
+
+    async def close(self) -> None:
+        """Flush and stop the background writer; the store stays open."""
+        try:
+            await self.flush()
+        finally:
+            bulk, self._bulk = self._bulk, None
+            if bulk is not None:
+                await asyncio.to_thread(bulk.close)
 
     async def last_cid_counter(self, bot: str) -> int:
-        await self.flush(sync=False)
+        await self.flush()
         return await self.inner.last_cid_counter(bot)
 
 
@@ -299,7 +311,7 @@ class Backtest:
             for runner in self.bots.values():
                 await runner.finish()
             await self.pump()
-            await self.store.flush(sync=True)
+            await self.store.close()
         if progress is not None:
             progress(n)
         return BacktestResult(

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from qtd.errors import StoreError
@@ -275,3 +276,57 @@ async def test_concurrent_appends_keep_strict_order(store: EventStore) -> None:
 async def test_missing_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"directory .*nope does not exist"):
         await EventStore.open(tmp_path / "nope" / "e.db", node=NODE)
+
+
+def _numbered(events: list[Heartbeat], first: int) -> list[Heartbeat]:
+    return [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
+
+
+async def test_bulk_appender_commits_batches_in_order_from_its_thread(tmp_path: Path) -> None:
+    """Batches larger than one multi-row INSERT (1,024 rows) and a synced last batch: every
+    event lands once, with its seq, in order; the store's last_seq follows; a batch that does
+    not start at the next seq is refused before anything is written."""
+    path = tmp_path / "bulk.db"
+    async with await EventStore.open(path, node=NODE) as s:
+        await s.append(intent("c0"))
+        bulk = s.bulk_appender()
+        first = _numbered([_hb(i) for i in range(2_500)], 2)
+        second = _numbered([_hb(i) for i in range(2_500, 2_503)], 2_502)
+        refused = r"seq 2503\.\.2503: must be non-empty and start at 2$"
+        with pytest.raises(ValueError, match=refused):
+            bulk.submit(second[1:2], sync=False)
+        futures = [bulk.submit(first, sync=False), bulk.submit(second, sync=True)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        assert s.last_seq == 2_504
+        with pytest.raises(ValueError, match="start at 2505"):
+            bulk.submit([], sync=True)
+        await asyncio.to_thread(bulk.close)
+        assert (await s.append(_hb(0))).seq == 2_505  # the store writes on after it
+    async with await EventStore.open(path, readonly=True) as ro:
+        events = [e async for e in ro.replay()]
+    assert [e.seq for e in events] == list(range(1, 2_506))
+    assert events[1:2_504] == first + second
+
+
+async def test_bulk_appender_failure_is_raised_and_loses_nothing_committed(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "bulk.db"
+    s = await EventStore.open(path, node=NODE)
+    bulk = s.bulk_appender()
+    ok = _numbered([_hb(i) for i in range(100)], 1)
+    await asyncio.wrap_future(bulk.submit(ok, sync=True))
+    (small_disk / "filler").write_bytes(b"\0" * 1_900_000)
+    big = [intent(f"c{i}-{'x' * 2000}", counter=i + 1) for i in range(500)]
+    failed = bulk.submit(_numbered(big, 101), sync=False)  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="disk is full") as err:
+        await asyncio.wrap_future(failed)
+    assert "Nothing after seq 100" in str(err.value)
+    later = bulk.submit(_numbered([_hb(1)], 601), sync=True)
+    with pytest.raises(StoreError, match="disk is full"):  # refuses writes until reopened
+        await asyncio.wrap_future(later)
+    await asyncio.to_thread(bulk.close)
+    await s.close()
+    (small_disk / "filler").unlink()
+    async with await EventStore.open(path, node=NODE) as s2:
+        assert [e.seq async for e in s2.replay()] == list(range(1, 101))
