@@ -34,7 +34,6 @@ is simulated and a crashed run is simply rerun, so only the finished file must b
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -145,7 +144,7 @@ class WriteBehindStore:
         self.last_seq = store.last_seq
         self._pending: list[Event] = []
         self._bulk: BulkAppender | None = None
-        self._inflight: concurrent.futures.Future[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
 
     async def append(self, event: Event) -> AnyEvent:
         self.last_seq += 1
@@ -169,13 +168,13 @@ class WriteBehindStore:
         await self._settle()
         if self._bulk is None:
             self._bulk = self.inner.bulk_appender()
-        self._inflight = self._bulk.submit(batch, sync=sync)
+        self._inflight = self._bulk.hand_over(batch, sync=sync)
 
     async def _settle(self) -> None:
         """Wait for the batch in flight; raise its error, if any."""
         fut, self._inflight = self._inflight, None
         if fut is not None:
-            await asyncio.wrap_future(fut)
+            await fut
 
     async def flush(self) -> None:
         """Commit the kept events with an fsync (which makes every earlier batch durable)
@@ -192,7 +191,7 @@ class WriteBehindStore:
         finally:
             bulk, self._bulk = self._bulk, None
             if bulk is not None:
-                await asyncio.to_thread(bulk.close)
+                await bulk.close()
 
     async def last_cid_counter(self, bot: str) -> int:
         await self.flush()
@@ -321,11 +320,12 @@ class Backtest:
 
     async def _step(self, item: MarketData) -> None:
         clock = self.clock
+        brokers = self._broker_list
         if type(item) is Bar:
             ts = item.ts_ns + item.interval_ns
             if item.ts_ns > clock.now_ns():
                 clock.set(item.ts_ns)  # fills at the open are stamped at the open
-            for broker in self._broker_list:
+            for broker in brokers:
                 broker.on_bar(item)
             price = item.close
         else:
@@ -334,10 +334,12 @@ class Backtest:
             if ts > clock.now_ns():
                 clock.set(ts)
             price = item.price
-            for broker in self._broker_list:
+            for broker in brokers:
                 broker.on_price(item.symbol, price, ts)
-        if self._has_reports():
-            await self.pump()
+        for broker in brokers:
+            if broker.has_reports():
+                await self.pump()
+                break
         if ts > clock.now_ns():
             clock.set(ts)
         sym = item.symbol
@@ -346,12 +348,6 @@ class Backtest:
         for runner in self._by_symbol.get(sym, ()):
             await runner.handle(item)  # its submits and cancels pump their own reports
         self._mark(ts, sym)
-
-    def _has_reports(self) -> bool:
-        for broker in self._broker_list:  # noqa: SIM110 - cheaper than any(genexpr) per bar
-            if broker.has_reports():
-                return True
-        return False
 
     def equity(self) -> Decimal:
         """Starting cash + Σ positions' realized − fees + unrealized at the last prices."""

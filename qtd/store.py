@@ -402,10 +402,10 @@ class EventStore:
 
 class BulkAppender:
     """Appends pre-sequenced batches of events from a thread of its own, so the caller never
-    waits on SQLite: :meth:`submit` hands a batch over and returns a future at once.
+    waits on SQLite: :meth:`hand_over` starts writing a batch at once and returns a future.
 
     For a single high-volume writer (the backtest's write-behind front) that owns the store
-    for a while: batches are committed strictly in the order submitted (one thread, one
+    for a while: batches are committed strictly in the order handed over (one thread, one
     plain ``sqlite3`` connection to the store's file). Each batch is one transaction of
     multi-row ``INSERT`` statements (up to 1,024 rows each), so the GIL is taken a few
     times per batch, not once per row, and SQLite's B-tree work runs on another core while
@@ -425,13 +425,14 @@ class BulkAppender:
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._next = store.last_seq + 1  # the seq the next submitted batch must start at
+        self._next = store.last_seq + 1  # the seq the next batch must start at
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"qtd-store-bulk-{store.node}")
         self._con: sqlite3.Connection | None = None  # opened (and used) in the thread only
 
-    def submit(self, events: Sequence[Event], *, sync: bool) -> concurrent.futures.Future[None]:
-        """Hand over ``events`` (non-empty, seqs contiguous from the store's next seq).
+    def hand_over(self, events: Sequence[Event], *, sync: bool) -> asyncio.Future[None]:
+        """Start writing ``events`` (non-empty, seqs contiguous from the store's next seq)
+        after the batches handed over before; call it in the event loop.
 
         Raises:
             ValueError: the batch is empty or its seqs are not the next ones.
@@ -441,13 +442,18 @@ class BulkAppender:
             raise ValueError(f"{self.store.path}: batch of {len(events)} events with seq "
                              f"{first}..{last}: must be non-empty and start at {self._next}")
         self._next = last + 1
-        return self._pool.submit(self._write, list(events), sync)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, self._write, list(events), sync)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Wait for the batches handed over, then close the connection and the thread."""
-        if self._con is not None:
-            self._pool.submit(self._con.close).result()
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
         self._pool.shutdown(wait=True)
+
+    def _close(self) -> None:  # in the appender's thread
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     def _write(self, events: list[Event], sync: bool) -> None:  # in the appender's thread
         store = self.store

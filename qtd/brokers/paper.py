@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any, Literal
@@ -132,7 +133,8 @@ class PaperBroker:
         self._bar_priced: set[str] = set()  # symbols whose last price came from on_bar
         self._book = OrderBook()  # every order it saw, for get_order (built on demand)
         self._unbooked: list[AnyEvent | OrderIntent] = []  # not yet applied to _book
-        self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
+        self._reports: deque[AnyEvent] = deque()  # queued for reports() / pending_reports()
+        self._ready = asyncio.Event()  # set while _reports is not empty
         self._ids = itertools.count(1)
         self._trades = itertools.count(1)
 
@@ -145,18 +147,21 @@ class PaperBroker:
             TokenError: forged, reused or mismatched token; nothing happens.
         """
         verify_token(token, intent)
+        now = self.clock.now_ns()
         self.submitted.append(intent)
         self._unbooked.append(intent)
         price = self.prices.get(intent.symbol)
         if intent.order_type is OrderType.MARKET and price is None:
             self._put(OrderRejected(
-                **self._base(intent.bot), client_order_id=intent.client_order_id,
+                node=self.node, bot=intent.bot, ts_event=now, ts_init=now,
+                client_order_id=intent.client_order_id,
                 reason=f"no price for {intent.symbol}", code="NO_PRICE",
             ))
             return
-        eligible = self.clock.now_ns() + self.latency_ns
+        eligible = now + self.latency_ns
         order = _Resting(intent, f"P{next(self._ids)}", eligible)
-        self._put(OrderAccepted(**self._base(intent.bot), client_order_id=intent.client_order_id,
+        self._put(OrderAccepted(node=self.node, bot=intent.bot, ts_event=now, ts_init=now,
+                                client_order_id=intent.client_order_id,
                                 venue_order_id=order.voi))
         self.resting[intent.client_order_id] = order
         if price is None or self.latency_ns:
@@ -227,8 +232,12 @@ class PaperBroker:
         return [f for f in self.fills if f.ts_event >= ts_ns]
 
     async def reports(self) -> AsyncIterator[AnyEvent]:
+        reports, ready = self._reports, self._ready
         while True:
-            yield await self._queue.get()
+            while not reports:
+                ready.clear()
+                await ready.wait()
+            yield reports.popleft()
 
     # --- simulation -----------------------------------------------------------------------
 
@@ -254,13 +263,12 @@ class PaperBroker:
 
     def has_reports(self) -> bool:
         """Whether reports are queued (a cheap check before :meth:`pending_reports`)."""
-        return not self._queue.empty()
+        return bool(self._reports)
 
     def pending_reports(self) -> list[AnyEvent]:
         """Take every queued report now (for synchronous drivers such as backtests)."""
-        out = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
+        out = list(self._reports)
+        self._reports.clear()
         return out
 
     def _match(self, order: _Resting, last: Decimal) -> None:
@@ -333,8 +341,10 @@ class PaperBroker:
             del self.resting[it.client_order_id]
         self.holdings[it.symbol] = self.holdings.get(it.symbol, Decimal(0)) + sign * qty
         self.cash -= sign * qty * price + fee
+        now = self.clock.now_ns()
         self._put(Fill(
-            **self._base(it.bot), client_order_id=it.client_order_id,
+            node=self.node, bot=it.bot, ts_event=now, ts_init=now,
+            client_order_id=it.client_order_id,
             trade_id=f"T{next(self._trades)}", account=self.account, venue=self.venue,
             symbol=it.symbol, side=it.side, qty=qty, price=price, commission=fee,
             venue_order_id=order.voi,
@@ -348,7 +358,8 @@ class PaperBroker:
         self._unbooked.append(event)
         if isinstance(event, Fill):
             self.fills.append(event)
-        self._queue.put_nowait(event)
+        self._reports.append(event)
+        self._ready.set()
 
 
 def _limit_price(intent: OrderIntent, bar: Bar) -> Decimal | None:

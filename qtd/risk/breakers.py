@@ -65,6 +65,16 @@ class _StrategyBook:
         self.fills: deque[int] = deque()
 
 
+class _RequestWindow:
+    """One account's broker request outcomes within the error-rate window."""
+
+    __slots__ = ("errors", "results")
+
+    def __init__(self) -> None:
+        self.results: deque[tuple[int, bool]] = deque()  # (UTC ns, ok), oldest first
+        self.errors = 0  # results that are not ok
+
+
 class CircuitBreakers:
     """Every circuit breaker of one engine.
 
@@ -94,7 +104,7 @@ class CircuitBreakers:
         self._realized: dict[PosKey, Decimal] = {}
         # symbol -> account -> that account's positions in the symbol (projection objects)
         self._by_symbol: dict[str, dict[str, list[Position]]] = {}
-        self._requests: dict[str, deque[tuple[int, bool]]] = {}
+        self._requests: dict[str, _RequestWindow] = {}
         self._global_peak = sum((b.start for b in self.accounts.values()), ZERO)
 
     def equity(self, account: str) -> Cell:
@@ -129,16 +139,14 @@ class CircuitBreakers:
         held = self._by_symbol.get(symbol)
         if not held:
             return
-        day = self.day.label(now_ns)
-        accounts = self.accounts
         for account, positions in held.items():
             for pos in positions:
                 if pos.qty:
                     self._update_account(account, now_ns)
                     break
             else:
-                book = accounts.get(account)
-                if book is not None and book.day != day:
+                book = self.accounts.get(account)
+                if book is not None and book.day != self.day.label(now_ns):
                     self._update_account(account, now_ns)
 
     def on_broker_result(self, account: str, ok: bool, now_ns: int) -> None:
@@ -146,15 +154,19 @@ class CircuitBreakers:
         cfg = self.cfg.breakers.broker_errors
         if cfg.max_error_rate is None:
             return
-        window = self._requests.setdefault(account, deque())
-        window.append((now_ns, ok))
+        window = self._requests.get(account)
+        if window is None:
+            window = self._requests[account] = _RequestWindow()
+        results = window.results
+        results.append((now_ns, ok))
+        window.errors += not ok
         floor = now_ns - int(cfg.window_s * NS)
-        while window and window[0][0] <= floor:
-            window.popleft()
-        errors = sum(1 for _, good in window if not good)
-        if len(window) >= cfg.min_requests and errors / len(window) > cfg.max_error_rate:
+        while results and results[0][0] <= floor:
+            window.errors -= not results.popleft()[1]
+        errors = window.errors
+        if len(results) >= cfg.min_requests and errors / len(results) > cfg.max_error_rate:
             self._trip("broker_error_rate", Scope.ACCOUNT, account, cfg.trip,
-                       cfg.max_error_rate, errors / len(window), "ratio", now_ns)
+                       cfg.max_error_rate, errors / len(results), "ratio", now_ns)
 
     # --- strategy breakers ----------------------------------------------------------------
 

@@ -292,7 +292,9 @@ class RiskEngine:
         Non-finite or non-positive prices and out-of-order ticks are ignored."""
         if not price.is_finite() or price <= 0:
             return
-        mark = self.mark(symbol)
+        mark = self.marks.get(symbol)
+        if mark is None:
+            mark = self.mark(symbol)
         if ts_ns < mark.ts_ns:
             return
         mark.price, mark.ts_ns = price, ts_ns

@@ -18,12 +18,12 @@ from decimal import Decimal
 from typing import Final
 
 from qtd.errors import OperationalError
-from qtd.events import OrderIntent
+from qtd.events import OrderIntent, OrderType, Side
 
 _MINT_KEY: Final = object()
 _outstanding: dict[tuple[str, str], SubmitToken] = {}
 
-Fingerprint = tuple[str, str, str, str, Decimal, str, Decimal | None, bool]
+Fingerprint = tuple[str, str, str, Side, Decimal, OrderType, Decimal | None, bool]
 
 
 class TokenError(OperationalError):
@@ -54,8 +54,8 @@ class SubmitToken:
 def fingerprint(intent: OrderIntent) -> Fingerprint:
     """The fields of an intent a submit token is bound to."""
     return (
-        intent.bot, intent.account, intent.symbol, intent.side.value, intent.qty,
-        intent.order_type.value, intent.limit_price, intent.reduce_only,
+        intent.bot, intent.account, intent.symbol, intent.side, intent.qty,
+        intent.order_type, intent.limit_price, intent.reduce_only,
     )
 
 

@@ -294,13 +294,13 @@ async def test_bulk_appender_commits_batches_in_order_from_its_thread(tmp_path: 
         second = _numbered([_hb(i) for i in range(2_500, 2_503)], 2_502)
         refused = r"seq 2503\.\.2503: must be non-empty and start at 2$"
         with pytest.raises(ValueError, match=refused):
-            bulk.submit(second[1:2], sync=False)
-        futures = [bulk.submit(first, sync=False), bulk.submit(second, sync=True)]
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            bulk.hand_over(second[1:2], sync=False)
+        futures = [bulk.hand_over(first, sync=False), bulk.hand_over(second, sync=True)]
+        await asyncio.gather(*futures)
         assert s.last_seq == 2_504
         with pytest.raises(ValueError, match="start at 2505"):
-            bulk.submit([], sync=True)
-        await asyncio.to_thread(bulk.close)
+            bulk.hand_over([], sync=True)
+        await bulk.close()
         assert (await s.append(_hb(0))).seq == 2_505  # the store writes on after it
     async with await EventStore.open(path, readonly=True) as ro:
         events = [e async for e in ro.replay()]
@@ -315,17 +315,17 @@ async def test_bulk_appender_failure_is_raised_and_loses_nothing_committed(
     s = await EventStore.open(path, node=NODE)
     bulk = s.bulk_appender()
     ok = _numbered([_hb(i) for i in range(100)], 1)
-    await asyncio.wrap_future(bulk.submit(ok, sync=True))
+    await bulk.hand_over(ok, sync=True)
     (small_disk / "filler").write_bytes(b"\0" * 1_900_000)
     big = [intent(f"c{i}-{'x' * 2000}", counter=i + 1) for i in range(500)]
-    failed = bulk.submit(_numbered(big, 101), sync=False)  # type: ignore[arg-type]
+    failed = bulk.hand_over(_numbered(big, 101), sync=False)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="disk is full") as err:
-        await asyncio.wrap_future(failed)
+        await failed
     assert "Nothing after seq 100" in str(err.value)
-    later = bulk.submit(_numbered([_hb(1)], 601), sync=True)
+    later = bulk.hand_over(_numbered([_hb(1)], 601), sync=True)
     with pytest.raises(StoreError, match="disk is full"):  # refuses writes until reopened
-        await asyncio.wrap_future(later)
-    await asyncio.to_thread(bulk.close)
+        await later
+    await bulk.close()
     await s.close()
     (small_disk / "filler").unlink()
     async with await EventStore.open(path, node=NODE) as s2:
