@@ -41,14 +41,22 @@ PosKey = tuple[str, str, str]
 
 
 class _AccountBook:
-    __slots__ = ("day", "day_open", "equity", "loss_limit", "loss_pct", "peak", "positions",
-                 "start")
+    """One account's equity, kept as ``base + unreal_total``: ``base`` = configured equity
+    + Σ net realized of its positions (changes only on fills and transfers: re-derived then),
+    ``unreal`` = Σ unrealized of its open positions per symbol at the last marks (a mark of
+    one symbol re-values that symbol only)."""
+
+    __slots__ = ("base", "day", "day_open", "equity", "loss_limit", "loss_pct", "peak",
+                 "positions", "start", "unreal", "unreal_total")
 
     def __init__(self, start: Decimal, loss_limit: float | None, loss_pct: float | None
                  ) -> None:
         self.start = start
         self.equity = Cell(start)
         self.positions: list[Position] = []
+        self.base = start
+        self.unreal: dict[str, Decimal] = {}
+        self.unreal_total = ZERO
         self.day = ""
         self.day_open = start
         self.peak = start
@@ -133,21 +141,32 @@ class CircuitBreakers:
         self._update_account(fill.account, now_ns)
 
     def on_mark(self, symbol: str, now_ns: int) -> None:
-        """The symbol's mark moved: re-value the accounts holding it. An account flat in the
-        symbol is skipped unless its trading day rolled over: its equity did not change, so
-        neither did any breaker's reading."""
+        """The symbol's mark moved: re-value the accounts' positions in it (O(positions in
+        the symbol), not O(the account's positions)). An account flat in the symbol is
+        skipped unless its trading day rolled over: its equity did not change, so neither
+        did any breaker's reading."""
         held = self._by_symbol.get(symbol)
         if not held:
             return
+        cell = self.marks.get(symbol)
+        price = cell.price if cell is not None else None
+        accounts = self.accounts
         for account, positions in held.items():
+            book = accounts[account]  # positions are indexed only for configured accounts
+            now = ZERO
             for pos in positions:
                 if pos.qty:
-                    self._update_account(account, now_ns)
-                    break
-            else:
-                book = self.accounts.get(account)
-                if book is not None and book.day != self.day.label(now_ns):
-                    self._update_account(account, now_ns)
+                    now += pos.unrealized(price)
+            before = book.unreal.get(symbol)
+            if before is not None or now:
+                if now:
+                    book.unreal[symbol] = now
+                else:
+                    del book.unreal[symbol]
+                book.unreal_total += now - (before or ZERO)
+                self._check_account(account, book, now_ns)
+            elif book.day != self.day.label(now_ns):
+                self._check_account(account, book, now_ns)
 
     def on_broker_result(self, account: str, ok: bool, now_ns: int) -> None:
         """Record one broker request outcome (submit / cancel) for the error-rate breaker."""
@@ -213,15 +232,33 @@ class CircuitBreakers:
 
     # --- account breakers -----------------------------------------------------------------
 
+    def on_transfer(self, account: str, now_ns: int) -> None:
+        """A position transfer moved cost (and may have realized PnL) between two bot ids of
+        ``account``: re-derive its equity."""
+        self._update_account(account, now_ns)
+
     def _update_account(self, account: str, now_ns: int) -> None:
+        """Re-derive the account's equity from its positions (after a fill or transfer)."""
         book = self.accounts.get(account)
         if book is None:
             return
-        eq = book.start
+        base = book.start
+        unreal: dict[str, Decimal] = {}
         marks = self.marks
         for pos in book.positions:
-            mark = marks.get(pos.symbol)
-            eq += pos.net_realized + pos.unrealized(mark.price if mark is not None else None)
+            base += pos.net_realized
+            if pos.qty:
+                mark = marks.get(pos.symbol)
+                sym = pos.symbol
+                unreal[sym] = unreal.get(sym, ZERO) + pos.unrealized(
+                    mark.price if mark is not None else None)
+        book.base, book.unreal = base, unreal
+        book.unreal_total = sum(unreal.values(), ZERO)
+        self._check_account(account, book, now_ns)
+
+    def _check_account(self, account: str, book: _AccountBook, now_ns: int) -> None:
+        """Publish the account's equity (``base + unreal_total``) and run its PnL breakers."""
+        eq = book.base + book.unreal_total
         book.equity.value = eq
         day = self.day.label(now_ns)
         if day != book.day:

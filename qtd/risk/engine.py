@@ -264,6 +264,7 @@ class RiskEngine:
             # exposures follow; the account's and the symbol's do not change
             self.exposures_of(event.from_bot, event.account, event.symbol).qty -= event.qty
             self.exposures_of(event.to_bot, event.account, event.symbol).qty += event.qty
+            self.breakers.on_transfer(event.account, self.clock.now_ns())
         elif isinstance(event, OrderIntent):
             if event.client_order_id not in self.open:
                 self._register(event, None)

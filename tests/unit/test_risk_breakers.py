@@ -169,3 +169,38 @@ def test_breakers_only_escalate() -> None:
     h.engine.on_broker_result("acct1", False)  # would trip REDUCING: must not lower HALTED
     assert h.engine.states.get(Scope.ACCOUNT, "acct1") is HALTED
     assert breaches(h) == []
+
+
+def test_account_equity_follows_every_fill_and_mark_across_symbols() -> None:
+    """A mark re-values only its symbol's positions; after any sequence of fills (opening,
+    adding, reducing, flipping) and marks on several symbols, bots and accounts, each
+    account's equity is still configured equity + Σ (realized − fees + unrealized at the
+    last marks) over its positions, re-derived here from the projections."""
+    import random
+    from decimal import Decimal
+
+    h = Harness({"global": {"duplicate_window_s": 0.0, "order_spike_factor": 0.0},
+                 "breakers": {"drawdown": {"max_drawdown_pct": None}}})
+    rng = random.Random(7)
+    marks = {s: Decimal(100) for s in ("AAPL", "MSFT", "GME")}
+
+    def expected(account: str) -> Decimal:
+        eq = Decimal("1000000")
+        for p in h.proj.positions.values():
+            if p.account == account:
+                eq += p.realized - p.fees + p.unrealized(marks[p.symbol])
+        return eq
+
+    for step in range(600):
+        sym = rng.choice(list(marks))
+        marks[sym] = Decimal(rng.randint(9000, 11000)) / 100
+        if rng.random() < 0.3:
+            side = rng.choice([Side.BUY, Side.SELL])
+            h.trade(side, str(rng.randint(1, 30)), str(marks[sym]), symbol=sym,
+                    bot=rng.choice(["bot1", "bot2"]), account=rng.choice(["acct1", "acct2"]))
+        else:
+            h.mark(sym, marks[sym])
+        h.advance(1)
+        for account in ("acct1", "acct2"):
+            assert h.engine.breakers.equity(account).value == expected(account), step
+    assert sum(1 for p in h.proj.positions.values() if p.qty) >= 4  # several open at once
