@@ -46,7 +46,7 @@ from qtd.events import AnyEvent, Event, Fill, OrderDenied, OrderIntent
 from qtd.execution import OrderRouter
 from qtd.feeds import Bar, MarketData, Trade
 from qtd.orders import ClientOrderIds, OrderRequest
-from qtd.projections import Position, Projections
+from qtd.projections import Projections
 from qtd.risk.config import RiskConfig
 from qtd.risk.engine import RiskEngine
 from qtd.runner import BotRunner, BotSpec
@@ -233,13 +233,12 @@ class Backtest:
         self.marks: dict[str, Decimal] = {}
         self.curve = EquityCurve()
         self.fills: list[Fill] = []
-        self._base = self.start_equity  # start + Σ (realized − fees), valid until a fill
-        self._open: dict[str, list[Position]] = {}  # open positions by symbol (until a fill)
-        self._unreal: dict[str, Decimal] = {}  # their unrealized PnL by symbol, at the marks
-        self._unreal_total = Decimal(0)
+        # the equity curve's sums, re-derived after every fill (see _mark)
         self._dirty = False
-        self._flat_equity = float(self.start_equity)  # float(_base) while nothing is open
-        self._open_equity = self._flat_equity  # float(_base + _unreal_total)
+        self._held: dict[str, tuple[float, float]] = {}  # symbol -> (Σ open qty, Σ cost)
+        self._unreal: dict[str, float] = {}  # symbol -> its unrealized PnL at the last mark
+        self._flat_equity = float(self.start_equity)  # start + Σ (realized − fees)
+        self._open_equity = self._flat_equity  # that + Σ _unreal
         self._broker_list = list(self.brokers.values())
 
     def add(self, bot: BacktestBot) -> BotRunner:
@@ -347,7 +346,7 @@ class Backtest:
         await self.router.on_market_data(sym, price, ts)
         for runner in self._by_symbol.get(sym, ()):
             await runner.handle(item)  # its submits and cancels pump their own reports
-        self._mark(ts, sym)
+        self._mark(ts, sym, price)
 
     def equity(self) -> Decimal:
         """Starting cash + Σ positions' realized − fees + unrealized at the last prices."""
@@ -357,34 +356,33 @@ class Backtest:
             total += p.realized - p.fees + p.unrealized(marks.get(p.symbol))
         return total
 
-    def _mark(self, ts: int, sym: str) -> None:
-        """Append the equity after an item of ``sym``: O(positions open in ``sym``), exact
-        Decimal sums (re-derived from the projections after every fill), stored as float."""
-        marks = self.marks
+    def _mark(self, ts: int, sym: str, price: Decimal) -> None:
+        """Append the equity after an item of ``sym`` at ``price``: O(1) per symbol held.
+        After every fill the sums are re-derived exactly (Decimal) from the projections; in
+        between, the unrealized PnL of ``sym`` is ``Σqty × price − Σcost`` in float (the
+        curve is float; the exact final equity is :meth:`equity`)."""
         if self._dirty:  # a fill changed a position: re-derive the cached sums
             self._dirty = False
+            marks = self.marks
             positions = self.proj.positions.values()
-            self._base = self.start_equity + sum(
-                (p.realized - p.fees for p in positions), Decimal(0))
-            self._open = {}
+            base = self.start_equity + sum((p.realized - p.fees for p in positions), _ZERO)
+            held: dict[str, tuple[float, float]] = {}
+            unreal: dict[str, float] = {}
             for p in positions:
                 if p.qty:
-                    self._open.setdefault(p.symbol, []).append(p)
-            self._unreal = {s: sum((p.unrealized(marks.get(s)) for p in ps), Decimal(0))
-                            for s, ps in self._open.items()}
-            self._unreal_total = sum(self._unreal.values(), Decimal(0))
-            self._flat_equity = float(self._base)
-            self._open_equity = float(self._base + self._unreal_total)
-        if self._open:
-            held = self._open.get(sym)
-            if held is not None:
-                mark = marks.get(sym)
-                now = _ZERO
-                for p in held:
-                    now += p.unrealized(mark)
-                self._unreal_total += now - self._unreal[sym]
+                    q, c = held.get(p.symbol, (0.0, 0.0))
+                    held[p.symbol] = (q + float(p.qty), c + float(p.cost))
+                    unreal[p.symbol] = unreal.get(p.symbol, 0.0) + float(
+                        p.unrealized(marks.get(p.symbol)))
+            self._held, self._unreal = held, unreal
+            self._flat_equity = float(base)
+            self._open_equity = self._flat_equity + sum(unreal.values())
+        if self._held:
+            qty_cost = self._held.get(sym)
+            if qty_cost is not None:
+                now = qty_cost[0] * float(price) - qty_cost[1]
+                self._open_equity += now - self._unreal[sym]
                 self._unreal[sym] = now
-                self._open_equity = float(self._base + self._unreal_total)
             value, exposed = self._open_equity, True
         else:
             value, exposed = self._flat_equity, False
