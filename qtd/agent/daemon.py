@@ -108,6 +108,7 @@ class Agent:
         self.kv_kill = False
         self.kills_applied: set[str] = set()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._storing_reports = 0  # venue reports being stored by _consume right now
         self._tg: asyncio.TaskGroup | None = None
         self._telemetry_stop = asyncio.Event()
 
@@ -397,11 +398,24 @@ class Agent:
     async def _consume(self, broker: Broker) -> None:
         """Venue reports → store, projections, engine; fills → the bot's runner."""
         async for event in broker.reports():
-            stored = await self.router.on_venue_event(event)
+            self._storing_reports += 1
+            try:
+                stored = await self.router.on_venue_event(event)
+            finally:
+                self._storing_reports -= 1
             if type(stored) is Fill:
                 runner = self.supervisor.runner(stored.bot) or self.canary.runner(stored.bot)
                 if runner is not None:
                     runner.deliver_fill(stored)
+
+    async def _store_received_reports(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s`` seconds) until every venue report already received
+        is stored: none queued in a broker adapter, none being stored."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self._storing_reports or any(b.has_reports() for b in self.brokers.values())
+               ) and loop.time() < deadline:
+            await asyncio.sleep(0.001)
 
     async def _on_bus_ready(self, link: BusLink) -> None:
         await loops.on_bus_ready(self, link)
@@ -439,6 +453,9 @@ class Agent:
             task.cancel()
         if quiet:
             await asyncio.wait(quiet, timeout=cfg.shutdown_timeout_s)
+        # a paper broker reports an order's fill with its ack: both were received before
+        # the final flush, so both are stored (and published) by it
+        await self._store_received_reports(cfg.shutdown_timeout_s)
         self._telemetry_stop.set()
         if self.link is not None:
             pending = await self.link.close(cfg.shutdown_timeout_s)

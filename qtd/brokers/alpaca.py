@@ -318,6 +318,9 @@ class AlpacaBroker:
         while True:
             yield await self._queue.get()
 
+    def has_reports(self) -> bool:
+        return not self._queue.empty()
+
     # --- stream ---------------------------------------------------------------------------
 
     def link_down(self) -> None:

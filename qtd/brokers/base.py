@@ -168,3 +168,8 @@ class Broker(Protocol):
         """Execution reports as qtd events (OrderAccepted, OrderRejected, Fill,
         OrderCanceled, OrderExpired), in venue order; iterate from one task."""
         ...
+
+    def has_reports(self) -> bool:
+        """Whether reports already received are queued here, not yet taken by
+        :meth:`reports` (the agent stores them before its final outbox flush)."""
+        ...

@@ -369,6 +369,9 @@ class BinanceBroker:
         while True:
             yield await self._queue.get()
 
+    def has_reports(self) -> bool:
+        return not self._queue.empty()
+
     # --- user data stream (WebSocket API) -------------------------------------------------
 
     async def _user_stream(self) -> None:
