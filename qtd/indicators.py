@@ -99,17 +99,19 @@ class SMA:
         if type(x) is not float or x - x:  # x - x is NaN (truthy) for NaN and ±inf
             x = _check_input("SMA", "x", x)
         window, period = self._window, self.period
-        full = len(window) == period
-        if full:
-            self._sum -= window[0]
-        window.append(x)
-        self._sum += x
-        self._since_exact += 1
-        if self._since_exact >= period:
-            self._sum = math.fsum(window)
-            self._since_exact = 0
-        if full or len(window) == period:
-            self._value = self._sum / period
+        if len(window) == period:  # full: slide (the sum loses the oldest, then adds x)
+            total = self._sum - window[0]
+            window.append(x)
+            total += x
+        else:
+            window.append(x)
+            total = self._sum + x
+        since = self._since_exact + 1
+        if since >= period:  # re-sum exactly now and then: no drift from the running sum
+            total, since = math.fsum(window), 0
+        self._sum, self._since_exact = total, since
+        if len(window) == period:
+            self._value = total / period
         return self._value
 
 
