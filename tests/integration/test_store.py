@@ -330,3 +330,23 @@ async def test_bulk_appender_failure_is_raised_and_loses_nothing_committed(
     (small_disk / "filler").unlink()
     async with await EventStore.open(path, node=NODE) as s2:
         assert [e.seq async for e in s2.replay()] == list(range(1, 101))
+
+
+@pytest.mark.parametrize("many", [False, True])
+async def test_a_cancelled_append_finishes_its_write_and_the_store_writes_on(
+    store: EventStore, many: bool
+) -> None:
+    """A task cancelled while its append is in SQLite's thread (agent shutdown, a bot
+    stopped mid-submit): the write ends first, so ``last_seq`` counts it and the next append
+    gets the next seq, instead of reusing it, failing, and refusing every write after."""
+    await store.append(_hb(1))
+    write = store.append_many([_hb(2), _hb(3)]) if many else store.append(_hb(2))
+    task = asyncio.ensure_future(write)
+    await asyncio.sleep(0)  # the INSERT is now queued to the store's thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    last = 3 if many else 2
+    assert store.last_seq == last
+    assert (await store.append(_hb(9))).seq == last + 1
+    assert [e.seq async for e in store.replay()] == list(range(1, last + 2))
