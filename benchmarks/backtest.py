@@ -12,7 +12,8 @@ qtd, the equivalent ``crossover`` strategy in backtesting.py (``commission=0``, 
 orders at the next open in both).
 
 *qtd.* :func:`qtd.backtest.run_backtest`: bot runner (hooks inline under the watchdog's
-time budget), risk engine (permissive limits, every check and breaker still run), order
+time budget), risk engine (permissive limits: every pre-trade check runs, and the
+breakers re-value the account at every mark; no PnL breaker threshold is set), order
 router with write-ahead intents, paper broker, projections and the **event log on** (an
 :class:`~qtd.store.EventStore` file in a temporary directory, ``--dir`` to choose, e.g.
 /dev/shm; every signal, intent, ack and fill is stored, the last commit fsynced). Timed from
