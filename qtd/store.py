@@ -39,7 +39,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -219,15 +219,15 @@ class EventStore:
         async with self._write_lock:
             self._check_writable()
             stored = msgspec.structs.replace(event, seq=self.last_seq + 1)
-            await _to_the_end(self._insert(stored))
+            try:
+                await self._db.execute_fetchall(_INSERT, event_row(stored))
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from exc
+            except asyncio.CancelledError:
+                await self._resync_after_cancel()
+                raise
+            self.last_seq = stored.seq
         return stored  # type: ignore[return-value]
-
-    async def _insert(self, stored: Event) -> None:
-        try:
-            await self._db.execute_fetchall(_INSERT, event_row(stored))
-        except sqlite3.Error as exc:
-            raise self._fail(exc) from exc
-        self.last_seq = stored.seq
 
     async def append_many(self, events: Sequence[Event], *, sync: bool = True) -> list[AnyEvent]:
         """Append events in one transaction (all or nothing), in the given order.
@@ -251,28 +251,46 @@ class EventStore:
             self._check_writable()
             first = self.last_seq + 1
             stored = [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
-            await _to_the_end(self._insert_many(stored, sync))
+            rows = [event_row(e) for e in stored]
+            db = self._db
+            try:
+                if not sync:
+                    await db.execute_fetchall("PRAGMA synchronous=NORMAL")
+                await db.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    await db.executemany(_INSERT, rows)
+                    await db.execute_fetchall("COMMIT")
+                except BaseException:
+                    await _rollback(db)
+                    raise
+                finally:
+                    if not sync:
+                        await db.execute_fetchall("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from exc
+            except asyncio.CancelledError:
+                await self._resync_after_cancel()
+                raise
+            self.last_seq = stored[-1].seq
         return stored  # type: ignore[return-value]
 
-    async def _insert_many(self, stored: list[Event], sync: bool) -> None:
-        rows = [event_row(e) for e in stored]
-        db = self._db
-        try:
-            if not sync:
-                await db.execute_fetchall("PRAGMA synchronous=NORMAL")
-            await db.execute_fetchall("BEGIN IMMEDIATE")
+    async def _resync_after_cancel(self) -> None:
+        """The writing task was cancelled while its SQL was already queued to SQLite's
+        thread, which runs it anyway (a COMMIT may land, a ROLLBACK may undo the batch).
+        Wait for that thread to get through it (it runs requests in order) and take
+        ``last_seq`` from the file: giving up instead would leave a committed event that
+        ``last_seq`` does not count, the next append would reuse its seq and fail, and the
+        store would refuse every write after it. Called with the write lock held."""
+        while True:
             try:
-                await db.executemany(_INSERT, rows)
-                await db.execute_fetchall("COMMIT")
-            except BaseException:
-                await _rollback(db)
-                raise
-            finally:
-                if not sync:
-                    await db.execute_fetchall("PRAGMA synchronous=FULL")
-        except sqlite3.Error as exc:
-            raise self._fail(exc) from exc
-        self.last_seq = stored[-1].seq
+                last = await _scalar(self._db, "SELECT max(seq) FROM events")
+            except asyncio.CancelledError:
+                continue  # cancelled again: ask again (the thread still runs in order)
+            except sqlite3.Error as exc:
+                self._fail(exc)  # unknown state: refuse writes until reopened
+                return
+            self.last_seq = int(last or 0)
+            return
 
     async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
         """Record that every event up to ``seq`` was acknowledged by ``name`` (the outbox).
@@ -485,24 +503,6 @@ class BulkAppender:
         except sqlite3.Error as exc:
             raise store._fail(exc) from exc
         store.last_seq = events[-1].seq
-
-
-async def _to_the_end(write: Coroutine[Any, Any, None]) -> None:
-    """Run a store write to its end even if the caller is cancelled meanwhile (the
-    cancellation is re-raised once the write ended): SQL handed to SQLite's thread runs
-    anyway, so giving up half-way would leave a committed event that ``last_seq`` does not
-    count, the next append would reuse its seq and fail, and the store would refuse every
-    write after it. The caller keeps the write lock until then."""
-    task = asyncio.ensure_future(write)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still wait
-                await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved: its caller is gone, a failure stays in _failed
-        raise
 
 
 @functools.lru_cache(maxsize=8)

@@ -332,21 +332,43 @@ async def test_bulk_appender_failure_is_raised_and_loses_nothing_committed(
         assert [e.seq async for e in s2.replay()] == list(range(1, 101))
 
 
-@pytest.mark.parametrize("many", [False, True])
-async def test_a_cancelled_append_finishes_its_write_and_the_store_writes_on(
-    store: EventStore, many: bool
+@pytest.mark.parametrize(("many", "at", "written"), [
+    (False, "INSERT", True),  # append: cancelled while its INSERT runs
+    (True, "BEGIN IMMEDIATE", False),  # append_many: the batch is rolled back
+    (True, "executemany", False),
+    (True, "COMMIT", True),  # the COMMIT was already in SQLite's queue: it lands
+])
+async def test_a_cancelled_append_leaves_the_store_consistent_and_writing(
+    store: EventStore, many: bool, at: str, written: bool
 ) -> None:
-    """A task cancelled while its append is in SQLite's thread (agent shutdown, a bot
-    stopped mid-submit): the write ends first, so ``last_seq`` counts it and the next append
-    gets the next seq, instead of reusing it, failing, and refusing every write after."""
+    """A task cancelled while a statement of its append is in SQLite's thread (agent
+    shutdown, a bot stopped mid-submit): the event or the whole batch is stored or not,
+    ``last_seq`` says which, and the next append gets the next seq, instead of reusing a
+    committed one, failing, and refusing every write after it."""
     await store.append(_hb(1))
-    write = store.append_many([_hb(2), _hb(3)]) if many else store.append(_hb(2))
-    task = asyncio.ensure_future(write)
-    await asyncio.sleep(0)  # the INSERT is now queued to the store's thread
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    last = 3 if many else 2
+    db = store._db
+    run_sql, run_many = db.execute_fetchall, db.executemany
+    task: asyncio.Future[object]
+
+    async def sql(statement: str, *args: object) -> object:
+        if statement.startswith(at):
+            task.cancel()  # thrown at the await below: the statement is queued by then
+        return await run_sql(statement, *args)
+
+    async def many_rows(statement: str, rows: object) -> object:
+        if at == "executemany":
+            task.cancel()
+        return await run_many(statement, rows)
+
+    db.execute_fetchall, db.executemany = sql, many_rows  # type: ignore[method-assign,assignment]
+    try:
+        task = asyncio.ensure_future(
+            store.append_many([_hb(2), _hb(3)]) if many else store.append(_hb(2)))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        db.execute_fetchall, db.executemany = run_sql, run_many  # type: ignore[method-assign]
+    last = (3 if many else 2) if written else 1
+    assert [e.seq async for e in store.replay()] == list(range(1, last + 1))
     assert store.last_seq == last
     assert (await store.append(_hb(9))).seq == last + 1
-    assert [e.seq async for e in store.replay()] == list(range(1, last + 2))
