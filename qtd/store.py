@@ -283,13 +283,13 @@ class EventStore:
         store would refuse every write after it. Called with the write lock held."""
         while True:
             try:
-                last = await _scalar(self._db, "SELECT max(seq) FROM events")
+                last = await _max_seq(self._db)
             except asyncio.CancelledError:
                 continue  # cancelled again: ask again (the thread still runs in order)
             except sqlite3.Error as exc:
                 self._fail(exc)  # unknown state: refuse writes until reopened
                 return
-            self.last_seq = int(last or 0)
+            self.last_seq = last
             return
 
     async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
@@ -637,7 +637,7 @@ async def _prepare(
                 path=str(p),
             )
         meta = {str(k): str(v) for k, v in await db.execute_fetchall("SELECT key, value FROM meta")}
-        last = await _scalar(db, "SELECT max(seq) FROM events") or 0
+        last = await _max_seq(db)
     except sqlite3.DatabaseError as exc:
         raise _write_error(p, exc, None) from exc
     owner = str(meta["node"])
@@ -683,6 +683,11 @@ async def _rollback(db: aiosqlite.Connection) -> None:
 async def _scalar(db: aiosqlite.Connection, sql: str) -> Any:
     rows = list(await db.execute_fetchall(sql))
     return rows[0][0] if rows else None
+
+
+async def _max_seq(db: aiosqlite.Connection) -> int:
+    """The highest seq in the file (0 when it has no event)."""
+    return int(await _scalar(db, "SELECT max(seq) FROM events") or 0)
 
 
 def _write_error(p: Path, exc: sqlite3.Error, last_seq: int | None) -> StoreError:
