@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Final
+
+KINDS: Final = ("event", "heartbeat", "pnl", "kill_ack")
+"""The kinds of message the leader counts (each exported, 0 until one is rejected)."""
 
 
 class RejectCounter:
-    """Malformed-message counts by kind (``"event"``, ``"heartbeat"``, ``"pnl"``,
-    ``"kill_ack"``)."""
+    """Malformed-message counts by kind (:data:`KINDS`)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from qtd.bus.rejects import KINDS as REJECT_KINDS
 from qtd.bus.rejects import REJECTED
 from qtd.leader.snapshot import BotView, FleetSnapshot
 from qtd.quality.web import quality_metrics
@@ -102,7 +103,7 @@ class SnapshotCollector(Collector):
             alerts.add_metric([sev, status], n)
         bad = CounterMetricFamily("qtd_bad_messages", "NATS messages this process could not "
                                   "read (rejected, not applied)", labels=["kind"])
-        for kind in ("event", "heartbeat", "pnl", "kill_ack"):
+        for kind in REJECT_KINDS:
             bad.add_metric([kind], REJECTED.counts[kind])
         yield from (util, tripped, alerts, bad)
 
