@@ -168,7 +168,8 @@ def cagr(equity: Sequence[float], ts_ns: Sequence[int]) -> float:
     return float((equity[-1] / equity[0]) ** (1.0 / years) - 1.0)
 
 
-def _mean_std(r: Sequence[float]) -> tuple[float, float]:
+def mean_std(r: Sequence[float]) -> tuple[float, float]:
+    """``(mean(r), std(r, ddof=1))`` with exact (``math.fsum``) sums; std 0 below 2 values."""
     n = len(r)
     if n < 2:
         return (r[0] if r else 0.0), 0.0
@@ -178,14 +179,14 @@ def _mean_std(r: Sequence[float]) -> tuple[float, float]:
 
 def volatility(equity: Sequence[float], ppy: float) -> float:
     """Annualised volatility ``std(r, ddof=1) × √q`` (fraction)."""
-    return _mean_std(returns(equity))[1] * math.sqrt(ppy)
+    return mean_std(returns(equity))[1] * math.sqrt(ppy)
 
 
 def sharpe(equity: Sequence[float], ppy: float) -> float:
     """Annualised Sharpe ratio ``mean(r) / std(r, ddof=1) × √q`` with a zero risk-free rate
     (Sharpe, "The Sharpe Ratio", J. Portfolio Management, 1994; annualised per Lo 2002).
     0 when the returns do not vary."""
-    mean, std = _mean_std(returns(equity))
+    mean, std = mean_std(returns(equity))
     return mean / std * math.sqrt(ppy) if std > 0 else 0.0
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from qtd.clock import Clock
 from qtd.events import AnyEvent
+from qtd.metrics import mean_std
 from qtd.projections import TradingDay
 from qtd.quality.config import QualityConfig
 from qtd.quality.daily import DailyReport, build_daily, day_bounds, format_daily, previous_day
@@ -199,11 +200,10 @@ class QualityMonitor:
             rets = [b / a - 1.0 for a, b in itertools.pairwise(pts) if a > 0]
             if len(rets) < 2:
                 continue
-            mean = math.fsum(rets) / len(rets)
-            var = math.fsum((x - mean) ** 2 for x in rets) / (len(rets) - 1)
-            if var <= 0.0:
+            mean, std = mean_std(rets)
+            if std <= 0.0:
                 continue  # the PnL did not move: nothing to judge
-            sharpe = mean / math.sqrt(var) * math.sqrt(ppy)
+            sharpe = mean / std * math.sqrt(ppy)
             self.rolling_sharpe[bot] = sharpe
             key = f"decay:{bot}"
             if sharpe < d.floor and key not in self._open_decay and self._alerts is not None:
