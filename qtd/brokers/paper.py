@@ -47,7 +47,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 from qtd.brokers.base import (
     AccountSnapshot,
@@ -181,8 +181,7 @@ class PaperBroker:
         self.cancels.append(client_order_id)
         order = self.resting.pop(client_order_id, None)
         if order is not None:
-            self._put(OrderCanceled(**self._base(order.intent.bot),
-                                    client_order_id=client_order_id, venue_order_id=order.voi))
+            self._canceled(order)
 
     async def cancel_all(self, token: SubmitToken) -> list[str]:
         """Cancel every resting order (token minted for ``"*"``)."""
@@ -191,8 +190,7 @@ class PaperBroker:
         for cid in cids:
             order = self.resting.pop(cid)
             self.cancels.append(cid)
-            self._put(OrderCanceled(**self._base(order.intent.bot), client_order_id=cid,
-                                    venue_order_id=order.voi))
+            self._canceled(order)
         return cids
 
     async def open_orders(self) -> list[OrderIntent]:
@@ -350,9 +348,11 @@ class PaperBroker:
             venue_order_id=order.voi,
         ))
 
-    def _base(self, bot: str) -> dict[str, Any]:
+    def _canceled(self, order: _Resting) -> None:
         now = self.clock.now_ns()
-        return {"node": self.node, "bot": bot, "ts_event": now, "ts_init": now}
+        self._put(OrderCanceled(node=self.node, bot=order.intent.bot, ts_event=now,
+                                ts_init=now, client_order_id=order.intent.client_order_id,
+                                venue_order_id=order.voi))
 
     def _put(self, event: AnyEvent) -> None:
         self._unbooked.append(event)
