@@ -34,6 +34,7 @@ from binance.async_client import AsyncClient  # type: ignore[import-untyped]
 from binance.ws.streams import BinanceSocketManager  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 
+from qtd.events import DECODE_ERRORS
 from qtd.feeds.bars import NS_PER_S, Bar, Trade, epoch_to_ns
 from qtd.feeds.live import FeedLost, LiveSettings, Parsed
 
@@ -173,7 +174,7 @@ class BinanceSession:
         parsed = Parsed()
         try:
             msg = _decoder.decode(frame)
-        except (msgspec.DecodeError, TypeError) as exc:
+        except (*DECODE_ERRORS, TypeError) as exc:
             parsed.problems.append(f"frame {str(frame)[:80]!r}: not JSON ({exc})")
             return parsed
         parse_event(msg, self.names, self.interval_ns, parsed)

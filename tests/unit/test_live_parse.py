@@ -70,7 +70,7 @@ def test_binance_frames() -> None:
         "e": "trade", "s": "BTCUSDT", "p": "11.5", "q": "0.1", "T": T0 // 10**6, "t": 7}}))
     assert trade.items == [Trade("BTCUSDT", T0, Decimal("11.5"), Decimal("0.1"))]
     assert s.parse('{"result": null, "id": 1}').problems == []
-    for bad in ("[1,2", '{"data": {"e": "kline", "s": "ETHUSDT"}}',
+    for bad in ("[1,2", b'{"stream": "\xff"}', '{"data": {"e": "kline", "s": "ETHUSDT"}}',
                 '{"data": {"e": "depth", "s": "BTCUSDT"}}',
                 '{"data": {"e": "trade", "s": "BTCUSDT", "p": "x", "q": "1", "T": 1}}'):
         assert len(s.parse(bad).problems) == 1, bad
