@@ -359,6 +359,7 @@ class BotRunner:
             clock=clock, strategy=strategy_cls.__name__, currency=spec.currency)
         self.strategy: Strategy | None = None
         self._inbox: deque[Any] = deque()  # fills and the stop marker, in arrival order
+        self._fill_sink: Callable[[Fill], None] | None = None  # see divert_fills
         self._wake = asyncio.Event()
         self._stopping = False
         self._failure: tuple[str, str, str, str] | None = None
@@ -383,8 +384,16 @@ class BotRunner:
         """Hand one of this bot's fills to the runner (non-blocking; others are ignored).
         It reaches ``on_fill`` before the next market data item."""
         if fill.bot == self.spec.name:
+            if self._fill_sink is not None:
+                self._fill_sink(fill)
+                return
             self._inbox.append(fill)
             self._wake.set()
+
+    def divert_fills(self, sink: Callable[[Fill], None]) -> None:
+        """Hand this bot's fills delivered from now on to ``sink`` instead of ``on_fill``:
+        for a runner being replaced (a strategy swap keeps them for the new runner)."""
+        self._fill_sink = sink
 
     def request_stop(self) -> None:
         """Stop after the current item: ``on_stop`` runs, state becomes STOPPED."""

@@ -280,8 +280,7 @@ class DeployWatch:
         runner.request_stop()
         # fills for this bot from now until the new runner exists would reach a runner that
         # no longer reads them: keep them for the new one (adopt)
-        setattr(runner, "deliver_fill",  # noqa: B010
-                lambda fill: gap.append(fill) if fill.bot == slot.name else None)
+        runner.divert_fills(gap.append)
         if task is not None and not task.done():
             await asyncio.wait({task}, timeout=agent.cfg.hook_budget_s * 4 + 5.0)
         if task is not None and not task.done():
