@@ -65,6 +65,14 @@ class Position:
         self.last_price: Decimal | None = None
         self.fills = 0
 
+    def copy(self) -> Position:
+        """An independent copy (its own ``other_fees``; every other field is immutable)."""
+        new = Position(self.bot, self.account, self.symbol, self.currency)
+        new.qty, new.cost, new.realized, new.fees = self.qty, self.cost, self.realized, self.fees
+        new.other_fees = dict(self.other_fees)
+        new.last_price, new.fills = self.last_price, self.fills
+        return new
+
     @property
     def avg_price(self) -> Decimal:
         """Average entry price of the open quantity (0 when flat), quote currency."""

@@ -68,7 +68,6 @@ flatten does: :meth:`qtd.risk.RiskEngine.allow_flatten`). Then:
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -391,7 +390,7 @@ class CanaryRamps:
     def _transfer(self, pos: Position, to_bot: str, qty: Decimal, reason: str
                   ) -> PositionTransfer:
         """A transfer of signed ``qty`` of ``pos`` to ``to_bot`` at ``pos``'s average cost."""
-        cost = copy.copy(pos).give(qty)  # what the projections will move, exactly
+        cost = pos.copy().give(qty)  # what the projections will move, exactly
         now = self.agent.clock.now_ns()
         return PositionTransfer(
             node=self.agent.node, bot=pos.bot, ts_event=now, ts_init=now,

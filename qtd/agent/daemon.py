@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 from collections.abc import Coroutine, Mapping
@@ -483,7 +482,7 @@ def seed_from_store(runner: BotRunner, proj: Projections) -> None:
     for symbol in ctx.symbols:
         held = proj.position(ctx.bot, ctx.account, symbol)
         if held is not None:
-            ctx.positions[symbol] = copy.deepcopy(held)
+            ctx.positions[symbol] = held.copy()
             if held.last_price is not None:
                 ctx.marks.setdefault(symbol, held.last_price)
         ctx.inflight[symbol] = sum(

@@ -518,7 +518,6 @@ def test_a_transfer_moves_a_position_at_the_givers_average_cost_and_creates_no_p
     """:class:`PositionTransfer` in the projections, a runner's context and the leader's
     fleet view: at the giver's average cost, total PnL exactly unchanged, idempotent, an
     impossible transfer refused with an anomaly, replay equal to incremental."""
-    import copy as _copy
 
     from qtd.clock import SimClock
     from qtd.events import Side, decode, encode
@@ -534,7 +533,7 @@ def test_a_transfer_moves_a_position_at_the_givers_average_cost_and_creates_no_p
              ) -> PositionTransfer:
         pos = proj.position(frm, "acct1", "AAPL")
         q = Decimal(qty)
-        c = Decimal(cost) if cost is not None else _copy.copy(pos).give(q)  # type: ignore[union-attr]
+        c = Decimal(cost) if cost is not None else pos.copy().give(q)  # type: ignore[union-attr]
         return PositionTransfer(node="node-a", bot=frm, ts_event=3_000, ts_init=3_000,
                                 account="acct1", symbol="AAPL", from_bot=frm, to_bot=to,
                                 qty=q, cost=c, price=c / q, transfer_id=tid)

@@ -54,6 +54,21 @@ def test_flat_position_has_zero_cost_and_fees_by_currency() -> None:
     assert p.other_fees == {"BNB": Decimal("0.01")}
 
 
+def test_copy_is_equal_and_independent() -> None:
+    p = Position("b", "a", "BTCUSDT", "USDT")
+    p.apply(fill("c", "t1", qty="0.5", price="30000", commission="15",
+                 commission_currency="USDT"))
+    p.apply(fill("c", "t2", side=Side.SELL, qty="0.2", price="31000", commission="0.01",
+                 commission_currency="BNB"))
+    c = p.copy()
+    assert [getattr(c, f) for f in Position.__slots__] == [
+        getattr(p, f) for f in Position.__slots__]
+    c.apply(fill("c", "t3", qty="1", price="32000", commission="0.02",
+                 commission_currency="BNB"))
+    assert (p.qty, p.fills, p.other_fees) == (Decimal("0.3"), 2, {"BNB": Decimal("0.01")})
+    assert (c.qty, c.fills, c.other_fees) == (Decimal("1.3"), 3, {"BNB": Decimal("0.03")})
+
+
 def test_trading_day_rollover_in_new_york_across_dst() -> None:
     day = TradingDay("America/New_York", "17:00")
     assert day.label(_ns("2026-03-06T16:59:59", "America/New_York")) == "2026-03-05"
