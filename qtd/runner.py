@@ -299,6 +299,7 @@ class BotState(StrEnum):
 _END: Final = object()
 _STOP: Final = object()
 _RUNNING: Final = BotState.RUNNING
+_BASE_ON_FILL: Final = Strategy.on_fill  # not overridden: nothing to call
 
 
 async def _as_async(items: Iterable[MarketData] | AsyncIterable[MarketData]
@@ -516,7 +517,9 @@ class BotRunner:
                 return
             self.ctx.apply_fill(item)
             if self.strategy is not None:
-                await self._call("on_fill", self.strategy.on_fill, item)
+                hook = self.strategy.on_fill
+                if getattr(hook, "__func__", None) is not _BASE_ON_FILL:  # base: a no-op
+                    await self._call("on_fill", hook, item)
 
     async def _swap(self) -> bool:
         """Swap in pending params at a bar boundary, then re-run ``on_start`` so indicators
