@@ -217,8 +217,10 @@ class OrderRouter:
 
     async def on_market_data(self, symbol: str, price: Any, ts_ns: int) -> None:
         """Feed a last trade / mid to the engine (marks, staleness, PnL breakers)."""
-        self.risk.on_market_data(symbol, price, ts_ns)
-        await self._flush()
+        risk = self.risk
+        risk.on_market_data(symbol, price, ts_ns)
+        if risk.has_events():  # once per tick: no _flush coroutine when there is nothing
+            await self._flush()
 
     # --- operator actions -----------------------------------------------------------------
 

@@ -452,6 +452,10 @@ class RiskEngine:
         """Mint a cancel token (cancels only reduce risk, so every cancel is allowed)."""
         return mint_cancel(cid)
 
+    def has_events(self) -> bool:
+        """Whether :meth:`drain_events` would return anything (a cheap check, no copy)."""
+        return bool(self._events) or self.states.has_expired()
+
     def drain_events(self) -> list[Event]:
         """State changes, breaker breaches and kill-switch events queued since the last call."""
         events = self._events  # the same list object always: the breakers hold its append

@@ -130,6 +130,10 @@ class TradingStates:
         """Every non-ACTIVE scope and its state."""
         return dict(self._states)
 
+    def has_expired(self) -> bool:
+        """Whether :meth:`take_expired` has events to give."""
+        return bool(self._expired)
+
     def take_expired(self) -> list[TradingStateChanged]:
         """Events of cooldowns that expired (in :meth:`effective`) since the last call."""
         if not self._expired:

@@ -31,9 +31,13 @@ def test_daily_loss_in_currency_halts_the_account() -> None:
     h.trade(Side.BUY, "100", "100")
     h.mark("AAPL", "90.00")  # -1,000: at the limit, not above
     assert h.engine.states.get(Scope.ACCOUNT, "acct1") is ACTIVE
+    h.engine.drain_events()  # the fill's
+    assert not h.engine.has_events()
     h.mark("AAPL", "89.99")
     assert h.engine.states.get(Scope.ACCOUNT, "acct1") is HALTED
+    assert h.engine.has_events()  # the router flushes only then (once per tick)
     events = h.engine.drain_events()
+    assert not h.engine.has_events()
     b = next(e for e in events if isinstance(e, RiskBreach))
     assert (b.check, b.scope, b.limit, b.unit, b.severity) == (
         "daily_loss", Scope.ACCOUNT, 1000.0, "currency", Severity.P2)
@@ -107,7 +111,9 @@ def test_win_streak_cooldown_expires_by_itself() -> None:
     assert isinstance(h.check(req(Side.SELL, "5")), Approved)
     h.engine.drain_events()
     h.advance(60)
+    assert not h.engine.has_events()
     assert isinstance(h.check(req(Side.BUY, "1")), Approved)
+    assert h.engine.has_events()  # the expiry the check saw
     (change,) = h.engine.drain_events()
     assert isinstance(change, TradingStateChanged)
     assert (change.new, change.reason) == (ACTIVE, "cooldown expired")
