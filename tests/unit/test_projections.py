@@ -43,23 +43,25 @@ def test_short_then_cover_and_flip() -> None:
     assert p.unrealized(Decimal("41")) == Decimal("4")
 
 
-def test_flat_position_has_zero_cost_and_fees_by_currency() -> None:
+def _btc(sell_qty: str) -> Position:
+    """0.5 BTC bought at 30,000 (15 USDT fee), then ``sell_qty`` sold at 31,000 (fee in BNB)."""
     p = Position("b", "a", "BTCUSDT", "USDT")
     p.apply(fill("c", "t1", qty="0.5", price="30000", commission="15",
                  commission_currency="USDT"))
-    p.apply(fill("c", "t2", side=Side.SELL, qty="0.5", price="31000", commission="0.01",
+    p.apply(fill("c", "t2", side=Side.SELL, qty=sell_qty, price="31000", commission="0.01",
                  commission_currency="BNB"))
+    return p
+
+
+def test_flat_position_has_zero_cost_and_fees_by_currency() -> None:
+    p = _btc("0.5")
     assert p.qty == 0 and p.cost == 0 and p.realized == Decimal("500")
     assert p.fees == Decimal("15") and p.net_realized == Decimal("485")
     assert p.other_fees == {"BNB": Decimal("0.01")}
 
 
 def test_copy_is_equal_and_independent() -> None:
-    p = Position("b", "a", "BTCUSDT", "USDT")
-    p.apply(fill("c", "t1", qty="0.5", price="30000", commission="15",
-                 commission_currency="USDT"))
-    p.apply(fill("c", "t2", side=Side.SELL, qty="0.2", price="31000", commission="0.01",
-                 commission_currency="BNB"))
+    p = _btc("0.2")
     c = p.copy()
     assert [getattr(c, f) for f in Position.__slots__] == [
         getattr(p, f) for f in Position.__slots__]
