@@ -25,6 +25,14 @@ stats computation).
 each one's best run is reported (as ``timeit`` does): on a shared machine a neighbour's
 burst slows whichever run it lands on, and the best run is the one it disturbed least.
 
+*Breakdown.* The same bars also run through ``benchmarks/strategies/ma_signals.py``: the
+same indicators and crossover test on every bar, no orders (best of ``--repeat``). Its rate
+is qtd's per-bar floor (feed, clock, paper broker, marks, breakers, bot runner, strategy);
+``(1/rate - 1/floor) x bars / fills`` is what one filled order costs on top (signal, risk
+checks, write-ahead intent, paper fill, its events stored and applied, and re-valuing the
+open position on the bars it is held), and ``(1/(1.5 x backtesting.py rate) - 1/floor) x
+bars / fills`` is what the target leaves for it.
+
 *Multi-symbol.* 20 symbols × 50,000 bars, one bot per symbol, merged by
 :class:`~qtd.feeds.HistoricalFeed` in time order, one store: qtd only (best of
 ``--repeat``).
@@ -59,6 +67,7 @@ MIN_NS = 60 * 10**9
 T0 = 1_600_000_000 * 10**9
 TARGET = 1.5
 STRATEGY = Path(__file__).resolve().parents[1] / "strategies" / "ma_cross.py"
+SIGNALS_ONLY = Path(__file__).resolve().parent / "strategies" / "ma_signals.py"
 
 
 def random_walk(n: int, symbol: str, seed: int) -> list[Bar]:
@@ -85,10 +94,12 @@ def random_walk(n: int, symbol: str, seed: int) -> list[Bar]:
     return out
 
 
-async def qtd_rate(streams: list[list[Bar]], tmp: Path) -> tuple[float, int, int]:
-    """Bars/s of qtd over ``streams`` (one bot per stream); also fills and events stored."""
+async def qtd_rate(streams: list[list[Bar]], tmp: Path, strategy: Path = STRATEGY
+                   ) -> tuple[float, int, int]:
+    """Bars/s of qtd over ``streams`` (one bot per stream) running ``strategy``; also fills
+    and events stored."""
     symbols = [s[0].symbol for s in streams]
-    cls, _, problems = await load_strategy(STRATEGY)  # as admission loads it
+    cls, _, problems = await load_strategy(strategy)  # as admission loads it
     assert cls is not None, problems
     risk = parse_risk_config({
         "global": {"duplicate_window_s": 0.0, "order_spike_factor": 0.0},
@@ -148,21 +159,33 @@ def main() -> int:
     ap.add_argument("--dir", help="directory for the event stores (default: system temp)")
     args = ap.parse_args()
     bars = random_walk(args.bars, "SYN", 1)
-    bt_rate = rate = 0.0
+    bt_rate = rate = floor = 0.0
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         for i in range(args.repeat):
             r, bt_trades = backtesting_rate(bars)
             bt_rate = max(bt_rate, r)
             q, fills, events = asyncio.run(qtd_rate([bars], Path(d) / f"run{i}"))
             rate = max(rate, q)
+            f, no_fills, _ = asyncio.run(qtd_rate([bars], Path(d) / f"sig{i}", SIGNALS_ONLY))
+            assert no_fills == 0, f"the signals-only strategy traded ({no_fills} fills)"
+            floor = max(floor, f)
             print(f"  run {i + 1}/{args.repeat}: backtesting.py {r:>10,.0f} bars/s   "
-                  f"qtd {q:>10,.0f} bars/s", flush=True)
+                  f"qtd {q:>10,.0f} bars/s   qtd without orders {f:>10,.0f} bars/s",
+                  flush=True)
         print(f"backtesting.py  {args.bars:>9,} bars   {bt_rate:>10,.0f} bars/s  "
               f"({bt_trades} trades)")
         print(f"qtd (event log)  {args.bars:>9,} bars   {rate:>10,.0f} bars/s  "
               f"({fills} fills, {events:,} events stored)")
         ratio = rate / bt_rate
         print(f"ratio qtd / backtesting.py = {ratio:.3f} (target >= {TARGET})", flush=True)
+        per_order_us = (1 / rate - 1 / floor) * args.bars / max(fills, 1) * 1e6
+        print(f"breakdown: qtd without orders (same indicators) {floor:>10,.0f} bars/s "
+              f"({floor / bt_rate:.2f} x backtesting.py); each filled order adds "
+              f"{per_order_us:.1f} us ({fills} orders: "
+              f"{(1 / rate - 1 / floor) * rate:.0%} of qtd's time)", flush=True)
+        budget_us = (1 / (TARGET * bt_rate) - 1 / floor) * args.bars / max(fills, 1) * 1e6
+        print(f"           the target leaves {budget_us:.1f} us per filled order "
+              "(negative: the per-bar floor alone misses it)", flush=True)
         del bars
         streams = [random_walk(args.bars_each, f"S{i:02d}", 100 + i)
                    for i in range(args.symbols)]
