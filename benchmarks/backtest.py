@@ -25,8 +25,9 @@ stats computation).
 each one's best run is reported (as ``timeit`` does): on a shared machine a neighbour's
 burst slows whichever run it lands on, and the best run is the one it disturbed least.
 
-*Breakdown.* The same bars also run through ``benchmarks/strategies/ma_signals.py``: the
-same indicators and crossover test on every bar, no orders (best of ``--repeat``). Its rate
+*Breakdown.* The same bars also run through the same strategy with its orders suppressed
+(:func:`without_orders`: its ``target_position`` only counts the calls), so every bar does the
+same indicator and crossover work and no order is sent (best of ``--repeat``). Its rate
 is qtd's per-bar floor (feed, clock, paper broker, marks, breakers, bot runner, strategy);
 ``(1/rate - 1/floor) x bars / fills`` is what one filled order costs on top (signal, risk
 checks, write-ahead intent, paper fill, its events stored and applied, and re-valuing the
@@ -55,6 +56,7 @@ import time
 import warnings
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from qtd.admit.loader import load_strategy
 from qtd.backtest import BacktestBot, run_backtest
@@ -62,12 +64,12 @@ from qtd.feeds import Bar, HistoricalFeed
 from qtd.risk.config import parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
+from qtd.strategy import Strategy
 
 MIN_NS = 60 * 10**9
 T0 = 1_600_000_000 * 10**9
 TARGET = 1.5
 STRATEGY = Path(__file__).resolve().parents[1] / "strategies" / "ma_cross.py"
-SIGNALS_ONLY = Path(__file__).resolve().parent / "strategies" / "ma_signals.py"
 
 
 def random_walk(n: int, symbol: str, seed: int) -> list[Bar]:
@@ -94,13 +96,27 @@ def random_walk(n: int, symbol: str, seed: int) -> list[Bar]:
     return out
 
 
-async def qtd_rate(streams: list[list[Bar]], tmp: Path, strategy: Path = STRATEGY
+def without_orders(cls: type[Strategy]) -> type[Strategy]:
+    """``cls`` whose ``target_position`` counts its calls (``signals``) instead of ordering."""
+
+    class WithoutOrders(cls):  # type: ignore[valid-type,misc]
+        signals = 0
+
+        def target_position(self, *args: Any, **kwargs: Any) -> None:
+            self.signals += 1
+
+    return WithoutOrders
+
+
+async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True
                    ) -> tuple[float, int, int]:
-    """Bars/s of qtd over ``streams`` (one bot per stream) running ``strategy``; also fills
-    and events stored."""
+    """Bars/s of qtd over ``streams`` (one bot per stream); also fills and events stored.
+    ``orders=False`` runs the strategy :func:`without_orders`."""
     symbols = [s[0].symbol for s in streams]
-    cls, _, problems = await load_strategy(strategy)  # as admission loads it
+    cls, _, problems = await load_strategy(STRATEGY)  # as admission loads it
     assert cls is not None, problems
+    if not orders:
+        cls = without_orders(cls)
     risk = parse_risk_config({
         "global": {"duplicate_window_s": 0.0, "order_spike_factor": 0.0},
         "accounts": {"bench": {"equity": 1e12}},
@@ -166,8 +182,8 @@ def main() -> int:
             bt_rate = max(bt_rate, r)
             q, fills, events = asyncio.run(qtd_rate([bars], Path(d) / f"run{i}"))
             rate = max(rate, q)
-            f, no_fills, _ = asyncio.run(qtd_rate([bars], Path(d) / f"sig{i}", SIGNALS_ONLY))
-            assert no_fills == 0, f"the signals-only strategy traded ({no_fills} fills)"
+            f, no_fills, _ = asyncio.run(qtd_rate([bars], Path(d) / f"sig{i}", orders=False))
+            assert no_fills == 0, f"the strategy without orders traded ({no_fills} fills)"
             floor = max(floor, f)
             print(f"  run {i + 1}/{args.repeat}: backtesting.py {r:>10,.0f} bars/s   "
                   f"qtd {q:>10,.0f} bars/s   qtd without orders {f:>10,.0f} bars/s",
