@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,53 +35,19 @@ from qtd.agent.control import (
     request,
     send_kill,
 )
-from qtd.bus import EVENTS_STREAM, ensure_jetstream, find_nats_server
+from qtd.bus import EVENTS_STREAM, ensure_jetstream
 from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet
+from tests.shipped import password, shipped_nats
 
-CONF = Path(__file__).resolve().parents[2] / "etc" / "nats-server.conf"
-PASSWORDS = {"agent-node-a": "pw-agent-a", "leader": "pw-leader", "operator": "pw-operator",
-             "deployer": "pw-deployer"}
-
-
-def _render(tmp: Path) -> Path:
-    """The shipped config with a free port, a tmp store, no monitor port, known passwords."""
-    text = CONF.read_text()
-    text = text.replace('listen: "127.0.0.1:4222"', 'listen: "127.0.0.1:-1"\n'
-                        f'ports_file_dir: "{tmp}"')
-    text = re.sub(r'^http: .*$', "", text, flags=re.M)
-    text = text.replace('store_dir: "/var/lib/nats"', f'store_dir: "{tmp / "js"}"')
-    users = re.findall(r'user: "([^"]+)"\s*\n\s*password: "([^"]+)"', text)
-    assert {u for u, _ in users} == set(PASSWORDS), users
-    for user, placeholder in users:
-        text = text.replace(placeholder, PASSWORDS[user], 1)
-    out = tmp / "nats-server.conf"
-    out.write_text(text)
-    return out
+PASSWORDS = {u: password(u) for u in ("agent-node-a", "leader", "operator", "deployer")}
 
 
 @contextlib.asynccontextmanager
 async def _server(tmp: Path) -> AsyncIterator[str]:
-    conf = _render(tmp)
-    proc = subprocess.Popen([str(find_nats_server()), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ports = tmp / f"nats-server_{proc.pid}.ports"
-        for _ in range(500):
-            if ports.exists() and ports.stat().st_size:
-                break
-            assert proc.poll() is None, "nats-server exited at start"
-            await asyncio.sleep(0.02)
-        url = msgspec.json.decode(ports.read_bytes())["nats"][0]
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    async with shipped_nats(tmp) as server:
+        yield server.url
 
 
 async def _connect(url: str, user: str, errors: list[str]) -> Client:

@@ -1,0 +1,229 @@
+"""The shipped configs on real processes: ``etc/nats-server.conf`` with NATS auth on, the
+leader and agents as ``python -m qtd.cli`` processes.
+
+The server config is the shipped file with only what a test must change: a free port (via
+``ports_file_dir``), a temporary JetStream directory, no monitoring port, known passwords in
+place of the bcrypt placeholders, and — as the config's own comment tells an operator — the
+``agent-node-a`` block copied once per further node with ``node-a`` replaced.
+
+Every process started here is stopped by the context manager that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import tomli_w
+from nats.aio.client import Client
+
+from qtd.bus import find_nats_server
+from tests.agent_rig import stop_process, wait_for, write_fleet
+
+ROOT = Path(__file__).resolve().parents[1]
+ETC = ROOT / "etc"
+CONF = ETC / "nats-server.conf"
+
+
+def password(user: str) -> str:
+    """The test password of a shipped user."""
+    return f"pw-{user}"
+
+
+def _block(text: str, user: str) -> tuple[int, int]:
+    """Start and end offsets of the ``{ ... }`` user block naming ``user``."""
+    at = text.index(f'user: "{user}"')
+    start = text.rindex("{", 0, at)
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return start, i + 1
+    raise ValueError(f"unbalanced block for {user}")
+
+
+def render_conf(tmp: Path, nodes: Iterable[str] = ("node-a",), *,
+                conf: Path = CONF) -> Path:
+    """The shipped server config made runnable in ``tmp`` for agent users ``nodes``."""
+    text = conf.read_text()
+    text = text.replace('listen: "127.0.0.1:4222"',
+                        f'listen: "127.0.0.1:-1"\nports_file_dir: "{tmp}"')
+    text = re.sub(r"^http: .*$", "", text, flags=re.M)
+    text = text.replace('store_dir: "/var/lib/nats"', f'store_dir: "{tmp / "js"}"')
+    start, end = _block(text, "agent-node-a")
+    template = text[start:end]
+    copies = [template.replace("node-a", node) for node in nodes]
+    text = text[:start] + "\n      ".join(copies) + text[end:]
+    for user, placeholder in re.findall(r'user: "([^"]+)"\s*\n\s*password: "([^"]+)"', text):
+        text = text.replace(placeholder, password(user), 1)
+    out = tmp / "nats-server.conf"
+    out.write_text(text)
+    return out
+
+
+class ShippedNats:
+    """A running nats-server on the shipped config (see :func:`shipped_nats`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, conf: Path) -> None:
+        self.proc, self.url, self.conf = proc, url, conf
+        self._clients: list[Client] = []
+
+    async def connect(self, user: str, errors: list[str] | None = None,
+                      **kw: Any) -> Client:
+        """A client logged in as ``user``; permission errors are appended to ``errors``."""
+        sink = errors if errors is not None else []
+
+        async def on_error(exc: Exception) -> None:
+            sink.append(str(exc))
+
+        kw.setdefault("allow_reconnect", False)
+        nc = await nats.connect(self.url, user=user, password=password(user),
+                                error_cb=on_error, connect_timeout=2, **kw)
+        self._clients.append(nc)
+        return nc
+
+    async def close_clients(self) -> None:
+        for nc in self._clients:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self._clients.clear()
+
+
+@contextlib.asynccontextmanager
+async def shipped_nats(tmp: Path, nodes: Iterable[str] = ("node-a",)
+                       ) -> AsyncIterator[ShippedNats]:
+    """Start nats-server on the shipped config (see :func:`render_conf`); stop it on exit."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = render_conf(tmp, nodes)
+    proc = subprocess.Popen([str(find_nats_server()), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server: ShippedNats | None = None
+    try:
+        ports = tmp / f"nats-server_{proc.pid}.ports"
+        for _ in range(500):
+            if ports.exists() and ports.stat().st_size:
+                break
+            assert proc.poll() is None, "nats-server exited at start (bad config?)"
+            await asyncio.sleep(0.02)
+        url = msgspec.json.decode(ports.read_bytes())["nats"][0]
+        server = ShippedNats(proc, url, conf)
+        yield server
+    finally:
+        if server is not None:
+            await server.close_clients()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+def agent_config(root: Path, node: str, url: str, bots: dict[str, dict[str, Any]], *,
+                 extra: str = "", market: str = "speed = 8640000.0") -> Path:
+    """A fleet directory for one agent (see :func:`tests.agent_rig.write_fleet`) logging in
+    as ``agent-<node>`` with its test password."""
+    cfg = write_fleet(root, bots, node=node, bus_url=url, extra=extra, market=market)
+    user = f"agent-{node}"
+    cfg.write_text(cfg.read_text().replace(
+        "[bus]\n", f'[bus]\nuser = "{user}"\npassword = "{password(user)}"\n'))
+    return cfg
+
+
+def leader_config(tmp: Path, url: str, *, caps: bool = False,
+                  **sections: dict[str, Any]) -> Path:
+    """``etc/leader.toml`` pointed at ``url`` as the ``leader`` user, fleet.db in ``tmp``, no
+    paging destinations; ``caps=False`` drops the fleet caps; ``sections`` are merged in."""
+    doc: dict[str, Any] = tomllib.loads((ETC / "leader.toml").read_text())
+    doc["fleet_db"] = str(tmp / "leader" / "fleet.db")
+    doc["bus"] = {"servers": [url], "name": "qtd-leader", "user": "leader",
+                  "password": password("leader")}
+    if not caps:
+        doc.pop("caps", None)
+    doc["notify"].pop("destinations", None)
+    doc["notify"].pop("quiet_hours", None)
+    doc["liveness"]["heartbeat_interval_s"] = 0.2
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    path = tmp / "leader.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def qtd_process(args: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``python -m qtd.cli ARGS`` with stdout and stderr appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "qtd.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+
+
+def run_qtd(args: list[str], timeout_s: float = 60.0,
+            **env: str) -> subprocess.CompletedProcess[str]:
+    """Run one ``qtd`` command to its end (what an operator types); output captured."""
+    return subprocess.run([sys.executable, "-m", "qtd.cli", *args], capture_output=True,
+                          text=True, timeout=timeout_s, cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, check=False)
+
+
+@contextlib.contextmanager
+def processes() -> Any:
+    """A list to append started processes to; each is stopped (SIGTERM, then SIGKILL) on
+    exit, SIGCONTed first in case a test stopped it."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                if p.poll() is None:
+                    os.kill(p.pid, signal.SIGCONT)
+            stop_process(p)
+
+
+async def log_match(log: Path, pattern: bytes, timeout_s: float = 60.0,
+                    start: int = 0) -> re.Match[bytes]:
+    """Wait until ``pattern`` appears in ``log`` (from byte ``start``); return the match."""
+    found: list[re.Match[bytes]] = []
+
+    def seen() -> bool:
+        m = re.search(pattern, log.read_bytes()[start:]) if log.exists() else None
+        if m:
+            found.append(m)
+        return m is not None
+
+    try:
+        await wait_for(seen, timeout_s)
+    except TimeoutError:
+        tail = log.read_bytes()[-3000:].decode(errors="replace") if log.exists() else ""
+        raise AssertionError(f"{pattern!r} not in {log} after {timeout_s}s; tail:\n{tail}"
+                             ) from None
+    return found[-1]
+
+
+async def leader_web_url(log: Path, timeout_s: float = 60.0) -> str:
+    """The status page URL a leader process logged."""
+    m = await log_match(log, rb"leader\.web url=(http://[^\s\"]+)", timeout_s)
+    return m.group(1).decode().rstrip("/")
