@@ -348,7 +348,8 @@ class TradingStateChanged(Event, frozen=True):
 
 
 class KillSwitch(Event, frozen=True):
-    """Kill switch activated (``active``) or released, at ``scope`` (L1 GLOBAL .. L4 SYMBOL)."""
+    """Kill switch activated (``active``) or released, at ``scope`` (L1 GLOBAL .. L4 SYMBOL);
+    ``kill_id`` names the activation (the kill set holds each until it is released)."""
 
     scope: Scope
     scope_key: str
@@ -357,6 +358,7 @@ class KillSwitch(Event, frozen=True):
     flatten: bool = False
     operator: str = ""
     source: str = "cli"
+    kill_id: str = ""
 
 
 class StrategyAdmitted(Event, frozen=True):

@@ -147,15 +147,18 @@ def agent_config(root: Path, node: str, url: str, bots: dict[str, dict[str, Any]
     return cfg
 
 
-def leader_config(tmp: Path, url: str, *, caps: bool = False,
+def leader_config(tmp: Path, url: str, *, caps: bool | dict[str, dict[str, Any]] = False,
                   **sections: dict[str, Any]) -> Path:
     """``etc/leader.toml`` pointed at ``url`` as the ``leader`` user, fleet.db in ``tmp``, no
-    paging destinations; ``caps=False`` drops the fleet caps; ``sections`` are merged in."""
+    paging destinations; ``caps``: False drops the fleet caps, True keeps the shipped ones,
+    a dict replaces them; ``sections`` are merged in."""
     doc: dict[str, Any] = tomllib.loads((ETC / "leader.toml").read_text())
     doc["fleet_db"] = str(tmp / "leader" / "fleet.db")
     doc["bus"] = {"servers": [url], "name": "qtd-leader", "user": "leader",
                   "password": password("leader")}
-    if not caps:
+    if isinstance(caps, dict):
+        doc["caps"] = caps
+    elif not caps:
         doc.pop("caps", None)
     doc["notify"].pop("destinations", None)
     doc["notify"].pop("quiet_hours", None)

@@ -16,9 +16,11 @@ from qtd.agent.control import (
     CommandReply,
     CommandRequest,
     KillMessage,
+    KillSet,
     kill_ack_subject,
     new_kill,
-    release_kill,
+    read_kills,
+    release_kills,
     send_kill,
 )
 
@@ -27,10 +29,12 @@ __all__ = [
     "CommandReply",
     "CommandRequest",
     "KillMessage",
+    "KillSet",
     "kill_ack_subject",
     "load_agent_config",
     "new_kill",
     "parse_agent_config",
-    "release_kill",
+    "read_kills",
+    "release_kills",
     "send_kill",
 ]

@@ -8,8 +8,10 @@ Verbs on ``<prefix>.ctl.<node>.<verb>``:
 
 * ``status`` — states, bots, store and outbox figures, NATS and leader.
 * ``halt`` — HALT a scope (default GLOBAL) and cancel its open orders (a kill without flatten).
-* ``resume`` — lift a scope to ACTIVE; needs ``operator`` and ``reason``. Resuming a bot
-  (scope STRATEGY) that the supervisor left HALTED also restarts it.
+* ``resume`` — lift a scope to ACTIVE; needs ``operator`` and ``reason``. Refused while a
+  kill in the fleet's kill set (KV ``kill``) holds exactly that scope and key: release that
+  kill first (``qtd resume --kill-id``). Resuming a bot (scope STRATEGY) that the supervisor
+  left HALTED also restarts it.
 * ``flatten`` — HALT the scope, cancel its orders and close its positions (reduce-only
   market orders through the risk engine).
 * ``reload`` — re-admit the bot configs; a bot whose params changed (same strategy source)
@@ -18,6 +20,7 @@ Verbs on ``<prefix>.ctl.<node>.<verb>``:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qtd.admit import admit_bot
-from qtd.agent.control import CommandReply, CommandRequest, KillMessage, kill_ack_subject
+from qtd.agent.control import (
+    CommandReply,
+    CommandRequest,
+    KillMessage,
+    kill_ack_subject,
+    read_kills,
+)
 from qtd.agent.wiring import bot_files, status_of
 from qtd.errors import ConfigError
 from qtd.events import DECODE_ERRORS, CommandAudit, KillAck, ParamsChanged, Scope
@@ -161,8 +170,28 @@ async def _kill_verb(agent: Agent, verb: str, req: CommandRequest, *, flatten: b
                    "flatten_orders": len(report.flatten)})
 
 
+async def _held_by(agent: Agent, req: CommandRequest) -> str:
+    """Why the fleet's kill set forbids resuming ``req``'s scope ("" when it does not)."""
+    link = agent.link
+    if link is None or link.nc is None:
+        return ""
+    try:
+        kills = await asyncio.wait_for(read_kills(link.nc), 2.0)
+    except Exception as exc:  # NATS away mid-request: do not lift a kill we cannot see
+        return f"the kill set cannot be read now ({type(exc).__name__}); try again"
+    held = kills.holding(req.scope, req.key)
+    return "; ".join(f"kill {k.id} ({k.reason}, {k.operator or k.source}) is still active: "
+                     f"release it first (qtd resume --kill-id {k.id})" for k in held)
+
+
 async def _resume(agent: Agent, req: CommandRequest) -> CommandReply:
     _check_scope(req)
+    held = await _held_by(agent, req)
+    if held:
+        state = agent.risk.states.get(req.scope, req.key)
+        return _reply(agent, "resume", False,
+                      f"{req.scope.value}:{req.key} stays {state.value}: {held}",
+                      {"state": state.value, "restarted": False})
     change = await agent.router.resume(req.scope, req.key, operator=req.operator,
                                        reason=req.reason)
     restarted = False

@@ -16,11 +16,15 @@ The acknowledgement subject lives under ``ack.`` rather than ``ctl.``, so it can
 mistaken for a command (``ctl.<node>.<verb>``, where ``kill`` could be a node name) and a
 NATS account can let agents publish acks without letting them publish commands.
 
-The KV key holds the *current* kill (an agent that starts reads it and starts HALTED); the
-core message makes it immediate. Agents apply each kill ``id`` once; a repeated core message
-gets an acknowledgement with ``duplicate: true``. Deleting the key releases the kill for
-agents that start later; it never resumes trading by itself (that needs ``resume`` with an
-operator and a reason).
+The KV key holds the **set of active kills** (:class:`KillSet`): every activation stays in it
+until it is released on its own (:func:`release_kills`, by id), so a narrower kill never
+replaces a wider one. Writers change it with compare-and-set on the key's revision
+(:func:`update_kill_set`), so two writers (the leader tripping a cap, an operator's
+``qtd kill``) never overwrite each other. An agent that starts applies every kill in the set
+before its bots start; the core message makes a kill immediate. Agents apply each kill ``id``
+once; a repeated core message gets an acknowledgement with ``duplicate: true``. Releasing a
+kill from the set never resumes a running agent by itself (that needs ``resume`` with an
+operator and a reason); an agent refuses to resume a scope that a kill still in the set holds.
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, Subjects
 from qtd.bus.subjects import check_token
+from qtd.errors import OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, Scope
 from qtd.risk.kill import KillCommand
 
@@ -51,6 +58,8 @@ class KillMessage(msgspec.Struct, frozen=True, kw_only=True):
         flatten: also close the scope's positions with reduce-only market orders.
         source: ``"cli"``, ``"leader"``.
         ts_ns: when it was issued, UTC ns.
+        cap: the fleet cap that tripped it (its ``Breach.trip_key``; "" for an operator's
+            kill): the leader re-arms that cap when this kill is released.
     """
 
     id: str
@@ -61,11 +70,39 @@ class KillMessage(msgspec.Struct, frozen=True, kw_only=True):
     operator: str = ""
     source: str = "cli"
     ts_ns: int = 0
+    cap: str = ""
 
     def command(self) -> KillCommand:
         """The risk-layer command (:meth:`qtd.execution.OrderRouter.kill`)."""
         return KillCommand(scope=self.scope, key=self.key, reason=self.reason,
                            flatten=self.flatten, operator=self.operator, source=self.source)
+
+
+class KillSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The active kills: the value of KV key ``kill`` in ``qtd_control``.
+
+    Attributes:
+        kills: every activation not yet released, oldest first; empty when none is set.
+    """
+
+    kills: tuple[KillMessage, ...] = ()
+
+    def ids(self) -> set[str]:
+        """The ids of the active kills."""
+        return {k.id for k in self.kills}
+
+    def holding(self, scope: Scope, key: str) -> list[KillMessage]:
+        """The active kills on exactly this scope and key."""
+        return [k for k in self.kills if k.scope is scope and k.key == key]
+
+    def add(self, msg: KillMessage) -> KillSet:
+        """This set with ``msg`` added (unchanged if its id is already in)."""
+        return self if msg.id in self.ids() else KillSet(kills=(*self.kills, msg))
+
+    def without(self, ids: Iterable[str]) -> KillSet:
+        """This set less the kills with these ids."""
+        drop = set(ids)
+        return KillSet(kills=tuple(k for k in self.kills if k.id not in drop))
 
 
 class CommandRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,7 +148,7 @@ def new_kill(*, reason: str, scope: Scope = Scope.GLOBAL, key: str = "", flatten
 
 async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
                     wait_acks_s: float = 0.0, expect: int = 0) -> list[KillAck]:
-    """Set the kill key in ``qtd_control`` and broadcast on ``<prefix>.ctl.kill``.
+    """Add a kill to the set in ``qtd_control`` and broadcast it on ``<prefix>.ctl.kill``.
 
     Args:
         nc: a connected client (the bucket must exist: :func:`qtd.bus.ensure_jetstream`).
@@ -124,7 +161,8 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
         Acknowledgements received for ``msg.id``, one per node.
 
     Raises:
-        nats.errors.Error, nats.js.errors.Error: NATS refused the KV put or the publish.
+        nats.errors.Error, nats.js.errors.Error: NATS refused the KV write or the publish.
+        OperationalError: the set kept changing under us (see :func:`update_kill_set`).
     """
     subjects = Subjects(prefix)
     acks: dict[str, KillAck] = {}
@@ -141,10 +179,9 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
                 done.set()
 
     sub = await nc.subscribe(kill_ack_all(subjects), cb=on_ack) if wait_acks_s > 0 else None
-    body = msgspec.json.encode(msg)
     kv = await nc.jetstream().key_value(CONTROL_BUCKET)
-    await kv.put(KILL_KEY, body)
-    await nc.publish(subjects.ctl_kill, body)
+    await update_kill_set(kv, lambda ks: ks.add(msg))
+    await nc.publish(subjects.ctl_kill, msgspec.json.encode(msg))
     await nc.flush()
     if sub is not None:
         with contextlib.suppress(TimeoutError):
@@ -153,20 +190,60 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
     return list(acks.values())
 
 
-async def release_kill(nc: Client) -> bool:
-    """Delete the kill key (agents that start later start ACTIVE; running agents stay as
-    they are until an operator resumes them). Returns False if no kill was set."""
+async def update_kill_set(kv: KeyValue, change: Callable[[KillSet], KillSet], *,
+                          attempts: int = 50) -> tuple[KillSet, KillSet]:
+    """Change the kill set with compare-and-set on the key's revision, retrying when another
+    writer got in first.
+
+    Args:
+        kv: the ``qtd_control`` bucket.
+        change: old set -> new set (pure; called again on every retry).
+        attempts: tries before giving up.
+
+    Returns:
+        (the set before, the set written). Nothing is written when they are equal.
+
+    Raises:
+        OperationalError: ``attempts`` writers in a row got in first.
+        nats.errors.Error, nats.js.errors.Error: NATS refused the read or the write.
+    """
+    for _ in range(attempts):
+        try:
+            entry = await kv.get(KILL_KEY)
+        except KeyNotFoundError:  # never set, or deleted by an older qtd
+            old, revision = KillSet(), None
+        else:
+            old, revision = decode_kill_set(entry.value or b"", revision=entry.revision or 0), \
+                entry.revision
+        new = change(old)
+        if new == old:
+            return old, new
+        data = msgspec.json.encode(new)
+        try:
+            if revision is None:
+                await kv.create(KILL_KEY, data)
+            else:
+                await kv.update(KILL_KEY, data, last=revision)
+        except KeyWrongLastSequenceError:
+            continue
+        return old, new
+    raise OperationalError(f"the kill set changed under {attempts} writes in a row; "
+                           "try again", action="kill")
+
+
+async def release_kills(nc: Client, ids: Iterable[str] | None = None) -> list[KillMessage]:
+    """Remove kills from the set: those with ``ids``, or every one (``None``). Agents that
+    start later no longer apply them; running agents stay as they are until an operator
+    resumes them. Returns the kills removed."""
     kv = await nc.jetstream().key_value(CONTROL_BUCKET)
-    try:
-        await kv.get(KILL_KEY)
-    except KeyNotFoundError:
-        return False
-    await kv.delete(KILL_KEY)
-    return True
+    wanted = None if ids is None else set(ids)
+    old, new = await update_kill_set(
+        kv, lambda ks: KillSet() if wanted is None else ks.without(wanted))
+    return [k for k in old.kills if k.id not in new.ids()]
 
 
-async def read_kill(nc: Client) -> KillMessage | None:
-    """The kill currently set in the KV bucket, or None.
+async def read_kills(nc: Client) -> KillSet:
+    """The active kills in the KV bucket (empty set when none).
 
     A value that does not decode counts as a GLOBAL kill (fail safe).
     """
@@ -174,14 +251,29 @@ async def read_kill(nc: Client) -> KillMessage | None:
     try:
         entry = await kv.get(KILL_KEY)
     except KeyNotFoundError:
-        return None
-    return decode_kill(entry.value or b"", revision=entry.revision or 0)
+        return KillSet()
+    return decode_kill_set(entry.value or b"", revision=entry.revision or 0)
+
+
+_set_decoder = msgspec.json.Decoder(KillSet)
+_kill_decoder = msgspec.json.Decoder(KillMessage)
+
+
+def decode_kill_set(data: bytes, *, revision: int = 0) -> KillSet:
+    """Decode the KV value: a :class:`KillSet`, or one :class:`KillMessage` (written by an
+    older qtd: a set of one); anything else is a set holding one GLOBAL kill that names the
+    problem (fail safe)."""
+    try:
+        return _set_decoder.decode(data)
+    except DECODE_ERRORS:
+        pass
+    return KillSet(kills=(decode_kill(data, revision=revision),))
 
 
 def decode_kill(data: bytes, *, revision: int = 0) -> KillMessage:
     """Decode a kill message; garbage becomes a GLOBAL kill naming the problem."""
     try:
-        return msgspec.json.decode(data, type=KillMessage)
+        return _kill_decoder.decode(data)
     except DECODE_ERRORS as exc:
         return KillMessage(id=f"undecodable-{revision}-{len(data)}",
                            reason=f"undecodable kill message ({exc})", source="kv")

@@ -6,9 +6,10 @@
   ``<prefix>.pnl.<node>.<bot>`` every ``pnl_s``, with the bot's stage, state and risk
   limits in use (core NATS: not stored);
 * ``failsafe`` — the leader-heartbeat policy (:class:`~qtd.agent.telemetry.FailSafe`);
-* ``kill-kv`` — reads the kill key of ``qtd_control`` every second. A poll rather than a KV
-  watcher: an ephemeral watch consumer does not survive a nats-server restart, a ``get``
-  does; the core ``<prefix>.ctl.kill`` message is the fast path;
+* ``kill-kv`` — reads the kill set (key ``kill`` of ``qtd_control``) every second and
+  applies every kill in it not applied yet. A poll rather than a KV watcher: an ephemeral
+  watch consumer does not survive a nats-server restart, a ``get`` does; the core
+  ``<prefix>.ctl.kill`` message is the fast path;
 * ``kill-file`` — :class:`~qtd.risk.kill.KillFileWatcher` on the local kill file;
 * ``watchdog`` — ``WATCHDOG=1`` to systemd at half ``WatchdogSec`` while the loop runs.
 """
@@ -28,7 +29,7 @@ import nats.js.errors
 
 from qtd import sdnotify
 from qtd.agent import commands
-from qtd.agent.control import decode_kill, read_kill
+from qtd.agent.control import decode_kill, read_kills
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
 from qtd.events import Heartbeat, Scope, to_json
@@ -73,14 +74,13 @@ async def _poll_kv_once(agent: Agent) -> None:
     if link is None or link.nc is None or not link.connected:
         return
     try:
-        msg = await asyncio.wait_for(read_kill(link.nc), 2.0)
+        kills = await asyncio.wait_for(read_kills(link.nc), 2.0)
     except _NATS_ERRORS as exc:
         log.debug("kill key read failed: %r", exc)
         return
-    if msg is None:
-        agent.kv_kill = False
-        return
-    await commands.apply_kill(agent, msg, via="kv")
+    agent.kv_kill = bool(kills.kills)
+    for msg in kills.kills:
+        await commands.apply_kill(agent, msg, via="kv")
 
 
 async def start_kill_file(agent: Agent) -> None:

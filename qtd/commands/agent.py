@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from qtd.agent.config import AgentConfig, load_agent_config
-from qtd.agent.control import new_kill, release_kill, send_kill
+from qtd.agent.control import new_kill, release_kills, send_kill
 from qtd.agent.logs import setup_json_logging
 from qtd.bus import BusConfig, connect
 from qtd.errors import ConfigError
@@ -76,8 +76,19 @@ async def _kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig
     nc = await connect(bus, source=args.config or "<arg>")
     try:
         if args.release:
-            had = await release_kill(nc)
-            print("kill key deleted" if had else "no kill key was set")
+            if not args.kill_ids and not args.everything:
+                raise ConfigError("--release needs --kill-id ID (repeatable) or --all",
+                                  source="<arg>", field="kill_id", value="",
+                                  rule="name the kills to remove")
+            gone = await release_kills(nc, None if args.everything else args.kill_ids)
+            missing = sorted(set(args.kill_ids) - {k.id for k in gone})
+            for k in gone:
+                print(f"removed kill {k.id} {k.scope.value}:{k.key} ({k.reason}) from the set")
+            if missing:
+                print(f"not in the set: {', '.join(missing)}")
+            if not gone and not missing:
+                print("no kill was set")
+            print("running agents stay halted until `qtd resume`")
             return 0
         msg = new_kill(reason=args.reason, scope=scope, key=args.key or "",
                        flatten=args.flatten, operator=args.operator, source="cli")
@@ -104,8 +115,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(handler=run_agent)
     k = sub.add_parser(
         "kill", help="kill switch: halt a scope on every agent (NATS) or this host (--local)",
-        description="Sets the kill key in the qtd_control KV bucket and broadcasts it on "
-        "<prefix>.ctl.kill (agents that start later start HALTED), then prints the agents' "
+        description="Adds a kill to the set of active kills (KV bucket qtd_control, key "
+        "kill) and broadcasts it on <prefix>.ctl.kill (agents that start later apply every "
+        "kill in the set before trading), then prints the agents' "
         "acknowledgements. --local writes the kill file instead (works with NATS down). "
         "Exit 3 when --wait elapsed without any acknowledgement.")
     k.add_argument("--scope", default="global", choices=["global", "account", "strategy",
@@ -117,7 +129,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--local", action="store_true", help="write the local kill file instead")
     k.add_argument("--kill-file", default=str(DEFAULT_KILL_FILE), help="kill file path")
     k.add_argument("--release", action="store_true",
-                   help="delete the kill key / file (does not resume trading)")
+                   help="remove kills from the KV set (--kill-id, or --all) or delete the "
+                   "kill file (--local); does not resume trading: see `qtd resume`")
+    k.add_argument("--kill-id", action="append", default=[], dest="kill_ids",
+                   help="with --release: the kill to remove (repeatable)")
+    k.add_argument("--all", action="store_true", dest="everything",
+                   help="with --release: remove every kill from the set")
     k.add_argument("--config", help="take the NATS settings from this agent TOML")
     k.add_argument("--server", action="append", help="NATS URL (repeatable)")
     k.add_argument("--prefix", default="qtd", help="subject prefix")

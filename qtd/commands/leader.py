@@ -22,6 +22,7 @@ from qtd import sdnotify
 from qtd.agent.logs import setup_json_logging
 from qtd.bus import connect
 from qtd.errors import OperationalError, TemporaryError
+from qtd.events import Scope
 from qtd.leader.config import LeaderConfig, load_leader_config
 from qtd.leader.daemon import CommandRequest, Leader
 
@@ -37,14 +38,28 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help="leader config (TOML)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     p.set_defaults(handler=run_leader)
-    r = sub.add_parser("resume", help="release the kill switch (operator and reason required)",
-                       description="Asks the leader to release the kill: KV key deleted, "
-                       "every agent told to resume the killed scope, audited in fleet.db.")
+    r = sub.add_parser("resume", help="release kills (operator and reason required)",
+                       description="Asks the leader to release kills. The kill state is a "
+                       "set: each kill is released on its own, by id (--kill-id, as `qtd "
+                       "kill` and the status page show it), by scope (--scope/--key: every "
+                       "kill on exactly that scope), or --all. With none of these the only "
+                       "active kill is released; with several active the leader refuses and "
+                       "lists them. Released kills leave the KV set; every agent is told to "
+                       "resume each released scope that no remaining kill holds; audited in "
+                       "fleet.db. The reply lists the kills still active.")
     r.add_argument("--operator", required=True, help="who")
     r.add_argument("--reason", required=True, help="why")
+    r.add_argument("--kill-id", action="append", default=[], dest="kill_ids",
+                   help="release this kill (repeatable)")
+    r.add_argument("--scope", choices=["global", "account", "strategy", "symbol"],
+                   help="release every kill on this scope (with --key unless global)")
+    r.add_argument("--key", default="", help="account, bot or symbol of --scope")
+    r.add_argument("--all", action="store_true", dest="everything",
+                   help="release every active kill")
     r.add_argument("--config", default=DEFAULT_CONFIG, help="leader config (for [bus])")
     r.set_defaults(handler=lambda a: run_command(a, "resume", CommandRequest(
-        operator=a.operator, reason=a.reason)))
+        operator=a.operator, reason=a.reason, kill_ids=a.kill_ids, key=a.key,
+        scope=Scope(a.scope.upper()) if a.scope else None, everything=a.everything)))
     k = sub.add_parser("ack", help="acknowledge an alert (stops P1 repeats)")
     k.add_argument("alert_id", metavar="ALERT_ID")
     k.add_argument("--operator", default="", help="who")

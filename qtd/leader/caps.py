@@ -42,6 +42,7 @@ class Breach(msgspec.Struct, frozen=True, kw_only=True):
     account: str = ""
     symbol: str = ""
     message: str = ""
+    trip_key: str = ""
 
     def scope(self) -> tuple[Scope, str]:
         """The kill scope and key: the configured level, keyed by the breach's account,
@@ -86,8 +87,12 @@ class FleetCaps:
         return out
 
     def reset(self) -> None:
-        """Re-arm every cap (after an operator resume)."""
+        """Re-arm every cap (after an operator resumed the last active kill)."""
         self.tripped.clear()
+
+    def rearm(self, trip_key: str) -> None:
+        """Re-arm one cap (``Breach.trip_key``: its kill was released)."""
+        self.tripped.discard(trip_key)
 
     def on_event(self, ev: AnyEvent, *, live: bool = True) -> list[Breach]:
         """Count orders and errors; check self-trade risk on each order intent (``live``
@@ -135,7 +140,7 @@ class FleetCaps:
         if key in self.tripped or not self.armed:
             return []
         self.tripped.add(key)
-        return [breach]
+        return [msgspec.structs.replace(breach, trip_key=key)]
 
     def evaluate(self, view: FleetView) -> list[Breach]:
         """Measure every cap on the view; publish the utilisation on ``view.caps``.

@@ -72,14 +72,21 @@ PEAK_KEY = "peak_equity"
 
 
 class CommandRequest(msgspec.Struct, kw_only=True):
-    """Body of a ``<prefix>.ctl.leader.<verb>`` request."""
+    """Body of a ``<prefix>.ctl.leader.<verb>`` request.
+
+    For ``kill``: ``scope`` (default GLOBAL) and ``key``. For ``resume``: what to release —
+    ``kill_ids``, or every kill on ``scope``/``key``, or ``everything``; none of them
+    releases the only active kill (refused when several are active).
+    """
 
     operator: str = ""
     reason: str = ""
     alert_id: str = ""
-    scope: Scope = Scope.GLOBAL
+    scope: Scope | None = None
     key: str = ""
     flatten: bool = False
+    kill_ids: list[str] = []
+    everything: bool = False
 
 
 class Leader:
@@ -332,7 +339,8 @@ class Leader:
             return
         scope, key = b.scope()
         reason = f"fleet cap {b.cap}: {b.message}"
-        await self.kill.trigger_kill(scope, key, reason, flatten=b.flatten, source="leader")
+        await self.kill.trigger_kill(scope, key, reason, flatten=b.flatten, source="leader",
+                                     cap=b.trip_key)
         now = self.clock.now_ns()
         await self.db.append_local([RiskBreach(
             node=LEADER_NODE, bot=b.bot, ts_event=now, ts_init=now, check=b.cap, scope=scope,
@@ -384,7 +392,10 @@ class Leader:
             QtdError: unknown verb, missing operator/reason, unknown alert.
         """
         if verb == "resume":
-            return {"resumed": True, "agents": await self.kill.resume(req.operator, req.reason)}
+            res = await self.kill.resume(req.operator, req.reason, kill_ids=req.kill_ids,
+                                         scope=req.scope, key=req.key,
+                                         everything=req.everything)
+            return {"resumed": not res.still_active, **msgspec.to_builtins(res)}
         if verb == "ack":
             rec = self.alerts.ack(req.alert_id, req.operator or "operator")
             if rec is None:
@@ -393,7 +404,8 @@ class Leader:
         if verb == "alerts":
             return {"alerts": msgspec.to_builtins(self.alerts.views())}
         if verb == "kill":
-            rnd = await self.kill.trigger_kill(req.scope, req.key, req.reason or "operator kill",
+            rnd = await self.kill.trigger_kill(req.scope or Scope.GLOBAL, req.key,
+                                               req.reason or "operator kill",
                                                req.operator, req.flatten, source="cli")
             return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
         if verb == "versions":

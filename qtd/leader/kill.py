@@ -1,18 +1,23 @@
 """The global kill switch, leader side: decide, broadcast, collect acknowledgements, page.
 
-Wire format: the agent's (:mod:`qtd.agent.control`). :meth:`KillSwitchController.trigger_kill`
-publishes a :class:`~qtd.agent.control.KillMessage` on core ``<prefix>.ctl.kill`` first (the
-fast path every agent subscribes to), then stores it under KV key ``kill`` in
-``qtd_control`` (an agent that starts later starts HALTED), then audits it in fleet.db as a
+The kill state is a **set** of active kills, each released on its own. Wire format: the
+agent's (:mod:`qtd.agent.control`). :meth:`KillSwitchController.trigger_kill` publishes a
+:class:`~qtd.agent.control.KillMessage` on core ``<prefix>.ctl.kill`` first (the fast path
+every agent subscribes to), then adds it to the :class:`~qtd.agent.control.KillSet` under KV
+key ``kill`` in ``qtd_control`` with compare-and-set (an agent that starts later applies
+every kill in the set before its bots start), then audits it in fleet.db as a
 :class:`~qtd.events.KillSwitch` event. Every agent answers on ``<prefix>.ack.kill.<node>``
 with a :class:`~qtd.events.KillAck` carrying the message's ``id``. Agents known from
 heartbeats that have not acknowledged within ``ack_timeout_s`` are listed on the view and
 paged P1. A kill published by someone else (``qtd kill``) is tracked the same way.
 
-:meth:`KillSwitchController.resume` needs an operator and a reason: it deletes the KV key,
-asks every known agent to ``resume`` the killed scope (request/reply
-``<prefix>.ctl.<node>.resume``; agents only resume on that command, never because a key went
-away), audits an inactive KillSwitch and re-arms the fleet caps. Nothing is published on
+:meth:`KillSwitchController.resume` needs an operator and a reason and names what it
+releases (kill ids, a scope, or every kill; with no name it releases the only active kill
+and refuses when there are several). It removes those kills from the set, asks every known
+agent to ``resume`` each released scope that no remaining kill holds (request/reply
+``<prefix>.ctl.<node>.resume``; agents only resume on that command, never because a kill
+left the set, and refuse while the set still holds the scope), audits an inactive
+KillSwitch per kill and re-arms the caps whose kills were released. Nothing is published on
 ``ctl.kill`` for a resume: agents read anything there as a kill (fail safe).
 
 A standby leader (:mod:`qtd.leader.lease`) tracks kills it sees but neither kills nor
@@ -23,7 +28,6 @@ takeover :meth:`KillSwitchController.sync` re-reads the kill state from KV.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -35,7 +39,14 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from qtd.agent.control import CommandReply, KillMessage, decode_kill
+from qtd.agent.control import (
+    CommandReply,
+    KillMessage,
+    KillSet,
+    decode_kill,
+    decode_kill_set,
+    update_kill_set,
+)
 from qtd.agent.control import CommandRequest as AgentRequest
 from qtd.bus import KILL_KEY, Subjects
 from qtd.bus.rejects import REJECTED
@@ -46,7 +57,7 @@ from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, Trad
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
-from qtd.leader.snapshot import KillView
+from qtd.leader.snapshot import ActiveKill, KillView
 from qtd.leader.view import FleetView
 
 log = logging.getLogger("qtd.leader.kill")
@@ -103,6 +114,23 @@ class KillRound:
         return sorted(self.expected - set(self.acks))
 
 
+class ResumeResult(msgspec.Struct, kw_only=True):
+    """What a resume did.
+
+    Attributes:
+        released: ids of the kills removed from the set.
+        scopes: ``SCOPE:key`` the agents were asked to resume.
+        still_active: the kills still in force afterwards (trading stays halted there).
+        agents: node -> its reply per scope (``"ok: ..."``, ``"refused: ..."``,
+            ``"no reply"``).
+    """
+
+    released: list[str] = []
+    scopes: list[str] = []
+    still_active: list[ActiveKill] = []
+    agents: dict[str, str] = {}
+
+
 class KillSwitchController:
     """Leader side of the kill switch (see the module docstring).
 
@@ -126,7 +154,7 @@ class KillSwitchController:
         self.view, self.alerts, self.caps, self.clock = view, alerts, caps, clock
         self.tasks = tasks
         self.ack_timeout_s = ack_timeout_s
-        self.current: KillRound | None = None
+        self.active: dict[str, KillRound] = {}
         self._past: set[str] = set()
         self.known_nodes: Callable[[], set[str]] = lambda: set(view.heartbeats)
         self.is_active: Callable[[], bool] = lambda: True
@@ -134,30 +162,30 @@ class KillSwitchController:
 
     async def start(self) -> None:
         """Subscribe to acknowledgements and to kills published by others; restore the
-        kill state stored in KV."""
+        kill set stored in KV."""
         await self.nc.subscribe(ack_subject(self.subjects), cb=self._on_ack)
         await self.nc.subscribe(self.subjects.ctl_kill, cb=self._on_ctl)
         await self.sync()
 
     async def sync(self) -> None:
-        """Adopt the kill state stored in KV (at start, and when a standby takes over: the
+        """Adopt the kill set stored in KV (at start, and when a standby takes over: the
         previous leader may have resumed, which is not broadcast)."""
         try:
             entry = await self.kv.get(KILL_KEY)
         except KeyNotFoundError:
-            entry = None
+            kills = KillSet()
         except Exception:  # KV away: keep what we know
             return
-        if entry is None or not entry.value:
-            if self.current is not None:
-                self._past.add(self.current.kill_id)
-                self.current = None
-                self.view.kill = KillView(active=False)
-            return
-        kill = decode_kill(entry.value)
-        if self.current is None or self.current.kill_id != kill.id:
-            self.current = KillRound(kill, time.perf_counter(), set())
-            self._show()
+        else:
+            kills = decode_kill_set(entry.value or b"", revision=entry.revision or 0)
+        ids = kills.ids()
+        for gone in [i for i in self.active if i not in ids]:
+            self._past.add(gone)
+            del self.active[gone]
+        for kill in kills.kills:
+            if kill.id not in self.active:
+                self.active[kill.id] = KillRound(kill, time.perf_counter(), set())
+        self._show()
 
     def _check_active(self, what: str) -> None:
         if not self.is_active():
@@ -166,8 +194,10 @@ class KillSwitchController:
                                    action=what)
 
     async def trigger_kill(self, scope: Scope, key: str, reason: str, operator: str = "",
-                           flatten: bool = False, source: str = "leader") -> KillRound:
-        """Kill now: broadcast (core, then KV), audit, and watch the acknowledgements.
+                           flatten: bool = False, source: str = "leader",
+                           cap: str = "") -> KillRound:
+        """Kill now: broadcast (core), add to the kill set (KV), audit, and watch the
+        acknowledgements.
 
         Args:
             scope: GLOBAL (L1), ACCOUNT (L2), STRATEGY (L3) or SYMBOL (L4).
@@ -176,24 +206,26 @@ class KillSwitchController:
             operator: who ("" for a tripped cap).
             flatten: agents also close the scope's positions.
             source: "leader", "cli", "web".
+            cap: the tripped cap's ``Breach.trip_key`` (re-armed when this kill is
+                released).
 
         Returns:
             The round; ``await round.all_acked.wait()`` to wait for every agent.
 
         Raises:
-            OperationalError: this leader is a standby.
+            OperationalError: this leader is a standby, or the kill set kept changing.
         """
         self._check_active("kill")
         t0 = time.perf_counter()
         msg = KillMessage(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
                           flatten=flatten, operator=operator, source=source,
-                          ts_ns=self.clock.now_ns())
+                          ts_ns=self.clock.now_ns(), cap=cap)
         rnd = self._begin(msg, t0)
-        data = msgspec.json.encode(msg)
-        await self.nc.publish(self.subjects.ctl_kill, data)
-        await self.kv.put(KILL_KEY, data)
-        log.warning("kill.triggered id=%s scope=%s key=%s reason=%r operator=%s expected=%d",
-                    rnd.kill_id, scope, key, reason, operator, len(rnd.expected))
+        await self.nc.publish(self.subjects.ctl_kill, msgspec.json.encode(msg))
+        await update_kill_set(self.kv, lambda ks: ks.add(msg))
+        log.warning("kill.triggered id=%s scope=%s key=%s reason=%r operator=%s expected=%d "
+                    "active=%d", rnd.kill_id, scope, key, reason, operator, len(rnd.expected),
+                    len(self.active))
         self.tasks.spawn(self._audit_kill(msg, active=True), "qtd-kill-audit")
         return rnd
 
@@ -202,55 +234,121 @@ class KillSwitchController:
         await self.db.append_local([KillSwitch(
             node=LEADER_NODE, ts_event=msg.ts_ns or now, ts_init=now, scope=msg.scope,
             scope_key=msg.key, active=active, reason=msg.reason, flatten=msg.flatten,
-            operator=msg.operator, source=msg.source)])
+            operator=msg.operator, source=msg.source, kill_id=msg.id)])
 
     def _begin(self, msg: KillMessage, t0: float) -> KillRound:
-        if self.current is not None:
-            self._past.add(self.current.kill_id)
-        rnd = self.current = KillRound(msg, t0, self.known_nodes())
+        rnd = self.active[msg.id] = KillRound(msg, t0, self.known_nodes())
         self._show()
         self.tasks.spawn(self._watch(rnd), f"qtd-kill-watch-{rnd.kill_id}")
         return rnd
 
-    async def resume(self, operator: str, reason: str, timeout_s: float = 2.0
-                     ) -> dict[str, str]:
-        """Release the kill: delete the KV key, ask every known agent to resume the killed
-        scope, audit, re-arm the caps.
+    def _select(self, kill_ids: list[str], scope: Scope | None, key: str,
+                everything: bool) -> list[KillRound]:
+        listed = "; ".join(f"{r.kill_id} {r.kill.scope.value}:{r.kill.key} ({r.kill.reason})"
+                           for r in self.active.values()) or "none"
+        if kill_ids:
+            unknown = [i for i in kill_ids if i not in self.active]
+            if unknown:
+                raise ConfigError(f"no active kill {', '.join(unknown)}; active: {listed}",
+                                  source="<request>", field="kill_id", value=unknown,
+                                  rule="an active kill id")
+            return [self.active[i] for i in kill_ids]
+        if everything:
+            return list(self.active.values())
+        if scope is not None:
+            chosen = [r for r in self.active.values()
+                      if r.kill.scope is scope and r.kill.key == key]
+            if not chosen:
+                raise ConfigError(f"no active kill on {scope.value}:{key}; active: {listed}",
+                                  source="<request>", field="scope",
+                                  value=f"{scope.value}:{key}", rule="an active kill's scope")
+            return chosen
+        if len(self.active) > 1:
+            raise ConfigError(f"{len(self.active)} kills are active; name the one to "
+                              f"release (kill id, scope, or all): {listed}",
+                              source="<request>", field="kill_id", value="",
+                              rule="required when more than one kill is active")
+        return list(self.active.values())
 
-        Returns:
-            node -> the agent's reply (``"ok: ..."``, ``"refused: ..."`` or ``"no reply"``).
+    async def resume(self, operator: str, reason: str, timeout_s: float = 2.0, *,
+                     kill_ids: list[str] | None = None, scope: Scope | None = None,
+                     key: str = "", everything: bool = False) -> ResumeResult:
+        """Release kills: remove them from the set, ask every known agent to resume each
+        released scope no remaining kill holds, audit, re-arm their caps.
+
+        Args:
+            operator / reason: who and why (required, audited).
+            kill_ids: release these kills.
+            scope / key: release every active kill on exactly this scope and key.
+            everything: release every active kill.
+            timeout_s: seconds each agent has to answer.
+
+        With none of ``kill_ids``, ``scope``, ``everything``: the only active kill; with
+        none active, agents are asked to resume GLOBAL (a halt they applied on their own).
 
         Raises:
-            ConfigError: operator or reason is empty.
-            OperationalError: this leader is a standby.
+            ConfigError: operator or reason empty; an unknown kill id or scope; several
+                kills active and none named.
+            OperationalError: this leader is a standby, or the kill set kept changing.
         """
         self._check_active("resume")
         for field, value in (("operator", operator), ("reason", reason)):
             if not value.strip():
                 raise ConfigError(f"resume needs a non-empty {field}", source="<arg>",
                                   field=field, value=value, rule="must not be empty")
-        rnd = self.current
-        scope, key = (rnd.kill.scope, rnd.kill.key) if rnd is not None else (Scope.GLOBAL, "")
-        with contextlib.suppress(Exception):  # KeyNotFoundError: no kill set
-            await self.kv.delete(KILL_KEY)
-        req = msgspec.json.encode(AgentRequest(operator=operator, reason=reason, scope=scope,
-                                               key=key))
+        chosen = self._select(kill_ids or [], scope, key, everything)
+        ids = {r.kill_id for r in chosen}
+        if ids:
+            await update_kill_set(self.kv, lambda ks: ks.without(ids))
+        for r in chosen:
+            self._past.add(r.kill_id)
+            self.active.pop(r.kill_id, None)
+        remaining = KillSet(kills=tuple(r.kill for r in self.active.values()))
+        scopes = list(dict.fromkeys((r.kill.scope, r.kill.key) for r in chosen
+                                    if not remaining.holding(r.kill.scope, r.kill.key)))
+        if not chosen:
+            scopes = [(Scope.GLOBAL, "")]
         nodes = sorted(self.known_nodes())
-        replies = await asyncio.gather(*(self._ask(n, req, timeout_s) for n in nodes))
-        release = KillMessage(id="resume", scope=scope, key=key, reason=reason,
-                              operator=operator, source="leader", ts_ns=self.clock.now_ns())
-        await self._audit_kill(release, active=False)
-        if rnd is not None:
-            self._past.add(rnd.kill_id)
-        self.current = None
-        self.caps.reset()
-        for k in [k for k in self.alerts.open if k.startswith(("cap:", "kill:"))]:
-            self.alerts.close(k, f"resumed by {operator}: {reason}")
-        self.view.kill = KillView(active=False, reason=reason, operator=operator,
-                                  ts_ns=release.ts_ns)
-        log.warning("kill.resumed operator=%s reason=%r replies=%s", operator, reason,
-                    dict(zip(nodes, replies, strict=True)))
-        return dict(zip(nodes, replies, strict=True))
+        agents: dict[str, list[str]] = {n: [] for n in nodes}
+        for sc, k in scopes:
+            req = msgspec.json.encode(AgentRequest(operator=operator, reason=reason,
+                                                   scope=sc, key=k))
+            replies = await asyncio.gather(*(self._ask(n, req, timeout_s) for n in nodes))
+            for n, reply in zip(nodes, replies, strict=True):
+                agents[n].append(reply if len(scopes) == 1 else f"{sc.value}:{k} {reply}")
+        now = self.clock.now_ns()
+        for r in chosen:
+            await self._audit_kill(msgspec.structs.replace(
+                r.kill, reason=reason, operator=operator, source="leader", ts_ns=now),
+                active=False)
+        self._after_release(chosen, operator, reason, now)
+        result = ResumeResult(
+            released=sorted(ids), scopes=[f"{sc.value}:{k}" for sc, k in scopes],
+            still_active=self._views(), agents={n: "; ".join(v) for n, v in agents.items()})
+        log.warning("kill.resumed operator=%s reason=%r released=%s still_active=%d "
+                    "replies=%s", operator, reason, result.released, len(self.active),
+                    result.agents)
+        return result
+
+    def _after_release(self, chosen: list[KillRound], operator: str, reason: str,
+                       now: int) -> None:
+        """Re-arm the released kills' caps, close their alerts, show the set."""
+        note = f"resumed by {operator}: {reason}"
+        for r in chosen:
+            if r.kill.cap:
+                self.caps.rearm(r.kill.cap)
+                self.alerts.close(f"cap:{r.kill.cap.split(':', 1)[0]}:{r.kill.key}", note)
+        if not self.active:
+            self.caps.reset()
+            for k in [k for k in self.alerts.open if k.startswith(("cap:", "kill:"))]:
+                self.alerts.close(k, note)
+        elif all(not r.missing() for r in self.active.values()):
+            self.alerts.close(UNACKED_KEY, note)
+        if self.active:
+            self._show()
+        else:
+            self.view.kill = KillView(active=False, reason=reason, operator=operator,
+                                      ts_ns=now)
 
     async def _ask(self, node: str, req: bytes, timeout_s: float) -> str:
         try:
@@ -263,17 +361,16 @@ class KillSwitchController:
 
     def _on_ack_data(self, data: bytes) -> None:
         ack = _ack_decoder.decode(data)
-        rnd = self.current
-        if rnd is None or ack.kill_id in self._past or ack.node in rnd.acks:
-            return
-        if ack.kill_id and ack.kill_id != rnd.kill_id:
+        rnd = self.active.get(ack.kill_id)
+        if rnd is None or ack.node in rnd.acks:
             return
         rnd.latency_s[ack.node] = time.perf_counter() - rnd.t0
         rnd.acks[ack.node] = ack
         if rnd.expected <= set(rnd.acks):
             rnd.all_acked.set()
-            if self.alerts.open.get(UNACKED_KEY) is not None:
-                self.alerts.close(UNACKED_KEY, "every agent acknowledged the kill")
+            if (self.alerts.open.get(UNACKED_KEY) is not None
+                    and all(not r.missing() for r in self.active.values())):
+                self.alerts.close(UNACKED_KEY, "every agent acknowledged every kill")
         if not self._show_due:  # one view update per burst of acks, not one per ack
             self._show_due = True
             asyncio.get_running_loop().call_soon(self._show_later)
@@ -290,7 +387,7 @@ class KillSwitchController:
 
     async def _on_ctl(self, msg: Msg) -> None:
         kill = decode_kill(msg.data)
-        if kill.id in self._past or (self.current and self.current.kill_id == kill.id):
+        if kill.id in self._past or kill.id in self.active:
             return
         log.warning("kill.external id=%s scope=%s source=%s", kill.id, kill.scope, kill.source)
         self._begin(kill, time.perf_counter())
@@ -320,16 +417,25 @@ class KillSwitchController:
         if acks:
             await self.db.append_local(acks)
 
+    def _views(self) -> list[ActiveKill]:
+        return [ActiveKill(
+            kill_id=r.kill_id, scope=r.kill.scope.value, key=r.kill.key, reason=r.kill.reason,
+            operator=r.kill.operator, source=r.kill.source, ts_ns=r.kill.ts_ns,
+            acked=sorted(r.acks), pending=r.missing(),
+            ack_latency_ms={n: s * 1000 for n, s in r.latency_s.items()})
+            for r in self.active.values()]
+
     def _show(self) -> None:
-        rnd = self.current
-        if rnd is None:
+        views = self._views()
+        if not views:
+            if self.view.kill.active:
+                self.view.kill = KillView(active=False)
             return
-        k = rnd.kill
+        k = views[-1]
         self.view.kill = KillView(
-            active=True, kill_id=rnd.kill_id, scope=k.scope.value, key=k.key,
-            reason=k.reason, operator=k.operator, source=k.source, ts_ns=k.ts_ns,
-            acked=sorted(rnd.acks), pending=rnd.missing(),
-            ack_latency_ms={n: s * 1000 for n, s in rnd.latency_s.items()})
+            active=True, kill_id=k.kill_id, scope=k.scope, key=k.key, reason=k.reason,
+            operator=k.operator, source=k.source, ts_ns=k.ts_ns, acked=k.acked,
+            pending=k.pending, ack_latency_ms=k.ack_latency_ms, kills=views)
 
 
 def _state(text: str) -> TradingState:

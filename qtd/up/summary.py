@@ -120,7 +120,7 @@ def _title(watch: FleetWatch, started: float) -> str:
 
 
 def _footer(snap: FleetSnapshot) -> str:
-    kill = f"KILL {snap.kill.scope} {snap.kill.key}".strip() if snap.kill.active else "none"
+    kill = ", ".join(f"KILL {k.scope} {k.key}".strip() for k in snap.kill.kills) or "none"
     return (f"equity {_money(snap.equity)} {snap.currency}  drawdown "
             f"{snap.drawdown_pct:.2f} %  kill switch: {kill}  open alerts: {len(snap.alerts)}")
 

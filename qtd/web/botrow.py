@@ -41,12 +41,13 @@ def positions_by_bot(snap: FleetSnapshot) -> dict[BotKey, str]:
 
 
 def bot_state(b: BotView, kill: KillView, node_state: dict[str, str]) -> str:
-    """HALTED when the leader's kill covers the bot; else the state its agent reported
-    (ACTIVE, REDUCING, HALTED, STOPPED); else its node's reported state (UNKNOWN if none)."""
-    if kill.active and (kill.scope == "GLOBAL"
-                        or (kill.scope == "STRATEGY" and kill.key == b.bot)
-                        or (kill.scope == "ACCOUNT" and kill.key in b.accounts)):
-        return "HALTED"
+    """HALTED when one of the leader's active kills covers the bot; else the state its
+    agent reported (ACTIVE, REDUCING, HALTED, STOPPED); else its node's reported state
+    (UNKNOWN if none)."""
+    for k in kill.kills:
+        if (k.scope == "GLOBAL" or (k.scope == "STRATEGY" and k.key == b.bot)
+                or (k.scope == "ACCOUNT" and k.key in b.accounts)):
+            return "HALTED"
     return b.state or node_state.get(b.node, "UNKNOWN")
 
 

@@ -77,7 +77,10 @@ def tick_frame(snap: FleetSnapshot) -> dict[str, Any]:
                                None if s.cap_utilisation is None else
                                botrow.pct(s.cap_utilisation)] for s in snap.symbols},
         "kill": {"active": k.active, "scope": k.scope, "key": k.key, "reason": k.reason,
-                 "operator": k.operator, "pending": k.pending},
+                 "operator": k.operator, "pending": k.pending,
+                 "kills": [{"kill_id": a.kill_id, "scope": a.scope, "key": a.key,
+                            "reason": a.reason, "who": a.operator or a.source,
+                            "pending": a.pending} for a in k.kills]},
         "alerts": [{"alert_id": a.alert_id, "severity": a.severity, "status": a.status,
                     "title": a.title} for a in snap.alerts],
     }

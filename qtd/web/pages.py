@@ -76,12 +76,20 @@ def page(title: str, body: str, *, csrf: str = "", operator: str = "",
         f'<main>{body}</main><script src="/static/app.js"></script></body></html>')
 
 
-def _kill_banner(snap: FleetSnapshot) -> str:
+def kill_line(scope: str, key: str, reason: str, who: str, kill_id: str) -> str:
+    """One active kill as the banner says it (the same text as ``static/app.js``)."""
+    return f"KILL {scope} {key} — {reason} ({who}) [{kill_id}]"
+
+
+def _kill_banner(snap: FleetSnapshot, controls: bool = False) -> str:
     k = snap.kill
     hidden = "" if k.active else " hidden"
-    text = (f"KILL {escape(k.scope)} {escape(k.key)} — {escape(k.reason)} "
-            f"({escape(k.operator or k.source)})") if k.active else ""
-    return f'<div id="kill" class="kill{hidden}">{text}</div>'
+    text = " · ".join(escape(kill_line(a.scope, a.key, a.reason, a.operator or a.source,
+                                       a.kill_id)) for a in k.kills)
+    buttons = ('<div class="controls">' + "".join(
+        _btn("resume", "kill", a.kill_id, f"release {escape(a.scope)} {escape(a.key)}")
+        for a in k.kills) + "</div>") if controls and k.kills else ""
+    return f'<div id="kill" class="kill{hidden}">{text}</div>{buttons}'
 
 
 def _totals(snap: FleetSnapshot) -> str:
@@ -177,7 +185,7 @@ def overview(snap: FleetSnapshot, *, controls: bool) -> str:
     bot_rows = [_bot_row(b, snap, states, positions.get((b.node, b.bot), "flat"), controls)
                 for b in snap.bots]
     return (
-        _kill_banner(snap) + '<div id="changed" class="changed hidden">the fleet changed '
+        _kill_banner(snap, controls) + '<div id="changed" class="changed hidden">the fleet changed '
         '(new bots, nodes or symbols): <a href="">reload</a> to see them</div>' +
         _totals(snap) + glob + _caps(snap.caps) +
         '<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from qtd.agent.control import CommandReply, CommandRequest, request
+from qtd.errors import ConfigError
 from qtd.events import AnyEvent, CommandAudit, Scope
 from qtd.leader.fleetdb import LEADER_NODE
 from qtd.leader.snapshot import FleetSnapshot
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from qtd.leader.daemon import Leader
     from qtd.quality.monitor import QualityMonitor
 
-Target = Literal["global", "node", "bot", "account", "symbol"]
+Target = Literal["global", "node", "bot", "account", "symbol", "kill"]
 Verb = Literal["kill", "flatten", "resume"]
 SCOPES: dict[str, Scope] = {"global": Scope.GLOBAL, "bot": Scope.STRATEGY,
                             "account": Scope.ACCOUNT, "symbol": Scope.SYMBOL}
@@ -36,8 +37,10 @@ class ControlAction(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         verb: ``kill`` (halt), ``flatten`` (halt and close positions) or ``resume``.
         target: ``global``, ``node`` (one agent), ``bot`` (a strategy, fleet-wide),
-            ``account`` or ``symbol``.
-        key: the node, bot, account or symbol ("" for global).
+            ``account``, ``symbol``, or ``kill`` (resume only: one active kill by id).
+        key: the node, bot, account, symbol or kill id ("" for global). Resume of
+            ``global`` releases the only active kill (refused when several are active);
+            of ``bot``/``account``/``symbol`` every active kill on that scope and key.
         reason: why (required, audited).
         operator: who (audited).
     """
@@ -102,7 +105,14 @@ class LeaderSource:
             reply = await self._ask_node(a.key, verb, a)
             return {"node": a.key, "ok": reply.ok, "message": reply.message}
         if a.verb == "resume":
-            return {"resumed": True, "agents": await lead.kill.resume(a.operator, a.reason)}
+            res = await lead.kill.resume(
+                a.operator, a.reason, kill_ids=[a.key] if a.target == "kill" else None,
+                scope=SCOPES.get(a.target) if a.target not in ("global", "kill") else None,
+                key=a.key)
+            return {"resumed": not res.still_active, **msgspec.to_builtins(res)}
+        if a.target == "kill":
+            raise ConfigError("target 'kill' is for resume only", source="<request>",
+                              field="target", value=a.target, rule="resume only")
         rnd = await lead.kill.trigger_kill(SCOPES[a.target], a.key, a.reason, a.operator,
                                            flatten=a.verb == "flatten", source="web")
         return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from qtd.agent.control import read_kill
+from qtd.agent.control import read_kills
 from qtd.bus import EmbeddedNatsServer, ensure_jetstream
 from qtd.cli import main
 from qtd.events import Scope, TradingState
@@ -42,7 +42,10 @@ async def test_kill_over_nats_reaches_a_running_agent_and_prints_its_ack(
         await wait_for(lambda: agent.risk.states.get(Scope.GLOBAL) is TradingState.HALTED)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # type: ignore[attr-defined]
     assert out["acks"][0]["node"] == "node-a" and out["acks"][0]["state"] == "HALTED"
-    kill = await read_kill(nats_client)
-    assert kill is not None and kill.id == out["kill_id"] and kill.operator == "dan"
-    assert await asyncio.to_thread(main, ["kill", "--config", str(cfg), "--release"]) == 0
-    assert await read_kill(nats_client) is None
+    (kill,) = (await read_kills(nats_client)).kills
+    assert kill.id == out["kill_id"] and kill.operator == "dan"
+    # --release names what it removes; the set keeps anything else.
+    assert await asyncio.to_thread(main, ["kill", "--config", str(cfg), "--release"]) == 78
+    assert await asyncio.to_thread(main, ["kill", "--config", str(cfg), "--release",
+                                          "--kill-id", kill.id]) == 0
+    assert (await read_kills(nats_client)).kills == ()

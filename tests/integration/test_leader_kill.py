@@ -3,6 +3,7 @@ delivered through Apprise ``json://`` to a local HTTP receiver."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer
+from qtd.agent.control import new_kill, read_kills, release_kills, send_kill
+from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer, ensure_jetstream
 from qtd.events import KillSwitch, RiskBreach, Scope, Side
 from qtd.leader import Leader
 from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
@@ -42,7 +44,8 @@ async def test_kill_reaches_every_agent_and_unacked_agent_is_paged(
         await wait_for(lambda: all(p.kills for p in peers), what="kill at every agent")
         assert {p.kills[0].id for p in peers} == {rnd.kill_id}
         kv = await nats_client.jetstream().key_value(CONTROL_BUCKET)
-        assert msgspec.json.decode((await kv.get(KILL_KEY)).value)["id"] == rnd.kill_id
+        stored = msgspec.json.decode((await kv.get(KILL_KEY)).value)["kills"]
+        assert [k["id"] for k in stored] == [rnd.kill_id]
         await wait_for(lambda: len(rnd.acks) == 3, what="acks")
         assert leader.view.kill.acked == NODES[:3] and leader.view.kill.pending == ["node-d"]
         await wait_for(lambda: "kill:unacked" in leader.alerts.open, 3.0, "P1 alert")
@@ -153,3 +156,26 @@ async def test_agent_trip_through_jetstream_is_paged_and_closed_when_active_agai
             scope_key="acct1", old=TradingState.REDUCING, new=TradingState.ACTIVE,
             reason="operator resume", operator="alice"))
         await wait_for(lambda: key not in leader.alerts.open, 5.0, "the alert closed")
+
+
+async def test_concurrent_kill_writers_never_overwrite_each_other(
+        nats_client: Client) -> None:
+    """Compare-and-set on the kill key: 20 writers at once (operator CLIs, cap trips) all
+    land in the set; a value written by an older qtd (one KillMessage) reads as a set of
+    one; releasing one kill leaves the others."""
+    await ensure_jetstream(nats_client.jetstream())
+    kv = await nats_client.jetstream().key_value(CONTROL_BUCKET)
+    legacy = new_kill(reason="written by an older qtd")
+    await kv.put(KILL_KEY, msgspec.json.encode(legacy))
+    assert [k.id for k in (await read_kills(nats_client)).kills] == [legacy.id]
+    kills = [new_kill(reason=f"writer {i}", scope=Scope.SYMBOL, key=f"S{i}")
+             for i in range(20)]
+    await asyncio.gather(*(send_kill(nats_client, k) for k in kills))
+    held = await read_kills(nats_client)
+    assert held.ids() == {legacy.id, *(k.id for k in kills)}
+    gone = await release_kills(nats_client, [kills[3].id])
+    assert [k.id for k in gone] == [kills[3].id]
+    assert (await read_kills(nats_client)).ids() == held.ids() - {kills[3].id}
+    await kv.put(KILL_KEY, b"\x00garbage")  # fail safe: an unreadable set is a GLOBAL kill
+    (unreadable,) = (await read_kills(nats_client)).kills
+    assert unreadable.scope is Scope.GLOBAL and "undecodable" in unreadable.reason

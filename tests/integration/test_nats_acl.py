@@ -31,7 +31,7 @@ from qtd.agent.control import (
     KILL_KEY,
     CommandRequest,
     new_kill,
-    read_kill,
+    read_kills,
     request,
     send_kill,
 )
@@ -125,8 +125,8 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         await rogue.flush()
         await asyncio.sleep(0.2)
         assert seen == [], seen  # the leader received none of the forged messages
-        kill = await read_kill(leader)
-        assert kill is not None and kill.reason == "acl test"  # still the leader's kill
+        (kill,) = (await read_kills(leader)).kills
+        assert kill.reason == "acl test"  # still the leader's kill
         stream = await js.stream_info(f"KV_{CONTROL_BUCKET}")
         assert stream.state.messages >= 1
         # Its own node's subjects still work on this connection.

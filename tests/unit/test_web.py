@@ -24,7 +24,7 @@ from qtd.events import (
     Side,
     StrategyAdmitted,
 )
-from qtd.leader.snapshot import AlertView, CapView, FleetSnapshot
+from qtd.leader.snapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.web import ControlAction, create_app
@@ -332,8 +332,14 @@ def test_frame_keeps_position_stage_state_and_limits_live(src: ViewSource) -> No
 
 
 def test_bot_state_halted_by_a_kill_before_its_agent_reports_it(src: ViewSource) -> None:
-    src.view.kill.active, src.view.kill.scope, src.view.kill.key = True, "ACCOUNT", "acct1"
-    assert tick_frame(src.snapshot())["bots"]["node-a/momo"][5] == "HALTED"
+    other = ActiveKill(kill_id="k1", scope="SYMBOL", key="QQQ", reason="other symbol")
+    src.view.kill = KillView(active=True, kills=[other])
+    assert tick_frame(src.snapshot())["bots"]["node-a/momo"][5] != "HALTED"
+    mine = ActiveKill(kill_id="k2", scope="ACCOUNT", key="acct1", reason="its account")
+    src.view.kill = KillView(active=True, kills=[other, mine])  # any kill of the set covers
+    frame = tick_frame(src.snapshot())
+    assert frame["bots"]["node-a/momo"][5] == "HALTED"
+    assert [k["kill_id"] for k in frame["kill"]["kills"]] == ["k1", "k2"]
 
 
 def test_api_and_metrics_carry_the_limits(client: TestClient) -> None:

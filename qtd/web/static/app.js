@@ -169,7 +169,8 @@
     const kill = $("#kill");
     if (kill) {
       kill.classList.toggle("hidden", !f.kill.active);
-      kill.textContent = f.kill.active ? `KILL ${f.kill.scope} ${f.kill.key} — ${f.kill.reason} (${f.kill.operator})` : "";
+      // Every active kill (the kill state is a set; pages.kill_line says it the same way).
+      kill.textContent = (f.kill.kills || []).map((k) => `KILL ${k.scope} ${k.key} — ${k.reason} (${k.who}) [${k.kill_id}]`).join(" · ");
     }
     const changed = $("#changed");
     if (changed && overview) changed.classList.toggle("hidden", unknown === 0);
