@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from qtd.agent.config import AgentConfig, load_agent_config
-from qtd.agent.control import new_kill, release_kills, send_kill
+from qtd.agent.control import new_kill, read_kills, release_kills, send_kill
 from qtd.agent.logs import setup_json_logging
 from qtd.bus import BusConfig, connect
 from qtd.errors import ConfigError
@@ -94,10 +94,14 @@ async def _kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig
                        flatten=args.flatten, operator=args.operator, source="cli")
         acks = await send_kill(nc, msg, prefix=bus.prefix, wait_acks_s=args.wait,
                                expect=args.expect)
+        active = await read_kills(nc)
     finally:
         await nc.drain()
     print(json.dumps({"kill_id": msg.id, "scope": scope.value, "key": msg.key,
-                      "acks": [msgspec.to_builtins(a) for a in acks]}))
+                      "acks": [msgspec.to_builtins(a) for a in acks],
+                      "active": [{"kill_id": k.id, "scope": k.scope.value, "key": k.key,
+                                  "reason": k.reason, "operator": k.operator}
+                                 for k in active.kills]}))
     return 0 if acks or args.wait == 0 else 3
 
 

@@ -85,7 +85,9 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             out = run_qtd(["kill", "--server", url, "--scope", "strategy", "--key", "bot-a",
                            "--reason", "strategy B", "--operator", "bob", "--wait", "0"])
             assert out.returncode == 0, out.stderr
-            strat = json.loads(out.stdout.strip().splitlines()[-1])["kill_id"]
+            printed = json.loads(out.stdout.strip().splitlines()[-1])
+            strat = printed["kill_id"]
+            assert [k["kill_id"] for k in printed["active"]] == [cap.id, glob, strat]
             kills = (await read_kills(ops)).kills
             assert [k.id for k in kills] == [cap.id, glob, strat]
 
