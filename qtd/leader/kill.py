@@ -431,11 +431,8 @@ class KillSwitchController:
             if self.view.kill.active:
                 self.view.kill = KillView(active=False)
             return
-        k = views[-1]
-        self.view.kill = KillView(
-            active=True, kill_id=k.kill_id, scope=k.scope, key=k.key, reason=k.reason,
-            operator=k.operator, source=k.source, ts_ns=k.ts_ns, acked=k.acked,
-            pending=k.pending, ack_latency_ms=k.ack_latency_ms, kills=views)
+        self.view.kill = KillView(**msgspec.structs.asdict(views[-1]), active=True,
+                                  kills=views)
 
 
 def _state(text: str) -> TradingState:

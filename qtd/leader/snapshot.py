@@ -125,24 +125,6 @@ class ActiveKill(msgspec.Struct, kw_only=True):
     """One active kill of the set; ``pending`` are agents not yet acknowledged,
     ``ack_latency_ms`` per acknowledging node (from the kill decision)."""
 
-    kill_id: str
-    scope: str
-    key: str = ""
-    reason: str = ""
-    operator: str = ""
-    source: str = ""
-    ts_ns: int = 0
-    acked: list[str] = []
-    pending: list[str] = []
-    ack_latency_ms: dict[str, float] = {}
-
-
-class KillView(msgspec.Struct, kw_only=True):
-    """The kill switch as the leader knows it: ``kills`` is every active kill (oldest
-    first; each is released on its own); the other fields repeat the newest of them (or,
-    when none is active, say who released the last one)."""
-
-    active: bool = False
     kill_id: str = ""
     scope: str = ""
     key: str = ""
@@ -153,6 +135,14 @@ class KillView(msgspec.Struct, kw_only=True):
     acked: list[str] = []
     pending: list[str] = []
     ack_latency_ms: dict[str, float] = {}
+
+
+class KillView(ActiveKill, kw_only=True):
+    """The kill switch as the leader knows it: ``kills`` is every active kill (oldest
+    first; each is released on its own); the inherited fields repeat the newest of them
+    (or, when none is active, say who released the last one)."""
+
+    active: bool = False
     kills: list[ActiveKill] = []
 
 
