@@ -71,6 +71,11 @@ _pnl_decoder = msgspec.json.Decoder(PnLSnapshot)
 PEAK_KEY = "peak_equity"
 
 
+KILL_SYNC_S = 1.0
+"""Seconds between reads of the kill set: a kill removed by ``qtd kill --release`` (or
+added while the core broadcast was missed) shows on the page within this."""
+
+
 class CommandRequest(msgspec.Struct, kw_only=True):
     """Body of a ``<prefix>.ctl.leader.<verb>`` request.
 
@@ -235,6 +240,8 @@ class Leader:
                            name="qtd-leader-checks")
             tg.create_task(self._every(self.cfg.liveness.heartbeat_interval_s, self._beat),
                            name="qtd-leader-heartbeat")
+            tg.create_task(self._every(KILL_SYNC_S, self._sync_kills),
+                           name="qtd-leader-kill-sync")
             tg.create_task(self.notifier.run(self._stop), name="qtd-leader-notify")
             if self.lease is not None:
                 tg.create_task(self.lease.run(self._stop), name="qtd-leader-lease")
@@ -290,6 +297,9 @@ class Leader:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(period_s):
                     await self._stop.wait()
+
+    async def _sync_kills(self) -> None:
+        await self.kill.sync(watch=True)
 
     async def _checks(self) -> None:
         self._handle(self.caps.evaluate(self.view))

@@ -156,6 +156,7 @@ class KillSwitchController:
         self.ack_timeout_s = ack_timeout_s
         self.active: dict[str, KillRound] = {}
         self._past: set[str] = set()
+        self._writing: set[str] = set()  # kills shown before their KV write completed
         self.known_nodes: Callable[[], set[str]] = lambda: set(view.heartbeats)
         self.is_active: Callable[[], bool] = lambda: True
         self._show_due = False
@@ -167,9 +168,11 @@ class KillSwitchController:
         await self.nc.subscribe(self.subjects.ctl_kill, cb=self._on_ctl)
         await self.sync()
 
-    async def sync(self) -> None:
-        """Adopt the kill set stored in KV (at start, and when a standby takes over: the
-        previous leader may have resumed, which is not broadcast)."""
+    async def sync(self, *, watch: bool = False) -> None:
+        """Adopt the kill set stored in KV: at start and when a standby takes over (the
+        previous leader may have resumed, which is not broadcast), and every
+        ``KILL_SYNC_S`` with ``watch`` (a kill added by someone else is tracked like a
+        broadcast one; one removed by ``qtd kill --release`` leaves the view)."""
         try:
             entry = await self.kv.get(KILL_KEY)
         except KeyNotFoundError:
@@ -178,12 +181,19 @@ class KillSwitchController:
             return
         else:
             kills = decode_kill_set(entry.value or b"", revision=entry.revision or 0)
-        ids = kills.ids()
+        ids = kills.ids() | self._writing
         for gone in [i for i in self.active if i not in ids]:
             self._past.add(gone)
             del self.active[gone]
         for kill in kills.kills:
-            if kill.id not in self.active:
+            if kill.id in self.active:
+                continue
+            if watch and self.is_active():  # set by someone else since: track its acks
+                log.warning("kill.external id=%s scope=%s source=%s (kill set)", kill.id,
+                            kill.scope, kill.source)
+                self._begin(kill, time.perf_counter())
+                self.tasks.spawn(self._audit_kill(kill, active=True), "qtd-kill-audit")
+            else:  # adopted at start or takeover: acknowledged long ago
                 self.active[kill.id] = KillRound(kill, time.perf_counter(), set())
         self._show()
 
@@ -220,9 +230,13 @@ class KillSwitchController:
         msg = KillMessage(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
                           flatten=flatten, operator=operator, source=source,
                           ts_ns=self.clock.now_ns(), cap=cap)
-        rnd = self._begin(msg, t0)
-        await self.nc.publish(self.subjects.ctl_kill, msgspec.json.encode(msg))
-        await update_kill_set(self.kv, lambda ks: ks.add(msg))
+        self._writing.add(msg.id)
+        try:
+            rnd = self._begin(msg, t0)
+            await self.nc.publish(self.subjects.ctl_kill, msgspec.json.encode(msg))
+            await update_kill_set(self.kv, lambda ks: ks.add(msg))
+        finally:
+            self._writing.discard(msg.id)
         log.warning("kill.triggered id=%s scope=%s key=%s reason=%r operator=%s expected=%d "
                     "active=%d", rnd.kill_id, scope, key, reason, operator, len(rnd.expected),
                     len(self.active))

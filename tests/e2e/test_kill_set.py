@@ -140,6 +140,13 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
                 assert reply.data["global"] == "ACTIVE", (node, reply.data)
                 assert states[("SYMBOL", "GOOG")] == "HALTED", (node, states)
             assert [k.id for k in (await read_kills(ops)).kills] == [cap.id]
+            # Removed from the set by hand: the leader's view follows the set.
+            out = run_qtd(["kill", "--server", url, "--release", "--kill-id", cap.id])
+            assert out.returncode == 0 and f"removed kill {cap.id}" in out.stdout, out
+
+            async def cleared() -> bool:
+                return _get(f"{web}/api/kill")["kills"] == []
+            await wait_for(cleared, 20)
         # node-b, restarted into three kills, never sent an order.
         after = [e for e in await store_events(db_b) if e.seq > before]
         assert after, "node-b stored nothing after its restart"
