@@ -28,7 +28,7 @@ import nats
 import tomli_w
 from nats.aio.client import Client
 
-from qtd.bus import find_nats_server
+from qtd.bus import BusConfig, find_nats_server, inbox_prefix
 from tests.agent_rig import stop_process, wait_for, write_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,11 @@ CONF = ETC / "nats-server.conf"
 def password(user: str) -> str:
     """The test password of a shipped user."""
     return f"pw-{user}"
+
+
+def user_inbox(user: str) -> str:
+    """The inbox prefix a qtd process logged in as ``user`` uses (:func:`qtd.bus.inbox_prefix`)."""
+    return inbox_prefix(BusConfig(user=user, password=password(user)))
 
 
 def _block(text: str, user: str) -> tuple[int, int]:
@@ -84,13 +89,15 @@ class ShippedNats:
 
     async def connect(self, user: str, errors: list[str] | None = None,
                       **kw: Any) -> Client:
-        """A client logged in as ``user``; permission errors are appended to ``errors``."""
+        """A client logged in as ``user`` with the inbox prefix qtd derives for it (the only
+        one the shipped ACL lets it read); permission errors are appended to ``errors``."""
         sink = errors if errors is not None else []
 
         async def on_error(exc: Exception) -> None:
             sink.append(str(exc))
 
         kw.setdefault("allow_reconnect", False)
+        kw.setdefault("inbox_prefix", user_inbox(user))
         nc = await nats.connect(self.url, user=user, password=password(user),
                                 error_cb=on_error, connect_timeout=2, **kw)
         self._clients.append(nc)

@@ -1,7 +1,8 @@
 """NATS for qtd: subjects, client connection, JetStream/KV setup and the embedded server.
 
 * :mod:`qtd.bus.subjects` — :class:`Subjects` (validated subject names) and :func:`msg_id`.
-* :mod:`qtd.bus.config` — :class:`BusConfig` (validated with :func:`check_bus_config`).
+* :mod:`qtd.bus.config` — :class:`BusConfig` (validated with :func:`check_bus_config`) and
+  :func:`inbox_prefix` (the client's own reply-inbox prefix).
 * :mod:`qtd.bus.client` — :func:`connect` (reconnects forever, with backoff and jitter).
 * :mod:`qtd.bus.jetstream` — :func:`ensure_jetstream` (``QTD_EVENTS`` stream, ``qtd_control``
   KV bucket).
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 from qtd.bus.client import connect
-from qtd.bus.config import BusConfig, TlsConfig, check_bus_config, redact_url
+from qtd.bus.config import BusConfig, TlsConfig, check_bus_config, inbox_prefix, redact_url
 from qtd.bus.jetstream import (
     CONTROL_BUCKET,
     EVENTS_STREAM,
@@ -38,6 +39,7 @@ __all__ = [
     "connect",
     "ensure_jetstream",
     "find_nats_server",
+    "inbox_prefix",
     "msg_id",
     "redact_url",
 ]

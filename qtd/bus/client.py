@@ -26,6 +26,7 @@ from qtd.bus.config import (
     TlsConfig,
     check_bus_config,
     config_error,
+    inbox_prefix,
     redact_url,
     resolve_credentials,
 )
@@ -156,6 +157,7 @@ def _connect_options(cfg: BusConfig, source: str, rng: random.Random) -> dict[st
         "max_outstanding_pings": cfg.max_outstanding_pings,
         "pending_size": cfg.reconnect_buffer_bytes,
         "drain_timeout": cfg.drain_timeout,
+        "inbox_prefix": inbox_prefix(cfg),
         "token": cfg.token,
         "user": cfg.user,
         "password": cfg.password,
@@ -269,5 +271,5 @@ async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
             ) from None
         raise
     _emit(logging.INFO, "nats.connected", name=cfg.name, server=_server(nc, state),
-          auth=_auth_kind(cfg), tls=cfg.tls is not None)
+          auth=_auth_kind(cfg), tls=cfg.tls is not None, inbox=inbox_prefix(cfg))
     return nc

@@ -4,6 +4,7 @@ the value and the rule (secrets shown as ``***``)."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,6 +62,10 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
             random order.
         name: connection name shown in NATS monitoring (e.g. ``"qtd-agent-node-a"``).
         prefix: subject prefix (see :class:`qtd.bus.Subjects`).
+        inbox_prefix: first token(s) of this client's reply inboxes (requests, JetStream
+            API replies and acks, pull deliveries); ``None`` derives it from ``user``
+            (:func:`inbox_prefix`). The server's ACL lets each user subscribe to its own
+            prefix only (etc/nats-server.conf), so no other user can read its replies.
         token: auth token.
         user: user name, with ``password``.
         password: password, with ``user``.
@@ -93,6 +98,7 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     servers: Annotated[tuple[str, ...], Meta(min_length=1)] = ("nats://127.0.0.1:4222",)
     name: str = "qtd"
     prefix: str = DEFAULT_PREFIX
+    inbox_prefix: str | None = None
     token: str | None = None
     user: str | None = None
     password: str | None = None
@@ -300,6 +306,35 @@ def _check_prefix(cfg: BusConfig, source: str) -> None:
         raise config_error(source, "prefix", cfg.prefix, e.rule) from None
 
 
+def _check_inbox_prefix(cfg: BusConfig, source: str) -> None:
+    if cfg.inbox_prefix is None:
+        return
+    try:
+        Subjects(cfg.inbox_prefix)
+    except ConfigError as e:
+        raise config_error(source, "inbox_prefix", cfg.inbox_prefix, e.rule) from None
+
+
+DEFAULT_INBOX_PREFIX = "_INBOX"
+"""nats-py's inbox prefix, used when neither ``inbox_prefix`` nor ``user`` is set."""
+_NOT_TOKEN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def inbox_prefix(cfg: BusConfig) -> str:
+    """The reply-inbox prefix a client with ``cfg`` uses (nats-py ``inbox_prefix``).
+
+    ``cfg.inbox_prefix`` when set; else ``_INBOX_<user>`` (every character of ``user`` other
+    than a letter, digit, ``_`` or ``-`` becomes ``_``), the prefix etc/nats-server.conf
+    grants that user, e.g. ``_INBOX_agent-node-a``; else nats-py's ``_INBOX`` (no user:
+    token, NKey or creds auth, or no auth at all).
+    """
+    if cfg.inbox_prefix is not None:
+        return cfg.inbox_prefix
+    if cfg.user is not None:
+        return f"{DEFAULT_INBOX_PREFIX}_{_NOT_TOKEN_CHARS.sub('_', cfg.user)}"
+    return DEFAULT_INBOX_PREFIX
+
+
 def check_bus_config(cfg: BusConfig, source: str = "<config>") -> BusConfig:
     """Validate a :class:`BusConfig` (types, constraints and cross-field rules).
 
@@ -316,7 +351,7 @@ def check_bus_config(cfg: BusConfig, source: str = "<config>") -> BusConfig:
             ``$CREDENTIALS_DIRECTORY`` and no secrets file is readable by group or others.
     """
     for check in (_check_constraints, _check_servers, _check_auth, _check_files,
-                  _check_credentials, _check_reconnect, _check_prefix):
+                  _check_credentials, _check_reconnect, _check_prefix, _check_inbox_prefix):
         check(cfg, source)
     return cfg
 

@@ -39,7 +39,7 @@ from qtd.bus import EVENTS_STREAM, ensure_jetstream
 from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet
-from tests.shipped import password, shipped_nats
+from tests.shipped import password, shipped_nats, user_inbox
 
 PASSWORDS = {u: password(u) for u in ("agent-node-a", "leader", "operator", "deployer")}
 
@@ -55,7 +55,8 @@ async def _connect(url: str, user: str, errors: list[str]) -> Client:
         errors.append(str(exc))
 
     return await nats.connect(url, user=user, password=PASSWORDS[user], error_cb=on_error,
-                              allow_reconnect=False, connect_timeout=2)
+                              allow_reconnect=False, connect_timeout=2,
+                              inbox_prefix=user_inbox(user))
 
 
 async def _denied(errors: list[str], what: str) -> None:
