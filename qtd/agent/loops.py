@@ -5,7 +5,8 @@
 * ``pnl`` — one :class:`~qtd.events.PnLSnapshot` JSON per bot on
   ``<prefix>.pnl.<node>.<bot>`` every ``pnl_s``, with the bot's stage, state and risk
   limits in use (core NATS: not stored);
-* ``failsafe`` — the leader-heartbeat policy (:class:`~qtd.agent.telemetry.FailSafe`);
+* ``failsafe`` — the leader-heartbeat policy (:class:`~qtd.agent.telemetry.FailSafe`); only
+  what :func:`leader_heartbeat` accepts on ``<prefix>.hb.leader`` counts as the leader alive;
 * ``kill-kv`` — reads the kill set (key ``kill`` of ``qtd_control``) every second and
   applies every kill in it not applied yet. A poll rather than a KV watcher: an ephemeral
   watch consumer does not survive a nats-server restart, a ``get`` does; the core
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from qtd.agent import commands
 from qtd.agent.control import decode_kill, read_kills
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
-from qtd.events import Heartbeat, Scope, to_json
+from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
 from qtd.risk.kill import KillFileWatcher
 
 if TYPE_CHECKING:
@@ -43,6 +44,35 @@ log = logging.getLogger("qtd.agent")
 
 KV_POLL_S = 1.0
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, asyncio.TimeoutError)
+_HEARTBEAT = msgspec.json.Decoder(Heartbeat)
+
+
+def leader_heartbeat(data: bytes, headers: Mapping[str, str] | None, reply: str
+                     ) -> Heartbeat | None:
+    """The leader's :class:`~qtd.events.Heartbeat` in a message on ``<prefix>.hb.leader``,
+    or None when the message is not one (it must then not count as the leader alive).
+
+    Only the ``leader`` user may publish on that subject (etc/nats-server.conf), and the
+    leader sends a plain core publish: no headers, no reply subject, a ``Heartbeat`` with
+    ``role="leader"``. Anything else that reaches the subject did not come from the leader:
+    a NATS status message (``100 Idle Heartbeat``, flow control: headers, and a reply for
+    flow control), a JetStream delivery, direct get or republish (headers or a ``$JS.ACK``
+    reply), and a JetStream API or service response that another user directed here as its
+    request's reply subject (nats-server does not check reply subjects against
+    permissions; such bodies are not a ``Heartbeat``).
+
+    Args:
+        data: the message body.
+        headers: its headers (nats-py ``Msg.headers``), None when it has none.
+        reply: its reply subject, ``""`` when none.
+    """
+    if headers or reply:
+        return None
+    try:
+        hb = _HEARTBEAT.decode(data)
+    except DECODE_ERRORS:
+        return None
+    return hb if hb.role == "leader" else None
 
 
 async def on_bus_ready(agent: Agent, link: BusLink) -> None:
@@ -61,6 +91,9 @@ async def on_bus_ready(agent: Agent, link: BusLink) -> None:
         await commands.apply_kill(agent, decode_kill(m.data), via="core")
 
     async def on_leader(m: Any) -> None:
+        if leader_heartbeat(m.data, m.headers, m.reply) is None:
+            log.debug("ignored a message on %s that is not the leader's heartbeat", m.subject)
+            return
         agent.failsafe.on_leader_heartbeat(agent.loop_time())
 
     await nc.subscribe(s.ctl_node(agent.node), cb=on_ctl)
