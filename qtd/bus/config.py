@@ -325,13 +325,17 @@ def inbox_prefix(cfg: BusConfig) -> str:
 
     ``cfg.inbox_prefix`` when set; else ``_INBOX_<user>`` (every character of ``user`` other
     than a letter, digit, ``_`` or ``-`` becomes ``_``), the prefix etc/nats-server.conf
-    grants that user, e.g. ``_INBOX_agent-node-a``; else nats-py's ``_INBOX`` (no user:
+    grants that user, e.g. ``_INBOX_agent-node-a``; the user may also come from the first
+    server URL (``nats://user:password@host:port``); else nats-py's ``_INBOX`` (no user:
     token, NKey or creds auth, or no auth at all).
     """
     if cfg.inbox_prefix is not None:
         return cfg.inbox_prefix
-    if cfg.user is not None:
-        return f"{DEFAULT_INBOX_PREFIX}_{_NOT_TOKEN_CHARS.sub('_', cfg.user)}"
+    user = cfg.user
+    if user is None and cfg.servers:
+        user = urlsplit(cfg.servers[0]).username
+    if user:
+        return f"{DEFAULT_INBOX_PREFIX}_{_NOT_TOKEN_CHARS.sub('_', user)}"
     return DEFAULT_INBOX_PREFIX
 
 

@@ -24,3 +24,8 @@ def test_a_bad_inbox_prefix_names_the_field_the_value_and_the_rule(bad: str) -> 
         check_bus_config(BusConfig(inbox_prefix=bad), "agent.toml")
     assert err.value.field == "bus.inbox_prefix" and err.value.value == bad
     assert "agent.toml" in err.value.message and "token" in err.value.message
+
+
+def test_a_user_in_the_server_url_gets_its_own_inbox() -> None:
+    cfg = BusConfig(servers=("nats://leader:secret@127.0.0.1:4222",))
+    assert inbox_prefix(cfg) == "_INBOX_leader"
