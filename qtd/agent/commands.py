@@ -7,13 +7,14 @@ applied kill is stored as a :class:`~qtd.events.KillAck` and the ack is also pub
 Verbs on ``<prefix>.ctl.<node>.<verb>``:
 
 * ``status`` — states, bots, store and outbox figures, NATS and leader.
-* ``halt`` — HALT a scope (default GLOBAL) and cancel its open orders (a kill without flatten).
+* ``halt`` — HALT a scope (default GLOBAL) and cancel its open orders (a kill without
+  flatten); needs ``operator`` and ``reason``.
 * ``resume`` — lift a scope to ACTIVE; needs ``operator`` and ``reason``. Refused while a
   kill in the fleet's kill set (KV ``kill``) holds exactly that scope and key: release that
   kill first (``qtd resume --kill-id``). Resuming a bot (scope STRATEGY) that the supervisor
   left HALTED also restarts it.
 * ``flatten`` — HALT the scope, cancel its orders and close its positions (reduce-only
-  market orders through the risk engine).
+  market orders through the risk engine); needs ``operator`` and ``reason``.
 * ``reload`` — re-admit the bot configs; a bot whose params changed (same strategy source)
   swaps them at its next bar; anything else needs a restart and is reported.
 """
@@ -159,6 +160,7 @@ async def _flatten(agent: Agent, req: CommandRequest) -> CommandReply:
 async def _kill_verb(agent: Agent, verb: str, req: CommandRequest, *, flatten: bool
                      ) -> CommandReply:
     _check_scope(req)
+    _check_who(req, verb)
     report = await agent.router.kill(KillCommand(
         scope=req.scope, key=req.key, reason=req.reason or f"operator {verb}",
         flatten=flatten, operator=req.operator, source="ctl"))
@@ -248,6 +250,13 @@ async def _reload(agent: Agent, req: CommandRequest) -> CommandReply:
             outcome[result].append(str(path) if result == "refused" else path.stem)
     msg = "; ".join(f"{k.replace('_', ' ')}: {', '.join(v) or '-'}" for k, v in outcome.items())
     return _reply(agent, "reload", not outcome["refused"], msg, dict(outcome))
+
+
+def _check_who(req: CommandRequest, verb: str) -> None:
+    for field, value in (("operator", req.operator), ("reason", req.reason)):
+        if not value.strip():
+            raise ConfigError(f"{verb} needs a non-empty {field}", source="<request>",
+                              field=field, value=value, rule="must not be empty")
 
 
 def _check_scope(req: CommandRequest) -> None:

@@ -105,11 +105,16 @@ class KillSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         return KillSet(kills=tuple(k for k in self.kills if k.id not in drop))
 
 
-class CommandRequest(msgspec.Struct, frozen=True, kw_only=True):
+class CommandRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Body of a ``<prefix>.ctl.<node>.<verb>`` request (every field optional for status).
 
+    Unknown fields are refused: a body that is not a request (e.g. a NATS server's reply
+    that another client directed here, see :func:`qtd.bus.rejects.server_reply`) must not
+    read as one with every field at its default.
+
     Attributes:
-        operator / reason: required by ``resume`` (and recorded for every verb).
+        operator / reason: required by ``halt``, ``flatten`` and ``resume`` (and recorded
+            for every verb).
         scope / key: the scope of ``halt``, ``resume`` and ``flatten`` (default GLOBAL).
     """
 

@@ -33,6 +33,7 @@ from qtd.agent import commands
 from qtd.agent.control import decode_kill, read_kills
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
+from qtd.bus.rejects import REJECTED, server_reply
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
 from qtd.risk.kill import KillFileWatcher
 
@@ -88,6 +89,10 @@ async def on_bus_ready(agent: Agent, link: BusLink) -> None:
             await m.respond(msgspec.json.encode(reply))
 
     async def on_kill(m: Any) -> None:
+        echo = server_reply(m.data, m.headers)
+        if echo is not None:  # another client made the server answer here: not a kill
+            REJECTED.reject("kill", m.subject, ValueError(f"not a kill: {echo}"), log)
+            return
         await commands.apply_kill(agent, decode_kill(m.data), via="core")
 
     async def on_leader(m: Any) -> None:

@@ -6,16 +6,25 @@ and the decoder's message and counts the message by kind; the status page export
 counts as ``qtd_bad_messages_total{kind}`` and tests read them. A rejected message never
 changes state. (The agent audits a malformed control request as a ``CommandAudit`` with
 ``ok = false`` in its store instead; a kill that cannot be read is applied as a GLOBAL kill:
-fail safe.)
+fail safe — unless :func:`server_reply` says NATS itself wrote it.)
+
+nats-server does not check a request's *reply subject* against the requester's publish
+permissions: any user may name ``qtd.ctl.kill`` as the reply subject of a JetStream API call
+or of an event publish, and the server's answer lands there. Such answers have shapes no
+qtd sender writes; :func:`server_reply` recognises them so a receiver ignores (and counts)
+them instead of reading them as a garbled command.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
-KINDS: Final = ("event", "heartbeat", "pnl", "kill_ack")
+import msgspec
+
+KINDS: Final = ("event", "heartbeat", "pnl", "kill_ack", "kill", "command")
 """The kinds of message the leader counts (each exported, 0 until one is rejected)."""
 
 
@@ -37,3 +46,29 @@ class RejectCounter:
 
 
 REJECTED = RejectCounter()
+
+
+def server_reply(data: bytes, headers: Mapping[str, str] | None) -> str | None:
+    """What NATS itself sent when ``data`` is a server-generated message, else None.
+
+    Recognised (nats-server's JetStream API, ADR-1/ADR-31 reply formats): a message with
+    headers (JetStream deliveries, direct gets, status messages — qtd's own control
+    messages never carry headers); a JSON object whose ``type`` starts with ``io.nats.``
+    (API responses); one with an ``error`` object (API errors); one with ``stream`` and
+    ``seq`` (the publish acknowledgement).
+    """
+    if headers:
+        return "a message with NATS headers"
+    try:
+        doc: Any = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if str(doc.get("type", "")).startswith("io.nats."):
+        return f"a JetStream API response ({doc['type']})"
+    if isinstance(doc.get("error"), dict):
+        return "a JetStream API error"
+    if "stream" in doc and "seq" in doc:
+        return "a JetStream publish acknowledgement"
+    return None

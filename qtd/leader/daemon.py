@@ -76,7 +76,7 @@ KILL_SYNC_S = 1.0
 added while the core broadcast was missed) shows on the page within this."""
 
 
-class CommandRequest(msgspec.Struct, kw_only=True):
+class CommandRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Body of a ``<prefix>.ctl.leader.<verb>`` request.
 
     For ``kill``: ``scope`` (default GLOBAL) and ``key``. For ``resume``: what to release —

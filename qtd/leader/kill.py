@@ -49,7 +49,7 @@ from qtd.agent.control import (
 )
 from qtd.agent.control import CommandRequest as AgentRequest
 from qtd.bus import KILL_KEY, Subjects
-from qtd.bus.rejects import REJECTED
+from qtd.bus.rejects import REJECTED, server_reply
 from qtd.bus.subjects import check_token
 from qtd.clock import Clock
 from qtd.errors import ConfigError, OperationalError
@@ -400,6 +400,10 @@ class KillSwitchController:
             REJECTED.reject("kill_ack", msg.subject, exc, log)
 
     async def _on_ctl(self, msg: Msg) -> None:
+        echo = server_reply(msg.data, msg.headers)
+        if echo is not None:
+            REJECTED.reject("kill", msg.subject, ValueError(f"not a kill: {echo}"), log)
+            return
         kill = decode_kill(msg.data)
         if kill.id in self._past or kill.id in self.active:
             return
