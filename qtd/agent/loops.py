@@ -83,6 +83,10 @@ async def on_bus_ready(agent: Agent, link: BusLink) -> None:
     s = agent.subjects
 
     async def on_ctl(m: Any) -> None:
+        echo = server_reply(m.data, m.headers)
+        if echo is not None:  # e.g. a stream republish or an API answer aimed here
+            REJECTED.reject("command", m.subject, ValueError(f"not a command: {echo}"), log)
+            return
         verb = m.subject.rsplit(".", 1)[-1]
         reply = await commands.handle(agent, verb, m.data)
         if m.reply:
