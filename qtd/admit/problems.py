@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from qtd.errors import ConfigError
+from qtd.files import EXCERPT_CHARS, excerpt
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True):
@@ -17,7 +18,8 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
         file: the file the bad input is in (bot config, strategy or routes file).
         field: dotted field path, e.g. ``"params.fast"``; ``"<source>"`` for the strategy
             file itself.
-        value: the offending value as given (``None`` if missing).
+        value: the offending value as given (``None`` if missing); a long one is cut to a
+            short excerpt (:func:`qtd.files.excerpt`), so no error echoes a file's content.
         rule: the rule it broke, e.g. ``"Expected `int` >= 2"``.
         line: 1-based line in ``file`` when known, else 0.
     """
@@ -27,6 +29,13 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     value: Any = None
     rule: str
     line: int = 0
+
+    def __post_init__(self) -> None:
+        value = self.value
+        if isinstance(value, str | list | dict | tuple):
+            text = value if isinstance(value, str) else repr(value)
+            if len(text) > EXCERPT_CHARS:
+                msgspec.structs.force_setattr(self, "value", excerpt(text))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
