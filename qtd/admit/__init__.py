@@ -17,6 +17,12 @@ For each bot config (:mod:`qtd.admit.config`), every rule runs and every error i
 8. ``stage``: a bot with ``stage = "live"`` needs a passed promotion-gate result for this
    strategy source and params (:func:`qtd.gates.live_refusal`).
 
+The rules run in a child process (:mod:`qtd.admit.sandbox`): a fresh interpreter in a
+scratch directory, without network, under CPU, memory and wall-time limits, because they
+run strategy code (module bodies and hooks). Only a caller that trades the bot asks for the
+strategy class (``load=True``, the agent): that imports the admitted file into the caller,
+after checking it still has the bytes the child admitted.
+
 A bot with no problems gets ``content_hash = sha256(strategy source bytes + canonical params
 JSON)`` (params with defaults filled in, keys sorted) and, when a store is given, a
 :class:`~qtd.events.StrategyAdmitted` event. Route files (``routes.toml``) are checked by
@@ -25,29 +31,27 @@ JSON)`` (params with defaults filled in, keys sorted) and, when a store is given
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import os
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
-from qtd.admit.config import LoadedBot, load_bot_config
-from qtd.admit.instruments import lookup, venues
-from qtd.admit.limits import OrderCaps, limits_for
-from qtd.admit.loader import load_strategy, source_hash
+from qtd.admit.loader import load_source, source_hash
 from qtd.admit.problems import Problem, combined_error, toml_lines
-from qtd.admit.schema import check_struct
-from qtd.admit.smoke import SmokeResult, smoke_items, smoke_run
+from qtd.admit.rules import Verdict, content_hash, params_json
+from qtd.admit.sandbox import Limits, Reply, admit_in_child
+from qtd.admit.smoke import SmokeResult
 from qtd.clock import Clock, LiveClock
+from qtd.errors import ConfigError
 from qtd.events import Event, StrategyAdmitted
-from qtd.feeds import Bar
-from qtd.gates import live_refusal
-from qtd.strategy import Strategy
+from qtd.files import MAX_SOURCE_BYTES, read_capped
 
 __all__ = [
     "Admission",
+    "Limits",
     "Problem",
     "admit_bot",
     "admit_paths",
@@ -75,6 +79,9 @@ class Admission(msgspec.Struct, kw_only=True):
         params: the validated params with defaults filled in (bots only).
         problems: every error found; empty means admitted.
         smoke: the smoke run's figures, if it ran.
+        isolation: how the admission child was kept off the network (bots only).
+        strategy_cls / params_obj: the strategy class and params, imported into this
+            process (only with ``admit_bot(..., load=True)``, admitted bots only).
     """
 
     path: Path
@@ -87,6 +94,7 @@ class Admission(msgspec.Struct, kw_only=True):
     params: dict[str, Any] = {}
     problems: list[Problem] = []
     smoke: SmokeResult | None = None
+    isolation: str = ""
     strategy_cls: Any = None
     params_obj: Any = None
 
@@ -95,127 +103,74 @@ class Admission(msgspec.Struct, kw_only=True):
         return not self.problems
 
 
-def params_json(params: Strategy.Params) -> bytes:
-    """Canonical JSON of params: defaults filled in, keys sorted, no spaces."""
-    return msgspec.json.encode(params, order="sorted")
+def _admission(path: Path, verdict: Verdict, isolation: str) -> Admission:
+    v = verdict
+    return Admission(path=path, bot=v.bot, strategy=v.strategy, content_hash=v.content_hash,
+                     source_hash=v.source_hash, params_hash=v.params_hash, params=v.params,
+                     problems=v.problems, smoke=v.smoke, isolation=isolation)
 
 
-def content_hash(source: bytes, params: Strategy.Params) -> str:
-    """sha256 hex of strategy source bytes followed by :func:`params_json`."""
-    return hashlib.sha256(source + params_json(params)).hexdigest()
-
-
-def _instrument_problems(bot: LoadedBot) -> list[Problem]:
-    cfg, out = bot.config, []
-    for i, sym in enumerate(cfg.symbols):
-        if lookup(cfg.venue, sym) is None:
-            rule = (f"unknown venue; known: {', '.join(venues())}" if cfg.venue not in venues()
-                    else f"instrument not listed for venue {cfg.venue!r}")
-            out.append(Problem(file=str(bot.path), field=f"symbols[{i}]", value=sym, rule=rule,
-                               line=bot.lines.get("symbols", 0)))
-    return out
-
-
-def _cross_field(cls: type[Strategy], params: Strategy.Params, bot: LoadedBot) -> list[Problem]:
-    file, line = str(bot.path), bot.lines.get("params", 0)
-    value = msgspec.to_builtins(params)
+async def _load(adm: Admission, strategy_file: Path) -> list[Problem]:
+    """Import the admitted strategy into this process; problems if the file no longer has
+    the bytes admitted or imports differently here."""
+    file = str(strategy_file)
     try:
-        messages = list(cls.validate(params) or [])
-    except Exception as exc:
-        messages = [f"validate() raised {type(exc).__name__}: {exc}"]
-    return [Problem(file=file, field="params", value=value, rule=str(m), line=line)
-            for m in messages]
-
-
-def _notional_problems(cls: type[Strategy], params: Strategy.Params, bot: LoadedBot,
-                       caps: OrderCaps, ref: Decimal | None) -> list[Problem]:
+        source = read_capped(strategy_file, MAX_SOURCE_BYTES)
+    except (OSError, ConfigError) as exc:
+        return [Problem(file=file, field="<source>", value=None,
+                        rule=f"cannot read the admitted strategy file again: {exc}")]
+    if source_hash(source) != adm.source_hash:
+        return [Problem(file=file, field="<source>", value=source_hash(source)[:12],
+                        rule=f"strategy file changed during admission (admitted "
+                             f"{adm.source_hash[:12]}): admit it again")]
+    cls, problems = await load_source(strategy_file, source)
+    if cls is None or problems:
+        return problems
     try:
-        raw = cls.max_order_qty(params)
-        qty = None if raw is None else Decimal(str(raw))
-    except Exception as exc:
-        return [Problem(file=str(bot.path), field="params", value=None,
-                        rule=f"max_order_qty() raised {type(exc).__name__}: {exc}")]
-    if qty is None:
-        return []
-    if not qty.is_finite() or qty <= 0:
-        return [Problem(file=str(bot.path), field="params", value=str(raw),
-                        rule="max_order_qty() must return a finite quantity > 0 or None")]
-    out, line = [], bot.lines.get("params.qty", 0)
-    if caps.qty is not None and qty > Decimal(str(caps.qty)):
-        out.append(Problem(file=str(bot.path), field="params.qty", value=float(qty), line=line,
-                           rule=f"max order qty {qty} > max_order_qty {caps.qty} ({caps.source})"))
-    if caps.notional is not None and ref is not None and qty * ref > Decimal(str(caps.notional)):
-        out.append(Problem(
-            file=str(bot.path), field="params.qty", value=float(qty), line=line,
-            rule=f"possible order notional {qty} x {ref} (highest smoke-data price) = "
-                 f"{qty * ref} > max_order_notional {caps.notional} ({caps.source})"))
-    return out
+        params = msgspec.convert(adm.params, cls.Params)
+    except (msgspec.ValidationError, TypeError) as exc:
+        return [Problem(file=str(adm.path), field="params", value=adm.params,
+                        rule=f"admitted params do not load here: {exc}")]
+    if cls.__name__ != adm.strategy or content_hash(source, params) != adm.content_hash:
+        return [Problem(file=file, field="<source>", value=cls.__name__,
+                        rule="strategy imports differently here than in admission")]
+    adm.strategy_cls, adm.params_obj = cls, params
+    return []
 
 
-def _live_gate(bot: LoadedBot, source: bytes, params: Strategy.Params) -> list[Problem]:
-    why = live_refusal(bot.path, source, params_json(params))
-    return [] if why is None else [Problem(file=str(bot.path), field="stage", value="live",
-                                           rule=why, line=bot.lines.get("stage", 0))]
+async def _admitted_event(adm: Admission, strategy_file: str, store: _Appender, node: str,
+                          clock: Clock) -> None:
+    now = clock.now_ns()
+    await store.append(StrategyAdmitted(
+        node=node, bot=adm.bot, ts_event=now, ts_init=now, strategy=adm.strategy,
+        content_hash=adm.content_hash, source_hash=adm.source_hash,
+        params_hash=adm.params_hash, params=adm.params, path=strategy_file))
 
 
 async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "local",
-                    clock: Clock | None = None, smoke: bool = True) -> Admission:
-    """Run every admission rule on one bot config (module docstring); never raises for bad
-    input. When admitted and ``store`` is given, appends a ``StrategyAdmitted`` event."""
-    result = Admission(path=path)
-    bot, problems = load_bot_config(path)
-    if bot is None:
-        result.problems = problems
-        return result
-    cfg, file = bot.config, str(path)
-    result.bot = cfg.name
-    problems += _instrument_problems(bot)
-    cls, source, import_problems = await load_strategy(bot.strategy_path)
-    problems += import_problems
-    params = None
-    if cls is not None:
-        result.strategy = cls.__name__
-        params, schema_problems = check_struct(cls.Params, cfg.params, file=file,
-                                               prefix="params", lines=bot.lines)
-        problems += schema_problems
-    cross = _cross_field(cls, params, bot) if cls is not None and params is not None else []
-    problems += cross
-    limit_source = limits_for(bot)
-    caps, cap_problems = limit_source.caps(bot, cfg.symbols[0])
-    problems += cap_problems
-    items, data_problems = smoke_items(cfg.smoke.dataset, cfg.smoke.max_bars, file)
-    problems += data_problems
-    if cls is not None and params is not None and not cross and items:
-        ref = max((i.high if type(i) is Bar else i.price for i in items), default=None)
-        if caps is not None:
-            problems += _notional_problems(cls, params, bot, caps, ref)
-        if smoke:
-            risk = getattr(limit_source, "cfg", None)
-            result.smoke, smoke_problems = await smoke_run(cls, params, bot, items=items,
-                                                           risk=risk)
-            problems += smoke_problems
-    if cfg.stage == "live" and cls is not None and params is not None:
-        problems += _live_gate(bot, source, params)
-    result.problems = problems
-    if cls is not None and params is not None and not problems:
-        await _admitted(result, cls, params, source, bot, store, node, clock or LiveClock())
-    return result
+                    clock: Clock | None = None, smoke: bool = True, load: bool = False,
+                    limits: Limits | None = None) -> Admission:
+    """Run every admission rule on one bot config (module docstring) in a child process;
+    never raises for bad input.
 
-
-async def _admitted(result: Admission, cls: type[Strategy], params: Strategy.Params,
-                    source: bytes, bot: LoadedBot, store: _Appender | None, node: str,
-                    clock: Clock) -> None:
-    result.strategy_cls, result.params_obj = cls, params
-    result.source_hash = source_hash(source)
-    result.params_hash = hashlib.sha256(params_json(params)).hexdigest()
-    result.content_hash = content_hash(source, params)
-    result.params = msgspec.to_builtins(params)
-    if store is not None:
-        now = clock.now_ns()
-        await store.append(StrategyAdmitted(
-            node=node, bot=bot.config.name, ts_event=now, ts_init=now, strategy=cls.__name__,
-            content_hash=result.content_hash, source_hash=result.source_hash,
-            params_hash=result.params_hash, params=result.params, path=str(bot.strategy_path)))
+    Args:
+        path: the bot config.
+        store: when given and the bot is admitted, a ``StrategyAdmitted`` event is appended.
+        node: node name for that event.
+        clock: its clock (default :class:`~qtd.clock.LiveClock`).
+        smoke: run the smoke backtest.
+        load: also import the admitted strategy into this process (``strategy_cls`` and
+            ``params_obj``): only for a caller that runs the bot.
+        limits: the admission child's limits (default :class:`~qtd.admit.sandbox.Limits`).
+    """
+    reply = await admit_in_child(path, smoke=smoke, limits=limits)
+    adm = _admission(path, reply.verdict, reply.isolation)
+    strategy_file = reply.verdict.strategy_file
+    if adm.ok and load:
+        adm.problems = await _load(adm, Path(strategy_file))
+    if adm.ok and store is not None:
+        await _admitted_event(adm, strategy_file, store, node, clock or LiveClock())
+    return adm
 
 
 def collect_files(paths: Sequence[Path]) -> tuple[list[Path], list[Path], list[Problem]]:
@@ -247,11 +202,24 @@ def collect_files(paths: Sequence[Path]) -> tuple[list[Path], list[Path], list[P
 async def admit_paths(paths: Sequence[Path], *, store: _Appender | None = None,
                       node: str = "local", smoke: bool = True) -> list[Admission]:
     """Admit every bot config and routes file under ``paths`` (see :func:`collect_files`);
-    one :class:`Admission` per file, plus one for missing paths."""
+    one :class:`Admission` per file, plus one for missing paths. Bot configs are admitted
+    in parallel, one child process per CPU at a time; results come in file order."""
     from qtd.routes import check_routes
 
     bots, routes, missing = collect_files(paths)
-    results = [await admit_bot(b, store=store, node=node, smoke=smoke) for b in bots]
+    slots = asyncio.Semaphore(os.cpu_count() or 1)
+
+    async def one(path: Path) -> Reply:
+        async with slots:
+            return await admit_in_child(path, smoke=smoke)
+
+    replies = await asyncio.gather(*(one(b) for b in bots))
+    results = []
+    for path, reply in zip(bots, replies, strict=True):
+        adm = _admission(path, reply.verdict, reply.isolation)
+        if adm.ok and store is not None:
+            await _admitted_event(adm, reply.verdict.strategy_file, store, node, LiveClock())
+        results.append(adm)
     bot_files = {r.bot: r.path for r in results if r.bot}
     for f in routes:
         results.append(Admission(path=f, kind="routes",

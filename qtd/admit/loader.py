@@ -19,6 +19,8 @@ from pathlib import Path
 from types import ModuleType
 
 from qtd.admit.problems import Problem
+from qtd.errors import ConfigError
+from qtd.files import MAX_SOURCE_BYTES, read_capped
 from qtd.runner import HookThread, HookTimeout
 from qtd.strategy import Strategy
 
@@ -57,31 +59,43 @@ def _error_line(exc: BaseException, path: Path) -> int:
 async def load_strategy(path: Path) -> tuple[type[Strategy] | None, bytes, list[Problem]]:
     """Import ``path`` and return ``(strategy class or None, source bytes, problems)``.
 
-    Problems: unreadable file, syntax error (with its line), any exception while importing
-    (with the line in the file), an import that overruns :data:`IMPORT_BUDGET_S`, and not
-    exactly one Strategy subclass defined in the file.
+    Problems: unreadable file, a file over :data:`~qtd.files.MAX_SOURCE_BYTES`, syntax
+    error (with its line), any exception while importing (with the line in the file), an
+    import that overruns :data:`IMPORT_BUDGET_S`, and not exactly one Strategy subclass
+    defined in the file.
     """
     file = str(path)
     try:
-        source = path.read_bytes()
+        source = read_capped(path, MAX_SOURCE_BYTES)
+    except ConfigError as exc:
+        return None, b"", [Problem(file=file, field="<source>", value=exc.value, rule=exc.rule)]
     except OSError as exc:
         return None, b"", [Problem(file=file, field="<source>", value=file,
                                    rule=f"cannot read strategy file: {exc.strerror}")]
+    cls, problems = await load_source(path, source)
+    return cls, source, problems
+
+
+async def load_source(path: Path, source: bytes) -> tuple[type[Strategy] | None, list[Problem]]:
+    """Import ``source`` (the bytes of strategy file ``path``) in this process, under
+    :data:`IMPORT_BUDGET_S`; return ``(strategy class or None, problems)`` as
+    :func:`load_strategy` does. Admission runs this in its child process; an agent runs it
+    again in its own process only for a file admission accepted with these very bytes."""
+    file = str(path)
     thread = HookThread(f"qtd-import-{path.stem}")
     try:
         module = await thread.call(_exec, path, source, timeout_s=IMPORT_BUDGET_S)
     except HookTimeout:
-        return None, source, [Problem(file=file, field="<source>", value=None,
-                                      rule=f"import did not finish within {IMPORT_BUDGET_S} s")]
+        return None, [Problem(file=file, field="<source>", value=None,
+                              rule=f"import did not finish within {IMPORT_BUDGET_S} s")]
     except Exception as exc:
         text = exc.text.strip() if isinstance(exc, SyntaxError) and exc.text else None
         rule = f"{type(exc).__name__}: {exc.msg if isinstance(exc, SyntaxError) else exc}"
-        return None, source, [Problem(file=file, field="<source>", value=text, rule=rule,
-                                      line=_error_line(exc, path))]
+        return None, [Problem(file=file, field="<source>", value=text, rule=rule,
+                              line=_error_line(exc, path))]
     finally:
         thread.close()
-    cls, problems = _one_strategy(module, file)
-    return cls, source, problems
+    return _one_strategy(module, file)
 
 
 def _one_strategy(module: ModuleType, file: str) -> tuple[type[Strategy] | None, list[Problem]]:

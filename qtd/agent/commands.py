@@ -219,7 +219,7 @@ async def reload_file(agent: Agent, path: Path) -> str:
     reasons and a warning logged — the alert).
     """
     adm = await admit_bot(path, store=agent.store, node=agent.node, clock=agent.clock,
-                          smoke=agent.cfg.admit_smoke)
+                          smoke=agent.cfg.admit_smoke, load=True)
     slot = agent.supervisor.slots.get(adm.bot)
     if not adm.ok:
         reasons = "; ".join(str(p) for p in adm.problems)[:2000]

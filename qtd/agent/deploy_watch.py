@@ -195,7 +195,7 @@ class DeployWatch:
         except ConfigError as exc:
             return await self._refuse(slot, v.version, v.content_hash, exc.message)
         adm = await admit_bot(cfg_path, store=agent.store, node=agent.node, clock=agent.clock,
-                              smoke=agent.cfg.admit_smoke)
+                              smoke=agent.cfg.admit_smoke, load=True)
         reasons = [str(p) for p in adm.problems] or self._identity_problems(slot, v, cfg_path,
                                                                            adm.content_hash)
         if reasons:

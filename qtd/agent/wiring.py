@@ -189,7 +189,7 @@ async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts
         *(deployed_config(cfg.state_dir, p, cfg.risk) for p in bot_files(cfg)), *extra]
     for path in paths:
         adm = await admit_bot(path, store=store, node=cfg.node, clock=clock,
-                              smoke=cfg.admit_smoke)
+                              smoke=cfg.admit_smoke, load=True)
         loaded, _ = load_bot_config(path)
         problems = [str(p) for p in adm.problems]
         if loaded is not None and loaded.config.account not in accounts:

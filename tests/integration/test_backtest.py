@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _bot(name: str) -> BacktestBot:
-    adm = await admit_bot(ROOT / f"etc/bots/{name}.toml", smoke=False)
+    adm = await admit_bot(ROOT / f"etc/bots/{name}.toml", smoke=False, load=True)
     assert adm.ok, adm.problems
     return BacktestBot(
         strategy=adm.strategy_cls, params=adm.params_obj,

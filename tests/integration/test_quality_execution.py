@@ -158,7 +158,7 @@ def test_text_report_and_bad_db(tmp_path: Path, capsys: pytest.CaptureFixture[st
 async def test_backtest_slippage_matches_the_paper_brokers_setting(tmp_path: Path) -> None:
     """Real bars, real bot, real order path: fills at the bar's close moved 7 bps against
     the order, decided on that close, so both benchmarks show exactly +7 bps."""
-    adm = await admit_bot(ROOT / "etc/bots/momo-goog.toml", smoke=False)
+    adm = await admit_bot(ROOT / "etc/bots/momo-goog.toml", smoke=False, load=True)
     assert adm.ok, adm.problems
     bot = BacktestBot(strategy=adm.strategy_cls, params=adm.params_obj,
                       spec=BotSpec(name="momo-goog", account="paper-main", venue="paper",

@@ -44,7 +44,7 @@ def fields(problems: list) -> list[str]:
 async def test_passing_bot_gets_hash_and_event(tmp_path: Path) -> None:
     p = bot_file(tmp_path, "[params]\nfast = 5\nslow = 20\n")
     async with await EventStore.open(tmp_path / "e.db", node="n1") as store:
-        r = await admit_bot(p, store=store, node="n1")
+        r = await admit_bot(p, store=store, node="n1", load=True)
         events = await store.query(kind=["StrategyAdmitted"])
     assert r.ok, r.problems
     assert r.smoke is not None and r.smoke.items == 300 and r.smoke.state == "STOPPED"
@@ -84,14 +84,10 @@ async def test_syntax_error_is_admission_error_with_line(tmp_path: Path) -> None
     assert pr.file == str(s) and pr.line == 4 and "SyntaxError" in pr.rule
 
 
-async def test_import_error_and_import_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                               ) -> None:
+async def test_import_error_and_import_timeout(tmp_path: Path) -> None:
     s = strategy_file(tmp_path, "import no_such_module_xyz\n")
     r = await admit_bot(bot_file(tmp_path, "", strategy=s))
     assert "ModuleNotFoundError" in r.problems[0].rule and r.problems[0].line == 2
-    import qtd.admit.loader as loader
-
-    monkeypatch.setattr(loader, "IMPORT_BUDGET_S", 0.1)
     s2 = tmp_path / "loop.py"
     s2.write_text("while True:\n    pass\n")
     r2 = await admit_bot(bot_file(tmp_path, "", "lp", strategy=s2))
