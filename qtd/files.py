@@ -21,10 +21,9 @@ EXCERPT_CHARS: Final = 200
 
 def too_big(path: str | os.PathLike[str], size: int, limit: int) -> ConfigError:
     """The error for a file of ``size`` bytes over ``limit``."""
-    return ConfigError(
-        f"{path}: file is {size:,} bytes, over the {limit:,}-byte limit for this file; "
-        "not read", source=str(path), field="<file>", value=size,
-        rule=f"at most {limit:,} bytes")
+    rule = f"file is {size:,} bytes, over the {limit:,}-byte limit for this file; not read"
+    return ConfigError(f"{path}: {rule}", source=str(path), field="<file>", value=size,
+                       rule=rule)
 
 
 def read_capped(path: str | os.PathLike[str], limit: int = MAX_CONFIG_BYTES) -> bytes:
@@ -55,10 +54,13 @@ def read_capped_text(path: str | os.PathLike[str], limit: int = MAX_CONFIG_BYTES
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """``text`` itself when short, else its first ``limit`` characters and how many more."""
+    """``text`` itself when at most ``limit`` characters, else its start and how many
+    characters were left out, ``limit`` characters in all (so an excerpt is its own
+    excerpt)."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+    keep = limit - len(f"... ({len(text):,} more characters)")
+    return f"{text[:keep]}... ({len(text) - keep:,} more characters)"
 
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_SOURCE_BYTES", "excerpt", "read_capped",

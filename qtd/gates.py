@@ -24,6 +24,7 @@ import msgspec
 
 from qtd.errors import ConfigError
 from qtd.events import DECODE_ERRORS
+from qtd.files import read_capped
 from qtd.metrics import Report
 
 STAGES: Final = ("research", "backtest", "paper", "shadow", "live")
@@ -143,8 +144,8 @@ def write_gate(bot_config: Path, result: GateResult) -> Path:
 def read_gate(bot_config: Path) -> GateResult | None:
     """The bot's last gate result, or None if there is none (or it is unreadable)."""
     try:
-        return msgspec.json.decode(gate_path(bot_config).read_bytes(), type=GateResult)
-    except (OSError, *DECODE_ERRORS):
+        return msgspec.json.decode(read_capped(gate_path(bot_config)), type=GateResult)
+    except (OSError, ConfigError, *DECODE_ERRORS):
         return None
 
 

@@ -38,6 +38,8 @@ from qtd.admit.instruments import INSTRUMENTS, AssetClass, Instrument
 from qtd.admit.problems import Problem, toml_lines
 from qtd.admit.schema import check_struct
 from qtd.calendars import ExchangeSession, is_calendar
+from qtd.errors import ConfigError
+from qtd.files import read_capped_text
 from qtd.regime import Regime
 
 Day = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -179,8 +181,10 @@ def load_routes(path: Path, *, partial: bool = False
     rules that passed are still returned (for admission to check them further)."""
     file = str(path)
     try:
-        text = path.read_text()
+        text = read_capped_text(path)
         data = tomllib.loads(text)
+    except ConfigError as exc:
+        return None, [Problem(file=file, field="<file>", value=exc.value, rule=exc.rule)]
     except OSError as exc:
         return None, [Problem(file=file, field="<file>", value=file, rule=f"cannot read: {exc}")]
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -230,7 +234,7 @@ def check_routes(path: Path, *, bot_files: dict[str, Path] | None = None) -> lis
     cfg, problems = load_routes(path, partial=True)
     if cfg is None:
         return problems
-    file, lines = str(path), toml_lines(path.read_text())
+    file, lines = str(path), toml_lines(read_capped_text(path))
     strategies = {p.stem for p in (path.parent / cfg.strategies_dir).glob("*.py")}
     presets = _preset_strategies(bot_files or {})
 
@@ -269,8 +273,8 @@ def _preset_strategies(bot_files: dict[str, Path]) -> dict[str, str]:
     out = {}
     for name, p in bot_files.items():
         try:
-            out[name] = Path(tomllib.loads(p.read_text()).get("strategy", "")).stem
-        except (OSError, tomllib.TOMLDecodeError):
+            out[name] = Path(tomllib.loads(read_capped_text(p)).get("strategy", "")).stem
+        except (OSError, UnicodeDecodeError, ConfigError, tomllib.TOMLDecodeError):
             continue
     return out
 

@@ -31,6 +31,8 @@ from msgspec import Meta
 
 from qtd.admit.problems import Problem, toml_lines
 from qtd.admit.schema import check_struct
+from qtd.errors import ConfigError
+from qtd.files import read_capped_text
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Amount = Annotated[float, Meta(gt=0, lt=1e15)]
@@ -88,8 +90,10 @@ def load_bot_config(path: Path) -> tuple[LoadedBot | None, list[Problem]]:
     """Read and validate one bot config; return ``(bot or None, problems)``."""
     file = str(path)
     try:
-        text = path.read_text()
+        text = read_capped_text(path)
         data = tomllib.loads(text)
+    except ConfigError as exc:
+        return None, [Problem(file=file, field="<file>", value=exc.value, rule=exc.rule)]
     except OSError as exc:
         return None, [Problem(file=file, field="<file>", value=file,
                               rule=f"cannot read: {exc.strerror}")]

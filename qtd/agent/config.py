@@ -19,6 +19,7 @@ from qtd.bus import BusConfig, check_bus_config
 from qtd.bus.subjects import check_token
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
+from qtd.files import read_capped_text
 from qtd.quality.canary import CanaryConfig
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
@@ -464,7 +465,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     """
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text())
+        doc = tomllib.loads(read_capped_text(p))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read: {exc}", source=str(p), rule="readable") from exc
     except tomllib.TOMLDecodeError as exc:

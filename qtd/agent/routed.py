@@ -40,6 +40,7 @@ from qtd.agent.config import AgentConfig
 from qtd.clock import Clock
 from qtd.data import DATASETS, load_dataset
 from qtd.feeds import Bar
+from qtd.files import read_capped_text
 from qtd.regime import Regime, classify
 from qtd.routes import Query, RoutesConfig, Rule, load_routes, match
 from qtd.up.toml import dumps
@@ -159,7 +160,7 @@ def _dataset_for(symbol: str) -> str:
 def _bot_doc(preset: Path, rule: Rule, name: str, account: str, venue: str, symbol: str,
              strategy: Path, dataset: str, currency: str | None, risk_file: str
              ) -> dict[str, Any]:
-    doc = tomllib.loads(preset.read_text())
+    doc = tomllib.loads(read_capped_text(preset))
     doc.update(name=name, strategy=str(strategy), account=account, venue=venue,
                symbols=[symbol], risk_profile=rule.risk_profile)
     if currency:

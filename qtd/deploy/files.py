@@ -25,6 +25,7 @@ import tomli_w
 from qtd.deploy.model import BOT_NAME_RE, DeployVersion, check_names
 from qtd.errors import ConfigError
 from qtd.events import DECODE_ERRORS
+from qtd.files import read_capped_text
 
 CURRENT = "current.json"
 log = logging.getLogger("qtd.deploy")
@@ -121,8 +122,8 @@ def deployed_config(state_dir: str | Path, path: Path, risk_file: str | Path | N
     version's files are written again pointing at it (the agent's risk file may have moved
     since); a version whose files no longer match its hashes is not used."""
     try:
-        name = tomllib.loads(path.read_text()).get("name")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        name = tomllib.loads(read_capped_text(path)).get("name")
+    except (OSError, UnicodeDecodeError, ConfigError, tomllib.TOMLDecodeError):
         return path
     if not isinstance(name, str) or not BOT_NAME_RE.match(name):
         return path

@@ -25,6 +25,7 @@ from qtd.admit import Admission, Problem, admit_bot, admit_paths
 from qtd.admit.config import load_bot_config
 from qtd.deploy.fleet import Fleet
 from qtd.deploy.model import DEPLOYABLE_STAGES, STAGE_ORDER, DeployVersion
+from qtd.files import MAX_SOURCE_BYTES, read_capped, read_capped_text
 from qtd.gates import gate_path
 
 
@@ -110,10 +111,10 @@ def new_version(adm: Admission, source: bytes, *, number: int, operator: str, me
     loaded, _ = load_bot_config(adm.path)
     assert loaded is not None and adm.ok
     if config_text is None:
-        config_text = adm.path.read_text()
+        config_text = read_capped_text(adm.path)
     if gate_text is None:
         gp = gate_path(adm.path)
-        gate_text = gp.read_text() if gp.is_file() else ""
+        gate_text = read_capped_text(gp) if gp.is_file() else ""
     return DeployVersion(
         bot=adm.bot, version=number, content_hash=adm.content_hash,
         source_hash=adm.source_hash, params_hash=adm.params_hash, strategy=adm.strategy,
@@ -134,7 +135,7 @@ async def plan(fleet: Fleet, admitted: list[Admission], *, operator: str, messag
             continue
         loaded, _ = load_bot_config(adm.path)
         assert loaded is not None
-        source = loaded.strategy_path.read_bytes()
+        source = read_capped(loaded.strategy_path, MAX_SOURCE_BYTES)
         current, revision = await fleet.desired(adm.bot)
         p = promotion_problem(adm, loaded.config.stage, current)
         if p is not None:

@@ -23,6 +23,7 @@ from msgspec import Meta
 from qtd.bus import BusConfig, check_bus_config
 from qtd.errors import ConfigError
 from qtd.events import Severity
+from qtd.files import read_capped_text
 from qtd.quality.config import QualityConfig
 
 _BIG = 1e15
@@ -399,7 +400,7 @@ def load_leader_config(path: str | Path) -> LeaderConfig:
     """
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(read_capped_text(p))
     except OSError as e:
         raise ConfigError(f"{p}: cannot read ({e.strerror})", source=str(p)) from None
     except tomllib.TOMLDecodeError as e:

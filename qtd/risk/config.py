@@ -28,6 +28,7 @@ import msgspec
 from msgspec import Meta
 
 from qtd.errors import ConfigError
+from qtd.files import read_capped_text
 from qtd.risk.rules import check_consistency, config_error
 
 _BIG = 1e15  # upper bound of any configured amount: rejects inf and fat-fingered exponents
@@ -255,7 +256,7 @@ def load_risk_config(path: str | Path) -> RiskConfig:
     """
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(read_capped_text(p))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read: {exc}", source=str(p), rule="readable") from exc
     except tomllib.TOMLDecodeError as exc:

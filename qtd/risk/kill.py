@@ -33,6 +33,7 @@ import msgspec
 
 from qtd.errors import ConfigError
 from qtd.events import OrderType, Scope, Side
+from qtd.files import read_capped
 from qtd.orders import OrderRequest
 from qtd.projections import Position
 
@@ -174,7 +175,7 @@ class KillFileWatcher:
             return None
         self._seen = sig
         try:
-            return parse_kill_file(self.path.read_bytes())
+            return parse_kill_file(read_capped(self.path))
         except (OSError, ConfigError) as exc:
             return KillCommand(reason=f"unreadable kill file ({exc})", source="kill_file")
 

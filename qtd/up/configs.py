@@ -27,6 +27,7 @@ from typing import Any
 
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
+from qtd.files import read_capped_text
 from qtd.up.layout import Layout
 from qtd.up.toml import dumps
 
@@ -55,8 +56,8 @@ class FleetPlan:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(read_capped_text(path))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}", source=str(path), rule="TOML") from exc
 
 
