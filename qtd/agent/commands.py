@@ -88,7 +88,8 @@ async def apply_file_kill(agent: Agent, cmd: KillCommand) -> None:
     await audit(agent, "kill", CommandRequest(operator=cmd.operator, reason=cmd.reason,
                                               scope=cmd.scope, key=cmd.key),
                 True, f"kill file: {len(report.canceled)} cancels", source="kill_file")
-    log.warning("kill file applied: %s %s:%s: %s", cmd.scope.value, cmd.key, cmd.reason)
+    log.warning("kill file applied: %s:%s: %s; %d cancels", cmd.scope.value, cmd.key,
+                cmd.reason, len(report.canceled))
 
 
 # --- ctl verbs -----------------------------------------------------------------------------

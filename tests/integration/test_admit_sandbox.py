@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from qtd.admit import admit_bot
+from qtd.bus import ensure_jetstream
 from tests.shipped import (
     ROOT,
     agent_config,
@@ -56,6 +57,8 @@ async def test_a_module_body_that_connects_is_refused_by_a_real_agent(tmp_path: 
     port = listener.sockets[0].getsockname()[1]
     root = tmp_path / "fleet"
     async with listener, shipped_nats(tmp_path / "nats") as nats:
+        leader = await nats.connect("leader")
+        await ensure_jetstream(leader.jetstream(), "qtd")
         cfg = agent_config(root, "node-a", nats.url,
                            {"good": {}, "netty": {"_strategy": "netty"}})
         (root / "strategies" / "netty.py").write_text(
