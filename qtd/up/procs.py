@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qtd.proc import term_with_parent
+from qtd.proc import child_env, term_with_parent
 
 log = logging.getLogger("qtd.up")
 
@@ -42,11 +42,12 @@ class Child:
         return self.proc.pid if self.proc is not None else None
 
     def start(self) -> None:
-        """Start the process (its own session, stdin closed)."""
+        """Start the process (its own session, stdin closed, :func:`qtd.proc.child_env`: it
+        imports the same ``qtd`` as this process, wherever it was started from)."""
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=term_with_parent,
+                start_new_session=True, preexec_fn=term_with_parent, env=child_env(),
             )
 
     def returncode(self) -> int | None:

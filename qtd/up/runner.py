@@ -32,6 +32,7 @@ from rich.live import Live
 
 from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensure_jetstream
 from qtd.errors import OperationalError
+from qtd.proc import python_argv
 from qtd.up.configs import FleetPlan, generate
 from qtd.up.layout import Layout, find_etc
 from qtd.up.procs import Child, stop_children, stop_leftovers, write_pids
@@ -95,7 +96,7 @@ def _agent_count(layout: Layout, requested: int | None) -> int:
 
 
 def _children(layout: Layout, plan: FleetPlan) -> tuple[Child, list[Child]]:
-    qtd = [sys.executable, "-m", "qtd.cli"]
+    qtd = python_argv("qtd.cli")  # the cwd is not on their sys.path (a ./qtd/ is not ours)
     leader = Child("leader", [*qtd, "leader", "--config", str(plan.leader_config)],
                    layout.log("leader"))
     agents = [Child(node, [*qtd, "agent", "--config", str(path)], layout.log(node))
