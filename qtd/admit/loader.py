@@ -5,7 +5,8 @@ from its content hash, so two versions of the same file (hot reload) or two file
 same name never share a namespace and never shadow a real package. The module is put in
 ``sys.modules`` because msgspec resolves ``from __future__ import annotations`` type hints
 through it. The import runs in a worker thread under a time budget (a module body that
-loops forever is an admission error, not a hung ``qtd validate``).
+loops forever is an admission error, not a hung ``qtd validate``). Admission imports in its
+child process (:mod:`qtd.admit.sandbox`); an agent imports here only what was admitted.
 """
 
 from __future__ import annotations
