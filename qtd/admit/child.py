@@ -28,15 +28,17 @@ from qtd.admit.problems import Problem
 from qtd.admit.rules import Verdict, check_bot
 from qtd.admit.sandbox import Limits, Reply, Request
 from qtd.files import excerpt
+from qtd.proc import term_with_parent
 
 CLONE_NEWUSER: Final = 0x10000000  # linux/sched.h
 CLONE_NEWNET: Final = 0x40000000
+PR_SET_DUMPABLE: Final = 4  # linux/prctl.h
 REQUEST_MAX_BYTES: Final = 1024 * 1024
 REFUSED: Final = "admission sandbox: strategy code may not"
 
 # Audit events (https://docs.python.org/3/library/audit_events.html) refused in the child.
 NETWORK: Final = frozenset({
-    "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
+    "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
     "socket.gethostbyaddr", "socket.getnameinfo", "socket.sendto", "socket.sendmsg"})
 PROCESSES: Final = frozenset({
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
@@ -59,9 +61,8 @@ class Violation(msgspec.Struct, frozen=True):
 
 
 class Guard:
-    """Audit hook refusing :data:`NETWORK`, :data:`PROCESSES`, :data:`NATIVE` and
-    :data:`LIMITS` events and
-    sockets other than AF_UNIX (asyncio's own self-pipe); each refusal is kept in
+    """Audit hook refusing :data:`NETWORK` (but AF_UNIX sockets: asyncio's own self-pipe),
+    :data:`PROCESSES`, :data:`NATIVE` and :data:`LIMITS` events; each refusal is kept in
     :attr:`violations` (strategy code that catches the ``PermissionError`` is still
     refused) with the innermost frame of ``user_file`` when it is on the stack."""
 
@@ -70,11 +71,7 @@ class Guard:
         self.violations: list[Violation] = []
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        if event == "socket.__new__":
-            if args[1] == 1:  # AF_UNIX: no network
-                return
-            event, args = "socket.connect", (f"new socket, family {args[1]}",)
-        elif event not in WHAT:
+        if event not in WHAT or (event == "socket.__new__" and args[1] == socket.AF_UNIX):
             return
         file, line = self._where()
         shown = [a for a in args if not isinstance(a, socket.socket)]
@@ -106,10 +103,14 @@ def isolate_network() -> str:
         return "network namespace"
     uid, gid = os.getuid(), os.getgid()
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
+        libc.prctl(PR_SET_DUMPABLE, 1)  # /proc/self/*_map writable by us (after a setuid too)
+        try:  # unmapped, we could create no file at all: fail, clearly
+            for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                               ("gid_map", f"{gid} {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        except OSError as exc:
+            raise RuntimeError(f"new user namespace, but cannot map uid/gid: {exc}") from exc
         return "user and network namespace"
     return f"audit hook only (unshare: {os.strerror(ctypes.get_errno())})"
 
@@ -160,9 +161,12 @@ async def _admit(req: Request, guard: Guard) -> Verdict:
 
 
 def main() -> None:
+    term_with_parent()  # SIGTERM when the caller dies; a caller already gone: exit below
     reply = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() in strategy code goes to stderr, never into the reply
     req = msgspec.msgpack.decode(sys.stdin.buffer.read(REQUEST_MAX_BYTES), type=Request)
+    if os.getppid() != req.parent:
+        os._exit(1)
     isolation = isolate_network()
     apply_limits(req.limits)
     guard = Guard()

@@ -34,7 +34,7 @@ import msgspec
 from qtd.admit.problems import Problem
 from qtd.admit.rules import Verdict
 from qtd.files import excerpt
-from qtd.proc import child_env, python_argv, term_with_parent
+from qtd.proc import child_env, python_argv
 
 CHILD_MODULE: Final = "qtd.admit.child"
 REPLY_MAX_BYTES: Final = 16 * 1024 * 1024
@@ -58,12 +58,14 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
-    """What the caller asks the child: admit ``path`` (absolute), shown as ``shown``."""
+    """What the caller (pid ``parent``) asks the child: admit ``path`` (absolute), shown as
+    ``shown``."""
 
     path: str
     shown: str
     smoke: bool
     limits: Limits
+    parent: int
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,13 +118,14 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 def _outcome(shown: str, limits: Limits, code: int | None, out: bytes, err: bytes) -> Reply:
-    said = excerpt(err.decode("utf-8", "replace").strip()) or None
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    said = excerpt(lines[-1]) if lines else None  # the last line: the error, if it raised
     if code == -signal.SIGXCPU:
         return _refused(shown, f"admission used more than the CPU limit ({limits.cpu_s} s) "
                         "and was killed: a strategy module body or hook that never ends?", said)
     if code is not None and code < 0:
         return _refused(shown, f"admission process was killed by {signal.Signals(-code).name}"
-                        f" (memory limit {limits.memory_mb} MiB of address space)", said)
+                        " (by strategy code, or out of memory)", said)
     if code != 0 or not out:
         return _refused(shown, f"admission process failed (exit status {code}); its last "
                         "output is the value", said)
@@ -149,12 +152,15 @@ async def admit_in_child(path: Path, *, smoke: bool = True, limits: Limits | Non
     """
     limits = limits or Limits()
     request = msgspec.msgpack.encode(Request(path=str(path.absolute()), shown=str(path),
-                                             smoke=smoke, limits=limits))
+                                             smoke=smoke, limits=limits, parent=os.getpid()))
     with tempfile.TemporaryDirectory(prefix="qtd-admit-", ignore_cleanup_errors=True) as tmp:
-        proc = await asyncio.create_subprocess_exec(
-            *python_argv(CHILD_MODULE), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp,
-            env=child_env(), start_new_session=True, preexec_fn=term_with_parent)
+        try:  # no preexec_fn: a busy agent's loop is not stalled by fork (vfork is used)
+            proc = await asyncio.create_subprocess_exec(
+                *python_argv(CHILD_MODULE), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp,
+                env=child_env(), start_new_session=True)
+        except OSError as exc:
+            return _refused(str(path), f"cannot start the admission process: {exc}")
         try:
             out, err = await asyncio.wait_for(_talk(proc, request), limits.wall_s)
         except TimeoutError:
