@@ -35,11 +35,13 @@ CLONE_NEWNET: Final = 0x40000000
 PR_SET_DUMPABLE: Final = 4  # linux/prctl.h
 REQUEST_MAX_BYTES: Final = 1024 * 1024
 REFUSED: Final = "admission sandbox: strategy code may not"
+MAX_VIOLATIONS: Final = 20  # reported; a loop of refused calls is refused all the same
 
 # Audit events (https://docs.python.org/3/library/audit_events.html) refused in the child.
 NETWORK: Final = frozenset({
-    "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
-    "socket.gethostbyaddr", "socket.getnameinfo", "socket.sendto", "socket.sendmsg"})
+    "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
+    "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo", "socket.sendto",
+    "socket.sendmsg"})
 PROCESSES: Final = frozenset({
     "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
     "os.forkpty", "os.startfile"})
@@ -76,7 +78,8 @@ class Guard:
         file, line = self._where()
         shown = [a for a in args if not isinstance(a, socket.socket)]
         detail = excerpt(", ".join(repr(a) for a in shown), 120)
-        self.violations.append(Violation(event, detail, file, line))
+        if len(self.violations) < MAX_VIOLATIONS:
+            self.violations.append(Violation(event, detail, file, line))
         raise PermissionError(f"{REFUSED} {WHAT[event]} ({event})")
 
     def _where(self) -> tuple[str, int]:
