@@ -4,7 +4,11 @@ One :data:`REJECTED` per process: the leader's subscriptions (events from JetStr
 heartbeats, PnL ticks, kill acks) call :meth:`RejectCounter.reject`, which logs the subject
 and the decoder's message and counts the message by kind; the status page exports the
 counts as ``qtd_bad_messages_total{kind}`` and tests read them. A rejected message never
-changes state. (The agent audits a malformed control request as a ``CommandAudit`` with
+changes state. An event whose subject, payload and ``Nats-Msg-Id`` name different nodes
+(:func:`qtd.leader.ingest.check_origin`) is a forgery: :meth:`RejectCounter.forged` counts it
+under kind ``event`` and per ``(subject node, claimed node)``, exported as
+``qtd_forged_events_total{subject_node, claimed_node}``.
+(The agent audits a malformed control request as a ``CommandAudit`` with
 ``ok = false`` in its store instead; a kill that cannot be read is applied as a GLOBAL kill:
 fail safe — unless :func:`server_reply` says NATS itself wrote it.)
 
@@ -33,12 +37,27 @@ class RejectCounter:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.forged_by: Counter[tuple[str, str]] = Counter()
 
     def reject(self, kind: str, subject: str, exc: Exception, log: logging.Logger) -> None:
         """Count one unreadable message and log it (subject and decoder error, no payload)."""
         self.counts[kind] += 1
         log.warning("bad_message kind=%s subject=%s error=%s total=%d", kind, subject, exc,
                     self.counts[kind])
+
+    def forged(self, subject_node: str, claimed_node: str, subject: str, exc: Exception,
+               log: logging.Logger) -> None:
+        """Count one forged event (sent under ``subject_node``'s subject, claiming
+        ``claimed_node``) and log it at ERROR."""
+        self.counts["event"] += 1
+        self.forged_by[(subject_node, claimed_node)] += 1
+        log.error("forged_event subject=%s subject_node=%s claimed_node=%s error=%s total=%d",
+                  subject, subject_node, claimed_node, exc,
+                  self.forged_by[(subject_node, claimed_node)])
+
+    @property
+    def forged_total(self) -> int:
+        return sum(self.forged_by.values())
 
     @property
     def total(self) -> int:

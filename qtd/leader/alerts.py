@@ -26,6 +26,7 @@ import msgspec
 from qtd.clock import Clock
 from qtd.events import Alert, AnyEvent, RiskBreach, Severity, TradingState, TradingStateChanged
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
+from qtd.leader.ingest import Suspect
 from qtd.leader.snapshot import AlertView
 from qtd.leader.view import FleetView
 from qtd.notify import Notifier, Page
@@ -146,16 +147,33 @@ class AlertBook:
         return rec
 
     def on_agent_breach(self, b: RiskBreach) -> AlertRecord | None:
-        """An agent's breach sent over NATS core because its store cannot write
-        (``check="store_fault"``, :mod:`qtd.agent.storefault`; republished while it lasts):
-        page it at its severity under the key ``store:<node>``. Other checks arrive through
-        JetStream and are ignored here (returns None)."""
-        if b.check != "store_fault":
+        """An agent's breach sent over NATS core because its outbox cannot carry it: its
+        store cannot write (``check="store_fault"``, :mod:`qtd.agent.storefault`) or is
+        behind its own events in JetStream (``"store_behind"``,
+        :mod:`qtd.agent.storebehind`); republished while it lasts. Paged at its severity
+        under ``store:<node>``. Other checks arrive through JetStream and are ignored here
+        (returns None)."""
+        what = _STORE_CHECKS.get(b.check)
+        if what is None:
             return None
         return self.raise_alert(
-            f"store:{b.node}", b.severity, f"agent {b.node}: event store cannot write; "
-            "trading HALTED", trigger=b.check, limit=b.limit, value=b.value, unit=b.unit,
-            node=b.node, message=b.message)
+            f"store:{b.node}", b.severity, f"agent {b.node}: {what}; trading HALTED",
+            trigger=b.check, limit=b.limit, value=b.value, unit=b.unit, node=b.node,
+            message=b.message)
+
+    def on_suspect(self, s: Suspect) -> AlertRecord:
+        """Page P1 an event the ingest kept out (:class:`~qtd.leader.ingest.Suspect`): a
+        forgery by ``s.subject_node`` (key ``forged:<node>``: its NATS credentials write
+        another node's history) or a different event under a stored origin (key
+        ``conflict:<node>``: its store went backwards, or a forgery)."""
+        if s.why == "forged":
+            title = (f"forged event: {s.subject_node}'s credentials sent a {s.kind} claiming "
+                     f"node {s.claimed_node!r} (refused)")
+        else:
+            title = f"{s.subject_node}: a different {s.kind} under a stored Msg-Id (refused)"
+        return self.raise_alert(f"{s.why}:{s.subject_node}", Severity.P1, title,
+                                trigger=f"{s.why}_event", node=s.subject_node,
+                                message=f"Msg-Id {s.msg_id!r}: {s.detail}")
 
     def on_agent_event(self, ev: AnyEvent) -> AlertRecord | None:
         """Page an agent's own P1/P2 trip that arrived through JetStream (a breaker that
@@ -170,7 +188,7 @@ class AlertBook:
                 self.close(key, f"{ev.scope.value} {ev.scope_key} ACTIVE again on {ev.node}")
             return None
         if not isinstance(ev, RiskBreach) or ev.severity not in (Severity.P1, Severity.P2) \
-                or ev.action == "deny" or ev.check in ("kill_switch", "store_fault"):
+                or ev.action == "deny" or ev.check in ("kill_switch", *_STORE_CHECKS):
             return None
         return self.raise_alert(
             f"breach:{ev.node}:{ev.check}:{ev.scope.value}:{ev.scope_key}", ev.severity,
@@ -249,6 +267,10 @@ class AlertBook:
                        f"unrealized {p.unrealized:,.2f}" for p in rows[:10]],
             recent_events=[describe(e) for e in events], message=rec.message,
             ts_ns=self.clock.now_ns())
+
+
+_STORE_CHECKS = {"store_fault": "event store cannot write",
+                 "store_behind": "event store is behind its events in JetStream (data lost)"}
 
 
 def describe(ev: AnyEvent) -> str:

@@ -220,7 +220,8 @@ class Leader:
             ack_timeout_s=self.cfg.kill.ack_timeout_s)
         self.liveness = LivenessMonitor(self.cfg.liveness, self.view, self.alerts)
         ingest = msgspec.structs.replace(self.cfg.ingest, durable=consumer_name(self.cfg))
-        self.ingestor = Ingestor(js, self.subjects, ingest, self.db, self._on_events)
+        self.ingestor = Ingestor(js, self.subjects, ingest, self.db, self._on_events,
+                                 on_suspect=self.alerts.on_suspect)
         self.view.ingest_stats = self.ingestor.stats
         await self.quality.attach(
             alerts=self.alerts, db=self.db, sender=self.notifier.sender, tasks=self.tasks,

@@ -6,7 +6,10 @@ table ``events`` has a unique index on the origin. One :meth:`FleetDB.ingest` ca
 batch, moves the marks and records the stream sequence of the batch's last message **in one
 transaction**, so after a crash either all of it or none of it is there, and the caller acks
 the JetStream messages only after it returned. An event at or below its mark is looked up by
-its origin (a re-send, or a redelivery after a gap) and counted once.
+its origin (a re-send, or a redelivery after a gap) and counted once; its payload is compared
+with the stored one, and a *different* event under a stored origin (a store that went
+backwards and reused its seqs, or a forger) is kept out, counted in ``conflicts`` and named
+to the caller, who alerts: the first event stays the record.
 
 The leader's own events (kill switch, breaches, alerts) are stored with origin
 ``("leader", <fleet.db incarnation>, n)``. Rows are kept in ingest order (``id``), so a
@@ -65,13 +68,24 @@ def parse_msg_id(msg_id: str | None, event: Event) -> Origin:
     """The origin named by a ``Nats-Msg-Id`` header (``node:incarnation:seq``).
 
     Without a parseable header the event's own ``node`` and ``seq`` are used with an empty
-    incarnation (still idempotent for that node).
+    incarnation (still idempotent for that node). An incarnation ``<inc>~<random>`` names
+    incarnation ``<inc>``: the agent re-published an event whose id another publisher had
+    taken (:mod:`qtd.outbox_ids`).
     """
     if msg_id:
         parts = msg_id.rsplit(":", 2)
         if len(parts) == 3 and parts[2].isdigit():
-            return Origin(parts[0], parts[1], int(parts[2]))
+            return Origin(parts[0], parts[1].partition("~")[0], int(parts[2]))
     return Origin(event.node, "", event.seq)
+
+
+class Conflict(NamedTuple):
+    """A different event arrived under an origin fleet.db already holds (kept: the stored
+    one). ``stored_kind``/``got_kind`` are the two events' kinds."""
+
+    origin: Origin
+    stored_kind: str
+    got_kind: str
 
 
 class FleetDB:
@@ -83,6 +97,8 @@ class FleetDB:
         stream_seq: JetStream sequence of the last committed message (0 = none).
         duplicates: events dropped as already ingested, since open.
         gaps: origins seen jumping ahead of their mark (a missing seq), since open.
+        conflicts: events dropped because a *different* event is stored under their origin,
+            since open (see the module docstring).
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, pool: ThreadPoolExecutor) -> None:
@@ -93,6 +109,7 @@ class FleetDB:
         self.stream_seq = 0
         self.duplicates = 0
         self.gaps = 0
+        self.conflicts = 0
         self._hwm: dict[tuple[str, str], int] = {}
 
     @classmethod
@@ -144,13 +161,16 @@ class FleetDB:
     # --- writing -------------------------------------------------------------------------
 
     async def ingest(
-        self, items: Sequence[tuple[Origin, AnyEvent]], stream_seq: int
+        self, items: Sequence[tuple[Origin, AnyEvent]], stream_seq: int,
+        conflicts: list[Conflict] | None = None,
     ) -> list[AnyEvent]:
         """Store the events not seen before, move the marks and ``stream_seq``; one commit.
 
         Args:
             items: ``(origin, event)`` in stream order.
             stream_seq: JetStream sequence of the batch's last message.
+            conflicts: if given, each event dropped because a different event is stored
+                under its origin is appended here (the caller alerts).
 
         Returns:
             The new events, in order (duplicates left out).
@@ -158,37 +178,46 @@ class FleetDB:
         Raises:
             StoreError: the write failed; nothing of the batch was stored.
         """
-        return await self._run(self._ingest, items, stream_seq)
+        return await self._run(self._ingest, items, stream_seq, conflicts)
 
-    def _ingest(self, items: Sequence[tuple[Origin, AnyEvent]], stream_seq: int
-                ) -> list[AnyEvent]:
+    def _ingest(self, items: Sequence[tuple[Origin, AnyEvent]], stream_seq: int,
+                conflicts: list[Conflict] | None = None) -> list[AnyEvent]:
         fresh: list[AnyEvent] = []
         rows: list[tuple[object, ...]] = []
         marks: dict[tuple[str, str], int] = {}
-        seen: set[Origin] = set()
+        seen: dict[Origin, bytes] = {}
         for origin, ev in items:
             key = (origin.node, origin.incarnation)
             hwm = marks.get(key, self._hwm.get(key, 0))
-            if origin.seq <= hwm and (origin in seen or self._known(origin)):
-                self.duplicates += 1
+            payload = encode(ev)
+            stored = (seen.get(origin) or self._stored(origin)) if origin.seq <= hwm else None
+            if stored is not None:
+                if stored == payload:
+                    self.duplicates += 1
+                else:
+                    self.conflicts += 1
+                    if conflicts is not None:
+                        conflicts.append(Conflict(origin, type(decode(stored)).__name__,
+                                                  type(ev).__name__))
                 continue
             if origin.seq > hwm + 1 and hwm:
                 self.gaps += 1
-            seen.add(origin)
+            seen[origin] = payload
             marks[key] = max(hwm, origin.seq)
             fresh.append(ev)
             rows.append((origin.node, origin.incarnation, origin.seq, ev.ts_event,
-                         type(ev).__name__, ev.bot, stream_seq, encode(ev)))
+                         type(ev).__name__, ev.bot, stream_seq, payload))
         self._commit(rows, marks, stream_seq)
         self._hwm.update(marks)
         self.stream_seq = max(self.stream_seq, stream_seq)
         return fresh
 
-    def _known(self, origin: Origin) -> bool:
+    def _stored(self, origin: Origin) -> bytes | None:
+        """The stored payload under ``origin`` (None: not stored)."""
         row = self._conn.execute(
-            "SELECT 1 FROM events WHERE node = ? AND incarnation = ? AND seq = ?", origin
+            "SELECT payload FROM events WHERE node = ? AND incarnation = ? AND seq = ?", origin
         ).fetchone()
-        return row is not None
+        return None if row is None else bytes(row[0])
 
     def _commit(self, rows: list[tuple[object, ...]], marks: dict[tuple[str, str], int],
                 stream_seq: int) -> None:

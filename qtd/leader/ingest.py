@@ -26,6 +26,17 @@ false`` after a power cut, a restored backup, a new file), it is (re)created to 
 stream sequence recorded in fleet.db, so nothing the consumer acked is missing from fleet.db.
 A consumer whose ``ack_wait`` differs from the config is recreated the same way (after its
 ack floor), so a changed setting takes effect.
+
+**Who may say what.** The NATS ACL lets an agent publish only under its own
+``<prefix>.evt.<node>.>``, but the payload's ``node`` and the ``Nats-Msg-Id``
+(``node:incarnation:seq``, the origin fleet.db dedupes on) are whatever the publisher wrote.
+An event is accepted only when the subject's node token, the payload's ``node`` and the
+Msg-Id's node agree (a missing Msg-Id falls back to the payload's node and seq, see
+:func:`~qtd.leader.fleetdb.parse_msg_id`). Anything else is a forgery by the subject's node:
+it is logged, counted (:data:`~qtd.bus.rejects.REJECTED`, per subject node and claimed node),
+acked with its batch (never redelivered), never stored nor applied to the view or the caps,
+and reported to ``on_suspect`` (the leader pages P1). A different event under an origin
+fleet.db already holds (:class:`~qtd.leader.fleetdb.Conflict`) is reported the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -47,7 +59,7 @@ from qtd.bus import EVENTS_STREAM, Subjects
 from qtd.bus.rejects import REJECTED
 from qtd.events import DECODE_ERRORS, AnyEvent, from_json
 from qtd.leader.config import IngestConfig
-from qtd.leader.fleetdb import FleetDB, Origin, parse_msg_id
+from qtd.leader.fleetdb import Conflict, FleetDB, Origin, parse_msg_id
 from qtd.leader.pull import BatchPuller
 
 log = logging.getLogger("qtd.leader.ingest")
@@ -107,9 +119,63 @@ async def open_consumer(js: JetStreamContext, subjects: Subjects, cfg: IngestCon
     return Binding(await puller.start(), delivered or 0)
 
 
-def decode_batch(msgs: list[Msg]) -> tuple[list[tuple[Origin, AnyEvent]], int]:
-    """``(origin, event)`` of each decodable message and the batch's last stream sequence.
-    An undecodable message is logged and skipped (it would block the stream forever)."""
+class Suspect(msgspec.Struct, frozen=True, kw_only=True):
+    """An event the leader kept out of fleet.db for what it claims (module docstring).
+
+    Attributes:
+        why: ``"forged"`` (the node tokens disagree) or ``"conflict"`` (a different event
+            under a stored origin).
+        subject_node: the node the NATS ACL vouches for (the subject's node token).
+        claimed_node: the payload's ``node``.
+        msg_id: the ``Nats-Msg-Id`` header ("" if none).
+        kind: the event's kind; ``stream_seq``: its JetStream sequence.
+        detail: one line for the operator.
+    """
+
+    why: str
+    subject_node: str
+    claimed_node: str
+    msg_id: str
+    kind: str
+    stream_seq: int
+    detail: str
+
+
+class ForgedEvent(ValueError):
+    """The subject's, the payload's and the Msg-Id's node disagree."""
+
+
+def subject_node(subject: str, subjects: Subjects) -> str:
+    """The ``<node>`` token of ``<prefix>.evt.<node>.<bot>.<kind>`` ("" if not an event
+    subject)."""
+    head = f"{subjects.prefix}.evt."
+    return subject[len(head):].split(".", 1)[0] if subject.startswith(head) else ""
+
+
+def check_origin(subject: str, subjects: Subjects, msg_id: str | None, ev: AnyEvent
+                 ) -> Origin:
+    """The event's origin, once the three nodes agree.
+
+    Raises:
+        ForgedEvent: the subject's node token, ``ev.node`` and the Msg-Id's node differ, or
+            the Msg-Id is present but not ``node:incarnation:seq``.
+    """
+    if msg_id and not (msg_id.count(":") >= 2 and msg_id.rsplit(":", 1)[1].isdigit()):
+        raise ForgedEvent(f"Nats-Msg-Id {msg_id!r} is not node:incarnation:seq")
+    origin = parse_msg_id(msg_id, ev)
+    by_subject = subject_node(subject, subjects)
+    if not (by_subject == ev.node == origin.node):
+        raise ForgedEvent(f"subject node {by_subject!r}, payload node {ev.node!r}, Msg-Id "
+                          f"node {origin.node!r}: must all be the same")
+    return origin
+
+
+def decode_batch(msgs: list[Msg], subjects: Subjects,
+                 on_suspect: Callable[[Suspect], object] | None = None
+                 ) -> tuple[list[tuple[Origin, AnyEvent]], int]:
+    """``(origin, event)`` of each decodable, consistent message and the batch's last stream
+    sequence. An undecodable message is logged and skipped (it would block the stream
+    forever); a forged one (:func:`check_origin`) is counted, reported and skipped."""
     items: list[tuple[Origin, AnyEvent]] = []
     for m in msgs:
         try:
@@ -117,8 +183,27 @@ def decode_batch(msgs: list[Msg]) -> tuple[list[tuple[Origin, AnyEvent]], int]:
         except DECODE_ERRORS as exc:
             REJECTED.reject("event", m.subject, exc, log)
             continue
-        items.append((parse_msg_id((m.headers or {}).get("Nats-Msg-Id"), ev), ev))
+        mid = (m.headers or {}).get("Nats-Msg-Id")
+        try:
+            items.append((check_origin(m.subject, subjects, mid, ev), ev))
+        except ForgedEvent as exc:
+            by = subject_node(m.subject, subjects)
+            REJECTED.forged(by, ev.node, m.subject, exc, log)
+            if on_suspect is not None:
+                on_suspect(Suspect(why="forged", subject_node=by, claimed_node=ev.node,
+                                   msg_id=mid or "", kind=type(ev).__name__,
+                                   stream_seq=m.metadata.sequence.stream, detail=str(exc)))
     return items, msgs[-1].metadata.sequence.stream
+
+
+def conflict_suspect(c: Conflict) -> Suspect:
+    """The :class:`Suspect` for a different event under a stored origin."""
+    o = c.origin
+    return Suspect(why="conflict", subject_node=o.node, claimed_node=o.node,
+                   msg_id=f"{o.node}:{o.incarnation}:{o.seq}", kind=c.got_kind, stream_seq=0,
+                   detail=f"origin {o.node}:{o.incarnation}:{o.seq} holds a {c.stored_kind}; "
+                          f"a different {c.got_kind} arrived under it (kept the first): the "
+                          "node's store went backwards and reused its seqs, or a forgery")
 
 
 class Ingestor:
@@ -130,6 +215,7 @@ class Ingestor:
         cfg: consumer settings.
         db: fleet.db.
         on_events: called with each committed batch of new events, before the ack.
+        on_suspect: called with each event kept out for what it claims (:class:`Suspect`).
 
     Attributes:
         consumed: messages fetched; ``ingested`` new events committed; ``lag_ms``: age of
@@ -137,9 +223,11 @@ class Ingestor:
     """
 
     def __init__(self, js: JetStreamContext, subjects: Subjects, cfg: IngestConfig,
-                 db: FleetDB, on_events: Callable[[list[AnyEvent]], None]) -> None:
+                 db: FleetDB, on_events: Callable[[list[AnyEvent]], None], *,
+                 on_suspect: Callable[[Suspect], object] | None = None) -> None:
         self.js, self.subjects, self.cfg, self.db = js, subjects, cfg, db
         self.on_events = on_events
+        self.on_suspect = on_suspect
         self.consumed = 0
         self.ingested = 0
         self.lag_ms = 0
@@ -151,6 +239,7 @@ class Ingestor:
         """Counters for the status page."""
         return {"consumed": self.consumed, "ingested": self.ingested,
                 "duplicates": self.db.duplicates, "gaps": self.db.gaps,
+                "conflicts": self.db.conflicts, "forged": REJECTED.forged_total,
                 "stream_seq": self.db.stream_seq, "lag_ms": self.lag_ms,
                 "rebinds": self.rebinds}
 
@@ -238,8 +327,14 @@ class Ingestor:
         return n
 
     async def _commit(self, msgs: list[Msg]) -> None:
-        items, sseq = decode_batch(msgs)
-        fresh = await self.db.ingest(items, sseq)
+        items, sseq = decode_batch(msgs, self.subjects, self.on_suspect)
+        conflicts: list[Conflict] = []
+        fresh = await self.db.ingest(items, sseq, conflicts)
+        for c in conflicts:
+            log.error("ingest.conflict origin=%s:%s:%d stored=%s got=%s", *c.origin,
+                      c.stored_kind, c.got_kind)
+            if self.on_suspect is not None:
+                self.on_suspect(conflict_suspect(c))
         self.on_events(fresh)
         await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch, after the commit
         self.consumed += len(msgs)

@@ -105,7 +105,12 @@ class SnapshotCollector(Collector):
                                   "read (rejected, not applied)", labels=["kind"])
         for kind in REJECT_KINDS:
             bad.add_metric([kind], REJECTED.counts[kind])
-        yield from (util, tripped, alerts, bad)
+        forged = CounterMetricFamily("qtd_forged_events", "events refused because subject, "
+                                     "payload and Msg-Id name different nodes",
+                                     labels=["subject_node", "claimed_node"])
+        for (by, claimed), n in sorted(REJECTED.forged_by.items()):
+            forged.add_metric([by, claimed], n)
+        yield from (util, tripped, alerts, bad, forged)
 
 
 class WebMetrics:
