@@ -2,9 +2,9 @@
 
 :func:`ensure_jetstream` is idempotent and safe to run from every process at start: it
 creates what is missing, updates settings that can change without losing meaning
-(duplicate window, max age, max bytes, discard policy, replicas, KV history), and refuses,
-naming the difference, when an existing stream differs in what defines it (subjects, storage
-type, retention).
+(duplicate window, max age, max bytes, discard policy, replicas, direct get, KV history),
+and refuses, naming the difference, when an existing stream differs in what defines it
+(subjects, storage type, retention).
 """
 
 from __future__ import annotations
@@ -73,13 +73,17 @@ def _stream_config(
         max_age=max_age,
         max_bytes=max_bytes,
         duplicate_window=duplicate_window,
+        # direct get by subject: the agent's outbox audit reads its node's last event with
+        # $JS.API.DIRECT.GET.<stream>.<prefix>.evt.<node>.>, which the ACL can limit per node
+        allow_direct=True,
     )
 
 
 # Fields that define what the stream is: a difference is an operator decision.
 _FIXED = ("subjects", "storage", "retention")
 # Fields qtd owns and may update in place.
-_TUNABLE = ("duplicate_window", "max_age", "max_bytes", "discard", "num_replicas")
+_TUNABLE = ("duplicate_window", "max_age", "max_bytes", "discard", "num_replicas",
+            "allow_direct")
 
 
 def _norm(field: str, value: Any) -> Any:
@@ -89,6 +93,8 @@ def _norm(field: str, value: Any) -> Any:
         return -1 if value is None else value
     if field == "subjects":
         return sorted(value or [])
+    if field == "allow_direct":
+        return bool(value)
     return value
 
 
