@@ -44,6 +44,7 @@ examples:
   qtd report execution --db qtd-state/leader/fleet.db      latency, slippage, fill rates
   qtd report shadow --shadow-db A/events.db --live-db B/events.db --bot X   shadow vs live
   qtd surveil --db qtd-state/leader/fleet.db               wash, spoofing, layering checks
+  qtd recover --config etc/agent.toml --user leader       a store behind JetStream: refill it
 """
 
 
@@ -90,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preflight(sub)
     _add_deploy(sub)
     _add_report(sub)
+    _add_recover(sub)
     return parser
+
+
+def _add_recover(sub: Any) -> None:
+    from qtd.commands.recover import add_parser
+
+    add_parser(sub)
 
 
 def _add_report(sub: Any) -> None:

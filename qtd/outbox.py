@@ -57,6 +57,7 @@ from nats.js import JetStreamContext
 from qtd.bus import EVENTS_STREAM, Subjects, msg_id
 from qtd.errors import TemporaryError
 from qtd.events import AnyEvent, to_json
+from qtd.recovery import check_store, last_in_stream
 from qtd.store import EventStore
 
 log = logging.getLogger("qtd.outbox")
@@ -187,48 +188,45 @@ class Outbox:
         await self._committed()
 
     async def audit(self) -> int:
-        """Check that JetStream still has this node's events up to the watermark.
+        """Check the stream against the store: nothing lost by JetStream, nothing by the store.
 
         JetStream acknowledges before it fsyncs unless it runs with ``sync_interval:
         always``; a NATS host that crashes can come back without events it acknowledged.
         The store keeps every event, so the outbox asks the stream for this node's last event
-        (``Nats-Msg-Id``) after every (re)connect and, when it is older than the watermark,
-        re-sends from it (the leader is idempotent on the origin, so an event it already
-        consumed is not counted twice). A node with no event left in the stream counts as a
-        loss only when its watermark event is younger than the stream's ``max_age``.
+        (``Nats-Msg-Id``; a direct get by subject, :func:`qtd.recovery.last_in_stream`) after
+        every (re)connect and, when it is older than the watermark, re-sends from it (the
+        leader is idempotent on the origin, so an event it already consumed is not counted
+        twice). A node with no event left in the stream counts as a loss only when its
+        watermark event is younger than the stream's ``max_age``. When that last event is
+        *beyond* the store, or differs from the store's event at its seq, the store went
+        backwards (:func:`qtd.recovery.check_store`): nothing may be published.
 
         Returns:
             How many acknowledged events are re-sent (0: nothing was lost, or the stream
             could not be read now; the next connect checks again).
+
+        Raises:
+            StoreBehind: the stream holds this node's events beyond the store; the outbox
+                must not publish (each seq after the loss names two events).
         """
-        wm = await self._watermark()
-        if wm == 0:
-            return 0
-        node, subject = self.store.node, self.subjects.evt_filter(self.store.node)
         try:
-            msg = await self.js.get_last_msg(EVENTS_STREAM, subject.rsplit(".", 2)[0] + ".>")
-            mid = (msg.headers or {}).get("Nats-Msg-Id", "")
-            last = _seq_of(mid, node, self.store.incarnation)
-            if last == 0 and not await self._young(wm):
-                return 0
-        except nats.js.errors.NotFoundError:
-            if not await self._young(wm):
-                return 0
-            last = 0
+            last = await last_in_stream(self.js, self.subjects, self.store.node)
         except _NATS_ERRORS as exc:
             log.warning("outbox audit: cannot read the stream now (%r); checked again at the "
                         "next connect", exc)
             return 0
-        if last >= wm:
+        seq = await check_store(self.store, *last) if last is not None else 0
+        wm = await self._watermark()
+        if wm == 0 or seq >= wm or (seq == 0 and not await self._young(wm)):
             return 0
         log.error("outbox audit: JetStream has this node's events only up to seq %d, the "
                   "watermark is %d: it lost %d acknowledged events (NATS host crash before "
-                  "fsync?); re-sending them from the store", last, wm, wm - last)
+                  "fsync?); re-sending them from the store", seq, wm, wm - seq)
         self._inflight.clear()
         self._acks.clear()
-        self._wm = self._sent = last
+        self._wm = self._sent = seq
         self._probe = True
-        return wm - last
+        return wm - seq
 
     async def _young(self, wm: int) -> bool:
         """True if the event at ``wm`` should still be in the stream (younger than its
@@ -464,14 +462,6 @@ class Outbox:
             if self._wm is None or self._wm <= self._wm_durable:
                 return
             self._commit_latest()
-
-
-def _seq_of(mid: str, node: str, incarnation: str) -> int:
-    """The seq in a ``<node>:<incarnation>:<seq>`` Msg-Id of this store (0 otherwise)."""
-    parts = mid.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != node or parts[1] != incarnation:
-        return 0
-    return int(parts[2]) if parts[2].isdigit() else 0
 
 
 async def _wait_any(stop: asyncio.Event | None, wake: asyncio.Event | None,

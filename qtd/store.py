@@ -314,6 +314,33 @@ class EventStore:
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
 
+    async def replace_after(self, seq: int, events: Sequence[Event]) -> list[AnyEvent]:
+        """Operator recovery only (``qtd recover``, :mod:`qtd.recovery`): in one
+        transaction, remove the events after ``seq``, append ``events`` from ``seq + 1`` on
+        and lower the outbox watermarks to ``seq``. Never called by a running agent.
+
+        Raises:
+            StoreError: the write failed; nothing changed.
+        """
+        async with self._write_lock:
+            self._check_writable()
+            stored = [msgspec.structs.replace(e, seq=seq + 1 + i) for i, e in enumerate(events)]
+            db = self._db
+            try:
+                await db.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    await db.execute_fetchall("DELETE FROM events WHERE seq > ?", (seq,))
+                    await db.execute_fetchall("UPDATE outbox SET seq = min(seq, ?)", (seq,))
+                    await db.executemany(_INSERT, [event_row(e) for e in stored])
+                    await db.execute_fetchall("COMMIT")
+                except BaseException:
+                    await _rollback(db)
+                    raise
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from exc
+            self.last_seq = stored[-1].seq if stored else seq
+        return stored  # type: ignore[return-value]
+
     def bulk_appender(self) -> BulkAppender:
         """A :class:`BulkAppender` on this store (the caller becomes its only writer until
         the appender is closed)."""

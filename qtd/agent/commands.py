@@ -36,6 +36,7 @@ from qtd.agent.control import (
     kill_ack_subject,
     read_kills,
 )
+from qtd.agent.storebehind import refuses_resume
 from qtd.agent.wiring import bot_files, status_of
 from qtd.errors import ConfigError
 from qtd.events import DECODE_ERRORS, CommandAudit, KillAck, ParamsChanged, Scope
@@ -189,6 +190,8 @@ async def _held_by(agent: Agent, req: CommandRequest) -> str:
 
 async def _resume(agent: Agent, req: CommandRequest) -> CommandReply:
     _check_scope(req)
+    if why := refuses_resume(agent, req.scope):
+        return _reply(agent, "resume", False, why)
     held = await _held_by(agent, req)
     if held:
         state = agent.risk.states.get(req.scope, req.key)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from qtd import sdnotify
-from qtd.agent import loops
+from qtd.agent import loops, storebehind
 from qtd.agent.accounts import (
     account_symbols,
     close_brokers,
@@ -171,7 +171,8 @@ class Agent:
             start_reconciler(self, name)  # periodic + after reconnects, auto-flatten
         if cfg.bus is not None:
             self.link = BusLink(cfg.bus, self.store, source=cfg.source,
-                                replicas=cfg.jetstream_replicas, on_ready=self._on_bus_ready)
+                                replicas=cfg.jetstream_replicas, on_ready=self._on_bus_ready,
+                                on_store_behind=lambda exc: storebehind.refuse(self, exc))
             self.store.listener = self.link.offer
             self.spawn("bus", self.link.run(self._telemetry_stop))
             with contextlib.suppress(TimeoutError):

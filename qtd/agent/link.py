@@ -2,7 +2,11 @@
 
 Trading never waits for this: until the link is up, and whenever NATS is down afterwards,
 events stay in the SQLite store and the outbox drains them in seq order once JetStream
-acknowledges again. Core publishes (heartbeats, PnL ticks, kill acks) are best effort and
+acknowledges again. Once connected, and before anything is published or the link reports
+ready (bots start after that), the outbox audit compares the stream with the store: a store
+that went backwards (:class:`~qtd.recovery.StoreBehind`) is handed to ``on_store_behind``
+(the agent halts) and the outbox is dropped: nothing more is published by this process.
+Core publishes (heartbeats, PnL ticks, kill acks) are best effort and
 never raise into the caller.
 """
 
@@ -22,6 +26,7 @@ from qtd.bus import BusConfig, Subjects, connect, ensure_jetstream
 from qtd.errors import OperationalError, TemporaryError
 from qtd.events import AnyEvent
 from qtd.outbox import Outbox
+from qtd.recovery import StoreBehind
 from qtd.store import EventStore
 
 log = logging.getLogger("qtd.agent.link")
@@ -45,16 +50,24 @@ class BusLink:
         source: config file name, for error messages.
         replicas: JetStream stream/KV replicas.
         on_ready: called once connected and set up (subscriptions, first kill read).
+        on_store_behind: called once if the store is behind the stream (before
+            ``on_ready`` when found at the first connect).
+
+    Attributes:
+        behind: the refusal, once the store was found behind (the outbox is then None).
     """
 
     def __init__(self, cfg: BusConfig, store: EventStore, *, source: str, replicas: int,
-                 on_ready: Callable[[BusLink], Awaitable[None]]) -> None:
+                 on_ready: Callable[[BusLink], Awaitable[None]],
+                 on_store_behind: Callable[[StoreBehind], Awaitable[None]]) -> None:
         self.cfg, self.store, self.source, self.replicas = cfg, store, source, replicas
         self.subjects = Subjects(cfg.prefix)
         self._on_ready = on_ready
+        self._on_store_behind = on_store_behind
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.outbox: Outbox | None = None
+        self.behind: StoreBehind | None = None
         self.ready = asyncio.Event()
 
     @property
@@ -62,15 +75,28 @@ class BusLink:
         return self.nc is not None and self.nc.is_connected
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, set up, then publish the outbox until ``stop`` is set."""
+        """Connect, audit, set up, then publish the outbox until ``stop`` is set."""
         if not await self._connect(stop):
             return
         assert self.js is not None
-        self.outbox = Outbox(self.store, self.js, self.subjects,
-                             connected=lambda: self.connected)
+        outbox = Outbox(self.store, self.js, self.subjects, connected=lambda: self.connected)
+        try:
+            await outbox.audit()  # before any publish, before ready
+            self.outbox = outbox
+        except StoreBehind as exc:
+            await self._refuse(exc)
         await self._on_ready(self)
         self.ready.set()
-        await self.outbox.run(stop)
+        if self.outbox is not None:
+            try:
+                await self.outbox.run(stop)
+            except StoreBehind as exc:
+                await self._refuse(exc)
+        await stop.wait()
+
+    async def _refuse(self, exc: StoreBehind) -> None:
+        self.outbox, self.behind = None, exc
+        await self._on_store_behind(exc)
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         delay = 0.5

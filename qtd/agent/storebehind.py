@@ -1,0 +1,92 @@
+"""The agent's answer to a store found behind its own events in JetStream.
+
+:class:`~qtd.recovery.StoreBehind` (raised by the outbox audit, :mod:`qtd.recovery`) means
+committed events were lost from ``events.db``: positions miss fills, and every new event
+would reuse a seq the leader already holds. :func:`refuse`:
+
+1. **halts GLOBAL** with a P1 :class:`~qtd.events.RiskBreach` ``check="store_behind"`` whose
+   message names the store's last seq and the stream's, and a kill switch on GLOBAL (open
+   orders cancelled), stored in the store as the reason — at start-up before any bot runs
+   (the link reports ready only after its audit);
+2. logs it at CRITICAL with the time since the agent process started;
+3. **pages P1 over NATS core**: the outbox publishes nothing more (each seq after the loss
+   names two events), so the breach goes on the node's heartbeat subject, again every
+   ``republish_s`` until the agent stops; the leader pages ``store:<node>``
+   (:meth:`qtd.leader.alerts.AlertBook.on_agent_breach`).
+
+The agent refuses ``resume`` of GLOBAL from then on; the way out is to stop it and run
+``qtd recover --config <agent.toml>``, then start it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from qtd.events import RiskBreach, Scope, Severity, TradingState
+from qtd.recovery import CHECK, StoreBehind
+from qtd.risk.kill import KillCommand
+
+if TYPE_CHECKING:
+    from qtd.agent.daemon import Agent
+
+log = logging.getLogger("qtd.agent.storebehind")
+REPUBLISH_S = 5.0
+
+
+def since_process_start_s() -> float:
+    """Seconds since this process started (Linux ``/proc``; ``nan`` elsewhere)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def refuse(agent: Agent, exc: StoreBehind, republish_s: float = REPUBLISH_S) -> None:
+    """Halt, log and page (module docstring); returns once the halt is stored."""
+    detected_s = since_process_start_s()
+    reason = str(exc)
+    lost = float(max(exc.stream_last - exc.store_last, 0) or 1)
+    agent.risk.trip(Scope.GLOBAL, "", TradingState.HALTED, reason, check=CHECK,
+                    severity=Severity.P1, value=lost)
+    await agent.router.kill(KillCommand(scope=Scope.GLOBAL, reason=reason, operator="qtd",
+                                        source=CHECK))
+    log.critical("store behind the stream: GLOBAL HALTED, nothing published; store last seq "
+                 "%d, stream last seq %d%s; detected %.3f s after the agent started. %s",
+                 exc.store_last, exc.stream_last,
+                 f", forked at seq {exc.forked_at}" if exc.forked_at else "", detected_s,
+                 reason, extra={"check": CHECK, "detected_s": detected_s})
+    now = agent.clock.now_ns()
+    breach = RiskBreach(node=agent.node, ts_event=now, ts_init=now, check=CHECK,
+                        scope=Scope.GLOBAL, scope_key="", limit=float(exc.store_last),
+                        value=float(exc.stream_last), unit="last seq (store limit, stream)",
+                        severity=Severity.P1, action="halted", message=reason)
+    agent.spawn("store-behind-page", _page(agent, breach, republish_s))
+
+
+async def _page(agent: Agent, breach: RiskBreach, republish_s: float) -> None:
+    data = msgspec.json.encode(breach)
+    while True:
+        link = agent.link
+        if link is not None:
+            await link.publish(agent.subjects.hb(agent.node), data)
+        await asyncio.sleep(republish_s)
+
+
+def refuses_resume(agent: Agent, scope: Scope) -> str:
+    """Why a resume of ``scope`` is refused ("" if it is not): GLOBAL stays HALTED while
+    the store is behind the stream."""
+    link = agent.link
+    if scope is Scope.GLOBAL and link is not None and link.behind is not None:
+        return (f"store behind the stream (store last seq {link.behind.store_last}, stream "
+                f"{link.behind.stream_last}): stop the agent, run qtd recover, start it")
+    return ""
+
