@@ -54,9 +54,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from qtd.bus import EVENTS_STREAM, Subjects, msg_id
+from qtd.bus import EVENTS_STREAM, Subjects
 from qtd.errors import TemporaryError
 from qtd.events import AnyEvent, to_json
+from qtd.outbox_ids import MsgIds
 from qtd.recovery import check_store, last_in_stream
 from qtd.store import EventStore
 
@@ -122,6 +123,8 @@ class Outbox:
         self._sub: Subscription | None = None
         self._wm_write: asyncio.Future[None] | None = None
         self._wm_durable = 0
+        self._ids = MsgIds(store.node, store.incarnation)  # ids someone else took: re-sent
+        self._retake: set[int] = set()  # seqs refused because their id was taken
 
     def notify(self) -> None:
         """Wake :meth:`run` (call after appending events)."""
@@ -216,6 +219,7 @@ class Outbox:
                         "next connect", exc)
             return 0
         seq = await check_store(self.store, *last) if last is not None else 0
+        self._ids.seen(seq)
         wm = await self._watermark()
         if wm == 0 or seq >= wm or (seq == 0 and not await self._young(wm)):
             return 0
@@ -301,13 +305,15 @@ class Outbox:
         """Pop the acknowledged prefix, advance the watermark; on a refused or overdue oldest
         publish, reset the pipeline and raise."""
         inflight, acks, acked, wm = self._inflight, self._acks, 0, self._wm or 0
-        refused = False
+        refused = retake = False
         while inflight:
             ok = acks.pop(inflight[0][0], None)
             if ok is None:
                 break
             if not ok:
-                refused = True
+                retake = inflight[0][0] in self._retake
+                refused = not retake
+                self._retake.discard(inflight[0][0])
                 break
             wm = inflight.popleft()[0]
             acked += 1
@@ -319,6 +325,11 @@ class Outbox:
         overdue = bool(inflight) and time.monotonic() - inflight[0][1] >= self.ack_timeout_s
         if failed or refused or overdue:
             self._reset(wm, acked, len(inflight), "refused" if refused else "")
+        if retake:  # re-send from the watermark, the stolen seq under its new id: no backoff
+            self._inflight.clear()
+            self._acks.clear()
+            self._sent = wm
+            self._probe = True
 
     def _reset(self, wm: int, acked: int, abandoned: int, why: str = "") -> None:
         self._inflight.clear()
@@ -342,8 +353,12 @@ class Outbox:
         seq = int(msg.subject[len(self._inbox):])
         data = msg.data
         ok = bool(data) and b'"error"' not in data
-        if ok and b'"duplicate"' in data:  # only present when true (omitempty)
+        duplicate = ok and b'"duplicate"' in data  # only present when true (omitempty)
+        if duplicate:
             self.duplicates += 1
+        if ok and self._ids.stolen_on_ack(seq, duplicate):
+            ok = False
+            self._retake.add(seq)
         if seq > (self._wm or 0):
             self._acks[seq] = ok
             if self.observer is not None:
@@ -354,7 +369,7 @@ class Outbox:
         """Write ``events`` to the connection in order, each with the reply subject of its
         ack; return how many were written."""
         await self._ensure_sub()
-        publish, inc, inbox = self.nc.publish, self.store.incarnation, self._inbox
+        publish, inbox, ids = self.nc.publish, self._inbox, self._ids
         subjects, evt = self._subject_cache, self.subjects.evt
         observer, n = self.observer, 0
         if not self.connected():  # checked after the last await: nothing is buffered unsent
@@ -368,7 +383,7 @@ class Outbox:
                     subject = subjects[key] = evt(*key)  # validated once per (node, bot, kind)
                 await publish(subject, to_json(ev),
                               reply=f"{inbox}{seq}",
-                              headers={"Nats-Msg-Id": msg_id(ev.node, inc, seq)})
+                              headers={"Nats-Msg-Id": ids.for_send(seq)})
                 n += 1
                 if observer is not None:
                     observer("sent", seq)

@@ -79,9 +79,10 @@ class StoreBehind(OperationalError):
 
 
 def origin_seq(mid: str, node: str, incarnation: str) -> int:
-    """The seq in a ``<node>:<incarnation>:<seq>`` Msg-Id of this store (0 otherwise)."""
+    """The seq in a ``<node>:<incarnation>:<seq>`` Msg-Id of this store (0 otherwise); an
+    incarnation may carry ``~<random>`` (an id re-taken, :mod:`qtd.outbox_ids`)."""
     parts = mid.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != node or parts[1] != incarnation:
+    if len(parts) != 3 or parts[0] != node or parts[1].partition("~")[0] != incarnation:
         return 0
     return int(parts[2]) if parts[2].isdigit() else 0
 
