@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from qtd.bus import EVENTS_STREAM
 from qtd.events import OrderIntent, RiskBreach, Scope, TradingState, TradingStateChanged, decode
 from tests.agent_rig import last_seq_of, seq_above, store_events, stream_events, wait_for
 from tests.shipped import (
@@ -43,6 +44,17 @@ def _alerts(web: str) -> Any:
 
 async def _node_stream(js: Any, node: str) -> list[tuple[str, Any]]:
     return [(mid, ev) for mid, ev in await stream_events(js) if ev.node == node]
+
+
+async def _settled(js: Any) -> None:
+    """Until the events stream's last sequence stays put for a second."""
+    last = -1
+    while True:
+        now = (await js.stream_info(EVENTS_STREAM)).state.last_seq
+        if now == last:
+            return
+        last = now
+        await asyncio.sleep(1.0)
 
 
 def _kill_and_lose_wal(proc: Any, db: Path) -> None:
@@ -72,6 +84,8 @@ async def test_store_that_went_backwards_refuses_to_trade_pages_and_recovers(
             lost_at = await last_seq_of(db)
             leader = await srv.connect("leader")
             ljs = leader.jetstream()
+            # What the killed agent had already sent may still be reaching the stream.
+            await _settled(ljs)
             stream_before = await _node_stream(ljs, "node-a")
             stream_last = stream_before[-1][1].seq
             assert stream_last > lost_at, (stream_last, lost_at)
