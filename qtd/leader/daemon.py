@@ -162,12 +162,15 @@ class Leader:
 
     async def _start_web(self) -> None:
         from qtd.web import LeaderSource, WebServer, create_app, resolve_operator_token
+        from qtd.web.conn import ConnectionGuard
 
         w = self.cfg.web
         token = resolve_operator_token(w.operator_token_env, w.operator_token_file)
+        guard = ConnectionGuard(w.max_connections, w.request_timeout_s)
         app = create_app(LeaderSource(self), token=token, push_interval_s=w.push_interval_s,
-                         session_ttl_s=w.session_ttl_s, allowed_origins=tuple(w.allowed_origins))
-        web = WebServer(app, w.host, w.port)
+                         session_ttl_s=w.session_ttl_s, allowed_origins=tuple(w.allowed_origins),
+                         connections=guard)
+        web = WebServer(app, w.host, w.port, guard=guard)
         try:
             await web.start()
         except OSError as exc:

@@ -29,6 +29,7 @@ from qtd.leader.snapshot import FleetSnapshot
 from qtd.quality.web import daily_body, execution_section
 from qtd.web import api, pages
 from qtd.web.auth import COOKIE, Auth, valid_operator
+from qtd.web.conn import ConnectionGuard
 from qtd.web.detail import ORDER_KINDS, BotDetail, admission, blotter, bot_metrics, equity_curve
 from qtd.web.live import PnlHub
 from qtd.web.prom import CONTENT_TYPE, WebMetrics
@@ -47,13 +48,15 @@ class WebApp:
         source: the leader's read and control API.
         auth: credentials and CSRF checks.
         push_interval_s: seconds between WebSocket frames.
+        connections: the server's connection guard, for ``/metrics`` (None: not reported).
     """
 
-    def __init__(self, source: FleetSource, auth: Auth, push_interval_s: float = 1.0) -> None:
+    def __init__(self, source: FleetSource, auth: Auth, push_interval_s: float = 1.0,
+                 connections: ConnectionGuard | None = None) -> None:
         self.source = source
         self.auth = auth
         self.hub = PnlHub(source, push_interval_s)
-        self.metrics = WebMetrics(source)
+        self.metrics = WebMetrics(source, connections)
 
     # --- pages ---------------------------------------------------------------------------
 
@@ -210,8 +213,8 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(source: FleetSource, *, token: str | None = None, push_interval_s: float = 1.0,
-               session_ttl_s: float = 12 * 3600, allowed_origins: tuple[str, ...] = ()
-               ) -> Starlette:
+               session_ttl_s: float = 12 * 3600, allowed_origins: tuple[str, ...] = (),
+               connections: ConnectionGuard | None = None) -> Starlette:
     """The status page app over ``source``.
 
     Args:
@@ -221,12 +224,14 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
         push_interval_s: seconds between live PnL frames.
         session_ttl_s: how long an operator login lasts.
         allowed_origins: extra origins accepted for controls (e.g. behind a TLS proxy).
+        connections: the :class:`~qtd.web.conn.ConnectionGuard` the server uses, so that
+            ``/metrics`` reports its figures.
 
     Returns:
         A Starlette app; ``app.state.web`` is its :class:`WebApp`.
     """
-    web = WebApp(source, Auth(token, session_ttl_s=session_ttl_s,
-                              allowed_origins=allowed_origins), push_interval_s)
+    auth = Auth(token, session_ttl_s=session_ttl_s, allowed_origins=allowed_origins)
+    web = WebApp(source, auth, push_interval_s, connections)
     routes: list[Any] = [
         Route("/", web.index),
         Route("/bots/{node}/{bot}", web.bot),

@@ -18,6 +18,7 @@ from qtd.bus.rejects import KINDS as REJECT_KINDS
 from qtd.bus.rejects import REJECTED
 from qtd.leader.snapshot import BotView, FleetSnapshot
 from qtd.quality.web import quality_metrics
+from qtd.web.conn import DROP_REASONS, ConnectionGuard
 from qtd.web.source import FleetSource
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -113,12 +114,40 @@ class SnapshotCollector(Collector):
         yield from (util, tripped, alerts, bad, forged)
 
 
-class WebMetrics:
-    """The app's registry: the snapshot collector plus the web's own instruments."""
+class ConnectionCollector(Collector):
+    """The status page's own connections, from its :class:`ConnectionGuard`."""
 
-    def __init__(self, source: FleetSource) -> None:
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self.guard = guard
+
+    def collect(self) -> Iterable[Metric]:
+        g = self.guard
+        yield CounterMetricFamily("qtd_web_request_bytes", "bytes received on the page's "
+                                  "HTTP connections (WebSocket frames not included)",
+                                  value=g.bytes_received)
+        dropped = CounterMetricFamily("qtd_web_connections_dropped", "connections closed "
+                                      "for being slow, too many, or sending unread bodies",
+                                      labels=["reason"])
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], g.dropped[reason])
+        yield dropped
+        yield GaugeMetricFamily("qtd_web_connections_receiving",
+                                "connections still sending a request", value=len(g.receiving))
+
+
+class WebMetrics:
+    """The app's registry: the snapshot collector plus the web's own instruments.
+
+    Args:
+        source: the fleet.
+        connections: the server's connection guard (None: its figures are not reported).
+    """
+
+    def __init__(self, source: FleetSource, connections: ConnectionGuard | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(source))
+        if connections is not None:
+            self.registry.register(ConnectionCollector(connections))
         self.controls = Counter("qtd_web_controls", "controls run from the web",
                                 ["verb", "target", "ok"], registry=self.registry)
         self.refused = Counter("qtd_web_refused", "control requests refused",

@@ -5,6 +5,10 @@ The socket is bound here first, so a busy port is an ordinary :class:`OSError` a
 a free port). The leader owns SIGTERM/SIGINT: uvicorn's own signal capture is switched off.
 Shutdown: ``should_exit`` → uvicorn closes WebSockets and drains requests for at most
 ``graceful_s`` → the task is cancelled if it still runs.
+
+Connections are bounded by a :class:`~qtd.web.conn.ConnectionGuard` (a deadline to send
+a request, a cap on open connections). The page's WebSocket clients send nothing, so an
+incoming WebSocket message is capped at ``WS_MAX_BYTES``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from collections.abc import Generator
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from qtd.web.conn import ConnectionGuard, guarded_h11
+
+WS_MAX_BYTES = 4096
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -32,14 +40,18 @@ class WebServer:
         host: interface to bind (default loopback only).
         port: TCP port (0: any free port; see :attr:`port` after :meth:`start`).
         graceful_s: seconds open connections get at shutdown.
+        guard: the connection limits (default: :class:`ConnectionGuard` defaults); pass the
+            one the app's ``/metrics`` reports.
     """
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0,
-                 graceful_s: int = 2) -> None:
+                 graceful_s: int = 2, guard: ConnectionGuard | None = None) -> None:
         self.host = host
         self.port = port
+        self.guard = guard or ConnectionGuard()
         self.config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio",
+            http=guarded_h11(self.guard), ws_max_size=WS_MAX_BYTES,
             timeout_graceful_shutdown=graceful_s, ws_ping_interval=20.0)
         self.server = _EmbeddedServer(self.config)
         self.task: asyncio.Task[None] | None = None
@@ -89,3 +101,4 @@ class WebServer:
             self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+
