@@ -5,7 +5,10 @@ Reads (no auth): ``GET /api/snapshot``, ``/api/nodes``, ``/api/bots``,
 Controls (operator token, see :mod:`qtd.web.auth`): ``POST /api/control`` with a
 :class:`ControlBody` and ``POST /api/alerts/{alert_id}/ack``. A control must repeat its
 target in ``confirm`` (``GLOBAL``, or the node/bot/account/symbol name): the server-side
-half of the page's confirmation step.
+half of the page's confirmation step. A body is read only after the credentials are checked,
+and never past ``MAX_BODY`` bytes (:func:`read_capped`): a longer ``Content-Length`` is
+refused before reading, a longer stream (chunked, or a ``Content-Length`` that lies) as soon
+as the cap is passed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -23,7 +26,7 @@ from qtd.leader.snapshot import FleetSnapshot
 from qtd.web.detail import BotDetail
 from qtd.web.source import ControlAction, Target, Verb
 
-_MAX_BODY = 16 * 1024
+MAX_BODY = 16 * 1024
 
 
 class ControlBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -49,15 +52,35 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(obj), status, media_type="application/json")
 
 
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, read as it streams in and never past ``limit`` bytes.
+
+    Raises:
+        HTTPException: 413 when ``Content-Length`` says more than ``limit`` (nothing is
+            read) or the stream passes ``limit`` (reading stops there); 400 when the client
+            went away first (e.g. disconnected for sending too slowly).
+    """
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"body too large: Content-Length {length} > {limit} bytes")
+    data = bytearray()
+    try:
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise HTTPException(413, f"body too large: more than {limit} bytes")
+    except ClientDisconnect:
+        raise HTTPException(400, "the client went away before its body was in") from None
+    return bytes(data)
+
+
 async def read_body(request: Request, kind: type[Any]) -> Any:
-    """Decode a small JSON body into ``kind``.
+    """Decode a JSON body of at most ``MAX_BODY`` bytes into ``kind``.
 
     Raises:
         HTTPException: 413 too large, 422 not valid for ``kind``.
     """
-    data = await request.body()
-    if len(data) > _MAX_BODY:
-        raise HTTPException(413, "body too large")
+    data = await read_capped(request, MAX_BODY)
     try:
         return msgspec.json.decode(data or b"{}", type=kind)
     except DECODE_ERRORS as exc:
@@ -98,6 +121,7 @@ def openapi(routes: list[Route]) -> dict[str, Any]:
                "responses": {"200": {"description": "done"}, "401": {"description":
                              "no or wrong credentials"}, "403": {"description":
                              "read-only, cross-site or bad CSRF token"},
+                             "413": {"description": f"body over {MAX_BODY} bytes"},
                              "422": {"description": "invalid body or confirmation"}}}
     paths: dict[str, Any] = {
         "/api/snapshot": {"get": {"summary": "everything the status page shows",

@@ -39,6 +39,7 @@ from qtd.web.versions import versions_section
 log = logging.getLogger("qtd.web")
 STATIC = Path(__file__).parent / "static"
 BOT_EVENTS = 5000
+LOGIN_BODY = 4096
 
 
 class WebApp:
@@ -114,7 +115,7 @@ class WebApp:
             raise HTTPException(403, "read-only: no operator token is configured")
         if not self.auth.origin_ok(request, required=False):
             raise HTTPException(403, "cross-site request refused (Origin)")
-        form = parse_qs((await request.body())[:4096].decode(errors="replace"))
+        form = parse_qs((await api.read_capped(request, LOGIN_BODY)).decode(errors="replace"))
         operator = form.get("operator", [""])[0].strip()
         token = form.get("token", [""])[0]
         if not valid_operator(operator) or not self.auth.check_token(token):
@@ -151,8 +152,9 @@ class WebApp:
         return api.json_response(await self.detail(p["node"], p["bot"]))
 
     async def control(self, request: Request) -> Response:
+        session_operator = self._authorise(request)
         body: api.ControlBody = await api.read_body(request, api.ControlBody)
-        operator = self._authorise(request, body.operator)
+        operator = session_operator or self._bearer_operator(body.operator)
         action = api.to_action(body, operator)
         log.warning("web.control verb=%s target=%s key=%s operator=%s reason=%r",
                     action.verb, action.target, action.key, operator, action.reason)
@@ -165,21 +167,33 @@ class WebApp:
         return api.json_response({"ok": True, "operator": operator, "result": result})
 
     async def ack(self, request: Request) -> Response:
+        session_operator = self._authorise(request)
         body: api.AckBody = await api.read_body(request, api.AckBody)
-        operator = self._authorise(request, body.operator)
+        operator = session_operator or self._bearer_operator(body.operator)
         alert_id = request.path_params["alert_id"]
         if not await self.source.ack(alert_id, operator):
             raise HTTPException(404, f"no open alert {alert_id!r}")
         self.metrics.controls.labels("ack", "alert", "true").inc()
         return api.json_response({"ok": True, "operator": operator, "alert_id": alert_id})
 
-    def _authorise(self, request: Request, body_operator: str) -> str:
+    def _authorise(self, request: Request) -> str | None:
+        """Credentials first, before a byte of the body is read (see Auth.authenticate)."""
         try:
-            return self.auth.operator_for(request, body_operator)
+            return self.auth.authenticate(request)
         except HTTPException as exc:
-            self.metrics.refused.labels(str(exc.status_code)).inc()
-            log.warning("web.control_refused status=%d detail=%s", exc.status_code, exc.detail)
+            self._refused(exc)
             raise
+
+    def _bearer_operator(self, name: str) -> str:
+        try:
+            return self.auth.bearer_operator(name)
+        except HTTPException as exc:
+            self._refused(exc)
+            raise
+
+    def _refused(self, exc: HTTPException) -> None:
+        self.metrics.refused.labels(str(exc.status_code)).inc()
+        log.warning("web.control_refused status=%d detail=%s", exc.status_code, exc.detail)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)

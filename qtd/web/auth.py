@@ -12,6 +12,7 @@
   ``X-CSRF-Token`` header equal to HMAC(key, session cookie), which the server renders into
   the page: a cross-site page can neither read it nor send the cookie (SameSite=Strict).
 
+Credentials are checked before a control's body is read (:meth:`Auth.authenticate`).
 The token never appears in logs, pages or errors.
 """
 
@@ -145,12 +146,16 @@ class Auth:
         own = f"{conn.url.scheme}://{conn.headers.get('host', conn.url.netloc)}"
         return origin.rstrip("/") in {own, *self.allowed_origins}
 
-    def operator_for(self, request: Request, body_operator: str) -> str:
-        """Authorise a control request and name its operator.
+    def authenticate(self, request: Request) -> str | None:
+        """Check a control request's credentials before its body is read.
+
+        Returns:
+            The session's operator, or None for a valid bearer token (the body must name
+            the operator: :meth:`bearer_operator`).
 
         Raises:
-            HTTPException: 403 controls disabled / bad origin / bad CSRF token / bad
-                operator name; 401 no or wrong credentials.
+            HTTPException: 403 controls disabled / bad origin / bad CSRF token; 401 no or
+                wrong credentials.
         """
         if not self.enabled:
             raise HTTPException(403, "read-only: no operator token is configured")
@@ -161,9 +166,7 @@ class Auth:
                                     headers={"WWW-Authenticate": "Bearer"})
             if not self.origin_ok(request, required=False):
                 raise HTTPException(403, "cross-site request refused (Origin)")
-            if not valid_operator(body_operator):
-                raise HTTPException(403, "operator: 1-64 of letters, digits, ._@-")
-            return body_operator
+            return None
         operator = self.session_operator(request)
         if operator is None:
             raise HTTPException(401, "operator login or bearer token required",
@@ -174,6 +177,17 @@ class Auth:
         if not sent or not hmac.compare_digest(sent, self.csrf_token(request)):
             raise HTTPException(403, "missing or wrong CSRF token")
         return operator
+
+    @staticmethod
+    def bearer_operator(body_operator: str) -> str:
+        """The operator a bearer-token request names in its body.
+
+        Raises:
+            HTTPException: 403 not 1-64 of letters, digits, ``._@-``.
+        """
+        if not valid_operator(body_operator):
+            raise HTTPException(403, "operator: 1-64 of letters, digits, ._@-")
+        return body_operator
 
 
 def _origin_of(url: str) -> str:

@@ -13,6 +13,10 @@ connections took the page down at the default 1,024 descriptors (issue 21, findi
   (line, headers and body), counted from when it opens and again after each response. A
   connection past its deadline is closed at once (no response: the client is not reading).
   A WebSocket stops the clock when it is upgraded; a request being answered is never cut.
+* **Unread bodies**: a request answered before its body was read (refused before reading,
+  or over the size cap) is not read further: reading stops, the client gets ``LINGER_S``
+  to read the answer, then the connection is closed (closing at once, with its data
+  unread, would reset the connection and the client could lose the answer).
 * **Connection cap**: at most ``max_connections`` open connections (WebSockets included),
   lowered to leave ``FD_RESERVE`` descriptors of the process's ``RLIMIT_NOFILE`` to NATS,
   SQLite and the logs (at EMFILE asyncio logs every failed ``accept()``). A new connection
@@ -33,7 +37,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("qtd.web.conn")
-DROP_REASONS = ("timeout", "evicted", "refused")
+LINGER_S = 1.0
+DROP_REASONS = ("timeout", "evicted", "refused", "unread_body")
 FD_RESERVE = 128
 _BUSY_TEXT = b"too many open connections\n"
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close"
@@ -52,7 +57,7 @@ class ConnectionGuard:
         bytes_received: bytes read on HTTP connections (WebSocket frames not included).
         dropped: connections closed by the guard, by reason (``timeout``: past the request
             deadline, ``evicted``: closed for a newer one at the cap, ``refused``: a new one
-            at the cap with none to evict).
+            at the cap with none to evict, ``unread_body``: answered before its body).
     """
 
     def __init__(self, max_connections: int = 1000, request_timeout_s: float = 10.0) -> None:
@@ -96,7 +101,11 @@ class GuardedH11(H11Protocol):
         super().on_response_complete()
         if self.transport.is_closing() or self.conn.their_state is h11.DONE:
             return
-        self._arm(self.guard.request_timeout_s, "timeout")  # the next request is due
+        if self.conn.their_state is h11.SEND_BODY:  # answered before its body was read
+            self.flow.pause_reading()
+            self._arm(LINGER_S, "unread_body")
+        else:
+            self._arm(self.guard.request_timeout_s, "timeout")  # the next request is due
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

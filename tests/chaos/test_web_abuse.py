@@ -1,7 +1,10 @@
 """Hostile clients against the status page of a real ``qtd leader`` process (shipped
-``etc/leader.toml`` and ``etc/nats-server.conf``, NATS auth on): slow headers
-(slowloris) at a low file-descriptor limit (issue 21, finding 8). Each prints the
-figures the issue asks for.
+``etc/leader.toml`` and ``etc/nats-server.conf``, NATS auth on): big request bodies, slow
+headers (slowloris) at a low file-descriptor limit (issue 21, findings 7 and 8). Each
+prints the figures the issue asks for.
+
+The leader's memory is read from ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM`` = peak RSS);
+the bytes its status page read from ``/metrics`` (``qtd_web_request_bytes_total``).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -23,6 +27,8 @@ from tests.shipped import ROOT, leader_config, leader_web_url, processes, shippe
 
 ENV = "QTD_TEST_WEB_TOKEN"
 TOKEN = "abuse-test-operator-token-0123456789"
+BIG = 50 * 1024 * 1024
+CHUNK = 64 * 1024
 SLOW_CLIENTS = 300
 NOFILE = 256  # below SLOW_CLIENTS + the leader's own descriptors
 
@@ -33,6 +39,21 @@ class Leader:
     def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
         self.proc, self.url, self.log = proc, url, log
         self.port = int(url.rsplit(":", 1)[1])
+
+    def status_kb(self, key: str) -> int:
+        """A size from ``/proc/<pid>/status``, kB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise KeyError(key)
+
+    async def bytes_read(self) -> int:
+        """``qtd_web_request_bytes_total``: bytes the page read on HTTP connections (-1 when
+        /metrics does not say)."""
+        async with httpx2.AsyncClient(base_url=self.url) as http:
+            text = (await http.get("/metrics")).text
+        found = re.search(r"^qtd_web_request_bytes_total (\S+)$", text, re.M)
+        return int(float(found.group(1))) if found else -1
 
     def lines(self) -> int:
         return self.log.read_bytes().count(b"\n")
@@ -64,19 +85,100 @@ async def running_leader(tmp: Path, nofile: int | None = None) -> AsyncIterator[
             yield Leader(procs[0], url, log)
 
 
+# --- 7: request bodies ----------------------------------------------------------------------
+
+
+async def _post_stream(port: int, headers: dict[str, str], total: int) -> tuple[int, int]:
+    """POST /api/control sending up to ``total`` body bytes as fast as the server takes
+    them; returns (status, bytes sent before the response or the connection ended)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in
+                   {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+                    **headers}.items())
+    writer.write(f"POST /api/control HTTP/1.1\r\n{head}\r\n".encode())
+    chunked = headers.get("Transfer-Encoding") == "chunked"
+    response = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        while sent < total and not response.done():
+            piece = b"{" + b" " * (CHUNK - 1)
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            sent += len(piece)
+            await writer.drain()
+        if chunked and not response.done():
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    try:
+        status = int((await response).split(b" ", 2)[1])
+    except (ConnectionError, asyncio.IncompleteReadError):
+        status = 0  # the server reset the connection before we read its answer
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return status, sent
+
+
+@pytest.mark.slow
+async def test_big_bodies_are_refused_before_or_at_the_cap(tmp_path: Path) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    cases: list[tuple[str, dict[str, str], set[int]]] = [
+        ("no token, chunked", {"Transfer-Encoding": "chunked"}, {401}),
+        ("no token, Content-Length 50 MB", {"Content-Length": str(BIG)}, {401}),
+        ("token, chunked", {**bearer, "Transfer-Encoding": "chunked"}, {413}),
+        ("token, Content-Length 50 MB", {**bearer, "Content-Length": str(BIG)}, {413}),
+        # h11 frames the body by the header: 100 bytes are the body (not JSON: 422); the
+        # rest is not a request: 400 and the connection is closed, with data unread (a
+        # reset, 0, when it overtakes the answers)
+        ("token, Content-Length 100 (lies)", {**bearer, "Content-Length": "100"},
+         {422, 400, 0}),
+    ]
+    async with running_leader(tmp_path) as leader:
+        async with httpx2.AsyncClient(base_url=leader.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        rss0, hwm0 = leader.status_kb("VmRSS"), leader.status_kb("VmHWM")
+        report, results = [], []
+        for name, headers, expected in cases:
+            read0 = await leader.bytes_read()
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(60):  # liveness bound, not a performance limit
+                    status, sent = await _post_stream(leader.port, headers, BIG)
+            except TimeoutError:
+                status, sent = -1, -1
+            took = time.monotonic() - t0
+            await asyncio.sleep(0.5)  # anything still in flight reaches the server
+            read = await leader.bytes_read() - read0
+            report.append(f"  {name}: {status} in {took:.1f} s; client sent {sent / 1e6:.1f} "
+                          f"MB, the leader read {f'{read:,}' if read0 >= 0 else '?'} bytes")
+            results.append((name, status in expected, read0 >= 0 and read < 1024 * 1024))
+        rss1, hwm1 = leader.status_kb("VmRSS"), leader.status_kb("VmHWM")
+        async with httpx2.AsyncClient(base_url=leader.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+    print("\n7: 50 MB bodies to /api/control\n" + "\n".join(report) +
+          f"\n  leader RSS {rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MB, "
+          f"peak {hwm0 / 1024:.0f} -> {hwm1 / 1024:.0f} MB")
+    assert [name for name, ok, _ in results if not ok] == [], "unexpected status"
+    assert hwm1 - hwm0 < 16 * 1024, "the leader's peak RSS grew by 16 MB or more"
+    # read: the 16 KiB cap plus what was in flight when reading stopped
+    assert [name for name, _, small in results if not small] == [], "read past the cap"
+
+
 # --- 8: slow headers --------------------------------------------------------------------------
 
 
 async def _slow_client(port: int, closed: dict[int, float], i: int, opened: float) -> None:
-    """Send a request line and one header line a second, never the end of the headers;
-    record when the server closes the connection."""
+    """Send a request line and one header line a second, never the end of the headers (or,
+    one client in three, the headers of a login and one body byte a second); record when
+    the server closes the connection."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
         closed[i] = time.monotonic() - opened
         return
     host = f"Host: 127.0.0.1:{port}\r\n"
-    head, drip = f"GET / HTTP/1.1\r\n{host}", b"X-Slow: 1\r\n"
+    head, drip = (f"GET / HTTP/1.1\r\n{host}", b"X-Slow: 1\r\n") if i % 3 else (
+        f"POST /login HTTP/1.1\r\n{host}Content-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: 1000\r\n\r\noperator=", b"a")
     try:
         writer.write(head.encode())
         while True:
@@ -124,7 +226,7 @@ async def test_slow_headers_are_dropped_and_the_page_stays_up(tmp_path: Path) ->
         async with httpx2.AsyncClient(base_url=leader.url) as http:
             assert (await http.get("/healthz")).status_code == 200
     dropped = sorted(closed.values())
-    print(f"\n8: {SLOW_CLIENTS} slow-header clients at "
+    print(f"\n8: {SLOW_CLIENTS} slow clients (headers, 1/3 login bodies) at "
           f"RLIMIT_NOFILE={NOFILE}: {held} held after 1 s; page {min(latencies):.0f}-"
           f"{max(latencies):.0f} ms during the attack; last dropped after {dropped[-1]:.1f} s;"
           f" {lines} log lines")
