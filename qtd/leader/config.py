@@ -269,7 +269,10 @@ class WebConfig(_Cfg, frozen=True, kw_only=True):
         operator_token_file: file holding the operator token.
         session_ttl_s: how long an operator login lasts.
         push_interval_s: seconds between live PnL frames on the WebSocket.
-        allowed_origins: extra origins accepted for controls (e.g. the TLS proxy's URL).
+        allowed_origins: extra origins accepted for controls and the live WebSocket
+            (e.g. the TLS proxy's URL).
+        allowed_hosts: ``Host`` names served besides IP addresses, ``localhost`` and
+            ``host`` (e.g. the proxy's name; any other name is refused: DNS rebinding).
         max_connections: open connections to the page (WebSockets included); lowered at
             start to fit the process's file-descriptor limit (``LimitNOFILE=``).
         request_timeout_s: seconds a client has to send a whole request (headers and
@@ -284,6 +287,7 @@ class WebConfig(_Cfg, frozen=True, kw_only=True):
     session_ttl_s: Seconds = 12 * 3600.0
     push_interval_s: Annotated[float, Meta(ge=0.05, le=60)] = 1.0
     allowed_origins: list[str] = []
+    allowed_hosts: list[str] = []
     max_connections: Annotated[int, Meta(ge=16, le=100_000)] = 1000
     request_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
 

@@ -169,7 +169,7 @@ class Leader:
         guard = ConnectionGuard(w.max_connections, w.request_timeout_s)
         app = create_app(LeaderSource(self), token=token, push_interval_s=w.push_interval_s,
                          session_ttl_s=w.session_ttl_s, allowed_origins=tuple(w.allowed_origins),
-                         connections=guard)
+                         allowed_hosts=(w.host, *w.allowed_hosts), connections=guard)
         web = WebServer(app, w.host, w.port, guard=guard)
         try:
             await web.start()

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -31,6 +32,7 @@ from qtd.web import api, pages
 from qtd.web.auth import COOKIE, Auth, valid_operator
 from qtd.web.conn import ConnectionGuard
 from qtd.web.detail import ORDER_KINDS, BotDetail, admission, blotter, bot_metrics, equity_curve
+from qtd.web.guard import SiteGuard
 from qtd.web.live import PnlHub
 from qtd.web.prom import CONTENT_TYPE, WebMetrics
 from qtd.web.source import FleetSource
@@ -228,7 +230,8 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 def create_app(source: FleetSource, *, token: str | None = None, push_interval_s: float = 1.0,
                session_ttl_s: float = 12 * 3600, allowed_origins: tuple[str, ...] = (),
-               connections: ConnectionGuard | None = None) -> Starlette:
+               allowed_hosts: tuple[str, ...] = (), connections: ConnectionGuard | None = None
+               ) -> Starlette:
     """The status page app over ``source``.
 
     Args:
@@ -237,7 +240,10 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
         token: operator token (None: read-only, every control answers 403).
         push_interval_s: seconds between live PnL frames.
         session_ttl_s: how long an operator login lasts.
-        allowed_origins: extra origins accepted for controls (e.g. behind a TLS proxy).
+        allowed_origins: extra origins accepted for controls and ``/ws/live`` (e.g. behind
+            a TLS proxy).
+        allowed_hosts: ``Host`` names served besides addresses and ``localhost``
+            (:mod:`qtd.web.guard`).
         connections: the :class:`~qtd.web.conn.ConnectionGuard` the server uses, so that
             ``/metrics`` reports its figures.
 
@@ -266,6 +272,7 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
     doc = api.openapi([r for r in routes if isinstance(r, Route)])
     routes.append(Route("/api/openapi.json", lambda r: JSONResponse(doc)))
     app = Starlette(routes=routes, lifespan=web.lifespan,
-                    exception_handlers={HTTPException: _error})
+                    exception_handlers={HTTPException: _error},
+                    middleware=[Middleware(SiteGuard, auth=auth, allowed_hosts=allowed_hosts)])
     app.state.web = web
     return app

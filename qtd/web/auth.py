@@ -37,6 +37,7 @@ COOKIE = "qtd_session"
 CSRF_HEADER = "x-csrf-token"
 MIN_TOKEN_CHARS = 16
 _OPERATOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_PAGE_SCHEME = {"ws": "http", "wss": "https"}
 
 
 def resolve_operator_token(env_name: str = "", file: str = "",
@@ -139,11 +140,12 @@ class Auth:
 
     def origin_ok(self, conn: HTTPConnection, *, required: bool) -> bool:
         """Origin (or Referer) is this site's or an allowed one; absent is ok unless
-        ``required``."""
+        ``required``. A WebSocket's own origin is the page's (``ws`` → ``http``)."""
         origin = conn.headers.get("origin") or _origin_of(conn.headers.get("referer", ""))
         if not origin or origin == "null":
             return not required and not origin
-        own = f"{conn.url.scheme}://{conn.headers.get('host', conn.url.netloc)}"
+        scheme = _PAGE_SCHEME.get(conn.url.scheme, conn.url.scheme)
+        own = f"{scheme}://{conn.headers.get('host', conn.url.netloc)}"
         return origin.rstrip("/") in {own, *self.allowed_origins}
 
     def authenticate(self, request: Request) -> str | None:

@@ -1,7 +1,7 @@
 """Hostile clients against the status page of a real ``qtd leader`` process (shipped
 ``etc/leader.toml`` and ``etc/nats-server.conf``, NATS auth on): big request bodies, slow
-headers (slowloris) at a low file-descriptor limit (issue 21, findings 7 and 8). Each
-prints the figures the issue asks for.
+headers (slowloris) at a low file-descriptor limit, and cross-site WebSockets / foreign Host
+names (issue 21, findings 7, 8 and 12). Each prints the figures the issue asks for.
 
 The leader's memory is read from ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM`` = peak RSS);
 the bytes its status page read from ``/metrics`` (``qtd_web_request_bytes_total``).
@@ -19,9 +19,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from tests.shipped import ROOT, leader_config, leader_web_url, processes, shipped_nats
 
@@ -234,3 +237,42 @@ async def test_slow_headers_are_dropped_and_the_page_stays_up(tmp_path: Path) ->
     assert "Traceback" not in text and "Exception in ASGI" not in text
     assert held < NOFILE
     assert lines < 50, f"{lines} log lines during the attack"
+
+
+# --- 12: Origin and Host ----------------------------------------------------------------------
+
+
+async def _ws_status(leader: Leader, origin: str | None = None, host: str | None = None
+                     ) -> int:
+    """101 when /ws/live accepts the handshake (and sends its hello), else the status."""
+    uri = f"ws://{host or '127.0.0.1'}:{leader.port}/ws/live"
+    kw: dict[str, Any] = {"host": "127.0.0.1", "port": leader.port, "origin": origin}
+    try:
+        async with ws_connect(uri, **kw) as ws:
+            assert b"hello" in (await ws.recv()).encode()
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def test_live_websocket_and_api_refuse_foreign_origin_and_host(tmp_path: Path) -> None:
+    async with running_leader(tmp_path) as leader:
+        own = f"http://127.0.0.1:{leader.port}"
+        assert await _ws_status(leader) == 101  # a script: no Origin
+        assert await _ws_status(leader, origin=own) == 101
+        assert await _ws_status(leader, origin=f"http://localhost:{leader.port}",
+                                host="localhost") == 101
+        assert await _ws_status(leader, origin="http://evil.example") == 403
+        assert await _ws_status(leader, origin="null") == 403
+        assert await _ws_status(leader, origin="http://evil.example",
+                                host="evil.example") == 403  # DNS rebinding
+        async with httpx2.AsyncClient(base_url=leader.url) as http:
+            assert (await http.get("/api/snapshot")).status_code == 200
+            rebound = await http.get("/api/snapshot", headers={"Host": "evil.example"})
+            assert rebound.status_code == 403 and "Host" in rebound.json()["error"]
+            page = await http.get("/", headers={"Host": f"evil.example:{leader.port}"})
+            assert page.status_code == 403
+        refusals = [line for line in leader.log.read_text().splitlines()
+                    if "web.refused" in line]
+    assert len(refusals) == 5, refusals  # one line per refusal, no traceback
+    assert all("Traceback" not in line for line in refusals)

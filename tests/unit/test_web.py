@@ -32,6 +32,7 @@ from qtd.web.live import tick_frame
 from tests.factories import NODE, accepted, fill, submitted
 
 TOKEN = "s3cret-operator-token-0123456789"
+HOSTS = ("testserver",)  # the TestClient's Host
 T0 = 1_700_000_000_000_000_000
 ORIGIN = "http://testserver"
 
@@ -122,7 +123,8 @@ def src() -> ViewSource:
 
 @pytest.fixture
 def client(src: ViewSource) -> Iterator[TestClient]:
-    with TestClient(create_app(src, token=TOKEN, push_interval_s=0.05)) as c:
+    with TestClient(create_app(src, token=TOKEN, push_interval_s=0.05,
+                                allowed_hosts=HOSTS)) as c:
         yield c
 
 
@@ -161,7 +163,7 @@ def test_overview_shows_the_snapshot_numbers_read_only(client: TestClient,
 
 
 def test_websocket_pushes_pnl_every_period(src: ViewSource) -> None:
-    app = create_app(src, push_interval_s=1.0)
+    app = create_app(src, allowed_hosts=HOSTS, push_interval_s=1.0)
     with TestClient(app) as c, c.websocket_connect("/ws/live?bot=node-a/momo") as ws:
         hello = ws.receive_json()
         assert hello["type"] == "hello" and hello["bot"] == "node-a/momo"
@@ -175,7 +177,7 @@ def test_websocket_pushes_pnl_every_period(src: ViewSource) -> None:
 
 
 def test_controls_refused_without_token_config(src: ViewSource) -> None:
-    with TestClient(create_app(src)) as c:
+    with TestClient(create_app(src, allowed_hosts=HOSTS)) as c:
         r = c.post("/api/control", json=KILL, headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 403 and "read-only" in r.json()["error"]
         assert c.post("/api/alerts/a1/ack", json={}).status_code == 403
@@ -277,7 +279,7 @@ def test_500_bots_one_frame_with_every_bot_and_shared_layouts(src: ViewSource) -
         _trade(src, f"m{i}", Side.BUY, "1", "100", "100", T0 + i, bot=f"b{i}")
         _pnl_tick(src, [(n, sc, f"b{i}" if sc is Scope.STRATEGY else k, lim, u * (i % 3), un)
                         for n, sc, k, lim, u, un in LIMITS], bot=f"b{i}", state="ACTIVE")
-    app = create_app(src)
+    app = create_app(src, allowed_hosts=HOSTS)
     with TestClient(app) as c:
         r = c.get("/")
         frame = msgspec.json.decode(app.state.web.hub.tick())

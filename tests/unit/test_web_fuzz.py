@@ -28,6 +28,7 @@ from qtd.web import ControlAction, create_app
 from tests.factories import NODE, fill
 
 TOKEN = "fuzz-operator-token-000111222333"
+HOSTS = ("testserver",)  # the TestClient's Host
 T0 = 1_700_000_000_000_000_000
 EXAMPLES = 400
 
@@ -122,7 +123,8 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
 @pytest.fixture
 def app_client() -> Iterator[tuple[TestClient, Source]]:
     src = Source()
-    with TestClient(create_app(src, token=TOKEN, push_interval_s=0.05)) as c:
+    with TestClient(create_app(src, token=TOKEN, push_interval_s=0.05,
+                                allowed_hosts=HOSTS)) as c:
         yield c, src
 
 
