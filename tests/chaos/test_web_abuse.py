@@ -276,3 +276,29 @@ async def test_live_websocket_and_api_refuse_foreign_origin_and_host(tmp_path: P
                     if "web.refused" in line]
     assert len(refusals) == 5, refusals  # one line per refusal, no traceback
     assert all("Traceback" not in line for line in refusals)
+
+
+# --- held up: 500 live clients ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_500_live_clients_at_the_default_descriptor_limit(tmp_path: Path) -> None:
+    """The connection cap (lowered to fit 1,024 descriptors) still serves 500 browsers."""
+    async with running_leader(tmp_path, nofile=1024) as leader:
+        rss0 = leader.status_kb("VmRSS")
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(ws_connect(
+                f"ws://127.0.0.1:{leader.port}/ws/live")) for _ in range(500)]
+            for ws in clients:
+                assert b"hello" in (await ws.recv()).encode()
+            latencies = []
+            async with httpx2.AsyncClient(base_url=leader.url) as http:
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    assert (await http.get("/")).status_code == 200
+                    latencies.append((time.perf_counter() - t0) * 1000)
+            for ws in clients:  # every client still gets frames
+                assert b"tick" in (await ws.recv()).encode()
+            rss1 = leader.status_kb("VmRSS")
+    print(f"\nheld up: 500 WebSocket clients at RLIMIT_NOFILE=1024: RSS +"
+          f"{(rss1 - rss0) / 1024:.0f} MB, page {min(latencies):.0f}-{max(latencies):.0f} ms")
