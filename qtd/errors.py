@@ -89,6 +89,24 @@ class StoreError(OperationalError):
         self.path = path
 
 
+class StoreCorrupt(StoreError):
+    """The event store's content failed verification: a record does not match its checksum
+    or the hash chain, a seq is missing, or SQLite cannot read a page. Nothing may trade on
+    it; the file is left as it is for the operator (restore or move aside).
+
+    Attributes:
+        path: the database file.
+        seq: the first seq found bad (for an unreadable page: the first seq not verified;
+            ``None`` when SQLite's page check failed, which names no record).
+        what: what mismatched, e.g. ``"payload checksum mismatch"``.
+    """
+
+    def __init__(self, message: str, *, path: str, seq: int | None, what: str) -> None:
+        super().__init__(message, path=path, seq=seq, what=what)
+        self.seq = seq
+        self.what = what
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the CLI exit status (one place for the whole CLI)."""
     if isinstance(exc, QtdError):

@@ -152,9 +152,14 @@ class Agent:
         self.canary = CanaryRamps(self, cfg.canary)  # deploy --canary (qtd.agent.canary)
 
     async def run(self) -> int:
-        """Run until :attr:`stop` is set; returns the exit status (0 after a clean stop)."""
-        await self.open()
+        """Run until :attr:`stop` is set; returns the exit status (0 after a clean stop).
+
+        Raises:
+            StoreError: the store cannot be opened or fails verification (it is closed
+                again, so the process exits instead of waiting on SQLite's thread).
+        """
         try:
+            await self.open()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await self._start(tg)

@@ -24,8 +24,17 @@ PnLSnapshot, Heartbeat         only what the caller still      additionally the 
 
 A synced commit also makes every earlier unsynced commit durable (one WAL, written in order).
 
-Bad files never get overwritten: a foreign or corrupt file, a newer schema, a read-only or
-full disk raise :class:`~qtd.errors.StoreError` naming the file and what to do.
+Tamper evidence (:mod:`qtd.store.integrity`): every row carries a CRC-32 of its payload and a
+BLAKE2b hash chain over seq; :meth:`EventStore.open` verifies the whole chain and every
+replay verifies what it reads, so a flipped bit, an edited or deleted record raise
+:class:`~qtd.errors.StoreCorrupt` naming the file, the first bad seq and what mismatched.
+The chain has no key: it does not stop someone who rewrites every later row too, nor show
+a lost tail (see the module's docstring for the anchor that does).
+
+Bad files never get overwritten: a foreign, zero-length or corrupt file, a newer schema, a
+read-only or full disk raise :class:`~qtd.errors.StoreError` naming the file and what to do.
+Only a path where no file exists creates a new store, and atomically (the file appears
+fully initialised or not at all), so a zero-length ``events.db`` is never taken as new.
 """
 
 from __future__ import annotations
@@ -41,16 +50,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiosqlite
 import msgspec
 
 from qtd import __version__
-from qtd.errors import StoreError
+from qtd.errors import StoreCorrupt, StoreError
 from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many, encode
+from qtd.store import integrity
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
@@ -75,12 +85,19 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX events_cid ON events (client_order_id) WHERE client_order_id IS NOT NULL",
         "CREATE TABLE outbox (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     ),
+    # the checksum and hash chain (qtd.store.integrity); rows already stored are chained by
+    # _chain_existing in the same transaction
+    2: (
+        "ALTER TABLE events ADD COLUMN crc INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN chain BLOB NOT NULL DEFAULT x''",
+    ),
 }
 
 _INSERT: Final = (
-    "INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload, crc, "
+    "chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_COLUMNS: Final = 10
 
 Row = tuple[int, int, str, str, str, str | None, str | None, bytes]
 
@@ -122,13 +139,14 @@ class EventStore:
 
     def __init__(
         self, db: aiosqlite.Connection, path: Path, node: str, incarnation: str, last_seq: int,
-        *, readonly: bool, lock_fd: int | None, created_ns: int = 0,
+        *, readonly: bool, lock_fd: int | None, created_ns: int = 0, head: bytes = b"",
     ) -> None:
         self._db = db
         self.path = path
         self.node = node
         self.incarnation = incarnation
         self.last_seq = last_seq
+        self._head = head or integrity.genesis(incarnation)  # chain of the row last_seq
         self.readonly = readonly
         self._lock_fd = lock_fd
         self._write_lock = asyncio.Lock()
@@ -149,32 +167,41 @@ class EventStore:
                 store it must match the node the store was created for.
             readonly: open for queries only (no lock, no writes, no creation).
 
+        Every page (``PRAGMA quick_check``) and the whole hash chain are checked
+        (:mod:`qtd.store.integrity`; about 3 s per million events, in a thread) before this
+        returns.
+
         Raises:
-            StoreError: the file is not a qtd store (foreign or corrupt), has a newer schema,
-                belongs to another node, is locked by another writer, or cannot be opened
-                (permissions, read-only disk). The file is never modified in these cases.
+            StoreCorrupt: a record fails its checksum or the hash chain, a seq is missing,
+                or a page cannot be read (names the file, the first bad seq and what
+                mismatched).
+            StoreError: the file is not a qtd store (foreign, zero-length or corrupt), has a
+                newer schema, belongs to another node, is locked by another writer, or cannot
+                be opened (permissions, read-only disk). The file is never modified in these
+                cases.
         """
         p = Path(path)
-        exists = p.exists() and p.stat().st_size > 0
-        if not exists and readonly:
-            raise StoreError(f"{p}: no event store here (nothing to read)", path=str(p))
-        if exists:
+        if p.exists():
             _check_header(p)
+        elif readonly:
+            raise StoreError(f"{p}: no event store here (nothing to read)", path=str(p))
         lock_fd = None if readonly else _lock_writer(p)
         try:
+            if not readonly and not p.exists():
+                await _create(p, node)
             db = await _connect(p, readonly)
         except BaseException:
             _unlock(lock_fd)
             raise
         try:
-            node_, inc, last, created = await _prepare(db, p, node, readonly)
+            node_, inc, created = await _prepare(db, p, node, readonly)
+            last, head = await asyncio.to_thread(integrity.check_file, p, inc)
         except BaseException:
             await db.close()
             _unlock(lock_fd)
             raise
-        return cls(
-            db, p, node_, inc, last, readonly=readonly, lock_fd=lock_fd, created_ns=created
-        )
+        return cls(db, p, node_, inc, last, readonly=readonly, lock_fd=lock_fd,
+                   created_ns=created, head=head)
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file (writers only) and close."""
@@ -193,6 +220,12 @@ class EventStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """``(last_seq, hex chain of that row)``: the anchor of everything stored so far (the
+        genesis link for an empty store); see :mod:`qtd.store.integrity`."""
+        return self.last_seq, self._head.hex()
 
     def info(self) -> StoreInfo:
         """Identity of this store (path, node, incarnation, schema, last seq)."""
@@ -219,14 +252,15 @@ class EventStore:
         async with self._write_lock:
             self._check_writable()
             stored = msgspec.structs.replace(event, seq=self.last_seq + 1)
+            rows, head = integrity.seal((event_row(stored),), self._head)
             try:
-                await self._db.execute_fetchall(_INSERT, event_row(stored))
+                await self._db.execute_fetchall(_INSERT, rows[0])
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
             except asyncio.CancelledError:
                 await self._resync_after_cancel()
                 raise
-            self.last_seq = stored.seq
+            self.last_seq, self._head = stored.seq, head
         return stored  # type: ignore[return-value]
 
     async def append_many(self, events: Sequence[Event], *, sync: bool = True) -> list[AnyEvent]:
@@ -251,7 +285,7 @@ class EventStore:
             self._check_writable()
             first = self.last_seq + 1
             stored = [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
-            rows = [event_row(e) for e in stored]
+            rows, head = integrity.seal([event_row(e) for e in stored], self._head)
             db = self._db
             try:
                 if not sync:
@@ -271,7 +305,7 @@ class EventStore:
             except asyncio.CancelledError:
                 await self._resync_after_cancel()
                 raise
-            self.last_seq = stored[-1].seq
+            self.last_seq, self._head = stored[-1].seq, head
         return stored  # type: ignore[return-value]
 
     async def _resync_after_cancel(self) -> None:
@@ -283,13 +317,17 @@ class EventStore:
         store would refuse every write after it. Called with the write lock held."""
         while True:
             try:
-                last = await _max_seq(self._db)
+                rows = list(await self._db.execute_fetchall(
+                    "SELECT seq, chain FROM events ORDER BY seq DESC LIMIT 1"))
             except asyncio.CancelledError:
                 continue  # cancelled again: ask again (the thread still runs in order)
             except sqlite3.Error as exc:
                 self._fail(exc)  # unknown state: refuse writes until reopened
                 return
-            self.last_seq = last
+            if rows:
+                self.last_seq, self._head = int(rows[0][0]), bytes(rows[0][1])
+            else:
+                self.last_seq, self._head = 0, integrity.genesis(self.incarnation)
             return
 
     async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
@@ -361,9 +399,7 @@ class EventStore:
 
     async def watermark(self, name: str = "jetstream") -> int:
         """Last seq acknowledged by ``name`` (0 if none)."""
-        rows = list(
-            await self._db.execute_fetchall("SELECT seq FROM outbox WHERE name = ?", (name,))
-        )
+        rows = await self._read("SELECT seq FROM outbox WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else 0
 
     async def query(
@@ -387,14 +423,19 @@ class EventStore:
             after_seq: only events with ``seq > after_seq``.
             limit: at most this many events.
             newest_first: order by seq descending (with ``limit``: the tail).
+
+        Raises:
+            StoreCorrupt: a record read fails its checksum.
+            StoreError: SQLite cannot read the file (corrupt page).
         """
         where, params = _where(bot, kind, symbol, client_order_id, since_ns, until_ns, after_seq)
-        sql = f"SELECT payload FROM events{where} ORDER BY seq {'DESC' if newest_first else 'ASC'}"
+        sql = (f"SELECT seq, payload, crc FROM events{where} "
+               f"ORDER BY seq {'DESC' if newest_first else 'ASC'}")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = await self._db.execute_fetchall(sql, params)
-        return [decode(r[0]) for r in rows]
+        rows = await self._read(sql, params)
+        return [decode(p) for p in integrity.checked_payloads(self.path, rows)]
 
     async def replay(self, after_seq: int = 0, batch: int = 5000) -> AsyncIterator[AnyEvent]:
         """Every event with ``seq > after_seq`` in seq order (see :meth:`replay_batches`)."""
@@ -405,47 +446,85 @@ class EventStore:
     async def replay_batches(
         self, after_seq: int = 0, batch: int = 5000
     ) -> AsyncIterator[list[AnyEvent]]:
-        """Events with ``seq > after_seq`` in seq order, as lists of up to ``batch``.
+        """Events with ``seq > after_seq`` in seq order, as lists of up to ``batch``, each
+        row verified against its checksum and the hash chain from row ``after_seq`` on.
 
-        The next batch is read in the store's thread while this one is decoded, and a batch
-        is decoded in one call (the payloads framed as one msgpack array).
+        The next batch is read in the store's thread while this one is verified and decoded,
+        and a batch is decoded in one call (the payloads framed as one msgpack array).
+
+        Raises:
+            StoreCorrupt: the first row that is missing or fails its checksum or link, or a
+                page SQLite cannot read; the store then refuses writes until reopened.
         """
-        sql = "SELECT payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        sql = f"{integrity.VERIFY_SQL} LIMIT ?"
+        link = await self._link_at(after_seq, sql)
+        if link is None:
+            return
+        prev_seq, prev = link
         pending = asyncio.ensure_future(self._db.execute_fetchall(sql, (after_seq, batch)))
         try:
             while True:
-                payloads = [r[0] for r in await pending]
-                events = decode_many(payloads)
-                if len(events) == batch:
-                    nxt = (events[-1].seq, batch)
-                    pending = asyncio.ensure_future(self._db.execute_fetchall(sql, nxt))
-                if events:
-                    yield events
-                if len(events) < batch:
+                try:
+                    rows = cast("list[integrity.StoredRow]", list(await pending))
+                except sqlite3.DatabaseError as exc:
+                    raise self._corrupt(integrity.unreadable(self.path, prev_seq, exc)) from exc
+                if len(rows) == batch:
+                    pending = asyncio.ensure_future(
+                        self._db.execute_fetchall(sql, (rows[-1][0], batch)))
+                try:
+                    prev = integrity.verify(self.path, rows, prev_seq, prev)
+                except StoreCorrupt as exc:
+                    raise self._corrupt(exc) from None
+                if rows:
+                    prev_seq = rows[-1][0]
+                    yield decode_many([r[1] for r in rows])
+                if len(rows) < batch:
                     return
         finally:
             if not pending.done():
                 pending.cancel()
 
+    async def _link_at(self, seq: int, sql: str) -> tuple[int, bytes] | None:
+        """``(seq, chain)`` of the row a replay after ``seq`` follows on from; ``None`` when
+        there is no row from ``seq`` on (nothing to replay)."""
+        if seq <= 0:
+            return 0, integrity.genesis(self.incarnation)
+        rows = await self._read(sql, (seq - 1, 1))
+        if not rows:
+            return None
+        if rows[0][0] != seq:
+            raise self._corrupt(integrity.missing(self.path, seq, rows[0][0]))
+        return seq, bytes(rows[0][3])
+
     async def last_cid_counter(self, bot: str) -> int:
         """The ``cid_counter`` of the bot's latest OrderIntent (0 if it never ordered)."""
-        rows = list(
-            await self._db.execute_fetchall(
-                "SELECT payload FROM events WHERE bot = ? AND kind = 'OrderIntent' "
-                "ORDER BY seq DESC LIMIT 1",
-                (bot,),
-            )
+        rows = await self._read(
+            "SELECT seq, payload, crc FROM events WHERE bot = ? AND kind = 'OrderIntent' "
+            "ORDER BY seq DESC LIMIT 1",
+            (bot,),
         )
         if not rows:
             return 0
-        intent = decode(rows[0][0])
+        intent = decode(integrity.checked_payloads(self.path, rows)[0])
         assert isinstance(intent, OrderIntent)
         return intent.cid_counter
 
     async def count(self) -> int:
         """Number of events stored."""
-        rows = list(await self._db.execute_fetchall("SELECT count(*) FROM events"))
+        rows = await self._read("SELECT count(*) FROM events")
         return int(rows[0][0])
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return list(await self._db.execute_fetchall(sql, params))
+        except sqlite3.DatabaseError as exc:
+            raise _read_error(self.path, exc) from exc
+
+    def _corrupt(self, exc: StoreCorrupt) -> StoreCorrupt:
+        """Refuse writes (and the checkpoint at close) on a store found corrupt."""
+        if not self.readonly:
+            self._failed = exc
+        return exc
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -472,7 +551,7 @@ class BulkAppender:
         store: the open, writable store; nothing else may write to it until :meth:`close`.
     """
 
-    ROWS_PER_INSERT: Final = 1024  # x 8 parameters, under SQLite's 32,766 (since 3.32)
+    ROWS_PER_INSERT: Final = 1024  # x 10 parameters, under SQLite's 32,766 (since 3.32)
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
@@ -509,7 +588,7 @@ class BulkAppender:
     def _write(self, events: list[Event], sync: bool) -> None:  # in the appender's thread
         store = self.store
         store._check_writable()
-        rows = [event_row(e) for e in events]
+        rows, head = integrity.seal([event_row(e) for e in events], store._head)
         try:
             con = self._con
             if con is None:
@@ -529,13 +608,13 @@ class BulkAppender:
                 raise
         except sqlite3.Error as exc:
             raise store._fail(exc) from exc
-        store.last_seq = events[-1].seq
+        store.last_seq, store._head = events[-1].seq, head
 
 
 @functools.lru_cache(maxsize=8)
 def _insert_rows(n: int) -> str:
     """``_INSERT`` for ``n`` rows in one statement."""
-    return _INSERT + ", (?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1)
+    return _INSERT + f", ({', '.join('?' * _COLUMNS)})" * (n - 1)
 
 
 def _where(
@@ -571,6 +650,14 @@ def _check_header(p: Path) -> None:
     except OSError as exc:
         msg = f"{p}: cannot read ({exc.strerror}); check permissions"
         raise StoreError(msg, path=str(p)) from exc
+    if not head:
+        raise StoreError(
+            f"{p}: zero-length file, not an event store (a store is never empty: a truncated "
+            "file or an interrupted copy?). qtd will not take it as a new store (new "
+            "incarnation, flat positions): restore the store, or delete the file to start a "
+            "new one.",
+            path=str(p),
+        )
     if head != _SQLITE_MAGIC:
         raise StoreError(
             f"{p}: not a SQLite database (foreign or corrupt file); qtd will not touch it. "
@@ -607,6 +694,46 @@ def _lock_writer(p: Path) -> int:
     return fd
 
 
+async def _create(p: Path, node: str | None) -> None:
+    """Create a new store at ``p`` atomically: built and checkpointed beside it, then renamed
+    into place, so ``p`` is a whole store or absent (never a zero-length file). Called with
+    the writer lock held."""
+    if node is None:
+        raise StoreError(f"{p}: a new store needs its node name", path=str(p))
+    tmp = p.with_name(p.name + ".new")
+    for leftover in (tmp, *(tmp.with_name(tmp.name + x) for x in ("-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)  # an earlier creation that died half-way
+    db = await _connect(tmp, readonly=False)
+    try:
+        await _prepare(db, tmp, node, readonly=False, new=True)
+        await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        raise _write_error(tmp, exc, None) from exc
+    finally:
+        await db.close()
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, p)
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise StoreError(f"{p}: cannot create the store ({exc.strerror}); is the disk "
+                         "read-only or full?", path=str(p)) from exc
+
+
+def _read_error(p: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    return StoreError(f"{p}: cannot read the event store ({exc}); the file may be corrupt: "
+                      "restore it from backup or move it aside; qtd will not modify it",
+                      path=str(p))
+
+
 def _unlock(fd: int | None) -> None:
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -626,9 +753,10 @@ async def _connect(p: Path, readonly: bool) -> aiosqlite.Connection:
 
 
 async def _prepare(
-    db: aiosqlite.Connection, p: Path, node: str | None, readonly: bool
-) -> tuple[str, str, int, int]:
-    """Check identity and schema, migrate, set pragmas; return (node, inc, last, created)."""
+    db: aiosqlite.Connection, p: Path, node: str | None, readonly: bool, *, new: bool = False
+) -> tuple[str, str, int]:
+    """Check identity and schema, migrate (``new``: create the schema), set pragmas; return
+    (node, incarnation, created_ns)."""
     try:
         app_id = (await _scalar(db, "PRAGMA application_id")) or 0
         version = (await _scalar(db, "PRAGMA user_version")) or 0
@@ -651,6 +779,13 @@ async def _prepare(
             f"({SCHEMA_VERSION}); upgrade qtd, do not downgrade the store.",
             path=str(p), schema_version=version,
         )
+    if version == 0 and not new:
+        raise StoreError(
+            f"{p}: SQLite file without a qtd store in it (schema version 0); qtd creates a "
+            "store only where no file exists. Delete it to start a new store, or point the "
+            "config at the right path.",
+            path=str(p),
+        )
     try:
         if not readonly:
             await db.execute_fetchall("PRAGMA journal_mode=WAL")
@@ -664,7 +799,6 @@ async def _prepare(
                 path=str(p),
             )
         meta = {str(k): str(v) for k, v in await db.execute_fetchall("SELECT key, value FROM meta")}
-        last = await _max_seq(db)
     except sqlite3.DatabaseError as exc:
         raise _write_error(p, exc, None) from exc
     owner = str(meta["node"])
@@ -673,7 +807,7 @@ async def _prepare(
             f"{p}: store belongs to node {owner!r}, not {node!r}; each node keeps its own store",
             path=str(p), owner=owner, node=node,
         )
-    return owner, str(meta["incarnation"]), int(last), int(meta.get("created_ns", 0))
+    return owner, str(meta["incarnation"]), int(meta.get("created_ns", 0))
 
 
 async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | None) -> None:
@@ -684,6 +818,8 @@ async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | 
         for v in range(version + 1, SCHEMA_VERSION + 1):
             for stmt in MIGRATIONS[v]:
                 await db.execute_fetchall(stmt)
+        if 1 <= version < 2:
+            await _chain_existing(db, p)
         if version == 0:
             await db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -702,6 +838,29 @@ async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | 
         raise
 
 
+async def _chain_existing(db: aiosqlite.Connection, p: Path, batch: int = 20_000) -> None:
+    """Migration to schema 2: compute ``crc`` and ``chain`` for the rows already stored
+    (trusted as they are: schema 1 had nothing to check them against), in the migration's
+    transaction.
+
+    Raises:
+        StoreCorrupt: a seq is missing (schema 1 never leaves a gap).
+    """
+    inc = await _scalar(db, "SELECT value FROM meta WHERE key = 'incarnation'")
+    seq, prev = 0, integrity.genesis(str(inc))
+    while rows := list(await db.execute_fetchall(
+            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, batch))):
+        if rows[-1][0] - seq != len(rows):
+            at = next(i for i, r in enumerate(rows, seq + 1) if r[0] != i)
+            raise integrity.missing(p, at, next(r[0] for r in rows if r[0] > at))
+        update = []
+        for s, payload in rows:
+            prev = integrity.link(prev, s, payload)
+            update.append((integrity.checksum(payload), prev, s))
+        await db.executemany("UPDATE events SET crc = ?, chain = ? WHERE seq = ?", update)
+        seq = rows[-1][0]
+
+
 async def _rollback(db: aiosqlite.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):  # no transaction open: SQLite rolled back itself
         await db.execute_fetchall("ROLLBACK")
@@ -710,11 +869,6 @@ async def _rollback(db: aiosqlite.Connection) -> None:
 async def _scalar(db: aiosqlite.Connection, sql: str) -> Any:
     rows = list(await db.execute_fetchall(sql))
     return rows[0][0] if rows else None
-
-
-async def _max_seq(db: aiosqlite.Connection) -> int:
-    """The highest seq in the file (0 when it has no event)."""
-    return int(await _scalar(db, "SELECT max(seq) FROM events") or 0)
 
 
 def _write_error(p: Path, exc: sqlite3.Error, last_seq: int | None) -> StoreError:
