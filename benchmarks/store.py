@@ -1,12 +1,15 @@
 """Event store figures beside a bare sqlite3 loop writing the same rows, in one run.
 
-Measures (issue: foundation):
+Measures (issue: foundation; issue 21 finding 10 for 4):
   1. durable single append (the write-ahead of one order intent): p50/p99, µs
      reference: sqlite3, same schema and pragmas (WAL, synchronous=FULL), INSERT + commit
+     of the same rows with their checksum and chain computed beforehand
   2. batched append, events/s (1,000 events per transaction)
      reference: sqlite3 executemany of the same pre-encoded rows, same batch size
   3. replay into projections (orders, positions, daily PnL), events/s
-     reference: sqlite3 reading the same rows without decoding
+     reference: sqlite3 reading the same rows without decoding or verifying
+  4. checksum + hash chain of one event in memory (what tamper evidence adds to an
+     append before SQLite sees it), µs; reference: encoding the event's row (event_row)
 
 Targets: synced append p99 <= 2 ms; batched >= 50,000 events/s and >= 0.5x bare sqlite3;
 replay >= 200,000 events/s. Exits 1 if a target is missed.
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from qtd.events import Event, Fill, OrderAccepted, OrderIntent, OrderSubmitted, Side
 from qtd.projections import Projections
-from qtd.store import MIGRATIONS, EventStore, event_row
+from qtd.store import MIGRATIONS, EventStore, event_row, integrity
 
 BATCH = 1000
 NODE = "bench"
@@ -67,13 +70,29 @@ def bare_connect(path: Path) -> sqlite3.Connection:
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
-    for stmt in MIGRATIONS[1]:
-        con.execute(stmt)
+    for version in sorted(MIGRATIONS):
+        for stmt in MIGRATIONS[version]:
+            con.execute(stmt)
     return con
 
 
-INSERT = ("INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT = ("INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload, "
+          "crc, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def sealed(events: list[Event]) -> list[tuple[object, ...]]:
+    """The rows of events (seq set) with their checksum and chain, as the store writes them."""
+    return integrity.seal([event_row(e) for e in events], integrity.genesis("bench"))[0]
+
+
+def seal_cost(events: list[Event]) -> tuple[float, float]:
+    """(µs per event to encode its row, µs per event to add checksum and chain)."""
+    t0 = time.perf_counter()
+    rows = [event_row(e) for e in events]
+    t1 = time.perf_counter()
+    integrity.seal(rows, integrity.genesis("bench"))
+    t2 = time.perf_counter()
+    return (t1 - t0) / len(events) * 1e6, (t2 - t1) / len(events) * 1e6
 
 
 def bare_single(path: Path, rows: list[tuple[object, ...]]) -> list[float]:
@@ -163,10 +182,12 @@ async def main() -> int:
           f"appends, files in {work}")
 
     with_seq = [type(e)(**{**_fields(e), "seq": i + 1}) for i, e in enumerate(intents)]
-    bare_lat = bare_single(work / "bare_single.db", [event_row(e) for e in with_seq])
+    bare_lat = bare_single(work / "bare_single.db", sealed(with_seq))
     qtd_lat = await qtd_single(work / "qtd_single.db", intents)
 
-    rows_b = [event_row(type(e)(**{**_fields(e), "seq": i + 1})) for i, e in enumerate(events)]
+    numbered = [type(e)(**{**_fields(e), "seq": i + 1}) for i, e in enumerate(events)]
+    rows_b = sealed(numbered)
+    row_us, seal_us = seal_cost(numbered)
     bare_rate = bare_batched(work / "bare_batch.db", rows_b)
     qtd_rate = await qtd_batched(work / "qtd_batch.db", events)
 
@@ -189,6 +210,8 @@ async def main() -> int:
             qtd_rate / bare_rate >= 0.5),
         row("replay into projections", f"{replay_rate:,.0f} ev/s",
             f"{bare_read_rate:,.0f} rows/s", ">= 200,000 ev/s", replay_rate >= 200_000),
+        row("checksum + chain per event", f"{seal_us:.2f} µs", f"{row_us:.2f} µs (row)", "-",
+            True),
     ]
     print("\n  (bare sqlite3 replay reference reads rows only; qtd decodes and projects them)")
     return 0 if all(oks) else 1
