@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qtd import __version__
-from qtd.errors import ConfigError, QtdError, exit_code_for
+from qtd.errors import ConfigError, QtdError, exit_code_for, operator_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -297,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QtdError as exc:
         print(f"qtd: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except BaseExceptionGroup as group:  # a daemon's task group stopped on a QtdError
+        err = operator_error(group)
+        if err is None:
+            raise
+        print(f"qtd: error: {err}", file=sys.stderr)
+        return exit_code_for(err)
     except KeyboardInterrupt as exc:
         return exit_code_for(exc)
     except BrokenPipeError:  # `qtd events | head`

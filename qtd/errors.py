@@ -107,6 +107,21 @@ class StoreCorrupt(StoreError):
         self.what = what
 
 
+def operator_error(exc: BaseException) -> QtdError | None:
+    """The error to show the operator for ``exc``: itself if it is a :class:`QtdError`, else
+    the first one among the exceptions of an exception group (a daemon's task group wraps
+    the error that stopped it, e.g. a :class:`StoreCorrupt` found while running), else
+    ``None``."""
+    if isinstance(exc, QtdError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = operator_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the CLI exit status (one place for the whole CLI)."""
     if isinstance(exc, QtdError):
