@@ -42,12 +42,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import fcntl
 import functools
 import os
 import sqlite3
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, cast
@@ -55,43 +52,13 @@ from typing import Any, Final, cast
 import aiosqlite
 import msgspec
 
-from qtd import __version__
 from qtd.errors import StoreCorrupt, StoreError
 from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many, encode
-from qtd.store import integrity
+from qtd.store import integrity, sqlitefile
+from qtd.store.sqlitefile import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
-SCHEMA_VERSION: Final = 2
-APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
-_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
-
-# Forward migrations: version N is reached by running MIGRATIONS[N] on a version N-1 file.
-MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
-    1: (
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE events (
-            seq INTEGER PRIMARY KEY,
-            ts INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            node TEXT NOT NULL,
-            bot TEXT NOT NULL,
-            symbol TEXT,
-            client_order_id TEXT,
-            payload BLOB NOT NULL
-        )""",
-        "CREATE INDEX events_ts ON events (ts)",
-        "CREATE INDEX events_kind ON events (kind, seq)",
-        "CREATE INDEX events_bot ON events (bot, seq)",
-        "CREATE INDEX events_symbol ON events (symbol) WHERE symbol IS NOT NULL",
-        "CREATE INDEX events_cid ON events (client_order_id) WHERE client_order_id IS NOT NULL",
-        "CREATE TABLE outbox (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
-    ),
-    # the checksum and hash chain (qtd.store.integrity); rows already stored are chained by
-    # _chain_existing in the same transaction
-    2: (
-        "ALTER TABLE events ADD COLUMN crc INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE events ADD COLUMN chain BLOB NOT NULL DEFAULT x''",
-    ),
-}
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "BulkAppender", "EventStore",
+           "Row", "StoreInfo", "event_row", "integrity"]
 
 _INSERT: Final = (
     "INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload, crc, "
@@ -168,8 +135,8 @@ class EventStore:
             readonly: open for queries only (no lock, no writes, no creation).
 
         Every page (``PRAGMA quick_check``) and the whole hash chain are checked
-        (:mod:`qtd.store.integrity`; about 3 s per million events, in a thread) before this
-        returns.
+        (:mod:`qtd.store.integrity`; 3-6 s per million events on a busy 2-core machine, in a
+        thread) before this returns.
 
         Raises:
             StoreCorrupt: a record fails its checksum or the hash chain, a seq is missing,
@@ -182,23 +149,23 @@ class EventStore:
         """
         p = Path(path)
         if p.exists():
-            _check_header(p)
+            sqlitefile.check_header(p)
         elif readonly:
             raise StoreError(f"{p}: no event store here (nothing to read)", path=str(p))
-        lock_fd = None if readonly else _lock_writer(p)
+        lock_fd = None if readonly else sqlitefile.lock_writer(p)
         try:
             if not readonly and not p.exists():
-                await _create(p, node)
-            db = await _connect(p, readonly)
+                await sqlitefile.create(p, node)
+            db = await sqlitefile.connect(p, readonly)
         except BaseException:
-            _unlock(lock_fd)
+            sqlitefile.unlock(lock_fd)
             raise
         try:
-            node_, inc, created = await _prepare(db, p, node, readonly)
+            node_, inc, created = await sqlitefile.prepare(db, p, node, readonly)
             last, head = await asyncio.to_thread(integrity.check_file, p, inc)
         except BaseException:
             await db.close()
-            _unlock(lock_fd)
+            sqlitefile.unlock(lock_fd)
             raise
         return cls(db, p, node_, inc, last, readonly=readonly, lock_fd=lock_fd,
                    created_ns=created, head=head)
@@ -212,7 +179,7 @@ class EventStore:
             pass  # the WAL stays; the next open replays it
         finally:
             await self._db.close()
-            _unlock(self._lock_fd)
+            sqlitefile.unlock(self._lock_fd)
             self._lock_fd = None
 
     async def __aenter__(self) -> EventStore:
@@ -295,7 +262,7 @@ class EventStore:
                     await db.executemany(_INSERT, rows)
                     await db.execute_fetchall("COMMIT")
                 except BaseException:
-                    await _rollback(db)
+                    await sqlitefile.rollback(db)
                     raise
                 finally:
                     if not sync:
@@ -392,7 +359,7 @@ class EventStore:
             raise self._failed
 
     def _fail(self, exc: sqlite3.Error) -> StoreError:
-        self._failed = _write_error(self.path, exc, self.last_seq)
+        self._failed = sqlitefile.write_error(self.path, exc, self.last_seq)
         return self._failed
 
     # --- reading -------------------------------------------------------------------------
@@ -518,7 +485,7 @@ class EventStore:
         try:
             return list(await self._db.execute_fetchall(sql, params))
         except sqlite3.DatabaseError as exc:
-            raise _read_error(self.path, exc) from exc
+            raise sqlitefile.read_error(self.path, exc) from exc
 
     def _corrupt(self, exc: StoreCorrupt) -> StoreCorrupt:
         """Refuse writes (and the checkpoint at close) on a store found corrupt."""
@@ -643,243 +610,3 @@ def _where(
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _check_header(p: Path) -> None:
-    try:
-        with p.open("rb") as f:
-            head = f.read(16)
-    except OSError as exc:
-        msg = f"{p}: cannot read ({exc.strerror}); check permissions"
-        raise StoreError(msg, path=str(p)) from exc
-    if not head:
-        raise StoreError(
-            f"{p}: zero-length file, not an event store (a store is never empty: a truncated "
-            "file or an interrupted copy?). qtd will not take it as a new store (new "
-            "incarnation, flat positions): restore the store, or delete the file to start a "
-            "new one.",
-            path=str(p),
-        )
-    if head != _SQLITE_MAGIC:
-        raise StoreError(
-            f"{p}: not a SQLite database (foreign or corrupt file); qtd will not touch it. "
-            "Move it aside or point the config at another path.",
-            path=str(p),
-        )
-
-
-def _lock_writer(p: Path) -> int:
-    lock_path = p.with_name(p.name + ".lock")
-    if not p.parent.is_dir():
-        raise StoreError(f"{p}: directory {p.parent} does not exist; create it or fix the "
-                         "configured path", path=str(p))
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreError(
-            f"{p}: cannot create lock file {lock_path} ({exc.strerror}); "
-            "is the disk read-only or full?",
-            path=str(p),
-        ) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StoreError(
-            f"{p}: another process (pid {holder}) is writing this store; "
-            "stop it first or open read-only",
-            path=str(p), pid=holder,
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-async def _create(p: Path, node: str | None) -> None:
-    """Create a new store at ``p`` atomically: built and checkpointed beside it, then renamed
-    into place, so ``p`` is a whole store or absent (never a zero-length file). Called with
-    the writer lock held."""
-    if node is None:
-        raise StoreError(f"{p}: a new store needs its node name", path=str(p))
-    tmp = p.with_name(p.name + ".new")
-    for leftover in (tmp, *(tmp.with_name(tmp.name + x) for x in ("-wal", "-shm"))):
-        leftover.unlink(missing_ok=True)  # an earlier creation that died half-way
-    db = await _connect(tmp, readonly=False)
-    try:
-        await _prepare(db, tmp, node, readonly=False, new=True)
-        await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.Error as exc:
-        raise _write_error(tmp, exc, None) from exc
-    finally:
-        await db.close()
-    try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, p)
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        raise StoreError(f"{p}: cannot create the store ({exc.strerror}); is the disk "
-                         "read-only or full?", path=str(p)) from exc
-
-
-def _read_error(p: Path, exc: sqlite3.DatabaseError) -> StoreError:
-    return StoreError(f"{p}: cannot read the event store ({exc}); the file may be corrupt: "
-                      "restore it from backup or move it aside; qtd will not modify it",
-                      path=str(p))
-
-
-def _unlock(fd: int | None) -> None:
-    if fd is not None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-async def _connect(p: Path, readonly: bool) -> aiosqlite.Connection:
-    mode = "ro" if readonly else "rwc"
-    try:
-        db = await aiosqlite.connect(f"file:{p}?mode={mode}", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(
-            f"{p}: cannot open ({exc}); check the directory exists and is writable",
-            path=str(p),
-        ) from exc
-    return db
-
-
-async def _prepare(
-    db: aiosqlite.Connection, p: Path, node: str | None, readonly: bool, *, new: bool = False
-) -> tuple[str, str, int]:
-    """Check identity and schema, migrate (``new``: create the schema), set pragmas; return
-    (node, incarnation, created_ns)."""
-    try:
-        app_id = (await _scalar(db, "PRAGMA application_id")) or 0
-        version = (await _scalar(db, "PRAGMA user_version")) or 0
-        tables = await _scalar(db, "SELECT count(*) FROM sqlite_master") or 0
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(
-            f"{p}: unreadable SQLite file ({exc}); it may be corrupt. qtd will not modify it: "
-            "restore from backup or move it aside.",
-            path=str(p),
-        ) from exc
-    if app_id != APPLICATION_ID and (app_id != 0 or tables > 0):
-        raise StoreError(
-            f"{p}: SQLite file of another application (application_id={app_id:#x}, "
-            f"{tables} objects); qtd will not touch it. Point the config at another path.",
-            path=str(p), application_id=app_id,
-        )
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{p}: schema version {version} is newer than this qtd ({__version__}) supports "
-            f"({SCHEMA_VERSION}); upgrade qtd, do not downgrade the store.",
-            path=str(p), schema_version=version,
-        )
-    if version == 0 and not new:
-        raise StoreError(
-            f"{p}: SQLite file without a qtd store in it (schema version 0); qtd creates a "
-            "store only where no file exists. Delete it to start a new store, or point the "
-            "config at the right path.",
-            path=str(p),
-        )
-    try:
-        if not readonly:
-            await db.execute_fetchall("PRAGMA journal_mode=WAL")
-            await db.execute_fetchall("PRAGMA synchronous=FULL")
-            await db.execute_fetchall("PRAGMA busy_timeout=5000")
-            if version < SCHEMA_VERSION:
-                await _migrate(db, p, version, node)
-        elif version < SCHEMA_VERSION:
-            raise StoreError(
-                f"{p}: schema version {version} needs a migration; open it once read-write",
-                path=str(p),
-            )
-        meta = {str(k): str(v) for k, v in await db.execute_fetchall("SELECT key, value FROM meta")}
-    except sqlite3.DatabaseError as exc:
-        raise _write_error(p, exc, None) from exc
-    owner = str(meta["node"])
-    if node is not None and node != owner:
-        raise StoreError(
-            f"{p}: store belongs to node {owner!r}, not {node!r}; each node keeps its own store",
-            path=str(p), owner=owner, node=node,
-        )
-    return owner, str(meta["incarnation"]), int(meta.get("created_ns", 0))
-
-
-async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | None) -> None:
-    if version == 0 and node is None:
-        raise StoreError(f"{p}: a new store needs its node name", path=str(p))
-    await db.execute_fetchall("BEGIN IMMEDIATE")
-    try:
-        for v in range(version + 1, SCHEMA_VERSION + 1):
-            for stmt in MIGRATIONS[v]:
-                await db.execute_fetchall(stmt)
-        if 1 <= version < 2:
-            await _chain_existing(db, p)
-        if version == 0:
-            await db.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("node", str(node)),
-                    ("incarnation", uuid.uuid4().hex[:16]),
-                    ("created_ns", str(time.time_ns())),
-                    ("created_by", f"qtd {__version__}"),
-                ],
-            )
-        await db.execute_fetchall(f"PRAGMA application_id={APPLICATION_ID}")
-        await db.execute_fetchall(f"PRAGMA user_version={SCHEMA_VERSION}")
-        await db.execute_fetchall("COMMIT")
-    except BaseException:
-        await _rollback(db)
-        raise
-
-
-async def _chain_existing(db: aiosqlite.Connection, p: Path, batch: int = 20_000) -> None:
-    """Migration to schema 2: compute ``crc`` and ``chain`` for the rows already stored
-    (trusted as they are: schema 1 had nothing to check them against), in the migration's
-    transaction.
-
-    Raises:
-        StoreCorrupt: a seq is missing (schema 1 never leaves a gap).
-    """
-    inc = await _scalar(db, "SELECT value FROM meta WHERE key = 'incarnation'")
-    seq, prev = 0, integrity.genesis(str(inc))
-    while rows := list(await db.execute_fetchall(
-            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, batch))):
-        if rows[-1][0] - seq != len(rows):
-            at = next(i for i, r in enumerate(rows, seq + 1) if r[0] != i)
-            raise integrity.missing(p, at, next(r[0] for r in rows if r[0] > at))
-        update = []
-        for s, payload in rows:
-            prev = integrity.link(prev, s, payload)
-            update.append((integrity.checksum(payload), prev, s))
-        await db.executemany("UPDATE events SET crc = ?, chain = ? WHERE seq = ?", update)
-        seq = rows[-1][0]
-
-
-async def _rollback(db: aiosqlite.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error):  # no transaction open: SQLite rolled back itself
-        await db.execute_fetchall("ROLLBACK")
-
-
-async def _scalar(db: aiosqlite.Connection, sql: str) -> Any:
-    rows = list(await db.execute_fetchall(sql))
-    return rows[0][0] if rows else None
-
-
-def _write_error(p: Path, exc: sqlite3.Error, last_seq: int | None) -> StoreError:
-    text = str(exc)
-    after = f" Nothing after seq {last_seq} was written." if last_seq is not None else ""
-    if "full" in text:
-        hint = "the disk is full: free space, then restart (trading halts until then)"
-    elif "readonly" in text or "read-only" in text:
-        hint = "the store is read-only: fix the mount or permissions, then restart"
-    elif isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
-        hint = "the file is corrupt: restore from backup; qtd will not modify it"
-    else:
-        hint = "I/O error: check the disk, then restart"
-    return StoreError(f"{p}: write failed ({text}); {hint}.{after}", path=str(p), sqlite=text)
