@@ -330,20 +330,26 @@ class EventStore:
         async with self._write_lock:
             self._check_writable()
             stored = [msgspec.structs.replace(e, seq=seq + 1 + i) for i, e in enumerate(events)]
+            base = await self._link_at(seq, f"{integrity.VERIFY_SQL} LIMIT ?")
+            if base is None:
+                raise StoreError(f"{self.path}: no event at seq {seq} to recover after",
+                                 path=str(self.path), seq=seq)
+            prev = base[1]
+            rows, head = integrity.seal([event_row(e) for e in stored], prev)
             db = self._db
             try:
                 await db.execute_fetchall("BEGIN IMMEDIATE")
                 try:
                     await db.execute_fetchall("DELETE FROM events WHERE seq > ?", (seq,))
                     await db.execute_fetchall("UPDATE outbox SET seq = min(seq, ?)", (seq,))
-                    await db.executemany(_INSERT, [event_row(e) for e in stored])
+                    await db.executemany(_INSERT, rows)
                     await db.execute_fetchall("COMMIT")
                 except BaseException:
-                    await _rollback(db)
+                    await sqlitefile.rollback(db)
                     raise
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
-            self.last_seq = stored[-1].seq if stored else seq
+            self.last_seq, self._head = (stored[-1].seq, head) if stored else (seq, prev)
         return stored  # type: ignore[return-value]
 
     def bulk_appender(self) -> BulkAppender:
