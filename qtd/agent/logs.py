@@ -49,28 +49,31 @@ class JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Collapse identical log lines: one line per ``interval_s`` per distinct message.
+    """Cap a flood of identical log lines: at most ``burst`` per ``interval_s`` per message.
 
-    Two records are identical when logger, level and formatted message are equal. The first
-    one passes; the identical ones within ``interval_s`` are held back and counted; the next
-    one after the interval passes with ``repeated = <count held back>``. A flood (asyncio's
-    ``socket.accept() out of system resource`` at EMFILE wrote 427,781 lines in 40 s) thus
-    costs one line per interval. The last burst's count is reported with the next identical
-    line. At most ``max_keys`` messages are tracked (the oldest are forgotten first).
+    Two records are identical when logger, level and formatted message are equal. Within
+    an interval the first ``burst`` identical lines pass (a state change logged twice in a
+    second — ``leader absent``, ``leader back``, ``leader absent`` — is never hidden); the
+    rest are held back and counted, and the first line of the next interval carries
+    ``repeated = <count held back>``. A flood (asyncio's ``socket.accept() out of system
+    resource`` at EMFILE wrote 427,781 lines in 40 s) thus costs ``burst`` lines per
+    interval. At most ``max_keys`` messages are tracked (the oldest are forgotten first).
 
     Args:
-        interval_s: seconds between two lines of the same message.
+        interval_s: seconds of one window.
+        burst: identical lines let through per window.
         max_keys: distinct messages tracked at once.
         clock: monotonic seconds (tests pass their own).
     """
 
-    def __init__(self, interval_s: float = 5.0, max_keys: int = 1024,
+    def __init__(self, interval_s: float = 5.0, burst: int = 10, max_keys: int = 1024,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.interval_s = interval_s
+        self.interval_s, self.burst = interval_s, burst
         self.max_keys = max_keys
         self.clock = clock
-        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # -> (t, held)
+        # message -> (window start, lines passed in it, lines held back)
+        self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -79,15 +82,18 @@ class RepeatFilter(logging.Filter):
             return True
         key = (record.name, record.levelno, text)
         now = self.clock()
-        since, held = self._seen.pop(key, (-self.interval_s - 1.0, 0))
-        if now - since < self.interval_s:
-            self._seen[key] = (since, held + 1)
+        start, passed, held = self._seen.pop(key, (-self.interval_s - 1.0, 0, 0))
+        if now - start >= self.interval_s:
+            start, passed = now, 0
+            if held:
+                record.__dict__["repeated"] = held
+                held = 0
+        elif passed >= self.burst:
+            self._seen[key] = (start, passed, held + 1)
             return False
-        if held:
-            record.__dict__["repeated"] = held
         if len(self._seen) >= self.max_keys:
             del self._seen[next(iter(self._seen))]
-        self._seen[key] = (now, 0)
+        self._seen[key] = (start, passed + 1, held)
         return True
 
 

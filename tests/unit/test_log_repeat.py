@@ -1,4 +1,4 @@
-"""Identical log lines are collapsed to one per interval with a count of the held-back
+"""A flood of identical log lines is capped per interval with a count of the held-back
 ones (issue 21, finding 8: an EMFILE accept loop wrote 427,781 lines in 40 s)."""
 
 from __future__ import annotations
@@ -47,10 +47,26 @@ def test_a_flood_is_one_line_per_interval_with_the_count(
         log.warning("other %s", "line")
     docs = _docs(out)
     flood = [d for d in docs if d["msg"] == "socket.accept() out of system resource"]
-    assert len(flood) == 8  # 40 s / 5 s
-    assert flood[0].get("repeated") is None
-    assert all(d["repeated"] == 2_499 for d in flood[1:])
-    assert len(docs) == 16
+    assert len(flood) == 80  # 10 a window, 40 s / 5 s windows
+    firsts = flood[::10]
+    assert firsts[0].get("repeated") is None
+    assert all(d["repeated"] == 2_490 for d in firsts[1:])  # 2,500 a window, 10 passed
+    assert all(d.get("repeated") is None for i, d in enumerate(flood) if i % 10)
+    assert len(docs) == 160
+
+
+def test_a_state_change_logged_again_soon_is_not_hidden(
+        lines: tuple[io.StringIO, Clock]) -> None:
+    """An agent that loses its leader, sees it back and loses it again within seconds must
+    say so each time (a 1-per-interval filter hid the second ``leader absent``)."""
+    out, clock = lines
+    log = logging.getLogger("qtd.agent")
+    for i, text in enumerate(["leader absent", "leader back", "leader absent",
+                              "leader back", "leader absent"]):
+        clock.t = 1000.0 + i * 0.5
+        log.warning(text)
+    assert [d["msg"] for d in _docs(out)] == ["leader absent", "leader back", "leader absent",
+                                               "leader back", "leader absent"]
 
 
 def test_different_messages_are_not_collapsed(lines: tuple[io.StringIO, Clock]) -> None:
