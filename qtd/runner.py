@@ -334,17 +334,22 @@ class BotRunner:
             (``time.sleep``, blocking socket I/O) then halts only its bot after the budget,
             while the event loop — other bots, the risk engine, the kill switch — runs on.
             Costs a thread round trip per hook (~20-170 µs); backtests run inline.
+        keep_requests: keep only the latest this many order requests in :attr:`requests`
+            (cut in batches: up to twice as many are held); ``None`` (default) keeps every
+            one (a backtest or smoke run reads them all; a live agent has the store).
 
     Raises:
-        ValueError: ``hook_budget_s`` is not > 0.
+        ValueError: ``hook_budget_s`` is not > 0, or ``keep_requests`` < 0.
     """
 
     def __init__(
         self, strategy_cls: type[Strategy], params: Strategy.Params, spec: BotSpec, *,
         clock: Clock, submit: Submit, cancel: Cancel | None = None, emit: Emit | None = None,
         node: str = "local", hook_budget_s: float = DEFAULT_HOOK_BUDGET_S,
-        params_hash: str = "", isolate_hooks: bool = False,
+        params_hash: str = "", isolate_hooks: bool = False, keep_requests: int | None = None,
     ) -> None:
+        if keep_requests is not None and keep_requests < 0:
+            raise ValueError(f"keep_requests={keep_requests!r}: must be >= 0 or None")
         self.spec, self.clock, self.node = spec, clock, node
         self._cls, self._params = strategy_cls, params
         self._submit, self._cancel, self._emit = submit, cancel, emit
@@ -355,6 +360,7 @@ class BotRunner:
         self.events: list[Event] = []
         self.error: StrategyError | None = None
         self.requests: list[OrderRequest] = []
+        self.keep_requests = keep_requests
         self.ctx = StrategyContext(
             bot=spec.name, account=spec.account, venue=spec.venue, symbols=spec.symbols,
             clock=clock, strategy=strategy_cls.__name__, currency=spec.currency)
@@ -612,7 +618,7 @@ class BotRunner:
                 if isinstance(req, CancelAll):
                     await self._do_cancel(req)
                 else:
-                    self.requests.append(req)
+                    self._remember(req)
                     result = await self._submit(req)
                     if isinstance(result, OrderDenied | OrderRejected):
                         self.ctx.release(req.symbol, req.side.sign * req.qty)
@@ -620,6 +626,12 @@ class BotRunner:
                 log.exception("bot %s: order submission failed; halting the bot", self.name)
                 await self._set_halted(f"order submission failed: {type(exc).__name__}: {exc}")
                 return
+
+    def _remember(self, req: OrderRequest) -> None:
+        reqs, keep = self.requests, self.keep_requests
+        reqs.append(req)
+        if keep is not None and len(reqs) > 2 * keep:
+            del reqs[:len(reqs) - keep]
 
     async def _do_cancel(self, req: CancelAll) -> None:
         if self._cancel is None:

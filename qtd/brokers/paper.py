@@ -38,6 +38,10 @@ A MARKET order for a symbol with no price yet is rejected (``NO_PRICE``). The ac
 no margin model: cash may go negative. Every call checks its risk-engine token first.
 Reports (OrderAccepted, OrderRejected, Fill, OrderCanceled) go to an in-memory queue read
 by :meth:`reports` (or :meth:`pending_reports` for synchronous drivers).
+
+What it remembers of past orders (``submitted``, ``cancels``, ``fills`` and the orders
+:meth:`PaperBroker.get_order` answers for) is everything by default (a backtest is finite);
+a long-running agent bounds it with ``history``.
 """
 
 from __future__ import annotations
@@ -101,9 +105,14 @@ class PaperBroker:
         fill_at: bar-priced market orders fill at the ``"next_open"`` or this bar's
             ``"close"``.
         latency_ns: delay between submission and the order becoming fillable, ns.
+        history: keep the latest this many entries of ``submitted``, ``cancels`` and
+            ``fills`` (cut in batches: up to about twice as many are held), and this many
+            done orders for :meth:`get_order`, which answers None for older ones, like a
+            venue past its order retention; ``None`` (default) keeps everything. Resting
+            orders are always kept.
 
     Raises:
-        ValueError: unknown ``fill_at`` or negative costs or latency.
+        ValueError: unknown ``fill_at``, negative costs, latency or ``history``.
     """
 
     def __init__(
@@ -111,12 +120,14 @@ class PaperBroker:
         cash: Decimal = Decimal(100_000), slippage_bps: Decimal = _ZERO,
         commission_bps: Decimal = _ZERO, commission_per_unit: Decimal = _ZERO,
         max_fill_qty: Decimal | None = None, fill_at: FillAt = "next_open",
-        latency_ns: int = 0,
+        latency_ns: int = 0, history: int | None = None,
     ) -> None:
         if fill_at not in ("next_open", "close"):
             raise ValueError(f"fill_at must be 'next_open' or 'close', got {fill_at!r}")
         if min(slippage_bps, commission_bps, commission_per_unit) < 0 or latency_ns < 0:
             raise ValueError("slippage, commission and latency must be >= 0")
+        if history is not None and history < 0:
+            raise ValueError(f"history={history!r}: must be >= 0 entries or None")
         self.account, self.venue, self.node, self.clock = account, venue, node, clock
         self.cash = cash
         self.slippage_bps, self.commission_bps = slippage_bps, commission_bps
@@ -131,7 +142,8 @@ class PaperBroker:
         self.cancels: list[str] = []
         self.fills: list[Fill] = []
         self._bar_priced: set[str] = set()  # symbols whose last price came from on_bar
-        self._book = OrderBook()  # every order it saw, for get_order (built on demand)
+        self.history = history
+        self._book = OrderBook(history)  # orders it saw, for get_order (built on demand)
         self._unbooked: list[AnyEvent | OrderIntent] = []  # not yet applied to _book
         self._reports: deque[AnyEvent] = deque()  # queued for reports() / pending_reports()
         self._ready = asyncio.Event()  # set while _reports is not empty
@@ -211,10 +223,9 @@ class PaperBroker:
         return AccountSnapshot(account=self.account, cash=self.cash, equity=self.cash + value)
 
     async def get_order(self, client_order_id: str) -> OrderStatusReport | None:
-        """What this simulated venue knows of one order (None if it never saw it)."""
-        for event in self._unbooked:
-            self._book.apply(event)
-        self._unbooked.clear()
+        """What this simulated venue knows of one order (None if it never saw it, or it is
+        a done order older than ``history``)."""
+        self._book_reports()
         rec = self._book.get(client_order_id)
         if rec is None:
             return None
@@ -354,7 +365,25 @@ class PaperBroker:
                                 ts_init=now, client_order_id=order.intent.client_order_id,
                                 venue_order_id=order.voi))
 
+    def _book_reports(self) -> None:
+        for event in self._unbooked:
+            self._book.apply(event)
+        self._unbooked.clear()
+
+    def _forget(self) -> None:
+        """With ``history``: book what is unbooked (its order book retires old done
+        orders) and cut the lists down to their latest ``history`` entries. Called when
+        the unbooked reports exceed ``history``, so the work is a few steps per report."""
+        keep = self.history
+        assert keep is not None
+        self._book_reports()
+        for past in (self.submitted, self.cancels, self.fills):
+            if len(past) > keep:
+                del past[:len(past) - keep]
+
     def _put(self, event: AnyEvent) -> None:
+        if self.history is not None and len(self._unbooked) > self.history:
+            self._forget()
         self._unbooked.append(event)
         if isinstance(event, Fill):
             self.fills.append(event)

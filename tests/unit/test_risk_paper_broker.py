@@ -118,3 +118,21 @@ async def test_get_order_reports_what_the_venue_knows() -> None:
     later = await b.get_order("l1")
     assert later is not None and later.state is OrderState.FILLED
     assert await b.get_order("nope") is None
+
+
+async def test_history_bounds_what_the_paper_broker_remembers() -> None:
+    """With ``history`` the lists and the get_order book keep the latest orders only (an
+    agent runs for months); a resting order is kept whatever its age."""
+    b = _broker(history=4)
+    b.on_price("AAPL", Decimal(100), 1)
+    await _send(b, _intent("rest", limit="50"))  # rests: never fills at 100
+    for i in range(50):
+        await _send(b, _intent(f"m{i}"))
+    b.pending_reports()
+    assert 4 <= len(b.submitted) <= 9 and 4 <= len(b.fills) <= 9
+    assert b.submitted[-1].client_order_id == "m49" and b.fills[-1].client_order_id == "m49"
+    last, old, rest = [await b.get_order(c) for c in ("m49", "m0", "rest")]
+    assert last is not None and last.state is OrderState.FILLED
+    assert old is None  # older than history, like a venue past its retention
+    assert rest is not None and rest.state is OrderState.ACCEPTED
+    assert [i.client_order_id for i in await b.open_orders()] == ["rest"]
