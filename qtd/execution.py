@@ -11,6 +11,9 @@ update or reconciliation settles it.
 
 Venue updates come back through :meth:`OrderRouter.on_venue_event` (exact duplicates, as the
 order book reports them, are dropped), are stored, and feed the projections and the engine.
+An update for an order the book has retired from memory (a terminal order, see
+:class:`~qtd.orders.OrderBook`) first brings the order back from the store, so a late fill is
+applied exactly once and a re-sent one is still a duplicate.
 """
 
 from __future__ import annotations
@@ -202,13 +205,25 @@ class OrderRouter:
 
     async def on_venue_event(self, event: Event) -> AnyEvent | None:
         """Store a venue update (ack, reject, fill, cancel, expiry) and feed projections and
-        the engine. Exact duplicates are dropped (returns None)."""
+        the engine. Exact duplicates are dropped (returns None).
+
+        An update for a retired order (module docstring) costs one store lookup by its
+        client_order_id; so does one for an order never written here (an orphan)."""
+        cid = self.proj.orders.retired_cid(event)
+        if cid is not None:
+            await self._recall(cid)
         if self.proj.apply(event) is ApplyResult.DUPLICATE:
             return None
         stored = await self.store.append(event)
         self.risk.on_event(stored)
         await self._flush()
         return stored
+
+    async def _recall(self, cid: str) -> None:
+        """Bring a retired order back into the book from its stored events (if another
+        update brought it back during the lookup, it stays as it is)."""
+        events = await self.store.query(client_order_id=cid)
+        self.proj.orders.recall(events)
 
     async def consume(self, broker: Broker) -> None:
         """Feed one broker's report stream into :meth:`on_venue_event` (run as a task)."""

@@ -18,12 +18,16 @@ nothing. A fill for a client_order_id we never wrote an intent for is kept as an
 flagged, and still counted in positions (it is real exposure); if the intent shows up later
 the orphan is attached to it.
 
-A long-running reader of the whole fleet (the leader) can bound its memory with
-``OrderBook(keep_terminal=N)``: only the N orders that most recently reached a terminal state
-are kept; older terminal orders are forgotten (counted in ``forgotten``). A terminal order
-takes no further fills (FILLED is complete; a venue confirms a cancel, reject or expiry only
-once nothing more can fill), so a forgotten order is not needed again; if a late event for one
-does arrive, a fill is still counted in positions as an orphan.
+A long-running process bounds its memory with ``OrderBook(keep_terminal=N)``: only the N
+orders that most recently reached a terminal state are kept; older terminal orders are
+*retired* (dropped from memory, counted in ``forgotten``; the event store still holds them).
+Open orders are never retired. A terminal order rarely hears from its venue again, but it can
+(a fill that crossed a cancel, a venue re-sending a fill after a reconnect), so a holder that
+has the store looks an unknown client_order_id up there: :meth:`OrderBook.retired_cid` says
+when an update may be for a retired order, and :meth:`OrderBook.recall` rebuilds the order
+from its stored events, after which the update is applied (or dropped as a duplicate) as for
+any held order. Without that lookup (the leader), a late fill is counted as an orphan.
+:meth:`OrderBook.stats` gives the figures (the agent's ``status`` reply, ``orders``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import functools
 import hashlib
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from enum import StrEnum
 from typing import Final, Protocol
@@ -185,6 +189,25 @@ class OrderRecord:
         return (self.cid, self.state, self.filled_qty, self.filled_cost, frozenset(self.trade_ids))
 
 
+class BookStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What an :class:`OrderBook` holds in memory (counts of orders).
+
+    Attributes:
+        held: orders in memory, open and terminal.
+        terminal_held: terminal orders in memory (at most ``terminal_kept`` when bounded).
+        terminal_kept: the bound on ``terminal_held`` (``None``: every order is kept).
+        retired: terminal orders dropped from memory since the book was built (the store
+            still holds them).
+        recalled: retired orders rebuilt from the store for a late venue update.
+    """
+
+    held: int
+    terminal_held: int
+    terminal_kept: int | None
+    retired: int
+    recalled: int
+
+
 class OrderBook:
     """All orders of one store (or of the fleet, on the leader), keyed by client_order_id.
 
@@ -204,6 +227,7 @@ class OrderBook:
         self._orphan_trade_ids: set[tuple[str, str]] = set()
         self.keep_terminal = keep_terminal
         self.forgotten = 0
+        self.recalled = 0
         self._terminal: deque[str] | None = None if keep_terminal is None else deque()
 
     def _rederive(self, rec: OrderRecord) -> None:
@@ -224,6 +248,50 @@ class OrderBook:
 
     def get(self, cid: str) -> OrderRecord | None:
         return self.orders.get(cid)
+
+    def stats(self) -> BookStats:
+        """Orders held in memory and retired (:class:`BookStats`)."""
+        done = self._terminal
+        terminal = (len(done) if done is not None
+                    else sum(1 for r in self.orders.values() if r.state.is_terminal))
+        return BookStats(held=len(self.orders), terminal_held=terminal,
+                         terminal_kept=self.keep_terminal, retired=self.forgotten,
+                         recalled=self.recalled)
+
+    def retired_cid(self, event: Event) -> str | None:
+        """The client_order_id of a fill or status update for an order this book does not
+        hold, once it has retired any order (so the update may be for a retired one); None
+        otherwise. The caller looks the id up in its store and hands what it finds to
+        :meth:`recall` before applying the update."""
+        if not self.forgotten:
+            return None
+        kind = type(event)
+        if kind is not Fill and kind not in _STATUS_FLAG:
+            return None
+        cid: str = event.client_order_id  # type: ignore[attr-defined]
+        return None if cid in self.orders else cid
+
+    def recall(self, events: Iterable[Event]) -> OrderRecord | None:
+        """Rebuild a retired order from its stored events (its intent, status updates and
+        fills, in seq order) so that a late update for it is applied once: a fill whose
+        trade id was already counted is then a duplicate. The order counts as the one that
+        reached a terminal state last (it is retired again after ``keep_terminal`` others).
+        Orders only: positions already counted these fills.
+
+        Returns:
+            The record, or None when ``events`` hold no intent (never our order: the update
+            stays an orphan) or the book already holds the order.
+        """
+        events = list(events)
+        intent = next((e for e in events if isinstance(e, OrderIntent)), None)
+        if intent is None or intent.client_order_id in self.orders:
+            return None
+        self._apply_intent(intent)
+        for ev in events:
+            if ev is not intent:
+                self.apply(ev)
+        self.recalled += 1
+        return self.orders.get(intent.client_order_id)
 
     def apply(self, event: Event) -> ApplyResult:
         """Apply one order event idempotently (any order, any number of times)."""

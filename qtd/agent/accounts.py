@@ -149,7 +149,8 @@ async def connect_account(name: str, s: AccountSettings, cfg: AgentConfig, clock
             account=name, node=cfg.node, clock=clock, venue=s.venue_name,
             cash=Decimal(str(s.cash)), slippage_bps=Decimal(str(s.slippage_bps)),
             commission_bps=Decimal(str(s.commission_bps)),
-            max_fill_qty=None if s.max_fill_qty is None else Decimal(str(s.max_fill_qty)))
+            max_fill_qty=None if s.max_fill_qty is None else Decimal(str(s.max_fill_qty)),
+            history=cfg.terminal_orders_kept)
     key, secret = load_credentials(name, s)
     broker: Any
     if s.broker == "alpaca":

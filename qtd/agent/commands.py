@@ -146,6 +146,7 @@ async def _status(agent: Agent, req: CommandRequest) -> CommandReply:
         "leader_silence_s": round(agent.failsafe.silence_s(mono), 3),
         "kill_active": agent.kill_active,
         "open_orders": sum(1 for _ in agent.proj.orders.open_orders()),
+        "orders": msgspec.structs.asdict(agent.proj.orders.stats()),  # held in memory
         "sessions": agent.schedule.status() if hasattr(agent, "schedule") else {},
     }
     return _reply(agent, "status", True, f"{agent.node}: GLOBAL {data['global']}", data)

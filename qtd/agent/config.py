@@ -260,6 +260,11 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
         routed: instruments traded through the routes.
         canary: how ``qtd deploy --canary`` versions ramp on this node
             (:class:`qtd.quality.canary.CanaryConfig`, :mod:`qtd.agent.canary`).
+        terminal_orders_kept: done (filled, canceled, rejected, expired) orders kept in
+            memory, the most recent ones; older ones are retired (the store keeps them, and
+            a late venue update brings one back: :mod:`qtd.orders`). Paper accounts keep as
+            many, and each bot runner as many order requests. The ``status`` reply's
+            ``orders`` shows the counts.
     """
 
     node: str
@@ -290,6 +295,7 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     routed: list[RoutedInstruments] = []
     source: str = "<memory>"
     canary: CanaryConfig = CanaryConfig()
+    terminal_orders_kept: Annotated[int, Meta(ge=1, le=10_000_000)] = 1_000
 
     @property
     def store_path(self) -> Path:

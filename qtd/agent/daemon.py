@@ -117,7 +117,8 @@ class Agent:
         """Steps 1-5: store, projections, engine, accounts, reconciliation."""
         cfg = self.cfg
         self.store: AgentStore = await open_store(cfg)
-        self.proj = Projections(TradingDay(cfg.trading_day.tz, cfg.trading_day.rollover))
+        self.proj = Projections(TradingDay(cfg.trading_day.tz, cfg.trading_day.rollover),
+                                keep_terminal=cfg.terminal_orders_kept)
         risk_cfg = risk_config_for(cfg, load_risk_config(cfg.risk))  # one trading day
         self.risk = RiskEngine(risk_cfg, self.proj, self.clock, self.node)
         self.store_faults = attach_store_faults(self, self.store)  # halt + buffer + probe
@@ -380,7 +381,8 @@ class Agent:
                            submit=self.router.submit, cancel=self._cancel_all,
                            emit=self.store.append, node=self.node,
                            hook_budget_s=self.cfg.hook_budget_s, params_hash=slot.content_hash,
-                           isolate_hooks=True)  # a blocked hook never stalls the kill switch
+                           isolate_hooks=True,  # a blocked hook never stalls the kill switch
+                           keep_requests=self.cfg.terminal_orders_kept)
         seed_from_store(runner, self.proj)  # a restarted bot knows what it holds
         adopt(slot, runner)  # a strategy swapped in by a deploy keeps the bot's positions
         self.canary.shape(runner)  # its share of the allocation while a canary ramps

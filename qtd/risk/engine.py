@@ -39,7 +39,7 @@ from qtd.events import (
     TradingStateChanged,
 )
 from qtd.orders import OrderRequest
-from qtd.projections import Projections, TradingDay
+from qtd.projections import ZERO, Projections, TradingDay
 from qtd.risk import checks as C
 from qtd.risk.breakers import CircuitBreakers
 from qtd.risk.config import RiskConfig, bind_profiles, validate_config
@@ -328,16 +328,21 @@ class RiskEngine:
 
     def _sync(self, cid: str) -> None:
         o = self.open.get(cid)
-        rec = self.proj.orders.get(cid)
-        if o is None or rec is None:
+        if o is None:
             return
-        leaves, canceling = rec.leaves_qty, rec.cancel_requested
+        rec = self.proj.orders.get(cid)
+        # The projections apply every event before the engine, so an order they no longer
+        # hold was retired from memory: it is terminal (qtd.orders, keep_terminal). On a
+        # restart that is every done order beyond the bound.
+        done = rec is None or rec.state.is_terminal
+        leaves, canceling = (ZERO, False) if rec is None else (rec.leaves_qty,
+                                                               rec.cancel_requested)
         if leaves != o.leaves or canceling != o.canceling:
             for e in o.exposures:
                 e.add_open(o.buy, -o.leaves, o.canceling)
                 e.add_open(o.buy, leaves, canceling)
             o.leaves, o.canceling = leaves, canceling
-        if rec.state.is_terminal:
+        if done:
             del self.open[cid]
             for c in o.counters:
                 c.open_orders -= 1

@@ -219,6 +219,31 @@ def test_order_book_keeps_only_the_most_recent_terminal_orders() -> None:
         OrderBook(keep_terminal=-1)
 
 
+def test_a_retired_order_recalled_from_its_events_takes_a_late_fill_once() -> None:
+    """``recall`` rebuilds a retired order from its stored events (what the router reads
+    from the store): the fill already counted is a duplicate, a late one counts once."""
+    proj = Projections(keep_terminal=1)
+    book = proj.orders
+    stored = [intent("c0", counter=1), accepted("c0"),
+              fill("c0", "t0", qty="10", price="100")]
+    for ev in [*stored, intent("c1", counter=2), fill("c1", "t1", qty="10", price="100")]:
+        proj.apply(ev)
+    assert book.get("c0") is None and book.retired_cid(stored[2]) == "c0"
+    assert book.retired_cid(stored[0]) is None  # an intent is not a venue update
+    rec = book.recall(stored)
+    assert rec is not None and rec.state is OrderState.FILLED and rec.filled_qty == 10
+    assert book.recall(stored) is None  # already held: nothing rebuilt twice
+    assert proj.apply(stored[2]) is ApplyResult.DUPLICATE
+    late = fill("c0", "late", qty="1", price="100")
+    assert proj.apply(late) is ApplyResult.APPLIED
+    assert proj.apply(late) is ApplyResult.DUPLICATE
+    assert proj.positions[("bot1", "acct1", "AAPL")].qty == Decimal(21)
+    assert book.recall([stored[2]]) is None  # no intent: never our order
+    st = book.stats()
+    assert (st.held, st.terminal_held, st.terminal_kept, st.recalled) == (1, 1, 1, 1)
+    assert st.retired == 2  # c0, then c1 when c0 came back
+
+
 def test_order_book_keeps_every_order_by_default() -> None:
     proj = Projections()
     for i in range(50):
