@@ -292,7 +292,11 @@ class PnLSnapshot(Event, frozen=True):
     A bot-level snapshot from an agent also carries the bot's lifecycle ``stage`` (research,
     backtest, paper, shadow, live), its ``state`` (the most restrictive of its trading states
     and its runner: ACTIVE, REDUCING, HALTED or STOPPED) and its risk ``limits`` with their
-    current use ("" and [] when not reported)."""
+    current use ("" and [] when not reported). When ``state`` is not ACTIVE, ``state_scope``
+    and ``state_key`` name what sets it on the agent: a trading-state scope (``GLOBAL``,
+    ``ACCOUNT``, ``STRATEGY``, ``SYMBOL`` and its key), or ``RUNNER`` (the bot's own runner:
+    a strategy error beyond its restarts, or its feed ended) with ``state_reason`` saying
+    why ("" from agents older than these fields: the leader then finds the scope itself)."""
 
     account: str
     realized: Decimal
@@ -305,6 +309,9 @@ class PnLSnapshot(Event, frozen=True):
     stage: str = ""
     state: str = ""
     limits: list[LimitUsage] = []
+    state_scope: str = ""
+    state_key: str = ""
+    state_reason: str = ""
 
 
 class Heartbeat(Event, frozen=True):

@@ -2,8 +2,9 @@
 
 * :func:`pnl_snapshots` — one :class:`~qtd.events.PnLSnapshot` per bot (realized net of fees,
   unrealized at the risk engine's last marks), published on ``<prefix>.pnl.<node>.<bot>``;
-  given the bot slots it also carries each bot's stage, state (:func:`bot_state`) and risk
-  limits with their current use (:func:`bot_limits`), for the status page's cap bars.
+  given the bot slots it also carries each bot's stage, state and what sets it
+  (:func:`state_why`: the scope and key, or its runner and why) and risk limits with their
+  current use (:func:`bot_limits`), for the status page's state causes and cap bars.
 * :class:`FailSafe` — watches the leader's heartbeat. When it has been silent longer than
   ``timeout_s`` the GLOBAL scope is escalated to the policy state (default REDUCING). Before
   any leader heartbeat was ever seen, the silence is counted from the agent's start, so an
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
+from typing import NamedTuple
 
 from qtd.agent.supervisor import BotSlot
 from qtd.events import LimitUsage, PnLSnapshot, Scope, TradingState, TradingStateChanged
@@ -59,35 +61,56 @@ def pnl_snapshots(proj: Projections, risk: RiskEngine, node: str, now_ns: int,
     for bot, (r, u, f) in sorted(acc.items()):
         account = bots.get(bot, "")
         slot = slots.get(bot) if slots is not None else None
-        stage = state = ""
+        stage = ""
+        why = StateWhy()
         limits: list[LimitUsage] = []
         if slot is not None:
             syms = slot.spec.symbols
             stage = slot.stage
-            state = bot_state(risk, bot, account, syms, slot.state, now_ns)
+            why = state_why(risk, bot, account, syms, slot.state, slot.reason, now_ns)
             limits = bot_limits(risk, bot, account, syms, now_ns)
         out.append(PnLSnapshot(node=node, bot=bot, ts_event=now_ns, ts_init=now_ns,
                                account=account, realized=r, unrealized=u, fees=f,
                                currency=currency.get(bot, "USD"), trading_day=day,
-                               stage=stage, state=state, limits=limits))
+                               stage=stage, state=why.state, limits=limits,
+                               state_scope=why.scope, state_key=why.key,
+                               state_reason=why.reason))
     return out
+
+
+class StateWhy(NamedTuple):
+    """A bot's state and what sets it (see :class:`~qtd.events.PnLSnapshot`)."""
+
+    state: str = ""
+    scope: str = ""
+    key: str = ""
+    reason: str = ""
 
 
 def bot_state(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
               runner: BotState, now_ns: int) -> str:
-    """The bot's state as an operator reads it: ``HALTED`` or ``STOPPED`` when its runner is
-    (a strategy error beyond its restarts, or its feed ended), else the most restrictive
-    trading state over its GLOBAL, ACCOUNT, STRATEGY and SYMBOL scopes (ACTIVE, REDUCING,
-    HALTED; a REDUCING cooldown that ran out expires here, as at the next order check, and
-    its state change is stored with the engine's next events)."""
+    """The bot's state as an operator reads it (see :func:`state_why`)."""
+    return state_why(risk, bot, account, symbols, runner, "", now_ns).state
+
+
+def state_why(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
+              runner: BotState, runner_reason: str, now_ns: int) -> StateWhy:
+    """The bot's state and what sets it: ``HALTED`` or ``STOPPED`` by its ``RUNNER`` when
+    the runner is (a strategy error beyond its restarts, or its feed ended; ``runner_reason``
+    says which), else the most restrictive trading state over its GLOBAL, ACCOUNT, STRATEGY
+    and SYMBOL scopes (ACTIVE, REDUCING, HALTED) with the scope and key that set it (the
+    widest one on a tie). A REDUCING cooldown that ran out expires here, as at the next order
+    check, and its state change is stored with the engine's next events."""
     if runner in (BotState.HALTED, BotState.STOPPED):
-        return runner.value
-    worst = TradingState.ACTIVE
+        return StateWhy(runner.value, "RUNNER", bot, runner_reason)
+    worst = (TradingState.ACTIVE, Scope.GLOBAL, "")
     for symbol in symbols or ("",):
-        st = risk.states.effective(account, bot, symbol, now_ns)[0]
-        if _RANK[st] > _RANK[worst]:
-            worst = st
-    return worst.value
+        found = risk.states.effective(account, bot, symbol, now_ns)
+        if _RANK[found[0]] > _RANK[worst[0]]:
+            worst = found
+    if worst[0] is TradingState.ACTIVE:
+        return StateWhy(TradingState.ACTIVE.value)
+    return StateWhy(worst[0].value, worst[1].value, worst[2])
 
 
 def bot_limits(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],

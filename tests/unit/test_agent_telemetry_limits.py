@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from qtd.agent.supervisor import BotSlot
-from qtd.agent.telemetry import bot_limits, bot_state, pnl_snapshots
+from qtd.agent.telemetry import StateWhy, bot_limits, bot_state, pnl_snapshots, state_why
 from qtd.events import LimitUsage, PnLSnapshot, Scope, Side, TradingState, from_json, to_json
 from qtd.runner import BotSpec, BotState
 from qtd.strategy import Strategy
@@ -81,6 +81,21 @@ def test_state_is_the_worst_of_the_bot_scopes_and_its_runner() -> None:
     h.engine.halt(Scope.ACCOUNT, "acct1", "drill")
     assert bot_state(h.engine, "bot1", "acct1", ("AAPL",), BotState.RUNNING, now) == "HALTED"
     assert bot_state(h.engine, "bot2", "acct2", ("MSFT",), BotState.STOPPED, now) == "STOPPED"
+
+
+def test_state_says_which_scope_or_the_runner_sets_it() -> None:
+    h = Harness(LIMITS)
+    now = h.clock.now_ns()
+    assert state_why(h.engine, "bot1", "acct1", ("AAPL",), BotState.RUNNING, "", now) == \
+        StateWhy("ACTIVE")
+    h.engine.states.escalate(Scope.SYMBOL, "AAPL", TradingState.REDUCING, "test", now)
+    h.engine.states.escalate(Scope.STRATEGY, "bot1", TradingState.HALTED, "breaker", now)
+    assert state_why(h.engine, "bot1", "acct1", ("AAPL",), BotState.RUNNING, "", now) == \
+        StateWhy("HALTED", "STRATEGY", "bot1")
+    assert state_why(h.engine, "bot2", "acct1", ("AAPL",), BotState.RUNNING, "", now) == \
+        StateWhy("REDUCING", "SYMBOL", "AAPL")
+    assert state_why(h.engine, "bot2", "acct1", ("MSFT",), BotState.HALTED, "boom", now) == \
+        StateWhy("HALTED", "RUNNER", "bot2", "boom")
 
 
 def test_snapshot_carries_stage_state_and_limits_over_json() -> None:
