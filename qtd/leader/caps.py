@@ -160,6 +160,15 @@ class FleetCaps:
         view.caps = views
         return breaches
 
+    def views(self, view: FleetView, r: Rollup) -> list[CapView]:
+        """Every cap measured on the rollup ``r`` without firing: a snapshot's caps come
+        from the same pass over the view as its totals (one figure, one moment)."""
+        views = []
+        for key, cap, _ in self._measure(view, r):
+            cap.tripped = key in self.tripped
+            views.append(cap)
+        return views
+
     def _measure(self, view: FleetView, r: Rollup
                  ) -> Iterator[tuple[str, CapView, Breach | None]]:
         c = self.cfg

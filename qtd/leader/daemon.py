@@ -215,6 +215,7 @@ class Leader:
                                 clock=self.clock, tasks=self.tasks,
                                 recent_events=self.cfg.notify.recent_events)
         self.view.alerts = self.alerts.views
+        self.view.measure_caps = lambda r: self.caps.views(self.view, r)
         self.alerts.is_active = lambda: self.active
         await self.versions.attach(self.alerts, js)
         self.kill = KillSwitchController(
@@ -376,8 +377,10 @@ class Leader:
             REJECTED.reject("heartbeat", msg.subject, exc, log)
             return
         if isinstance(hb, RiskBreach):  # a store fault: the agent's outbox cannot carry it
-            if self.active and msg.subject == f"{self.subjects.prefix}.hb.{hb.node}":
-                self.alerts.on_agent_breach(hb)
+            if msg.subject == f"{self.subjects.prefix}.hb.{hb.node}":
+                self.view.on_agent_page(hb)
+                if self.active:
+                    self.alerts.on_agent_breach(hb)
             return
         self.view.on_heartbeat(hb)
 

@@ -62,10 +62,57 @@ class LimitView(msgspec.Struct, kw_only=True):
     utilisation: float
 
 
+class Cause(msgspec.Struct, kw_only=True):
+    """Why a bot is not ACTIVE (one of what holds it; see :mod:`qtd.leader.why`).
+
+    Attributes:
+        kind: ``kill`` (a kill switch), ``breaker`` (a circuit breaker or a pre-trade check
+            that trips), ``storage`` (store fault or store behind the stream), ``operator``
+            (a halt command), ``failsafe`` (no leader heartbeat), ``runner`` (the bot's
+            runner: strategy error beyond its restarts, feed ended), ``agent`` (its agent
+            reports the state; the cause has not reached the leader yet).
+        state: what it imposes: ``REDUCING``, ``HALTED`` or ``STOPPED``.
+        scope, key: where: ``GLOBAL``/"" (fleet-wide), ``NODE``/node (an agent's own GLOBAL
+            scope), ``ACCOUNT``, ``STRATEGY``, ``SYMBOL`` with their key, ``RUNNER``/bot.
+        node: the agent that holds it ("" for a kill of the leader's set).
+        check, value, limit, unit: the breaker or check and its reading (``value`` against
+            ``limit`` in ``unit``; None when it has none).
+        kill_id, operator, reason: the kill's id, who, and why (reason also for the others).
+        since_ns: when it started holding, UTC ns (0: unknown).
+    """
+
+    kind: str
+    state: str
+    scope: str
+    key: str = ""
+    node: str = ""
+    check: str = ""
+    value: float | None = None
+    limit: float | None = None
+    unit: str = ""
+    kill_id: str = ""
+    operator: str = ""
+    reason: str = ""
+    since_ns: int = 0
+
+
+class DenyCount(msgspec.Struct, kw_only=True):
+    """Orders of a bot the risk engine denied for one ``check`` (``OrderDenied.check``)."""
+
+    check: str
+    count: int
+
+
 class BotView(msgspec.Struct, kw_only=True):
     """One bot on one node; ``last_activity_age_s`` since its last event or PnL tick;
     ``reported_pnl`` is the agent's own last PnL tick (realized + unrealized), if any.
-    ``stage``, ``state`` and ``limits`` come from that tick ("" and [] before one)."""
+    ``stage``, ``state`` and ``limits`` come from that tick ("" and [] before one).
+
+    ``effective_state`` combines that state with the node's, the fleet's kills and every
+    scope of its agent that covers the bot (ACTIVE, REDUCING, STOPPED, HALTED, or UNKNOWN
+    before anything was heard); ``causes`` say why (the ones imposing the effective state
+    first, see :class:`Cause`), ``since_ns`` since when (UTC ns, 0 when ACTIVE or unknown).
+    ``deny_reasons``: denial counts by check, most frequent first."""
 
     node: str
     bot: str
@@ -76,6 +123,10 @@ class BotView(msgspec.Struct, kw_only=True):
     stage: str = ""
     state: str = ""
     limits: list[LimitView] = []
+    effective_state: str = ""
+    causes: list[Cause] = []
+    since_ns: int = 0
+    deny_reasons: list[DenyCount] = []
 
 
 class AccountView(msgspec.Struct, kw_only=True):
@@ -161,8 +212,19 @@ class AlertView(msgspec.Struct, kw_only=True):
     operator: str = ""
 
 
+class ScopeState(msgspec.Struct, kw_only=True):
+    """The most restrictive state of one scope across the fleet: the leader's kills and
+    every agent's scopes (``NODE``/node is an agent's own GLOBAL scope). Only scopes that
+    are not ACTIVE are listed, besides ``GLOBAL``/"" which always is."""
+
+    scope: str
+    key: str
+    state: str
+
+
 class FleetSnapshot(msgspec.Struct, kw_only=True):
-    """Everything the status page shows, at ``ts_ns``."""
+    """Everything the status page shows, at ``ts_ns``: every figure of it (totals, caps,
+    bots) from one pass over the fleet view."""
 
     ts_ns: int
     trading_day: str
@@ -181,3 +243,4 @@ class FleetSnapshot(msgspec.Struct, kw_only=True):
     kill: KillView
     alerts: list[AlertView]
     ingest: dict[str, int]
+    states: list[ScopeState] = []

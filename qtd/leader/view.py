@@ -39,7 +39,10 @@ from qtd.events import (
     PnLSnapshot,
     PositionSnapshot,
     PositionTransfer,
+    RiskBreach,
+    TradingStateChanged,
 )
+from qtd.leader import why
 from qtd.leader.snapshot import (
     AccountView,
     Agg,
@@ -97,6 +100,7 @@ class Rollup:
         self.positions: list[PositionView] = []
         self.symbol_qty: dict[str, Decimal] = {}
         self.bot_accounts: dict[tuple[str, str], set[str]] = {}
+        self.bot_symbols: dict[tuple[str, str], set[str]] = {}
         self.bot_unreal: dict[tuple[str, str], Decimal] = {}  # fill-marked, per bot
         self.bot_open: dict[tuple[str, str], list[tuple[Key4, int]]] = {}  # k4, row index
         self.reported_bots: set[tuple[str, str]] = set()  # unrealized from the agent
@@ -104,6 +108,7 @@ class Rollup:
     def accs(self, k: Key4) -> tuple[_Acc, ...]:
         node, bot, account, symbol = k
         self.bot_accounts.setdefault((node, bot), set()).add(account)
+        self.bot_symbols.setdefault((node, bot), set()).add(symbol)
         return (self.totals, self.nodes.setdefault(node, _Acc()),
                 self.bots.setdefault((node, bot), _Acc()),
                 self.accounts.setdefault(account, _Acc()), self.symbols.setdefault(symbol, _Acc()))
@@ -146,6 +151,8 @@ class FleetView:
         self.caps: list[CapView] = []
         self.symbol_utilisation: dict[str, float] = {}
         self.kill = KillView()
+        self.why = why.WhyBook()
+        self.measure_caps: Callable[[Rollup], list[CapView]] | None = None
         self.alerts: Callable[[], list[AlertView]] = list
         self.ingest_stats: Callable[[], dict[str, int]] = dict
 
@@ -171,6 +178,8 @@ class FleetView:
             self.marks[ev.symbol] = ev.mark_price  # type: ignore[union-attr]
         elif t is PnLSnapshot:
             self.reported[(ev.node, ev.bot)] = ev  # type: ignore[assignment]
+        elif t is TradingStateChanged or t is RiskBreach:
+            self.why.on_event(ev)  # type: ignore[arg-type]
         if ev.bot:
             self.activity[(ev.node, ev.bot)] = self.clock.now_ns()
 
@@ -214,6 +223,8 @@ class FleetView:
         if t is OrderIntent or t is OrderDenied:
             k4 = (ev.node, ev.bot, ev.account, ev.symbol)  # type: ignore[union-attr]
             self._bump(k4, 0 if t is OrderIntent else 4)
+            if t is OrderDenied:
+                self.why.on_denied(ev)  # type: ignore[arg-type]
         elif t is OrderRejected or t is BrokerError:
             rec = proj.orders.get(ev.client_order_id)  # type: ignore[union-attr]
             account, symbol = (rec.account, rec.symbol) if rec is not None else ("", "")
@@ -246,6 +257,10 @@ class FleetView:
     def on_heartbeat(self, hb: Heartbeat) -> None:
         """An agent's heartbeat (core NATS)."""
         self.heartbeats[hb.node] = (hb, self.clock.now_ns())
+
+    def on_agent_page(self, breach: RiskBreach) -> None:
+        """An agent's storage page (core NATS; :meth:`qtd.leader.why.WhyBook.on_page`)."""
+        self.why.on_page(breach)
 
     def heartbeat_age_s(self, node: str) -> float | None:
         """Seconds since the node's last heartbeat (None: never seen)."""
@@ -325,17 +340,22 @@ class FleetView:
         """Everything the status page needs, msgspec-serialisable (see
         :mod:`qtd.leader.snapshot` for the shape and units)."""
         r = self.rollup()
+        now = self.clock.now_ns()
         equity = self.equity(r)
         peak = max(self.peak_equity, equity)
         dd = float((peak - equity) / peak * 100) if peak > 0 else 0.0
+        caps = list(self.caps) if self.measure_caps is None else self.measure_caps(r)
+        nodes = self._nodes(r)
+        node_states = {n.node: n.state for n in nodes if n.alive}
         return FleetSnapshot(
-            ts_ns=self.clock.now_ns(), trading_day=self.trading_day.label(self.clock.now_ns()),
+            ts_ns=now, trading_day=self.trading_day.label(now),
             currency=self.currency, capital=float(self.capital), equity=float(equity),
             peak_equity=float(peak), drawdown_pct=dd, totals=r.totals.agg(),
-            nodes=self._nodes(r), bots=self._bots(r),
+            nodes=nodes, bots=self._bots(r, node_states),
             accounts=[AccountView(account=k, agg=a.agg()) for k, a in sorted(r.accounts.items())],
-            symbols=self._symbols(r), positions=r.positions, caps=list(self.caps),
+            symbols=self._symbols(r), positions=r.positions, caps=caps,
             kill=self.kill, alerts=self.alerts(), ingest=self.ingest_stats(),
+            states=self.why.states(self.kill.kills, node_states),
         )
 
     def _nodes(self, r: Rollup) -> list[NodeView]:
@@ -350,19 +370,25 @@ class FleetView:
                 agg=r.nodes.get(node, _Acc()).agg()))
         return out
 
-    def _bots(self, r: Rollup) -> list[BotView]:
+    def _bots(self, r: Rollup, node_states: dict[str, str]) -> list[BotView]:
         now = self.clock.now_ns()
         out = []
         for key in sorted(set(r.bots) | set(self.activity)):
             seen = self.activity.get(key)
             rep = self.reported.get(key)
+            accounts = sorted(r.bot_accounts.get(key, set()) - {""})
+            state, causes, since = why.explain(
+                self.why, self.kill.kills, key, accounts, r.bot_symbols.get(key, set()), rep,
+                node_states.get(key[0], ""))
             out.append(BotView(
-                node=key[0], bot=key[1], accounts=sorted(r.bot_accounts.get(key, set()) - {""}),
+                node=key[0], bot=key[1], accounts=accounts,
                 last_activity_age_s=None if seen is None else (now - seen) / _NS,
                 reported_pnl=None if rep is None else float(rep.realized + rep.unrealized),
                 agg=r.bots.get(key, _Acc()).agg(),
                 stage="" if rep is None else rep.stage, state="" if rep is None else rep.state,
-                limits=[] if rep is None else limit_views(rep.limits)))
+                limits=[] if rep is None else limit_views(rep.limits),
+                effective_state=state, causes=causes, since_ns=since,
+                deny_reasons=self.why.deny_reasons(key)))
         return out
 
     def _symbols(self, r: Rollup) -> list[SymbolView]:
