@@ -71,7 +71,7 @@ class WebApp:
         return HTMLResponse(html, status, headers=_SECURITY_HEADERS)
 
     async def index(self, request: Request) -> Response:
-        snap = self.source.snapshot()
+        snap = self.hub.sample()  # the chart's last point is this snapshot's too
         extra = execution_section(self.source) + versions_section(self.source)
         return self._html(request, "qtd fleet",
                           lambda c: pages.overview(snap, controls=c) + extra)
@@ -91,7 +91,7 @@ class WebApp:
         Raises:
             HTTPException: 404 when neither the view nor fleet.db know the bot.
         """
-        snap = self.source.snapshot()
+        snap = self.hub.sample()  # the chart's last point is this snapshot's too
         view = next((b for b in snap.bots if b.node == node and b.bot == bot), None)
         events = await self.source.bot_events(node, bot, BOT_EVENTS, ORDER_KINDS)
         admitted = await self.source.bot_events(node, bot, 1, ("StrategyAdmitted",))
@@ -104,7 +104,7 @@ class WebApp:
             node=node, bot=bot, currency=snap.currency, view=view,
             positions=[p for p in snap.positions if p.node == node and p.bot == bot],
             blotter=rows, equity=points, metrics=bot_metrics(points, fills, snap.capital),
-            admission=admission(admitted))
+            admission=admission(admitted), ts_ns=snap.ts_ns)
 
     async def login_page(self, request: Request) -> Response:
         if not self.auth.enabled:

@@ -1,6 +1,6 @@
 """What one bot's row shows, computed once for the server-rendered page and the live frame
-(so the two cannot disagree): position text, state, stage, and the labels and levels of its
-limit bars.
+(so the two cannot disagree): position text, effective state and why, top deny reasons,
+stage, and the labels and levels of its limit bars.
 
 Levels of a utilisation (fraction of the limit): ``ok`` below 70 %, ``warm`` from 70 %,
 ``hot`` from 90 % (the bar turns red before the limit denies orders).
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from qtd.leader.snapshot import Agg, BotView, FleetSnapshot, KillView, LimitView
+from qtd.leader import why
+from qtd.leader.snapshot import Agg, BotView, FleetSnapshot, LimitView
 
 WARM = 0.7
 HOT = 0.9
@@ -40,15 +41,26 @@ def positions_by_bot(snap: FleetSnapshot) -> dict[BotKey, str]:
     return {k: " ".join(v) for k, v in out.items()}
 
 
-def bot_state(b: BotView, kill: KillView, node_state: dict[str, str]) -> str:
-    """HALTED when one of the leader's active kills covers the bot; else the state its
-    agent reported (ACTIVE, REDUCING, HALTED, STOPPED); else its node's reported state
-    (UNKNOWN if none)."""
-    for k in kill.kills:
-        if (k.scope == "GLOBAL" or (k.scope == "STRATEGY" and k.key == b.bot)
-                or (k.scope == "ACCOUNT" and k.key in b.accounts)):
-            return "HALTED"
-    return b.state or node_state.get(b.node, "UNKNOWN")
+def bot_state(b: BotView) -> str:
+    """The bot's effective state (:mod:`qtd.leader.why`: its own combined with its node's,
+    its agent's scopes and the fleet's kills): ACTIVE, REDUCING, STOPPED, HALTED, UNKNOWN."""
+    return b.effective_state or "UNKNOWN"
+
+
+def bot_why(b: BotView, now_ns: int) -> str:
+    """Why the bot is not ACTIVE and since when ("" when it is)::
+
+        breaker consecutive_losses 1 vs limit 1 trades (STRATEGY momo on node-a) · since
+        08:41:03 UTC (5m 12s)
+    """
+    text = why.why_text(b.causes, bot_state(b))
+    since = why.since_text(b.since_ns, now_ns)
+    return f"{text} · {since}" if text and since else text
+
+
+def denials(b: BotView, n: int = 3) -> str:
+    """The bot's top ``n`` deny reasons: ``max_position_qty 12, trading_state 3``."""
+    return ", ".join(f"{d.check} {d.count}" for d in b.deny_reasons[:n])
 
 
 def limit_label(lim: LimitView) -> str:

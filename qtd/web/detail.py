@@ -118,7 +118,8 @@ class Admission(msgspec.Struct, kw_only=True):
 
 
 class BotDetail(msgspec.Struct, kw_only=True):
-    """Everything the drill-down page shows (money in the quote currency)."""
+    """Everything the drill-down page shows (money in the quote currency); ``view`` and
+    ``positions`` are from the fleet snapshot taken at ``ts_ns`` (UTC ns)."""
 
     node: str
     bot: str
@@ -129,6 +130,7 @@ class BotDetail(msgspec.Struct, kw_only=True):
     equity: list[tuple[int, float]]
     metrics: BotMetrics
     admission: Admission | None
+    ts_ns: int = 0
 
 
 class _Order:

@@ -7,8 +7,8 @@ Frame (JSON, ``type = "tick"``; money rounded to cents, utilisation in whole per
      "equity", "gross", "dd"},
      "counts": "orders / fills / rejects",
      "bots": {"node/bot": [pnl_today, gross, realized+unrealized, position text, stage,
-                           state, layout index, [utilisation % per limit],
-                           "orders/fills/rejects/denials"]},
+                           effective state, layout index, [utilisation % per limit],
+                           "orders/fills/rejects/denials", why and since, top denials]},
      "layouts": [[bar label, ...], ...],
      "caps": [[value, utilisation %, key], ...],
      "nodes": {"node": [heartbeat_age_s | null, alive, state, bots_running, pnl_today]},
@@ -16,7 +16,10 @@ Frame (JSON, ``type = "tick"``; money rounded to cents, utilisation in whole per
      "kill": {...}, "alerts": [{alert_id, severity, status, title}]}
 
 Every number the overview shows is in the frame, so nothing on the page goes stale beside a
-live neighbour (a position shown next to a newer exposure, say).
+live neighbour (a position shown next to a newer exposure, say); and every figure of a frame
+(totals, caps, bots, the chart's new point) comes from one snapshot. A page is rendered from
+a snapshot the hub records as a tick (:meth:`PnlHub.sample`), so its figures and the chart's
+last point agree too (the page tells the script its snapshot time: ``data-t``).
 
 A bot's limit bars are named once per distinct layout (bots with the same limits share
 one), so a frame stays small with 500 bots and is still complete on its own: a client that
@@ -51,7 +54,6 @@ def tick_frame(snap: FleetSnapshot) -> dict[str, Any]:
     """The compact per-tick frame of a snapshot (module docstring)."""
     t = snap.totals
     k = snap.kill
-    states = {n.node: n.state for n in snap.nodes}
     positions = botrow.positions_by_bot(snap)
     layouts: dict[str, int] = {}
     bots: dict[str, list[Any]] = {}
@@ -61,8 +63,9 @@ def tick_frame(snap: FleetSnapshot) -> dict[str, Any]:
         a = b.agg
         bots[f"{b.node}/{b.bot}"] = [
             round(a.pnl_today, 2), round(a.gross_exposure, 2), round(a.realized + a.unrealized, 2),
-            positions.get((b.node, b.bot), "flat"), b.stage, botrow.bot_state(b, k, states), idx,
-            [botrow.pct(x.utilisation) for x in b.limits], botrow.counts(a)]
+            positions.get((b.node, b.bot), "flat"), b.stage, botrow.bot_state(b), idx,
+            [botrow.pct(x.utilisation) for x in b.limits], botrow.counts(a),
+            botrow.bot_why(b, snap.ts_ns), botrow.denials(b)]
     return {
         "type": "tick", "t": snap.ts_ns // 1_000_000,
         "fleet": {"pnl": t.pnl_today, "realized": t.realized, "unrealized": t.unrealized,
@@ -108,7 +111,17 @@ class PnlHub:
 
     def tick(self) -> str:
         """Sample once: record history, encode the frame, hand it to every subscriber."""
-        frame = tick_frame(self.source.snapshot())
+        return self._record(self.source.snapshot())
+
+    def sample(self) -> FleetSnapshot:
+        """A fresh snapshot, recorded and pushed like a tick: a page rendered from it shows
+        the same figures as the chart's last point and the frame every client gets."""
+        snap = self.source.snapshot()
+        self._record(snap)
+        return snap
+
+    def _record(self, snap: FleetSnapshot) -> str:
+        frame = tick_frame(snap)
         t = frame["t"]
         self.fleet.append((t, frame["fleet"]["pnl"]))
         for key, row in frame["bots"].items():

@@ -140,21 +140,22 @@ def _node_row(n: NodeView, controls: bool) -> str:
             f'{_num(n.agg.pnl_today, "node.pnl")}{ctl}</tr>')
 
 
-def _bot_row(b: BotView, snap: FleetSnapshot, states: dict[str, str], pos: str,
-             controls: bool) -> str:
+def _bot_row(b: BotView, snap: FleetSnapshot, pos: str, controls: bool) -> str:
     key = f"{b.node}/{b.bot}"
     ctl = ("<td>" + _btn("kill", "bot", b.bot, "kill") + _btn("flatten", "bot", b.bot,
            "flatten") + "</td>") if controls else ""
     href = f"/bots/{quote(b.node, safe='')}/{quote(b.bot, safe='')}"
-    state = botrow.bot_state(b, snap.kill, states)
+    state = botrow.bot_state(b)
     return (f'<tr data-bot="{escape(key)}"><td><a href="{href}">{escape(key)}</a></td>'
             f'<td class="stage {escape(b.stage)}" data-k="bot.stage">{escape(b.stage or "–")}'
             f'</td><td class="state {state.lower()}" data-k="bot.state">{escape(state)}</td>'
+            f'<td class="why" data-k="bot.why">{escape(botrow.bot_why(b, snap.ts_ns))}</td>'
             f'{_num(b.agg.pnl_today, "bot.pnl")}'
             f'{_num(b.agg.realized + b.agg.unrealized, "bot.total")}'
             f'<td data-k="bot.pos">{escape(pos)}</td>{_num(b.agg.gross_exposure, "bot.gross")}'
             f'{limit_bars(b.limits, snap.currency)}'
-            f'<td class="num" data-k="bot.counts">{botrow.counts(b.agg)}</td>{ctl}</tr>')
+            f'<td class="num" data-k="bot.counts">{botrow.counts(b.agg)}</td>'
+            f'<td class="denies" data-k="bot.denies">{escape(botrow.denials(b))}</td>{ctl}</tr>')
 
 
 def _alerts(snap: FleetSnapshot, controls: bool) -> str:
@@ -170,11 +171,11 @@ def _alerts(snap: FleetSnapshot, controls: bool) -> str:
 
 def overview(snap: FleetSnapshot, *, controls: bool) -> str:
     """The fleet overview body (totals, fleet caps, chart, alerts, nodes, bots, symbols)."""
-    states = {n.node: n.state for n in snap.nodes}
     positions = botrow.positions_by_bot(snap)
     node_head = ["node", "heartbeat", "state", "age", "bots", "PnL today"]
-    bot_head = ["bot", "stage", "state", "PnL today", "PnL total", "position", "gross exposure",
-                "risk limits used (agent)", "ord/fill/rej/deny"]
+    bot_head = ["bot", "stage", "state", "why (since)", "PnL today", "PnL total", "position",
+                "gross exposure", "risk limits used (agent)", "ord/fill/rej/deny",
+                "top deny reasons"]
     glob = ('<div class="controls">' + _btn("kill", "global", "", "KILL ALL") +
             _btn("flatten", "global", "", "FLATTEN ALL") + _btn("resume", "global", "",
             "RESUME") + "</div>") if controls else ""
@@ -182,14 +183,15 @@ def overview(snap: FleetSnapshot, *, controls: bool) -> str:
                 f'{_num(s.net_qty, "sym.qty", ",g")}{_num(s.mark, "sym.mark")}'
                 f'{_num(s.agg.net_exposure, "sym.net")}<td data-k="sym.bar">'
                 f'{bar(s.cap_utilisation, s.symbol)}</td></tr>' for s in snap.symbols]
-    bot_rows = [_bot_row(b, snap, states, positions.get((b.node, b.bot), "flat"), controls)
+    bot_rows = [_bot_row(b, snap, positions.get((b.node, b.bot), "flat"), controls)
                 for b in snap.bots]
     return (
         _kill_banner(snap, controls) + '<div id="changed" class="changed hidden">the fleet changed '
         '(new bots, nodes or symbols): <a href="">reload</a> to see them</div>' +
         _totals(snap) + glob + _caps(snap.caps) +
         '<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '
-        'height="180" data-series="fleet"></canvas></section>' + _alerts(snap, controls) +
+        f'height="180" data-series="fleet" data-t="{snap.ts_ns // 1_000_000}"></canvas>'
+        '</section>' + _alerts(snap, controls) +
         "<h2>nodes</h2>" +
         _table("nodes", node_head + (["control"] if controls else []),
                [_node_row(n, controls) for n in snap.nodes]) + "<h2>bots</h2>" +
@@ -235,13 +237,39 @@ def bot_page(d: BotDetail, *, controls: bool) -> str:
         f'<span class="stage {escape(stage)}">{escape(stage)}</span> · {adm}'
         f'</small></h1><div class="tot"><span>PnL today (live)</span><b data-k="bot.pnl" '
         f'class="{_cls(live)}">{money(live)}</b></div>{tots}</section>{ctl}'
+        + _why_section(d) +
         f'<section class="chart"><h2>PnL today (live)</h2><canvas id="chart" width="900" '
-        f'height="160" data-series="{escape(key)}"></canvas></section>'
+        f'height="160" data-series="{escape(key)}" data-t="{d.ts_ns // 1_000_000}"></canvas>'
+        '</section>'
         f'<section class="chart"><h2>equity curve (PnL after each fill)</h2><canvas id="equity"'
         f' width="900" height="160" data-points="{escape(_points(d.equity))}"></canvas></section>'
         + _limits_table(d) + "<h2>orders and fills</h2>" + _table("blotter", [
             "client_order_id", "time (UTC)", "symbol", "side", "qty", "state", "decision",
             "fill price", "slippage bps", "ack ms", "note"], rows) + _dialog(controls))
+
+
+def _why_section(d: BotDetail) -> str:
+    """The bot's effective state, why and since when, every cause with its reading, and
+    its deny reasons (all from the page's snapshot; state and why stay live)."""
+    v = d.view
+    state = botrow.bot_state(v) if v else "UNKNOWN"
+    text = botrow.bot_why(v, d.ts_ns) if v else "its agent has reported nothing yet"
+    rows = [f'<tr class="{"" if c.state == state else "muted"}"><td>{escape(c.kind)}</td>'
+            f'<td class="state {c.state.lower()}">{escape(c.state)}</td><td>{escape(c.scope)}'
+            f'</td><td>{escape(c.key)}</td><td>{escape(c.node)}</td><td>{escape(c.check)}</td>'
+            f'{_num(c.value, fmt=",g")}{_num(c.limit, fmt=",g")}<td>{escape(c.unit)}</td>'
+            f'<td>{escape(c.kill_id)}</td><td>{escape(c.operator)}</td>'
+            f'<td>{escape(c.reason)}</td><td>{_ts(c.since_ns)}</td></tr>'
+            for c in (v.causes if v else [])]
+    denies = [f'<tr><td>{escape(x.check)}</td><td class="num">{x.count}</td></tr>'
+              for x in (v.deny_reasons if v else [])]
+    return (f'<section class="why"><h2>state <b class="state {state.lower()}" '
+            f'data-k="bot.state">{escape(state)}</b></h2><p data-k="bot.why">{escape(text)}</p>'
+            + _table("causes", ["cause", "state", "scope", "key", "node", "check", "value",
+                                "limit", "unit", "kill id", "operator", "reason",
+                                "since (UTC)"], rows)
+            + "<h2>denied orders by check</h2>" + _table("denies", ["check", "denied"], denies)
+            + "</section>")
 
 
 def _limits_table(d: BotDetail) -> str:

@@ -4,6 +4,18 @@ Its own :class:`~prometheus_client.CollectorRegistry` per app (no process-global
 Money in the fleet currency. Counters are the leader's all-time event counts (rebuilt from
 fleet.db at start, so they only grow). ``qtd_order_ack_latency_seconds`` is kept from the
 blotters the status page computes (the intent → venue acceptance time of each order seen).
+
+Trading states are gauges with one value per state, ordered by how much they stop (alert on
+``>= 3`` for halted): **ACTIVE 0, REDUCING 1, STOPPED 2, HALTED 3, UNKNOWN -1**.
+
+* ``qtd_trading_state{scope,key}``: the most restrictive state of a scope across the fleet
+  (the leader's kills and every agent's scopes; ``scope="NODE"``: an agent's own GLOBAL
+  scope, ``key`` its node); ``GLOBAL`` with key "" is always there.
+* ``qtd_bot_trading_state{node,bot,cause}``: a bot's effective state; ``cause`` is what
+  imposes it: the breaker or check (``consecutive_losses``, ``kill_switch``,
+  ``store_fault``…), else the cause's kind (``kill``, ``operator``, ``runner``, ``agent``…),
+  "" when ACTIVE (:mod:`qtd.leader.why`).
+* ``qtd_bot_denials_by_check{node,bot,check}``: denied orders by the risk check that said no.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from prometheus_client.registry import Collector
 from qtd.bus.rejects import KINDS as REJECT_KINDS
 from qtd.bus.rejects import REJECTED
 from qtd.leader.snapshot import BotView, FleetSnapshot
+from qtd.leader.why import RANK
 from qtd.quality.web import quality_metrics
 from qtd.web.conn import DROP_REASONS, ConnectionGuard
 from qtd.web.source import FleetSource
@@ -46,6 +59,7 @@ class SnapshotCollector(Collector):
         ):
             yield GaugeMetricFamily(name, text, value=value)
         yield from self._bots(snap.bots)
+        yield from self._states(snap)
         yield from self._nodes(snap)
         yield from self._caps(snap)
         yield from quality_metrics(self.source)
@@ -72,6 +86,25 @@ class SnapshotCollector(Collector):
         yield gross
         yield from counts.values()
         yield limits
+
+    def _states(self, snap: FleetSnapshot) -> Iterable[Metric]:
+        scopes = GaugeMetricFamily("qtd_trading_state", "most restrictive state of a scope "
+                                   "(ACTIVE 0, REDUCING 1, STOPPED 2, HALTED 3)",
+                                   labels=["scope", "key"])
+        for st in snap.states:
+            scopes.add_metric([st.scope, st.key], RANK.get(st.state, -1))
+        bots = GaugeMetricFamily("qtd_bot_trading_state", "effective state of a bot (ACTIVE 0, "
+                                 "REDUCING 1, STOPPED 2, HALTED 3, UNKNOWN -1) and its cause",
+                                 labels=["node", "bot", "cause"])
+        denies = CounterMetricFamily("qtd_bot_denials_by_check", "denied orders by check",
+                                     labels=["node", "bot", "check"])
+        for b in snap.bots:
+            first = next((c for c in b.causes if c.state == b.effective_state), None)
+            cause = "" if first is None else first.check or first.kind
+            bots.add_metric([b.node, b.bot, cause], RANK.get(b.effective_state, -1))
+            for d in b.deny_reasons:
+                denies.add_metric([b.node, b.bot, d.check], d.count)
+        yield from (scopes, bots, denies)
 
     def _nodes(self, snap: FleetSnapshot) -> Iterable[Metric]:
         age = GaugeMetricFamily("qtd_node_heartbeat_age_seconds", "since the last heartbeat",

@@ -313,7 +313,7 @@ def test_overview_shows_stage_state_and_a_bar_per_limit(client: TestClient) -> N
 
 def test_frame_keeps_position_stage_state_and_limits_live(src: ViewSource) -> None:
     frame = tick_frame(src.snapshot())
-    _, gross, _, pos, stage, state, layout, utils, counts = frame["bots"]["node-a/momo"]
+    _, gross, _, pos, stage, state, layout, utils, counts, *_ = frame["bots"]["node-a/momo"]
     assert (pos, stage, state, counts) == ("SPY +6", "shadow", "REDUCING", "2/2/0/0")
     assert gross == 660.0 and frame["counts"] == "2 / 2 / 0"
     assert frame["nodes"]["node-a"][3:] == [0, 99.5]  # bots running (last beat), PnL today

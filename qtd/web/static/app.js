@@ -7,6 +7,9 @@
   const botBox = $("section[data-bot]");
   const botKey = botBox ? botBox.dataset.bot : "";
   const chart = $("#chart");
+  // The page's snapshot time: the first history shown ends there, so the chart's last point
+  // is the page's own figure until the next frame updates all of them together.
+  let pageT = chart ? Number(chart.dataset.t || 0) : 0;
   const series = [];
   const MAX_POINTS = 900;
 
@@ -115,9 +118,10 @@
   }
 
   function onBot(tr, row, layouts) {
-    const [pnl, gross, total, pos, stage, state, li, utils, counts] = row;
+    const [pnl, gross, total, pos, stage, state, li, utils, counts, why, denies] = row;
     const c = cells(tr);
     setText(c["bot.counts"], counts);
+    setText(c["bot.why"], why || ""); setText(c["bot.denies"], denies || "");
     setNum(c["bot.pnl"], pnl); setNum(c["bot.gross"], gross); setNum(c["bot.total"], total);
     setText(c["bot.pos"], pos);
     setText(c["bot.stage"], stage || "–", `stage ${stage}`);
@@ -156,7 +160,13 @@
       const b = $('[data-k="cap.bar"] .bar', tr);
       if (b) setBar(b, pct, "");
     });
-    if (botKey && f.bots[botKey]) setNum($('[data-k="bot.pnl"]', botBox), f.bots[botKey][0]);
+    const mine = botKey ? f.bots[botKey] : null;
+    if (mine) {
+      setNum($('[data-k="bot.pnl"]', botBox), mine[0]);
+      const st = $('section.why [data-k="bot.state"]');
+      setText(st, mine[5], `state ${mine[5].toLowerCase()}`);
+      setText($('section.why [data-k="bot.why"]'), mine[9] || "");
+    }
     for (const [node, [age, alive, state, bots, pnl]] of Object.entries(f.nodes)) {
       const tr = $(`tr[data-node="${CSS.escape(node)}"]`);
       if (!tr) { unknown++; continue; }
@@ -208,7 +218,8 @@
       const f = JSON.parse(ev.data);
       if (f.type === "hello") {
         series.length = 0;
-        series.push(...(botKey ? f.bot_history : f.fleet));
+        series.push(...(botKey ? f.bot_history : f.fleet).filter((p) => !pageT || p[0] <= pageT));
+        pageT = 0;
         draw(chart, series);
       } else if (f.type === "tick") { onTick(f); conn.dataset.ticks = String(1 + Number(conn.dataset.ticks || 0)); }
     };
