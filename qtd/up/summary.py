@@ -3,9 +3,11 @@
 On a terminal it is a :mod:`rich` table redrawn in place (:func:`rich_view`); otherwise
 (a pipe, a log file, CI) the same figures as plain text lines (:func:`render`).
 
-Figures come from the leader (``<prefix>.ctl.leader.status``: what reached the leader);
-bot states from each agent's ``status`` reply at start-up, then from the agents'
-``TradingStateChanged`` events as they are published.
+Figures come from the leader (``<prefix>.ctl.leader.status``: what reached the leader).
+A bot's state is its effective state in that snapshot (its own combined with its node's,
+its agent's scopes and the fleet's kills, with why: :mod:`qtd.leader.why`), the same as on
+the status page; before the leader knows it, the state from its agent's ``status`` reply at
+start-up, then from the agents' ``TradingStateChanged`` events as they are published.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from rich.table import Table
 from rich.text import Text
 
 from qtd.events import DECODE_ERRORS, Scope, TradingStateChanged
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.leader.snapshot import BotView, Cause, FleetSnapshot
+from qtd.leader.why import describe, since_text, why_text
 
 _state_decoder = msgspec.json.Decoder(TradingStateChanged)
 
@@ -91,8 +94,30 @@ def _money(x: float | None) -> str:
     return "-" if x is None else f"{x:,.2f}"
 
 
-Row = tuple[str, str, str, int, int, float | None, float | None]
-"""node, bot (``(node)`` for a node's total), state, orders, fills, realized, pnl today."""
+Row = tuple[str, str, str, int, int, float | None, float | None, str]
+"""node, bot (``(node)`` for a node's total), state, orders, fills, realized, pnl today,
+why (what imposes the state, and since when; "" when ACTIVE)."""
+
+
+def _bot_state(watch: FleetWatch, b: BotView | None, node: str, bot: str
+               ) -> tuple[str, str]:
+    """State and why of one bot: the snapshot's effective state once the leader knows it,
+    else what its agent said (module docstring)."""
+    own = watch.states.get((node, bot), "?")
+    if b is None or b.effective_state in ("", "UNKNOWN") or own == "REFUSED":
+        return own, ""
+    now = watch.snapshot.ts_ns if watch.snapshot else 0
+    text = why_text(b.causes, b.effective_state)
+    since = since_text(b.since_ns, now)
+    return b.effective_state, f"{text} · {since}" if text and since else text
+
+
+def _node_why(bots: list[BotView], state: str) -> str:
+    """What holds a node: the first node-wide cause (its GLOBAL scope, a fleet kill) among
+    its bots' causes imposing ``state``."""
+    causes: list[Cause] = [c for b in bots for c in b.causes
+                           if c.scope in ("NODE", "GLOBAL") and c.state == state]
+    return describe(causes[0]) if causes else ""
 
 
 def rows(watch: FleetWatch) -> list[Row]:
@@ -104,13 +129,15 @@ def rows(watch: FleetWatch) -> list[Row]:
     for node, names in watch.nodes.items():
         for bot in names:
             b = bots.get((node, bot))
-            out.append((node, bot, watch.states.get((node, bot), "?"),
-                        b.agg.orders if b else 0, b.agg.fills if b else 0,
-                        b.agg.realized if b else None, b.agg.pnl_today if b else None))
+            state, why = _bot_state(watch, b, node, bot)
+            out.append((node, bot, state, b.agg.orders if b else 0, b.agg.fills if b else 0,
+                        b.agg.realized if b else None, b.agg.pnl_today if b else None, why))
         n = nodes.get(node)
         alive = "down" if n is None or not n.alive else n.state
+        mine = [b for (bn, _), b in bots.items() if bn == node]
         out.append((node, "(node)", alive, n.agg.orders if n else 0, n.agg.fills if n else 0,
-                    n.agg.realized if n else None, n.agg.pnl_today if n else None))
+                    n.agg.realized if n else None, n.agg.pnl_today if n else None,
+                    _node_why(mine, alive)))
     return out
 
 
@@ -131,11 +158,11 @@ def render(watch: FleetWatch, *, started: float, extra: Iterable[str] = ()) -> s
     snap = watch.snapshot
     lines = [_title(watch, started), *extra]
     head = f"{'node':<8} {'bot':<16} {'state':<9} {'orders':>6} {'fills':>6} {'realized':>12} " \
-           f"{'pnl today':>12}"
+           f"{'pnl today':>12}  why"
     lines += ["", head, "-" * len(head)]
-    for node, bot, state, orders, fills, realized, today in rows(watch):
+    for node, bot, state, orders, fills, realized, today, why in rows(watch):
         lines.append(f"{node:<8} {bot:<16} {state:<9} {orders:>6} {fills:>6} "
-                     f"{_money(realized):>12} {_money(today):>12}")
+                     f"{_money(realized):>12} {_money(today):>12}  {why}".rstrip())
     if snap:
         t = snap.totals
         lines += ["-" * len(head),
@@ -169,10 +196,11 @@ def rich_view(watch: FleetWatch, *, started: float, extra: Iterable[str] = ()) -
     table.add_column("fills", justify="right", footer=str(t.fills) if t else "")
     table.add_column("realized", justify="right", footer=_pnl(t.realized) if t else "")
     table.add_column("pnl today", justify="right", footer=_pnl(t.pnl_today) if t else "")
-    for node, bot, state, orders, fills, realized, today in rows(watch):
+    table.add_column("why", overflow="fold")
+    for node, bot, state, orders, fills, realized, today, why in rows(watch):
         is_node = bot == "(node)"
         table.add_row(node, bot, Text(state, style=_STATE_STYLE.get(state, "")), str(orders),
-                      str(fills), _pnl(realized), _pnl(today),
+                      str(fills), _pnl(realized), _pnl(today), Text(why, style="red"),
                       style="bold" if is_node else None, end_section=is_node)
     parts: list[Any] = [Text(line, style="dim") for line in extra]
     parts.append(table)
