@@ -355,3 +355,22 @@ def test_api_and_metrics_carry_the_limits(client: TestClient) -> None:
             'node="node-a",scope="ACCOUNT"} 0.95') in client.get("/metrics").text
     html = client.get("/bots/node-a/momo").text
     assert "risk limits" in html and "max_daily_loss" in html and ">475.00<" in html
+
+
+def test_a_page_and_its_chart_show_one_snapshot(src: ViewSource) -> None:
+    """A page is rendered from a snapshot the hub records as the chart's newest point (the
+    page once showed PnL today -6,932.44 beside a chart ending at -6,448.89)."""
+    app = create_app(src, allowed_hosts=HOSTS, push_interval_s=3600.0)
+    with TestClient(app) as c:
+        hub = app.state.web.hub
+        src.clock.set(T0 + 90 * 10**9)
+        _pnl_tick(src, LIMITS, unrealized="-500")  # PnL moves after the hub's last tick
+        for path, key in (("/", "fleet.pnl"), ("/bots/node-a/momo", "bot.pnl")):
+            html = c.get(path).text
+            shown = re.search(rf'data-k="{key}"[^>]*>([^<]+)<', html)
+            t = re.search(r'<canvas id="chart"[^>]*data-t="(\d+)"', html)
+            assert shown and t, path
+            series = hub.fleet if key == "fleet.pnl" else hub.bots["node-a/momo"]
+            assert series[-1][0] == int(t.group(1)), path
+            assert series[-1][1] == pytest.approx(float(shown.group(1).replace(",", "")),
+                                                  abs=0.005), path
