@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -106,6 +107,7 @@ async def _run_fault(tmp_path: Path, server: EmbeddedNatsServer,
         FIGURES["detect_to_halted_ms"].append(breach.value * 1e3)
         await wait_for(lambda: _store_page(pages), 20)  # the leader paged it, P1
         FIGURES["fault_to_page_s"].append(time.perf_counter() - t_fault)
+        await wait_for(lambda: _held_by_storage(leader), 20)  # every bot says why
         assert breach.check == "store_fault" and breach.severity.value == "P1"
         assert breach.scope is Scope.GLOBAL and breach.action == "halted"
         await asyncio.sleep(2.0)  # faulted for a while: bars keep coming, orders denied
@@ -121,6 +123,7 @@ async def _run_fault(tmp_path: Path, server: EmbeddedNatsServer,
         assert msgspec.json.decode(reply.data)["ok"], reply.data
         n_after_resume = len(halted)
         await wait_for(lambda: _intents_after(db, n_after_resume), 20)
+        await wait_for(lambda: not _held_by_storage(leader, any), 20)  # and no longer
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
         assert proc.returncode == 0, out.decode()[-3000:]
@@ -194,6 +197,13 @@ async def _intents_after(db: Path, n: int) -> bool:
 
 
 @pytest.mark.slow
+def _held_by_storage(leader: Leader, agg: Any = all) -> bool:
+    """The leader shows the bots HALTED by the store fault (issue 22: why is it halted)."""
+    bots = [b for b in leader.view.snapshot().bots if b.bot in ("b1", "b2")]
+    return bool(bots) and agg(b.effective_state == "HALTED" and b.causes[0].kind == "storage"
+                              and b.causes[0].check == "store_fault" for b in bots)
+
+
 async def test_file_size_limit_halts_pages_p1_buffers_and_recovers(
     tmp_path: Path, server: EmbeddedNatsServer
 ) -> None:
