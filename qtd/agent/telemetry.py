@@ -30,6 +30,7 @@ from qtd.runner import BotState
 
 ZERO = Decimal(0)
 FAILSAFE_OPERATOR = "failsafe"
+REASON_CHARS = 300  # a runner's reason on every PnL tick (a strategy's error message)
 _RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 _POSITION = (("max_position_qty", "units"), ("max_position_notional", "currency"),
              ("max_position_pct_equity", "%"))
@@ -97,12 +98,13 @@ def state_why(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
               runner: BotState, runner_reason: str, now_ns: int) -> StateWhy:
     """The bot's state and what sets it: ``HALTED`` or ``STOPPED`` by its ``RUNNER`` when
     the runner is (a strategy error beyond its restarts, or its feed ended; ``runner_reason``
-    says which), else the most restrictive trading state over its GLOBAL, ACCOUNT, STRATEGY
-    and SYMBOL scopes (ACTIVE, REDUCING, HALTED) with the scope and key that set it (the
-    widest one on a tie). A REDUCING cooldown that ran out expires here, as at the next order
-    check, and its state change is stored with the engine's next events."""
+    says which, cut to ``REASON_CHARS``), else the most restrictive trading state over its
+    GLOBAL, ACCOUNT, STRATEGY and SYMBOL scopes (ACTIVE, REDUCING, HALTED) with the scope
+    and key that set it (the widest one on a tie). A REDUCING cooldown that ran out expires
+    here, as at the next order check, and its state change is stored with the engine's next
+    events."""
     if runner in (BotState.HALTED, BotState.STOPPED):
-        return StateWhy(runner.value, "RUNNER", bot, runner_reason)
+        return StateWhy(runner.value, "RUNNER", bot, runner_reason[:REASON_CHARS])
     worst = (TradingState.ACTIVE, Scope.GLOBAL, "")
     for symbol in symbols or ("",):
         found = risk.states.effective(account, bot, symbol, now_ns)
