@@ -35,6 +35,7 @@ from qtd.events import (
     TradingStateChanged,
 )
 from qtd.leader.snapshot import ActiveKill, Cause, DenyCount, ScopeState
+from qtd.risk.kill import in_scope
 
 RANK = {"ACTIVE": 0, "REDUCING": 1, "STOPPED": 2, "HALTED": 3}
 """Restrictiveness of a state; also ``qtd_bot_trading_state``'s value (UNKNOWN is -1)."""
@@ -139,10 +140,15 @@ def _held_cause(node: str, h: _Held) -> Cause:
 
 def covers(kill: ActiveKill, bot: str, accounts: Iterable[str], symbols: Iterable[str]
            ) -> bool:
-    """Whether one of the leader's kills covers the bot."""
-    return (kill.scope == "GLOBAL" or (kill.scope == "STRATEGY" and kill.key == bot)
-            or (kill.scope == "ACCOUNT" and kill.key in accounts)
-            or (kill.scope == "SYMBOL" and kill.key in symbols))
+    """Whether one of the leader's kills covers the bot (:func:`qtd.risk.kill.in_scope` on
+    each of its accounts and symbols; a scope this leader does not know covers it: when
+    unsure, say halted)."""
+    try:
+        scope = Scope(kill.scope)
+    except ValueError:
+        return True
+    return any(in_scope(scope, kill.key, bot, a, s)
+               for a in (list(accounts) or [""]) for s in (list(symbols) or [""]))
 
 
 def kill_cause(k: ActiveKill) -> Cause:
