@@ -129,7 +129,7 @@ async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(tmp_path: P
 
             # A global kill: no bot stays ACTIVE beside its HALTED node, and each says why.
             out = run_qtd(["kill", "--server", url, "--reason", "drill", "--operator",
-                           "alice", "--wait", "0"])
+                           "alice"])
             assert out.returncode == 0, out.stderr
 
             async def all_halted() -> bool:
