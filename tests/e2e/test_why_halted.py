@@ -121,6 +121,8 @@ async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(tmp_path: P
                         await asyncio.sleep(0.1)
                 assert bot_row["state"] == "HALTED", bot_row
                 assert "consecutive_losses" in bot_row["why"], bot_row
+                overview = await page.call("Page.captureScreenshot", format="png")
+                (tmp_path / "overview.png").write_bytes(base64.b64decode(overview["data"]))
             png = base64.b64decode(shot["data"])
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
             (tmp_path / "halted-bot.png").write_bytes(png)
