@@ -30,6 +30,7 @@ from qtd.bus.config import (
     redact_url,
     resolve_credentials,
 )
+from qtd.bus.denied import NatsAuthRefused
 from qtd.errors import OperationalError, TemporaryError
 
 log = logging.getLogger("qtd.bus")
@@ -70,13 +71,16 @@ class _ConnState:
 
 
 def _callbacks(
-    nc: Client, cfg: BusConfig, redact: _Redactor, state: _ConnState
+    nc: Client, cfg: BusConfig, redact: _Redactor, state: _ConnState,
+    listener: Callable[[Exception], None] | None = None,
 ) -> dict[str, Callable[..., Awaitable[None]]]:
     def server() -> str:
         return _server(nc, state)
 
     async def on_error(e: Exception) -> None:
         state.last_error = e
+        if listener is not None:
+            listener(e)
         if _is_auth_error(e):
             state.auth_refused.set()
         _emit(logging.WARNING, "nats.error", name=cfg.name, server=server(),
@@ -220,7 +224,8 @@ async def _first_connect(
         raise TimeoutError
 
 
-async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
+async def connect(cfg: BusConfig, *, source: str = "<config>",
+                  on_error: Callable[[Exception], None] | None = None) -> Client:
     """Validate ``cfg`` and connect; the client then reconnects forever.
 
     Reconnect delays grow from ``reconnect_wait_min`` to ``reconnect_wait_max`` seconds
@@ -232,6 +237,8 @@ async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
     Args:
         cfg: the bus config.
         source: where ``cfg`` came from, for error messages.
+        on_error: also called with every error the server reports on this connection
+            (e.g. :class:`qtd.bus.denied.Denials`, which watches for permission violations).
 
     Returns:
         A connected ``nats.aio.client.Client``.
@@ -239,7 +246,8 @@ async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
     Raises:
         ConfigError: ``cfg`` is invalid (see :func:`check_bus_config`), or a
             ``*_credential`` cannot be read from ``$CREDENTIALS_DIRECTORY``.
-        OperationalError: the servers refused the credentials, or ``nkeys`` is missing.
+        NatsAuthRefused: the servers refused the credentials (an ``OperationalError``).
+        OperationalError: ``nkeys`` is missing.
         TemporaryError: no server answered within ``initial_connect_timeout`` seconds.
     """
     check_bus_config(cfg, source)
@@ -249,7 +257,7 @@ async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
     state = _ConnState()
     nc = Client()
     opts = _connect_options(cfg, source, rng)
-    opts.update(_callbacks(nc, cfg, redact, state))
+    opts.update(_callbacks(nc, cfg, redact, state, on_error))
     servers = ",".join(redact_url(u) for u in cfg.servers)
     try:
         await _first_connect(nc, opts, cfg.initial_connect_timeout, state.auth_refused)
@@ -257,7 +265,7 @@ async def connect(cfg: BusConfig, *, source: str = "<config>") -> Client:
         with contextlib.suppress(Exception):
             await nc.close()
         if isinstance(e, _AuthRefused):
-            raise OperationalError(
+            raise NatsAuthRefused(
                 f"NATS at {servers} refused qtd's credentials (auth={_auth_kind(cfg)}): "
                 "fix the bus auth settings", servers=servers, auth=_auth_kind(cfg),
             ) from None
