@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from qtd.fleetctx import DEFAULT_STATE_DIR, STATE_ENV
 from qtd.up import DEFAULT_BARS_PER_S, UpOptions, run_up
 from qtd.up.configs import TICKS_PER_BAR
 
@@ -24,8 +26,10 @@ def add_parser(sub: Any) -> None:
         "nats-server; the stores stay, and the next `qtd up` on the same state directory "
         "resumes from them. Logs in STATE/logs, generated configs in STATE/etc.",
     )
-    p.add_argument("--state-dir", default="qtd-state", type=Path, metavar="STATE",
-                   help="state directory (default ./qtd-state)")
+    p.add_argument("--state-dir", default=os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR,
+                   type=Path, metavar="STATE", help=f"state directory (default ${STATE_ENV}, "
+                   f"else ./{DEFAULT_STATE_DIR}); operator commands run from this directory "
+                   "(or with --context STATE) find the fleet through STATE/context.json")
     p.add_argument("--agents", type=_positive_int, metavar="N",
                    help="agent processes (default: as last time on this state dir, else 2)")
     p.add_argument("--speed", type=_positive_float, default=DEFAULT_BARS_PER_S,

@@ -133,7 +133,7 @@ def _agent_doc(base: dict[str, Any], node: str, bots: list[BotFile], layout: Lay
     template = doc.get("accounts", {})
     doc.update(
         node=node, state_dir=str(layout.agent_dir(node)), risk=str(layout.etc_dir / "risk.toml"),
-        kill_file=str(layout.agent_dir(node) / "qtd.kill"),
+        kill_file=str(layout.kill_file(node)),
         bots=[str(layout.etc_dir / "bots" / f"{b.name}.toml") for b in bots],
         bus={"servers": [url], "name": f"qtd-agent-{node}", "prefix": prefix},
         accounts={f"paper-{b.name}": copy.deepcopy(template.get(b.account, {"broker": "paper"}))

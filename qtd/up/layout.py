@@ -5,6 +5,7 @@ State directory (default ``./qtd-state``)::
     up.json            agent count of this fleet (reused by the next ``qtd up``)
     up.lock            held while a ``qtd up`` runs on this directory
     pids.json          process ids of nats-server, the leader and the agents while they run
+    context.json       how operator commands reach this fleet (:mod:`qtd.fleetctx`)
     nats/              nats-server config, JetStream store, nats-server.log
     etc/               generated configs: leader.toml, node-N.toml, risk.toml, bots/*.toml
     logs/              leader.log, node-N.log (JSON lines)
@@ -100,6 +101,9 @@ class Layout:
 
     def events_db(self, node: str) -> Path:
         return self.agent_dir(node) / "events.db"
+
+    def kill_file(self, node: str) -> Path:
+        return self.agent_dir(node) / "qtd.kill"
 
     def log(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"

@@ -34,6 +34,7 @@ from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensur
 from qtd.errors import OperationalError
 from qtd.proc import python_argv
 from qtd.up.configs import FleetPlan, generate
+from qtd.up.context import publish_context
 from qtd.up.layout import Layout, find_etc
 from qtd.up.procs import Child, stop_children, stop_leftovers, write_pids
 from qtd.up.summary import FleetWatch, render, rich_view
@@ -293,6 +294,8 @@ async def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
             loop.call_later(opts.duration_s, fleet.stop.set)
         try:
             plan = await fleet.start()
+            for line in publish_context(layout, plan, fleet.nats.url, web_url(plan)):
+                fleet.say(line)
             fleet.say(f"fleet up: {', '.join(f'{n}: {len(b)} bots' for n, b in plan.nodes.items())}"
                       f" (Ctrl-C stops it)")
             await _watch(fleet, plan)
