@@ -227,7 +227,7 @@ def _add_events(sub: Any) -> None:
         description="Print events from a store, oldest first (or the last N with --tail). "
         "Filters combine with AND. Opens the store read-only: safe while an agent runs.",
     )
-    p.add_argument("--db", required=True, help="path of the events.db file")
+    _store_args(p)
     p.add_argument("--bot", help="only this bot")
     p.add_argument("--kind", action="append", help="event kind, e.g. Fill (repeatable)")
     p.add_argument("--symbol", help="only this symbol")
@@ -248,11 +248,17 @@ def _add_positions(sub: Any) -> None:
         description="Replays the store into projections and prints positions "
         "(average-cost netting) and realized PnL by bot and trading day.",
     )
-    p.add_argument("--db", required=True, help="path of the events.db file")
+    _store_args(p)
     p.add_argument("--tz", default="UTC", help="time zone of the trading day (IANA name)")
     p.add_argument("--rollover", default="00:00", help="local HH:MM when a trading day starts")
     p.add_argument("--json", action="store_true", help="JSON instead of tables")
     p.set_defaults(handler=_run_positions)
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    from qtd.commands.fleet import add_store_args
+
+    add_store_args(p, db_help="an events.db (or the leader's fleet.db)", node=True)
 
 
 def _add_data(sub: Any) -> None:
@@ -270,13 +276,17 @@ def _add_up(sub: Any) -> None:
 
 def _run_events(args: argparse.Namespace) -> int:
     from qtd.commands.events import run_events
+    from qtd.commands.fleet import db_from_args
 
+    args.db = db_from_args(args)
     return asyncio.run(run_events(args))
 
 
 def _run_positions(args: argparse.Namespace) -> int:
     from qtd.commands.events import run_positions
+    from qtd.commands.fleet import db_from_args
 
+    args.db = db_from_args(args)
     return asyncio.run(run_positions(args))
 
 

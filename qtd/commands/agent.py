@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import msgspec
+from nats.aio.client import Client
 
 from qtd.agent.config import AgentConfig, load_agent_config
 from qtd.agent.control import new_kill, read_kills, release_kills, send_kill
 from qtd.agent.logs import setup_json_logging
-from qtd.bus import BusConfig, connect
+from qtd.bus import BusConfig
+from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
 from qtd.errors import ConfigError
 from qtd.events import Scope
 from qtd.risk.kill import DEFAULT_KILL_FILE, remove_kill_file, write_kill_file
@@ -42,17 +44,6 @@ async def _agent_main(cfg: AgentConfig) -> int:
             loop.remove_signal_handler(sig)
 
 
-def _bus_from_args(args: argparse.Namespace) -> BusConfig:
-    if args.config:
-        cfg = load_agent_config(args.config)
-        if cfg.bus is None:
-            raise ConfigError(f"{args.config}: no [bus] section: use --server or --local",
-                              source=args.config, field="bus", value=None, rule="required")
-        return msgspec.structs.replace(cfg.bus, name="qtd-kill", initial_connect_timeout=5.0)
-    return BusConfig(servers=tuple(args.server or ("nats://127.0.0.1:4222",)),
-                     name="qtd-kill", prefix=args.prefix, initial_connect_timeout=5.0)
-
-
 def run_kill(args: argparse.Namespace) -> int:
     """``qtd kill``: set the kill switch over NATS (KV + broadcast) or in the local file."""
     scope = Scope(args.scope.upper())
@@ -69,11 +60,12 @@ def run_kill(args: argparse.Namespace) -> int:
                         flatten=args.flatten, operator=args.operator)
         print(f"wrote kill file {path}: {scope.value}:{args.key or ''} ({args.reason})")
         return 0
-    return asyncio.run(_kill_over_nats(args, scope, _bus_from_args(args)))
+    bus = bus_from_args(args, "qtd-kill")
+    return asyncio.run(on_fleet(bus, "kill", lambda nc: _kill_over_nats(args, scope, bus, nc)))
 
 
-async def _kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig) -> int:
-    nc = await connect(bus, source=args.config or "<arg>")
+async def _kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig,
+                          nc: Client) -> int:
     try:
         if args.release:
             if not args.kill_ids and not args.everything:
@@ -139,9 +131,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="with --release: the kill to remove (repeatable)")
     k.add_argument("--all", action="store_true", dest="everything",
                    help="with --release: remove every kill from the set")
-    k.add_argument("--config", help="take the NATS settings from this agent TOML")
-    k.add_argument("--server", action="append", help="NATS URL (repeatable)")
-    k.add_argument("--prefix", default="qtd", help="subject prefix")
+    add_connection_args(k)
     k.add_argument("--wait", type=float, default=2.0, help="seconds to collect acks")
     k.add_argument("--expect", type=int, default=0, help="stop waiting after N acks")
     k.set_defaults(handler=_kill_handler)

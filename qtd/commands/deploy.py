@@ -24,14 +24,13 @@ import nats.errors
 from nats.aio.client import Client
 
 from qtd.admit import Admission, Problem
-from qtd.bus import BusConfig, connect
+from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
 from qtd.deploy.diff import params_diff, source_diff
 from qtd.deploy.fleet import Fleet
 from qtd.deploy.model import DEPLOYABLE_STAGES, DeployVersion, VersionRow
 from qtd.deploy.plan import Planned, admit_for_deploy, new_version, plan, promotion_problem, readmit
 from qtd.errors import ConfigError, TemporaryError
 
-DEFAULT_CONFIG = "etc/leader.toml"
 EPILOG = """\
 examples:
   qtd deploy etc/ --dry-run --server nats://127.0.0.1:4222     CI: admission + fleet diff
@@ -45,14 +44,6 @@ examples:
 
 
 # --- parsers -------------------------------------------------------------------------------
-
-
-def _bus_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help=f"take [bus] from this leader TOML (default {DEFAULT_CONFIG})")
-    p.add_argument("--server", action="append", help="NATS URL instead of --config "
-                   "(repeatable)")
-    p.add_argument("--prefix", default="qtd", help="subject prefix (with --server)")
 
 
 def add_parsers(sub: Any) -> None:
@@ -79,7 +70,7 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--dry-run", action="store_true", help="show the diff, publish nothing")
     d.add_argument("--no-smoke", action="store_true", help="skip the smoke backtests")
     d.add_argument("--source-context", type=int, default=3, help="lines around source diffs")
-    _bus_args(d)
+    add_connection_args(d)
     d.set_defaults(handler=lambda a: asyncio.run(run_deploy(a)))
     v = sub.add_parser("versions", help="per bot and node: desired vs running version",
                        description="Asks the leader for its version table: the desired "
@@ -87,13 +78,13 @@ def add_parsers(sub: Any) -> None:
                        "pending, behind = P2 after the deadline, refused = P2). Exit 75 "
                        "when no leader answers; exit 3 when any node is behind or refused.")
     v.add_argument("--json", action="store_true", help="one JSON object per row")
-    _bus_args(v)
+    add_connection_args(v)
     v.set_defaults(handler=lambda a: asyncio.run(run_versions(a)))
     h = sub.add_parser("history", help="every deployed version of a bot, with params diffs")
     h.add_argument("bot", metavar="BOT")
     h.add_argument("--source", action="store_true", help="also show strategy source diffs")
     h.add_argument("--json", action="store_true", help="one JSON object per version")
-    _bus_args(h)
+    add_connection_args(h)
     h.set_defaults(handler=lambda a: asyncio.run(run_history(a)))
     r = sub.add_parser(
         "rollback", help="re-deploy an earlier version of a bot (same path as deploy)",
@@ -108,25 +99,11 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--risk", default="etc/risk.toml",
                    help="risk file for the local re-admission (default etc/risk.toml, if any)")
     r.add_argument("--no-smoke", action="store_true", help="skip the smoke backtest")
-    _bus_args(r)
+    add_connection_args(r)
     r.set_defaults(handler=lambda a: asyncio.run(run_rollback(a)))
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _bus(args: argparse.Namespace, name: str) -> BusConfig:
-    if args.server:
-        return BusConfig(servers=tuple(args.server), name=name, prefix=args.prefix,
-                         initial_connect_timeout=5.0)
-    if not Path(args.config).is_file():
-        raise ConfigError(f"--config {args.config}: no such file: pass --server NATS_URL or "
-                          "a leader config with [bus]", source="<arg>", field="config",
-                          value=args.config, rule="existing leader TOML")
-    from qtd.leader.config import load_leader_config
-
-    bus = load_leader_config(args.config).bus
-    return msgspec.structs.replace(bus, name=name, initial_connect_timeout=5.0)
 
 
 def _operator(args: argparse.Namespace) -> str:
@@ -230,42 +207,40 @@ async def run_deploy(args: argparse.Namespace, out: TextIO | None = None) -> int
     if errors:
         out.write(f"{len(results)} file(s), {errors} error(s): nothing published\n")
         return ConfigError.exit_code
-    bus = _bus(args, "qtd-deploy")
-    nc = await connect(bus, source=args.config if not args.server else "<arg>")
-    try:
-        fleet = await Fleet.open(nc.jetstream())
-        planned, problems = await plan(fleet, results, operator=_operator(args),
-                                       message=args.message, canary=args.canary)
-        if problems:
-            for prob in problems:
-                out.write(f"FAIL  {prob}\n")
-            out.write(f"{len(problems)} deploy rule error(s): nothing published\n")
-            return ConfigError.exit_code
-        rows = await leader_rows(nc, bus.prefix, 3.0)
-        for p in planned:
-            await _print_plan(p, fleet, rows, args.source_context, out)
-        changed = [p for p in planned if not p.unchanged]
-        if args.dry_run:
-            out.write(f"dry run: {len(changed)} bot(s) would change, nothing published\n")
-            return 0
-        for p in changed:
-            await fleet.publish(p.version, p.source, p.revision)
-            out.write(f"published {p.version.bot} {p.version.short}\n")
-        out.write(f"{len(changed)} bot(s) deployed, {len(planned) - len(changed)} unchanged\n")
+    bus = bus_from_args(args, "qtd-deploy")
+    return await on_fleet(bus, "deploy", lambda nc: _deploy(nc, bus.prefix, args, results,
+                                                            out))
+
+
+async def _deploy(nc: Client, prefix: str, args: argparse.Namespace,
+                  results: list[Admission], out: TextIO) -> int:
+    fleet = await Fleet.open(nc.jetstream())
+    planned, problems = await plan(fleet, results, operator=_operator(args),
+                                   message=args.message, canary=args.canary)
+    if problems:
+        for prob in problems:
+            out.write(f"FAIL  {prob}\n")
+        out.write(f"{len(problems)} deploy rule error(s): nothing published\n")
+        return ConfigError.exit_code
+    rows = await leader_rows(nc, prefix, 3.0)
+    for p in planned:
+        await _print_plan(p, fleet, rows, args.source_context, out)
+    changed = [p for p in planned if not p.unchanged]
+    if args.dry_run:
+        out.write(f"dry run: {len(changed)} bot(s) would change, nothing published\n")
         return 0
-    finally:
-        await nc.drain()
+    for p in changed:
+        await fleet.publish(p.version, p.source, p.revision)
+        out.write(f"published {p.version.bot} {p.version.short}\n")
+    out.write(f"{len(changed)} bot(s) deployed, {len(planned) - len(changed)} unchanged\n")
+    return 0
 
 
 async def run_versions(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``qtd versions``: exit 0 all ok/pending, 3 any behind or refused, 75 no leader."""
     out = out or sys.stdout
-    bus = _bus(args, "qtd-versions")
-    nc = await connect(bus, source=args.config if not args.server else "<arg>")
-    try:
-        rows = await leader_rows(nc, bus.prefix, 10.0)
-    finally:
-        await nc.drain()
+    bus = bus_from_args(args, "qtd-versions")
+    rows = await on_fleet(bus, "versions", lambda nc: leader_rows(nc, bus.prefix, 10.0))
     if rows is None:
         raise TemporaryError("no leader answered `versions`: is `qtd leader` running?")
     if args.json:
@@ -289,43 +264,43 @@ async def run_versions(args: argparse.Namespace, out: TextIO | None = None) -> i
 async def run_history(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``qtd history BOT``: every version, newest last, with params (and source) diffs."""
     out = out or sys.stdout
-    bus = _bus(args, "qtd-history")
-    nc = await connect(bus, source=args.config if not args.server else "<arg>")
-    try:
-        fleet = await Fleet.open(nc.jetstream())
-        versions = await fleet.history(args.bot)
-        cur, _ = await fleet.desired(args.bot)
-        if not versions:
-            raise ConfigError(f"bot {args.bot!r} was never deployed", source="<arg>",
-                              field="bot", value=args.bot, rule="a deployed bot")
-        prev: DeployVersion | None = None
-        for v in versions:
-            if args.json:
-                out.write(json.dumps(msgspec.to_builtins(v)) + "\n")
-                prev = v
-                continue
-            mark = "*" if cur is not None and cur.version == v.version else " "
-            notes = (["canary"] if v.canary else []) + \
-                ([f"rollback of v{v.rollback_of}"] if v.rollback_of else [])
-            out.write(f"{mark} v{v.version:<4} {_ts(v.ts_ns)}  {v.content_hash[:12]}  "
-                      f"{v.stage:<6} {v.operator or '-':<10} {v.message!r}"
-                      + (f"  [{', '.join(notes)}]" if notes else "") + "\n")
-            for line in params_diff(prev.params if prev else None, v.params):
-                out.write(f"        {line}\n")
-            if prev is not None and prev.source_hash != v.source_hash:
-                out.write(f"        strategy {v.strategy_file} changed "
-                          f"({prev.source_hash[:12]} -> {v.source_hash[:12]})\n")
-                if args.source:
-                    old, new = await fleet.source(prev.source_hash), \
-                        await fleet.source(v.source_hash)
-                    for line in source_diff(old, new or b"", f"a/{prev.strategy_file} "
-                                            f"(v{prev.version})", f"b/{v.strategy_file} "
-                                            f"(v{v.version})"):
-                        out.write(f"          {line}\n")
+    bus = bus_from_args(args, "qtd-history")
+    return await on_fleet(bus, "history", lambda nc: _history(nc, args, out))
+
+
+async def _history(nc: Client, args: argparse.Namespace, out: TextIO) -> int:
+    fleet = await Fleet.open(nc.jetstream())
+    versions = await fleet.history(args.bot)
+    cur, _ = await fleet.desired(args.bot)
+    if not versions:
+        raise ConfigError(f"bot {args.bot!r} was never deployed", source="<arg>",
+                          field="bot", value=args.bot, rule="a deployed bot")
+    prev: DeployVersion | None = None
+    for v in versions:
+        if args.json:
+            out.write(json.dumps(msgspec.to_builtins(v)) + "\n")
             prev = v
-        return 0
-    finally:
-        await nc.drain()
+            continue
+        mark = "*" if cur is not None and cur.version == v.version else " "
+        notes = (["canary"] if v.canary else []) + \
+            ([f"rollback of v{v.rollback_of}"] if v.rollback_of else [])
+        out.write(f"{mark} v{v.version:<4} {_ts(v.ts_ns)}  {v.content_hash[:12]}  "
+                  f"{v.stage:<6} {v.operator or '-':<10} {v.message!r}"
+                  + (f"  [{', '.join(notes)}]" if notes else "") + "\n")
+        for line in params_diff(prev.params if prev else None, v.params):
+            out.write(f"        {line}\n")
+        if prev is not None and prev.source_hash != v.source_hash:
+            out.write(f"        strategy {v.strategy_file} changed "
+                      f"({prev.source_hash[:12]} -> {v.source_hash[:12]})\n")
+            if args.source:
+                old, new = await fleet.source(prev.source_hash), \
+                    await fleet.source(v.source_hash)
+                for line in source_diff(old, new or b"", f"a/{prev.strategy_file} "
+                                        f"(v{prev.version})", f"b/{v.strategy_file} "
+                                        f"(v{v.version})"):
+                    out.write(f"          {line}\n")
+        prev = v
+    return 0
 
 
 def pick_rollback(history: list[DeployVersion], current: DeployVersion, to: str | None
@@ -364,45 +339,45 @@ async def run_rollback(args: argparse.Namespace, out: TextIO | None = None) -> i
     """``qtd rollback BOT [--to VERSION]``: re-admit an earlier version here and publish it
     as a new version through the deploy path."""
     out = out or sys.stdout
-    bus = _bus(args, "qtd-rollback")
-    nc = await connect(bus, source=args.config if not args.server else "<arg>")
-    try:
-        fleet = await Fleet.open(nc.jetstream())
-        current, revision = await fleet.desired(args.bot)
-        if current is None:
-            raise ConfigError(f"bot {args.bot!r} was never deployed", source="<arg>",
-                              field="bot", value=args.bot, rule="a deployed bot")
-        target = pick_rollback(await fleet.history(args.bot), current, args.to)
-        source = await fleet.source(target.source_hash)
-        if source is None:
-            raise TemporaryError(f"source {target.source_hash[:12]} of {target.short} is "
-                                 "missing from qtd_sources")
-        risk = Path(args.risk) if args.risk and Path(args.risk).is_file() else None
-        with tempfile.TemporaryDirectory(prefix="qtd-rollback-") as tmp:
-            adm = await readmit(target, source, Path(tmp), risk, smoke=not args.no_smoke)
-            problems = list(adm.problems)
-            if adm.ok and adm.content_hash != target.content_hash:
-                problems.append(Problem(file=str(adm.path), field="content_hash",
-                                        value=adm.content_hash[:12],
-                                        rule=f"differs from {target.short}"))
-            p = promotion_problem(adm, target.stage, current) if adm.ok else None
-            problems += [p] if p is not None else []
-            if problems:
-                out.write(f"FAIL  rollback of {args.bot} to {target.short}: nothing published\n")
-                for prob in problems:
-                    out.write(f"      {prob}\n")
-                return ConfigError.exit_code
-            v = new_version(adm, source, number=current.version + 1, operator=_operator(args),
-                            message=args.message or f"rollback to v{target.version}",
-                            canary=target.canary, config_text=target.config,
-                            gate_text=target.gate, rollback_of=target.version)
-        v = msgspec.structs.replace(v, origin=target.origin)
-        out.write(f"rollback {v.bot}: {current.short} -> {target.short} (re-admitted here)\n")
-        for line in params_diff(current.params, v.params):
-            out.write(f"      {line}\n")
-        await fleet.publish(v, source, revision)
-        out.write(f"published {v.bot} {v.short} (rollback of v{target.version}; was "
-                  f"{current.short})\n")
-        return 0
-    finally:
-        await nc.drain()
+    bus = bus_from_args(args, "qtd-rollback")
+    return await on_fleet(bus, "rollback", lambda nc: _rollback(nc, args, out))
+
+
+async def _rollback(nc: Client, args: argparse.Namespace, out: TextIO) -> int:
+    fleet = await Fleet.open(nc.jetstream())
+    current, revision = await fleet.desired(args.bot)
+    if current is None:
+        raise ConfigError(f"bot {args.bot!r} was never deployed", source="<arg>",
+                          field="bot", value=args.bot, rule="a deployed bot")
+    target = pick_rollback(await fleet.history(args.bot), current, args.to)
+    source = await fleet.source(target.source_hash)
+    if source is None:
+        raise TemporaryError(f"source {target.source_hash[:12]} of {target.short} is "
+                             "missing from qtd_sources")
+    risk = Path(args.risk) if args.risk and Path(args.risk).is_file() else None
+    with tempfile.TemporaryDirectory(prefix="qtd-rollback-") as tmp:
+        adm = await readmit(target, source, Path(tmp), risk, smoke=not args.no_smoke)
+        problems = list(adm.problems)
+        if adm.ok and adm.content_hash != target.content_hash:
+            problems.append(Problem(file=str(adm.path), field="content_hash",
+                                    value=adm.content_hash[:12],
+                                    rule=f"differs from {target.short}"))
+        p = promotion_problem(adm, target.stage, current) if adm.ok else None
+        problems += [p] if p is not None else []
+        if problems:
+            out.write(f"FAIL  rollback of {args.bot} to {target.short}: nothing published\n")
+            for prob in problems:
+                out.write(f"      {prob}\n")
+            return ConfigError.exit_code
+        v = new_version(adm, source, number=current.version + 1, operator=_operator(args),
+                        message=args.message or f"rollback to v{target.version}",
+                        canary=target.canary, config_text=target.config,
+                        gate_text=target.gate, rollback_of=target.version)
+    v = msgspec.structs.replace(v, origin=target.origin)
+    out.write(f"rollback {v.bot}: {current.short} -> {target.short} (re-admitted here)\n")
+    for line in params_diff(current.params, v.params):
+        out.write(f"      {line}\n")
+    await fleet.publish(v, source, revision)
+    out.write(f"published {v.bot} {v.short} (rollback of v{target.version}; was "
+              f"{current.short})\n")
+    return 0

@@ -17,10 +17,11 @@ from typing import Any
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client
 
 from qtd import sdnotify
 from qtd.agent.logs import setup_json_logging
-from qtd.bus import connect
+from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
 from qtd.errors import OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.leader.config import LeaderConfig, load_leader_config
@@ -56,18 +57,18 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--key", default="", help="account, bot or symbol of --scope")
     r.add_argument("--all", action="store_true", dest="everything",
                    help="release every active kill")
-    r.add_argument("--config", default=DEFAULT_CONFIG, help="leader config (for [bus])")
+    add_connection_args(r)
     r.set_defaults(handler=lambda a: run_command(a, "resume", CommandRequest(
         operator=a.operator, reason=a.reason, kill_ids=a.kill_ids, key=a.key,
         scope=Scope(a.scope.upper()) if a.scope else None, everything=a.everything)))
     k = sub.add_parser("ack", help="acknowledge an alert (stops P1 repeats)")
     k.add_argument("alert_id", metavar="ALERT_ID")
     k.add_argument("--operator", default="", help="who")
-    k.add_argument("--config", default=DEFAULT_CONFIG, help="leader config (for [bus])")
+    add_connection_args(k)
     k.set_defaults(handler=lambda a: run_command(a, "ack", CommandRequest(
         alert_id=a.alert_id, operator=a.operator)))
     al = sub.add_parser("alerts", help="list the leader's open alerts")
-    al.add_argument("--config", default=DEFAULT_CONFIG, help="leader config (for [bus])")
+    add_connection_args(al)
     al.add_argument("--json", action="store_true", help="JSON instead of a table")
     al.set_defaults(handler=lambda a: run_command(a, "alerts", CommandRequest()))
 
@@ -112,8 +113,8 @@ async def _watchdog(stop: asyncio.Event) -> None:
 
 def run_command(args: argparse.Namespace, verb: str, req: CommandRequest) -> int:
     """Send one command to the running leader and print its reply."""
-    cfg = load_leader_config(args.config)
-    reply = asyncio.run(_request(cfg, verb, req))
+    bus = bus_from_args(args, f"qtd-{verb}")
+    reply = asyncio.run(on_fleet(bus, verb, lambda nc: _request(nc, bus.prefix, verb, req)))
     if not reply.get("ok"):
         raise OperationalError(f"leader refused {verb}: {reply.get('error', '?')}")
     if verb == "alerts" and not getattr(args, "json", False):
@@ -126,16 +127,13 @@ def run_command(args: argparse.Namespace, verb: str, req: CommandRequest) -> int
     return 0
 
 
-async def _request(cfg: LeaderConfig, verb: str, req: CommandRequest) -> dict[str, Any]:
-    bus = msgspec.structs.replace(cfg.bus, name=f"qtd-{verb}", initial_connect_timeout=5.0)
-    nc = await connect(bus)
+async def _request(nc: Client, prefix: str, verb: str, req: CommandRequest
+                   ) -> dict[str, Any]:
     try:
-        msg = await nc.request(f"{bus.prefix}.ctl.leader.{verb}", msgspec.json.encode(req),
+        msg = await nc.request(f"{prefix}.ctl.leader.{verb}", msgspec.json.encode(req),
                                timeout=10)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise TemporaryError(f"no leader answered {verb} ({type(exc).__name__}): is "
                              "`qtd leader` running?") from None
-    finally:
-        await nc.close()
     result: dict[str, Any] = msgspec.json.decode(msg.data)
     return result

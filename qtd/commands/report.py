@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from qtd.commands.fleet import add_store_args, db_from_args
 from qtd.errors import ConfigError
 
 EXIT_FINDINGS = 3  # --fail-on-breach / surveil findings: something for a human to look at
@@ -65,7 +66,7 @@ def add_parsers(sub: Any, parse_time: Any) -> None:
         "trading day runs from --rollover (local time in --tz) to the next rollover; "
         "--leader-config takes both from the leader's [fleet] section.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    dl.add_argument("--db", required=True, help="the leader's fleet.db (or an events.db)")
+    add_store_args(dl, db_help="the leader's fleet.db (or an events.db)", node=True)
     dl.add_argument("--date", help="trading day YYYY-MM-DD (default: the last one that ended)")
     dl.add_argument("--tz", help="time zone of the trading day (IANA name, default UTC)")
     dl.add_argument("--rollover", help="local HH:MM when a trading day starts (default 00:00)")
@@ -140,7 +141,7 @@ def add_parsers(sub: Any, parse_time: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser, parse_time: Any) -> None:
-    p.add_argument("--db", required=True, help="events.db of an agent or the leader's fleet.db")
+    add_store_args(p, db_help="events.db of an agent or the leader's fleet.db", node=True)
     p.add_argument("--since", type=parse_time, help="ts_event >= this (ISO 8601 or UTC ns)")
     p.add_argument("--until", type=parse_time, help="ts_event < this (ISO 8601 or UTC ns)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -172,6 +173,7 @@ def parse_overrides(items: list[str] | None, struct: type[Any], flag: str) -> An
 
 
 def _run_execution(args: argparse.Namespace) -> int:
+    args.db = db_from_args(args)
     return asyncio.run(run_execution(args))
 
 
@@ -230,6 +232,7 @@ async def run_shadow(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _run_surveil(args: argparse.Namespace) -> int:
+    args.db = db_from_args(args)
     return asyncio.run(run_surveil(args))
 
 
@@ -254,6 +257,7 @@ async def run_surveil(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
 
 
 def _run_daily(args: argparse.Namespace) -> int:
+    args.db = db_from_args(args)
     return asyncio.run(run_daily(args))
 
 
@@ -293,6 +297,7 @@ async def run_daily(args: argparse.Namespace, out: TextIO = sys.stdout,
 
 
 def _run_drift(args: argparse.Namespace) -> int:
+    args.db = db_from_args(args)
     return asyncio.run(run_drift(args))
 
 
