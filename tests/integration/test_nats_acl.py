@@ -9,7 +9,8 @@ placeholders. Then:
 - the same user is refused everything the issue forbids: publishing under another node's
   subjects (events, heartbeats, kill acks), setting or clearing the kill key, purging or
   deleting streams, commanding or listening to another agent; and the leader sees none of it;
-- the operator user cannot touch the kill key either.
+- the operator user may write the kill key (``qtd kill``) but no other control key, and
+  commands no agent directly.
 """
 
 from __future__ import annotations
@@ -136,12 +137,14 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         await wait_for(lambda: "qtd.hb.node-a" in seen)
         await rogue.close()
 
-        # The operator CLI user can send control requests but not touch the kill key.
+        # The operator CLI user may write the kill key (qtd kill, issue 22) but no other key
+        # of the control bucket, command no agent directly and publish no events.
         op_errors: list[str] = []
         op = await _connect(url, "operator", op_errors)
-        with pytest.raises(nats.errors.TimeoutError):
-            await op.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"", timeout=0.5)
-        await _denied(op_errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
+        for subject in (f"$KV.{CONTROL_BUCKET}.preflight.node-a", "qtd.ctl.node-a.halt",
+                        "qtd.evt.node-a.bot.Fill", "qtd.hb.leader"):
+            await op.publish(subject, b"{}")
+            await _denied(op_errors, subject)
         await op.close()
 
         # Deploys: the deployer writes the deploy buckets; an agent reads but cannot write them;
