@@ -39,6 +39,8 @@ from qtd.files import read_capped_text
 from qtd.fleetctx import DEFAULT_STATE_DIR, STATE_ENV, FleetContext, find_context
 
 T = TypeVar("T")
+Body = Callable[[Client], Coroutine[Any, Any, T]]
+"""A command's work on a connected client."""
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 """The last resort: etc/nats-server.conf's ``listen`` address."""
@@ -277,7 +279,7 @@ def _refusal(bus: BusConfig, command: str, denials: Denials) -> PermissionDenied
                             command=command, needs=needs(command))
 
 
-async def on_fleet(bus: BusConfig, command: str, body: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
+async def on_fleet(bus: BusConfig, command: str, body: Body[T]) -> T:
     """Connect with ``bus``, run ``body(nc)``, drain: the one way a command uses NATS.
 
     Args:
@@ -293,7 +295,8 @@ async def on_fleet(bus: BusConfig, command: str, body: Callable[[Client], Corout
             or error while ``body`` ran (one line).
         NatsAuthRefused: the login was refused (or a login is needed and none was given).
         PermissionDenied: the server refused a publish or subscribe ``body`` needs; raised
-            as soon as the server says so (``body`` is cancelled).
+            as soon as the server says so (``body`` is cancelled; what it did before the
+            refusal stays done, and the message names what was refused).
         QtdError: whatever ``body`` raised.
     """
     with _bus_log_quiet():
@@ -312,8 +315,7 @@ def _bus_log_quiet() -> Iterator[None]:
         logger.removeHandler(sink)
 
 
-async def _on_fleet(bus: BusConfig, command: str, body: Callable[[Client], Coroutine[Any, Any, T]]
-                    ) -> T:
+async def _on_fleet(bus: BusConfig, command: str, body: Body[T]) -> T:
     denials = Denials()
     nc = await _connect(bus, command, denials)
     try:

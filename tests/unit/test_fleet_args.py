@@ -75,7 +75,7 @@ def test_every_store_command_finds_the_fleets_store(argv: list[str], tmp_path: P
     assert db_from_args(_args(*argv)) == ctx.fleet_db
     assert db_from_args(_args(*argv, "--db", "x.db")) == "x.db"
     assert db_from_args(_args(*argv, "--node", "node-1")) == ctx.nodes["node-1"].events_db
-    with pytest.raises(ConfigError, match="not a node of .*nodes: node-1"):
+    with pytest.raises(ConfigError, match=r"not a node of .*nodes: node-1"):
         db_from_args(_args(*argv, "--node", "node-9"))
 
 
