@@ -9,8 +9,8 @@ placeholders. Then:
 - the same user is refused everything the issue forbids: publishing under another node's
   subjects (events, heartbeats, kill acks), setting or clearing the kill key, purging or
   deleting streams, commanding or listening to another agent; and the leader sees none of it;
-- the operator user may write the kill key (``qtd kill``) but no other control key, and
-  commands no agent directly.
+- the operator user may write the kill key (``qtd kill``) but no other control key,
+  commands no agent directly, and cannot purge or delete the control bucket.
 """
 
 from __future__ import annotations
@@ -145,6 +145,12 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
                         "qtd.evt.node-a.bot.Fill", "qtd.hb.leader"):
             await op.publish(subject, b"{}")
             await _denied(op_errors, subject)
+        ojs = op.jetstream()
+        for api in (f"$JS.API.STREAM.PURGE.KV_{CONTROL_BUCKET}",
+                    f"$JS.API.STREAM.DELETE.KV_{CONTROL_BUCKET}"):
+            with pytest.raises(nats.errors.TimeoutError):
+                await ojs._api_request(api, b"{}", timeout=0.5)
+            await _denied(op_errors, api)
         await op.close()
 
         # Deploys: the deployer writes the deploy buckets; an agent reads but cannot write them;
