@@ -184,15 +184,31 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
                 done.set()
 
     sub = await nc.subscribe(kill_ack_all(subjects), cb=on_ack) if wait_acks_s > 0 else None
-    kv = await nc.jetstream().key_value(CONTROL_BUCKET)
-    await update_kill_set(kv, lambda ks: ks.add(msg))
-    await nc.publish(subjects.ctl_kill, msgspec.json.encode(msg))
-    await nc.flush()
+    await publish_kill(nc, msg, subjects)
     if sub is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), wait_acks_s)
         await sub.unsubscribe()
     return list(acks.values())
+
+
+async def publish_kill(nc: Client, msg: KillMessage, subjects: Subjects) -> KillSet:
+    """Add ``msg`` to the kill set (compare-and-set), then broadcast it on
+    ``<prefix>.ctl.kill`` and flush: the kill is out when this returns. The set goes first so
+    that a write NATS refuses leaves nothing broadcast that the set does not hold.
+
+    Returns:
+        The set written (every active kill, ``msg`` last unless it was already in).
+
+    Raises:
+        nats.errors.Error, nats.js.errors.Error: NATS refused the KV write or the publish.
+        OperationalError: the set kept changing under us (see :func:`update_kill_set`).
+    """
+    kv = await nc.jetstream().key_value(CONTROL_BUCKET)
+    _, written = await update_kill_set(kv, lambda ks: ks.add(msg))
+    await nc.publish(subjects.ctl_kill, msgspec.json.encode(msg))
+    await nc.flush()
+    return written
 
 
 async def update_kill_set(kv: KeyValue, change: Callable[[KillSet], KillSet], *,

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
-import msgspec
-from nats.aio.client import Client
-
 from qtd.agent.config import AgentConfig, load_agent_config
-from qtd.agent.control import new_kill, read_kills, release_kills, send_kill
 from qtd.agent.logs import setup_json_logging
-from qtd.bus import BusConfig
 from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
+from qtd.commands.kill import kill_over_nats
 from qtd.errors import ConfigError
 from qtd.events import Scope
 from qtd.risk.kill import DEFAULT_KILL_FILE, remove_kill_file, write_kill_file
@@ -45,7 +40,8 @@ async def _agent_main(cfg: AgentConfig) -> int:
 
 
 def run_kill(args: argparse.Namespace) -> int:
-    """``qtd kill``: set the kill switch over NATS (KV + broadcast) or in the local file."""
+    """``qtd kill``: set the kill switch over NATS (KV + broadcast) or in the local file
+    (see :mod:`qtd.commands.kill`)."""
     scope = Scope(args.scope.upper())
     if scope is not Scope.GLOBAL and not args.key and not args.release:
         raise ConfigError(f"--scope {args.scope} needs --key", source="<arg>", field="key",
@@ -61,40 +57,7 @@ def run_kill(args: argparse.Namespace) -> int:
         print(f"wrote kill file {path}: {scope.value}:{args.key or ''} ({args.reason})")
         return 0
     bus = bus_from_args(args, "qtd-kill")
-    return asyncio.run(on_fleet(bus, "kill", lambda nc: _kill_over_nats(args, scope, bus, nc)))
-
-
-async def _kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig,
-                          nc: Client) -> int:
-    try:
-        if args.release:
-            if not args.kill_ids and not args.everything:
-                raise ConfigError("--release needs --kill-id ID (repeatable) or --all",
-                                  source="<arg>", field="kill_id", value="",
-                                  rule="name the kills to remove")
-            gone = await release_kills(nc, None if args.everything else args.kill_ids)
-            missing = sorted(set(args.kill_ids) - {k.id for k in gone})
-            for k in gone:
-                print(f"removed kill {k.id} {k.scope.value}:{k.key} ({k.reason}) from the set")
-            if missing:
-                print(f"not in the set: {', '.join(missing)}")
-            if not gone and not missing:
-                print("no kill was set")
-            print("running agents stay halted until `qtd resume`")
-            return 0
-        msg = new_kill(reason=args.reason, scope=scope, key=args.key or "",
-                       flatten=args.flatten, operator=args.operator, source="cli")
-        acks = await send_kill(nc, msg, prefix=bus.prefix, wait_acks_s=args.wait,
-                               expect=args.expect)
-        active = await read_kills(nc)
-    finally:
-        await nc.drain()
-    print(json.dumps({"kill_id": msg.id, "scope": scope.value, "key": msg.key,
-                      "acks": [msgspec.to_builtins(a) for a in acks],
-                      "active": [{"kill_id": k.id, "scope": k.scope.value, "key": k.key,
-                                  "reason": k.reason, "operator": k.operator}
-                                 for k in active.kills]}))
-    return 0 if acks or args.wait == 0 else 3
+    return asyncio.run(on_fleet(bus, "kill", lambda nc: kill_over_nats(args, scope, bus, nc)))
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,9 +76,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "kill", help="kill switch: halt a scope on every agent (NATS) or this host (--local)",
         description="Adds a kill to the set of active kills (KV bucket qtd_control, key "
         "kill) and broadcasts it on <prefix>.ctl.kill (agents that start later apply every "
-        "kill in the set before trading), then prints the agents' "
-        "acknowledgements. --local writes the kill file instead (works with NATS down). "
-        "Exit 3 when --wait elapsed without any acknowledgement.")
+        "kill in the set before trading), then waits until every live agent (known to the "
+        "leader, else heard on <prefix>.hb.*) acknowledged, at most --wait seconds, and "
+        "prints N of M agents acknowledged, each missing agent with its last heartbeat age "
+        "and the other active kills. --local writes the kill file instead (works with NATS "
+        "down). Exit 0 every live agent acknowledged, 3 some did not, 75 "
+        "NATS unreachable.")
     k.add_argument("--scope", default="global", choices=["global", "account", "strategy",
                                                          "symbol"])
     k.add_argument("--key", help="account, bot or symbol (required unless --scope global)")
@@ -132,8 +98,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--all", action="store_true", dest="everything",
                    help="with --release: remove every kill from the set")
     add_connection_args(k)
-    k.add_argument("--wait", type=float, default=2.0, help="seconds to collect acks")
-    k.add_argument("--expect", type=int, default=0, help="stop waiting after N acks")
+    k.add_argument("--wait", type=float, default=2.0, help="seconds to wait at most for "
+                   "every live agent's ack (0: do not wait)")
+    k.add_argument("--expect", type=int, default=0, help="stop waiting after N acks instead "
+                   "of every live agent's")
+    k.add_argument("--json", action="store_true", help="one JSON object instead of the summary")
     k.set_defaults(handler=_kill_handler)
 
 

@@ -79,11 +79,11 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             db_b = tmp_path / "node-b" / "state" / "events.db"
             before = _last_seq(db_b)
             out = run_qtd(["kill", "--server", url, "--reason", "global A",
-                           "--operator", "alice", "--wait", "0"])
+                           "--operator", "alice", "--wait", "0", "--json"])
             assert out.returncode == 0, out.stderr
             glob = json.loads(out.stdout.strip().splitlines()[-1])["kill_id"]
             out = run_qtd(["kill", "--server", url, "--scope", "strategy", "--key", "bot-a",
-                           "--reason", "strategy B", "--operator", "bob", "--wait", "0"])
+                           "--reason", "strategy B", "--operator", "bob", "--wait", "0", "--json"])
             assert out.returncode == 0, out.stderr
             printed = json.loads(out.stdout.strip().splitlines()[-1])
             strat = printed["kill_id"]

@@ -36,7 +36,7 @@ async def test_kill_over_nats_reaches_a_running_agent_and_prints_its_ack(
     cfg = write_fleet(tmp_path, {"b1": {}}, bus_url=nats_server.url, market="speed = 6000.0")
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(2000)}) as agent:
         args = ["kill", "--config", str(cfg), "--reason", "cli test", "--operator", "dan",
-                "--wait", "5", "--expect", "1"]
+                "--wait", "5", "--expect", "1", "--json"]
         rc = await asyncio.to_thread(main, args)
         assert rc == 0
         await wait_for(lambda: agent.risk.states.get(Scope.GLOBAL) is TradingState.HALTED)

@@ -1,0 +1,165 @@
+"""``qtd kill``: what it does over NATS and with ``--local``, and what it prints.
+
+Over NATS (:func:`kill_over_nats`): the kill goes into the kill set and out on
+``<prefix>.ctl.kill`` first, then the command waits until every live agent acknowledged
+(:mod:`qtd.agent.killround`) or ``--wait`` seconds, and prints a summary for a human (scope,
+kill id, ``N of M agents acknowledged in X ms``, each missing agent with its last heartbeat
+age, the other active kills) or, with ``--json``, one JSON object. Exit status: 0 every
+agent acknowledged (or ``--wait 0``: not waited for), 3 some did not (or none is known),
+75 NATS unreachable or it did not take the kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+
+from qtd.agent.control import KillMessage, new_kill, release_kills
+from qtd.agent.killround import AgentSeen, KillReport, kill_round
+from qtd.bus import BusConfig
+from qtd.errors import ConfigError, OperationalError, TemporaryError
+from qtd.events import Scope
+
+EXIT_MISSING = 3
+_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
+
+
+# --- over NATS -------------------------------------------------------------------------------
+
+
+async def kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig,
+                         nc: Client) -> int:
+    """Kill (or ``--release``) over NATS on ``nc`` (connected by
+    :func:`qtd.commands.fleet.on_fleet`); print; return the exit status.
+
+    Raises:
+        TemporaryError: NATS is unreachable or did not take the kill (exit 75).
+        OperationalError: the kill set's bucket does not exist (no leader ever ran).
+        ConfigError: ``--release`` without ``--kill-id`` or ``--all``.
+    """
+    try:
+        if args.release:
+            return await _release(nc, args)
+        msg = new_kill(reason=args.reason, scope=scope, key=args.key or "",
+                       flatten=args.flatten, operator=args.operator, source="cli")
+        try:
+            report = await kill_round(nc, msg, prefix=bus.prefix, timeout_s=args.wait,
+                                      expect=args.expect)
+        except nats.js.errors.BucketNotFoundError:
+            raise OperationalError(
+                "the kill set (KV bucket qtd_control) does not exist on this NATS: the leader "
+                "creates it when it starts; start it, or run `qtd kill --local` on each node; "
+                "nothing was sent", kill_id=msg.id) from None
+        except _NATS_ERRORS as exc:
+            raise TemporaryError(f"NATS did not take kill {msg.id} ({_what(exc)}): it may "
+                                 "not be in force; with NATS down, run `qtd kill --local` "
+                                 "on each node", kill_id=msg.id) from None
+    finally:
+        await nc.drain()
+    print(json.dumps(report_json(report)) if args.json else
+          format_report(report, waited=args.wait > 0))
+    return 0 if args.wait <= 0 or report.complete() else EXIT_MISSING
+
+
+async def _release(nc: Client, args: argparse.Namespace) -> int:
+    if not args.kill_ids and not args.everything:
+        raise ConfigError("--release needs --kill-id ID (repeatable) or --all",
+                          source="<arg>", field="kill_id", value="",
+                          rule="name the kills to remove")
+    try:
+        gone = await release_kills(nc, None if args.everything else args.kill_ids)
+    except _NATS_ERRORS as exc:
+        raise TemporaryError(f"NATS did not release the kills ({_what(exc)})") from None
+    missing = sorted(set(args.kill_ids) - {k.id for k in gone})
+    for k in gone:
+        print(f"removed kill {k.id} {_scope(k)} ({k.reason}) from the set")
+    if missing:
+        print(f"not in the set: {', '.join(missing)}")
+    if not gone and not missing:
+        print("no kill was set: nothing removed")
+    if gone:
+        print("agents that applied them stay halted until `qtd resume`")
+    return 0
+
+
+def _what(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _scope(k: KillMessage) -> str:
+    return k.scope.value if k.scope is Scope.GLOBAL else f"{k.scope.value}:{k.key}"
+
+
+def format_age(seconds: float) -> str:
+    """``2.4 s``, ``3 min 12 s``, ``2 h 05 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def _missing_line(a: AgentSeen) -> str:
+    down = "" if a.alive else " (heartbeat stale: agent down?)"
+    return f"  {a.node:<20} last heartbeat {format_age(a.heartbeat_age_s)} ago{down}"
+
+
+def _roster_note(r: KillReport) -> str:
+    if r.roster_source == "leader":
+        return "agents known to the leader"
+    return "no leader answered: agents whose heartbeats were heard"
+
+
+def _headline(r: KillReport, waited: bool) -> str:
+    if not waited:
+        return "acknowledgements not awaited (--wait 0)"
+    n, m = len(r.acks), r.agents()
+    if m == 0:
+        return ("0 of 0 agents acknowledged: no agent known (no leader answered and no "
+                "heartbeat heard); agents apply the kill from the set when they start")
+    line = f"{n} of {m} agents acknowledged in {r.acked_in_ms():.0f} ms ({_roster_note(r)})"
+    if not r.complete():
+        line += f"; NOT CONFIRMED after {r.ended_ms:.0f} ms"
+    return line
+
+
+def format_report(r: KillReport, *, waited: bool = True) -> str:
+    """The human summary of a kill round (see the module docstring)."""
+    k = r.kill
+    who = f", operator {k.operator}" if k.operator else ""
+    flat = ", flatten" if k.flatten else ""
+    lines = [f"kill {k.id}: {_scope(k)}{flat}, reason {k.reason!r}{who}", _headline(r, waited)]
+    lines += [f"  {a.ack.node:<20} {a.ack.state.value:<9} {a.after_ms:7.1f} ms"
+              f"{'  (already applied)' if a.ack.duplicate else ''}" for a in r.acks]
+    missing = r.missing() if waited else []
+    if missing:
+        lines.append(f"missing ({len(missing)}):")
+        lines += [_missing_line(a) for a in missing]
+    others = [o for o in r.active if o.id != k.id]
+    lines.append(f"other active kills: {len(others) or 'none'}")
+    lines += [f"  {o.id}  {_scope(o):<24} {o.reason!r}"
+              f"{f' by {o.operator}' if o.operator else ''} ({o.source})" for o in others]
+    return "\n".join(lines)
+
+
+def report_json(r: KillReport) -> dict[str, object]:
+    """The ``--json`` object: the kill, counts, acks (with ``after_ms``), missing agents
+    (with ``heartbeat_age_s``) and every active kill."""
+    k = r.kill
+    return {
+        "kill_id": k.id, "scope": k.scope.value, "key": k.key, "reason": k.reason,
+        "operator": k.operator, "flatten": k.flatten, "complete": r.complete(),
+        "acknowledged": len(r.acks), "agents": r.agents(), "acked_in_ms": r.acked_in_ms(),
+        "waited_ms": r.ended_ms, "roster": r.roster_source,
+        "acks": [{**msgspec.to_builtins(a.ack), "after_ms": a.after_ms} for a in r.acks],
+        "missing": msgspec.to_builtins(r.missing()),
+        "active": [{"kill_id": o.id, "scope": o.scope.value, "key": o.key,
+                    "reason": o.reason, "operator": o.operator, "source": o.source,
+                    "ts_ns": o.ts_ns} for o in r.active],
+    }

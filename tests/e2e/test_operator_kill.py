@@ -1,0 +1,113 @@
+"""The operator pulls the kill switch (issue 22, operator stories), on real processes with the
+shipped configs: ``etc/nats-server.conf`` with auth on, ``etc/leader.toml``, agents logged in
+as ``agent-<node>``, and ``qtd kill`` logged in as ``operator``.
+
+- The operator kills the fleet: every agent is HALTED and the command says ``2 of 2``.
+- One agent is SIGSTOPped: the kill exits 3 naming it with its last heartbeat age, the leader
+  pages P1 (``kill:unacked``), and once SIGCONTed the agent is HALTED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from qtd.agent.control import CommandRequest, request
+from tests.agent_rig import wait_for
+from tests.shipped import (
+    agent_config,
+    leader_config,
+    leader_web_url,
+    log_match,
+    password,
+    processes,
+    qtd_process,
+    run_qtd,
+    shipped_nats,
+)
+
+pytestmark = pytest.mark.slow
+NODES = ("node-a", "node-b")
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _as_operator(url: str) -> str:
+    return url.replace("nats://", f"nats://operator:{password('operator')}@")
+
+
+async def _global_state(nc: Client, node: str) -> str:
+    reply = await request(nc, node, "status", CommandRequest(operator="test"), timeout_s=5)
+    return str(reply.data["global"])
+
+
+async def test_operator_kills_the_fleet_and_is_told_who_did_not_acknowledge(
+        tmp_path: Path) -> None:
+    async with shipped_nats(tmp_path / "nats", NODES) as nats:
+        ops = await nats.connect("operator")
+        lcfg = leader_config(tmp_path, nats.url)
+        with processes() as procs:
+            procs.append(qtd_process(["leader", "--config", str(lcfg)], tmp_path / "leader.log"))
+            web = await leader_web_url(tmp_path / "leader.log")
+            agents = {n: qtd_process(
+                ["agent", "--config", str(agent_config(tmp_path / n, n, nats.url,
+                                                       {f"bot-{n[-1]}": {}}))],
+                tmp_path / f"{n}.log") for n in NODES}
+            procs.extend(agents.values())
+            for n in NODES:
+                await log_match(tmp_path / f"{n}.log", rf"agent {n} ready".encode())
+
+            async def both_alive() -> bool:
+                return sorted(x["node"] for x in _get(f"{web}/api/nodes") if x["alive"]) \
+                    == list(NODES)
+            await wait_for(both_alive, 30)
+
+            # (a) The fleet: both acknowledge, the command says so and returns.
+            out = run_qtd(["kill", "--server", _as_operator(nats.url), "--reason", "drill",
+                           "--operator", "alice"])
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "2 of 2 agents acknowledged in" in out.stdout, out.stdout
+            assert "GLOBAL" in out.stdout and "Traceback" not in out.stderr
+            for n in NODES:
+                assert await _global_state(ops, n) == "HALTED"
+            out = run_qtd(["resume", "--config", str(lcfg), "--operator", "alice",
+                           "--reason", "drill over", "--all"])
+            assert out.returncode == 0, out.stdout + out.stderr
+            for n in NODES:
+                assert await _global_state(ops, n) == "ACTIVE"
+
+            # (b) node-b frozen: exit 3 naming it with its heartbeat age; P1; then HALTED.
+            os.kill(agents["node-b"].pid, signal.SIGSTOP)
+            try:
+                out = run_qtd(["kill", "--server", _as_operator(nats.url), "--reason",
+                               "frozen agent", "--operator", "alice", "--wait", "3"])
+                assert out.returncode == 3, out.stdout + out.stderr
+                assert "1 of 2 agents acknowledged" in out.stdout, out.stdout
+                assert re.search(r"node-b\s+last heartbeat \d+\.\d s ago", out.stdout), \
+                    out.stdout
+                kill_id = re.search(r"kill ([0-9a-f]{16}):", out.stdout)
+                assert kill_id is not None, out.stdout
+                assert await _global_state(ops, "node-a") == "HALTED"
+
+                async def paged() -> bool:
+                    return any(a["key"] == "kill:unacked" and a["severity"] == "P1"
+                               for a in _get(f"{web}/api/alerts"))
+                await wait_for(paged, 20)
+            finally:
+                os.kill(agents["node-b"].pid, signal.SIGCONT)
+
+            async def b_halted() -> bool:
+                return await _global_state(ops, "node-b") == "HALTED"
+            await wait_for(b_halted, 30)
+            await log_match(tmp_path / "node-b.log", f"kill {kill_id.group(1)} applied".encode())
