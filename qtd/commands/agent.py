@@ -7,15 +7,13 @@ import asyncio
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from qtd.agent.config import AgentConfig, load_agent_config
 from qtd.agent.logs import setup_json_logging
 from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
-from qtd.commands.kill import kill_over_nats
+from qtd.commands.kill import kill_local, kill_over_nats
 from qtd.errors import ConfigError
 from qtd.events import Scope
-from qtd.risk.kill import DEFAULT_KILL_FILE, remove_kill_file, write_kill_file
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -47,15 +45,7 @@ def run_kill(args: argparse.Namespace) -> int:
         raise ConfigError(f"--scope {args.scope} needs --key", source="<arg>", field="key",
                           value="", rule="required unless scope is global")
     if args.local:
-        path = Path(args.kill_file)
-        if args.release:
-            remove_kill_file(path)
-            print(f"removed {path} (trading stays halted until an operator resumes)")
-            return 0
-        write_kill_file(path, scope=scope, key=args.key or "", reason=args.reason,
-                        flatten=args.flatten, operator=args.operator)
-        print(f"wrote kill file {path}: {scope.value}:{args.key or ''} ({args.reason})")
-        return 0
+        return kill_local(args, scope)
     bus = bus_from_args(args, "qtd-kill")
     return asyncio.run(on_fleet(bus, "kill", lambda nc: kill_over_nats(args, scope, bus, nc)))
 
@@ -79,8 +69,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "kill in the set before trading), then waits until every live agent (known to the "
         "leader, else heard on <prefix>.hb.*) acknowledged, at most --wait seconds, and "
         "prints N of M agents acknowledged, each missing agent with its last heartbeat age "
-        "and the other active kills. --local writes the kill file instead (works with NATS "
-        "down). Exit 0 every live agent acknowledged, 3 some did not, 75 "
+        "and the other active kills. --local writes the kill file of the agent of --config, "
+        "or of the `qtd up` fleet in ./qtd-state or $QTD_STATE (every node, or --node), and "
+        "works with NATS down. Exit 0 every live agent acknowledged, 3 some did not, 75 "
         "NATS unreachable.")
     k.add_argument("--scope", default="global", choices=["global", "account", "strategy",
                                                          "symbol"])
@@ -88,8 +79,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--flatten", action="store_true", help="also close the scope's positions")
     k.add_argument("--reason", default="", help="why (required unless --release)")
     k.add_argument("--operator", default="", help="who")
-    k.add_argument("--local", action="store_true", help="write the local kill file instead")
-    k.add_argument("--kill-file", default=str(DEFAULT_KILL_FILE), help="kill file path")
+    k.add_argument("--local", action="store_true", help="write the agent's kill file instead "
+                   "(from --config, or the qtd up fleet of this directory)")
+    k.add_argument("--node", help="with --local and a qtd up fleet: only this node (default "
+                   "every node)")
+    k.add_argument("--kill-file", help="with --local: only the agent watching this file "
+                   "(refused when no agent config names it)")
     k.add_argument("--release", action="store_true",
                    help="remove kills from the KV set (--kill-id, or --all) or delete the "
                    "kill file (--local); does not resume trading: see `qtd resume`")

@@ -7,12 +7,20 @@ kill id, ``N of M agents acknowledged in X ms``, each missing agent with its las
 age, the other active kills) or, with ``--json``, one JSON object. Exit status: 0 every
 agent acknowledged (or ``--wait 0``: not waited for), 3 some did not (or none is known),
 75 NATS unreachable or it did not take the kill.
+
+``--local`` (:func:`kill_local`) writes the kill file an agent watches, found from the
+agent's config (``--config``: its ``kill_file``) or from the ``qtd up`` fleet of this
+directory (``$QTD_STATE`` or ``./qtd-state``: ``etc/node-N.toml``; ``--node`` picks one,
+else every node of that fleet). It refuses a file that no agent config names.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tomllib
+from pathlib import Path
 
 import msgspec
 import nats.errors
@@ -24,8 +32,13 @@ from qtd.agent.killround import AgentSeen, KillReport, kill_round
 from qtd.bus import BusConfig
 from qtd.errors import ConfigError, OperationalError, TemporaryError
 from qtd.events import Scope
+from qtd.files import read_capped_text
+from qtd.risk.kill import DEFAULT_KILL_FILE, parse_kill_file, write_kill_file
+from qtd.up.layout import Layout
 
 EXIT_MISSING = 3
+STATE_ENV = "QTD_STATE"
+DEFAULT_STATE = "qtd-state"
 _NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
 
@@ -163,3 +176,122 @@ def report_json(r: KillReport) -> dict[str, object]:
                     "reason": o.reason, "operator": o.operator, "source": o.source,
                     "ts_ns": o.ts_ns} for o in r.active],
     }
+
+
+# --- the kill file ---------------------------------------------------------------------------
+
+
+class _KillFileOf(msgspec.Struct):
+    """The two fields of an agent config ``--local`` reads (the rest is not validated: an
+    agent config whose NATS credentials live in systemd must still give its kill file)."""
+
+    node: str = ""
+    kill_file: str = str(DEFAULT_KILL_FILE)
+
+
+def agent_kill_file(config: Path) -> tuple[str, Path]:
+    """(node, kill file) of an agent config; a relative ``kill_file`` is resolved against
+    the config's directory, as the agent does.
+
+    Raises:
+        ConfigError: unreadable, not TOML, or ``node``/``kill_file`` not strings.
+    """
+    try:
+        doc = tomllib.loads(read_capped_text(config))
+        got = msgspec.convert(doc, _KillFileOf)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{config}: cannot read the agent config: {exc}",
+                          source=str(config), field="", rule="a readable agent TOML") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{config}: {exc}", source=str(config), field="kill_file",
+                          rule="node and kill_file are strings") from None
+    path = Path(got.kill_file)
+    return got.node or config.stem, path if path.is_absolute() else config.parent / path
+
+
+def fleet_kill_files(state: Path) -> dict[str, Path]:
+    """node -> kill file of every agent of the ``qtd up`` fleet in ``state`` (empty when
+    there is none)."""
+    etc = Layout.at(state).etc_dir
+    return dict(agent_kill_file(c) for c in sorted(etc.glob("node-*.toml")))
+
+
+def local_targets(args: argparse.Namespace) -> dict[str, Path]:
+    """node -> kill file that ``--local`` writes (see the module docstring).
+
+    Raises:
+        ConfigError: no agent config found, ``--node`` unknown, or ``--kill-file`` is not
+            the kill file of any agent found.
+    """
+    if args.config:
+        node, path = agent_kill_file(Path(args.config))
+        found, where = {node: path}, args.config
+    else:
+        state = Path(os.environ.get(STATE_ENV) or DEFAULT_STATE)
+        found, where = fleet_kill_files(state), f"the qtd up fleet in {state}"
+        if not found:
+            raise ConfigError(
+                "qtd kill --local: no agent config to take the kill file from: give "
+                "--config AGENT_TOML (the agent watches its kill_file), or run it where "
+                f"`qtd up` runs (./{DEFAULT_STATE}, or set {STATE_ENV})",
+                source="<arg>", field="config", value=None, rule="an agent config")
+    if args.node:
+        if args.node not in found:
+            raise ConfigError(f"--node {args.node}: not in {where} (nodes: "
+                              f"{', '.join(found)})", source="<arg>", field="node",
+                              value=args.node, rule="a node of the fleet")
+        found = {args.node: found[args.node]}
+    if args.kill_file:
+        wanted = Path(args.kill_file).resolve()
+        found = {n: p for n, p in found.items() if p.resolve() == wanted}
+        if not found:
+            raise ConfigError(f"--kill-file {args.kill_file}: no agent watches it (from "
+                              f"{where}); refused", source="<arg>", field="kill_file",
+                              value=args.kill_file, rule="an agent's kill_file")
+    return found
+
+
+def kill_local(args: argparse.Namespace, scope: Scope) -> int:
+    """Write (or with ``--release`` remove) the kill file of each target agent; print one
+    line per node. Returns 0.
+
+    Raises:
+        ConfigError: see :func:`local_targets`; a kill file that cannot be written.
+    """
+    targets = local_targets(args)
+    if args.release:
+        return _release_files(targets)
+    for node, path in targets.items():
+        try:
+            write_kill_file(path, scope=scope, key=args.key or "", reason=args.reason,
+                            flatten=args.flatten, operator=args.operator)
+        except OSError as exc:
+            raise ConfigError(f"{node}: cannot write its kill file {path}: {exc.strerror}",
+                              source=str(path), field="kill_file", value=str(path),
+                              rule="writable") from None
+        print(f"{node}: wrote kill file {path}: {scope.value}"
+              f"{':' + args.key if args.key else ''} ({args.reason}); the agent halts within "
+              "its kill_poll_s")
+    return 0
+
+
+def _release_files(targets: dict[str, Path]) -> int:
+    removed = []
+    for node, path in targets.items():
+        try:
+            data = path.read_bytes()
+            path.unlink()
+        except FileNotFoundError:
+            print(f"{node}: no kill file at {path}: nothing to remove")
+            continue
+        try:
+            what = parse_kill_file(data, source=str(path))
+            said = f"{what.scope.value}{':' + what.key if what.key else ''} ({what.reason})"
+        except ConfigError:
+            said = "unreadable content (read as GLOBAL)"
+        print(f"{node}: removed kill file {path}: {said}")
+        removed.append(node)
+    if removed:
+        print(f"trading stays halted on {', '.join(removed)} until `qtd resume` (removing "
+              "the file does not resume)")
+    return 0

@@ -5,10 +5,13 @@ as ``agent-<node>``, and ``qtd kill`` logged in as ``operator``.
 - The operator kills the fleet: every agent is HALTED and the command says ``2 of 2``.
 - One agent is SIGSTOPped: the kill exits 3 naming it with its last heartbeat age, the leader
   pages P1 (``kill:unacked``), and once SIGCONTed the agent is HALTED.
+- NATS is down: ``qtd kill --local --config <node's agent.toml>`` halts that node (its own
+  kill file), and only that node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,7 +24,8 @@ import pytest
 from nats.aio.client import Client
 
 from qtd.agent.control import CommandRequest, request
-from tests.agent_rig import wait_for
+from qtd.events import Scope, TradingState, TradingStateChanged
+from tests.agent_rig import store_events, wait_for
 from tests.shipped import (
     agent_config,
     leader_config,
@@ -111,3 +115,30 @@ async def test_operator_kills_the_fleet_and_is_told_who_did_not_acknowledge(
                 return await _global_state(ops, "node-b") == "HALTED"
             await wait_for(b_halted, 30)
             await log_match(tmp_path / "node-b.log", f"kill {kill_id.group(1)} applied".encode())
+
+
+async def test_kill_local_halts_its_node_with_nats_down(tmp_path: Path) -> None:
+    async with shipped_nats(tmp_path / "nats", NODES) as nats:
+        cfgs = {n: agent_config(tmp_path / n, n, nats.url, {f"bot-{n[-1]}": {}}) for n in NODES}
+        with processes() as procs:
+            procs.extend(qtd_process(["agent", "--config", str(c)], tmp_path / f"{n}.log")
+                         for n, c in cfgs.items())
+            for n in NODES:
+                await log_match(tmp_path / f"{n}.log", rf"agent {n} ready".encode())
+            nats.proc.terminate()  # NATS down
+            assert await asyncio.to_thread(nats.proc.wait, 30) is not None
+
+            out = run_qtd(["kill", "--local", "--config", str(cfgs["node-a"]), "--reason",
+                           "nats down", "--operator", "alice"])
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert f"node-a: wrote kill file {tmp_path / 'node-a' / 'kill'}" in out.stdout
+            await log_match(tmp_path / "node-a.log", rb"kill file applied: GLOBAL:")
+        # Stopped (NATS still down): node-a halted by the file, node-b never.
+        halted = {}
+        for n in NODES:
+            events = await store_events(tmp_path / n / "state" / "events.db")
+            halted[n] = [e for e in events if isinstance(e, TradingStateChanged)
+                         and e.scope is Scope.GLOBAL and e.new is TradingState.HALTED]
+        assert [(e.reason, e.operator) for e in halted["node-a"]] == [
+        ("kill switch: nats down", "alice")], halted
+        assert halted["node-b"] == [], halted
