@@ -58,25 +58,29 @@ async def kill_over_nats(args: argparse.Namespace, scope: Scope, bus: BusConfig,
     try:
         if args.release:
             return await _release(nc, args)
-        msg = new_kill(reason=args.reason, scope=scope, key=args.key or "",
-                       flatten=args.flatten, operator=args.operator, source="cli")
-        try:
-            report = await kill_round(nc, msg, prefix=bus.prefix, timeout_s=args.wait,
-                                      expect=args.expect)
-        except nats.js.errors.BucketNotFoundError:
-            raise OperationalError(
-                "the kill set (KV bucket qtd_control) does not exist on this NATS: the leader "
-                "creates it when it starts; start it, or run `qtd kill --local` on each node; "
-                "nothing was sent", kill_id=msg.id) from None
-        except _NATS_ERRORS as exc:
-            raise TemporaryError(f"NATS did not take kill {msg.id} ({_what(exc)}): it may "
-                                 "not be in force; with NATS down, run `qtd kill --local` "
-                                 "on each node", kill_id=msg.id) from None
+        report = await _send(nc, args, scope, bus.prefix)
+        print(json.dumps(report_json(report)) if args.json else  # before the drain
+              format_report(report, waited=args.wait > 0), flush=True)
     finally:
         await nc.drain()
-    print(json.dumps(report_json(report)) if args.json else
-          format_report(report, waited=args.wait > 0))
     return 0 if args.wait <= 0 or report.complete() else EXIT_MISSING
+
+
+async def _send(nc: Client, args: argparse.Namespace, scope: Scope, prefix: str) -> KillReport:
+    msg = new_kill(reason=args.reason, scope=scope, key=args.key or "", flatten=args.flatten,
+                   operator=args.operator, source="cli")
+    try:
+        return await kill_round(nc, msg, prefix=prefix, timeout_s=args.wait,
+                                expect=args.expect)
+    except nats.js.errors.BucketNotFoundError:
+        raise OperationalError(
+            "the kill set (KV bucket qtd_control) does not exist on this NATS: the leader "
+            "creates it when it starts; start it, or run `qtd kill --local` on each node; "
+            "nothing was sent", kill_id=msg.id) from None
+    except _NATS_ERRORS as exc:
+        raise TemporaryError(f"NATS did not take kill {msg.id} ({_what(exc)}): it may not "
+                             "be in force; with NATS down, run `qtd kill --local` on each "
+                             "node", kill_id=msg.id) from None
 
 
 async def _release(nc: Client, args: argparse.Namespace) -> int:
