@@ -31,7 +31,7 @@ examples:
   qtd agent --config etc/agent.toml                        run the agent daemon
   qtd preflight --config etc/agent.toml                    pre-deploy checklist (exit 2)
   qtd kill --reason 'runaway bot' --operator alice         halt every agent (NATS)
-  qtd kill --local --reason 'NATS down'                    halt this host (kill file)
+  qtd kill --local --config etc/agent.toml --reason 'NATS down'   this host (kill file)
   qtd leader --config etc/leader.toml                     run the fleet leader
   qtd resume --operator alice --reason 'root cause fixed'  release the kill switch
   qtd alerts / qtd ack 3f2a9c1b                            open alerts; stop a P1 repeat
