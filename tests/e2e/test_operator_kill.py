@@ -7,6 +7,7 @@ as ``agent-<node>``, and ``qtd kill`` logged in as ``operator``.
   pages P1 (``kill:unacked``), and once SIGCONTed the agent is HALTED.
 - NATS is down: ``qtd kill --local --config <node's agent.toml>`` halts that node (its own
   kill file), and only that node.
+- No leader: the kill counts the agents whose heartbeats it hears.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from nats.aio.client import Client
 
 from qtd.agent.control import CommandRequest, request
+from qtd.bus import ensure_jetstream
 from qtd.events import Scope, TradingState, TradingStateChanged
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (
@@ -142,3 +144,23 @@ async def test_kill_local_halts_its_node_with_nats_down(tmp_path: Path) -> None:
         assert [(e.reason, e.operator) for e in halted["node-a"]] == [
         ("kill switch: nats down", "alice")], halted
         assert halted["node-b"] == [], halted
+
+
+async def test_without_a_leader_the_kill_counts_the_agents_it_hears(tmp_path: Path) -> None:
+    async with shipped_nats(tmp_path / "nats", NODES) as nats:
+        await ensure_jetstream((await nats.connect("leader")).jetstream())  # bucket only
+        with processes() as procs:
+            procs.extend(qtd_process(
+                ["agent", "--config", str(agent_config(tmp_path / n, n, nats.url,
+                                                       {f"bot-{n[-1]}": {}}))],
+                tmp_path / f"{n}.log") for n in NODES)
+            for n in NODES:
+                await log_match(tmp_path / f"{n}.log", rf"agent {n} ready".encode())
+            out = run_qtd(["kill", "--server", _as_operator(nats.url), "--reason", "no leader",
+                           "--operator", "alice", "--json"])
+            assert out.returncode == 0, out.stdout + out.stderr
+            body = json.loads(out.stdout)
+            assert (body["roster"], body["acknowledged"], body["agents"]) == (
+                "heartbeats", 2, 2), body
+            assert sorted(a["node"] for a in body["acks"]) == list(NODES)
+            assert {a["state"] for a in body["acks"]} == {"HALTED"}
