@@ -12,9 +12,11 @@ every ``heartbeat_s`` = 1 s by default). The kill never waits for or depends on 
 
 The round ends as soon as every *alive* agent of the roster has acknowledged (or ``expect``
 agents have), or at ``timeout_s``. An agent is acknowledged when the kill is in force there
-(its :class:`~qtd.events.KillAck`). Roster agents that are not alive (heartbeat older than the
-leader's ``heartbeat_timeout_s``) are not waited for, but count as missing: nothing confirms
-that they halted (an agent applies every kill in the set when it starts).
+(its :class:`~qtd.events.KillAck`, on its own ``<prefix>.ack.kill.<node>``: an ack naming
+another node than its subject is ignored, since the server only checks the subject).
+Roster agents that are not alive (heartbeat older than the leader's
+``heartbeat_timeout_s``) are not waited for, but count as missing: nothing confirms that
+they halted (an agent applies every kill in the set when it starts).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class _Round:
     def __init__(self, kill_id: str, expect: int, subjects: Subjects) -> None:
         self.kill_id, self.expect = kill_id, expect
         self.hb_prefix = subjects.hb_all[:-1]  # "<prefix>.hb."
+        self.ack_prefix = kill_ack_all(subjects)[:-1]  # "<prefix>.ack.kill."
         self.t0 = time.perf_counter()
         self.acks: dict[str, AckSeen] = {}
         self.heard: dict[str, float] = {}  # node -> perf_counter() when last heard
@@ -151,6 +154,8 @@ class _Round:
             ack = _ack_decoder.decode(msg.data)
         except DECODE_ERRORS:
             return
+        if msg.subject.removeprefix(self.ack_prefix) != ack.node:
+            return  # an agent may publish acks on its own subject only: not for another node
         if ack.kill_id == self.kill_id and ack.node not in self.acks:
             self.acks[ack.node] = AckSeen(ack=ack, after_ms=self.ms(time.perf_counter()))
             self._check()
