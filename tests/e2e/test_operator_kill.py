@@ -61,7 +61,7 @@ async def _global_state(nc: Client, node: str) -> str:
 async def test_operator_kills_the_fleet_and_is_told_who_did_not_acknowledge(
         tmp_path: Path) -> None:
     async with shipped_nats(tmp_path / "nats", NODES) as nats:
-        ops = await nats.connect("operator")
+        ops = await nats.connect("leader")  # the test reads agent states as the leader
         lcfg = leader_config(tmp_path, nats.url)
         with processes() as procs:
             procs.append(qtd_process(["leader", "--config", str(lcfg)], tmp_path / "leader.log"))
