@@ -158,14 +158,14 @@ class EventStore:
                 await sqlitefile.create(p, node)
             db = await sqlitefile.connect(p, readonly)
         except BaseException:
-            sqlitefile.unlock(lock_fd)
+            sqlitefile.unlock(lock_fd, p)
             raise
         try:
             node_, inc, created = await sqlitefile.prepare(db, p, node, readonly)
             last, head = await asyncio.to_thread(integrity.check_file, p, inc)
         except BaseException:
             await db.close()
-            sqlitefile.unlock(lock_fd)
+            sqlitefile.unlock(lock_fd, p)
             raise
         return cls(db, p, node_, inc, last, readonly=readonly, lock_fd=lock_fd,
                    created_ns=created, head=head)
@@ -179,7 +179,7 @@ class EventStore:
             pass  # the WAL stays; the next open replays it
         finally:
             await self._db.close()
-            sqlitefile.unlock(self._lock_fd)
+            sqlitefile.unlock(self._lock_fd, self.path)
             self._lock_fd = None
 
     async def __aenter__(self) -> EventStore:

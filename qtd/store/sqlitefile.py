@@ -82,32 +82,54 @@ def check_header(p: Path) -> None:
 
 
 def lock_writer(p: Path) -> int:
-    """Take the single-writer lock ``<file>.lock`` (holding our pid); returns its fd."""
+    """Take the single-writer lock ``<file>.lock`` (holding our pid); returns its fd.
+
+    :func:`unlock` removes the lock file (a closed store leaves nothing beside it), so a
+    lock taken on a file that was removed meanwhile is dropped and taken again on the path's
+    current file: two writers can never hold locks on two different files of one path.
+    """
     lock_path = p.with_name(p.name + ".lock")
     if not p.parent.is_dir():
         raise StoreError(f"{p}: directory {p.parent} does not exist; create it or fix the "
                          "configured path", path=str(p))
+    while True:
+        fd = _open_lock(p, lock_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"{p}: another process (pid {holder}) is writing this store; "
+                "stop it first or open read-only",
+                path=str(p), pid=holder,
+            ) from None
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)  # the holder removed it as we opened it: lock the current file
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _open_lock(p: Path, lock_path: Path) -> int:
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise StoreError(
             f"{p}: cannot create lock file {lock_path} ({exc.strerror}); "
             "is the disk read-only or full?",
             path=str(p),
         ) from exc
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StoreError(
-            f"{p}: another process (pid {holder}) is writing this store; "
-            "stop it first or open read-only",
-            path=str(p), pid=holder,
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 async def create(p: Path, node: str | None) -> None:
@@ -151,11 +173,19 @@ def read_error(p: Path, exc: sqlite3.DatabaseError) -> StoreError:
                       path=str(p))
 
 
-def unlock(fd: int | None) -> None:
-    """Release :func:`lock_writer`'s lock (``None``: nothing held)."""
-    if fd is not None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def unlock(fd: int | None, p: Path | None = None) -> None:
+    """Release :func:`lock_writer`'s lock (``None``: nothing held); given the store's path
+    ``p``, first remove its ``<file>.lock`` (while still holding it, and only if it is
+    still the file we locked)."""
+    if fd is None:
+        return
+    if p is not None:
+        lock_path = p.with_name(p.name + ".lock")
+        if _same_file(fd, lock_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 async def connect(p: Path, readonly: bool) -> aiosqlite.Connection:
