@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from qtd import __version__
+from qtd.costs import DEMO_COMMISSION_BPS, DEMO_SLIPPAGE_BPS
 from qtd.errors import ConfigError, QtdError, exit_code_for, operator_error
 
 Handler = Callable[[argparse.Namespace], int]
@@ -137,7 +138,8 @@ def _add_backtest(sub: Any) -> None:
         description="Replays bars through the bot runner, risk engine, order router and a "
         "paper broker (market orders at the next bar's open by default), writes every event "
         "to a new SQLite store (open it with `qtd events --db`), prints the report. "
-        f"Exit {3} when --gate finds failing gates.",
+        "Exit 3 when --gate finds failing gates, 4 when the bot was halted during the run "
+        "(a strategy error or a circuit breaker: said at the top of the report).",
     )
     p.add_argument("target", metavar="STRATEGY_OR_BOT_CONFIG", help="strategy .py or bot .toml")
     p.add_argument("--data", required=True, help="bundled data set (qtd data list) or bar file")
@@ -156,9 +158,13 @@ def _add_backtest(sub: Any) -> None:
     p.add_argument("--rank-by", default="sharpe", help="sweep ranking (a report field)")
     p.add_argument("--top", type=int, default=20, help="sweep rows shown")
     p.add_argument("--workers", type=int, help="sweep processes (default: all cores)")
-    p.add_argument("--commission-bps", type=float, default=0.0, help="bps of notional")
+    p.add_argument("--commission-bps", type=float, default=DEMO_COMMISSION_BPS,
+                   help="bps of notional (default: the demo's paper accounts, "
+                   f"{DEMO_COMMISSION_BPS:g})")
     p.add_argument("--commission-per-unit", type=float, default=0.0, help="per unit filled")
-    p.add_argument("--slippage-bps", type=float, default=0.0, help="market/stop fills, bps")
+    p.add_argument("--slippage-bps", type=float, default=DEMO_SLIPPAGE_BPS,
+                   help="market/stop fills, bps (default: the demo's paper accounts, "
+                   f"{DEMO_SLIPPAGE_BPS:g})")
     p.add_argument("--fill", choices=["next_open", "close"], default="next_open",
                    help="market orders fill at the next bar's open or this bar's close")
     p.add_argument("--latency-ms", type=float, default=0.0, help="order latency, ms")
@@ -183,6 +189,8 @@ def _add_validate(sub: Any) -> None:
     p.add_argument("--db", help="record StrategyAdmitted events in this events.db")
     p.add_argument("--node", default="local", help="node name stamped on events")
     p.add_argument("--no-smoke", action="store_true", help="skip the smoke backtests")
+    p.add_argument("--strict", action="store_true", help="exit 78 on warnings too (a bot "
+                   "the risk engine halted during its smoke backtest is a WARN)")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.set_defaults(handler=_run_validate)
 

@@ -4,6 +4,7 @@ https://www.w3.org/TR/png/)."""
 
 from __future__ import annotations
 
+import bisect
 import html
 import struct
 import zlib
@@ -39,8 +40,38 @@ def _day(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1e9, UTC).strftime("%Y-%m-%d")
 
 
-def svg(ts: Sequence[int], equity: Sequence[float], title: str = "") -> str:
-    """An SVG document: equity (top) and drawdown in % (bottom) against time."""
+Marker = tuple[int, str]
+"""A trade marker: ``(UTC ns, "buy" | "sell")``, drawn on the equity line at that time."""
+_MARK_COLOR = {"buy": (44, 160, 44), "sell": (214, 39, 40)}
+
+
+def _marker_points(ts: Sequence[int], equity: Sequence[float], markers: Sequence[Marker],
+                   lo: float, hi: float) -> list[tuple[float, float, str]]:
+    """Each marker at its time on the equity curve (the last point at or before it)."""
+    out = []
+    for t, side in markers:
+        i = max(bisect.bisect_right(ts, t) - 1, 0)
+        (x, y), = _scale([ts[0], ts[i], ts[-1]], [lo, equity[i], hi], PAD, H_EQ, lo, hi)[1:2]
+        out.append((x, y, side))
+    return out
+
+
+def _svg_markers(points: list[tuple[float, float, str]]) -> str:
+    shapes = []
+    for x, y, side in points:
+        r, g, b = _MARK_COLOR.get(side, (0, 0, 0))
+        tip = y - 6 if side == "buy" else y + 6  # buy: triangle up, sell: down
+        base = y + 3 if side == "buy" else y - 3
+        shapes.append(f'<polygon class="trade {side}" fill="rgb({r},{g},{b})" '
+                      f'points="{x - 4:.1f},{base:.1f} {x + 4:.1f},{base:.1f} '
+                      f'{x:.1f},{tip:.1f}"><title>{side}</title></polygon>')
+    return "".join(shapes)
+
+
+def svg(ts: Sequence[int], equity: Sequence[float], title: str = "",
+        markers: Sequence[Marker] = ()) -> str:
+    """An SVG document: equity (top) with a triangle per trade marker (buy green up, sell
+    red down) and drawdown in % (bottom) against time."""
     t, eq = _thin(ts, equity)
     _, dd = _thin(ts, [-100 * d for d in drawdown_series(equity)])
     lo, hi = min(eq), max(eq)
@@ -61,25 +92,34 @@ def svg(ts: Sequence[int], equity: Sequence[float], title: str = "") -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" '
             f'viewBox="0 0 {W} {height}"><rect width="100%" height="100%" fill="white"/>'
             f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{line}"/>'
-            f'<polygon fill="#d62728" fill-opacity="0.5" points="{area}"/>{labels}</svg>')
+            f'<polygon fill="#d62728" fill-opacity="0.5" points="{area}"/>{labels}'
+            f'{_svg_markers(_marker_points(ts, equity, markers, lo, hi))}</svg>')
 
 
 def write_html(path: Path, ts: Sequence[int], equity: Sequence[float], title: str,
-               summary: str = "") -> None:
-    """Write a self-contained HTML page: title, the SVG chart and ``summary`` (preformatted
-    report text)."""
+               summary: str = "", markers: Sequence[Marker] = ()) -> None:
+    """Write a self-contained HTML page: title, the SVG chart (with ``markers``) and
+    ``summary`` (preformatted report text)."""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title></head><body>{svg(ts, equity, title)}"
+            f"</title></head><body>{svg(ts, equity, title, markers)}"
             f"<pre>{html.escape(summary)}</pre></body></html>\n")
     path.write_text(page)
 
 
-def write_png(path: Path, ts: Sequence[int], equity: Sequence[float]) -> None:
-    """Write an RGB PNG: equity line (blue, top) and drawdown (red, bottom)."""
+def write_png(path: Path, ts: Sequence[int], equity: Sequence[float],
+              markers: Sequence[Marker] = ()) -> None:
+    """Write an RGB PNG: equity line (blue, top) with a 7x7 square per trade marker (buy
+    green, sell red) and drawdown (red, bottom)."""
     t, eq = _thin(ts, equity)
     _, dd = _thin(ts, [-d for d in drawdown_series(equity)])
     height = 3 * PAD + H_EQ + H_DD
     px = bytearray(b"\xff" * (W * height * 3))
+    for mx, my, side in _marker_points(ts, equity, markers, min(equity), max(equity)):
+        color = bytes(_MARK_COLOR.get(side, (0, 0, 0)))
+        for y in range(int(my) - 3, int(my) + 4):
+            for x in range(int(mx) - 3, int(mx) + 4):
+                if 0 <= x < W and 0 <= y < height:
+                    px[(y * W + x) * 3:(y * W + x) * 3 + 3] = color
     for pts, color in ((_scale(t, eq, PAD, H_EQ, min(eq), max(eq)), (31, 119, 180)),
                        (_scale(t, dd, 2 * PAD + H_EQ, H_DD, min(dd) or -1.0, 0.0),
                         (214, 39, 40))):
@@ -102,8 +142,9 @@ def write_png(path: Path, ts: Sequence[int], equity: Sequence[float]) -> None:
 
 
 def write_chart(path: Path, ts: Sequence[int], equity: Sequence[float], title: str = "",
-                summary: str = "") -> None:
-    """``.html``/``.htm`` → :func:`write_html`, ``.png`` → :func:`write_png`.
+                summary: str = "", markers: Sequence[Marker] = ()) -> None:
+    """``.html``/``.htm`` → :func:`write_html`, ``.png`` → :func:`write_png` (``markers``:
+    the trades, drawn on the equity line).
 
     Raises:
         ConfigError: another extension, or an empty curve.
@@ -112,9 +153,9 @@ def write_chart(path: Path, ts: Sequence[int], equity: Sequence[float], title: s
         raise ConfigError(f"--plot {path}: fewer than two equity points", source=str(path))
     suffix = path.suffix.lower()
     if suffix in (".html", ".htm"):
-        write_html(path, ts, equity, title, summary)
+        write_html(path, ts, equity, title, summary, markers)
     elif suffix == ".png":
-        write_png(path, ts, equity)
+        write_png(path, ts, equity, markers)
     else:
         raise ConfigError(f"--plot {path}: use a .html or .png file name", source=str(path),
                           field="plot", value=str(path), rule=".html or .png")

@@ -30,6 +30,7 @@ from qtd.admit.smoke import smoke_risk
 from qtd.backtest import BacktestBot, BacktestResult, run_backtest
 from qtd.data import DATASETS, load_dataset
 from qtd.errors import ConfigError
+from qtd.events import TradingState, TradingStateChanged
 from qtd.feeds import MarketData, load_bars
 from qtd.metrics import Report, Trade, report, trades_from_fills
 from qtd.risk.config import RiskConfig, load_risk_config, parse_risk_config
@@ -67,6 +68,16 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     db: str = ""
 
 
+class Halt(msgspec.Struct, frozen=True, kw_only=True):
+    """The first time a scope binding the bot went HALTED during a run (a strategy error,
+    a circuit breaker): when (UTC ns, simulated clock), which scope and why."""
+
+    ts_ns: int
+    scope: str
+    key: str
+    reason: str
+
+
 class JobResult(msgspec.Struct, kw_only=True):
     """A job's outcome: the report, or ``error`` for a job that could not run."""
 
@@ -84,6 +95,7 @@ class JobResult(msgspec.Struct, kw_only=True):
     trades: list[Trade] = []
     curve_ts: list[int] = []
     curve_equity: list[float] = []
+    halt: Halt | None = None
 
 
 class _Resolved(msgspec.Struct, kw_only=True):
@@ -214,9 +226,19 @@ async def run_job(job: Job, items: list[MarketData] | None = None,
                 [BacktestBot(strategy=r.cls, params=r.params, spec=r.spec)], items,
                 store=store, risk=r.risk, accounts={r.spec.account: _broker_settings(job)},
                 progress=progress)
+            halt = await first_halt(store)
         finally:
             await store.close()
-    return _result(job, r, res)
+    return _result(job, r, res, halt)
+
+
+async def first_halt(store: EventStore) -> Halt | None:
+    """The run's first ``TradingStateChanged`` to HALTED (see :class:`Halt`), or None."""
+    for e in await store.query(kind="TradingStateChanged"):
+        if isinstance(e, TradingStateChanged) and e.new is TradingState.HALTED:
+            return Halt(ts_ns=e.ts_event, scope=e.scope.value, key=e.scope_key,
+                        reason=e.reason)
+    return None
 
 
 def _broker_settings(job: Job) -> dict[str, Any]:
@@ -226,7 +248,8 @@ def _broker_settings(job: Job) -> dict[str, Any]:
             "latency_ns": job.latency_ns}
 
 
-def _result(job: Job, r: _Resolved, res: BacktestResult) -> JobResult:
+def _result(job: Job, r: _Resolved, res: BacktestResult, halt: Halt | None = None
+            ) -> JobResult:
     trades = trades_from_fills(res.fills)
     c = res.curve
     fees = float(sum((f.commission for f in res.fills), Decimal(0)))
@@ -237,7 +260,7 @@ def _result(job: Job, r: _Resolved, res: BacktestResult) -> JobResult:
         params_hash=source_hash(params_json(r.params)),
         report=report(c.ts_ns, c.equity, c.exposed, trades, fees) if c.equity else None,
         denials=bot.denials, state=bot.state, bot_error=bot.error, trades=trades,
-        curve_ts=c.ts_ns, curve_equity=c.equity)
+        curve_ts=c.ts_ns, curve_equity=c.equity, halt=halt)
 
 
 # --- sweeps --------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """``qtd backtest``: one backtest (report, event log, chart, promotion gates) or a parameter
 sweep, all on the live order path (:mod:`qtd.backtest`, :mod:`qtd.sweep`).
 
-Exit status: 0 ok; :data:`GATE_FAILED` when ``--gate`` found failing gates; the CLI's
-usual codes for bad input (78) and other errors.
+Exit status: 0 ok; :data:`GATE_FAILED` when ``--gate`` found failing gates;
+:data:`BOT_HALTED` when the bot was halted during the run (a strategy error, a circuit
+breaker: the figures then cover a bot that stopped trading, said at the top of the report);
+the CLI's usual codes for bad input (78) and other errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +27,7 @@ from qtd.plot import write_chart
 from qtd.sweep import Job, JobResult, load_data, rank, run_job_sync, run_sweep
 
 GATE_FAILED: Final = 3
+BOT_HALTED: Final = 4
 NS_PER_MS: Final = 1_000_000
 _ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 
@@ -89,8 +93,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:,.2f} %"
 
 
+def halt_line(res: JobResult) -> str:
+    """``""``, or the first line of a report whose bot was halted: when (bar n of N), which
+    scope and why."""
+    h = res.halt
+    if h is None:
+        return ""
+    bar = bisect.bisect_left(res.curve_ts, h.ts_ns) + 1
+    scope = f"{h.scope} {h.key}".strip()
+    return (f"HALTED at {_day(h.ts_ns)} (bar {bar:,} of {len(res.curve_ts):,}): {scope}: "
+            f"{h.reason}. The bot traded no more; the figures below are not a full run.")
+
+
+def costs_line(job: Job) -> str:
+    """The paper broker's costs of the run (the demo's paper accounts' by default)."""
+    unit = f" + {job.commission_per_unit:g} per unit" if job.commission_per_unit else ""
+    return (f"costs: commission {job.commission_bps:g} bps of notional{unit}, slippage "
+            f"{job.slippage_bps:g} bps on market/stop fills, latency "
+            f"{job.latency_ns / NS_PER_MS:g} ms")
+
+
 def format_report(res: JobResult) -> str:
-    """The human-readable report of one run."""
+    """The human-readable report of one run (a halt first, then the header and figures)."""
     rep = res.report
     assert rep is not None
     q = rep.periods_per_year
@@ -110,7 +134,9 @@ def format_report(res: JobResult) -> str:
     head = (f"{res.strategy} as bot {res.bot!r} ({params}) on {res.job.data}: "
             f"{_day(rep.start_ts_ns)} .. {_day(rep.end_ts_ns)}, {rep.bars:,} bars, "
             f"fills at {res.job.fill_at}")
-    lines = [head] + [f"  {k:<18} {v}" for k, v in rows]
+    halted = halt_line(res)
+    lines = ([halted] if halted else []) + [head, f"  {costs_line(res.job)}"]
+    lines += [f"  {k:<18} {v}" for k, v in rows]
     if res.denials or res.bot_error:
         lines.append(f"  risk denials: {res.denials}; bot state {res.state} {res.bot_error}")
     return "\n".join(lines)
@@ -125,7 +151,10 @@ def _json(res: JobResult, gate: GateResult | None) -> bytes:
         "strategy": res.strategy, "bot": res.bot, "params": res.params, "db": res.job.db,
         "data": res.job.data, "report": res.report, "denials": res.denials,
         "state": res.state, "bot_error": res.bot_error, "trades": trades,
-        "gate": gate, "source_hash": res.source_hash, "params_hash": res.params_hash}
+        "gate": gate, "source_hash": res.source_hash, "params_hash": res.params_hash,
+        "halt": res.halt, "halt_message": halt_line(res),
+        "costs": {"commission_bps": res.job.commission_bps, "slippage_bps":
+                  res.job.slippage_bps, "commission_per_unit": res.job.commission_per_unit}}
     return _ENCODER.encode(doc)
 
 
@@ -167,12 +196,28 @@ def run_backtest_command(args: argparse.Namespace, out: TextIO | None = None) ->
             out.write("".join(f"  {c}\n" for c in gate.checks))
     if args.plot:
         write_chart(Path(args.plot), res.curve_ts, res.curve_equity,
-                    title=f"{res.strategy} {res.bot} on {job.data}", summary=format_report(res))
+                    title=f"{res.strategy} {res.bot} on {job.data}", summary=format_report(res),
+                    markers=trade_markers(res))
+        print(f"chart: {Path(args.plot).resolve()}", file=sys.stderr)
+    if res.halt is not None:
+        print(f"qtd backtest: {halt_line(res)}", file=sys.stderr)
+        return BOT_HALTED
     if gate is not None and not gate.passed:
         print("qtd backtest: failing gates: " + ", ".join(c.name for c in gate.failed),
               file=sys.stderr)
         return GATE_FAILED
     return 0
+
+
+def trade_markers(res: JobResult) -> list[tuple[int, str]]:
+    """``(UTC ns, "buy"|"sell")`` of every trade's entry and exit, for the chart."""
+    out: list[tuple[int, str]] = []
+    for t in res.trades:
+        long = t.side == "LONG"
+        out.append((t.entry_ts_ns, "buy" if long else "sell"))
+        if t.exit_ts_ns:
+            out.append((t.exit_ts_ns, "sell" if long else "buy"))
+    return out
 
 
 def format_ranking(results: Sequence[JobResult], by: str, top: int) -> str:

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import msgspec
 
 from qtd.commands.fleet import add_store_args, db_from_args
+from qtd.costs import DEMO_COMMISSION_BPS, DEMO_SLIPPAGE_BPS
 from qtd.errors import ConfigError
 
 EXIT_FINDINGS = 3  # --fail-on-breach / surveil findings: something for a human to look at
@@ -93,8 +94,10 @@ def add_parsers(sub: Any, parse_time: Any) -> None:
     dr.add_argument("--capital", type=float, default=100_000.0,
                     help="starting capital of both curves, quote currency")
     dr.add_argument("--risk", help="risk file for the replay (default: the bot's)")
-    dr.add_argument("--commission-bps", type=float, default=0.0, help="replay cost, bps")
-    dr.add_argument("--slippage-bps", type=float, default=0.0, help="replay slippage, bps")
+    dr.add_argument("--commission-bps", type=float, default=DEMO_COMMISSION_BPS,
+                    help="replay cost, bps (default: the demo's paper accounts')")
+    dr.add_argument("--slippage-bps", type=float, default=DEMO_SLIPPAGE_BPS,
+                    help="replay slippage, bps (default: the demo's paper accounts')")
     dr.add_argument("--fill", choices=["next_open", "close"], default="next_open",
                     help="replay fills at the next bar's open or this bar's close")
     dr.add_argument("--gate", type=float, default=0.8,

@@ -18,7 +18,8 @@ def test_report_json_event_log_and_chart(tmp_path: Path, capsys: pytest.CaptureF
                                          ) -> None:
     db, html = tmp_path / "bt.db", tmp_path / "eq.html"
     assert main(["backtest", MA, "--data", "GOOG", "--db", str(db), "--json",
-                 "--params", "qty=10", "--commission-bps", "20", "--plot", str(html)]) == 0
+                 "--params", "qty=10", "--commission-bps", "20", "--slippage-bps", "0",
+                 "--plot", str(html)]) == 0
     out, err = capsys.readouterr()
     doc = json.loads(out)
     rep = doc["report"]
