@@ -12,6 +12,7 @@ from qtd.agent.config import AgentConfig, load_agent_config
 from qtd.agent.logs import setup_json_logging
 from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
 from qtd.commands.kill import kill_local, kill_over_nats
+from qtd.commands.operator import add_operator
 from qtd.errors import ConfigError
 from qtd.events import Scope
 
@@ -78,7 +79,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.add_argument("--key", help="account, bot or symbol (required unless --scope global)")
     k.add_argument("--flatten", action="store_true", help="also close the scope's positions")
     k.add_argument("--reason", default="", help="why (required unless --release)")
-    k.add_argument("--operator", default="", help="who")
+    add_operator(k)
     k.add_argument("--local", action="store_true", help="write the agent's kill file instead "
                    "(from --config, or the qtd up fleet of this directory)")
     k.add_argument("--node", help="with --local and a qtd up fleet: only this node (default "

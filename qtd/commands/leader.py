@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from qtd import sdnotify
 from qtd.agent.logs import setup_json_logging
 from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
+from qtd.commands.operator import add_operator
 from qtd.errors import OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.leader.config import LeaderConfig, load_leader_config
@@ -48,7 +49,7 @@ def add_parsers(sub: Any) -> None:
                        "lists them. Released kills leave the KV set; every agent is told to "
                        "resume each released scope that no remaining kill holds; audited in "
                        "fleet.db. The reply lists the kills still active.")
-    r.add_argument("--operator", required=True, help="who")
+    add_operator(r)
     r.add_argument("--reason", required=True, help="why")
     r.add_argument("--kill-id", action="append", default=[], dest="kill_ids",
                    help="release this kill (repeatable)")
