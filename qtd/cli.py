@@ -233,7 +233,9 @@ def _add_events(sub: Any) -> None:
     p = sub.add_parser(
         "events", help="query or tail an event store",
         description="Print events from a store, oldest first (or the last N with --tail). "
-        "Filters combine with AND. Opens the store read-only: safe while an agent runs.",
+        "Filters combine with AND. Opens the store read-only: safe while an agent runs. "
+        "On the leader's fleet.db (every node's events) each line starts with its node and "
+        "--after-seq is the ingest id.",
     )
     _store_args(p)
     p.add_argument("--bot", help="only this bot")
@@ -253,12 +255,19 @@ def _add_events(sub: Any) -> None:
 def _add_positions(sub: Any) -> None:
     p = sub.add_parser(
         "positions", help="positions and PnL rebuilt from an event store",
-        description="Replays the store into projections and prints positions "
-        "(average-cost netting) and realized PnL by bot and trading day.",
+        description="Replays an agent's events.db or the leader's fleet.db (per node) into "
+        "projections and prints positions (average-cost netting) marked to the last price "
+        "the store saw for each symbol, and PnL by bot and trading day. Realized PnL is net "
+        "of fees, as on the status page; quantities in instrument units, money in the "
+        "account currency. The trading day is the fleet's: --tz/--rollover, else "
+        "--leader-config, else the leader.toml `qtd up` generated beside the store, else "
+        "UTC 00:00 (the output says which).",
     )
     _store_args(p)
-    p.add_argument("--tz", default="UTC", help="time zone of the trading day (IANA name)")
-    p.add_argument("--rollover", default="00:00", help="local HH:MM when a trading day starts")
+    p.add_argument("--tz", help="time zone of the trading day (IANA name)")
+    p.add_argument("--rollover", help="local HH:MM when a trading day starts")
+    p.add_argument("--leader-config", help="take the trading day from this leader.toml "
+                   "([fleet]) or agent TOML ([trading_day])")
     p.add_argument("--json", action="store_true", help="JSON instead of tables")
     p.set_defaults(handler=_run_positions)
 

@@ -65,14 +65,18 @@ def add_parsers(sub: Any, parse_time: Any) -> None:
         "prices), execution quality, risk breaches, incidents (alerts, kill switches, "
         "strategy errors, halts, failed reconciliations) and surveillance findings. The "
         "trading day runs from --rollover (local time in --tz) to the next rollover; "
-        "--leader-config takes both from the leader's [fleet] section.",
+        "--leader-config takes both from the leader's [fleet] section (default: the "
+        "leader.toml `qtd up` generated beside the store, so the day is the status page's).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_store_args(dl, db_help="the leader's fleet.db (or an events.db)", node=True)
     dl.add_argument("--date", help="trading day YYYY-MM-DD (default: the last one that ended)")
-    dl.add_argument("--tz", help="time zone of the trading day (IANA name, default UTC)")
-    dl.add_argument("--rollover", help="local HH:MM when a trading day starts (default 00:00)")
+    dl.add_argument("--tz", help="time zone of the trading day (IANA name; default: the "
+                    "fleet's, see --leader-config)")
+    dl.add_argument("--rollover", help="local HH:MM when a trading day starts (default: the "
+                    "fleet's)")
     dl.add_argument("--leader-config", help="take --tz/--rollover/currency from this "
-                    "leader.toml")
+                    "leader.toml (default: the one `qtd up` generated beside --db, else UTC "
+                    "00:00)")
     dl.add_argument("--json", action="store_true", help="one JSON document on stdout")
     dl.set_defaults(handler=_run_daily)
     dr = rsub.add_parser(
@@ -266,26 +270,23 @@ def _run_daily(args: argparse.Namespace) -> int:
 
 async def run_daily(args: argparse.Namespace, out: TextIO = sys.stdout,
                     now_ns: int | None = None) -> int:
-    """Run ``qtd report daily``; returns the exit status."""
+    """Run ``qtd report daily``; returns the exit status. The trading day is the fleet's
+    (:func:`qtd.tradingday.resolve_trading_day`: --tz/--rollover, --leader-config, the
+    leader.toml ``qtd up`` generated beside the store, else UTC 00:00)."""
     import time
 
-    from qtd.projections import TradingDay
     from qtd.quality.daily import build_daily, format_daily, previous_day
+    from qtd.tradingday import beside, resolve_trading_day
 
-    tz, rollover, currency = "UTC", "00:00", "USD"
-    if args.leader_config:
+    td, rule = resolve_trading_day(args.tz, args.rollover, args.leader_config, args.db)
+    currency = "USD"
+    cfg = args.leader_config or beside(args.db)
+    if cfg is not None and rule.source.endswith("[fleet]"):
         from qtd.leader.config import load_leader_config
 
-        fleet = load_leader_config(args.leader_config).fleet
-        tz, rollover, currency = fleet.trading_day_tz, fleet.trading_day_rollover, fleet.currency
-    tz, rollover = args.tz or tz, args.rollover or rollover
-    try:
-        td = TradingDay(tz, rollover)
-    except Exception as exc:
-        raise ConfigError(f"--tz {tz!r} / --rollover {rollover!r}: {exc}", source="<arg>",
-                          field="tz/rollover", value=f"{tz} {rollover}",
-                          rule="IANA time zone and HH:MM") from None
-    day = args.date or previous_day(now_ns or time.time_ns(), td)
+        currency = load_leader_config(cfg).fleet.currency
+    now = now_ns or time.time_ns()
+    day = args.date or previous_day(now, td)
     try:
         report = await build_daily(args.db, day, td)
     except ValueError:
@@ -295,7 +296,9 @@ async def run_daily(args: argparse.Namespace, out: TextIO = sys.stdout,
         out.write(msgspec.json.encode(report).decode() + "\n")
     else:
         title, body = format_daily(report, currency)
-        out.write(f"{title}\n\n{body}\n")
+        which = "" if args.date else " (the last that ended)"
+        out.write(f"{title}\ntrading day {day}{which}: {rule.describe()}; today is "
+                  f"{td.label(now)}\n\n{body}\n")
     return 0
 
 

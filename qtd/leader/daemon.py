@@ -59,8 +59,8 @@ from qtd.leader.liveness import LivenessMonitor
 from qtd.leader.versions import VersionBoard
 from qtd.leader.view import FleetView
 from qtd.notify import Notifier, Sender
-from qtd.projections import TradingDay
 from qtd.quality.monitor import QualityMonitor
+from qtd.tradingday import fleet_trading_day
 
 if TYPE_CHECKING:
     from qtd.web import WebServer
@@ -114,7 +114,7 @@ class Leader:
         self.subjects = Subjects(cfg.bus.prefix)
         fleet = cfg.fleet
         self.view = FleetView(
-            trading_day=TradingDay(fleet.trading_day_tz, fleet.trading_day_rollover),
+            trading_day=fleet_trading_day(fleet),
             capital=Decimal(repr(fleet.capital)), currency=fleet.currency, clock=self.clock,
             heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s, pnl_stale_s=fleet.pnl_stale_s,
             keep_terminal_orders=cfg.ingest.terminal_orders_kept)

@@ -59,7 +59,8 @@ async def test_positions_replays_the_store(db: Path) -> None:
     doc = json.loads(res.stdout)
     (pos,) = doc["positions"]
     assert (pos["qty"], pos["avg_price"], pos["realized"], pos["fees"]) == (
-        "6", "100.5", "40", "1")
+        "6", "100.5", "39", "1")  # realized net of fees, as on the status page
+    assert pos["gross_realized"] == "40"
     assert doc["daily"][0]["trading_day"] == "2025-11-24" and doc["open_orders"] == 0
 
 
