@@ -309,8 +309,16 @@ def _run_drift(args: argparse.Namespace) -> int:
 
 async def run_drift(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run ``qtd report drift``; returns :data:`EXIT_FINDINGS` on a failed gate or decay."""
+    from qtd.events import Fill, OrderIntent
     from qtd.feeds import Bar
-    from qtd.quality.drift import DriftConfig, bars_seen, compare, replay_backtest
+    from qtd.quality.drift import (
+        DriftConfig,
+        align_fills,
+        bars_seen,
+        compare,
+        replay_backtest,
+        same_time_base,
+    )
     from qtd.quality.source import read_events
     from qtd.sweep import Job, load_data
 
@@ -325,7 +333,6 @@ async def run_drift(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     items = [i for i in load_data(args.data, args.symbol or "") if isinstance(i, Bar)]
     events = [e async for batch in read_events(args.db) for e in batch]
     bot = args.bot
-    fills: list[Any] = []
     if bot is None:
         from qtd.admit.config import load_bot_config
 
@@ -338,19 +345,31 @@ async def run_drift(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if not mine:
         raise ConfigError(f"--bot {bot!r}: no events of this bot in {args.db}",
                           source="<arg>", field="bot", value=bot, rule="a bot in the store")
+    fills = [e for e in mine if isinstance(e, Fill)]
     until = args.until if args.until is not None else mine[-1].ts_event + 1
     bars = bars_seen(items, args.since, until)
+    note = ""
+    if not same_time_base(fills, items):
+        aligned = align_fills(fills, [e for e in mine if isinstance(e, OrderIntent)], items)
+        fills, bars = aligned.fills, aligned.bars
+        note = (f"time base: {args.db}'s clock is not the bars' (an accelerated replay such "
+                f"as `qtd up`): {len(fills)} live fill(s) placed on the bars their orders "
+                f"were decided on (decision price = bar close)"
+                + (f", {aligned.unmatched} without a matching bar left out"
+                   if aligned.unmatched else "")
+                + (f", the last of {aligned.passes} passes over the data"
+                   if aligned.passes > 1 else ""))
     if bars and args.symbol is None:
         sym = _bot_symbol(mine)
         if sym and bars[0].symbol != sym:
             bars = [msgspec.structs.replace(b, symbol=sym) for b in bars]
-    fills = [e for e in mine if type(e).__name__ == "Fill"]
     _, replay = await replay_backtest(job, bars)
     try:
         rep = compare(bot, bars, fills, replay, args.capital, cfg)
     except ValueError as exc:
         raise ConfigError(f"--data {args.data} / --since / --until: {exc}", source="<arg>",
                           field="data", value=args.data, rule=">= 3 bars") from None
+    rep = msgspec.structs.replace(rep, note=note)
     if args.json:
         out.write(msgspec.json.encode(rep).decode() + "\n")
     else:
@@ -381,4 +400,4 @@ def _drift_text(r: Any) -> str:
         f"  tracking error  {r.tracking_error:.2%} per year",
         f"  rolling Sharpe  last {f(r.rolling_sharpe, '.3f')}  min {f(r.rolling_min, '.3f')}"
         f"  floor {r.floor:g}: {'DECAY' if r.decay else 'ok'}",
-    ])
+    ] + ([f"  {r.note}"] if r.note else []))

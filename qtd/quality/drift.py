@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,7 @@ import msgspec
 from msgspec import Meta
 
 from qtd import metrics
-from qtd.events import AnyEvent, Fill
+from qtd.events import AnyEvent, Fill, OrderIntent
 from qtd.feeds import Bar, available_ns
 from qtd.projections import ZERO, Projections
 from qtd.sweep import Job
@@ -70,6 +71,7 @@ class DriftReport(msgspec.Struct, kw_only=True):
     floor: float
     decay: bool
     message: str
+    note: str = ""
 
 
 def equity_on_bars(fills: Sequence[Fill], bars: Sequence[Bar], capital: float) -> list[float]:
@@ -145,6 +147,60 @@ def bars_seen(bars: Sequence[Bar], since_ns: int | None, until_ns: int | None) -
     """The bars whose close time is in ``[since_ns, until_ns)`` (either bound optional)."""
     return [b for b in bars if (since_ns is None or available_ns(b) >= since_ns)
             and (until_ns is None or available_ns(b) < until_ns)]
+
+
+class Aligned(msgspec.Struct, frozen=True, kw_only=True):
+    """Live fills placed on the bars they were decided on (:func:`align_fills`)."""
+
+    fills: list[Fill]
+    bars: list[Bar]
+    unmatched: int
+    passes: int
+
+
+def same_time_base(fills: Sequence[Fill], bars: Sequence[Bar]) -> bool:
+    """Whether any fill falls inside the bars' time range (module docstring): False for an
+    accelerated replay on the wall clock, such as ``qtd up``."""
+    if not fills or not bars:
+        return True
+    lo, hi = bars[0].ts_ns, available_ns(bars[-1])
+    return any(lo <= f.ts_event <= hi for f in fills)
+
+
+def align_fills(fills: Sequence[Fill], intents: Sequence[OrderIntent],
+                bars: Sequence[Bar]) -> Aligned:
+    """For a store whose clock is not the bars' (an accelerated replay: ``qtd up``), place
+    each live fill on the bar its order was decided on: the first bar, from the previous
+    fill's bar on, whose close equals the order's ``decision_price`` (the price the strategy
+    saw; the replay fills a market order at it plus slippage). The fill is re-stamped at that
+    bar's close time. A replay that started over (``loop``, or ``qtd up`` run again) shows
+    as a match before the previous one: only the last pass is kept (``passes`` counts them).
+    Fills without a matching bar are left out (``unmatched``). The bars returned are the
+    data's from its first bar to the last fill's bar."""
+    decided = {i.client_order_id: i.decision_price for i in intents}
+    closes = [b.close for b in bars]
+    out: list[Fill] = []
+    unmatched, passes, at = 0, 1, 0
+    for f in sorted(fills, key=lambda x: (x.ts_event, x.seq)):
+        price = decided.get(f.client_order_id)
+        j = _find(closes, price, at) if price is not None else None
+        if j is None and price is not None:
+            j = _find(closes, price, 0)
+            if j is not None:
+                passes, out = passes + 1, []  # the replay started over
+        if j is None:
+            unmatched += 1
+            continue
+        at = j
+        out.append(msgspec.structs.replace(f, ts_event=available_ns(bars[j])))
+    return Aligned(fills=out, bars=list(bars[:at + 1]), unmatched=unmatched, passes=passes)
+
+
+def _find(closes: list[Decimal], price: Decimal, start: int) -> int | None:
+    try:
+        return closes.index(price, start)
+    except ValueError:
+        return None
 
 
 def live_fills(events: Sequence[AnyEvent], bot: str) -> list[Fill]:
