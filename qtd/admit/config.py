@@ -3,7 +3,7 @@
 Example::
 
     name = "momo-goog"                         # bot name, [A-Za-z0-9_-]{1,32}
-    strategy = "../../strategies/ma_cross.py"  # relative to this file
+    strategy = "strategies/ma_cross.py"        # this file's dir or one above it
     venue = "paper"
     account = "paper-main"
     symbols = ["GOOG"]                         # first = the strategy's default symbol
@@ -79,11 +79,32 @@ class LoadedBot(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def strategy_path(self) -> Path:
-        return (self.path.parent / self.config.strategy).resolve()
+        """The strategy file (:func:`resolve_strategy`)."""
+        return resolve_strategy(self.path, self.config.strategy)
 
     @property
     def profile(self) -> str:
         return self.config.risk_profile or self.config.name
+
+
+def strategy_candidates(bot_file: Path, strategy: str) -> list[Path]:
+    """Where a bot config's ``strategy`` may be, nearest first: an absolute path as is; a
+    relative one against the bot file's directory, then each directory above it (as git
+    looks for ``.git``). So the samples' ``strategy = "strategies/ma_cross.py"`` finds the
+    checkout's ``strategies/`` from ``etc/bots/`` and from a copy of ``etc/`` anywhere in
+    the checkout, and a ``strategies/`` next to a copied ``etc/`` takes precedence."""
+    rel = Path(strategy)
+    if rel.is_absolute():
+        return [rel]
+    here = bot_file.resolve().parent
+    return [(d / rel).resolve() for d in (here, *here.parents)]
+
+
+def resolve_strategy(bot_file: Path, strategy: str) -> Path:
+    """The first of :func:`strategy_candidates` that is a file, else the nearest one (so a
+    "not found" error names the path relative to the bot file)."""
+    candidates = strategy_candidates(bot_file, strategy)
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def load_bot_config(path: Path) -> tuple[LoadedBot | None, list[Problem]]:
@@ -106,6 +127,7 @@ def load_bot_config(path: Path) -> tuple[LoadedBot | None, list[Problem]]:
     bot = LoadedBot(path=path, config=cfg, lines=lines)
     if not bot.strategy_path.is_file():
         return None, [Problem(file=file, field="strategy", value=cfg.strategy,
-                              rule=f"strategy file not found: {bot.strategy_path}",
+                              rule=f"strategy file not found: {bot.strategy_path} (nor "
+                                   "in any directory above the bot file)",
                               line=lines.get("strategy", 0))]
     return bot, []

@@ -21,7 +21,9 @@ def add_parser(sub: Any) -> None:
         description="Starts a private nats-server (JetStream in STATE/nats), a leader and "
         "--agents agent processes, each running several of the etc/bots/ bots on bundled "
         "real market data through paper brokers, and shows a live summary every second (a "
-        "table redrawn in place on a terminal, plain text lines otherwise). "
+        "table redrawn in place on a terminal, plain text lines otherwise). Every bot is "
+        "admitted first: if any is refused, each is listed with its reason and nothing "
+        "starts (exit 78). "
         "Ctrl-C (or SIGTERM, or --duration) stops the agents, then the leader, then "
         "nats-server; the stores stay, and the next `qtd up` on the same state directory "
         "resumes from them. Logs in STATE/logs, generated configs in STATE/etc.",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qtd.admit.config import resolve_strategy
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
@@ -96,6 +97,30 @@ def realtime_multiple(dataset: str, bars_per_s: float) -> float:
     return max(per_s * mean_s, 1e-6)
 
 
+async def refuse_bad_bots(etc: Path) -> None:
+    """Admit every bot config under ``etc/bots`` as ``qtd validate --no-smoke`` does
+    (schema, strategy import, params, limits; the agents add the smoke backtest), before
+    anything starts.
+
+    Raises:
+        ConfigError: some bot is refused: every refused bot is listed with its reasons, and
+            how many of how many bots that is (``qtd up`` then starts nothing).
+    """
+    from qtd.admit import admit_paths
+
+    results = [r for r in await admit_paths([etc / "bots"], smoke=False) if r.kind == "bot"]
+    bad = [r for r in results if not r.ok]
+    if not bad:
+        return
+    lines = [f"  {r.bot or r.path.stem} ({r.path}): " + "; ".join(p.rule for p in r.problems)
+             for r in bad]
+    raise ConfigError(
+        f"{etc}: {len(bad)} of {len(results)} bots refused; nothing started. Fix them (or "
+        "remove them from bots/) and run qtd up again:\n" + "\n".join(lines),
+        source=str(etc / "bots"), field="bots", value=[str(r.path) for r in bad],
+        rule="every bot admitted")
+
+
 def assign(bots: list[BotFile], agents: int) -> dict[str, list[BotFile]]:
     """Round-robin ``bots`` over ``node-1..node-<agents>``."""
     nodes: dict[str, list[BotFile]] = {f"node-{i + 1}": [] for i in range(agents)}
@@ -111,9 +136,7 @@ def _write(path: Path, doc: dict[str, Any], src: Path) -> None:
 
 def _bot_doc(bot: BotFile) -> dict[str, Any]:
     doc = _read(bot.path)
-    strategy = Path(str(doc.get("strategy", "")))
-    if not strategy.is_absolute():
-        doc["strategy"] = str((bot.path.parent / strategy).resolve())
+    doc["strategy"] = str(resolve_strategy(bot.path, str(doc.get("strategy", ""))))
     doc["account"] = f"paper-{bot.name}"
     return doc
 

@@ -33,7 +33,7 @@ from rich.live import Live
 from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensure_jetstream
 from qtd.errors import OperationalError
 from qtd.proc import python_argv
-from qtd.up.configs import FleetPlan, generate
+from qtd.up.configs import FleetPlan, generate, refuse_bad_bots
 from qtd.up.context import publish_context
 from qtd.up.layout import Layout, find_etc
 from qtd.up.procs import Child, stop_children, stop_leftovers, write_pids
@@ -144,10 +144,12 @@ class Fleet:
         """nats-server, stream and KV, configs, leader, agents.
 
         Raises:
-            ConfigError: the example configs are missing or invalid.
+            ConfigError: the example configs are missing or invalid, or a bot is refused
+                (:func:`~qtd.up.configs.refuse_bad_bots`: nothing is started).
             OperationalError: nats-server did not start.
         """
         etc = find_etc(self.opts.config_dir)
+        await refuse_bad_bots(etc)
         stopped = await stop_leftovers(self.layout.pids_file, str(self.layout.root))
         if stopped:
             self.say(f"stopped processes left by an earlier qtd up: {', '.join(stopped)}")

@@ -29,7 +29,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qtd.admit.config import load_bot_config
+from qtd.admit.config import load_bot_config, resolve_strategy
 from qtd.agent.config import parse_agent_config
 from qtd.agent.control import CommandReply, CommandRequest, KillMessage, decode_kill
 from qtd.errors import ConfigError
@@ -156,7 +156,7 @@ def test_fuzz_config_files(name: str, tmp_path_factory: pytest.TempPathFactory) 
     work = tmp_path_factory.mktemp("fuzz")
     # Keep the bot's relative strategy path resolvable from the temp copy.
     if name.startswith("bots/"):
-        base["strategy"] = str((ETC / "bots" / base["strategy"]).resolve())
+        base["strategy"] = str(resolve_strategy(ETC / "bots" / "x.toml", base["strategy"]))
 
     @FUZZ
     @given(doc=mutated(base))

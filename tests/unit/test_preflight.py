@@ -19,7 +19,7 @@ def _deploy(tmp_path: Path, *, slow: int = 30) -> Path:
     bots = tmp_path / "bots"
     bots.mkdir()
     bot = (ROOT / "etc" / "bots" / "momo-goog.toml").read_text()
-    bot = bot.replace('"../../strategies/ma_cross.py"',
+    bot = bot.replace('"strategies/ma_cross.py"',
                       f'"{ROOT / "strategies" / "ma_cross.py"}"')
     (bots / "momo-goog.toml").write_text(bot.replace("slow = 30", f"slow = {slow}"))
     shutil.copy(ROOT / "etc" / "risk.toml", tmp_path / "risk.toml")
