@@ -20,10 +20,11 @@ def add_parser(sub: Any) -> None:
         "up", help="the whole fleet on one machine: nats-server, a leader, agents, real data",
         description="Starts a private nats-server (JetStream in STATE/nats), a leader and "
         "--agents agent processes, each running several of the etc/bots/ bots on bundled "
-        "real market data through paper brokers, and shows a live summary every second (a "
-        "table redrawn in place on a terminal, plain text lines otherwise). Every bot is "
-        "admitted first: if any is refused, each is listed with its reason and nothing "
-        "starts (exit 78). "
+        "real market data through paper brokers, and shows a live summary (a table redrawn "
+        "in place every second on a terminal; otherwise the table once, then one line per "
+        "change of a bot's or node's state, the kill switch or the open alerts, and a fleet "
+        "total a minute). Every bot is admitted first: if any is refused, each is listed "
+        "with its reason and nothing starts (exit 78). "
         "Ctrl-C (or SIGTERM, or --duration) stops the agents, then the leader, then "
         "nats-server; the stores stay, and the next `qtd up` on the same state directory "
         "resumes from them. Logs in STATE/logs, generated configs in STATE/etc.",

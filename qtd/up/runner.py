@@ -37,10 +37,11 @@ from qtd.up.configs import FleetPlan, generate, refuse_bad_bots
 from qtd.up.context import publish_context
 from qtd.up.layout import Layout, find_etc
 from qtd.up.procs import Child, stop_children, stop_leftovers, write_pids
-from qtd.up.summary import FleetWatch, render, rich_view
+from qtd.up.summary import FleetWatch, render, rich_view, rows
 
 DEFAULT_AGENTS = 2
 DEFAULT_BARS_PER_S = 10.0
+READY_WAIT_S = 30.0  # piped output: the first table once every agent answered, or after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,7 @@ async def _watch(fleet: Fleet, plan: FleetPlan) -> None:
     if fleet.opts.open_browser and not url:
         fleet.say("--open: the leader config has no [web] table with a port: no status page")
     opened = not (url and fleet.opts.open_browser)
+    changes = ChangeLog()
     with contextlib.ExitStack() as stack:
         if fleet.opts.clear:
             fleet.live = stack.enter_context(Live(
@@ -262,10 +264,58 @@ async def _watch(fleet: Fleet, plan: FleetPlan) -> None:
                 fleet.live.update(rich_view(watch, started=fleet.started, extra=header),
                                   refresh=True)
             else:
-                fleet.say("\n" + render(watch, started=fleet.started, extra=header))
+                ready = not pending or time.monotonic() - fleet.started > READY_WAIT_S
+                for line in changes.lines(watch, fleet.started, header, ready=ready):
+                    fleet.say(line)
             _check_alive(fleet)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fleet.stop.wait(), fleet.opts.refresh_s)
+
+
+class ChangeLog:
+    """What ``qtd up`` prints when its output is not a terminal (a pipe, a log, CI): the
+    whole table once every agent answered and the leader has a snapshot, then one line per
+    change (a bot's or node's state, the kill switch, the number of open alerts), and a
+    one-line fleet total every :attr:`every_s` seconds so a log shows the fleet is alive.
+    The final table is printed at shutdown (:meth:`Fleet._final_snapshot`)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.seen: dict[str, str] = {}
+        self.shown = False
+        self.last_total = time.monotonic()
+
+    def lines(self, watch: FleetWatch, started: float, header: list[str], *,
+              ready: bool) -> list[str]:
+        """The lines to print after this poll (none while nothing changed)."""
+        snap = watch.snapshot
+        now = dict(self._state(watch))
+        if not self.shown:
+            if not ready or snap is None:
+                return []
+            self.shown, self.seen = True, now
+            return ["", render(watch, started=started, extra=header), ""]
+        stamp = time.strftime("%H:%M:%S")
+        out = [f"{stamp} {key}: {self.seen.get(key, '-')} -> {value}"
+               for key, value in now.items() if self.seen.get(key) != value]
+        self.seen = now
+        if snap is not None and time.monotonic() - self.last_total >= self.every_s:
+            self.last_total = time.monotonic()
+            t = snap.totals
+            out.append(f"{stamp} fleet: {t.orders} orders, {t.fills} fills, realized "
+                       f"{t.realized:,.2f}, pnl today {t.pnl_today:,.2f} {snap.currency}")
+        return out
+
+    @staticmethod
+    def _state(watch: FleetWatch) -> Iterator[tuple[str, str]]:
+        for row in rows(watch):
+            node, bot, state = row[0], row[1], row[2]
+            yield (node if bot == "(node)" else f"{node} {bot}"), str(state)
+        snap = watch.snapshot
+        if snap is not None:
+            kills = ", ".join(f"{k.scope} {k.key}".strip() for k in snap.kill.kills)
+            yield "kill switch", kills or "none"
+            yield "open alerts", str(len(snap.alerts))
 
 
 def _check_alive(fleet: Fleet) -> None:
