@@ -106,6 +106,15 @@ def write_html(path: Path, ts: Sequence[int], equity: Sequence[float], title: st
     path.write_text(page)
 
 
+def _png_markers(px: bytearray, height: int, points: list[tuple[float, float, str]]) -> None:
+    for mx, my, side in points:
+        paint = bytes(_MARK_COLOR.get(side, (0, 0, 0)))
+        for y in range(int(my) - 3, int(my) + 4):
+            for x in range(int(mx) - 3, int(mx) + 4):
+                if 0 <= x < W and 0 <= y < height:
+                    px[(y * W + x) * 3:(y * W + x) * 3 + 3] = paint
+
+
 def write_png(path: Path, ts: Sequence[int], equity: Sequence[float],
               markers: Sequence[Marker] = ()) -> None:
     """Write an RGB PNG: equity line (blue, top) with a 7x7 square per trade marker (buy
@@ -114,12 +123,6 @@ def write_png(path: Path, ts: Sequence[int], equity: Sequence[float],
     _, dd = _thin(ts, [-d for d in drawdown_series(equity)])
     height = 3 * PAD + H_EQ + H_DD
     px = bytearray(b"\xff" * (W * height * 3))
-    for mx, my, side in _marker_points(ts, equity, markers, min(equity), max(equity)):
-        color = bytes(_MARK_COLOR.get(side, (0, 0, 0)))
-        for y in range(int(my) - 3, int(my) + 4):
-            for x in range(int(mx) - 3, int(mx) + 4):
-                if 0 <= x < W and 0 <= y < height:
-                    px[(y * W + x) * 3:(y * W + x) * 3 + 3] = color
     for pts, color in ((_scale(t, eq, PAD, H_EQ, min(eq), max(eq)), (31, 119, 180)),
                        (_scale(t, dd, 2 * PAD + H_EQ, H_DD, min(dd) or -1.0, 0.0),
                         (214, 39, 40))):
@@ -130,6 +133,7 @@ def write_png(path: Path, ts: Sequence[int], equity: Sequence[float],
                 if 0 <= x < W and 0 <= y < height:
                     o = (y * W + x) * 3
                     px[o:o + 3] = bytes(color)
+    _png_markers(px, height, _marker_points(ts, equity, markers, min(equity), max(equity)))
     raw = b"".join(b"\x00" + bytes(px[r * W * 3:(r + 1) * W * 3]) for r in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -96,7 +96,8 @@ class FleetReader:
 
     def _page(self, f: Filters, after: int, cursor: int | None,
               newest_first: bool) -> list[Row]:
-        where, args = ["id > ?"], [after]
+        where: list[str] = ["id > ?"]
+        args: list[object] = [after]
         if cursor is not None:
             where.append("id < ?" if newest_first else "id > ?")
             args.append(cursor)
