@@ -87,17 +87,22 @@ class LoadedBot(msgspec.Struct, frozen=True, kw_only=True):
         return self.config.risk_profile or self.config.name
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The checkout this ``qtd`` is imported from (as :func:`qtd.up.layout.repo_root`)."""
+
+
 def strategy_candidates(bot_file: Path, strategy: str) -> list[Path]:
     """Where a bot config's ``strategy`` may be, nearest first: an absolute path as is; a
     relative one against the bot file's directory, then each directory above it (as git
-    looks for ``.git``). So the samples' ``strategy = "strategies/ma_cross.py"`` finds the
-    checkout's ``strategies/`` from ``etc/bots/`` and from a copy of ``etc/`` anywhere in
-    the checkout, and a ``strategies/`` next to a copied ``etc/`` takes precedence."""
+    looks for ``.git``), then the checkout qtd runs from (:data:`CHECKOUT`). So the
+    samples' ``strategy = "strategies/ma_cross.py"`` finds the checkout's ``strategies/``
+    from ``etc/bots/`` and from a copy of ``etc/`` anywhere, and a ``strategies/`` beside a
+    copied ``etc/`` takes precedence. Admission records the file it used and its hash."""
     rel = Path(strategy)
     if rel.is_absolute():
         return [rel]
     here = bot_file.resolve().parent
-    return [(d / rel).resolve() for d in (here, *here.parents)]
+    return [(d / rel).resolve() for d in (here, *here.parents, CHECKOUT)]
 
 
 def resolve_strategy(bot_file: Path, strategy: str) -> Path:
@@ -128,6 +133,7 @@ def load_bot_config(path: Path) -> tuple[LoadedBot | None, list[Problem]]:
     if not bot.strategy_path.is_file():
         return None, [Problem(file=file, field="strategy", value=cfg.strategy,
                               rule=f"strategy file not found: {bot.strategy_path} (nor "
-                                   "in any directory above the bot file)",
+                                   "in a directory above the bot file or in the checkout "
+                                   f"{CHECKOUT})",
                               line=lines.get("strategy", 0))]
     return bot, []

@@ -342,12 +342,12 @@ async def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, fleet.stop.set)
-        if opts.duration_s is not None:
-            loop.call_later(opts.duration_s, fleet.stop.set)
         try:
             plan = await fleet.start()
             for line in publish_context(layout, plan, fleet.nats.url, web_url(plan)):
                 fleet.say(line)
+            if opts.duration_s is not None:  # counted from the fleet's start, not admission's
+                loop.call_later(opts.duration_s, fleet.stop.set)
             fleet.say(f"fleet up: {', '.join(f'{n}: {len(b)} bots' for n, b in plan.nodes.items())}"
                       f" (Ctrl-C stops it)")
             await _watch(fleet, plan)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,11 +21,17 @@ from tests.shipped import ETC, ROOT, run_qtd
 pytestmark = pytest.mark.slow
 
 
-def _checkout(tmp: Path) -> Path:
-    """A copy of the checkout's strategies/ and of etc/ as my-etc/ beside it."""
-    shutil.copytree(ROOT / "strategies", tmp / "strategies")
-    shutil.copytree(ETC, tmp / "my-etc")
-    return tmp / "my-etc"
+def _copy_etc(tmp: Path) -> Path:
+    """``cp -r etc/ /somewhere/my-etc`` plus a bot of one's own (an absolute strategy
+    path): 8 bots."""
+    etc = tmp / "my-etc"
+    shutil.copytree(ETC, etc)
+    own = (ETC / "bots" / "momo-goog.toml").read_text().replace(
+        'name = "momo-goog"', 'name = "momo-mine"')
+    own = re.sub(r'^strategy = .*$', f'strategy = "{ROOT / "strategies" / "ma_cross.py"}"',
+                 own, flags=re.M)
+    (etc / "bots" / "momo-mine.toml").write_text(own)
+    return etc
 
 
 def _up(state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -38,14 +45,14 @@ def _up(state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPr
 
 
 def test_a_copied_etc_admits_every_bot(tmp_path: Path) -> None:
-    etc = _checkout(tmp_path)
+    etc = _copy_etc(tmp_path)
     r = run_qtd(["validate", "--no-smoke", str(etc / "bots")])
     assert r.returncode == 0, r.stdout
-    assert r.stdout.count("OK ") == 7
+    assert r.stdout.count("OK ") == 8
 
 
 def test_up_starts_nothing_when_a_bot_is_refused(tmp_path: Path) -> None:
-    etc = _checkout(tmp_path)
+    etc = _copy_etc(tmp_path)
     bad = (etc / "bots" / "momo-goog.toml").read_text().replace(
         'name = "momo-goog"', 'name = "momo-typo"').replace("ma_cross.py", "ma_crosss.py")
     (etc / "bots" / "momo-typo.toml").write_text(bad)
@@ -53,7 +60,7 @@ def test_up_starts_nothing_when_a_bot_is_refused(tmp_path: Path) -> None:
     r = _up(state, "--config", str(etc), "--duration", "20")
     out = r.stdout + r.stderr
     assert r.returncode == 78, out
-    assert "1 of 8 bots refused; nothing started" in out
+    assert "1 of 9 bots refused; nothing started" in out
     assert "momo-typo" in out and "strategy file not found" in out and "ma_crosss.py" in out
     assert "fleet up" not in out and not (state / "nats" / "jetstream").exists()
 
