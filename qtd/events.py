@@ -368,6 +368,32 @@ class KillSwitch(Event, frozen=True):
     kill_id: str = ""
 
 
+class CapOverride(Event, frozen=True):
+    """An operator raised a fleet cap's limit for the rest of one trading day (``qtd caps
+    raise``, audited by the leader, ``node`` ``"leader"``); it lapses at that day's rollover.
+
+    Attributes:
+        cap: the cap's name (``daily_loss``, ``drawdown``, ``gross_exposure``,
+            ``symbol_exposure``, ``error_rate``, ``order_spike``).
+        cap_key: the symbol for ``symbol_exposure``; ``""`` for the others.
+        old_limit: the limit in force before (configured or an earlier override), ``unit``.
+        new_limit: the raised limit, ``unit`` (fleet currency, percent, or "x normal").
+        unit: the cap's unit.
+        trading_day: the trading day it applies to (``YYYY-MM-DD``, the fleet's
+            :class:`~qtd.projections.TradingDay`).
+        operator / reason: who and why (required).
+    """
+
+    cap: str
+    old_limit: float
+    new_limit: float
+    unit: str
+    trading_day: str
+    operator: str
+    reason: str
+    cap_key: str = ""
+
+
 class StrategyAdmitted(Event, frozen=True):
     """A (strategy source, params) pair passed admission; ``content_hash`` identifies it."""
 
@@ -583,6 +609,7 @@ AnyEvent: TypeAlias = (
     | RiskBreach
     | TradingStateChanged
     | KillSwitch
+    | CapOverride
     | StrategyAdmitted
     | ParamsChanged
     | StrategyError

@@ -1,5 +1,5 @@
 """``qtd leader --config etc/leader.toml`` and the operator commands it answers:
-``qtd resume``, ``qtd ack ALERT_ID``, ``qtd alerts``.
+``qtd resume``, ``qtd ack ALERT_ID``, ``qtd alerts``, ``qtd caps`` and ``qtd caps raise``.
 
 The operator commands are NATS requests to the running leader
 (``<prefix>.ctl.leader.<verb>``): it does the work and audits it in fleet.db. Without a
@@ -32,7 +32,7 @@ DEFAULT_CONFIG = "etc/leader.toml"
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``leader``, ``resume``, ``ack`` and ``alerts`` to the ``qtd`` parser."""
+    """Add ``leader``, ``resume``, ``ack``, ``alerts`` and ``caps`` to the ``qtd`` parser."""
     p = sub.add_parser("leader", help="run the fleet leader (fleet view, caps, kill, paging)",
                        description="Consumes every agent's events from JetStream into "
                        "fleet.db, keeps the fleet view, enforces the fleet caps, owns the "
@@ -48,7 +48,10 @@ def add_parsers(sub: Any) -> None:
                        "active kill is released; with several active the leader refuses and "
                        "lists them. Released kills leave the KV set; every agent is told to "
                        "resume each released scope that no remaining kill holds; audited in "
-                       "fleet.db. The reply lists the kills still active.")
+                       "fleet.db. The reply lists the kills still active. A kill a fleet cap "
+                       "tripped is not released while that cap is still over its limit: the "
+                       "leader refuses the whole resume and says the cap, its value, its limit "
+                       "and what to do (`qtd caps raise` lifts a limit for the trading day).")
     add_operator(r)
     r.add_argument("--reason", required=True, help="why")
     r.add_argument("--kill-id", action="append", default=[], dest="kill_ids",
@@ -72,6 +75,37 @@ def add_parsers(sub: Any) -> None:
     add_connection_args(al)
     al.add_argument("--json", action="store_true", help="JSON instead of a table")
     al.set_defaults(handler=lambda a: run_command(a, "alerts", CommandRequest()))
+    _add_caps(sub)
+
+
+def _add_caps(sub: Any) -> None:
+    c = sub.add_parser("caps", help="the fleet caps: value, limit, today's overrides",
+                       description="Lists the leader's fleet caps (value against the limit "
+                       "in force, utilisation, tripped) and the overrides raised for today. "
+                       "`qtd caps raise` lifts one cap's limit for the rest of the trading "
+                       "day (until the [fleet] rollover), audited in fleet.db with who, why, "
+                       "the old and the new limit; the configured limit is back at the "
+                       "rollover.")
+    add_connection_args(c)
+    c.add_argument("--json", action="store_true", help="JSON instead of a table")
+    c.set_defaults(handler=lambda a: run_command(a, "caps", CommandRequest()))
+    actions = c.add_subparsers(dest="action", metavar="ACTION")
+    r = actions.add_parser("raise", help="raise a cap's limit for the rest of the trading day",
+                           description="Raises CAP's limit (one of daily_loss, drawdown, "
+                           "gross_exposure, symbol_exposure with --key SYMBOL, error_rate, "
+                           "order_spike) above the limit in force until the trading-day "
+                           "rollover. Needs an operator and a reason; audited in fleet.db "
+                           "and shown on the status page.")
+    r.add_argument("cap", metavar="CAP")
+    r.add_argument("--key", default="", help="the symbol (symbol_exposure only)")
+    r.add_argument("--limit", required=True, type=float,
+                   help="the new limit, in the cap's unit (currency, %%, or x normal)")
+    add_operator(r)
+    r.add_argument("--reason", required=True, help="why")
+    add_connection_args(r)
+    r.add_argument("--json", action="store_true", help="JSON instead of a table")
+    r.set_defaults(handler=lambda a: run_command(a, "caps_raise", CommandRequest(
+        cap=a.cap, key=a.key, limit=a.limit, operator=a.operator, reason=a.reason)))
 
 
 def run_leader(args: argparse.Namespace) -> int:
@@ -118,11 +152,13 @@ def run_command(args: argparse.Namespace, verb: str, req: CommandRequest) -> int
     reply = asyncio.run(on_fleet(bus, verb, lambda nc: _request(nc, bus.prefix, verb, req)))
     if not reply.get("ok"):
         raise OperationalError(f"leader refused {verb}: {reply.get('error', '?')}")
-    if verb == "alerts" and not getattr(args, "json", False):
+    if verb == "alerts" and not args.json:
         for a in reply["alerts"]:
             print(f"{a['alert_id']}  {a['severity']}  {a['status']:<6}  {a['title']}")
         if not reply["alerts"]:
             print("no open alerts")
+    elif verb in ("caps", "caps_raise") and not args.json:
+        print(caps_table(reply, raised=req.cap if verb == "caps_raise" else ""))
     else:
         print(json.dumps(reply, indent=2, sort_keys=True))
     return 0
@@ -138,3 +174,26 @@ async def _request(nc: Client, prefix: str, verb: str, req: CommandRequest
                              "`qtd leader` running?") from None
     result: dict[str, Any] = msgspec.json.decode(msg.data)
     return result
+
+
+def caps_table(reply: dict[str, Any], raised: str = "") -> str:
+    """The ``caps`` reply as text: one line per cap (value, limit in force, utilisation,
+    tripped, override), then today's overrides with who, why and the old limit."""
+    lines = [f"raised {raised} for trading day {reply['trading_day']}"] if raised else []
+    lines.append(f"{'cap':<16} {'key':<8} {'value':>14} {'limit':>14} {'unit':<9} "
+                 f"{'used':>6}  state")
+    for c in reply["caps"]:
+        state = "TRIPPED" if c["tripped"] else "ok"
+        if c.get("override"):
+            state += f" (raised from {c['override']['configured_limit']:,.2f})"
+        lines.append(f"{c['name']:<16} {c['key']:<8} {c['value']:>14,.2f} "
+                     f"{c['limit']:>14,.2f} {c['unit']:<9} {c['utilisation']:>6.0%}  {state}")
+    overrides = reply["overrides"]
+    lines.append(f"overrides for trading day {reply['trading_day']}: "
+                 f"{len(overrides) or 'none'} (the configured limits are back at the "
+                 "trading-day rollover)")
+    for o in overrides:
+        what = f"{o['cap']} {o['cap_key']}".strip()
+        lines.append(f"  {what}: {o['old_limit']:,.2f} -> {o['new_limit']:,.2f} {o['unit']} "
+                     f"by {o['operator']}: {o['reason']}")
+    return "\n".join(lines)

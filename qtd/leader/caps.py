@@ -2,9 +2,12 @@
 stream (error rate, order-rate spike, self-trade risk).
 
 A cap that fires returns a :class:`Breach` once; it stays *tripped* (no repeat) until the
-operator resumes (:meth:`FleetCaps.reset`). A standby leader keeps its caps *disarmed*
-(:attr:`FleetCaps.armed` False): they measure and keep their books but never fire; on
-takeover :meth:`FleetCaps.arm` fires what the events seen meanwhile call for.
+operator resumes (:meth:`FleetCaps.reset`). A resume of a kill a cap tripped is refused while
+that cap is still over its limit (:meth:`FleetCaps.held`); an operator may raise a cap's
+limit for the rest of the trading day (:mod:`qtd.leader.overrides`). A standby leader
+keeps its caps *disarmed* (:attr:`FleetCaps.armed` False): they measure and keep their
+books but never fire; on takeover :meth:`FleetCaps.arm` fires what the events seen
+meanwhile call for.
 
 Rates are counted in one-second buckets of event
 time (``ts_event``) and read in windows ending *now* (leader clock), so a backlog consumed
@@ -18,13 +21,32 @@ from collections.abc import Iterator
 import msgspec
 
 from qtd.clock import Clock
-from qtd.events import AnyEvent, BrokerError, OrderIntent, OrderRejected, Scope, Side
+from qtd.events import (
+    AnyEvent,
+    BrokerError,
+    CapOverride,
+    OrderIntent,
+    OrderRejected,
+    Scope,
+    Side,
+)
 from qtd.leader.config import CapsConfig, SymbolExposureCap
-from qtd.leader.snapshot import CapView
+from qtd.leader.fleetdb import LEADER_NODE
+from qtd.leader.overrides import CapOverrides, check_raise
+from qtd.leader.snapshot import CapOverrideView, CapView
 from qtd.leader.view import FleetView, Rollup
+from qtd.projections import TradingDay
 
 _NS = 1_000_000_000
 _LEVELS = {"L1": Scope.GLOBAL, "L2": Scope.ACCOUNT, "L3": Scope.STRATEGY, "L4": Scope.SYMBOL}
+_REMEDY = {
+    "daily_loss": "today's loss counts until the trading-day rollover",
+    "drawdown": "equity must come back within the limit of its peak",
+    "gross_exposure": "reduce the fleet's positions below the limit",
+    "symbol_exposure": "reduce the symbol's net position below the limit",
+    "error_rate": "the rate is measured over its window: wait for it to fall",
+    "order_spike": "the rate is measured over its window: wait for it to fall",
+}
 
 
 class Breach(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +74,17 @@ class Breach(msgspec.Struct, frozen=True, kw_only=True):
                Scope.SYMBOL: self.symbol}.get(scope, "")
         return (scope, key) if key else (Scope.GLOBAL, "")
 
+    def advice(self) -> str:
+        """One line for an operator whose resume this breach refused: cap, value, limit,
+        and what to do."""
+        what = f"{self.cap} {self.symbol}" if self.cap == "symbol_exposure" else self.cap
+        key = f" --key {self.symbol}" if self.cap == "symbol_exposure" else ""
+        remedy = _REMEDY.get(self.cap, "wait until it is back under its limit")
+        return (f"fleet cap {what} is still breached: {self.value:,.2f} {self.unit} against "
+                f"limit {self.limit:,.2f} {self.unit}; {remedy}, or raise the cap for the rest "
+                f"of the trading day with `qtd caps raise {self.cap}{key} --limit L "
+                f"--operator NAME --reason WHY` (L above {self.value:.2f}), then resume again")
+
 
 class FleetCaps:
     """Evaluates the configured fleet caps.
@@ -59,11 +92,15 @@ class FleetCaps:
     Args:
         cfg: the caps (absent ones are off).
         clock: leader clock (window ends).
+        trading_day: the fleet's trading day (operator overrides hold for one); default
+            UTC midnight.
     """
 
-    def __init__(self, cfg: CapsConfig, clock: Clock) -> None:
+    def __init__(self, cfg: CapsConfig, clock: Clock,
+                 trading_day: TradingDay | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.overrides = CapOverrides(trading_day or TradingDay(), clock)
         self.orders: dict[int, int] = {}
         self.errors: dict[int, int] = {}
         self.intents: dict[tuple[str, str],
@@ -168,33 +205,88 @@ class FleetCaps:
             cap.tripped = key in self.tripped
             views.append(cap)
         return views
+    def held(self, trip_keys: set[str], view: FleetView) -> list[Breach]:
+        """The caps among ``trip_keys`` (``Breach.trip_key``) over their limit in force on
+        the view now; nothing trips. A cap measured on events (self-trade) is never held."""
+        if not trip_keys:
+            return []
+        return [msgspec.structs.replace(b, trip_key=k)
+                for k, _, b in self._measure(view, view.rollup())
+                if b is not None and k in trip_keys]
+
+    def configured_limit(self, cap: str, key: str = "") -> float | None:
+        """The configured limit of ``cap`` (``key``: the symbol of ``symbol_exposure``);
+        None when the cap is off or has no limit."""
+        c = self.cfg
+        if cap == "symbol_exposure" and c.symbol_exposure is not None:
+            return c.symbol_exposure.per_symbol.get(key, c.symbol_exposure.limit)
+        limits = {
+            "daily_loss": None if c.daily_loss is None else c.daily_loss.limit,
+            "drawdown": None if c.drawdown is None else c.drawdown.limit_pct,
+            "gross_exposure": None if c.gross_exposure is None else c.gross_exposure.limit,
+            "error_rate": None if c.error_rate is None else c.error_rate.max_pct,
+            "order_spike": None if c.order_spike is None else c.order_spike.factor}
+        return limits.get(cap)
+
+    def raise_limit(self, view: FleetView, cap: str, key: str, limit: float | None,
+                    operator: str, reason: str) -> CapOverride:
+        """The audited override raising ``cap`` (``key``: its symbol) to ``limit`` for the
+        rest of today's trading day; the caller stores it, then :meth:`apply_override`.
+
+        Raises:
+            ConfigError: see :func:`qtd.leader.overrides.check_raise`.
+        """
+        configured = self.configured_limit(cap, key)
+        in_force = (None if configured is None
+                    else self.overrides.limit(cap, key, configured))
+        new = check_raise(cap, key, limit, in_force, operator, reason)
+        assert in_force is not None
+        now = self.clock.now_ns()
+        unit = {"drawdown": "%", "error_rate": "%", "order_spike": "x normal"}.get(
+            cap, view.currency)
+        return CapOverride(node=LEADER_NODE, ts_event=now, ts_init=now, cap=cap, cap_key=key,
+                           old_limit=in_force, new_limit=new, unit=unit,
+                           trading_day=self.overrides.today(), operator=operator,
+                           reason=reason)
+
+    def apply_override(self, ev: CapOverride) -> None:
+        """Put a stored override in force: just stored, or read back from fleet.db at start
+        (see :mod:`qtd.leader.overrides`; one not written by the leader is ignored)."""
+        self.overrides.apply(ev)
 
     def _measure(self, view: FleetView, r: Rollup
                  ) -> Iterator[tuple[str, CapView, Breach | None]]:
-        c = self.cfg
+        c, cur = self.cfg, view.currency
         if c.daily_loss is not None:
             loss = max(0.0, float(-r.totals.today))  # today's loss; a gain is no loss (0)
-            yield self._simple("daily_loss", c.daily_loss.limit, loss, view.currency,
-                               c.daily_loss.level, c.daily_loss.flatten, loss >= c.daily_loss.limit)
+            yield self._cap("daily_loss", c.daily_loss.limit, loss, cur, c.daily_loss.level,
+                            c.daily_loss.flatten, at=True)
         if c.drawdown is not None:
             eq, peak = view.equity(r), view.peak_equity
             dd = float((peak - eq) / peak * 100) if peak > 0 else 0.0
-            yield self._simple("drawdown", c.drawdown.limit_pct, dd, "%", c.drawdown.level,
-                               c.drawdown.flatten, dd >= c.drawdown.limit_pct)
+            yield self._cap("drawdown", c.drawdown.limit_pct, dd, "%", c.drawdown.level,
+                            c.drawdown.flatten, at=True)
         if c.gross_exposure is not None:
-            g = float(r.totals.gross)
-            yield self._simple("gross_exposure", c.gross_exposure.limit, g, view.currency,
-                               c.gross_exposure.level, c.gross_exposure.flatten,
-                               g > c.gross_exposure.limit)
+            yield self._cap("gross_exposure", c.gross_exposure.limit, float(r.totals.gross),
+                            cur, c.gross_exposure.level, c.gross_exposure.flatten)
         if c.symbol_exposure is not None:
             yield from self._symbols(view, r, c.symbol_exposure)
         yield from self._rates()
 
-    @staticmethod
-    def _simple(name: str, limit: float, value: float, unit: str, level: str, flatten: bool,
-                over: bool, key: str = "") -> tuple[str, CapView, Breach | None]:
+    def _cap(self, name: str, configured: float, value: float, unit: str, level: str,
+             flatten: bool, *, at: bool = False, gate: bool = True,
+             key: str = "") -> tuple[str, CapView, Breach | None]:
+        """One cap measured against its limit in force (``at``: the limit itself is a
+        breach; ``gate`` False: not judged yet)."""
+        ov = self.overrides.current(name, key)
+        limit = configured if ov is None else ov.new_limit
+        over = gate and (value >= limit if at else value > limit)
         cap = CapView(name=name, limit=limit, value=value, unit=unit,
-                      utilisation=max(value, 0.0) / limit, level=level, key=key)
+                      utilisation=max(value, 0.0) / limit, level=level, key=key,
+                      override=None if ov is None else CapOverrideView(
+                          operator=ov.operator, reason=ov.reason, old_limit=ov.old_limit,
+                          configured_limit=configured, trading_day=ov.trading_day,
+                          ts_ns=ov.ts_event))
         breach = None
         if over:
             breach = Breach(cap=name, limit=limit, value=value, unit=unit, level=level,
@@ -209,10 +301,9 @@ class FleetCaps:
         for sym, acc in r.symbols.items():
             if not sym:
                 continue
-            limit = cfg.per_symbol.get(sym, cfg.limit)
-            value = float(abs(acc.net))
-            key, cap, breach = self._simple("symbol_exposure", limit, value, view.currency,
-                                            cfg.level, cfg.flatten, value > limit, key=sym)
+            key, cap, breach = self._cap(
+                "symbol_exposure", cfg.per_symbol.get(sym, cfg.limit), float(abs(acc.net)),
+                view.currency, cfg.level, cfg.flatten, key=sym)
             util[sym] = cap.utilisation
             if breach is not None:
                 yield key, cap, breach
@@ -229,14 +320,14 @@ class FleetCaps:
             orders = _window(self.orders, now, er.window_s)
             errors = _window(self.errors, now, er.window_s)
             pct = 100.0 * errors / orders if orders else 0.0
-            yield self._simple("error_rate", er.max_pct, pct, "%", er.level, er.flatten,
-                               orders >= er.min_orders and pct > er.max_pct)
+            yield self._cap("error_rate", er.max_pct, pct, "%", er.level, er.flatten,
+                            gate=orders >= er.min_orders)
         if sp is not None:
             rate = _window(self.orders, now, sp.window_s) / sp.window_s
             older = _window(self.orders, now, sp.baseline_s) - rate * sp.window_s
             base = max(older / (sp.baseline_s - sp.window_s), sp.min_baseline_per_s)
-            yield self._simple("order_spike", sp.factor, rate / base, "x normal", sp.level,
-                               sp.flatten, rate > sp.factor * base)
+            yield self._cap("order_spike", sp.factor, rate / base, "x normal", sp.level,
+                            sp.flatten)
         self._prune(now)
 
     def _prune(self, now: int) -> None:

@@ -6,7 +6,8 @@ liveness every ``check_interval_s``), ``heartbeat`` (``<prefix>.hb.leader`` ever
 status page (``qtd-leader-web``: uvicorn in this event loop, :mod:`qtd.web`). Core
 subscriptions: agents' heartbeats and PnL ticks, kill acknowledgements, and the leader's
 request/reply commands on ``<prefix>.ctl.leader.<verb>`` (``resume``, ``ack``, ``alerts``,
-``kill``, ``status``) used by ``qtd resume``/``qtd ack``/``qtd alerts``. Shutdown: web server
+``kill``, ``status``, ``caps``, ``caps_raise``) used by ``qtd resume``/``qtd ack``/``qtd
+alerts``/``qtd caps``. Shutdown: web server
 stopped (WebSockets closed, requests drained) → stop flag → tasks end their loop → pending
 audit/page tasks get a few seconds → NATS drained → fleet.db closed.
 
@@ -40,6 +41,7 @@ from qtd.errors import ConfigError, QtdError
 from qtd.events import (
     DECODE_ERRORS,
     AnyEvent,
+    CapOverride,
     Heartbeat,
     PnLSnapshot,
     RiskBreach,
@@ -81,7 +83,8 @@ class CommandRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     For ``kill``: ``scope`` (default GLOBAL) and ``key``. For ``resume``: what to release —
     ``kill_ids``, or every kill on ``scope``/``key``, or ``everything``; none of them
-    releases the only active kill (refused when several are active).
+    releases the only active kill (refused when several are active). For ``caps_raise``:
+    ``cap``, ``key`` (the symbol of ``symbol_exposure``), ``limit``, ``operator``, ``reason``.
     """
 
     operator: str = ""
@@ -92,6 +95,8 @@ class CommandRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     flatten: bool = False
     kill_ids: list[str] = []
     everything: bool = False
+    cap: str = ""
+    limit: float | None = None
 
 
 class Leader:
@@ -118,7 +123,7 @@ class Leader:
             capital=Decimal(repr(fleet.capital)), currency=fleet.currency, clock=self.clock,
             heartbeat_timeout_s=cfg.liveness.heartbeat_timeout_s, pnl_stale_s=fleet.pnl_stale_s,
             keep_terminal_orders=cfg.ingest.terminal_orders_kept)
-        self.caps = FleetCaps(cfg.caps, self.clock)
+        self.caps = FleetCaps(cfg.caps, self.clock, self.view.trading_day)
         self.versions = VersionBoard(self.clock)  # deployed versions (qtd.deploy)
         self.quality = QualityMonitor(cfg.quality, self.view.trading_day, self.clock,
                                       fleet.currency)
@@ -199,6 +204,9 @@ class Leader:
                 self.versions.on_event(ev, live=False)
             self.quality.replay(batch)
             n += len(batch)
+        for ov in await self.db.local_events(CapOverride.__name__):
+            if isinstance(ov, CapOverride):
+                self.caps.apply_override(ov)
         peak = await self.db.get_meta(PEAK_KEY)
         if peak is not None:
             self.view.peak_equity = self._saved_peak = max(self.view.capital, Decimal(peak))
@@ -427,7 +435,25 @@ class Leader:
             return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
         if verb == "versions":
             return {"versions": msgspec.to_builtins(self.versions.rows())}
+        if verb in ("caps", "caps_raise"):
+            return await self._caps_command(verb, req)
         if verb == "status":
             return {"snapshot": msgspec.to_builtins(self.view.snapshot()),
                     "instance": self.cfg.lease.instance, "active": self.active}
         raise QtdError(f"unknown leader command {verb!r}", verb=verb)
+
+    async def _caps_command(self, verb: str, req: CommandRequest) -> dict[str, Any]:
+        """``caps``: every cap and today's overrides; ``caps_raise``: store an audited
+        override in fleet.db, then put it in force (and measure the caps again)."""
+        if verb == "caps_raise":
+            ev = self.caps.raise_limit(self.view, req.cap, req.key, req.limit,
+                                       req.operator, req.reason)
+            await self.db.append_local([ev])
+            self.caps.apply_override(ev)
+            log.warning("caps.raised cap=%s key=%s old=%g new=%g day=%s operator=%s "
+                        "reason=%r", ev.cap, ev.cap_key, ev.old_limit, ev.new_limit,
+                        ev.trading_day, ev.operator, ev.reason)
+            self._handle(self.caps.evaluate(self.view))
+        return {"caps": msgspec.to_builtins(self.view.caps),
+                "overrides": msgspec.to_builtins(self.caps.overrides.active()),
+                "trading_day": self.caps.overrides.today()}

@@ -315,6 +315,14 @@ class FleetDB:
             last = rows[-1][0]
             yield decode_many([r[1] for r in rows])
 
+    async def local_events(self, kind: str) -> list[AnyEvent]:
+        """The leader's own stored events of ``kind`` (node ``"leader"``, this file's
+        incarnation), in order: what it rebuilds besides the view (e.g. cap overrides)."""
+        sql = ("SELECT payload FROM events WHERE node = ? AND bot = '' AND incarnation = ? "
+               "AND kind = ? ORDER BY id")
+        rows = await self._run(self._fetch, sql, (LEADER_NODE, self.incarnation, kind))
+        return decode_many([r[0] for r in rows]) if rows else []
+
     async def replay_batches(self, batch: int = 5000) -> AsyncIterator[list[AnyEvent]]:
         """Every consumed agent event in ingest order (the leader's own events left out),
         in lists of up to ``batch``."""

@@ -17,7 +17,10 @@ and refuses when there are several). It removes those kills from the set, asks e
 agent to ``resume`` each released scope that no remaining kill holds (request/reply
 ``<prefix>.ctl.<node>.resume``; agents only resume on that command, never because a kill
 left the set, and refuse while the set still holds the scope), audits an inactive
-KillSwitch per kill and re-arms the caps whose kills were released. Nothing is published on
+KillSwitch per kill and re-arms the caps whose kills were released. A kill a fleet cap tripped
+(its ``cap``) is not released while that cap is still over its limit in force on the fleet
+view (:meth:`~qtd.leader.caps.FleetCaps.held`): the whole resume is refused, nothing
+released, naming the cap, its value, its limit and what to do. Nothing is published on
 ``ctl.kill`` for a resume: agents read anything there as a kill (fail safe).
 
 A standby leader (:mod:`qtd.leader.lease`) tracks kills it sees but neither kills nor
@@ -303,7 +306,8 @@ class KillSwitchController:
         Raises:
             ConfigError: operator or reason empty; an unknown kill id or scope; several
                 kills active and none named.
-            OperationalError: this leader is a standby, or the kill set kept changing.
+            OperationalError: this leader is a standby, the kill set kept changing, or a
+                chosen kill's fleet cap is still breached (nothing released).
         """
         self._check_active("resume")
         for field, value in (("operator", operator), ("reason", reason)):
@@ -311,6 +315,7 @@ class KillSwitchController:
                 raise ConfigError(f"resume needs a non-empty {field}", source="<arg>",
                                   field=field, value=value, rule="must not be empty")
         chosen = self._select(kill_ids or [], scope, key, everything)
+        self._refuse_while_breached(chosen)
         ids = {r.kill_id for r in chosen}
         if ids:
             await update_kill_set(self.kv, lambda ks: ks.without(ids))
@@ -343,6 +348,16 @@ class KillSwitchController:
                     "replies=%s", operator, reason, result.released, len(self.active),
                     result.agents)
         return result
+
+    def _refuse_while_breached(self, chosen: list[KillRound]) -> None:
+        by_cap = {r.kill.cap: r.kill_id for r in chosen if r.kill.cap}
+        held = self.caps.held(set(by_cap), self.view)
+        if held:
+            log.warning("kill.resume_refused caps=%s", [b.trip_key for b in held])
+            raise OperationalError(
+                "nothing released: " + "; ".join(
+                    f"kill {by_cap[b.trip_key]}: {b.advice()}" for b in held),
+                action="resume", caps=[b.trip_key for b in held])
 
     def _after_release(self, chosen: list[KillRound], operator: str, reason: str,
                        now: int) -> None:

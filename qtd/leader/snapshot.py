@@ -158,9 +158,23 @@ class PositionView(msgspec.Struct, kw_only=True):
     unrealized: float
 
 
+class CapOverrideView(msgspec.Struct, kw_only=True):
+    """An operator's raise of a cap for one trading day (:class:`qtd.events.CapOverride`):
+    who and why, the limit before it and the configured one, the day it holds, when it was
+    raised (UTC ns)."""
+
+    operator: str
+    reason: str
+    old_limit: float
+    configured_limit: float
+    trading_day: str
+    ts_ns: int
+
+
 class CapView(msgspec.Struct, kw_only=True):
-    """One fleet cap: ``value`` against ``limit`` (same ``unit``); ``key`` names the worst
-    symbol or account for keyed caps; ``tripped`` once it fired a kill (until resume)."""
+    """One fleet cap: ``value`` against ``limit`` (same ``unit``), the limit in force;
+    ``key`` names the worst symbol or account for keyed caps; ``tripped`` once it fired a
+    kill (until resume); ``override`` when an operator raised ``limit`` for today."""
 
     name: str
     limit: float
@@ -170,6 +184,7 @@ class CapView(msgspec.Struct, kw_only=True):
     level: str
     key: str = ""
     tripped: bool = False
+    override: CapOverrideView | None = None
 
 
 class ActiveKill(msgspec.Struct, kw_only=True):

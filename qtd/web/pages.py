@@ -122,10 +122,21 @@ def _caps(caps: list[CapView]) -> str:
             f'<td data-k="cap.key">{escape(c.key)}</td><td class="num" data-k="cap.value">'
             f'{money(c.value)}</td><td class="num">{money(c.limit)}</td><td>{escape(c.unit)}'
             f'</td><td data-k="cap.bar">'
-            f'{bar(c.utilisation, c.name)}</td><td>{escape(c.level)}</td></tr>'
+            f'{bar(c.utilisation, c.name)}</td><td>{escape(c.level)}</td>'
+            f'<td>{_cap_override(c)}</td></tr>'
             for i, c in enumerate(caps)]
     return '<h2>fleet caps</h2>' + _table(
-        "caps", ["cap", "key", "value", "limit", "unit", "utilisation", "kill level"], rows)
+        "caps", ["cap", "key", "value", "limit", "unit", "utilisation", "kill level",
+                 "override (today)"], rows)
+
+
+def _cap_override(c: CapView) -> str:
+    o = c.override
+    if o is None:
+        return '<span class="muted">–</span>'
+    return (f'<span class="neg">raised from {money(o.old_limit)} by {escape(o.operator)}: '
+            f'{escape(o.reason)} (configured {money(o.configured_limit)}; until the '
+            f'{escape(o.trading_day)} trading day ends)</span>')
 
 
 def _node_row(n: NodeView, controls: bool) -> str:
