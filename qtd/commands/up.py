@@ -37,8 +37,9 @@ def add_parser(sub: Any) -> None:
                    help="agent processes (default: as last time on this state dir, else 2)")
     p.add_argument("--speed", type=_positive_float, default=DEFAULT_BARS_PER_S,
                    metavar="BARS_PER_S", help="replay pace: bars per second per series; a "
-                   f"tick series plays {TICKS_PER_BAR} trades per bar (default "
-                   f"{DEFAULT_BARS_PER_S:g})")
+                   f"tick series plays {TICKS_PER_BAR} trades per bar; a series too short "
+                   "to last 15 minutes at the default pace plays slower, so a default run "
+                   f"of 15 minutes loops none (default {DEFAULT_BARS_PER_S:g})")
     p.add_argument("--duration", type=_positive_float, metavar="S",
                    help="stop after S seconds (default: run until Ctrl-C)")
     p.add_argument("--config", type=Path, metavar="DIR",

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
+from qtd.up.configs import DEFAULT_BARS_PER_S
 from qtd.up.layout import Layout, find_etc
-from qtd.up.runner import DEFAULT_AGENTS, DEFAULT_BARS_PER_S, UpOptions, run_up
+from qtd.up.runner import DEFAULT_AGENTS, UpOptions, run_up
 
 __all__ = ["DEFAULT_AGENTS", "DEFAULT_BARS_PER_S", "Layout", "UpOptions", "find_etc", "run_up"]

@@ -11,7 +11,8 @@ runs one by hand). What differs from ``etc/``:
   same N, so a second ``qtd up`` finds each bot's history in the same store);
 * every bot replays its ``[smoke].dataset`` at ``bars_per_s`` (converted per data set to the
   agent's multiple of real time; a tick series plays :data:`TICKS_PER_BAR` trades per bar)
-  and loops;
+  and loops; a series too short to last :data:`MIN_PASS_S` at the default pace plays slower
+  (:func:`series_pace`), so a default run of :data:`DEMO_RUN_S` never loops one;
 * the leader pages nobody (no Apprise destinations) and keeps every cap; a ``[web]`` table
   without a port gets a free one, so the status page URL can be printed.
 """
@@ -80,6 +81,23 @@ def load_bots(etc: Path) -> list[BotFile]:
     return sorted(bots, key=lambda b: b.name)
 
 
+DEFAULT_BARS_PER_S = 10.0
+"""The default replay pace of ``qtd up`` (``--speed``), bars per second per series."""
+
+DEMO_RUN_S = 15 * 60
+"""A default ``qtd up`` of this many seconds replays each series at most once. A looping
+series jumps from its last price back to its first, and a position held across the jump
+books the difference as a loss *today*: momo-btc on monthly bars (2012: 5 USD, 2024:
+93,000 USD) replayed 6 times a minute lost ~2,700 USD a loop and tripped the shipped 25,000
+USD daily-loss cap after ~80 s. Without loops the demo stays under every shipped cap (see
+etc/leader.toml)."""
+
+MIN_PASS_S = DEMO_RUN_S + 5 * 60
+"""Seconds one pass of a series lasts at least, at the default pace: :data:`DEMO_RUN_S`
+plus five minutes of margin. Every series so slowed starts over at the same time: in a run
+measured at 3x that jump cost ~24,000 USD of today's PnL within 3 s, close to the
+daily-loss cap, so the demo keeps well clear of it."""
+
 TICKS_PER_BAR = 10
 """A tick series plays ``TICKS_PER_BAR`` trades per bar of ``--speed``: at the default 10
 bars/s the E-mini ticks play ~100 trades/s, ~30x real time, so a strategy building 15-second
@@ -119,6 +137,13 @@ async def refuse_bad_bots(etc: Path) -> None:
         "remove them from bots/) and run qtd up again:\n" + "\n".join(lines),
         source=str(etc / "bots"), field="bots", value=[str(r.path) for r in bad],
         rule="every bot admitted")
+def series_pace(dataset: str, bars_per_s: float) -> float:
+    """Bars (of ticks: :data:`TICKS_PER_BAR` each) per second at which ``dataset`` plays:
+    ``bars_per_s``, slowed for a series too short to last :data:`MIN_PASS_S` at
+    :data:`DEFAULT_BARS_PER_S` so that it does (``--speed`` scales every series alike)."""
+    info = DATASETS[dataset]
+    bars = info.rows / (TICKS_PER_BAR if info.kind == "ticks" else 1)
+    return bars_per_s * min(1.0, bars / (DEFAULT_BARS_PER_S * MIN_PASS_S))
 
 
 def assign(bots: list[BotFile], agents: int) -> dict[str, list[BotFile]]:
@@ -162,8 +187,8 @@ def _agent_doc(base: dict[str, Any], node: str, bots: list[BotFile], layout: Lay
         accounts={f"paper-{b.name}": copy.deepcopy(template.get(b.account, {"broker": "paper"}))
                   for b in bots},
         market={"speed": realtime_multiple("goog_1d", bars_per_s), "loop": True, "bots": {
-            b.name: {"dataset": b.dataset, "speed": realtime_multiple(b.dataset, bars_per_s),
-                     "loop": True} for b in bots}},
+            b.name: {"dataset": b.dataset, "loop": True, "speed": realtime_multiple(
+                b.dataset, series_pace(b.dataset, bars_per_s))} for b in bots}},
     )
     return doc
 

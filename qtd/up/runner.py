@@ -33,14 +33,13 @@ from rich.live import Live
 from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensure_jetstream
 from qtd.errors import OperationalError
 from qtd.proc import python_argv
-from qtd.up.configs import FleetPlan, generate, refuse_bad_bots
+from qtd.up.configs import DEFAULT_BARS_PER_S, FleetPlan, generate, refuse_bad_bots
 from qtd.up.context import publish_context
 from qtd.up.layout import Layout, find_etc
 from qtd.up.procs import Child, stop_children, stop_leftovers, write_pids
 from qtd.up.summary import FleetWatch, render, rich_view, rows
 
 DEFAULT_AGENTS = 2
-DEFAULT_BARS_PER_S = 10.0
 READY_WAIT_S = 30.0  # piped output: the first table once every agent answered, or after this
 
 

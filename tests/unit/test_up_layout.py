@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 from qtd.agent.config import load_agent_config
+from qtd.data import DATASETS
 from qtd.errors import ConfigError
 from qtd.leader.config import load_leader_config
-from qtd.up.configs import TICKS_PER_BAR, assign, generate, load_bots, realtime_multiple
+from qtd.up.configs import (
+    DEFAULT_BARS_PER_S,
+    DEMO_RUN_S,
+    TICKS_PER_BAR,
+    assign,
+    generate,
+    load_bots,
+    realtime_multiple,
+)
 from qtd.up.layout import Layout, find_etc, repo_root
 from qtd.up.toml import dumps
 
@@ -67,3 +76,25 @@ def test_tick_series_play_ticks_per_bar_of_pace() -> None:
 def test_demo_fleet_covers_every_bundled_series() -> None:
     assert {b.dataset for b in load_bots(ETC)} == {
         "es_ticks", "eurusd_1h", "goog_1d", "sp500_1d", "nasdaq_1d", "btcusd_1mo"}
+
+
+@pytest.mark.parametrize("speed", [DEFAULT_BARS_PER_S, 30.0])
+def test_a_default_length_demo_never_loops_a_series(tmp_path: Path, speed: float) -> None:
+    """A loop jumps from a series' last price back to its first: a position held across it
+    books the jump as today's loss (momo-btc's monthly bars looped every 16 s and tripped the
+    daily-loss cap after ~80 s). DEMO_RUN_S at the default pace (or the same bars at a faster
+    one) plays each series once at most; --speed scales every series alike."""
+    layout = Layout.at(tmp_path / "s")
+    layout.create()
+    plan = generate(ETC, layout, agents=2, url="nats://127.0.0.1:1", bars_per_s=speed)
+    run_s = DEMO_RUN_S * DEFAULT_BARS_PER_S / speed
+    for path in plan.agent_configs.values():
+        for bot, src in load_agent_config(path).market.bots.items():
+            info = DATASETS[src.dataset]
+            span_s = (info.last_ts_ns - info.first_ts_ns) / 1e9
+            assert src.speed * run_s < span_s, (bot, src.dataset, src.speed)
+    btc = realtime_multiple("btcusd_1mo", 1.0)
+    speeds = {b: s.speed for p in plan.agent_configs.values()
+              for b, s in load_agent_config(p).market.bots.items()}
+    assert speeds["momo-btc"] < speed * btc  # a short series is slowed ...
+    assert speeds["tick-es"] == pytest.approx(realtime_multiple("es_ticks", speed))  # ... only
