@@ -40,12 +40,12 @@ from qtd.projections import TradingDay
 _NS = 1_000_000_000
 _LEVELS = {"L1": Scope.GLOBAL, "L2": Scope.ACCOUNT, "L3": Scope.STRATEGY, "L4": Scope.SYMBOL}
 _REMEDY = {
-    "daily_loss": "today's loss counts until the trading-day rollover",
-    "drawdown": "equity must come back within the limit of its peak",
+    "daily_loss": "wait for the trading-day rollover (today's loss counts until then)",
+    "drawdown": "wait until equity is back within the limit of its peak",
     "gross_exposure": "reduce the fleet's positions below the limit",
     "symbol_exposure": "reduce the symbol's net position below the limit",
-    "error_rate": "the rate is measured over its window: wait for it to fall",
-    "order_spike": "the rate is measured over its window: wait for it to fall",
+    "error_rate": "wait until the rate over its window falls",
+    "order_spike": "wait until the rate over its window falls",
 }
 
 
