@@ -38,4 +38,4 @@ def publish_context(layout: Layout, plan: FleetPlan, nats_url: str, web_url: str
         where = f"with --context {layout.root} (or export {STATE_ENV}={layout.root})"
     return [f"operate this fleet {where}: qtd alerts, qtd kill --reason WHY --operator "
             "NAME, qtd resume ..., qtd events --tail 20, qtd positions",
-            f"(context: {path}; see README \"Operating a fleet\")"]
+            f"(context: {path}; see docs/operating.md)"]
