@@ -62,6 +62,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--all", action="store_true", dest="everything",
                    help="release every active kill")
     add_connection_args(r)
+    r.add_argument("--json", action="store_true", help="the leader's reply as JSON instead "
+                   "of the summary")
     r.set_defaults(handler=lambda a: run_command(a, "resume", CommandRequest(
         operator=a.operator, reason=a.reason, kill_ids=a.kill_ids, key=a.key,
         scope=Scope(a.scope.upper()) if a.scope else None, everything=a.everything)))
@@ -157,6 +159,8 @@ def run_command(args: argparse.Namespace, verb: str, req: CommandRequest) -> int
             print(f"{a['alert_id']}  {a['severity']}  {a['status']:<6}  {a['title']}")
         if not reply["alerts"]:
             print("no open alerts")
+    elif verb == "resume" and not args.json:
+        print(resume_summary(reply))
     elif verb in ("caps", "caps_raise") and not args.json:
         print(caps_table(reply, raised=req.cap if verb == "caps_raise" else ""))
     else:
@@ -196,4 +200,27 @@ def caps_table(reply: dict[str, Any], raised: str = "") -> str:
         what = f"{o['cap']} {o['cap_key']}".strip()
         lines.append(f"  {what}: {o['old_limit']:,.2f} -> {o['new_limit']:,.2f} {o['unit']} "
                      f"by {o['operator']}: {o['reason']}")
+    return "\n".join(lines)
+
+
+def resume_summary(reply: dict[str, Any]) -> str:
+    """The ``resume`` reply as an operator reads it: what was released, what each agent
+    answered per scope, and every kill still in force (trading stays halted there)."""
+    released = reply.get("released", [])
+    lines = [f"released {len(released)} kill(s): {', '.join(released)}" if released
+             else "released no kill (none was active): agents asked to resume GLOBAL"]
+    if reply.get("scopes"):
+        scopes = ", ".join(sc.rstrip(":") for sc in reply["scopes"])  # "GLOBAL:" -> GLOBAL
+        lines.append(f"agents asked to resume {scopes}:")
+    for node, answer in sorted(reply.get("agents", {}).items()):
+        lines.append(f"  {node:<20} {answer}")
+    still = reply.get("still_active", [])
+    if still:
+        lines.append(f"still active ({len(still)}): trading stays halted there")
+        for k in still:
+            where = f"{k['scope']}:{k['key']}" if k.get("key") else k["scope"]
+            lines.append(f"  {k['kill_id']}  {where:<24} {k['reason']!r} "
+                         f"({k.get('operator') or k.get('source', '')})")
+    else:
+        lines.append("no kill is active")
     return "\n".join(lines)

@@ -116,7 +116,7 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             assert all(k in out.stderr + out.stdout for k in (cap.id, glob, strat))
 
             out = run_qtd(["resume", "--config", lead, "--operator", "carol",
-                           "--reason", "bot fixed", "--kill-id", strat])
+                           "--reason", "bot fixed", "--kill-id", strat, "--json"])
             assert out.returncode == 0, out.stderr
             body = json.loads(out.stdout)
             assert body["released"] == [strat] and body["resumed"] is False
@@ -131,9 +131,12 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             out = run_qtd(["resume", "--config", lead, "--operator", "carol",
                            "--reason", "global clear", "--scope", "global"])
             assert out.returncode == 0, out.stderr
-            body = json.loads(out.stdout)
-            assert body["released"] == [glob]
-            assert [k["kill_id"] for k in body["still_active"]] == [cap.id]
+            said = out.stdout.splitlines()  # the human summary
+            assert said[0] == f"released 1 kill(s): {glob}", said
+            assert "agents asked to resume GLOBAL:" in said, said
+            assert any(line.split()[:2] == ["node-a", "ok:"] for line in said), said
+            assert "still active (1): trading stays halted there" in said, said
+            assert any(line.split()[:2] == [cap.id, "SYMBOL:GOOG"] for line in said), said
             for node in ("node-a", "node-b"):
                 reply = await request(ops, node, "status", CommandRequest(operator="t"))
                 states = {(s["scope"], s["key"]): s["state"] for s in reply.data["states"]}

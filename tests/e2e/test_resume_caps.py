@@ -162,7 +162,7 @@ async def test_resume_is_refused_while_the_cap_holds_and_holds_once_it_is_raised
             assert "500.00 -> 1,000,000.00 USD by carol: the GOOG holding is intended" \
                 in out.stdout
             out = await _qtd("resume", "--config", opcfg, "--operator", "carol",
-                             "--reason", "cap raised for today")
+                             "--reason", "cap raised for today", "--json")
             assert out.returncode == 0, out.stdout + out.stderr
             body = json.loads(out.stdout)
             assert body["resumed"] is True and body["released"] == [kill.id]
