@@ -213,6 +213,17 @@ def processes() -> Any:
             stop_process(p)
 
 
+async def denied(errors: list[str], what: str) -> None:
+    """Wait until the server reported a permissions violation naming ``what`` on a client
+    whose errors go to ``errors`` (see :meth:`ShippedNats.connect`)."""
+    needle = what.lower()
+    try:
+        await wait_for(lambda: any("permissions violation" in e.lower() and needle in e.lower()
+                                   for e in errors), timeout_s=5)
+    except TimeoutError:
+        raise AssertionError(f"no permissions violation for {what!r}; errors: {errors}") from None
+
+
 async def log_match(log: Path, pattern: bytes, timeout_s: float = 60.0,
                     start: int = 0) -> re.Match[bytes]:
     """Wait until ``pattern`` appears in ``log`` (from byte ``start``); return the match."""

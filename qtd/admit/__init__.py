@@ -43,7 +43,6 @@ from qtd.admit.loader import load_source, source_hash
 from qtd.admit.problems import Problem, combined_error, toml_lines
 from qtd.admit.rules import Verdict, content_hash, params_json
 from qtd.admit.sandbox import Limits, Reply, admit_in_child
-from qtd.admit.smoke import SmokeResult
 from qtd.clock import Clock, LiveClock
 from qtd.errors import ConfigError
 from qtd.events import Event, StrategyAdmitted
@@ -67,18 +66,14 @@ class _Appender(Protocol):
     async def append(self, event: Event) -> Any: ...
 
 
-class Admission(msgspec.Struct, kw_only=True):
-    """Result of admitting one file (bot config or routes file).
+class Admission(Verdict, kw_only=True):
+    """Result of admitting one file (bot config or routes file): the child's
+    :class:`~qtd.admit.rules.Verdict` (bot, strategy, hashes, params, problems, smoke) and
+    what only this process knows.
 
     Attributes:
         path: the file.
         kind: ``"bot"`` or ``"routes"``.
-        bot: bot name (bots only).
-        strategy: strategy class name (bots only).
-        content_hash / source_hash / params_hash: sha256 hex (admitted bots only).
-        params: the validated params with defaults filled in (bots only).
-        problems: every error found; empty means admitted.
-        smoke: the smoke run's figures, if it ran.
         isolation: how the admission child was kept off the network (bots only).
         strategy_cls / params_obj: the strategy class and params, imported into this
             process (only with ``admit_bot(..., load=True)``, admitted bots only).
@@ -86,14 +81,6 @@ class Admission(msgspec.Struct, kw_only=True):
 
     path: Path
     kind: str = "bot"
-    bot: str = ""
-    strategy: str = ""
-    content_hash: str = ""
-    source_hash: str = ""
-    params_hash: str = ""
-    params: dict[str, Any] = {}
-    problems: list[Problem] = []
-    smoke: SmokeResult | None = None
     isolation: str = ""
     strategy_cls: Any = None
     params_obj: Any = None
@@ -104,10 +91,7 @@ class Admission(msgspec.Struct, kw_only=True):
 
 
 def _admission(path: Path, verdict: Verdict, isolation: str) -> Admission:
-    v = verdict
-    return Admission(path=path, bot=v.bot, strategy=v.strategy, content_hash=v.content_hash,
-                     source_hash=v.source_hash, params_hash=v.params_hash, params=v.params,
-                     problems=v.problems, smoke=v.smoke, isolation=isolation)
+    return Admission(path=path, isolation=isolation, **msgspec.structs.asdict(verdict))
 
 
 async def _load(adm: Admission, strategy_file: Path) -> list[Problem]:

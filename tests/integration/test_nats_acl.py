@@ -40,7 +40,7 @@ from qtd.bus import EVENTS_STREAM, ensure_jetstream
 from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet
-from tests.shipped import password, shipped_nats, user_inbox
+from tests.shipped import denied, password, shipped_nats, user_inbox
 
 PASSWORDS = {u: password(u) for u in ("agent-node-a", "leader", "operator", "deployer")}
 
@@ -58,15 +58,6 @@ async def _connect(url: str, user: str, errors: list[str]) -> Client:
     return await nats.connect(url, user=user, password=PASSWORDS[user], error_cb=on_error,
                               allow_reconnect=False, connect_timeout=2,
                               inbox_prefix=user_inbox(user))
-
-
-async def _denied(errors: list[str], what: str) -> None:
-    needle = what.lower()
-    try:
-        await wait_for(lambda: any("permissions violation" in e.lower() and needle in e.lower()
-                                   for e in errors), timeout_s=5)
-    except TimeoutError:
-        raise AssertionError(f"no permissions violation for {what!r}; errors: {errors}") from None
 
 
 async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> None:
@@ -109,21 +100,21 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         for subject in ("qtd.evt.node-b.bot.Fill", "qtd.hb.node-b", "qtd.ack.kill.node-b",
                         "qtd.pnl.node-b.bot", "qtd.ctl.kill", "qtd.ctl.node-b.halt"):
             await rogue.publish(subject, b"{}")
-            await _denied(errors, subject)
+            await denied(errors, subject)
         with pytest.raises(nats.errors.TimeoutError):  # the KV put never reaches the stream
             await rogue.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"{}", timeout=0.5)
-        await _denied(errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
+        await denied(errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
         for api in (f"$JS.API.STREAM.PURGE.KV_{CONTROL_BUCKET}",
                     f"$JS.API.STREAM.DELETE.{EVENTS_STREAM}",
                     f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
                     f"$JS.API.STREAM.MSG.DELETE.KV_{CONTROL_BUCKET}"):
             with pytest.raises(nats.errors.TimeoutError):
                 await rjs._api_request(api, b"{}", timeout=0.5)
-            await _denied(errors, api)
+            await denied(errors, api)
         await rogue.subscribe("qtd.ctl.node-b.*")
-        await _denied(errors, "qtd.ctl.node-b.*")
+        await denied(errors, "qtd.ctl.node-b.*")
         await rogue.subscribe("qtd.evt.>")
-        await _denied(errors, "qtd.evt.>")
+        await denied(errors, "qtd.evt.>")
         await rogue.flush()
         await asyncio.sleep(0.2)
         assert seen == [], seen  # the leader received none of the forged messages
@@ -144,13 +135,13 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         for subject in (f"$KV.{CONTROL_BUCKET}.preflight.node-a", "qtd.ctl.node-a.halt",
                         "qtd.evt.node-a.bot.Fill", "qtd.hb.leader"):
             await op.publish(subject, b"{}")
-            await _denied(op_errors, subject)
+            await denied(op_errors, subject)
         ojs = op.jetstream()
         for api in (f"$JS.API.STREAM.PURGE.KV_{CONTROL_BUCKET}",
                     f"$JS.API.STREAM.DELETE.KV_{CONTROL_BUCKET}"):
             with pytest.raises(nats.errors.TimeoutError):
                 await ojs._api_request(api, b"{}", timeout=0.5)
-            await _denied(op_errors, api)
+            await denied(op_errors, api)
         await op.close()
 
         # Deploys: the deployer writes the deploy buckets; an agent reads but cannot write them;
@@ -162,7 +153,7 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         await fleet.deploy.put("desired.b1", b"{}")
         with pytest.raises(nats.errors.TimeoutError):
             await dep.request(f"$KV.{CONTROL_BUCKET}.{KILL_KEY}", b"", timeout=0.5)
-        await _denied(dep_errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
+        await denied(dep_errors, f"$KV.{CONTROL_BUCKET}.{KILL_KEY}")
         await dep.close()
         agent_errors: list[str] = []
         reader = await _connect(url, "agent-node-a", agent_errors)
@@ -171,7 +162,7 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         assert (await seen_by_agent.deploy.get("desired.b1")).value == b"{}"
         with pytest.raises(nats.errors.TimeoutError):
             await reader.request("$KV.qtd_deploy.desired.b1", b"forged", timeout=0.5)
-        await _denied(agent_errors, "$KV.qtd_deploy.desired.b1")
+        await denied(agent_errors, "$KV.qtd_deploy.desired.b1")
         await reader.close()
 
         # No user at all: refused (raw protocol; nats-py leaks the socket of a refused

@@ -37,6 +37,7 @@ from tests.agent_rig import wait_for, write_fleet
 from tests.shipped import (
     ShippedNats,
     agent_config,
+    denied,
     leader_config,
     log_match,
     password,
@@ -52,15 +53,6 @@ STREAMS = (f"KV_{CONTROL_BUCKET}", f"KV_{DEPLOY_BUCKET}", f"KV_{SOURCES_BUCKET}"
 FORGED_DELIVERIES = ("qtd.hb.leader", "qtd.ctl.kill")
 LEADER_TIMEOUT_S = 1.0
 FORGE_S = 4.0  # seconds of forging after the agents noticed the leader is gone
-
-
-async def _denied(errors: list[str], what: str) -> None:
-    needle = what.lower()
-    try:
-        await wait_for(lambda: any("permissions violation" in e.lower() and needle in e.lower()
-                                   for e in errors), timeout_s=5)
-    except TimeoutError:
-        raise AssertionError(f"no permissions violation for {what!r}; errors: {errors}") from None
 
 
 async def _buckets(server: ShippedNats) -> Client:
@@ -97,12 +89,12 @@ async def test_no_user_but_the_leader_can_create_a_consumer(tmp_path: Path) -> N
             results = await asyncio.gather(*tries, return_exceptions=True)
             created = [r for r in results if not isinstance(r, BaseException)]
             assert created == [], f"{user} created consumers: {created}"
-            await _denied(errors, "$JS.API.CONSUMER.CREATE.")
+            await denied(errors, "$JS.API.CONSUMER.CREATE.")
             with pytest.raises(nats.errors.TimeoutError):  # the legacy durable API too
                 await nc.request(f"$JS.API.CONSUMER.DURABLE.CREATE.KV_{CONTROL_BUCKET}.forged",
                                  b'{"stream_name":"KV_qtd_control","config":{"durable_name":'
                                  b'"forged","deliver_subject":"qtd.ctl.kill"}}', timeout=0.5)
-            await _denied(errors, "$JS.API.CONSUMER.DURABLE.CREATE.")
+            await denied(errors, "$JS.API.CONSUMER.DURABLE.CREATE.")
         js = leader.jetstream()
         for stream in STREAMS:
             assert (await js.stream_info(stream)).state.consumer_count == 0, stream
@@ -196,7 +188,7 @@ async def test_each_user_reads_only_its_own_inbox(tmp_path: Path) -> None:
         for subject in ("_INBOX.>", "_INBOX.*", "_INBOX_agent-node-b.>", "_INBOX_leader.>",
                         "_INBOX_operator.>", "_INBOX_deployer.>", "*.>", ">"):
             await rogue.subscribe(subject)
-            await _denied(errors, f'subscription to "{subject}"')
+            await denied(errors, f'subscription to "{subject}"')
         # its own inbox works: a JetStream API round trip
         info = await rogue.jetstream(timeout=5).stream_info(EVENTS_STREAM)
         assert info.config.name == EVENTS_STREAM
