@@ -388,8 +388,10 @@ class KillSwitchController:
             return f"no reply ({type(exc).__name__})"
         return f"{'ok' if reply.ok else 'refused'}: {reply.message}"
 
-    def _on_ack_data(self, data: bytes) -> None:
+    def _on_ack_data(self, data: bytes, subject: str) -> None:
         ack = _ack_decoder.decode(data)
+        if subject != f"{self.subjects.prefix}.ack.kill.{ack.node}":  # no acking for others
+            raise ValueError(f"ack names node {ack.node!r} on {subject}")
         rnd = self.active.get(ack.kill_id)
         if rnd is None or ack.node in rnd.acks:
             return
@@ -410,8 +412,8 @@ class KillSwitchController:
 
     async def _on_ack(self, msg: Msg) -> None:
         try:
-            self._on_ack_data(msg.data)
-        except DECODE_ERRORS as exc:
+            self._on_ack_data(msg.data, msg.subject)
+        except (*DECODE_ERRORS, ValueError) as exc:
             REJECTED.reject("kill_ack", msg.subject, exc, log)
 
     async def _on_ctl(self, msg: Msg) -> None:

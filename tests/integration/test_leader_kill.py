@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from qtd.agent.control import new_kill, read_kills, release_kills, send_kill
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer, ensure_jetstream
+from qtd.bus.rejects import REJECTED
 from qtd.events import KillSwitch, RiskBreach, Scope, Side
 from qtd.leader import Leader
 from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
@@ -179,3 +180,23 @@ async def test_concurrent_kill_writers_never_overwrite_each_other(
     await kv.put(KILL_KEY, b"\x00garbage")  # fail safe: an unreadable set is a GLOBAL kill
     (unreadable,) = (await read_kills(nats_client)).kills
     assert unreadable.scope is Scope.GLOBAL and "undecodable" in unreadable.reason
+
+
+async def test_an_agent_cannot_acknowledge_a_kill_for_another_node(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client,
+    receiver: PageReceiver,
+) -> None:
+    """A kill ack counts for the node its subject names: an ack on node-a's subject that
+    says node-d is refused and counted, node-d stays missing and is paged."""
+    cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
+    async with agents(tmp_path, nats_server, NODES) as peers, Leader(cfg) as leader:
+        peers[-1].answer_kills = False
+        await wait_for(lambda: set(leader.view.heartbeats) == set(NODES), what="heartbeats")
+        before = REJECTED.counts["kill_ack"]
+        rnd = await leader.kill.trigger_kill(Scope.GLOBAL, "", "test kill", "alice")
+        await nats_client.publish("qtd.ack.kill.node-a", msgspec.json.encode(
+            {"node": "node-d", "kill_id": rnd.kill_id, "state": "HALTED"}))
+        await wait_for(lambda: len(rnd.acks) == 3, what="the three real acks")
+        await wait_for(lambda: "kill:unacked" in leader.alerts.open, 3.0, "P1 alert")
+        assert "node-d" not in rnd.acks and rnd.missing() == ["node-d"]
+        assert REJECTED.counts["kill_ack"] == before + 1
