@@ -275,11 +275,27 @@ class EmbeddedNatsServer:
     def pause(self) -> None:
         """SIGSTOP the server: it keeps its sockets but answers nothing until :meth:`resume`.
 
+        Returns once the kernel reports the process stopped (``/proc/<pid>/stat`` state
+        ``T``, at most 1 s; at once where there is no ``/proc``): a signal to a process
+        running on another core takes effect a moment later, and a request sent in that
+        moment would still be answered.
+
         Raises:
             OperationalError: the server is not running.
         """
         self._signal(signal.SIGSTOP)
         self._paused = True
+        assert self._proc is not None
+        stat = Path(f"/proc/{self._proc.pid}/stat")
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return
+            if state in ("T", "t"):
+                return
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT a paused server.
