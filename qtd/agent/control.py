@@ -144,6 +144,13 @@ def kill_ack_all(subjects: Subjects) -> str:
     return f"{subjects.prefix}.ack.kill.*"
 
 
+def ack_is_from(subjects: Subjects, subject: str, node: str) -> bool:
+    """Whether an acknowledgement naming ``node`` came on that node's own subject: an agent
+    may publish only on its own ``<prefix>.ack.kill.<node>`` (the server checks the
+    subject, not the body), so an ack for another node is not believed."""
+    return subject == f"{subjects.prefix}.ack.kill.{node}"
+
+
 def new_kill(*, reason: str, scope: Scope = Scope.GLOBAL, key: str = "", flatten: bool = False,
              operator: str = "", source: str = "cli") -> KillMessage:
     """A :class:`KillMessage` with a fresh id and the current time."""
@@ -178,7 +185,7 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
             ack = msgspec.json.decode(m.data, type=KillAck)
         except DECODE_ERRORS:
             return
-        if ack.kill_id == msg.id:
+        if ack.kill_id == msg.id and ack_is_from(subjects, m.subject, ack.node):
             acks.setdefault(ack.node, ack)
             if expect and len(acks) >= expect:
                 done.set()

@@ -30,7 +30,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd.agent.control import KillMessage, kill_ack_all, publish_kill
+from qtd.agent.control import KillMessage, ack_is_from, kill_ack_all, publish_kill
 from qtd.bus import Subjects
 from qtd.events import DECODE_ERRORS, KillAck
 
@@ -135,9 +135,8 @@ class _Round:
     """Acknowledgements, heartbeats heard and the roster of one kill (callbacks only)."""
 
     def __init__(self, kill_id: str, expect: int, subjects: Subjects) -> None:
-        self.kill_id, self.expect = kill_id, expect
+        self.kill_id, self.expect, self.subjects = kill_id, expect, subjects
         self.hb_prefix = subjects.hb_all[:-1]  # "<prefix>.hb."
-        self.ack_prefix = kill_ack_all(subjects)[:-1]  # "<prefix>.ack.kill."
         self.t0 = time.perf_counter()
         self.acks: dict[str, AckSeen] = {}
         self.heard: dict[str, float] = {}  # node -> perf_counter() when last heard
@@ -154,7 +153,7 @@ class _Round:
             ack = _ack_decoder.decode(msg.data)
         except DECODE_ERRORS:
             return
-        if msg.subject.removeprefix(self.ack_prefix) != ack.node:
+        if not ack_is_from(self.subjects, msg.subject, ack.node):
             return  # an agent may publish acks on its own subject only: not for another node
         if ack.kill_id == self.kill_id and ack.node not in self.acks:
             self.acks[ack.node] = AckSeen(ack=ack, after_ms=self.ms(time.perf_counter()))

@@ -46,14 +46,16 @@ from qtd.agent.control import (
     CommandReply,
     KillMessage,
     KillSet,
+    ack_is_from,
     decode_kill,
     decode_kill_set,
+    kill_ack_all,
+    kill_ack_subject,
     update_kill_set,
 )
 from qtd.agent.control import CommandRequest as AgentRequest
 from qtd.bus import KILL_KEY, Subjects
 from qtd.bus.rejects import REJECTED, server_reply
-from qtd.bus.subjects import check_token
 from qtd.clock import Clock
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
@@ -69,7 +71,7 @@ UNACKED_KEY = "kill:unacked"
 
 def ack_subject(subjects: Subjects, node: str | None = None) -> str:
     """``<prefix>.ack.kill.<node>`` (``None``: every node, ``*``)."""
-    return f"{subjects.prefix}.ack.kill.{'*' if node is None else check_token('node', node)}"
+    return kill_ack_all(subjects) if node is None else kill_ack_subject(subjects, node)
 
 
 class AckWire(msgspec.Struct, kw_only=True):
@@ -390,7 +392,7 @@ class KillSwitchController:
 
     def _on_ack_data(self, data: bytes, subject: str) -> None:
         ack = _ack_decoder.decode(data)
-        if subject != f"{self.subjects.prefix}.ack.kill.{ack.node}":  # no acking for others
+        if not ack_is_from(self.subjects, subject, ack.node):
             raise ValueError(f"ack names node {ack.node!r} on {subject}")
         rnd = self.active.get(ack.kill_id)
         if rnd is None or ack.node in rnd.acks:
