@@ -33,7 +33,7 @@ from qtd.agent import commands
 from qtd.agent.control import decode_kill, read_kills
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
-from qtd.bus.rejects import REJECTED, server_reply
+from qtd.bus.rejects import reject_server_reply
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
 from qtd.risk.kill import KillFileWatcher
 
@@ -83,20 +83,16 @@ async def on_bus_ready(agent: Agent, link: BusLink) -> None:
     s = agent.subjects
 
     async def on_ctl(m: Any) -> None:
-        echo = server_reply(m.data, m.headers)
-        if echo is not None:  # e.g. a stream republish or an API answer aimed here
-            REJECTED.reject("command", m.subject, ValueError(f"not a command: {echo}"), log)
-            return
+        if reject_server_reply("command", m.subject, m.data, m.headers, log):
+            return  # e.g. a stream republish or an API answer aimed here
         verb = m.subject.rsplit(".", 1)[-1]
         reply = await commands.handle(agent, verb, m.data)
         if m.reply:
             await m.respond(msgspec.json.encode(reply))
 
     async def on_kill(m: Any) -> None:
-        echo = server_reply(m.data, m.headers)
-        if echo is not None:  # another client made the server answer here: not a kill
-            REJECTED.reject("kill", m.subject, ValueError(f"not a kill: {echo}"), log)
-            return
+        if reject_server_reply("kill", m.subject, m.data, m.headers, log):
+            return  # another client made the server answer here: not a kill
         await commands.apply_kill(agent, decode_kill(m.data), via="core")
 
     async def on_leader(m: Any) -> None:

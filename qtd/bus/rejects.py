@@ -91,3 +91,14 @@ def server_reply(data: bytes, headers: Mapping[str, str] | None) -> str | None:
     if "stream" in doc and "seq" in doc:
         return "a JetStream publish acknowledgement"
     return None
+
+
+def reject_server_reply(kind: str, subject: str, data: bytes,
+                        headers: Mapping[str, str] | None, log: logging.Logger) -> bool:
+    """Count and log a message that NATS itself wrote on a control subject
+    (:func:`server_reply`) as a rejected ``kind``; True when it was one (then ignore it)."""
+    echo = server_reply(data, headers)
+    if echo is None:
+        return False
+    REJECTED.reject(kind, subject, ValueError(f"not a {kind}: {echo}"), log)
+    return True

@@ -55,7 +55,7 @@ from qtd.agent.control import (
 )
 from qtd.agent.control import CommandRequest as AgentRequest
 from qtd.bus import KILL_KEY, Subjects
-from qtd.bus.rejects import REJECTED, server_reply
+from qtd.bus.rejects import REJECTED, reject_server_reply
 from qtd.clock import Clock
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
@@ -419,9 +419,7 @@ class KillSwitchController:
             REJECTED.reject("kill_ack", msg.subject, exc, log)
 
     async def _on_ctl(self, msg: Msg) -> None:
-        echo = server_reply(msg.data, msg.headers)
-        if echo is not None:
-            REJECTED.reject("kill", msg.subject, ValueError(f"not a kill: {echo}"), log)
+        if reject_server_reply("kill", msg.subject, msg.data, msg.headers, log):
             return
         kill = decode_kill(msg.data)
         if kill.id in self._past or kill.id in self.active:
