@@ -320,20 +320,26 @@ DEFAULT_INBOX_PREFIX = "_INBOX"
 _NOT_TOKEN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
+def user_name(cfg: BusConfig) -> str | None:
+    """The NATS user ``cfg`` logs in as: ``user``, else the first server URL's
+    ``nats://user:password@...``; None without a user (token, NKey, creds or no auth)."""
+    if cfg.user:
+        return cfg.user
+    return next((u for u in (urlsplit(s).username for s in cfg.servers) if u), None)
+
+
 def inbox_prefix(cfg: BusConfig) -> str:
     """The reply-inbox prefix a client with ``cfg`` uses (nats-py ``inbox_prefix``).
 
     ``cfg.inbox_prefix`` when set; else ``_INBOX_<user>`` (every character of ``user`` other
     than a letter, digit, ``_`` or ``-`` becomes ``_``), the prefix etc/nats-server.conf
-    grants that user, e.g. ``_INBOX_agent-node-a``; the user may also come from the first
-    server URL (``nats://user:password@host:port``); else nats-py's ``_INBOX`` (no user:
+    grants that user, e.g. ``_INBOX_agent-node-a``; the user is :func:`user_name` (``user``
+    or a server URL's ``nats://user:password@host:port``); else nats-py's ``_INBOX`` (no user:
     token, NKey or creds auth, or no auth at all).
     """
     if cfg.inbox_prefix is not None:
         return cfg.inbox_prefix
-    user = cfg.user
-    if user is None and cfg.servers:
-        user = urlsplit(cfg.servers[0]).username
+    user = user_name(cfg)
     if user:
         return f"{DEFAULT_INBOX_PREFIX}_{_NOT_TOKEN_CHARS.sub('_', user)}"
     return DEFAULT_INBOX_PREFIX

@@ -24,7 +24,6 @@ import tomllib
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
@@ -32,7 +31,7 @@ import nats.js.errors
 from nats.aio.client import Client
 
 from qtd.bus import BusConfig, check_bus_config, connect, redact_url
-from qtd.bus.config import check_secret_file, read_credential
+from qtd.bus.config import check_secret_file, read_credential, user_name
 from qtd.bus.denied import Denials, NatsAuthRefused, PermissionDenied
 from qtd.errors import ConfigError, TemporaryError
 from qtd.files import read_capped_text
@@ -241,18 +240,12 @@ def bus_from_args(args: argparse.Namespace, name: str = "qtd") -> BusConfig:
 
 def login_of(bus: BusConfig) -> str:
     """The NATS login ``bus`` uses, for messages (never a secret)."""
-    if bus.user:
-        return bus.user
-    user = next((u for u in (_url_user(s) for s in bus.servers) if u), None)
+    user = user_name(bus)
     if user:
         return user
     if bus.creds_file or bus.creds_credential:
         return f"(creds {bus.creds_file or bus.creds_credential})"
     return "(token)" if bus.token or bus.token_credential else "(no user)"
-
-
-def _url_user(url: str) -> str | None:
-    return urlsplit(url).username
 
 
 # --- running a command on NATS -------------------------------------------------------------
