@@ -23,6 +23,12 @@ connections took the page down at the default 1,024 descriptors (issue 21, findi
   beyond the cap closes the oldest one still sending its request (the likeliest slow
   client), so an operator whose browser sends its request at once still gets the page
   during a flood; with none to close, the new one gets 503 and is closed.
+* **Accept burst**: asyncio accepts up to ``backlog`` sockets each time the listening
+  socket is ready, and the cap above runs only two loop turns later (and a closed socket is
+  released one turn after that), so up to three bursts are open beyond the cap.
+  :func:`accept_burst` sizes the listen backlog so that cap + three bursts + the process's
+  own descriptors fit under ``RLIMIT_NOFILE`` (uvicorn's default, 2,048, would let one
+  flood of 300 connections hit EMFILE at a 256-descriptor limit).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ log = logging.getLogger("qtd.web.conn")
 LINGER_S = 1.0
 DROP_REASONS = ("timeout", "evicted", "refused", "unread_body")
 FD_RESERVE = 128
+OWN_FDS = 64  # NATS, SQLite (db, -wal, -shm), logs, epoll, self-pipe, listeners
+BACKLOG_MAX = 2048  # uvicorn's default listen backlog
+BACKLOG_MIN = 8
 _BUSY_TEXT = b"too many open connections\n"
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close"
          b"\r\ncontent-length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT))
@@ -54,6 +63,8 @@ class ConnectionGuard:
         request_timeout_s: seconds a client has to send a whole request.
 
     Attributes:
+        backlog: the listen backlog and accept burst (:func:`accept_burst`); pass it to
+            uvicorn's ``Config(backlog=...)``.
         bytes_received: bytes read on HTTP connections (WebSocket frames not included).
         dropped: connections closed by the guard, by reason (``timeout``: past the request
             deadline, ``evicted``: closed for a newer one at the cap, ``refused``: a new one
@@ -62,6 +73,7 @@ class ConnectionGuard:
 
     def __init__(self, max_connections: int = 1000, request_timeout_s: float = 10.0) -> None:
         self.max_connections = fd_bounded(max_connections)
+        self.backlog = accept_burst(self.max_connections)
         self.request_timeout_s = request_timeout_s
         self.receiving: dict[GuardedH11, None] = {}  # oldest first
         self.dropped: Counter[str] = Counter()
@@ -159,3 +171,15 @@ def fd_bounded(max_connections: int) -> int:
                 " SQLite and logs (raise LimitNOFILE= in the unit)", fitted, max_connections,
                 soft, FD_RESERVE)
     return fitted
+
+
+def accept_burst(max_connections: int) -> int:
+    """The listen backlog (connections, also asyncio's accept burst per ready event) that
+    keeps ``max_connections`` + three bursts + ``OWN_FDS`` under the soft
+    ``RLIMIT_NOFILE``; between ``BACKLOG_MIN`` and ``BACKLOG_MAX`` (2,048, uvicorn's
+    default). Source: ``asyncio.selector_events.BaseSelectorEventLoop._accept_connection``
+    loops ``backlog`` times per ready event and creates the protocol in a later task."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return BACKLOG_MAX
+    return max(BACKLOG_MIN, min(BACKLOG_MAX, (soft - max_connections - OWN_FDS) // 3))

@@ -51,7 +51,7 @@ class WebServer:
         self.guard = guard or ConnectionGuard()
         self.config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio",
-            http=guarded_h11(self.guard), ws_max_size=WS_MAX_BYTES,
+            http=guarded_h11(self.guard), backlog=self.guard.backlog, ws_max_size=WS_MAX_BYTES,
             timeout_graceful_shutdown=graceful_s, ws_ping_interval=20.0)
         self.server = _EmbeddedServer(self.config)
         self.task: asyncio.Task[None] | None = None
