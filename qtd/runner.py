@@ -204,12 +204,12 @@ class Watchdog:
                 if g.check(now):
                     log.warning("hook overran its %.3f s budget: aborting it", g.budget_s)
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         self._guards, self._cond, self._thread = set(), threading.Condition(), None
 
 
 WATCHDOG: Final = Watchdog()
-os.register_at_fork(after_in_child=WATCHDOG._after_fork)
+os.register_at_fork(after_in_child=WATCHDOG.after_fork)
 
 
 class HookThread:
@@ -534,7 +534,7 @@ class BotRunner:
         params, new_hash = self._pending_params
         self._pending_params = None
         old_hash, self.params_hash = self.params_hash, new_hash
-        self.strategy._params = params
+        self.strategy.params = params
         self._params = params
         await self._record(ParamsChanged(
             node=self.node, bot=self.name, ts_event=self.clock.now_ns(),
@@ -624,7 +624,7 @@ class BotRunner:
                         self.ctx.release(req.symbol, req.side.sign * req.qty)
             except Exception as exc:
                 log.exception("bot %s: order submission failed; halting the bot", self.name)
-                await self._set_halted(f"order submission failed: {type(exc).__name__}: {exc}")
+                await self.halt(f"order submission failed: {type(exc).__name__}: {exc}")
                 return
 
     def _remember(self, req: OrderRequest) -> None:
@@ -647,9 +647,11 @@ class BotRunner:
         log.error("bot %s halted: %s in %s: %s", self.name, error_type, hook, message,
                   extra={"bot": self.name, "hook": hook})
         await self._record(err)
-        await self._set_halted(f"strategy error in {hook}: {error_type}: {message}")
+        await self.halt(f"strategy error in {hook}: {error_type}: {message}")
 
-    async def _set_halted(self, reason: str) -> None:
+    async def halt(self, reason: str) -> None:
+        """Halt this bot (no new orders; whatever its hook queued is dropped) and record a
+        ``TradingStateChanged`` to HALTED with ``reason``; a no-op when already halted."""
         if self.state is BotState.HALTED:
             return
         self.state = BotState.HALTED
@@ -689,5 +691,5 @@ async def _guarded(
         return await runner.run(feed)
     except Exception as exc:  # a runner bug must not take the other bots down
         log.exception("bot %s: runner failed", runner.name)
-        await runner._set_halted(f"runner failed: {type(exc).__name__}: {exc}")
+        await runner.halt(f"runner failed: {type(exc).__name__}: {exc}")
         return runner.state

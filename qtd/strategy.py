@@ -299,8 +299,13 @@ class Strategy:
 
     @property
     def params(self) -> Any:
-        """The validated params (frozen)."""
+        """The validated params (frozen). Set only by the runner, which swaps in reloaded
+        params at a bar boundary and then runs ``on_start`` again."""
         return self._params
+
+    @params.setter
+    def params(self, params: Strategy.Params) -> None:
+        self._params = params
 
     @property
     def bot(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import inspect
 import os
 import resource
 import socket
@@ -83,13 +84,14 @@ class Guard:
         raise PermissionError(f"{REFUSED} {WHAT[event]} ({event})")
 
     def _where(self) -> tuple[str, int]:
-        first = sys._getframe(2)
+        here = inspect.currentframe()  # _where <- audit hook <- the audited call
+        first = here.f_back.f_back if here is not None and here.f_back is not None else None
         frame: FrameType | None = first
         while frame is not None:
             if frame.f_code.co_filename == self.user_file:
                 return self.user_file, frame.f_lineno
             frame = frame.f_back
-        return first.f_code.co_filename, first.f_lineno
+        return (first.f_code.co_filename, first.f_lineno) if first else ("<unknown>", 0)
 
     def problems(self) -> list[Problem]:
         return [Problem(file=v.file, field="<source>", value=f"{v.event} {v.detail}",
