@@ -11,6 +11,15 @@ Conventions (all documented per function):
 * **Annualisation** multiplies per-period volatility by √q (i.i.d. returns; Lo, "The
   Statistics of Sharpe Ratios", Financial Analysts Journal 58(4), 2002).
 * The risk-free rate is 0; standard deviations are sample (``ddof = 1``).
+* **Zero dispersion** (the one rule for every Sharpe in qtd: backtest, breakers, drift,
+  the leader's decay alert, the canary): a series with fewer than two values, or whose
+  values are all equal, has no dispersion and its Sharpe is *undefined*:
+  :func:`sharpe_ratio` returns ``None`` — never ±inf (JSON has no infinity: msgspec writes
+  ``null``, which a ``float`` field cannot decode) and never a 0 that reads as a measured
+  figure. Equality is tested exactly, not on a computed standard deviation, which rounds
+  to ~1e-17 for some constant series. Each caller says what undefined means for it: a
+  flat series is no evidence, so nothing trips, decays or rolls back on it. Only the
+  backtest :class:`Report`, whose figures are numbers, prints it as 0.0.
 * A **trade** is a round trip in one (bot, account, symbol) from flat back to flat; a fill
   that flips the position closes one trade and opens the next (commission split by
   quantity). Trade PnL is net of the commissions of its fills.
@@ -182,12 +191,47 @@ def volatility(equity: Sequence[float], ppy: float) -> float:
     return mean_std(returns(equity))[1] * math.sqrt(ppy)
 
 
+def sharpe_ratio(values: Sequence[float], ppy: float = 1.0) -> float | None:
+    """Sharpe ratio of a series, ``mean / std(ddof=1) × √ppy``, zero risk-free rate (Sharpe,
+    "The Sharpe Ratio", J. Portfolio Management, 1994; annualised per Lo 2002).
+
+    Args:
+        values: per-period returns (fraction) or per-trade PnLs (currency), oldest first.
+        ppy: periods per year to annualise with; 1 (the default) leaves it per value,
+            e.g. per trade.
+
+    Returns:
+        The ratio, or None when undefined: zero dispersion (module docstring).
+    """
+    if len(values) < 2 or min(values) == max(values):
+        return None
+    mean, std = mean_std(values)
+    if std <= 0.0:  # values that differ by less than the square of a float can represent
+        return None
+    return mean / std * math.sqrt(ppy)
+
+
 def sharpe(equity: Sequence[float], ppy: float) -> float:
-    """Annualised Sharpe ratio ``mean(r) / std(r, ddof=1) × √q`` with a zero risk-free rate
-    (Sharpe, "The Sharpe Ratio", J. Portfolio Management, 1994; annualised per Lo 2002).
-    0 when the returns do not vary."""
-    mean, std = mean_std(returns(equity))
-    return mean / std * math.sqrt(ppy) if std > 0 else 0.0
+    """Annualised Sharpe ratio of an equity curve's returns for the backtest report:
+    :func:`sharpe_ratio` of ``returns(equity)`` with ``q = ppy``, reported as 0.0 when
+    undefined (returns that do not vary: module docstring)."""
+    value = sharpe_ratio(returns(equity), ppy)
+    return 0.0 if value is None else value
+
+
+def tracking_error(equity: Sequence[float], benchmark: Sequence[float], ppy: float) -> float:
+    """Annualised tracking error ``std(r − r_benchmark, ddof=1) × √q`` of two equity curves
+    on the same grid (fraction; Grinold and Kahn, *Active Portfolio Management*, 2nd ed.,
+    2000, ch. 4); 0 for fewer than two returns.
+
+    Raises:
+        ValueError: the curves differ in length.
+    """
+    diff = [a - b for a, b in zip(returns(equity), returns(benchmark), strict=True)]
+    if not diff:
+        return 0.0
+    mean = math.fsum(diff) / len(diff)
+    return math.sqrt(math.fsum((x - mean) ** 2 for x in diff) / max(len(diff) - 1, 1) * ppy)
 
 
 def sortino(equity: Sequence[float], ppy: float) -> float:

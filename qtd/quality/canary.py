@@ -24,9 +24,10 @@ config). The calling pattern::
             if d.action == "rollback": apply_split(0.0); notifier.notify(rollback_page(ramp))
     persist ramp.state (a msgspec Struct: JSON/KV) and resume with CanaryRollout(plan, state)
 
-The Sharpe is :func:`qtd.metrics.sharpe` over the last ``window`` observations of the
-canary slice's equity (annualised with ``periods_per_year``, or inferred from the
-observation times by :func:`qtd.metrics.periods_per_year`).
+The Sharpe is :func:`qtd.metrics.sharpe_ratio` of the returns of the last ``window``
+observations of the canary slice's equity (annualised with ``periods_per_year``, or inferred
+from the observation times by :func:`qtd.metrics.periods_per_year`); undefined (None) when
+they do not vary.
 """
 
 from __future__ import annotations
@@ -197,10 +198,8 @@ class CanaryRollout:
         if len(st.equity) < w + 1:
             return None, dd
         eq, ts = st.equity[-(w + 1):], st.ts[-(w + 1):]
-        if len(set(metrics.returns(eq))) < 2:
-            return None, dd
         ppy = self.plan.periods_per_year or metrics.periods_per_year(ts)
-        return metrics.sharpe(eq, ppy), dd
+        return metrics.sharpe_ratio(metrics.returns(eq), ppy), dd
 
     def decide(self, now_ns: int) -> CanaryDecision | None:
         """Roll back, advance, promote, or nothing (None). Call it on a timer or after

@@ -17,12 +17,13 @@ periods_per_year`):
 * **Tracking error** = std(r_live − r_backtest) × √q, annualised (the standard definition,
   e.g. Grinold and Kahn, *Active Portfolio Management*, 2nd ed., 2000, ch. 4), fraction.
 * **Rolling Sharpe**: Sharpe of the live returns over the last ``window`` bars at each bar;
-  **decay** when the latest one is below ``floor`` (default 0.5).
+  **decay** when the latest one is below ``floor`` (default 0.5). A window whose returns do
+  not vary (the bot sat flat) has no Sharpe (:func:`qtd.metrics.sharpe_ratio`'s
+  zero-dispersion rule): it is None, is not judged, and ``rolling_min`` skips it.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Sequence
 from decimal import Decimal
@@ -94,17 +95,12 @@ def equity_on_bars(fills: Sequence[Fill], bars: Sequence[Bar], capital: float) -
     return out
 
 
-def rolling_sharpe(equity: Sequence[float], window: int, ppy: float) -> list[float]:
-    """Sharpe of each trailing ``window`` of returns (one value per bar from the
-    ``window``-th return on)."""
+def rolling_sharpe(equity: Sequence[float], window: int, ppy: float) -> list[float | None]:
+    """Annualised Sharpe (:func:`qtd.metrics.sharpe_ratio`) of each trailing ``window`` of
+    returns, one value per bar from the ``window``-th return on; None where the window's
+    returns do not vary."""
     r = metrics.returns(equity)
-    out = []
-    for end in range(window, len(r) + 1):
-        seg = r[end - window:end]
-        mean = math.fsum(seg) / window
-        std = math.sqrt(math.fsum((x - mean) ** 2 for x in seg) / (window - 1))
-        out.append(mean / std * math.sqrt(ppy) if std > 0 else 0.0)
-    return out
+    return [metrics.sharpe_ratio(r[end - window:end], ppy) for end in range(window, len(r) + 1)]
 
 
 def compare(bot: str, bars: Sequence[Bar], live: Sequence[Fill], backtest: Sequence[Fill],
@@ -121,26 +117,33 @@ def compare(bot: str, bars: Sequence[Bar], live: Sequence[Fill], backtest: Seque
     ppy = metrics.periods_per_year(ts)
     eq_l, eq_b = equity_on_bars(live, bars, capital), equity_on_bars(backtest, bars, capital)
     s_l, s_b = metrics.sharpe(eq_l, ppy), metrics.sharpe(eq_b, ppy)
-    diff = [a - b for a, b in zip(metrics.returns(eq_l), metrics.returns(eq_b), strict=True)]
-    mean = math.fsum(diff) / len(diff)
-    te = math.sqrt(math.fsum((x - mean) ** 2 for x in diff) / max(len(diff) - 1, 1) * ppy)
+    te = metrics.tracking_error(eq_l, eq_b, ppy)
     frac = s_l / s_b if s_b > 0 else None
     roll = rolling_sharpe(eq_l, cfg.window, ppy) if len(bars) > cfg.window else []
     last = roll[-1] if roll else None
+    defined = [x for x in roll if x is not None]
     gate_ok = frac is not None and frac >= cfg.gate
     decay = last is not None and last < cfg.floor
     msg = (f"{bot}: live Sharpe {s_l:.2f} vs backtest {s_b:.2f} "
            f"({'n/a' if frac is None else f'{frac:.0%}'} of it; gate {cfg.gate:.0%} "
            f"{'ok' if gate_ok else 'FAILED'}), tracking error {te:.2%}/yr"
-           + ("" if last is None else f", rolling {cfg.window}-bar Sharpe {last:.2f} "
-              f"{'< floor' if decay else '>= floor'} {cfg.floor:g}"))
+           + _rolling_text(roll, cfg, decay))
     return DriftReport(
         bot=bot, symbol=bars[0].symbol, bars=len(bars), start_ns=ts[0], end_ns=ts[-1],
         live_fills=len(live), backtest_fills=len(backtest), live_pnl=eq_l[-1] - capital,
         backtest_pnl=eq_b[-1] - capital, live_sharpe=s_l, backtest_sharpe=s_b,
         sharpe_fraction=frac, tracking_error=te, rolling_sharpe=last,
-        rolling_min=min(roll) if roll else None, gate=cfg.gate, gate_ok=gate_ok,
+        rolling_min=min(defined) if defined else None, gate=cfg.gate, gate_ok=gate_ok,
         floor=cfg.floor, decay=decay, message=msg)
+
+
+def _rolling_text(roll: list[float | None], cfg: DriftConfig, decay: bool) -> str:
+    if not roll:
+        return ""
+    if roll[-1] is None:
+        return f", rolling {cfg.window}-bar Sharpe n/a (returns did not vary: not judged)"
+    return (f", rolling {cfg.window}-bar Sharpe {roll[-1]:.2f} "
+            f"{'< floor' if decay else '>= floor'} {cfg.floor:g}")
 
 
 def bars_seen(bars: Sequence[Bar], since_ns: int | None, until_ns: int | None) -> list[Bar]:

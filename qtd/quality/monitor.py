@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from qtd.clock import Clock
 from qtd.events import AnyEvent
-from qtd.metrics import mean_std
+from qtd.metrics import sharpe_ratio
 from qtd.projections import TradingDay
 from qtd.quality.config import QualityConfig
 from qtd.quality.daily import DailyReport, build_daily, day_bounds, format_daily, previous_day
@@ -198,12 +197,9 @@ class QualityMonitor:
                 continue
             pts = list(curve)
             rets = [b / a - 1.0 for a, b in itertools.pairwise(pts) if a > 0]
-            if len(rets) < 2:
-                continue
-            mean, std = mean_std(rets)
-            if std <= 0.0:
-                continue  # the PnL did not move: nothing to judge
-            sharpe = mean / std * math.sqrt(ppy)
+            sharpe = sharpe_ratio(rets, ppy)
+            if sharpe is None:
+                continue  # the PnL did not move (zero dispersion): nothing to judge
             self.rolling_sharpe[bot] = sharpe
             key = f"decay:{bot}"
             if sharpe < d.floor and key not in self._open_decay and self._alerts is not None:

@@ -14,6 +14,9 @@ consecutive_losses     losing closing trades in a row, per strategy        HALTE
 win_streak             winning closing trades in a row, per strategy       REDUCING for
                                                                            ``cooldown_s``
 sharpe                 mean / std of the last N trades' PnL, per strategy  REDUCING strategy
+                       (:func:`qtd.metrics.sharpe_ratio`; undefined at zero
+                       dispersion: no trip, unless every trade lost the
+                       same amount)
 broker_errors          failed / all broker requests in a window, account   REDUCING account
 execution_throttle     fills of a strategy within a window                 HALTED strategy
 =====================  ==================================================  ================
@@ -26,12 +29,12 @@ fill's fee in the position currency.
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 
 from qtd.events import Event, Fill, RiskBreach, Scope, TradingState
+from qtd.metrics import sharpe_ratio
 from qtd.projections import Position, Projections, TradingDay
 from qtd.risk.config import RiskConfig
 from qtd.risk.state import NS, ZERO, Cell, MarkCell
@@ -212,10 +215,16 @@ class CircuitBreakers:
                           "trades", now_ns, until_ns=until):
                 b.wins = 0
         if sh.min_sharpe is not None and len(b.trades) >= sh.window_trades:
-            value = rolling_sharpe(b.trades)
-            if value < sh.min_sharpe:
+            value = sharpe_ratio(b.trades)
+            if value is not None and value < sh.min_sharpe:
                 self._trip("min_sharpe", Scope.STRATEGY, bot, sh.trip, sh.min_sharpe, value,
                            "sharpe", now_ns)
+            elif value is None and b.trades[0] < 0:
+                self._trip("min_sharpe", Scope.STRATEGY, bot, sh.trip, 0.0, b.trades[0],
+                           "currency", now_ns, reason=(
+                               f"circuit breaker min_sharpe: each of the last {len(b.trades)}"
+                               f" trades lost {-b.trades[0]:g} currency (no dispersion: "
+                               f"Sharpe undefined, below any floor)"))
 
     def _count_fill(self, bot: str, now_ns: int) -> None:
         cfg = self.cfg.breakers.execution_throttle
@@ -299,10 +308,10 @@ class CircuitBreakers:
 
     def _trip(
         self, check: str, scope: Scope, key: str, state: str, limit: float, value: float,
-        unit: str, now_ns: int, *, until_ns: int | None = None,
+        unit: str, now_ns: int, *, until_ns: int | None = None, reason: str = "",
     ) -> bool:
         new = TradingState(state)
-        reason = f"circuit breaker {check}: {value:g} {unit} vs limit {limit:g} {unit}"
+        reason = reason or f"circuit breaker {check}: {value:g} {unit} vs limit {limit:g} {unit}"
         change = self.states.escalate(scope, key, new, reason, now_ns, until_ns=until_ns)
         if change is None:
             return False
@@ -315,12 +324,3 @@ class CircuitBreakers:
         self._emit(change)
         return True
 
-
-def rolling_sharpe(pnls: deque[float] | list[float]) -> float:
-    """Per-trade Sharpe ratio: mean / sample standard deviation of trade PnLs (not
-    annualised). Zero dispersion gives ±inf by the sign of the mean (0 for a zero mean)."""
-    mean = statistics.fmean(pnls)
-    std = statistics.stdev(pnls) if len(pnls) > 1 else 0.0
-    if std == 0:
-        return 0.0 if mean == 0 else (float("inf") if mean > 0 else float("-inf"))
-    return mean / std

@@ -75,3 +75,15 @@ def test_rolling_sharpe_is_the_sharpe_of_the_trailing_window() -> None:
     assert roll[-1] == pytest.approx(metrics.sharpe(eq[-61:], ppy))
     assert roll[0] == pytest.approx(metrics.sharpe(eq[:61], ppy))
     assert equity_on_bars([], bars[:5], 1000.0) == [1000.0] * 5
+
+
+def test_a_flat_window_has_no_rolling_sharpe_and_is_not_judged() -> None:
+    """Zero dispersion (qtd.metrics): a bot that sat flat over the window has no rolling
+    Sharpe, so no decay is reported on it (it used to read 0.0, below any positive floor)."""
+    from qtd.quality.drift import DriftConfig, compare
+
+    bars = [b for b in load_dataset("goog_1d")][:100]
+    assert rolling_sharpe([1000.0] * 100, 60, 252.0) == [None] * 40
+    r = compare("flat", bars, [], [], 1000.0, DriftConfig(window=60, floor=0.5))
+    assert r.rolling_sharpe is None and r.rolling_min is None and not r.decay
+    assert "Sharpe n/a" in r.message

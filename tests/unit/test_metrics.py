@@ -53,9 +53,35 @@ def test_sharpe_sortino_volatility_match_numpy() -> None:
 
 
 def test_degenerate_curves() -> None:
-    assert m.sharpe([100.0, 100.0, 100.0], 252) == 0.0
+    assert m.sharpe([100.0, 100.0, 100.0], 252) == 0.0  # undefined: the report prints 0
     assert m.sortino([100.0, 101.0, 102.0], 252) == math.inf
     assert m.total_return([100.0]) == 0.0
+
+
+@pytest.mark.parametrize("values", [
+    [], [1.5], [0.0, 0.0], [-5.0, -5.0, -5.0], [0.1, 0.1, 0.1], [0.7, 0.7, 0.7], [2.0] * 30,
+])
+def test_sharpe_is_undefined_at_zero_dispersion(values: list[float]) -> None:
+    """The one zero-dispersion rule: no Sharpe (None), never ±inf nor a huge ratio from a
+    standard deviation rounded to ~1e-17 (fsum of three 0.1 / 3 is not 0.1)."""
+    assert m.sharpe_ratio(values) is None
+    assert m.sharpe_ratio(values, 252.0) is None
+    assert m.mean_std([0.1, 0.1, 0.1])[1] > 0  # why equality is tested, not the std
+
+
+def test_sharpe_ratio_per_value_and_annualised() -> None:
+    assert m.sharpe_ratio([1.0, 3.0]) == pytest.approx(2 / math.sqrt(2))
+    assert m.sharpe_ratio([1.0, 3.0], 4.0) == pytest.approx(2 * 2 / math.sqrt(2))
+    assert m.sharpe_ratio([-1.0, -1.0, -1.5]) == pytest.approx(
+        (-3.5 / 3) / float(np.std([-1.0, -1.0, -1.5], ddof=1)))
+
+
+def test_tracking_error_is_the_annualised_std_of_return_differences() -> None:
+    a, b = [100.0, 101.0, 100.0, 102.0], [100.0, 100.5, 100.5, 101.0]
+    diff = np.array(m.returns(a)) - np.array(m.returns(b))
+    assert m.tracking_error(a, b, 252.0) == pytest.approx(np.std(diff, ddof=1) * math.sqrt(252))
+    assert m.tracking_error(a, a, 252.0) == 0.0
+    assert m.tracking_error([1.0], [1.0], 252.0) == 0.0
 
 
 @pytest.mark.parametrize(("step", "weekend", "want"), [

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from qtd.errors import ConfigError
-from qtd.events import RiskBreach, Scope, Severity, Side, TradingState, TradingStateChanged
+from qtd.events import (
+    RiskBreach,
+    Scope,
+    Severity,
+    Side,
+    TradingState,
+    TradingStateChanged,
+    from_json,
+    to_json,
+)
 from qtd.risk import Approved
-from qtd.risk.breakers import rolling_sharpe
 from tests.unit.test_risk_harness import Harness, denied, req
 
 HALTED, REDUCING, ACTIVE = TradingState.HALTED, TradingState.REDUCING, TradingState.ACTIVE
@@ -128,10 +134,25 @@ def test_min_rolling_sharpe_reduces_the_strategy() -> None:
     assert breaches(h)[0].check == "min_sharpe"
 
 
-def test_rolling_sharpe_values() -> None:
-    assert rolling_sharpe([1.0, 3.0]) == pytest.approx(2 / math.sqrt(2))
-    assert rolling_sharpe([-1.0, -1.0]) == float("-inf")
-    assert rolling_sharpe([0.0, 0.0]) == 0.0
+def test_min_sharpe_at_zero_dispersion() -> None:
+    """The Sharpe of identical trades is undefined (qtd.metrics): breakeven or identical
+    winning trades never trip; identical losing trades (below any floor) do, with a finite
+    value (the old -inf went out as JSON null, which the leader could not decode)."""
+    cfg = {"breakers": {"sharpe": {"min_sharpe": 0.5, "window_trades": 3}}}
+    for exit_price in ("100", "101"):  # flat, then identical wins: no trip
+        h = Harness(cfg)
+        for _ in range(4):
+            round_trip(h, "100", exit_price)
+        assert h.engine.states.get(Scope.STRATEGY, "bot1") is ACTIVE
+        assert breaches(h) == []
+    h = Harness(cfg)
+    for _ in range(3):
+        round_trip(h, "100", "99")
+    assert h.engine.states.get(Scope.STRATEGY, "bot1") is REDUCING
+    (b,) = breaches(h)
+    assert (b.check, b.value, b.unit, b.limit) == ("min_sharpe", -10.0, "currency", 0.0)
+    assert "each of the last 3 trades lost 10" in b.message
+    assert from_json(to_json(b)) == b
 
 
 def test_broker_error_rate_above_ten_percent_over_60s() -> None:
