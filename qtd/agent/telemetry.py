@@ -127,9 +127,10 @@ def bot_limits(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
     position, at ACCOUNT scope the account's, at SYMBOL scope the node's. At STRATEGY scope
     also ``max_gross_notional`` / ``max_net_notional`` (over the bot's symbols). Flow limits
     (``max_open_orders``, ``max_orders_per_s`` over the last second, ``max_trades_per_day``)
-    at STRATEGY and ACCOUNT scope. ``max_daily_loss`` (currency) and ``max_daily_loss_pct``
-    (% of the day's opening equity) of the account's daily-loss breaker (its own limit, else
-    ``[breakers.daily_loss]``); a gain counts as 0.
+    at STRATEGY and ACCOUNT scope. Then each circuit breaker's own figures
+    (:meth:`~qtd.risk.breakers.CircuitBreakers.usage`): ``max_daily_loss`` (currency) and
+    ``max_daily_loss_pct`` (% of the day's opening equity) of the account's daily-loss
+    breaker (its own limit, else ``[breakers.daily_loss]``); a gain counts as 0.
     """
     cfg = risk.cfg
     out: list[LimitUsage] = []
@@ -145,7 +146,7 @@ def bot_limits(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
         acct = [(s, risk.exposures.get(("A", account, s))) for s in symbols]
         out += _position(risk, Scope.ACCOUNT, account, acfg, acct, equity)
         out += _flow(risk, Scope.ACCOUNT, account, acfg, now_ns)
-        out += _daily_loss(risk, account, now_ns)
+        out += risk.breakers.usage(bot, account, now_ns)  # each breaker's own figure
     for s in symbols:
         ycfg = cfg.symbols.get(s)
         if ycfg is not None:
@@ -212,26 +213,6 @@ def _flow(risk: RiskEngine, scope: Scope, key: str, lim: Limits, now_ns: int
                                     else c.today(day))
         out.append(LimitUsage(name=field, scope=scope, key=key, limit=float(limit),
                               used=float(used), unit=unit))
-    return out
-
-
-def _daily_loss(risk: RiskEngine, account: str, now_ns: int) -> list[LimitUsage]:
-    acfg, br = risk.cfg.accounts[account], risk.cfg.breakers.daily_loss
-    book = risk.breakers.accounts.get(account)
-    if book is None:
-        return []
-    limit = acfg.max_daily_loss if acfg.max_daily_loss is not None else br.max_loss
-    pct = acfg.max_daily_loss_pct if acfg.max_daily_loss_pct is not None else br.max_loss_pct
-    today = book.day == risk.breakers.day.label(now_ns)  # else nothing lost yet today
-    loss = max(book.day_open - book.equity.value, ZERO) if today else ZERO
-    out = []
-    if limit is not None:
-        out.append(LimitUsage(name="max_daily_loss", scope=Scope.ACCOUNT, key=account,
-                              limit=float(limit), used=float(loss), unit="currency"))
-    if pct is not None:
-        used = loss * 100 / book.day_open if book.day_open > 0 else ZERO
-        out.append(LimitUsage(name="max_daily_loss_pct", scope=Scope.ACCOUNT, key=account,
-                              limit=float(pct), used=float(used), unit="%"))
     return out
 
 

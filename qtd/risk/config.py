@@ -7,7 +7,8 @@ Layout of a risk file (see ``etc/risk.toml``)::
     [strategies.<bot>]     per-strategy (bot) limits, incl. gross / net notional caps
     [strategy_defaults]    limits for bots without their own table (omit: unknown bots denied)
     [symbols.<symbol>]     per-symbol limits; the keys form the instrument allow-list
-    [breakers.<name>]      circuit breakers and the trading state each trips to
+    [breakers.<name>]      circuit breakers and the trading state each trips to (names:
+                           :mod:`qtd.risk.breakers.registry`; an unknown one is an error)
 
 Units: quantities in instrument units (shares, contracts, coins); notional and money in the
 account's quote currency; percentages in percent (``3.0`` = 3 %); collars in basis points
@@ -22,28 +23,19 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
+from qtd.risk.breakers.registry import BREAKER_NAMES, Breakers, unknown_breakers
+from qtd.risk.fields import Amount, ConfigStruct, Count, Pct, Seconds
 from qtd.risk.rules import check_consistency, config_error
 
-_BIG = 1e15  # upper bound of any configured amount: rejects inf and fat-fingered exponents
-Amount = Annotated[float, Meta(gt=0, lt=_BIG)]
-Pct = Annotated[float, Meta(gt=0, le=100)]
-Seconds = Annotated[float, Meta(ge=0, lt=10 * 365 * 86400)]
-Count = Annotated[int, Meta(gt=0, lt=10**12)]
-TripState = Literal["REDUCING", "HALTED"]
 
-
-class _Cfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class Limits(_Cfg, frozen=True, kw_only=True):
+class Limits(ConfigStruct, frozen=True, kw_only=True):
     """Pre-trade limits shared by every scope (global, account, strategy, symbol).
 
     Attributes:
@@ -102,7 +94,8 @@ class AccountConfig(Limits, frozen=True, kw_only=True):
         equity: the account's equity at start, currency; realised and unrealised PnL of the
             account's positions are added to it (for % limits and breakers).
         currency: the account's quote currency.
-        max_daily_loss: daily-loss breaker in currency (overrides ``breakers.daily_loss``).
+        max_daily_loss: daily-loss breaker in currency (overrides ``breakers.daily_loss``;
+            resolved by :meth:`~qtd.risk.breakers.daily_loss.DailyLossConfig.limits`).
         max_daily_loss_pct: daily-loss breaker in % of the day's opening equity (overrides).
     """
 
@@ -128,78 +121,7 @@ class SymbolConfig(Limits, frozen=True, kw_only=True):
     """Limits of one instrument; having a table puts the symbol on the allow-list."""
 
 
-class DailyLossBreaker(_Cfg, frozen=True, kw_only=True):
-    """Per-account daily loss (realised + unrealised, vs the day's opening equity)."""
-
-    max_loss: Amount | None = None
-    max_loss_pct: Pct | None = None
-    trip: TripState = "HALTED"
-
-
-class DrawdownBreaker(_Cfg, frozen=True, kw_only=True):
-    """Drawdown from peak equity, of all accounts together (GLOBAL) or each ACCOUNT."""
-
-    max_drawdown_pct: Pct | None = None
-    scope: Literal["GLOBAL", "ACCOUNT"] = "GLOBAL"
-    trip: TripState = "HALTED"
-
-
-class LossStreakBreaker(_Cfg, frozen=True, kw_only=True):
-    """Consecutive losing closing trades of one strategy."""
-
-    max_losses: Count | None = None
-    trip: TripState = "HALTED"
-
-
-class WinStreakBreaker(_Cfg, frozen=True, kw_only=True):
-    """Win-streak ("greed") cooldown: after ``max_wins`` winning trades in a row the strategy
-    goes to ``trip`` for ``cooldown_s`` (REDUCING expires by itself; HALTED never does)."""
-
-    max_wins: Count | None = None
-    cooldown_s: Seconds = 300.0
-    trip: TripState = "REDUCING"
-
-
-class SharpeBreaker(_Cfg, frozen=True, kw_only=True):
-    """Minimum rolling per-trade Sharpe (mean / sample std of the last ``window_trades``
-    closing trades' PnL, not annualised) of one strategy."""
-
-    min_sharpe: Annotated[float, Meta(ge=-100, le=100)] | None = None
-    window_trades: Annotated[int, Meta(ge=2, le=100_000)] = 30
-    trip: TripState = "REDUCING"
-
-
-class BrokerErrorBreaker(_Cfg, frozen=True, kw_only=True):
-    """Broker request error rate of one account over a sliding window."""
-
-    max_error_rate: Annotated[float, Meta(gt=0, le=1)] | None = 0.10
-    window_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
-    min_requests: Count = 10
-    trip: TripState = "REDUCING"
-
-
-class ExecutionThrottle(_Cfg, frozen=True, kw_only=True):
-    """Repeated-execution throttle: more than ``max_fills`` fills of one strategy within
-    ``window_s`` seconds halts it until an operator re-enables it."""
-
-    max_fills: Count | None = None
-    window_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
-    trip: TripState = "HALTED"
-
-
-class Breakers(_Cfg, frozen=True, kw_only=True):
-    """All circuit breakers (each disabled while its threshold is unset)."""
-
-    daily_loss: DailyLossBreaker = DailyLossBreaker()
-    drawdown: DrawdownBreaker = DrawdownBreaker()
-    consecutive_losses: LossStreakBreaker = LossStreakBreaker()
-    win_streak: WinStreakBreaker = WinStreakBreaker()
-    sharpe: SharpeBreaker = SharpeBreaker()
-    broker_errors: BrokerErrorBreaker = BrokerErrorBreaker()
-    execution_throttle: ExecutionThrottle = ExecutionThrottle()
-
-
-class RiskConfig(_Cfg, frozen=True, kw_only=True):
+class RiskConfig(ConfigStruct, frozen=True, kw_only=True):
     """The whole risk configuration (module docstring for the layout).
 
     Attributes:
@@ -275,7 +197,11 @@ def parse_risk_config(data: dict[str, Any], source: str = "<memory>") -> RiskCon
     for key, value in data.items():
         if value is None:  # only from to_builtins() of a config built in code
             continue
-        if key in _SECTIONS:
+        if key == "breakers" and isinstance(value, dict) and unknown_breakers(value):
+            errors.extend(config_error(source, f"breakers.{name}", value[name],
+                                       f"unknown breaker; known: {', '.join(BREAKER_NAMES)}")
+                          for name in unknown_breakers(value))
+        elif key in _SECTIONS:
             built[key] = _convert(value, _SECTIONS[key], key, source, errors)
         elif key in _TABLES:
             built[key] = _convert_table(value, _TABLES[key], key, source, errors)

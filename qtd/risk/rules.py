@@ -84,9 +84,8 @@ def order_within_position(cfg: RiskConfig) -> Iterator[ConfigError]:
 
 def daily_loss_within_equity(cfg: RiskConfig) -> Iterator[ConfigError]:
     """A currency daily-loss limit at or above the account's equity never trips."""
-    default = cfg.breakers.daily_loss.max_loss
     for name, a in cfg.accounts.items():
-        loss = a.max_daily_loss if a.max_daily_loss is not None else default
+        loss = cfg.breakers.daily_loss.limits(a).max_loss
         if loss is not None and loss >= a.equity:
             field = (f"accounts.{name}.max_daily_loss" if a.max_daily_loss is not None
                      else "breakers.daily_loss.max_loss")

@@ -230,3 +230,29 @@ def test_account_equity_follows_every_fill_and_mark_across_symbols() -> None:
         for account in ("acct1", "acct2"):
             assert h.engine.breakers.equity(account).value == expected(account), step
     assert sum(1 for p in h.proj.positions.values() if p.qty) >= 4  # several open at once
+
+
+def test_only_configured_breakers_are_built_in_registry_order() -> None:
+    from qtd.clock import SimClock
+    from qtd.projections import Projections
+    from qtd.risk import RiskEngine, load_risk_config
+    from qtd.risk.breakers import BREAKER_NAMES
+    from tests.unit.test_risk_config import SAMPLE
+
+    h = Harness({})
+    assert list(h.engine.breakers.enabled) == ["broker_errors"]  # the one on by default
+    engine = RiskEngine(load_risk_config(SAMPLE), Projections(), SimClock(0), "n")
+    assert tuple(engine.breakers.enabled) == BREAKER_NAMES
+
+
+def test_the_page_reads_the_daily_loss_breakers_own_figure() -> None:
+    h = Harness({"accounts": {"acct1": {"equity": 100_000.0, "max_daily_loss": 1_000.0,
+                                        "max_daily_loss_pct": 2.0}}})
+    h.trade(Side.BUY, "100", "100")
+    h.mark("AAPL", "96")  # -400 today
+    now = h.clock.now_ns()
+    used = {u.name: (u.limit, u.used, u.unit, u.key)
+            for u in h.engine.breakers.usage("bot1", "acct1", now)}
+    assert used == {"max_daily_loss": (1000.0, 400.0, "currency", "acct1"),
+                    "max_daily_loss_pct": (2.0, pytest.approx(0.4), "%", "acct1")}
+    assert h.engine.breakers.usage("bot1", "acct2", now) == []  # no limit on acct2

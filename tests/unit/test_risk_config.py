@@ -124,3 +124,27 @@ def test_spike_floor_must_admit_a_first_order(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load_risk_config(p)
     assert ei.value.field == "global.order_spike_min_baseline"
+
+
+def test_an_unknown_breaker_is_an_error_naming_the_known_ones(tmp_path: Path) -> None:
+    p = write(tmp_path, "[breakers.dailyloss]\nmax_loss = 500.0\n[breakers.drawdown]\n"
+                        "max_drawdown_pct = 5.0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_risk_config(p)
+    e = ei.value
+    assert (e.field, e.value) == ("breakers.dailyloss", {"max_loss": 500.0})
+    assert e.rule == ("unknown breaker; known: daily_loss, drawdown, consecutive_losses, "
+                      "win_streak, sharpe, broker_errors, execution_throttle")
+
+
+def test_the_daily_loss_limit_is_resolved_in_one_place() -> None:
+    """An account's own max_daily_loss / _pct, else [breakers.daily_loss]: the breaker, the
+    page's usage bar, the cross-field rule and preflight all read DailyLossConfig.limits."""
+    from qtd.risk.breakers.daily_loss import DailyLossConfig
+
+    table = DailyLossConfig(max_loss=900.0, max_loss_pct=3.0)
+    own = AccountConfig(equity=10_000.0, max_daily_loss=500.0)
+    assert table.limits(own) == (500.0, 3.0)
+    assert table.limits(AccountConfig(equity=10_000.0)) == (900.0, 3.0)
+    assert table.limits(None) == (900.0, 3.0)
+    assert DailyLossConfig().limits(AccountConfig(equity=1.0)) == (None, None)
