@@ -72,9 +72,7 @@ def _unlimited(risk: RiskConfig, bot: LoadedBot) -> list[str]:
                   extra=strat.max_gross_notional is not None
                   or strat.max_net_notional is not None):
         gaps.append("position (max_position_*/max_gross_notional)")
-    daily = risk.breakers.daily_loss
-    if not (acct is not None and (acct.max_daily_loss or acct.max_daily_loss_pct)) and not (
-            daily.max_loss or daily.max_loss_pct):
+    if risk.breakers.daily_loss.limits(acct) == (None, None):
         gaps.append("daily loss (max_daily_loss / [breakers.daily_loss])")
     return gaps
 
