@@ -20,7 +20,7 @@ queued as events; :meth:`RiskEngine.drain_events` hands them to the caller to st
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 from qtd.clock import Clock
@@ -55,15 +55,17 @@ LEVEL_NAMES = {Scope.GLOBAL: "L1", Scope.ACCOUNT: "L2", Scope.STRATEGY: "L3", Sc
 
 
 class Approved:
-    """A passed check. Call :meth:`bind` once with the order intent built from the request."""
+    """A passed check. Call :meth:`bind` once with the order intent built from the request
+    (``register`` is the engine's reservation of the intent's exposure, passed in by it)."""
 
-    __slots__ = ("_bound", "_engine", "_plan", "flatten", "request")
+    __slots__ = ("_bound", "_plan", "_register", "flatten", "request")
     approved = True
 
     def __init__(
-        self, engine: RiskEngine, request: OrderRequest, plan: Plan, flatten: bool = False
+        self, register: Callable[[OrderIntent, Plan | None], None], request: OrderRequest,
+        plan: Plan, flatten: bool = False,
     ) -> None:
-        self._engine, self.request, self._plan, self._bound = engine, request, plan, False
+        self._register, self.request, self._plan, self._bound = register, request, plan, False
         self.flatten = flatten
 
     def bind(self, intent: OrderIntent) -> SubmitToken:
@@ -82,7 +84,7 @@ class Approved:
             raise TokenError("intent differs from the approved request",
                              cid=intent.client_order_id)
         self._bound = True
-        self._engine._register(intent, self._plan)
+        self._register(intent, self._plan)
         return mint_submit(intent)
 
 
@@ -129,6 +131,7 @@ class RiskEngine:
         self._plans: dict[tuple[str, str, str], Plan] = {}
         self._flatten: Counter[FlattenKey] = Counter()
         self._events: list[Event] = []
+        self._bind = self._register  # bound once: each Approved reserves through it
         self.breakers = CircuitBreakers(
             self.cfg, self.states, projections, self.marks, self._events.append, node
         )
@@ -183,7 +186,7 @@ class RiskEngine:
         dups[(request.bot, request.account, request.symbol, buy, request.qty)] = now_ns
         if len(dups) > _DUP_PRUNE_AT:
             self._prune_duplicates(now_ns)
-        return Approved(self, request, plan)
+        return Approved(self._bind, request, plan)
 
     def _prune_duplicates(self, now_ns: int) -> None:
         floor = now_ns - int(self.cfg.global_.duplicate_window_s * 1_000_000_000)
@@ -251,7 +254,7 @@ class RiskEngine:
                 message="a flatten must be a reduce-only MARKET order that only reduces",
             ), now_ns)
         plan.record(now_ns, self.day.label(now_ns))
-        return Approved(self, req, plan, flatten=True)
+        return Approved(self._bind, req, plan, flatten=True)
 
     # --- state from events ----------------------------------------------------------------
 
