@@ -83,6 +83,22 @@ class Trade(msgspec.Struct, kw_only=True):
     def is_open(self) -> bool:
         return self.exit_ts_ns == 0
 
+    def add_entry(self, f: Fill, qty: Decimal) -> None:
+        """``qty`` of fill ``f`` opens or adds to the trade (its share of the commission)."""
+        self._entry_qty += qty
+        self._entry_cost += qty * f.price
+        self.entry_price = self._entry_cost / self._entry_qty
+        self.commission += f.commission * qty / f.qty
+
+    def add_exit(self, f: Fill, qty: Decimal) -> None:
+        """``qty`` of fill ``f`` closes part of the trade (its share of the commission)."""
+        sign = 1 if self.side == "LONG" else -1
+        self.gross_pnl += sign * qty * (f.price - self.entry_price)
+        self._exit_qty += qty
+        self._exit_value += qty * f.price
+        self.exit_price = self._exit_value / self._exit_qty
+        self.commission += f.commission * qty / f.qty
+
 
 def trades_from_fills(fills: Iterable[Fill]) -> list[Trade]:
     """Round trips (module docstring) from fills in time order; open trades come last
@@ -95,7 +111,7 @@ def trades_from_fills(fills: Iterable[Fill]) -> list[Trade]:
         trade, pos = open_.pop(key, (None, _ZERO))
         if trade is not None and (pos > 0) != (signed > 0):  # reduces, closes or flips
             closing = min(abs(signed), abs(pos))
-            _exit(trade, f, closing)
+            trade.add_exit(f, closing)
             pos += closing if pos < 0 else -closing
             signed += closing if signed < 0 else -closing
             if pos:
@@ -108,27 +124,11 @@ def trades_from_fills(fills: Iterable[Fill]) -> list[Trade]:
             if trade is None:
                 trade = Trade(bot=f.bot, account=f.account, symbol=f.symbol,
                               side="LONG" if signed > 0 else "SHORT", entry_ts_ns=f.ts_event)
-            _enter(trade, f, abs(signed))
+            trade.add_entry(f, abs(signed))
             pos += signed
             trade.qty = max(trade.qty, abs(pos))
             open_[key] = (trade, pos)
     return closed + [t for t, _ in open_.values()]
-
-
-def _enter(t: Trade, f: Fill, qty: Decimal) -> None:
-    t._entry_qty += qty
-    t._entry_cost += qty * f.price
-    t.entry_price = t._entry_cost / t._entry_qty
-    t.commission += f.commission * qty / f.qty
-
-
-def _exit(t: Trade, f: Fill, qty: Decimal) -> None:
-    sign = 1 if t.side == "LONG" else -1
-    t.gross_pnl += sign * qty * (f.price - t.entry_price)
-    t._exit_qty += qty
-    t._exit_value += qty * f.price
-    t.exit_price = t._exit_value / t._exit_qty
-    t.commission += f.commission * qty / f.qty
 
 
 # --- the equity curve ----------------------------------------------------------------------
