@@ -197,11 +197,9 @@ def parse_risk_config(data: dict[str, Any], source: str = "<memory>") -> RiskCon
     for key, value in data.items():
         if value is None:  # only from to_builtins() of a config built in code
             continue
-        if key == "breakers" and isinstance(value, dict) and unknown_breakers(value):
-            errors.extend(config_error(source, f"breakers.{name}", value[name],
-                                       f"unknown breaker; known: {', '.join(BREAKER_NAMES)}")
-                          for name in unknown_breakers(value))
-        elif key in _SECTIONS:
+        if key == "breakers" and isinstance(value, dict):
+            value = _known_breakers(value, source, errors)
+        if key in _SECTIONS:
             built[key] = _convert(value, _SECTIONS[key], key, source, errors)
         elif key in _TABLES:
             built[key] = _convert_table(value, _TABLES[key], key, source, errors)
@@ -229,6 +227,17 @@ def validate_config(cfg: RiskConfig) -> RiskConfig:
     data = msgspec.to_builtins(cfg)
     data.pop("source", None)
     return parse_risk_config(data, source=cfg.source)
+
+
+def _known_breakers(table: dict[str, Any], source: str, errors: list[ConfigError]
+                    ) -> dict[str, Any]:
+    """``table`` without the names no breaker is registered under (one error each, naming
+    the known ones)."""
+    unknown = unknown_breakers(table)
+    errors.extend(config_error(source, f"breakers.{name}", table[name],
+                               f"unknown breaker; known: {', '.join(BREAKER_NAMES)}")
+                  for name in unknown)
+    return {k: v for k, v in table.items() if k not in unknown}
 
 
 def _convert(value: Any, typ: Any, path: str, source: str, errors: list[ConfigError]) -> Any:

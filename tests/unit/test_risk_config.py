@@ -128,10 +128,12 @@ def test_spike_floor_must_admit_a_first_order(tmp_path: Path) -> None:
 
 def test_an_unknown_breaker_is_an_error_naming_the_known_ones(tmp_path: Path) -> None:
     p = write(tmp_path, "[breakers.dailyloss]\nmax_loss = 500.0\n[breakers.drawdown]\n"
-                        "max_drawdown_pct = 5.0\n")
+                        "max_drawdown_pct = 500.0\n")
     with pytest.raises(ConfigError) as ei:
         load_risk_config(p)
-    e = ei.value
+    assert [x.field for x in ei.value.fields["errors"]] == [
+        "breakers.dailyloss", "breakers.drawdown.max_drawdown_pct"]  # all errors at once
+    e = ei.value.fields["errors"][0]
     assert (e.field, e.value) == ("breakers.dailyloss", {"max_loss": 500.0})
     assert e.rule == ("unknown breaker; known: daily_loss, drawdown, consecutive_losses, "
                       "win_streak, sharpe, broker_errors, execution_throttle")
