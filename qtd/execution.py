@@ -214,8 +214,8 @@ class OrderRouter:
             await self._recall(cid)
         if self.proj.apply(event) is ApplyResult.DUPLICATE:
             return None
+        self.risk.on_event(event)  # with the positions, before the append's fsync
         stored = await self.store.append(event)
-        self.risk.on_event(stored)
         await self._flush()
         return stored
 

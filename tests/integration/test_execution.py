@@ -183,6 +183,27 @@ async def test_duplicate_venue_events_are_dropped(rig: Rig) -> None:
     assert pos is not None and pos.qty == 4
 
 
+async def test_risk_sees_a_fill_as_soon_as_the_positions_do(rig: Rig) -> None:
+    """No loop turn shows a fill in the positions but not in the risk engine's exposure: a
+    check for another order in that turn (the fill's store append is in flight) would
+    otherwise size against a stale exposure."""
+    intent = await rig.submit(qty="10", limit="99")
+    fill = Fill(node="node-a", bot="bot1", ts_event=T0 + 5, ts_init=T0 + 5,
+                client_order_id=intent.client_order_id, trade_id="X1", account="acct1",
+                venue="paper", symbol="AAPL", side=Side.BUY, qty=Decimal(4),
+                price=Decimal(99))
+    task = asyncio.create_task(rig.router.on_venue_event(fill))
+    seen = []
+    while not task.done():
+        pos = rig.proj.position("bot1", "acct1", "AAPL")
+        seen.append((pos.qty if pos is not None else Decimal(0),
+                     rig.engine.exposures_of("bot1", "acct1", "AAPL").qty))
+        await asyncio.sleep(0)
+    await task
+    assert [s for s in seen if s[0] != s[1]] == []
+    assert seen[-1] == (Decimal(4), Decimal(4))
+
+
 async def test_consume_feeds_the_report_stream(rig: Rig) -> None:
     task = asyncio.create_task(rig.router.consume(rig.brokers["acct2"]))
     await rig.router.submit(OrderRequest(bot="bot2", account="acct2", venue="paper",
