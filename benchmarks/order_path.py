@@ -69,13 +69,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qtd.brokers.alpaca import AlpacaBroker  # noqa: E402
 from qtd.brokers.base import SubmitToken  # noqa: E402
-from qtd.brokers.binance import BinanceBroker  # noqa: E402
 from qtd.brokers.retry import RetryPolicy  # noqa: E402
 from qtd.clock import LiveClock  # noqa: E402
 from qtd.events import Event, OrderIntent, Side  # noqa: E402
 from qtd.store import EventStore  # noqa: E402
+from qtd.venues.alpaca.broker import AlpacaBroker  # noqa: E402
+from qtd.venues.binance.broker import BinanceBroker  # noqa: E402
 from tests.stubs.rig import Rig  # noqa: E402
 
 STUB = """

@@ -16,43 +16,37 @@ wins, in:
 A credentials file readable by group or others (mode not 0600/0400) is refused, naming the
 file and its mode. Values never appear in logs or errors.
 
-Endpoints by mode (venue docs): alpaca paper ``https://paper-api.alpaca.markets``, live
-``https://api.alpaca.markets`` (alpaca-py picks them from ``paper=``); binance live
-``https://api.binance.com/api`` and ``wss://ws-api.binance.com:443/ws-api/v3``, paper = the
-spot test network ``https://testnet.binance.vision/api`` and
-``wss://ws-api.testnet.binance.vision/ws-api/v3``. ``base_url`` / ``stream_url`` override
-them (local stubs in tests).
-
-``mode = "shadow"`` (and ``"paper"`` with ``paper_via = "qtd"``) builds no venue client:
-the account is qtd's :class:`~qtd.brokers.paper.PaperBroker` (``cash``, ``slippage_bps``,
-``commission_bps``, ``max_fill_qty`` apply) filled on the venue's live market data (the
-agent's ``on_price``); no order reaches the venue. Binance needs no credentials for it
-(public market data); Alpaca's market data does.
+Which adapter an account gets is the venue registry's answer (:mod:`qtd.venues`): the
+account's ``broker`` names a :class:`~qtd.venues.Venue`, whose ``connect`` builds and
+connects it (endpoints by mode, SDK clients: the venue's package). ``mode = "shadow"`` (and
+``"paper"`` with ``paper_via = "qtd"``) builds no venue client: the account is qtd's
+:class:`~qtd.brokers.paper.PaperBroker` (``cash``, ``slippage_bps``, ``commission_bps``,
+``max_fill_qty`` apply) filled on the venue's live market data (the agent's ``on_price``);
+no order reaches the venue. Credentials are loaded only for a venue that needs them
+(:func:`qtd.venues.needs_credentials`: Binance's public market data needs none, Alpaca's
+does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from qtd.agent.config import AccountSettings, AgentConfig
 from qtd.brokers.base import Broker
-from qtd.brokers.paper import PaperBroker
 from qtd.clock import Clock
 from qtd.errors import ConfigError
 from qtd.feeds.live import LiveFeed
+from qtd.venues import AccountContext, FeedContext, get
+from qtd.venues.paper import paper_broker
 
 log = logging.getLogger("qtd.agent")
-
-BINANCE_TESTNET_API = "https://testnet.binance.vision/api"
-BINANCE_TESTNET_WS_API = "wss://ws-api.testnet.binance.vision/ws-api/v3"
 
 
 def parse_env_file(text: str) -> dict[str, str]:
@@ -137,46 +131,23 @@ def account_symbols(cfg: AgentConfig, name: str, bot_symbols: Mapping[str, Itera
 
 async def connect_account(name: str, s: AccountSettings, cfg: AgentConfig, clock: Clock,
                           symbols: list[str]) -> Broker:
-    """Build one account's adapter and connect it (streams started, filters loaded).
+    """Build one account's adapter through its venue and connect it (streams started,
+    filters loaded); a shadow / qtd-paper account gets qtd's paper broker instead.
 
     Raises:
-        ConfigError: missing credentials or a refused credentials file.
+        ConfigError: unknown venue, missing credentials or a refused credentials file.
         Exception: whatever the venue client raises while connecting (the caller reports
             it and refuses only this account's bots).
     """
-    if s.broker == "paper" or s.simulated:  # shadow / qtd paper: fed by the live feed
-        return PaperBroker(
-            account=name, node=cfg.node, clock=clock, venue=s.venue_name,
-            cash=Decimal(str(s.cash)), slippage_bps=Decimal(str(s.slippage_bps)),
-            commission_bps=Decimal(str(s.commission_bps)),
-            max_fill_qty=None if s.max_fill_qty is None else Decimal(str(s.max_fill_qty)),
-            history=cfg.terminal_orders_kept)
-    key, secret = load_credentials(name, s)
-    broker: Any
-    if s.broker == "alpaca":
-        from qtd.brokers.alpaca import AlpacaBroker
-
-        broker = AlpacaBroker(
-            account=name, node=cfg.node, clock=clock, api_key=key, secret_key=secret,
-            paper=s.mode == "paper", base_url=s.base_url or None,
-            stream_url=s.stream_url or None, timeout_s=s.timeout_s, venue=s.venue_name)
-    else:
-        from qtd.brokers.binance import LIVE_API, LIVE_WS_API, BinanceBroker
-
-        live = s.mode == "live"
-        broker = BinanceBroker(
-            account=name, node=cfg.node, clock=clock, api_key=key, api_secret=secret,
-            symbols=symbols,
-            api_url=s.base_url or (LIVE_API if live else BINANCE_TESTNET_API),
-            ws_api_url=s.stream_url or (LIVE_WS_API if live else BINANCE_TESTNET_WS_API),
-            quote_asset=s.quote_asset, timeout_s=s.timeout_s, venue=s.venue_name)
-    try:
-        await broker.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await broker.close()
-        raise
-    return broker  # type: ignore[no-any-return]
+    venue = get(s.broker, field=f"accounts.{name}.broker", source=cfg.source)
+    ctx = AccountContext(name=name, settings=s, options=venue.options_of(s), node=cfg.node,
+                         clock=clock, symbols=symbols, history=cfg.terminal_orders_kept,
+                         credentials=None)
+    if s.simulated:  # shadow / qtd paper: fed by the live feed, no venue client
+        return paper_broker(ctx)
+    if venue.keys_for_orders:
+        ctx = dataclasses.replace(ctx, credentials=load_credentials(name, s))
+    return await venue.connect(ctx)
 
 
 async def open_accounts(cfg: AgentConfig, clock: Clock,
@@ -216,23 +187,23 @@ async def open_accounts(cfg: AgentConfig, clock: Clock,
 
 def live_feed_for(name: str, s: AccountSettings, symbols: list[str], on_price: Any
                   ) -> LiveFeed:
-    """The live market data feed of a venue account's bots (:mod:`qtd.feeds.live`): bars
-    at ``data_interval``; Alpaca needs the account's credentials for data, Binance none.
+    """The live market data feed of a venue account's bots (its venue's
+    ``LiveData.feed``, :mod:`qtd.feeds.live`): bars at ``data_interval``, with the account's
+    credentials when the venue's data needs them (Alpaca; Binance needs none).
 
     Raises:
-        ConfigError: missing credentials; ValueError: bad interval, symbols or venue.
+        ConfigError: missing credentials; ValueError: bad interval, symbols, or a venue
+            without live data.
     """
-    from qtd.feeds.live import LiveSettings, open_live_feed
-
-    key = secret = ""
-    if s.broker == "alpaca":
-        key, secret = load_credentials(name, s)
-    crypto = s.broker == "alpaca" and all("/" in sym for sym in symbols)
-    settings = LiveSettings(
-        venue=s.broker, api_key=key, secret_key=secret,  # type: ignore[arg-type]
-        asset_class="crypto" if crypto else "stock", feed=s.data_feed,
-        stream_url=s.data_stream_url or None, rest_url=s.data_rest_url or None)
-    return open_live_feed(s.broker, symbols, s.data_interval, settings, on_price=on_price)
+    venue = get(s.broker, field=f"accounts.{name}.broker")
+    if venue.live_data is None:
+        raise ValueError(f"accounts.{name}.broker = {s.broker!r}: the venue has no live "
+                         "market data")
+    creds = load_credentials(name, s) if venue.keys_for_data else None
+    ctx = FeedContext(name=name, settings=s, options=venue.options_of(s), symbols=symbols,
+                      on_price=on_price, credentials=creds)
+    feed: LiveFeed = venue.live_data.feed(ctx)
+    return feed
 
 
 async def close_brokers(brokers: Mapping[str, Broker]) -> None:

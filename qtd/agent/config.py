@@ -21,96 +21,16 @@ from qtd.data import DATASETS
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
 from qtd.quality.canary import CanaryConfig
+from qtd.venues import get as get_venue
+from qtd.venues import load_module, needs_credentials
+from qtd.venues.account import AccountSettings as AccountSettings
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
-Bps = Annotated[float, Meta(ge=0, le=10_000)]
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class _Cfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
-
-
-class AccountSettings(_Cfg, frozen=True, kw_only=True):
-    """One broker account: an isolated context (its connection failing never blocks another
-    account's bots; accounts connect in parallel at start-up).
-
-    Credentials are never in the TOML: they come from ``credentials_env`` variables, a
-    ``credentials_file`` (``KEY=value`` lines, mode 0600 or stricter: a group- or
-    world-readable file is refused), or systemd's ``$CREDENTIALS_DIRECTORY``
-    (``LoadCredential=<account>.env:...``); see :mod:`qtd.agent.accounts`.
-
-    Attributes:
-        broker: adapter kind: ``"paper"`` (simulated fills against the replayed prices),
-            ``"alpaca"`` (alpaca-py) or ``"binance"`` (python-binance, spot).
-        mode: alpaca and binance only: ``"live"`` (real money), ``"paper"`` (the venue's
-            paper/test environment; with ``paper_via = "qtd"``, qtd's paper broker on the
-            venue's live data instead, for a venue without a paper endpoint) or ``"shadow"``
-            (the venue's live market data, orders simulated by qtd's paper broker, every
-            intent recorded; compare with a live twin by ``qtd report shadow``).
-        base_url: REST base URL override (alpaca: without ``/v2``; binance: ending in
-            ``/api``); empty: the venue's endpoint for ``mode``.
-        stream_url: trade/user stream URL override (alpaca ``wss://.../stream``; binance
-            WebSocket API ``wss://.../ws-api/v3``).
-        credentials_env: environment variable names of the key and the secret.
-        credentials_file: an env file holding those variables (mode 0600 or stricter).
-        symbols: binance: the symbols whose filters are loaded (default: the bots' symbols).
-        quote_asset: binance: the asset counted as cash.
-        timeout_s: per-request timeout of the venue client, seconds.
-        connect_timeout_s: start-up connection budget of this account, seconds.
-        cash: paper: starting cash, quote currency.
-        slippage_bps: paper: adverse move on market fills, basis points.
-        commission_bps: paper: commission per fill, basis points of notional.
-        max_fill_qty: paper: largest single fill, instrument units (None: whole orders).
-        venue: venue name stamped on events (default: the broker kind; ``paper`` for paper).
-        data_interval: alpaca/binance: bar interval of the live market data (``"1m"``...).
-        data_stream_url: live market data stream URL override (:class:`~qtd.feeds.live.
-            LiveSettings` ``stream_url``).
-        data_rest_url: market data REST base override (back-fill after reconnects).
-        data_feed: alpaca stocks: ``"iex"`` (free) or ``"sip"``.
-        reconcile_interval_s: venue accounts: reconcile with the venue this often, seconds
-            (also after every reconnect of its stream; :mod:`qtd.agent.reconciling`).
-        flatten_after_disconnect_s: venue accounts: after a broker connection outage longer
-            than this (seconds), flatten the account through the venue once it is reachable
-            again and leave it HALTED with a P2 breach; unset (default): never.
-        paper_via: ``mode = "paper"``: ``"venue"`` (its paper endpoint) or ``"qtd"``
-            (qtd's paper broker on the venue's live data).
-    """
-
-    broker: Literal["paper", "alpaca", "binance"] = "paper"
-    mode: Literal["paper", "live", "shadow"] = "paper"
-    base_url: str = ""
-    stream_url: str = ""
-    credentials_env: list[str] = []
-    credentials_file: str = ""
-    symbols: list[str] = []
-    quote_asset: str = "USDT"
-    timeout_s: Seconds = 5.0
-    connect_timeout_s: Seconds = 30.0
-    cash: Annotated[float, Meta(gt=0, lt=1e15)] = 100_000.0
-    slippage_bps: Bps = 0.0
-    commission_bps: Bps = 0.0
-    max_fill_qty: Annotated[float, Meta(gt=0)] | None = None
-    venue: str = ""
-    data_interval: str = "1m"
-    data_stream_url: str = ""
-    data_rest_url: str = ""
-    data_feed: Literal["iex", "sip"] = "iex"
-    reconcile_interval_s: Seconds = 300.0
-    flatten_after_disconnect_s: Annotated[float, Meta(gt=0, le=86_400)] | None = None
-    paper_via: Literal["venue", "qtd"] = "venue"
-
-    @property
-    def venue_name(self) -> str:
-        """The venue stamped on events: ``venue``, else the broker kind."""
-        return self.venue or self.broker
-
-    @property
-    def simulated(self) -> bool:
-        """A venue account whose orders qtd's paper broker fills on the venue's live data
-        (``mode = "shadow"``, or ``"paper"`` with ``paper_via = "qtd"``)."""
-        return self.broker != "paper" and (
-            self.mode == "shadow" or (self.mode == "paper" and self.paper_via == "qtd"))
 
 
 class DataSource(_Cfg, frozen=True, kw_only=True):
@@ -232,7 +152,12 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
         bus: NATS connection; ``None`` runs offline (local kill file and risk only).
         bots: bot config files or directories (``*.toml`` under a ``bots`` directory).
         risk: risk limits file.
-        accounts: account name → broker settings.
+        accounts: account name → broker settings (:class:`qtd.venues.account.
+            AccountSettings`); ``broker`` names a venue of the registry (:mod:`qtd.venues`).
+        venue_modules: Python modules (dotted paths on ``sys.path``), each defining
+            ``VENUE`` (a :class:`qtd.venues.Venue`), imported and registered when this
+            config is loaded, before ``accounts`` are checked: how an operator adds a venue
+            kept outside ``qtd/venues/``.
         market: paper-mode market data.
         trading_day: PnL day boundary.
         leader_timeout_s: leader heartbeat silence (seconds) after which the fail-safe
@@ -273,6 +198,7 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     bots: list[str] = []
     risk: str = "risk.toml"
     accounts: dict[str, AccountSettings] = {}
+    venue_modules: list[str] = []
     market: MarketConfig = MarketConfig()
     trading_day: TradingDayConfig = TradingDayConfig()
     leader_timeout_s: Seconds = 5.0
@@ -359,13 +285,22 @@ def _check_bus(cfg: AgentConfig) -> None:
         check_bus_config(cfg.bus, cfg.source)
 
 
+def _check_venue_modules(cfg: AgentConfig) -> None:
+    for i, path in enumerate(cfg.venue_modules):
+        load_module(path, field=f"venue_modules[{i}]", source=cfg.source)
+
+
 def _check_accounts(cfg: AgentConfig) -> None:
     for name, a in cfg.accounts.items():
         where = f"accounts.{name}"
-        if a.broker == "paper":
+        venue = get_venue(a.broker, field=f"{where}.broker", source=cfg.source)
+        try:
+            venue.options_of(a)
+        except msgspec.ValidationError as exc:
+            raise _validation_error(cfg.source, exc, a.options, f"{where}.options") from None
+        if venue.simulator:
             continue
-        keyless = a.broker == "binance" and a.simulated  # public market data: no keys
-        if not keyless and len(a.credentials_env) != 2:
+        if needs_credentials(a) and len(a.credentials_env) != 2:
             raise _error(cfg.source, f"{where}.credentials_env", a.credentials_env,
                          "two environment variable names: the API key's and the secret's "
                          "(values come from the environment, credentials_file or "
@@ -406,7 +341,7 @@ def _check_schedule(cfg: AgentConfig) -> None:
 
 
 CHECKS = (_check_node, _check_trading_day, _check_market, _check_restart, _check_bus,
-          _check_accounts, _check_routed, _check_schedule)
+          _check_venue_modules, _check_accounts, _check_routed, _check_schedule)
 
 
 def _validation_error(source: str, exc: msgspec.ValidationError, doc: Any,

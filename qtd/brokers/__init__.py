@@ -1,2 +1,3 @@
-"""Broker adapters behind the :class:`qtd.brokers.base.Broker` Protocol (paper, alpaca,
-binance); each accepts orders only with a risk-engine token."""
+"""Venue-neutral broker pieces: the :class:`qtd.brokers.base.Broker` Protocol and its tokens,
+qtd's paper broker, retries and shadow-mode tracking. Venue adapters live in their venue's
+package (:mod:`qtd.venues`); each accepts orders only with a risk-engine token."""

@@ -1,9 +1,13 @@
 """Live market data: one venue stream, normalised to qtd :class:`~qtd.feeds.Bar` /
 :class:`~qtd.feeds.Trade`, reconnected, watched for silence and back-filled.
 
-Entry points (the agent's wiring uses these)::
+This module is venue-neutral: a venue plugs in a :class:`VenueSession` (connect, receive,
+parse, fetch bars) from its package (:mod:`qtd.venues.alpaca.feed`,
+:mod:`qtd.venues.binance.feed`). The entry points that pick the session by venue name are in
+:mod:`qtd.venues.streams`::
 
-    from qtd.feeds.live import LiveSettings, open_live_bars, open_live_feed
+    from qtd.feeds.live import LiveSettings
+    from qtd.venues.streams import open_live_bars, open_live_feed
 
     settings = LiveSettings(venue="binance")              # or venue="alpaca", api_key=...
     async with open_live_bars("binance", ["BTCUSDT"], "1m", settings) as bars:
@@ -49,9 +53,6 @@ Guarantees of :class:`LiveFeed` (per symbol):
 marks the symbol before any bot acts on the same price. This is qtd's paper (and shadow)
 mode on live data: the venue's paper *endpoint* is the other kind of paper mode
 (``AlpacaBroker(paper=True)``).
-
-Venue specifics are in :mod:`qtd.feeds.live_alpaca` and :mod:`qtd.feeds.live_binance`,
-each a :class:`VenueSession` (connect, receive, parse, fetch bars).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ import msgspec
 from msgspec import Meta
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from qtd.feeds.bars import Bar, MarketData, Trade, parse_interval
+from qtd.feeds.bars import Bar, MarketData, Trade
 
 log = logging.getLogger("qtd.feeds.live")
 
@@ -82,7 +83,7 @@ class LiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """How to reach one venue's market data and how to watch it.
 
     Attributes:
-        venue: ``"alpaca"`` or ``"binance"``.
+        venue: the venue's registry name (:mod:`qtd.venues`), e.g. ``"alpaca"``.
         api_key: API key (Alpaca requires one for data; Binance market data needs none).
         secret_key: API secret (never logged).
         asset_class: Alpaca only: ``"stock"`` (StockDataStream) or ``"crypto"``.
@@ -96,15 +97,17 @@ class LiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             Default (None): 5 s on Binance, whose kline stream pushes an update every 2 s
             (Binance "Kline/Candlestick Streams": update speed 2000 ms); 65 s on Alpaca,
             whose stream sends one bar per minute and nothing else on a quiet symbol
-            (a minute plus 5 s of publication delay). See :func:`silence_for`.
+            (a minute plus 5 s of publication delay): the venue's ``LiveData.silence_s``
+            (:func:`qtd.venues.streams.silence_for`).
         reconnect_min_s: first reconnect delay, seconds (doubles per failed attempt).
         reconnect_max_s: longest reconnect delay, seconds.
         queue_size: items buffered for the consumer before the reader waits.
         calendar: exchange-calendars code deciding when the market is open (silence only
-            counts then); default ``"XNYS"`` for Alpaca stocks, always open otherwise.
+            counts then); default: the venue's (``"XNYS"`` for Alpaca stocks), else always
+            open (:func:`qtd.venues.streams.market_open_for`).
     """
 
-    venue: Literal["alpaca", "binance"]
+    venue: str
     api_key: str = ""
     secret_key: str = ""
     asset_class: Literal["stock", "crypto"] = "stock"
@@ -171,8 +174,7 @@ class Parsed(msgspec.Struct):
 
 
 class VenueSession(Protocol):
-    """One venue's market-data connection (see :mod:`qtd.feeds.live_alpaca`,
-    :mod:`qtd.feeds.live_binance`)."""
+    """One venue's market-data connection (e.g. :mod:`qtd.venues.binance.feed`)."""
 
     async def connect(self) -> None:
         """Connect, authenticate and subscribe. Raises on failure (any exception)."""
@@ -210,15 +212,19 @@ class LiveFeed:
         settings: watchdog, backoff and queue settings.
         market_open: ``(now_ns) -> bool``; silence counts only while True (default: always).
         on_price: async ``(symbol, price)`` run before each item is queued.
+        default_silence_s: the silence watchdog's limit, seconds, when
+            ``settings.silence_s`` is unset (the venue's ``LiveData.silence_s``).
     """
 
     def __init__(
         self, session: VenueSession, symbols: list[str], interval_ns: int,
         settings: LiveSettings, *, market_open: MarketOpen | None = None,
-        on_price: OnPrice | None = None,
+        on_price: OnPrice | None = None, default_silence_s: float = 5.0,
     ) -> None:
         self.session, self.symbols, self.interval_ns = session, list(symbols), interval_ns
         self.settings, self.market_open, self.on_price = settings, market_open, on_price
+        self.silence_s = (default_silence_s if settings.silence_s is None
+                          else settings.silence_s)
         self.stats = FeedStats()
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[object] = asyncio.Queue(settings.queue_size)
@@ -308,7 +314,7 @@ class LiveFeed:
     async def _pump(self) -> bool:
         """Read frames until the connection is lost (or silent); True if it carried data."""
         loop = asyncio.get_running_loop()
-        silence = silence_for(self.settings)
+        silence = self.silence_s
         last, delivered = loop.time(), False
         while not self._closed:
             left = silence - (loop.time() - last)
@@ -407,94 +413,3 @@ class LiveFeed:
                               item.symbol)
         await self._queue.put(item)
 
-
-def silence_for(settings: LiveSettings) -> float:
-    """The silence watchdog's limit, seconds: ``settings.silence_s``, or the venue default
-    (5 s Binance, 65 s Alpaca; see :class:`LiveSettings`)."""
-    if settings.silence_s is not None:
-        return settings.silence_s
-    return 65.0 if settings.venue == "alpaca" else 5.0
-
-
-def market_open_for(settings: LiveSettings) -> MarketOpen | None:
-    """The "is the market open" test for ``settings``: an exchange calendar for Alpaca
-    stocks (``calendar``, default ``"XNYS"``), None (always open) for crypto.
-
-    Raises:
-        ValueError: ``calendar`` is not an exchange-calendars code.
-    """
-    code = settings.calendar
-    if code is None and settings.venue == "alpaca" and settings.asset_class == "stock":
-        code = "XNYS"
-    if code is None:
-        return None
-    from qtd.calendars import ExchangeSession, is_calendar
-
-    if not is_calendar(code):
-        raise ValueError(f"calendar = {code!r}: not an exchange-calendars code")
-    return ExchangeSession(code).contains
-
-
-def make_session(venue: str, symbols: list[str], interval_ns: int,
-                 settings: LiveSettings) -> VenueSession:
-    """The venue session for ``venue``.
-
-    Raises:
-        ValueError: unknown venue, or an interval the venue does not stream (names it).
-    """
-    if venue == "alpaca":
-        from qtd.feeds.live_alpaca import AlpacaSession
-
-        return AlpacaSession(symbols, interval_ns, settings)
-    if venue == "binance":
-        from qtd.feeds.live_binance import BinanceSession
-
-        return BinanceSession(symbols, interval_ns, settings)
-    raise ValueError(f"venue = {venue!r}: live data supports 'alpaca' and 'binance'")
-
-
-def open_live_feed(venue: str, symbols: list[str], interval: str, settings: LiveSettings, *,
-                   on_price: OnPrice | None = None,
-                   market_open: MarketOpen | None = None) -> LiveFeed:
-    """A :class:`LiveFeed` for ``symbols`` at ``interval`` (``"1m"``, ``"5m"``, ``"1h"``...);
-    start it with ``asyncio.create_task(feed.run())`` and iterate it.
-
-    Raises:
-        ValueError: bad venue, interval, symbols or calendar (the message names the field).
-    """
-    if not symbols:
-        raise ValueError("symbols = []: at least one symbol is required")
-    iv = parse_interval(interval)
-    if iv.months:
-        raise ValueError(f"interval = {interval!r}: calendar-month bars are not streamed")
-    if venue != settings.venue:
-        raise ValueError(f"venue = {venue!r} but settings.venue = {settings.venue!r}")
-    session = make_session(venue, symbols, iv.fixed_ns, settings)
-    return LiveFeed(session, symbols, iv.fixed_ns, settings,
-                    market_open=market_open or market_open_for(settings), on_price=on_price)
-
-
-@contextlib.asynccontextmanager
-async def open_live_bars(venue: str, symbols: list[str], interval: str, settings: LiveSettings,
-                         *, on_price: OnPrice | None = None) -> AsyncIterator[
-                             AsyncIterator[Bar]]:
-    """Closed bars of ``symbols`` from ``venue``, reconnected and back-filled (module
-    docstring); the feed runs while the context is open and is closed on exit.
-
-    Raises:
-        ValueError: as :func:`open_live_feed`.
-    """
-    feed = open_live_feed(venue, symbols, interval, settings, on_price=on_price)
-    task = asyncio.create_task(feed.run(), name=f"live-feed-{venue}")
-
-    async def bars() -> AsyncIterator[Bar]:
-        async for item in feed:
-            if type(item) is Bar:
-                yield item
-
-    try:
-        yield bars()
-    finally:
-        await feed.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

@@ -1,5 +1,6 @@
-"""Preflight rows for broker accounts: credentials present for every non-paper account, and
-accepted by the venue where it is reachable.
+"""Preflight rows for broker accounts: credentials present for every account whose venue
+needs them (:func:`qtd.venues.needs_credentials`), and accepted by the venue where it is
+reachable.
 
 Credentials are looked up as the agent does (:func:`qtd.agent.accounts.load_credentials`:
 ``$CREDENTIALS_DIRECTORY/<account>.env``, ``credentials_file``, the environment; a file
@@ -20,6 +21,7 @@ from qtd.agent.config import AgentConfig
 from qtd.clock import LiveClock
 from qtd.errors import ConfigError
 from qtd.preflight.checks import Check, first_line
+from qtd.venues import needs_credentials
 
 
 def _unreachable(e: BaseException) -> bool:
@@ -61,9 +63,10 @@ async def _validate(name: str, cfg: AgentConfig) -> Check:
 
 
 async def check_broker_credentials(cfg: AgentConfig, *, connect: bool = True) -> list[Check]:
-    """One row per non-paper account (one ``skipped`` row when every account is paper)."""
-    names = [n for n, s in cfg.accounts.items()  # binance shadow: public data, no keys
-             if s.broker != "paper" and not (s.broker == "binance" and s.simulated)]
+    """One row per account that needs credentials (:func:`qtd.venues.needs_credentials`:
+    not a paper account, nor a shadow account on public market data); one ``skipped`` row
+    when there is none."""
+    names = [n for n, s in cfg.accounts.items() if needs_credentials(s)]
     if not names:
         return [Check("broker credentials", "skipped", "paper accounts only")]
     rows = []

@@ -12,11 +12,11 @@ from decimal import Decimal
 
 import pytest
 
-from qtd.brokers.alpaca import AlpacaBroker
 from qtd.brokers.retry import RetryPolicy
 from qtd.clock import LiveClock
 from qtd.events import BrokerError, Fill, OrderState, Side
 from qtd.store import EventStore
+from qtd.venues.alpaca.broker import AlpacaBroker
 from tests.stubs import Fault, StubServer
 from tests.stubs.alpaca_stub import AlpacaStub, wait_for
 from tests.stubs.rig import Rig

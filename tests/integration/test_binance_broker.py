@@ -12,12 +12,12 @@ from decimal import Decimal
 
 import pytest
 
-from qtd.brokers.binance import BinanceBroker
 from qtd.brokers.retry import RetryPolicy, VenueBanned
 from qtd.clock import LiveClock
 from qtd.events import BrokerError, OrderDenied, OrderState, Scope, Severity, Side
 from qtd.orders import OrderRequest
 from qtd.store import EventStore
+from qtd.venues.binance.broker import BinanceBroker
 from tests.stubs import Fault, StubServer
 from tests.stubs.alpaca_stub import wait_for
 from tests.stubs.binance_stub import BinanceStub

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from qtd.feeds import Bar, Trade
-from qtd.feeds.live import LiveFeed, LiveSettings, open_live_bars, open_live_feed
+from qtd.feeds.live import LiveFeed, LiveSettings
+from qtd.venues.streams import open_live_bars, open_live_feed
 from tests.stubs import StubServer
 from tests.stubs.market_stub import MINUTE_NS, AlpacaDataStub, BinanceMarketStub
 
@@ -277,7 +278,7 @@ async def test_alpaca_stock_stream_and_stock_bars_backfill() -> None:
 
 
 def test_default_market_hours() -> None:
-    from qtd.feeds.live import market_open_for
+    from qtd.venues.streams import market_open_for
     stocks = market_open_for(LiveSettings(venue="alpaca", api_key="k", secret_key="s"))
     assert stocks is not None
     assert stocks(1_700_000_000 * 10**9 - 3 * 3600 * 10**9)  # Tue 2023-11-14 19:13 UTC: open

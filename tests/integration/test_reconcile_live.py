@@ -11,13 +11,13 @@ from decimal import Decimal
 
 import pytest
 
-from qtd.brokers.alpaca import AlpacaBroker
-from qtd.brokers.binance import BinanceBroker
 from qtd.brokers.retry import RetryPolicy
 from qtd.clock import LiveClock
 from qtd.events import Fill, OrderState, Scope, Side, TradingState
 from qtd.reconcile import ReconcilePolicy, Reconciler, reconcile_account
 from qtd.store import EventStore
+from qtd.venues.alpaca.broker import AlpacaBroker
+from qtd.venues.binance.broker import BinanceBroker
 from tests.stubs import Fault, StubServer
 from tests.stubs.alpaca_stub import AlpacaStub, wait_for
 from tests.stubs.binance_stub import BinanceStub

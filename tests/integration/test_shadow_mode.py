@@ -11,7 +11,6 @@ from decimal import Decimal
 
 import pytest
 
-from qtd.brokers.binance import BinanceBroker
 from qtd.brokers.paper import PaperBroker
 from qtd.brokers.retry import RetryPolicy
 from qtd.brokers.shadow import main, tracking_difference, tracking_report
@@ -19,11 +18,13 @@ from qtd.clock import LiveClock
 from qtd.events import Fill, OrderIntent, OrderState, OrderType, Side
 from qtd.execution import OrderRouter
 from qtd.feeds import Bar
-from qtd.feeds.live import LiveSettings, open_live_feed
+from qtd.feeds.live import LiveSettings
 from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
 from qtd.store import EventStore
+from qtd.venues.binance.broker import BinanceBroker
+from qtd.venues.streams import open_live_feed
 from tests.stubs import StubServer
 from tests.stubs.binance_stub import BinanceStub
 from tests.stubs.market_stub import MINUTE_NS, BinanceMarketStub

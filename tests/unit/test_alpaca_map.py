@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from qtd.brokers import alpaca_map as am
 from qtd.brokers.retry import VenueMessageError
 from qtd.events import Fill, OrderAccepted, OrderCanceled, OrderExpired, OrderRejected, OrderState
+from qtd.venues.alpaca import mapping as am
 from tests.factories import intent
 
 CTX = am.Context(node="n", account="a")

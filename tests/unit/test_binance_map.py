@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from qtd.brokers import binance_map as bm
 from qtd.brokers.retry import VenueMessageError
 from qtd.events import Fill, OrderAccepted, OrderCanceled, OrderExpired, OrderRejected, OrderState
+from qtd.venues.binance import mapping as bm
 from tests.factories import intent
 from tests.stubs.binance_stub import exchange_info
 

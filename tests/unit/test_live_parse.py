@@ -10,8 +10,8 @@ import pytest
 
 from qtd.feeds import Bar, Trade
 from qtd.feeds.live import LiveSettings, Parsed
-from qtd.feeds.live_alpaca import AlpacaSession, bar_of, parse_messages
-from qtd.feeds.live_binance import BinanceSession, binance_interval, rest_kline_bar
+from qtd.venues.alpaca.feed import AlpacaSession, bar_of, parse_messages
+from qtd.venues.binance.feed import BinanceSession, binance_interval, rest_kline_bar
 
 M = 60_000_000_000
 T0 = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
@@ -88,7 +88,7 @@ def test_binance_rest_rows_and_intervals() -> None:
 
 
 def test_silence_defaults_per_venue() -> None:
-    from qtd.feeds.live import silence_for
+    from qtd.venues.streams import silence_for
     assert silence_for(LiveSettings(venue="binance")) == 5.0
     assert silence_for(LiveSettings(venue="alpaca")) == 65.0  # one bar a minute, no more
     assert silence_for(LiveSettings(venue="alpaca", silence_s=2.5)) == 2.5

@@ -4,7 +4,7 @@
   ``API_URL`` at the configured base (it has no URL parameter) and to set its per-request
   timeout; orders carry ``newClientOrderId`` = qtd's client_order_id (≤ 36 chars).
 * Symbol filters (tick size, lot size, min/max notional) from ``exchangeInfo`` are checked
-  before any order leaves (:func:`qtd.brokers.binance_map.check_filters`): a breach becomes
+  before any order leaves (:func:`qtd.venues.binance.mapping.check_filters`): a breach becomes
   an ``OrderRejected`` naming the filter, field, value and rule, code ``FILTER_<name>``.
 * Rate limits: the ``REQUEST_WEIGHT`` and ``ORDERS`` windows published in ``exchangeInfo``
   gate every call client-side (:class:`~qtd.brokers.retry.RateGate`, documented weights);
@@ -50,7 +50,6 @@ from binance.exceptions import (  # type: ignore[import-untyped]
 )
 from websockets.asyncio.client import connect
 
-from qtd.brokers import binance_map as bm
 from qtd.brokers.base import (
     AccountSnapshot,
     Link,
@@ -82,10 +81,10 @@ from qtd.events import (
     OrderRejected,
     PositionSnapshot,
 )
+from qtd.venues.binance import LIVE_API, LIVE_WS_API
+from qtd.venues.binance import mapping as bm
 
 log = logging.getLogger(__name__)
-LIVE_API = "https://api.binance.com/api"
-LIVE_WS_API = "wss://ws-api.binance.com:443/ws-api/v3"
 # Request weights (Binance Spot API docs, per endpoint).
 WEIGHT = {"order.post": 1, "order.get": 4, "order.delete": 1, "openOrders": 80,
           "openOrders.delete": 1, "account": 20, "myTrades": 20, "exchangeInfo": 20}

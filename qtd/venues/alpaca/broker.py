@@ -1,7 +1,7 @@
 """Alpaca broker adapter (alpaca-py ``TradingClient`` + ``TradingStream``).
 
 * REST through alpaca-py's ``TradingClient`` with ``raw_data=True`` (payloads decoded by
-  :mod:`qtd.brokers.alpaca_map`). It uses synchronous ``requests``, so every call runs in a
+  :mod:`qtd.venues.alpaca.mapping`). It uses synchronous ``requests``, so every call runs in a
   worker thread (``asyncio.to_thread``). The client is subclassed only to give each request
   a timeout (alpaca-py sets none) and to switch off its own retry of 429/504 (3 × 3 s,
   blind to ``Retry-After``, and a 504 on ``POST /v2/orders`` must not be re-sent): qtd
@@ -35,7 +35,6 @@ from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.stream import TradingStream
 
-from qtd.brokers import alpaca_map as am
 from qtd.brokers.base import (
     AccountSnapshot,
     Link,
@@ -68,6 +67,7 @@ from qtd.events import (
     Side,
     TimeInForce,
 )
+from qtd.venues.alpaca import mapping as am
 
 log = logging.getLogger(__name__)
 

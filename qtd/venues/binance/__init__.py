@@ -1,0 +1,68 @@
+"""The ``binance`` venue: Binance spot through python-binance.
+
+* Broker: :class:`~qtd.venues.binance.broker.BinanceBroker` (``AsyncClient`` + its own
+  WebSocket API user stream). Endpoints by mode (venue docs): live
+  ``https://api.binance.com/api`` and ``wss://ws-api.binance.com:443/ws-api/v3``; paper =
+  the spot test network ``https://testnet.binance.vision/api`` and
+  ``wss://ws-api.testnet.binance.vision/ws-api/v3``. ``base_url`` / ``stream_url`` override
+  them (local stubs in tests).
+* Live data: :class:`~qtd.venues.binance.feed.BinanceSession` (public kline/trade streams:
+  no keys, so shadow accounts need no credentials); always open; silence limit 5 s (the
+  kline stream pushes an update every 2 s).
+* Instruments: the ones the shipped configs use (quote USDT).
+
+SDK modules are imported only when an account connects or a feed is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtd.brokers.base import Broker
+from qtd.venues import AccountContext, FeedContext, LiveData, Venue, instrument_table, started
+
+if TYPE_CHECKING:
+    from qtd.feeds.live import LiveFeed, LiveSettings, VenueSession
+
+LIVE_API = "https://api.binance.com/api"
+LIVE_WS_API = "wss://ws-api.binance.com:443/ws-api/v3"
+TESTNET_API = "https://testnet.binance.vision/api"
+TESTNET_WS_API = "wss://ws-api.testnet.binance.vision/ws-api/v3"
+SILENCE_S = 5.0  # "Kline/Candlestick Streams": update speed 2000 ms
+
+INSTRUMENTS = instrument_table(
+    "binance",
+    ("BTCUSDT", "crypto", "USDT", "24x7"),
+    ("ETHUSDT", "crypto", "USDT", "24x7"),
+    ("SOLUSDT", "crypto", "USDT", "24x7"),
+)
+
+
+async def _connect(ctx: AccountContext) -> Broker:
+    from qtd.venues.binance.broker import BinanceBroker
+
+    s = ctx.settings
+    live = s.mode == "live"
+    key, secret = ctx.credentials or ("", "")
+    return await started(BinanceBroker(
+        account=ctx.name, node=ctx.node, clock=ctx.clock, api_key=key, api_secret=secret,
+        symbols=ctx.symbols,
+        api_url=s.base_url or (LIVE_API if live else TESTNET_API),
+        ws_api_url=s.stream_url or (LIVE_WS_API if live else TESTNET_WS_API),
+        quote_asset=s.quote_asset, timeout_s=s.timeout_s, venue=s.venue_name))
+
+
+def _session(symbols: list[str], interval_ns: int, settings: LiveSettings) -> VenueSession:
+    from qtd.venues.binance.feed import BinanceSession
+
+    return BinanceSession(symbols, interval_ns, settings)
+
+
+def _feed(ctx: FeedContext) -> LiveFeed:
+    from qtd.venues.streams import account_live_feed
+
+    return account_live_feed(ctx, "binance")
+
+
+VENUE = Venue(name="binance", instruments=INSTRUMENTS, connect=_connect,
+              live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S))
