@@ -6,6 +6,7 @@ the venue, a 5xx with the order not at the venue, and fills made while the agent
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -121,6 +122,24 @@ async def test_dropped_stream_mid_fill_loses_no_fill(stub: Stub, rig: Rig) -> No
     venue.drop_after = None
     rec = await rig.until(cid, OrderState.FILLED)  # resubscribe → get_order + myTrades
     assert rec.trade_ids == trade_ids(venue, cid) and venue.subscribes >= 2
+
+
+async def test_close_ends_a_resync_in_progress(stub: Stub, store: EventStore) -> None:
+    """The resync started by a reconnect is owned by the adapter: close() cancels it, no
+    task is left running against a closed client."""
+    venue, server = stub
+    broker = make_broker(server)
+    rig = await _rig(store, broker)
+    intent = await rig.submit("BTCUSDT", "0.01", limit="49000.00")
+    await rig.until(intent.client_order_id, OrderState.ACCEPTED)
+    venue.faults.add("GET /api/v3/order", *[Fault(200, {}, delay_s=1.0)] * 20)
+    venue.drop_after = 0
+    await venue.fill(intent.client_order_id, "0.004", "49000")  # drops the stream
+    venue.drop_after = None
+    await wait_for(lambda: "GET /api/v3/order" in venue.log.routes(), timeout=10)
+    await rig.stop()
+    await broker.close()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "binance-resync"]
 
 
 async def test_429_honours_retry_after(stub: Stub, rig: Rig) -> None:

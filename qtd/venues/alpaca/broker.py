@@ -35,6 +35,7 @@ from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.stream import TradingStream
 
+from qtd.aio import cancel_and_wait
 from qtd.brokers.base import (
     AccountSnapshot,
     Link,
@@ -156,6 +157,7 @@ class AlpacaBroker:
         self._open: set[str] = set()
         self._vids: dict[str, str] = {}  # venue order id -> client_order_id
         self._task: asyncio.Task[None] | None = None
+        self._resyncs: set[asyncio.Task[None]] = set()  # owned: cancelled by close()
         self.connects = 0
         self.connected = asyncio.Event()
         self.link = Link()
@@ -169,7 +171,9 @@ class AlpacaBroker:
         await asyncio.wait_for(self.connected.wait(), 10)
 
     async def close(self) -> None:
-        """Stop the stream and the HTTP session."""
+        """Stop the resyncs in progress, the stream and the HTTP session."""
+        for task in list(self._resyncs):
+            await cancel_and_wait(task)
         if self._task is not None:
             await self._stream.stop_ws()
             await self._stream.close()
@@ -332,7 +336,9 @@ class AlpacaBroker:
         self.connected.set()
         self.link.up()
         if self.connects > 1:
-            asyncio.get_running_loop().create_task(self.resync(), name="alpaca-resync")
+            task = asyncio.get_running_loop().create_task(self.resync(), name="alpaca-resync")
+            self._resyncs.add(task)
+            task.add_done_callback(self._resyncs.discard)
 
     async def resync(self) -> None:
         """Re-read every order still in flight and import its missed executions (after a

@@ -50,6 +50,7 @@ from binance.exceptions import (  # type: ignore[import-untyped]
 )
 from websockets.asyncio.client import connect
 
+from qtd.aio import cancel_and_wait
 from qtd.brokers.base import (
     AccountSnapshot,
     Link,
@@ -166,6 +167,7 @@ class BinanceBroker:
         self._open: set[str] = set()
         self._vids: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._resyncs: set[asyncio.Task[None]] = set()  # owned: cancelled by close()
         self._closing = False
         self.banned_until = 0.0  # time.monotonic() until which a 418 ban lasts
         self.connects = 0
@@ -191,8 +193,10 @@ class BinanceBroker:
         await asyncio.wait_for(self.connected.wait(), 10)
 
     async def close(self) -> None:
-        """Stop the user stream and close the HTTP session."""
+        """Stop the resyncs in progress, the user stream and the HTTP session."""
         self._closing = True
+        for task in list(self._resyncs):
+            await cancel_and_wait(task)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -402,7 +406,9 @@ class BinanceBroker:
         self.connected.set()
         self.link.up()
         if self.connects > 1:
-            asyncio.get_running_loop().create_task(self.resync(), name="binance-resync")
+            task = asyncio.get_running_loop().create_task(self.resync(), name="binance-resync")
+            self._resyncs.add(task)
+            task.add_done_callback(self._resyncs.discard)
 
     def _on_frame(self, frame: str | bytes) -> None:
         try:
