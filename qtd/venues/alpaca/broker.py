@@ -81,12 +81,21 @@ class _Client(TradingClient):
     def _one_request(self, method: str, url: str, opts: dict[str, Any], retry: int) -> Any:
         return super()._one_request(method, url, {**opts, "timeout": self._qtd_timeout}, 0)
 
+    def close(self) -> None:
+        """Close the HTTP session (alpaca-py has no public close)."""
+        self._session.close()
+
 
 class _Stream(TradingStream):
     def __init__(self, *args: Any, on_connect: Callable[[], None],
-                 on_lost: Callable[[], None], **kw: Any) -> None:
+                 on_lost: Callable[[], None], reconnect_min_s: float, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._on_connect, self._on_lost = on_connect, on_lost
+        self._reconnect_min_backoff = reconnect_min_s
+
+    async def serve(self) -> None:
+        """Run the stream on the current loop (its ``run()`` starts a loop of its own)."""
+        await self._run_forever()  # type: ignore[no-untyped-call]
 
     async def _start_ws(self) -> None:
         await super()._start_ws()  # type: ignore[no-untyped-call]
@@ -149,8 +158,7 @@ class AlpacaBroker:
                                url_override=base_url, timeout_s=timeout_s)
         self._stream = _Stream(api_key, secret_key, paper=paper, raw_data=True,
                                url_override=stream_url, on_connect=self._connected,
-                               on_lost=self.link_down)
-        self._stream._reconnect_min_backoff = reconnect_min_s
+                               on_lost=self.link_down, reconnect_min_s=reconnect_min_s)
         self._stream.subscribe_trade_updates(self._on_update)
         self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
         self._intents: dict[str, OrderIntent] = {}
@@ -166,8 +174,7 @@ class AlpacaBroker:
 
     async def start(self) -> None:
         """Start the trade-updates stream task (returns once it is authorized and listening)."""
-        self._task = asyncio.create_task(
-            self._stream._run_forever(), name="alpaca-stream")  # type: ignore[no-untyped-call]
+        self._task = asyncio.create_task(self._stream.serve(), name="alpaca-stream")
         await asyncio.wait_for(self.connected.wait(), 10)
 
     async def close(self) -> None:
@@ -183,7 +190,7 @@ class AlpacaBroker:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._client._session.close()
+        self._client.close()
 
     def track(self, intent: OrderIntent) -> None:
         """Remember an intent still open (e.g. from the store after a restart), so its

@@ -15,9 +15,11 @@ Formats (Alpaca Market Data API v2 docs, "Real-time data" and "Historical bars")
 
 The stream carries minute bars only, so the feed's interval must be one minute. alpaca-py
 connects, authenticates and subscribes (``_start_ws``, ``_send_subscribe_msg``, the steps of
-its own ``_run_forever``); frames are then read here so that the feed sees every reconnect
-(to back-fill), applies its silence watchdog and skips unreadable frames one by one. Its
-REST clients are synchronous (``requests``) and run in a worker thread.
+its own ``_run_forever``, called only by the small subclasses below: alpaca-py's internals
+are touched in this module and ``broker.py``, nowhere else); frames are then read here so
+that the feed sees every reconnect (to back-fill), applies its silence watchdog and skips
+unreadable frames one by one. Its REST clients are synchronous (``requests``) and run in a
+worker thread.
 """
 
 from __future__ import annotations
@@ -115,6 +117,46 @@ def parse_messages(msgs: Any, symbols: set[str], parsed: Parsed) -> None:
             parsed.problems.append(f"{sym}: {exc}")
 
 
+# alpaca-py's streams run their own loop (``run()``) and read frames themselves; qtd reads
+# the websocket on its loop. Its internals are touched here only, by these subclasses.
+
+
+class _StockStream(StockDataStream):
+    async def open(self) -> None:
+        """Connect, authenticate and subscribe (alpaca-py's coroutine steps)."""
+        await self._start_ws()
+        await self._send_subscribe_msg()
+
+    @property
+    def websocket(self) -> Any:
+        """The open websocket, or None."""
+        return self._ws
+
+
+class _CryptoStream(CryptoDataStream):
+    async def open(self) -> None:
+        """Connect, authenticate and subscribe (alpaca-py's coroutine steps)."""
+        await self._start_ws()
+        await self._send_subscribe_msg()
+
+    @property
+    def websocket(self) -> Any:
+        """The open websocket, or None."""
+        return self._ws
+
+
+class _StockBars(StockHistoricalDataClient):
+    def close(self) -> None:
+        """Close the HTTP session (alpaca-py has no public close)."""
+        self._session.close()
+
+
+class _CryptoBars(CryptoHistoricalDataClient):
+    def close(self) -> None:
+        """Close the HTTP session (alpaca-py has no public close)."""
+        self._session.close()
+
+
 class AlpacaSession:
     """Alpaca market-data connection (module docstring) for :class:`~qtd.feeds.live.LiveFeed`.
 
@@ -136,20 +178,20 @@ class AlpacaSession:
         self.symbols, self.settings = set(symbols), settings
         self.crypto = settings.asset_class == "crypto"
         self._symbols = list(symbols)
-        self._stream: StockDataStream | CryptoDataStream = self._make_stream(self._symbols)
+        self._stream: _StockStream | _CryptoStream = self._make_stream(self._symbols)
         key, secret, url = settings.api_key, settings.secret_key, settings.rest_url
-        self._rest: StockHistoricalDataClient | CryptoHistoricalDataClient = (
-            CryptoHistoricalDataClient(key, secret, raw_data=True, url_override=url)
+        self._rest: _StockBars | _CryptoBars = (
+            _CryptoBars(key, secret, raw_data=True, url_override=url)
             if self.crypto else
-            StockHistoricalDataClient(key, secret, raw_data=True, url_override=url))
+            _StockBars(key, secret, raw_data=True, url_override=url))
 
-    def _make_stream(self, symbols: list[str]) -> StockDataStream | CryptoDataStream:
+    def _make_stream(self, symbols: list[str]) -> _StockStream | _CryptoStream:
         s = self.settings
-        stream: StockDataStream | CryptoDataStream = (
-            CryptoDataStream(s.api_key, s.secret_key, raw_data=True, url_override=s.stream_url)
+        stream: _StockStream | _CryptoStream = (
+            _CryptoStream(s.api_key, s.secret_key, raw_data=True, url_override=s.stream_url)
             if self.crypto else
-            StockDataStream(s.api_key, s.secret_key, raw_data=True, url_override=s.stream_url,
-                            feed=DataFeed(s.feed)))
+            _StockStream(s.api_key, s.secret_key, raw_data=True, url_override=s.stream_url,
+                         feed=DataFeed(s.feed)))
         stream.subscribe_bars(_ignore, *symbols)  # registers the channel; frames read here
         if s.trades:
             stream.subscribe_trades(_ignore, *symbols)
@@ -157,11 +199,10 @@ class AlpacaSession:
 
     async def connect(self) -> None:
         self._stream = self._make_stream(self._symbols)
-        await self._stream._start_ws()
-        await self._stream._send_subscribe_msg()
+        await self._stream.open()
 
     async def recv(self) -> Any:
-        ws = self._stream._ws
+        ws = self._stream.websocket
         if ws is None:
             raise FeedLost("not connected")
         try:
@@ -206,7 +247,7 @@ class AlpacaSession:
 
     async def close(self) -> None:
         await self.disconnect()
-        self._rest._session.close()
+        self._rest.close()
 
 
 async def _ignore(_: Any) -> None:
