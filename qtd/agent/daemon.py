@@ -62,7 +62,7 @@ from qtd.agent.wiring import (
     rebuild,
     risk_config_for,
 )
-from qtd.brokers.base import Broker
+from qtd.brokers.base import Broker, fed_by_prices
 from qtd.brokers.paper import PaperBroker
 from qtd.bus import DEFAULT_PREFIX, Subjects
 from qtd.clock import Clock, LiveClock
@@ -398,7 +398,7 @@ class Agent:
     async def _on_price(self, symbol: str, price: Decimal) -> None:
         now = self.clock.now_ns()
         for b in self.brokers.values():
-            if isinstance(b, PaperBroker):
+            if fed_by_prices(b):
                 b.on_price(symbol, price, now)
         await self.router.on_market_data(symbol, price, now)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 import msgspec
 
@@ -25,8 +25,10 @@ __all__ = [
     "Broker",
     "Link",
     "OrderStatusReport",
+    "PriceFed",
     "SubmitToken",
     "TokenError",
+    "fed_by_prices",
     "verify_cancel_token",
     "verify_token",
 ]
@@ -173,3 +175,26 @@ class Broker(Protocol):
         """Whether reports already received are queued here, not yet taken by
         :meth:`reports` (the agent stores them before its final outbox flush)."""
         ...
+
+
+@runtime_checkable
+class PriceFed(Protocol):
+    """A broker that fills on the market data the agent receives (qtd's paper broker, a
+    simulated venue's): the agent hands it every price before any bot acts on it."""
+
+    def on_price(self, symbol: str, price: Decimal, ts_ns: int) -> None:
+        """The last price of ``symbol`` (quote currency) at ``ts_ns`` (UTC ns)."""
+        ...
+
+
+def fed_by_prices(broker: object) -> TypeGuard[PriceFed]:
+    """Whether ``broker`` takes prices (:class:`PriceFed`); answered once per class, so it
+    is cheap on every tick."""
+    cls = type(broker)
+    fed = _FED.get(cls)
+    if fed is None:
+        fed = _FED[cls] = issubclass(cls, PriceFed)
+    return fed
+
+
+_FED: dict[type, bool] = {}
