@@ -15,7 +15,7 @@ The leader is the real :class:`~qtd.leader.Leader`; each kill goes through
 ``KillSwitchController.trigger_kill`` (core publish, KV put, audit), and its latency is from
 the decision (``time.perf_counter()`` in ``trigger_kill``) to the arrival of the last
 acknowledgement. Reference, same peers, same run: one bare nats-py core publish of a
-KillMessage and a wait for every acknowledgement (no leader code). Prints p50/p99/max over
+KillCommand and a wait for every acknowledgement (no leader code). Prints p50/p99/max over
 ``--kills`` kills (default 100) per agent count, and the peers' CPU time per kill (from
 ``/proc``) over the bare run: divided by the cores, it is a floor no kill path can beat on
 this machine. Target: p99 <= 10 ms with 50 agents.
@@ -149,8 +149,8 @@ async def bench(counts: list[int], kills: int, kind: str) -> None:
 
 
 async def _bare(url: str, n: int, kills: int) -> list[float]:
-    """Reference: one core publish of a KillMessage, wait for n acks; no leader code."""
-    from qtd.agent.control import KillMessage
+    """Reference: one core publish of a KillCommand, wait for n acks; no leader code."""
+    from qtd.agent.control import KillCommand
 
     nc = await connect(BusConfig(servers=(url,), name="bare"))
     got: dict[str, float] = {}
@@ -168,7 +168,7 @@ async def _bare(url: str, n: int, kills: int) -> list[float]:
         got.clear()
         done.clear()
         t0 = time.perf_counter()
-        await nc.publish("qtd.ctl.kill", msgspec.json.encode(KillMessage(id=f"b{i}",
+        await nc.publish("qtd.ctl.kill", msgspec.json.encode(KillCommand(id=f"b{i}",
                                                                          reason="bare")))
         await asyncio.wait_for(done.wait(), 5.0)
         if i >= 5:  # warm-up, as for the leader

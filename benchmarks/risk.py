@@ -38,13 +38,13 @@ from pathlib import Path
 
 from qtd.brokers.paper import PaperBroker
 from qtd.clock import SimClock
+from qtd.control import KillCommand
 from qtd.events import Fill, OrderIntent, OrderType, Scope, Side
 from qtd.execution import OrderRouter
 from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
 from qtd.risk.engine import Approved
-from qtd.risk.kill import KillCommand
 from qtd.store import EventStore
 
 T0 = 1_700_000_000_000_000_000

@@ -40,9 +40,10 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from qtd.agent.control import CommandRequest, request
+from qtd.agent.control import request
 from qtd.bus import EmbeddedNatsServer, connect
 from qtd.bus.config import BusConfig
+from qtd.control import NodeRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_KEPT = 10_000_000
@@ -105,7 +106,7 @@ def rss_kb(pid: int) -> int:
 
 async def order_counts(nc: Client) -> dict[str, int]:
     """The agent's ``status`` reply figures for orders (``sent`` = held + retired)."""
-    reply = await request(nc, "soak", "status", CommandRequest(operator="soak"), timeout_s=30)
+    reply = await request(nc, "soak", "status", NodeRequest(operator="soak"), timeout_s=30)
     o = reply.data["orders"]
     return {**o, "sent": o["held"] + o["retired"]}
 

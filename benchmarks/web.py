@@ -40,6 +40,7 @@ from starlette.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.e2e.devtools
 
 from qtd.clock import LiveClock
+from qtd.control import ControlAction
 from qtd.events import (
     AnyEvent,
     Fill,
@@ -54,7 +55,7 @@ from qtd.events import (
 from qtd.leader.snapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
-from qtd.web import ControlAction, WebServer, create_app
+from qtd.web import WebServer, create_app
 from qtd.web.live import PnlHub
 
 NAMES = [("max_position_qty", Scope.STRATEGY, "units"),

@@ -26,6 +26,7 @@ from typing import Any
 
 from qtd.brokers.base import Broker
 from qtd.clock import Clock
+from qtd.control import KillCommand
 from qtd.errors import OperationalError
 from qtd.events import (
     AnyEvent,
@@ -46,7 +47,7 @@ from qtd.orders import ApplyResult, ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk.checks import Denial
 from qtd.risk.engine import Denied, RiskEngine
-from qtd.risk.kill import KillCommand, flatten_requests
+from qtd.risk.kill import flatten_requests
 from qtd.store import EventStore
 
 

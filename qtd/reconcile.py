@@ -48,6 +48,7 @@ from qtd.brokers.base import Broker, Link, OrderStatusReport
 from qtd.brokers.paper import PaperBroker
 from qtd.brokers.retry import report_events
 from qtd.clock import Clock
+from qtd.control import KillCommand
 from qtd.events import (
     Event,
     OrderCanceled,
@@ -60,7 +61,6 @@ from qtd.events import (
 from qtd.execution import KillReport, OrderRouter
 from qtd.orders import OrderRecord
 from qtd.projections import Projections
-from qtd.risk.kill import KillCommand
 
 log = logging.getLogger("qtd.reconcile")
 REASON_NO_SUCH_ORDER = "reconcile: venue has no such order"

@@ -29,19 +29,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qtd.admit import admit_bot
-from qtd.agent.control import (
-    CommandReply,
-    CommandRequest,
-    KillMessage,
-    kill_ack_subject,
-    read_kills,
-)
+from qtd.agent.control import kill_ack_subject, read_kills
 from qtd.agent.storebehind import refuses_resume
 from qtd.agent.wiring import bot_files, status_of
+from qtd.control import KillCommand, NodeReply, NodeRequest
 from qtd.errors import ConfigError
 from qtd.events import DECODE_ERRORS, CommandAudit, KillAck, ParamsChanged, Scope
 from qtd.outbox import Outbox
-from qtd.risk.kill import KillCommand
 from qtd.runner import BotState
 
 if TYPE_CHECKING:
@@ -53,7 +47,7 @@ log = logging.getLogger("qtd.agent.control")
 # --- kills ---------------------------------------------------------------------------------
 
 
-async def apply_kill(agent: Agent, msg: KillMessage, *, via: str) -> KillAck | None:
+async def apply_kill(agent: Agent, msg: KillCommand, *, via: str) -> KillAck | None:
     """Apply a kill once per id; publish the ack (a repeat over core NATS is acknowledged
     with ``duplicate=True``; a repeat seen in the KV bucket is ignored)."""
     now = agent.clock.now_ns()
@@ -66,7 +60,7 @@ async def apply_kill(agent: Agent, msg: KillMessage, *, via: str) -> KillAck | N
     else:
         agent.kills_applied.add(msg.id)
         agent.kv_kill = True
-        report = await agent.router.kill(msg.command())
+        report = await agent.router.kill(msg)
         stored = await agent.store.append(KillAck(
             node=agent.node, ts_event=now, ts_init=now, kill_id=msg.id, scope=msg.scope,
             scope_key=msg.key, reason=msg.reason,
@@ -86,8 +80,8 @@ async def apply_kill(agent: Agent, msg: KillMessage, *, via: str) -> KillAck | N
 async def apply_file_kill(agent: Agent, cmd: KillCommand) -> None:
     """A kill from the local kill file (works with NATS down)."""
     report = await agent.router.kill(cmd)
-    await audit(agent, "kill", CommandRequest(operator=cmd.operator, reason=cmd.reason,
-                                              scope=cmd.scope, key=cmd.key),
+    await audit(agent, "kill", NodeRequest(operator=cmd.operator, reason=cmd.reason,
+                                           scope=cmd.scope, key=cmd.key),
                 True, f"kill file: {len(report.canceled)} cancels", source="kill_file")
     log.warning("kill file applied: %s:%s: %s; %d cancels", cmd.scope.value, cmd.key,
                 cmd.reason, len(report.canceled))
@@ -96,7 +90,7 @@ async def apply_file_kill(agent: Agent, cmd: KillCommand) -> None:
 # --- ctl verbs -----------------------------------------------------------------------------
 
 
-async def audit(agent: Agent, verb: str, req: CommandRequest, ok: bool, result: str,
+async def audit(agent: Agent, verb: str, req: NodeRequest, ok: bool, result: str,
                 source: str = "nats") -> None:
     now = agent.clock.now_ns()
     await agent.store.append(CommandAudit(
@@ -105,12 +99,12 @@ async def audit(agent: Agent, verb: str, req: CommandRequest, ok: bool, result: 
         source=source))
 
 
-async def handle(agent: Agent, verb: str, data: bytes) -> CommandReply:
+async def handle(agent: Agent, verb: str, data: bytes) -> NodeReply:
     """Run one ctl verb and audit it; never raises for bad input."""
     try:
-        req = msgspec.json.decode(data or b"{}", type=CommandRequest)
+        req = msgspec.json.decode(data or b"{}", type=NodeRequest)
     except DECODE_ERRORS as exc:
-        req, reply = CommandRequest(), _reply(agent, verb, False, f"bad request: {exc}")
+        req, reply = NodeRequest(), _reply(agent, verb, False, f"bad request: {exc}")
     else:
         fn = _VERBS.get(verb)
         if fn is None:
@@ -126,11 +120,11 @@ async def handle(agent: Agent, verb: str, data: bytes) -> CommandReply:
 
 
 def _reply(agent: Agent, verb: str, ok: bool, message: str,
-           data: dict[str, Any] | None = None) -> CommandReply:
-    return CommandReply(ok=ok, node=agent.node, verb=verb, message=message, data=data or {})
+           data: dict[str, Any] | None = None) -> NodeReply:
+    return NodeReply(ok=ok, node=agent.node, verb=verb, message=message, data=data or {})
 
 
-async def _status(agent: Agent, req: CommandRequest) -> CommandReply:
+async def _status(agent: Agent, req: NodeRequest) -> NodeReply:
     wm = await agent.store.watermark(Outbox.WATERMARK)
     mono = agent.loop_time()
     data = {
@@ -152,16 +146,16 @@ async def _status(agent: Agent, req: CommandRequest) -> CommandReply:
     return _reply(agent, "status", True, f"{agent.node}: GLOBAL {data['global']}", data)
 
 
-async def _halt(agent: Agent, req: CommandRequest) -> CommandReply:
+async def _halt(agent: Agent, req: NodeRequest) -> NodeReply:
     return await _kill_verb(agent, "halt", req, flatten=False)
 
 
-async def _flatten(agent: Agent, req: CommandRequest) -> CommandReply:
+async def _flatten(agent: Agent, req: NodeRequest) -> NodeReply:
     return await _kill_verb(agent, "flatten", req, flatten=True)
 
 
-async def _kill_verb(agent: Agent, verb: str, req: CommandRequest, *, flatten: bool
-                     ) -> CommandReply:
+async def _kill_verb(agent: Agent, verb: str, req: NodeRequest, *, flatten: bool
+                     ) -> NodeReply:
     _check_scope(req)
     _check_who(req, verb)
     report = await agent.router.kill(KillCommand(
@@ -175,7 +169,7 @@ async def _kill_verb(agent: Agent, verb: str, req: CommandRequest, *, flatten: b
                    "flatten_orders": len(report.flatten)})
 
 
-async def _held_by(agent: Agent, req: CommandRequest) -> str:
+async def _held_by(agent: Agent, req: NodeRequest) -> str:
     """Why the fleet's kill set forbids resuming ``req``'s scope ("" when it does not)."""
     link = agent.link
     if link is None or link.nc is None:
@@ -189,7 +183,7 @@ async def _held_by(agent: Agent, req: CommandRequest) -> str:
                      f"release it first (qtd resume --kill-id {k.id})" for k in held)
 
 
-async def _resume(agent: Agent, req: CommandRequest) -> CommandReply:
+async def _resume(agent: Agent, req: NodeRequest) -> NodeReply:
     _check_scope(req)
     if why := refuses_resume(agent, req.scope):
         return _reply(agent, "resume", False, why)
@@ -247,7 +241,7 @@ async def reload_file(agent: Agent, path: Path) -> str:
     return "swapped"
 
 
-async def _reload(agent: Agent, req: CommandRequest) -> CommandReply:
+async def _reload(agent: Agent, req: NodeRequest) -> NodeReply:
     outcome: dict[str, list[str]] = {"swapped": [], "needs_restart": [], "refused": []}
     for path in bot_files(agent.cfg):
         result = await reload_file(agent, path)
@@ -257,14 +251,14 @@ async def _reload(agent: Agent, req: CommandRequest) -> CommandReply:
     return _reply(agent, "reload", not outcome["refused"], msg, dict(outcome))
 
 
-def _check_who(req: CommandRequest, verb: str) -> None:
+def _check_who(req: NodeRequest, verb: str) -> None:
     for field, value in (("operator", req.operator), ("reason", req.reason)):
         if not value.strip():
             raise ConfigError(f"{verb} needs a non-empty {field}", source="<request>",
                               field=field, value=value, rule="must not be empty")
 
 
-def _check_scope(req: CommandRequest) -> None:
+def _check_scope(req: NodeRequest) -> None:
     if req.scope is not Scope.GLOBAL and not req.key:
         raise ConfigError(f"scope {req.scope.value} needs a key", source="<request>",
                           field="key", value="", rule="required unless scope is GLOBAL")

@@ -1,15 +1,16 @@
-"""Control messages: the kill switch over NATS and request/reply commands to one agent.
+"""The control protocol over NATS: the kill switch and request/reply commands to one agent.
 
-Wire format (msgspec JSON), subjects under the configured prefix (default ``qtd``):
+The shapes are in :mod:`qtd.control`. Wire format (msgspec JSON), subjects under the
+configured prefix (default ``qtd``):
 
 =================================  ==========================  ==============================
 subject                            payload                     who
 =================================  ==========================  ==============================
-``<prefix>.ctl.kill`` (core) and   :class:`KillMessage`        operator (``qtd kill``),
+``<prefix>.ctl.kill`` (core) and   :class:`KillCommand`        operator (``qtd kill``),
 KV ``qtd_control`` key ``kill``                                leader → every agent
 ``<prefix>.ack.kill.<node>``       :class:`~qtd.events.KillAck`  agent → whoever listens
-``<prefix>.ctl.<node>.<verb>``     :class:`CommandRequest` →   operator / leader → agent
-(request/reply)                    :class:`CommandReply`
+``<prefix>.ctl.<node>.<verb>``     :class:`NodeRequest` →      operator / leader → agent
+(request/reply)                    :class:`NodeReply`
 =================================  ==========================  ==============================
 
 The acknowledgement subject lives under ``ack.`` rather than ``ctl.``, so it can never be
@@ -31,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,95 +42,9 @@ from nats.js.kv import KeyValue
 
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, Subjects
 from qtd.bus.subjects import check_token
+from qtd.control import KillCommand, KillSet, NodeReply, NodeRequest, decode_kill_set
 from qtd.errors import OperationalError
-from qtd.events import DECODE_ERRORS, KillAck, Scope
-from qtd.risk.kill import KillCommand
-
-
-class KillMessage(msgspec.Struct, frozen=True, kw_only=True):
-    """A kill switch activation on the wire (core ``<prefix>.ctl.kill`` and KV ``kill``).
-
-    Attributes:
-        id: unique id of this activation (agents apply each id once).
-        scope / key: GLOBAL (key ""), ACCOUNT, STRATEGY or SYMBOL and its key.
-        reason / operator: why and who (shown in events and pages).
-        flatten: also close the scope's positions with reduce-only market orders.
-        source: ``"cli"``, ``"leader"``.
-        ts_ns: when it was issued, UTC ns.
-        cap: the fleet cap that tripped it (its ``Breach.trip_key``; "" for an operator's
-            kill): the leader re-arms that cap when this kill is released.
-    """
-
-    id: str
-    scope: Scope = Scope.GLOBAL
-    key: str = ""
-    reason: str
-    flatten: bool = False
-    operator: str = ""
-    source: str = "cli"
-    ts_ns: int = 0
-    cap: str = ""
-
-    def command(self) -> KillCommand:
-        """The risk-layer command (:meth:`qtd.execution.OrderRouter.kill`)."""
-        return KillCommand(scope=self.scope, key=self.key, reason=self.reason,
-                           flatten=self.flatten, operator=self.operator, source=self.source)
-
-
-class KillSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The active kills: the value of KV key ``kill`` in ``qtd_control``.
-
-    Attributes:
-        kills: every activation not yet released, oldest first; empty when none is set.
-    """
-
-    kills: tuple[KillMessage, ...] = ()
-
-    def ids(self) -> set[str]:
-        """The ids of the active kills."""
-        return {k.id for k in self.kills}
-
-    def holding(self, scope: Scope, key: str) -> list[KillMessage]:
-        """The active kills on exactly this scope and key."""
-        return [k for k in self.kills if k.scope is scope and k.key == key]
-
-    def add(self, msg: KillMessage) -> KillSet:
-        """This set with ``msg`` added (unchanged if its id is already in)."""
-        return self if msg.id in self.ids() else KillSet(kills=(*self.kills, msg))
-
-    def without(self, ids: Iterable[str]) -> KillSet:
-        """This set less the kills with these ids."""
-        drop = set(ids)
-        return KillSet(kills=tuple(k for k in self.kills if k.id not in drop))
-
-
-class CommandRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Body of a ``<prefix>.ctl.<node>.<verb>`` request (every field optional for status).
-
-    Unknown fields are refused: a body that is not a request (e.g. a NATS server's reply
-    that another client directed here, see :func:`qtd.bus.rejects.server_reply`) must not
-    read as one with every field at its default.
-
-    Attributes:
-        operator / reason: required by ``halt``, ``flatten`` and ``resume`` (and recorded
-            for every verb).
-        scope / key: the scope of ``halt``, ``resume`` and ``flatten`` (default GLOBAL).
-    """
-
-    operator: str = ""
-    reason: str = ""
-    scope: Scope = Scope.GLOBAL
-    key: str = ""
-
-
-class CommandReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply to a command: ``ok``, a one-line ``message`` and verb-specific ``data``."""
-
-    ok: bool
-    node: str
-    verb: str
-    message: str = ""
-    data: dict[str, Any] = {}
+from qtd.events import DECODE_ERRORS, KillAck
 
 
 def kill_ack_subject(subjects: Subjects, node: str) -> str:
@@ -151,14 +64,7 @@ def ack_is_from(subjects: Subjects, subject: str, node: str) -> bool:
     return subject == f"{subjects.prefix}.ack.kill.{node}"
 
 
-def new_kill(*, reason: str, scope: Scope = Scope.GLOBAL, key: str = "", flatten: bool = False,
-             operator: str = "", source: str = "cli") -> KillMessage:
-    """A :class:`KillMessage` with a fresh id and the current time."""
-    return KillMessage(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
-                       flatten=flatten, operator=operator, source=source, ts_ns=time.time_ns())
-
-
-async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
+async def send_kill(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
                     wait_acks_s: float = 0.0, expect: int = 0) -> list[KillAck]:
     """Add a kill to the set in ``qtd_control`` and broadcast it on ``<prefix>.ctl.kill``.
 
@@ -199,7 +105,7 @@ async def send_kill(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
     return list(acks.values())
 
 
-async def publish_kill(nc: Client, msg: KillMessage, subjects: Subjects) -> KillSet:
+async def publish_kill(nc: Client, msg: KillCommand, subjects: Subjects) -> KillSet:
     """Add ``msg`` to the kill set (compare-and-set), then broadcast it on
     ``<prefix>.ctl.kill`` and flush: the kill is out when this returns. The set goes first so
     that a write NATS refuses leaves nothing broadcast that the set does not hold.
@@ -259,7 +165,7 @@ async def update_kill_set(kv: KeyValue, change: Callable[[KillSet], KillSet], *,
                            "try again", action="kill")
 
 
-async def release_kills(nc: Client, ids: Iterable[str] | None = None) -> list[KillMessage]:
+async def release_kills(nc: Client, ids: Iterable[str] | None = None) -> list[KillCommand]:
     """Remove kills from the set: those with ``ids``, or every one (``None``). Agents that
     start later no longer apply them; running agents stay as they are until an operator
     resumes them. Returns the kills removed."""
@@ -283,32 +189,8 @@ async def read_kills(nc: Client) -> KillSet:
     return decode_kill_set(entry.value or b"", revision=entry.revision or 0)
 
 
-_set_decoder = msgspec.json.Decoder(KillSet)
-_kill_decoder = msgspec.json.Decoder(KillMessage)
-
-
-def decode_kill_set(data: bytes, *, revision: int = 0) -> KillSet:
-    """Decode the KV value: a :class:`KillSet`, or one :class:`KillMessage` (written by an
-    older qtd: a set of one); anything else is a set holding one GLOBAL kill that names the
-    problem (fail safe)."""
-    try:
-        return _set_decoder.decode(data)
-    except DECODE_ERRORS:
-        pass
-    return KillSet(kills=(decode_kill(data, revision=revision),))
-
-
-def decode_kill(data: bytes, *, revision: int = 0) -> KillMessage:
-    """Decode a kill message; garbage becomes a GLOBAL kill naming the problem."""
-    try:
-        return _kill_decoder.decode(data)
-    except DECODE_ERRORS as exc:
-        return KillMessage(id=f"undecodable-{revision}-{len(data)}",
-                           reason=f"undecodable kill message ({exc})", source="kv")
-
-
-async def request(nc: Client, node: str, verb: str, req: CommandRequest, *,
-                  prefix: str = "qtd", timeout_s: float = 5.0) -> CommandReply:
+async def request(nc: Client, node: str, verb: str, req: NodeRequest, *,
+                  prefix: str = "qtd", timeout_s: float = 5.0) -> NodeReply:
     """Send one command to ``node`` and wait for its reply.
 
     Raises:
@@ -316,4 +198,4 @@ async def request(nc: Client, node: str, verb: str, req: CommandRequest, *,
     """
     subject = Subjects(prefix).ctl(node, verb)
     reply = await nc.request(subject, msgspec.json.encode(req), timeout=timeout_s)
-    return msgspec.json.decode(reply.data, type=CommandReply)
+    return msgspec.json.decode(reply.data, type=NodeReply)

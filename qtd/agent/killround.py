@@ -30,8 +30,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd.agent.control import KillMessage, ack_is_from, kill_ack_all, publish_kill
+from qtd.agent.control import ack_is_from, kill_ack_all, publish_kill
 from qtd.bus import Subjects
+from qtd.control import KillCommand
 from qtd.events import DECODE_ERRORS, KillAck
 
 LEADER = "leader"
@@ -79,8 +80,8 @@ class KillReport(msgspec.Struct, kw_only=True):
         ended_ms: ms from the kill's write to the end of the round.
     """
 
-    kill: KillMessage
-    active: tuple[KillMessage, ...]
+    kill: KillCommand
+    active: tuple[KillCommand, ...]
     acks: list[AckSeen]
     roster: list[AgentSeen]
     roster_source: str
@@ -184,7 +185,7 @@ class _Round:
                 n in self.acks for n, a in self.roster.items() if a.alive):
             self.done.set()
 
-    def report(self, kill: KillMessage, active: tuple[KillMessage, ...]) -> KillReport:
+    def report(self, kill: KillCommand, active: tuple[KillCommand, ...]) -> KillReport:
         now = time.perf_counter()
         aged = now - self.roster_at
         roster = [msgspec.structs.replace(a, heartbeat_age_s=a.heartbeat_age_s + aged)
@@ -222,7 +223,7 @@ async def _find_roster(nc: Client, rnd: _Round, subjects: Subjects) -> None:
     rnd.from_heartbeats()
 
 
-async def kill_round(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
+async def kill_round(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
                      timeout_s: float = 2.0, expect: int = 0) -> KillReport:
     """Send a kill (set, then broadcast), then collect acknowledgements until every live
     agent has acknowledged or ``timeout_s`` (see the module docstring).
@@ -231,7 +232,7 @@ async def kill_round(nc: Client, msg: KillMessage, *, prefix: str = "qtd",
         nc: a connected client that may write the kill key, publish ``<prefix>.ctl.kill``,
             subscribe ``<prefix>.ack.kill.*`` and ``<prefix>.hb.*`` and request
             ``<prefix>.ctl.leader.status`` (etc/nats-server.conf, user ``operator``).
-        msg: the kill (:func:`~qtd.agent.control.new_kill`).
+        msg: the kill (:func:`~qtd.control.new_kill`).
         prefix: subject prefix.
         timeout_s: seconds after the broadcast to wait at most; 0 sends and returns.
         expect: stop once this many agents acknowledged instead (0: every live agent).

@@ -30,10 +30,11 @@ import nats.js.errors
 
 from qtd import sdnotify
 from qtd.agent import commands
-from qtd.agent.control import decode_kill, read_kills
+from qtd.agent.control import read_kills
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
 from qtd.bus.rejects import reject_server_reply
+from qtd.control import decode_kill
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
 from qtd.risk.kill import KillFileWatcher
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from qtd.control import KillCommand
 from qtd.events import RiskBreach, Scope, Severity, TradingState
 from qtd.recovery import CHECK, StoreBehind
-from qtd.risk.kill import KillCommand
 
 if TYPE_CHECKING:
     from qtd.agent.daemon import Agent

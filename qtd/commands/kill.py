@@ -27,9 +27,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from qtd.agent.control import KillMessage, new_kill, release_kills
+from qtd.agent.control import release_kills
 from qtd.agent.killround import AgentSeen, KillReport, kill_round
 from qtd.bus import BusConfig
+from qtd.control import KillCommand, new_kill
 from qtd.errors import ConfigError, OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.files import read_capped_text
@@ -109,7 +110,7 @@ def _what(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _scope(k: KillMessage) -> str:
+def _scope(k: KillCommand) -> str:
     return k.scope.value if k.scope is Scope.GLOBAL else f"{k.scope.value}:{k.key}"
 
 

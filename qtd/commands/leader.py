@@ -23,10 +23,11 @@ from qtd import sdnotify
 from qtd.agent.logs import setup_json_logging
 from qtd.commands.fleet import add_connection_args, bus_from_args, on_fleet
 from qtd.commands.operator import add_operator
+from qtd.control import LeaderRequest
 from qtd.errors import OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.leader.config import LeaderConfig, load_leader_config
-from qtd.leader.daemon import CommandRequest, Leader
+from qtd.leader.daemon import Leader
 
 DEFAULT_CONFIG = "etc/leader.toml"
 
@@ -64,19 +65,19 @@ def add_parsers(sub: Any) -> None:
     add_connection_args(r)
     r.add_argument("--json", action="store_true", help="the leader's reply as JSON instead "
                    "of the summary")
-    r.set_defaults(handler=lambda a: run_command(a, "resume", CommandRequest(
+    r.set_defaults(handler=lambda a: run_command(a, "resume", LeaderRequest(
         operator=a.operator, reason=a.reason, kill_ids=a.kill_ids, key=a.key,
         scope=Scope(a.scope.upper()) if a.scope else None, everything=a.everything)))
     k = sub.add_parser("ack", help="acknowledge an alert (stops P1 repeats)")
     k.add_argument("alert_id", metavar="ALERT_ID")
     k.add_argument("--operator", default="", help="who")
     add_connection_args(k)
-    k.set_defaults(handler=lambda a: run_command(a, "ack", CommandRequest(
+    k.set_defaults(handler=lambda a: run_command(a, "ack", LeaderRequest(
         alert_id=a.alert_id, operator=a.operator)))
     al = sub.add_parser("alerts", help="list the leader's open alerts")
     add_connection_args(al)
     al.add_argument("--json", action="store_true", help="JSON instead of a table")
-    al.set_defaults(handler=lambda a: run_command(a, "alerts", CommandRequest()))
+    al.set_defaults(handler=lambda a: run_command(a, "alerts", LeaderRequest()))
     _add_caps(sub)
 
 
@@ -90,7 +91,7 @@ def _add_caps(sub: Any) -> None:
                        "rollover.")
     add_connection_args(c)
     c.add_argument("--json", action="store_true", help="JSON instead of a table")
-    c.set_defaults(handler=lambda a: run_command(a, "caps", CommandRequest()))
+    c.set_defaults(handler=lambda a: run_command(a, "caps", LeaderRequest()))
     actions = c.add_subparsers(dest="action", metavar="ACTION")
     r = actions.add_parser("raise", help="raise a cap's limit for the rest of the trading day",
                            description="Raises CAP's limit (one of daily_loss, drawdown, "
@@ -106,7 +107,7 @@ def _add_caps(sub: Any) -> None:
     r.add_argument("--reason", required=True, help="why")
     add_connection_args(r)
     r.add_argument("--json", action="store_true", help="JSON instead of a table")
-    r.set_defaults(handler=lambda a: run_command(a, "caps_raise", CommandRequest(
+    r.set_defaults(handler=lambda a: run_command(a, "caps_raise", LeaderRequest(
         cap=a.cap, key=a.key, limit=a.limit, operator=a.operator, reason=a.reason)))
 
 
@@ -148,7 +149,7 @@ async def _watchdog(stop: asyncio.Event) -> None:
         await asyncio.sleep(interval)
 
 
-def run_command(args: argparse.Namespace, verb: str, req: CommandRequest) -> int:
+def run_command(args: argparse.Namespace, verb: str, req: LeaderRequest) -> int:
     """Send one command to the running leader and print its reply."""
     bus = bus_from_args(args, f"qtd-{verb}")
     reply = asyncio.run(on_fleet(bus, verb, lambda nc: _request(nc, bus.prefix, verb, req)))
@@ -168,7 +169,7 @@ def run_command(args: argparse.Namespace, verb: str, req: CommandRequest) -> int
     return 0
 
 
-async def _request(nc: Client, prefix: str, verb: str, req: CommandRequest
+async def _request(nc: Client, prefix: str, verb: str, req: LeaderRequest
                    ) -> dict[str, Any]:
     try:
         msg = await nc.request(f"{prefix}.ctl.leader.{verb}", msgspec.json.encode(req),

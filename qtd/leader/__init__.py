@@ -9,7 +9,7 @@ Public API: :class:`Leader` (the daemon), :class:`FleetView` and its snapshot
 from __future__ import annotations
 
 from qtd.leader.config import LeaderConfig, load_leader_config, parse_leader_config
-from qtd.leader.daemon import CommandRequest, Leader
+from qtd.leader.daemon import Leader
 from qtd.leader.fleetdb import FleetDB, Origin
 from qtd.leader.kill import KillRound, KillSwitchController, ack_subject
 from qtd.leader.lease import LeaderLease, LeaseRecord
@@ -17,7 +17,6 @@ from qtd.leader.snapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 
 __all__ = [
-    "CommandRequest",
     "FleetDB",
     "FleetSnapshot",
     "FleetView",

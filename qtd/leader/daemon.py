@@ -37,6 +37,7 @@ from qtd.aio import cancel_and_wait
 from qtd.bus import Subjects, connect, ensure_jetstream
 from qtd.bus.rejects import REJECTED
 from qtd.clock import Clock, LiveClock
+from qtd.control import LeaderRequest
 from qtd.errors import ConfigError, QtdError
 from qtd.events import (
     DECODE_ERRORS,
@@ -76,27 +77,6 @@ PEAK_KEY = "peak_equity"
 KILL_SYNC_S = 1.0
 """Seconds between reads of the kill set: a kill removed by ``qtd kill --release`` (or
 added while the core broadcast was missed) shows on the page within this."""
-
-
-class CommandRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of a ``<prefix>.ctl.leader.<verb>`` request.
-
-    For ``kill``: ``scope`` (default GLOBAL) and ``key``. For ``resume``: what to release —
-    ``kill_ids``, or every kill on ``scope``/``key``, or ``everything``; none of them
-    releases the only active kill (refused when several are active). For ``caps_raise``:
-    ``cap``, ``key`` (the symbol of ``symbol_exposure``), ``limit``, ``operator``, ``reason``.
-    """
-
-    operator: str = ""
-    reason: str = ""
-    alert_id: str = ""
-    scope: Scope | None = None
-    key: str = ""
-    flatten: bool = False
-    kill_ids: list[str] = []
-    everything: bool = False
-    cap: str = ""
-    limit: float | None = None
 
 
 class Leader:
@@ -403,14 +383,14 @@ class Leader:
             return  # a standby stays silent: the active leader answers
         verb = msg.subject.rsplit(".", 1)[-1]
         try:
-            req = msgspec.json.decode(msg.data or b"{}", type=CommandRequest)
+            req = msgspec.json.decode(msg.data or b"{}", type=LeaderRequest)
             reply: dict[str, Any] = {"ok": True, **await self.command(verb, req)}
         except (QtdError, *DECODE_ERRORS) as exc:
             reply = {"ok": False, "error": str(exc)}
         if msg.reply:
             await self.nc.publish(msg.reply, msgspec.json.encode(reply))
 
-    async def command(self, verb: str, req: CommandRequest) -> dict[str, Any]:
+    async def command(self, verb: str, req: LeaderRequest) -> dict[str, Any]:
         """Run an operator command (``resume``, ``ack``, ``alerts``, ``kill``, ``status``).
 
         Raises:
@@ -442,7 +422,7 @@ class Leader:
                     "instance": self.cfg.lease.instance, "active": self.active}
         raise QtdError(f"unknown leader command {verb!r}", verb=verb)
 
-    async def _caps_command(self, verb: str, req: CommandRequest) -> dict[str, Any]:
+    async def _caps_command(self, verb: str, req: LeaderRequest) -> dict[str, Any]:
         """``caps``: every cap and today's overrides; ``caps_raise``: store an audited
         override in fleet.db, then put it in force (and measure the caps again)."""
         if verb == "caps_raise":

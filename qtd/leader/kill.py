@@ -1,9 +1,9 @@
 """The global kill switch, leader side: decide, broadcast, collect acknowledgements, page.
 
-The kill state is a **set** of active kills, each released on its own. Wire format: the
-agent's (:mod:`qtd.agent.control`). :meth:`KillSwitchController.trigger_kill` publishes a
-:class:`~qtd.agent.control.KillMessage` on core ``<prefix>.ctl.kill`` first (the fast path
-every agent subscribes to), then adds it to the :class:`~qtd.agent.control.KillSet` under KV
+The kill state is a **set** of active kills, each released on its own. Wire format:
+:mod:`qtd.control`. :meth:`KillSwitchController.trigger_kill` publishes a
+:class:`~qtd.control.KillCommand` on core ``<prefix>.ctl.kill`` first (the fast path
+every agent subscribes to), then adds it to the :class:`~qtd.control.KillSet` under KV
 key ``kill`` in ``qtd_control`` with compare-and-set (an agent that starts later applies
 every kill in the set before its bots start), then audits it in fleet.db as a
 :class:`~qtd.events.KillSwitch` event. Every agent answers on ``<prefix>.ack.kill.<node>``
@@ -42,21 +42,18 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from qtd.agent.control import (
-    CommandReply,
-    KillMessage,
-    KillSet,
-    ack_is_from,
-    decode_kill,
-    decode_kill_set,
-    kill_ack_all,
-    kill_ack_subject,
-    update_kill_set,
-)
-from qtd.agent.control import CommandRequest as AgentRequest
+from qtd.agent.control import ack_is_from, kill_ack_all, kill_ack_subject, update_kill_set
 from qtd.bus import KILL_KEY, Subjects
 from qtd.bus.rejects import REJECTED, reject_server_reply
 from qtd.clock import Clock
+from qtd.control import (
+    KillCommand,
+    KillSet,
+    NodeReply,
+    NodeRequest,
+    decode_kill,
+    decode_kill_set,
+)
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
 from qtd.leader.alerts import AlertBook, TaskSet
@@ -87,7 +84,7 @@ class AckWire(msgspec.Struct, kw_only=True):
 
 
 _ack_decoder = msgspec.json.Decoder(AckWire)
-_reply_decoder = msgspec.json.Decoder(CommandReply)
+_reply_decoder = msgspec.json.Decoder(NodeReply)
 
 
 class KillRound:
@@ -103,7 +100,7 @@ class KillRound:
         all_acked: set once every expected node acknowledged.
     """
 
-    def __init__(self, kill: KillMessage, t0: float, expected: set[str]) -> None:
+    def __init__(self, kill: KillCommand, t0: float, expected: set[str]) -> None:
         self.kill = kill
         self.kill_id = kill.id
         self.t0 = t0
@@ -232,7 +229,7 @@ class KillSwitchController:
         """
         self._check_active("kill")
         t0 = time.perf_counter()
-        msg = KillMessage(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
+        msg = KillCommand(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
                           flatten=flatten, operator=operator, source=source,
                           ts_ns=self.clock.now_ns(), cap=cap)
         self._writing.add(msg.id)
@@ -248,14 +245,14 @@ class KillSwitchController:
         self.tasks.spawn(self._audit_kill(msg, active=True), "qtd-kill-audit")
         return rnd
 
-    async def _audit_kill(self, msg: KillMessage, *, active: bool) -> None:
+    async def _audit_kill(self, msg: KillCommand, *, active: bool) -> None:
         now = self.clock.now_ns()
         await self.db.append_local([KillSwitch(
             node=LEADER_NODE, ts_event=msg.ts_ns or now, ts_init=now, scope=msg.scope,
             scope_key=msg.key, active=active, reason=msg.reason, flatten=msg.flatten,
             operator=msg.operator, source=msg.source, kill_id=msg.id)])
 
-    def _begin(self, msg: KillMessage, t0: float) -> KillRound:
+    def _begin(self, msg: KillCommand, t0: float) -> KillRound:
         rnd = self.active[msg.id] = KillRound(msg, t0, self.known_nodes())
         self._show()
         self.tasks.spawn(self._watch(rnd), f"qtd-kill-watch-{rnd.kill_id}")
@@ -332,8 +329,8 @@ class KillSwitchController:
         nodes = sorted(self.known_nodes())
         agents: dict[str, list[str]] = {n: [] for n in nodes}
         for sc, k in scopes:
-            req = msgspec.json.encode(AgentRequest(operator=operator, reason=reason,
-                                                   scope=sc, key=k))
+            req = msgspec.json.encode(NodeRequest(operator=operator, reason=reason,
+                                                  scope=sc, key=k))
             replies = await asyncio.gather(*(self._ask(n, req, timeout_s) for n in nodes))
             for n, reply in zip(nodes, replies, strict=True):
                 agents[n].append(reply if len(scopes) == 1 else f"{sc.value}:{k} {reply}")

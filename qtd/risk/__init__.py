@@ -1,8 +1,8 @@
 """Pre-trade risk engine, trading states, circuit breakers and kill switch (issue 5).
 
 Public API: :class:`RiskEngine`, :class:`Approved`, :class:`Denied`, :class:`Denial`,
-:class:`RiskConfig` and :func:`load_risk_config`, :class:`KillCommand`,
-:class:`KillFileWatcher`, :func:`write_kill_file`.
+:class:`RiskConfig` and :func:`load_risk_config`, :class:`KillFileWatcher`,
+:func:`write_kill_file`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 from qtd.risk.checks import Denial
 from qtd.risk.config import RiskConfig, load_risk_config, parse_risk_config
 from qtd.risk.engine import Approved, Denied, RiskEngine
-from qtd.risk.kill import DEFAULT_KILL_FILE, KillCommand, KillFileWatcher, write_kill_file
+from qtd.risk.kill import DEFAULT_KILL_FILE, KillFileWatcher, write_kill_file
 
 __all__ = [
     "DEFAULT_KILL_FILE",
     "Approved",
     "Denial",
     "Denied",
-    "KillCommand",
     "KillFileWatcher",
     "RiskConfig",
     "RiskEngine",

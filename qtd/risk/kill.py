@@ -1,6 +1,7 @@
 """Kill switch levels and the local kill file.
 
-Levels: L1 GLOBAL, L2 ACCOUNT, L3 STRATEGY, L4 SYMBOL. Activation
+The kill is a :class:`qtd.control.KillCommand`. Levels: L1 GLOBAL, L2 ACCOUNT, L3 STRATEGY,
+L4 SYMBOL. Activation
 (:meth:`qtd.execution.OrderRouter.kill`) moves the scope to HALTED, issues cancels for the
 scope's open orders, and with ``flatten`` closes the scope's positions with reduce-only
 MARKET orders that still pass the risk engine (:meth:`RiskEngine.allow_flatten`).
@@ -29,8 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Final
 
-import msgspec
-
+from qtd.control import KillCommand, kill_file_body, kill_from_file_doc
 from qtd.errors import ConfigError
 from qtd.events import OrderType, Scope, Side
 from qtd.files import read_capped
@@ -39,27 +39,6 @@ from qtd.projections import Position
 
 DEFAULT_KILL_FILE: Final = Path("/dev/shm/qtd.kill")
 LEVELS: Final = {"L1": Scope.GLOBAL, "L2": Scope.ACCOUNT, "L3": Scope.STRATEGY, "L4": Scope.SYMBOL}
-
-
-class KillCommand(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One kill-switch activation.
-
-    Attributes:
-        scope: GLOBAL (L1), ACCOUNT (L2), STRATEGY (L3) or SYMBOL (L4); ``"L1"``..``"L4"``
-            are accepted in files.
-        key: the account, bot or symbol ("" for GLOBAL).
-        reason: why (shown in events and pages).
-        flatten: also close the scope's positions with reduce-only market orders.
-        operator: who.
-        source: ``"cli"``, ``"kill_file"``, ``"leader"``.
-    """
-
-    scope: Scope = Scope.GLOBAL
-    key: str = ""
-    reason: str = "kill switch"
-    flatten: bool = False
-    operator: str = ""
-    source: str = "cli"
 
 
 def in_scope(scope: Scope, key: str, bot: str, account: str, symbol: str) -> bool:
@@ -116,11 +95,7 @@ def parse_kill_file(data: bytes, source: str = "kill_file") -> KillCommand:
     if isinstance(doc.get("scope"), str):
         doc["scope"] = LEVELS.get(doc["scope"].upper(), doc["scope"].upper())
     doc.setdefault("source", source)
-    try:
-        cmd = msgspec.convert(doc, KillCommand)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"kill file: {exc}", source=source, value=doc,
-                          rule=str(exc)) from exc
+    cmd = kill_from_file_doc(doc, source)
     if cmd.scope is not Scope.GLOBAL and not cmd.key:
         raise ConfigError(f"kill file: scope {cmd.scope} needs a key", source=source,
                           field="key", value="", rule="required unless scope is GLOBAL")
@@ -133,10 +108,8 @@ def write_kill_file(
 ) -> Path:
     """Atomically write a kill file (for ``qtd kill --local``); returns its path."""
     p = Path(path)
-    body = msgspec.json.encode(KillCommand(
-        scope=scope, key=key, reason=reason, flatten=flatten, operator=operator,
-        source="kill_file",
-    ))
+    body = kill_file_body(KillCommand(scope=scope, key=key, reason=reason, flatten=flatten,
+                                      operator=operator, source="kill_file"))
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     tmp.write_bytes(body + b"\n")
     os.replace(tmp, p)

@@ -11,7 +11,7 @@ from qtd.web.app import create_app
 from qtd.web.auth import resolve_operator_token
 from qtd.web.conn import ConnectionGuard
 from qtd.web.server import WebServer
-from qtd.web.source import ControlAction, FleetSource, LeaderSource
+from qtd.web.source import FleetSource, LeaderSource
 
-__all__ = ["ConnectionGuard", "ControlAction", "FleetSource", "LeaderSource", "WebServer",
+__all__ = ["ConnectionGuard", "FleetSource", "LeaderSource", "WebServer",
            "create_app", "resolve_operator_token"]

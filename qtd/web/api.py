@@ -21,10 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from qtd.control import ControlAction, Target, Verb
 from qtd.events import DECODE_ERRORS
 from qtd.leader.snapshot import FleetSnapshot
 from qtd.web.detail import BotDetail
-from qtd.web.source import ControlAction, Target, Verb
 
 MAX_BODY = 16 * 1024
 

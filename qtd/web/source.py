@@ -10,13 +10,14 @@ kill switch's own :class:`~qtd.events.KillSwitch` audit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from qtd.agent.control import CommandReply, CommandRequest, request
+from qtd.agent.control import request
+from qtd.control import SCOPES, ControlAction, NodeReply, NodeRequest
 from qtd.errors import ConfigError
-from qtd.events import AnyEvent, CommandAudit, Scope
+from qtd.events import AnyEvent, CommandAudit
 from qtd.leader.fleetdb import LEADER_NODE
 from qtd.leader.snapshot import FleetSnapshot
 from qtd.web.detail import FleetDBReader
@@ -24,33 +25,6 @@ from qtd.web.detail import FleetDBReader
 if TYPE_CHECKING:
     from qtd.leader.daemon import Leader
     from qtd.quality.monitor import QualityMonitor
-
-Target = Literal["global", "node", "bot", "account", "symbol", "kill"]
-Verb = Literal["kill", "flatten", "resume"]
-SCOPES: dict[str, Scope] = {"global": Scope.GLOBAL, "bot": Scope.STRATEGY,
-                            "account": Scope.ACCOUNT, "symbol": Scope.SYMBOL}
-
-
-class ControlAction(msgspec.Struct, frozen=True, kw_only=True):
-    """One operator control from the status page or the API.
-
-    Attributes:
-        verb: ``kill`` (halt), ``flatten`` (halt and close positions) or ``resume``.
-        target: ``global``, ``node`` (one agent), ``bot`` (a strategy, fleet-wide),
-            ``account``, ``symbol``, or ``kill`` (resume only: one active kill by id).
-        key: the node, bot, account, symbol or kill id ("" for global). Resume of
-            ``global`` releases the only active kill (refused when several are active);
-            of ``bot``/``account``/``symbol`` every active kill on that scope and key.
-        reason: why (required, audited).
-        operator: who (audited).
-    """
-
-    verb: Verb
-    target: Target = "global"
-    key: str = ""
-    reason: str
-    operator: str
-
 
 class FleetSource(Protocol):
     """The leader's read and control API as the web app uses it."""
@@ -117,15 +91,15 @@ class LeaderSource:
                                            flatten=a.verb == "flatten", source="web")
         return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
 
-    async def _ask_node(self, node: str, verb: str, a: ControlAction) -> CommandReply:
-        req = CommandRequest(operator=a.operator, reason=a.reason)
+    async def _ask_node(self, node: str, verb: str, a: ControlAction) -> NodeReply:
+        req = NodeRequest(operator=a.operator, reason=a.reason)
         try:
             return await request(self.leader.nc, node, verb, req,
                                  prefix=self.leader.subjects.prefix,
                                  timeout_s=self.node_timeout_s)
         except Exception as exc:  # timeout, no responders: the operator must see it
-            return CommandReply(ok=False, node=node, verb=verb,
-                                message=f"no reply ({type(exc).__name__})")
+            return NodeReply(ok=False, node=node, verb=verb,
+                             message=f"no reply ({type(exc).__name__})")
 
     async def _audit(self, a: ControlAction, *, ok: bool, result: str) -> None:
         now = self.leader.clock.now_ns()

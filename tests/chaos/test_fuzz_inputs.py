@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from qtd.admit.config import load_bot_config, resolve_strategy
 from qtd.agent.config import parse_agent_config
-from qtd.agent.control import CommandReply, CommandRequest, KillMessage, decode_kill
+from qtd.control import KillCommand, NodeReply, NodeRequest, decode_kill
 from qtd.errors import ConfigError
 from qtd.events import Heartbeat, KillAck, PnLSnapshot, Scope, TradingState, from_json, to_json
 from qtd.leader.config import parse_leader_config
@@ -186,8 +186,8 @@ def test_fuzz_config_files(name: str, tmp_path_factory: pytest.TempPathFactory) 
 
 _VALID = [
     to_json(fill("c1", "t1", qty="1", price="100")),
-    msgspec.json.encode(KillMessage(id="k1", scope=Scope.GLOBAL, reason="r", ts_ns=1)),
-    msgspec.json.encode(CommandRequest(operator="o", reason="r")),
+    msgspec.json.encode(KillCommand(id="k1", scope=Scope.GLOBAL, reason="r", ts_ns=1)),
+    msgspec.json.encode(NodeRequest(operator="o", reason="r")),
     to_json(Heartbeat(node="n", ts_event=1, ts_init=1, role="agent")),
     to_json(KillAck(node="n", ts_event=1, ts_init=1, kill_id="k1", scope=Scope.GLOBAL,
                     scope_key="", reason="r", state=TradingState.HALTED)),
@@ -211,8 +211,8 @@ def message_bytes(draw: st.DrawFn) -> bytes:
 
 _DECODERS: dict[str, Any] = {
     "qtd.evt.* (leader ingest)": from_json,
-    "qtd.ctl.<node>.<verb> request": lambda b: msgspec.json.decode(b, type=CommandRequest),
-    "qtd.ctl.<node>.<verb> reply": lambda b: msgspec.json.decode(b, type=CommandReply),
+    "qtd.ctl.<node>.<verb> request": lambda b: msgspec.json.decode(b, type=NodeRequest),
+    "qtd.ctl.<node>.<verb> reply": lambda b: msgspec.json.decode(b, type=NodeReply),
     "qtd.hb.*": lambda b: msgspec.json.decode(b, type=Heartbeat),
     "qtd.pnl.*": lambda b: msgspec.json.decode(b, type=PnLSnapshot),
     "qtd.ack.kill.*": lambda b: msgspec.json.decode(b, type=KillAck),
@@ -244,14 +244,18 @@ def test_fuzz_message_decoders(subject: str) -> None:
 
 
 def test_fuzz_kill_messages_fail_safe() -> None:
-    """qtd.ctl.kill and the KV kill key: garbage never raises and is a GLOBAL kill."""
+    """qtd.ctl.kill and the KV kill key: garbage never raises and is a GLOBAL kill; a kill
+    on the wire needs ``id`` and ``reason`` (unknown fields are ignored)."""
     @FUZZ
     @given(data=message_bytes())
     def run(data: bytes) -> None:
         _count("kill")
         msg = decode_kill(data, revision=7)
         try:
-            exact = msgspec.json.decode(data, type=KillMessage)
+            exact = msgspec.json.decode(data, type=KillCommand)
+            keys = msgspec.json.decode(data, type=dict[str, Any])
+            if "id" not in keys or "reason" not in keys:
+                raise msgspec.ValidationError("id and reason are required on the wire")
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             assert msg.scope is Scope.GLOBAL and msg.id.startswith("undecodable-")
             assert "undecodable" in msg.reason

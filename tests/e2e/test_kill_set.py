@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from qtd.agent.control import CommandRequest, read_kills, request
+from qtd.agent.control import read_kills, request
+from qtd.control import NodeRequest
 from qtd.events import KillAck, OrderIntent
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (
@@ -98,7 +99,7 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             procs.append(agents["node-b"])
             await log_match(tmp_path / "node-b.log", rb"agent node-b ready",
                             start=start)
-            reply = await request(ops, "node-b", "status", CommandRequest(operator="t"))
+            reply = await request(ops, "node-b", "status", NodeRequest(operator="t"))
             states = {(s["scope"], s["key"]): s["state"] for s in reply.data["states"]}
             assert states[("GLOBAL", "")] == "HALTED", states
             assert states[("STRATEGY", "bot-a")] == "HALTED", states
@@ -121,10 +122,10 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             body = json.loads(out.stdout)
             assert body["released"] == [strat] and body["resumed"] is False
             assert [k["kill_id"] for k in body["still_active"]] == [cap.id, glob]
-            reply = await request(ops, "node-a", "status", CommandRequest(operator="t"))
+            reply = await request(ops, "node-a", "status", NodeRequest(operator="t"))
             assert reply.data["global"] == "HALTED"  # the global kill still holds node-a
             # An agent refuses to lift a scope the set still holds, whoever asks.
-            refused = await request(ops, "node-a", "resume", CommandRequest(
+            refused = await request(ops, "node-a", "resume", NodeRequest(
                 operator="mallory", reason="sneak"))
             assert not refused.ok and glob in refused.message
 
@@ -138,7 +139,7 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             assert "still active (1): trading stays halted there" in said, said
             assert any(line.split()[:2] == [cap.id, "SYMBOL:GOOG"] for line in said), said
             for node in ("node-a", "node-b"):
-                reply = await request(ops, node, "status", CommandRequest(operator="t"))
+                reply = await request(ops, node, "status", NodeRequest(operator="t"))
                 states = {(s["scope"], s["key"]): s["state"] for s in reply.data["states"]}
                 assert reply.data["global"] == "ACTIVE", (node, reply.data)
                 assert states[("SYMBOL", "GOOG")] == "HALTED", (node, states)

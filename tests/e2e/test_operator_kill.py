@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from qtd.agent.control import CommandRequest, request
+from qtd.agent.control import request
 from qtd.bus import ensure_jetstream
+from qtd.control import NodeRequest
 from qtd.events import Scope, TradingState, TradingStateChanged
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (
@@ -54,7 +55,7 @@ def _as_operator(url: str) -> str:
 
 
 async def _global_state(nc: Client, node: str) -> str:
-    reply = await request(nc, node, "status", CommandRequest(operator="test"), timeout_s=5)
+    reply = await request(nc, node, "status", NodeRequest(operator="test"), timeout_s=5)
     return str(reply.data["global"])
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from qtd.agent.control import CommandRequest, request
+from qtd.agent.control import request
 from qtd.bus import ensure_jetstream
+from qtd.control import NodeRequest
 from tests.agent_rig import wait_for
 from tests.shipped import agent_config, log_match, processes, qtd_process, shipped_nats
 
@@ -57,11 +58,11 @@ async def test_server_replies_sent_to_control_subjects_change_nothing(tmp_path: 
                             rb"qtd\.ctl\.node-b\.halt", 20)
             # A message with headers (a stream republish, a direct get) is no command either.
             await leader.publish("qtd.ctl.node-b.flatten", msgspec.json.encode(
-                CommandRequest(operator="x", reason="y")), headers={"Nats-Stream": "S"})
+                NodeRequest(operator="x", reason="y")), headers={"Nats-Stream": "S"})
             await log_match(tmp_path / "node-b.log", rb"bad_message kind=command.*headers", 20)
             await asyncio.sleep(1.0)  # room for a wrongly applied kill to show
             for node in ("node-a", "node-b"):
-                reply = await request(leader, node, "status", CommandRequest(operator="t"))
+                reply = await request(leader, node, "status", NodeRequest(operator="t"))
                 assert reply.data["global"] == "ACTIVE", (node, reply.data["states"])
                 assert all(s["state"] == "ACTIVE" for s in reply.data["states"]), reply.data
             for node in ("node-a", "node-b"):
@@ -70,13 +71,13 @@ async def test_server_replies_sent_to_control_subjects_change_nothing(tmp_path: 
                 assert log.count("bad_message kind=kill") == 2, log[-2000:]
 
             # A real halt from an allowed sender still works, and needs who and why.
-            bad = await request(leader, "node-b", "halt", CommandRequest(operator="ops"))
+            bad = await request(leader, "node-b", "halt", NodeRequest(operator="ops"))
             assert not bad.ok and "reason" in bad.message
-            ok = await request(leader, "node-b", "halt", CommandRequest(
+            ok = await request(leader, "node-b", "halt", NodeRequest(
                 operator="ops", reason="check"))
             assert ok.ok and ok.data["state"] == "HALTED"
 
             async def halted() -> bool:
-                st = await request(leader, "node-b", "status", CommandRequest(operator="t"))
+                st = await request(leader, "node-b", "status", NodeRequest(operator="t"))
                 return bool(st.data["global"] == "HALTED")
             await wait_for(halted, 10)

@@ -29,7 +29,8 @@ import pytest
 import tomli_w
 from nats.aio.client import Client
 
-from qtd.agent.control import CommandRequest, read_kills, request
+from qtd.agent.control import read_kills, request
+from qtd.control import NodeRequest
 from qtd.events import CapOverride, decode
 from tests.agent_rig import wait_for
 from tests.shipped import (
@@ -87,7 +88,7 @@ async def _qtd(*args: str) -> subprocess.CompletedProcess[str]:
 async def _states(ops: Client) -> dict[str, str]:
     out = {}
     for node in NODES:
-        reply = await request(ops, node, "status", CommandRequest(operator="test"))
+        reply = await request(ops, node, "status", NodeRequest(operator="test"))
         out[node] = reply.data["global"]
     return out
 

@@ -24,8 +24,8 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd.agent.control import CommandReply, KillMessage, decode_kill
 from qtd.bus import EmbeddedNatsServer, Subjects, connect, ensure_jetstream
+from qtd.control import KillCommand, NodeReply, decode_kill
 from qtd.events import (
     Event,
     Fill,
@@ -64,7 +64,7 @@ class FakeAgent:
         self.heartbeats = True
         self.subjects = Subjects()
         self.state = TradingState.ACTIVE
-        self.kills: list[KillMessage] = []
+        self.kills: list[KillCommand] = []
         self.resumes: list[dict[str, Any]] = []
         self.counter = 0
         self._stop = asyncio.Event()
@@ -114,7 +114,7 @@ class FakeAgent:
     async def _on_resume(self, msg: Msg) -> None:
         self.resumes.append(json.loads(msg.data))
         self.state = TradingState.ACTIVE
-        reply = CommandReply(ok=True, node=self.node, verb="resume", message="ACTIVE")
+        reply = NodeReply(ok=True, node=self.node, verb="resume", message="ACTIVE")
         await msg.respond(msgspec.json.encode(reply))
 
     async def append(self, *events: Event) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from qtd.agent.control import CommandRequest, new_kill, request, send_kill
+from qtd.agent.control import request, send_kill
 from qtd.bus import EmbeddedNatsServer, ensure_jetstream
+from qtd.control import NodeRequest, new_kill
 from qtd.events import (
     CommandAudit,
     Fill,
@@ -124,20 +125,20 @@ async def test_ctl_verbs_answer_and_are_audited(
 ) -> None:
     cfg = write_fleet(tmp_path, {"b1": {}}, bus_url=nats_server.url, market=MINUTE_SPEED)
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(3000)}) as agent:
-        st = await request(nats_client, "node-a", "status", CommandRequest())
+        st = await request(nats_client, "node-a", "status", NodeRequest())
         assert st.ok and st.data["global"] == "ACTIVE" and "b1" in st.data["bots"]
         halt = await request(nats_client, "node-a", "halt",
-                             CommandRequest(scope=Scope.STRATEGY, key="b1", reason="look",
-                                            operator="carol"))
+                             NodeRequest(scope=Scope.STRATEGY, key="b1", reason="look",
+                                         operator="carol"))
         assert halt.ok and halt.data["state"] == "HALTED"
         bad = await request(nats_client, "node-a", "resume",
-                            CommandRequest(scope=Scope.STRATEGY, key="b1"))
+                            NodeRequest(scope=Scope.STRATEGY, key="b1"))
         assert not bad.ok and "operator" in bad.message
         good = await request(nats_client, "node-a", "resume",
-                             CommandRequest(scope=Scope.STRATEGY, key="b1", operator="carol",
-                                            reason="checked"))
+                             NodeRequest(scope=Scope.STRATEGY, key="b1", operator="carol",
+                                         reason="checked"))
         assert good.ok and good.data["state"] == "ACTIVE"
-        unknown = await request(nats_client, "node-a", "explode", CommandRequest())
+        unknown = await request(nats_client, "node-a", "explode", NodeRequest())
         assert not unknown.ok
         audits = await agent.store.query(kind="CommandAudit")
     verbs = [(a.verb, a.ok) for a in audits if isinstance(a, CommandAudit)]
@@ -208,8 +209,8 @@ async def test_a_halt_survives_a_restart_and_resume_restarts_the_bot(
                       market=MINUTE_SPEED)
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(3000)}):
         halt = await request(nats_client, "node-a", "halt",
-                             CommandRequest(scope=Scope.STRATEGY, key="b1", reason="x",
-                                            operator="erin"))
+                             NodeRequest(scope=Scope.STRATEGY, key="b1", reason="x",
+                                         operator="erin"))
         assert halt.ok
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(3000)}) as agent:
         assert agent.risk.states.get(Scope.STRATEGY, "b1") is TradingState.HALTED
@@ -217,8 +218,8 @@ async def test_a_halt_survives_a_restart_and_resume_restarts_the_bot(
         assert agent.supervisor.slots["b2"].state.value == "RUNNING"
         seq = agent.store.last_seq
         res = await request(nats_client, "node-a", "resume",
-                            CommandRequest(scope=Scope.STRATEGY, key="b1", reason="ok",
-                                           operator="erin"))
+                            NodeRequest(scope=Scope.STRATEGY, key="b1", reason="ok",
+                                        operator="erin"))
         assert res.ok and res.data["restarted"]
         await wait_for(lambda: agent.supervisor.slots["b1"].state.value == "RUNNING")
         await wait_for(lambda: agent.store.last_seq > seq + 20)

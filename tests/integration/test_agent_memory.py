@@ -11,8 +11,9 @@ from typing import Any
 
 import msgspec
 
-from qtd.agent.control import CommandRequest, request
+from qtd.agent.control import request
 from qtd.bus import ensure_jetstream
+from qtd.control import NodeRequest
 from qtd.events import Fill
 from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
 from tests.shipped import agent_config, processes, qtd_process, shipped_nats
@@ -39,7 +40,7 @@ async def test_a_trading_agent_holds_at_most_the_configured_done_orders(
             async def status() -> dict[str, Any] | None:
                 try:
                     reply = await request(leader, "node-a", "status",
-                                          CommandRequest(operator="test", reason="memory"))
+                                          NodeRequest(operator="test", reason="memory"))
                 except Exception:  # not up yet
                     return None
                 seen.append(reply.data)

@@ -23,11 +23,11 @@ from nats.aio.client import Client
 
 from qtd.admit import admit_bot
 from qtd.agent.canary import canary_bot
-from qtd.agent.control import CommandReply, CommandRequest
 from qtd.agent.daemon import Agent
 from qtd.bus import EmbeddedNatsServer
 from qtd.cli import build_parser
 from qtd.commands.deploy import run_deploy
+from qtd.control import NodeReply, NodeRequest
 from qtd.events import (
     BotVersion,
     CanaryStep,
@@ -433,9 +433,9 @@ async def test_a_halt_of_the_candidate_alone_rolls_it_back_and_hands_its_positio
 
 
 async def _ctl(nc: Client, verb: str, bot: str) -> None:
-    body = CommandRequest(scope=Scope.STRATEGY, key=bot, operator="ops", reason="test")
+    body = NodeRequest(scope=Scope.STRATEGY, key=bot, operator="ops", reason="test")
     reply = await nc.request(f"qtd.ctl.node-a.{verb}", msgspec.json.encode(body), timeout=5)
-    assert msgspec.json.decode(reply.data, type=CommandReply).ok
+    assert msgspec.json.decode(reply.data, type=NodeReply).ok
 
 
 def _statuses(leader: Leader) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 from qtd.brokers.base import SubmitToken
 from qtd.brokers.paper import PaperBroker
 from qtd.clock import SimClock
+from qtd.control import KillCommand
 from qtd.errors import ConfigError, TemporaryError
 from qtd.events import (
     BrokerError,
@@ -34,7 +35,7 @@ from qtd.execution import OrderRouter
 from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
-from qtd.risk.kill import KillCommand, KillFileWatcher, write_kill_file
+from qtd.risk.kill import KillFileWatcher, write_kill_file
 from qtd.store import EventStore
 
 T0 = 1_700_000_000_000_000_000

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 from nats.aio.msg import Msg
 
-from qtd.agent.control import decode_kill, new_kill
 from qtd.agent.killround import kill_round
 from qtd.bus import ensure_jetstream
+from qtd.control import decode_kill, new_kill
 from qtd.events import KillAck, Scope, TradingState
 from tests.shipped import shipped_nats
 

@@ -11,9 +11,10 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from qtd.agent.control import new_kill, read_kills, release_kills, send_kill
+from qtd.agent.control import read_kills, release_kills, send_kill
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer, ensure_jetstream
 from qtd.bus.rejects import REJECTED
+from qtd.control import new_kill
 from qtd.events import KillSwitch, RiskBreach, Scope, Side
 from qtd.leader import Leader
 from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
@@ -162,7 +163,7 @@ async def test_agent_trip_through_jetstream_is_paged_and_closed_when_active_agai
 async def test_concurrent_kill_writers_never_overwrite_each_other(
         nats_client: Client) -> None:
     """Compare-and-set on the kill key: 20 writers at once (operator CLIs, cap trips) all
-    land in the set; a value written by an older qtd (one KillMessage) reads as a set of
+    land in the set; a value written by an older qtd (one KillCommand) reads as a set of
     one; releasing one kill leaves the others."""
     await ensure_jetstream(nats_client.jetstream())
     kv = await nats_client.jetstream().key_value(CONTROL_BUCKET)

@@ -27,16 +27,9 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from qtd.agent.control import (
-    CONTROL_BUCKET,
-    KILL_KEY,
-    CommandRequest,
-    new_kill,
-    read_kills,
-    request,
-    send_kill,
-)
+from qtd.agent.control import CONTROL_BUCKET, KILL_KEY, read_kills, request, send_kill
 from qtd.bus import EVENTS_STREAM, ensure_jetstream
+from qtd.control import NodeRequest, new_kill
 from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet
@@ -83,7 +76,7 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
                 info = await js.stream_info(EVENTS_STREAM, subjects_filter="qtd.evt.node-a.>")
                 return any(s.endswith(".Fill") for s in (info.state.subjects or {}))
             await wait_for(fills_in_stream, timeout_s=30)
-            reply = await request(leader, "node-a", "status", CommandRequest(operator="t",
+            reply = await request(leader, "node-a", "status", NodeRequest(operator="t",
                                                                               reason="acl"))
             assert reply.ok, reply
             acks = await send_kill(leader, new_kill(reason="acl test", operator="t"),

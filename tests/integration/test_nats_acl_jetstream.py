@@ -29,9 +29,10 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from qtd.agent.control import CommandRequest, request
+from qtd.agent.control import request
 from qtd.bus import CONTROL_BUCKET, EVENTS_STREAM, ensure_jetstream
 from qtd.bus.jetstream import DEPLOY_BUCKET, SOURCES_BUCKET, ensure_deploy_kv
+from qtd.control import NodeRequest
 from qtd.events import Heartbeat, to_json
 from tests.agent_rig import wait_for, write_fleet
 from tests.shipped import (
@@ -133,7 +134,7 @@ async def _forge_leader_heartbeats(server: ShippedNats, stop: asyncio.Event,
 
 
 async def _status(leader: Client, node: str) -> dict[str, Any]:
-    reply = await request(leader, node, "status", CommandRequest(operator="t", reason="acl"))
+    reply = await request(leader, node, "status", NodeRequest(operator="t", reason="acl"))
     assert reply.ok, reply
     return reply.data
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qtd.control import KillCommand
 from qtd.events import OrderDenied, OrderIntent, Scope, TradingState
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
-from qtd.risk.kill import KillCommand
 from qtd.store import EventStore
 from tests.integration.test_execution import CFG, Rig
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from qtd.agent.control import new_kill
 from qtd.agent.killround import AckSeen, AgentSeen, KillReport
 from qtd.commands.kill import format_report
+from qtd.control import new_kill
 from qtd.events import KillAck, Scope, TradingState
 
 

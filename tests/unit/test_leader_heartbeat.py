@@ -6,8 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from qtd.agent.control import CommandReply
 from qtd.agent.loops import leader_heartbeat
+from qtd.control import NodeReply
 from qtd.events import Heartbeat, to_json
 
 LEADER_HB = to_json(Heartbeat(node="leader", ts_event=1, ts_init=1, role="leader"))
@@ -26,7 +26,7 @@ def test_a_plain_leader_heartbeat_counts() -> None:
     (LEADER_HB, None, "$JS.ACK.KV_qtd_control.forged.1.1.1.1.0"),  # a push delivery
     (b'{"type":"io.nats.jetstream.api.v1.account_info_response","memory":0}', None, ""),
     (b'{"stream":"QTD_EVENTS","seq":5}', None, ""),  # a PubAck sent there as reply
-    (msgspec.json.encode(CommandReply(ok=True, node="node-b", verb="status")), None, ""),
+    (msgspec.json.encode(NodeReply(ok=True, node="node-b", verb="status")), None, ""),
     (to_json(Heartbeat(node="node-a", ts_event=1, ts_init=1, role="agent")), None, ""),
     (b"", None, ""),
     (b"\xff garbage", None, ""),

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from qtd.control import KillCommand, decode_kill
 from qtd.errors import ConfigError
 from qtd.events import OrderType, Scope, Side, TradingState
 from qtd.projections import Position
 from qtd.risk import Approved
 from qtd.risk.kill import (
-    KillCommand,
     KillFileWatcher,
     flatten_requests,
     in_scope,
@@ -161,3 +161,18 @@ async def test_watcher_with_real_sleep_triggers_within_one_poll(tmp_path: Path) 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert seen_at[0] - t0 <= 0.25 + 0.1  # one poll interval (+ scheduling slack)
+
+
+def test_one_kill_struct_lenient_on_the_wire_strict_in_the_file() -> None:
+    """A newer leader's kill with a field this agent does not know is still applied; the
+    same field in the kill file is an error naming it; a wire kill without an id is a
+    GLOBAL kill naming the problem (fail safe)."""
+    wire = b'{"id":"k9","scope":"STRATEGY","key":"b1","reason":"r","future":1}'
+    kill = decode_kill(wire)
+    assert (kill.id, kill.scope, kill.key) == ("k9", Scope.STRATEGY, "b1")
+    with pytest.raises(ConfigError, match="unknown field `future`"):
+        parse_kill_file(b'{"scope": "L3", "key": "b1", "reason": "r", "future": 1}')
+    with pytest.raises(ConfigError, match="unknown field `id`"):
+        parse_kill_file(b'{"id": "k9", "reason": "r"}')
+    no_id = decode_kill(b'{"scope":"STRATEGY","key":"b1","reason":"r"}', revision=3)
+    assert no_id.scope is Scope.GLOBAL and no_id.id.startswith("undecodable-3-")

@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from qtd.clock import SimClock
+from qtd.control import ControlAction
 from qtd.events import (
     AnyEvent,
     Heartbeat,
@@ -27,7 +28,7 @@ from qtd.events import (
 from qtd.leader.snapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
-from qtd.web import ControlAction, create_app
+from qtd.web import create_app
 from qtd.web.live import tick_frame
 from tests.factories import NODE, accepted, fill, submitted
 

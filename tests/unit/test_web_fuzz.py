@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from qtd.clock import SimClock
+from qtd.control import ControlAction
 from qtd.events import AnyEvent, Heartbeat
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
-from qtd.web import ControlAction, create_app
+from qtd.web import create_app
 from tests.factories import NODE, fill
 
 TOKEN = "fuzz-operator-token-000111222333"
