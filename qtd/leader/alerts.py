@@ -14,15 +14,15 @@ again whatever still holds.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from qtd.aio import TaskSet
 from qtd.clock import Clock
 from qtd.events import Alert, AnyEvent, RiskBreach, Severity, TradingState, TradingStateChanged
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
@@ -55,29 +55,6 @@ class AlertRecord(msgspec.Struct, kw_only=True):
     message: str = ""
     opened_ns: int = 0
     operator: str = ""
-
-
-class TaskSet:
-    """Background tasks owned by the leader (kept referenced; cancelled at shutdown)."""
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed: %r", task.get_name(), task.exception())
-
-    async def drain(self, timeout_s: float) -> None:
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
-            for t in pending:
-                t.cancel()
 
 
 class AlertBook:

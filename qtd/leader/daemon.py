@@ -33,7 +33,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd.aio import cancel_and_wait
+from qtd.aio import TaskSet, cancel_and_wait
 from qtd.bus import Subjects, connect, ensure_jetstream
 from qtd.bus.rejects import REJECTED
 from qtd.clock import Clock, LiveClock
@@ -51,7 +51,7 @@ from qtd.events import (
     TradingState,
     TradingStateChanged,
 )
-from qtd.leader.alerts import AlertBook, TaskSet
+from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import Breach, FleetCaps
 from qtd.leader.config import LeaderConfig, consumer_name
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB

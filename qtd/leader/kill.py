@@ -43,6 +43,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from qtd.agent.control import ack_is_from, kill_ack_all, kill_ack_subject, update_kill_set
+from qtd.aio import TaskSet
 from qtd.bus import KILL_KEY, Subjects
 from qtd.bus.rejects import REJECTED, reject_server_reply
 from qtd.clock import Clock
@@ -56,7 +57,7 @@ from qtd.control import (
 )
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
-from qtd.leader.alerts import AlertBook, TaskSet
+from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.snapshot import ActiveKill, KillView

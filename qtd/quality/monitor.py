@@ -41,7 +41,8 @@ from qtd.quality.execution import ExecBreach, ExecRow, ExecutionQuality
 from qtd.quality.surveil import Finding, Surveillance
 
 if TYPE_CHECKING:
-    from qtd.leader.alerts import AlertBook, TaskSet
+    from qtd.aio import TaskSet
+    from qtd.leader.alerts import AlertBook
     from qtd.leader.fleetdb import FleetDB
     from qtd.notify import Sender
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from qtd.aio import TaskSet
 from qtd.clock import SimClock
 from qtd.events import Event, Fill, OrderAccepted, OrderIntent, Severity, Side
-from qtd.leader.alerts import AlertBook, TaskSet
+from qtd.leader.alerts import AlertBook
 from qtd.leader.fleetdb import FleetDB, Origin
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
