@@ -56,6 +56,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from qtd.bus import EVENTS_STREAM, Subjects
+from qtd.bus.jscontext import context_api_prefix, context_client
 from qtd.bus.rejects import REJECTED
 from qtd.events import DECODE_ERRORS, AnyEvent, from_json
 from qtd.leader.config import IngestConfig
@@ -114,8 +115,8 @@ async def open_consumer(js: JetStreamContext, subjects: Subjects, cfg: IngestCon
             opt_start_seq=start if start > 1 else None, max_deliver=-1)
         await js.add_consumer(stream, config)
     delivered = info.delivered.consumer_seq if info is not None and info.delivered else 0
-    # nats-py keeps the context's client and API prefix private; the puller needs both
-    puller = BatchPuller(js._nc, stream, cfg.durable, api_prefix=js._prefix)
+    puller = BatchPuller(context_client(js), stream, cfg.durable,
+                         api_prefix=context_api_prefix(js))
     return Binding(await puller.start(), delivered or 0)
 
 
