@@ -40,13 +40,13 @@ import msgspec
 
 from qtd.bus import BusConfig, EmbeddedNatsServer, connect
 from qtd.events import Heartbeat, KillAck, KillSwitch, Scope, TradingState, TradingStateChanged
-from qtd.leader import Leader
 from qtd.leader.config import LeaderConfig
+from qtd.leader.daemon import Leader, running_leader
 
 
 async def peer(url: str, node: str, kind: str, data_dir: str) -> None:
     """One agent-protocol peer (runs in its own process)."""
-    from qtd.agent.control import decode_kill
+    from qtd.control import decode_kill
     from qtd.store import EventStore
 
     nc = await connect(BusConfig(servers=(url,), name=f"peer-{node}"))
@@ -120,7 +120,7 @@ async def bench(counts: list[int], kills: int, kind: str) -> None:
                     cfg = msgspec.convert({"fleet_db": f"{tmp}/fleet{n}.db", "bus": {
                         "servers": [server.url], "name": "qtd-leader"},
                         "kill": {"ack_timeout_s": 5.0}}, LeaderConfig)
-                    async with Leader(cfg) as leader:
+                    async with running_leader(cfg) as leader:
                         while len(leader.view.heartbeats) < n:
                             await asyncio.sleep(0.05)
                         lat = await _kills(leader, kills)
@@ -150,7 +150,7 @@ async def bench(counts: list[int], kills: int, kind: str) -> None:
 
 async def _bare(url: str, n: int, kills: int) -> list[float]:
     """Reference: one core publish of a KillCommand, wait for n acks; no leader code."""
-    from qtd.agent.control import KillCommand
+    from qtd.control import KillCommand
 
     nc = await connect(BusConfig(servers=(url,), name="bare"))
     got: dict[str, float] = {}
