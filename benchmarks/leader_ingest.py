@@ -51,8 +51,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from qtd.bus import EVENTS_STREAM, BusConfig, EmbeddedNatsServer, connect, ensure_jetstream
 from qtd.events import Fill, OrderAccepted, OrderIntent, OrderSubmitted, Side, from_json, to_json
-from qtd.leader import Leader
 from qtd.leader.config import LeaderConfig
+from qtd.leader.daemon import Leader, running_leader
 from qtd.leader.pull import BatchPuller
 
 
@@ -235,7 +235,7 @@ async def bench(args: argparse.Namespace) -> None:
             cfg = msgspec.convert({"fleet_db": f"{tmp}/fleet.db", "bus": {
                 "servers": [server.url], "name": "qtd-leader"}, "ingest": {
                 "batch": args.batch, "fsync": not args.no_fsync}}, LeaderConfig)
-            async with Leader(cfg) as leader:
+            async with running_leader(cfg) as leader:
                 prof = cProfile.Profile() if args.profile else None
                 if prof is not None:
                     prof.enable()

@@ -27,7 +27,7 @@ from qtd.control import LeaderRequest
 from qtd.errors import OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.leader.config import LeaderConfig, load_leader_config
-from qtd.leader.daemon import Leader
+from qtd.leader.daemon import start_leader
 
 DEFAULT_CONFIG = "etc/leader.toml"
 
@@ -119,12 +119,11 @@ def run_leader(args: argparse.Namespace) -> int:
 
 
 async def _leader_main(cfg: LeaderConfig) -> int:
-    leader = Leader(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await leader.start()
+    leader = await start_leader(cfg)
     sdnotify.ready("leading")
     watchdog = asyncio.create_task(_watchdog(stop), name="qtd-leader-watchdog")
     try:

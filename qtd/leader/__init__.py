@@ -1,15 +1,14 @@
 """The leader: fleet view, fleet-wide caps, the global kill switch, liveness and paging.
 
-Public API: :class:`Leader` (the daemon), :class:`FleetView` and its snapshot
+Public API: :class:`FleetView` and its snapshot
 (:class:`FleetSnapshot`), :class:`LeaderConfig` and :func:`load_leader_config`,
 :class:`FleetDB`, :class:`KillSwitchController`, :func:`ack_subject`, :class:`LeaderLease`
-(standby leaders).
+(standby leaders). The daemon (:mod:`qtd.leader.daemon`) is imported by the CLI alone.
 """
 
 from __future__ import annotations
 
 from qtd.leader.config import LeaderConfig, load_leader_config, parse_leader_config
-from qtd.leader.daemon import Leader
 from qtd.leader.fleetdb import FleetDB, Origin
 from qtd.leader.kill import KillRound, KillSwitchController, ack_subject
 from qtd.leader.lease import LeaderLease, LeaseRecord
@@ -22,7 +21,6 @@ __all__ = [
     "FleetView",
     "KillRound",
     "KillSwitchController",
-    "Leader",
     "LeaderConfig",
     "LeaderLease",
     "LeaseRecord",

@@ -67,10 +67,12 @@ class AlertBook:
         clock: leader clock.
         tasks: where context gathering and audit writes run.
         recent_events: how many of the bot's events a page lists.
+        is_active: whether this leader acts now (a standby opens and pages nothing).
     """
 
     def __init__(self, *, view: FleetView, db: FleetDB, notifier: Notifier | None,
-                 clock: Clock, tasks: TaskSet, recent_events: int = 5) -> None:
+                 clock: Clock, tasks: TaskSet, recent_events: int = 5,
+                 is_active: Callable[[], bool] = lambda: True) -> None:
         self.view = view
         self.db = db
         self.notifier = notifier
@@ -79,7 +81,7 @@ class AlertBook:
         self.recent_events = recent_events
         self.open: dict[str, AlertRecord] = {}
         self.closed: list[AlertRecord] = []
-        self.is_active: Callable[[], bool] = lambda: True
+        self.is_active = is_active
 
     def hand_over(self) -> None:
         """This leader is no longer active: stop its P1 repeats and forget its open alerts."""

@@ -186,7 +186,7 @@ class FleetCaps:
             Caps newly over their limit (each fires once until :meth:`reset`).
         """
         r = view.rollup()
-        view.peak_equity = max(view.peak_equity, view.equity(r))
+        view.note_peak(view.equity(r))
         views: list[CapView] = []
         breaches: list[Breach] = []
         for key, cap, breach in self._measure(view, r):
@@ -194,7 +194,7 @@ class FleetCaps:
                 breaches += self._trip(key, breach)
             cap.tripped = key in self.tripped
             views.append(cap)
-        view.caps = views
+        view.show_caps(views)
         return breaches
 
     def views(self, view: FleetView, r: Rollup) -> list[CapView]:
@@ -309,7 +309,7 @@ class FleetCaps:
                 yield key, cap, breach
             elif worst is None or cap.utilisation > worst[1].utilisation:
                 worst = (key, cap, None)
-        view.symbol_utilisation = util
+        view.show_symbol_utilisation(util)
         if worst is not None:
             yield worst
 

@@ -148,11 +148,13 @@ class KillSwitchController:
         clock: event timestamps.
         tasks: background tasks.
         ack_timeout_s: seconds agents have to acknowledge.
+        is_active: whether this leader acts now (a standby neither kills nor resumes).
     """
 
     def __init__(self, *, nc: Client, kv: KeyValue, subjects: Subjects, db: FleetDB,
                  view: FleetView, alerts: AlertBook, caps: FleetCaps, clock: Clock,
-                 tasks: TaskSet, ack_timeout_s: float = 1.0) -> None:
+                 tasks: TaskSet, ack_timeout_s: float = 1.0,
+                 is_active: Callable[[], bool] = lambda: True) -> None:
         self.nc, self.kv, self.subjects, self.db = nc, kv, subjects, db
         self.view, self.alerts, self.caps, self.clock = view, alerts, caps, clock
         self.tasks = tasks
@@ -161,7 +163,7 @@ class KillSwitchController:
         self._past: set[str] = set()
         self._writing: set[str] = set()  # kills shown before their KV write completed
         self.known_nodes: Callable[[], set[str]] = lambda: set(view.heartbeats)
-        self.is_active: Callable[[], bool] = lambda: True
+        self.is_active = is_active
         self._show_due = False
 
     async def start(self) -> None:
@@ -376,8 +378,8 @@ class KillSwitchController:
         if self.active:
             self._show()
         else:
-            self.view.kill = KillView(active=False, reason=reason, operator=operator,
-                                      ts_ns=now)
+            self.view.show_kill(KillView(active=False, reason=reason, operator=operator,
+                                         ts_ns=now))
 
     async def _ask(self, node: str, req: bytes, timeout_s: float) -> str:
         try:
@@ -462,10 +464,10 @@ class KillSwitchController:
         views = self._views()
         if not views:
             if self.view.kill.active:
-                self.view.kill = KillView(active=False)
+                self.view.show_kill(KillView(active=False))
             return
-        self.view.kill = KillView(**msgspec.structs.asdict(views[-1]), active=True,
-                                  kills=views)
+        self.view.show_kill(KillView(**msgspec.structs.asdict(views[-1]), active=True,
+                                     kills=views))
 
 
 def _state(text: str) -> TradingState:

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 import nats.errors
@@ -49,6 +50,21 @@ from qtd.leader.config import LeaseConfig
 
 log = logging.getLogger("qtd.leader.lease")
 _NET_ERRORS = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, OSError)
+OnChange = Callable[[bool], Awaitable[None]]
+
+
+class Standing(Protocol):
+    """Whether this leader acts now: a :class:`LeaderLease`, or :class:`AlwaysActive`."""
+
+    def is_active(self) -> bool: ...
+
+
+class AlwaysActive:
+    """The standing of a leader without ``[lease]``: it always acts."""
+
+    def is_active(self) -> bool:
+        """Always True."""
+        return True
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,19 +115,16 @@ class LeaderLease:
         kv: the lease bucket (:func:`lease_bucket`).
         cfg: ``[lease]``; ``cfg.instance`` must be set.
         clock: for the timestamps in the record (decisions use ``time.monotonic``).
-        on_change: awaited with True when this instance became active, False when it
-            stopped being active (lost, expired or released).
 
     Attributes:
         holder: the holder last seen in the key ("" when none).
         transitions: ``(monotonic s, active)`` of every change, oldest first.
     """
 
-    def __init__(self, kv: KeyValue, cfg: LeaseConfig, clock: Clock,
-                 on_change: Callable[[bool], Awaitable[None]] | None = None) -> None:
+    def __init__(self, kv: KeyValue, cfg: LeaseConfig, clock: Clock) -> None:
         if not cfg.instance:
             raise ValueError("LeaderLease needs lease.instance")
-        self.kv, self.cfg, self.clock, self.on_change = kv, cfg, clock, on_change
+        self.kv, self.cfg, self.clock = kv, cfg, clock
         self.instance = cfg.instance
         self.holder = ""
         self.transitions: list[tuple[float, bool]] = []
@@ -131,21 +144,28 @@ class LeaderLease:
         """Revision of our lease value (0 when not holding)."""
         return self._revision if self._held else 0
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, on_change: OnChange | None = None) -> None:
         """Acquire / renew until ``stop`` is set, then release. Cancelled instead (a crash
-        of the leader's tasks), it does not release: a standby waits the lease out."""
+        of the leader's tasks), it does not release: a standby waits the lease out.
+
+        Args:
+            stop: set to stop (and release).
+            on_change: awaited with True when this instance became active, False when it
+                stopped being active (lost, expired or released); its errors are logged.
+        """
         while not stop.is_set():
-            await self.step()
+            await self.step(on_change)
             wait = self.cfg.renew_s
             if self._held:
                 wait = max(0.0, min(wait, self._valid_until - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await stop.wait()
-        await self.release()
+        await self.release(on_change)
 
-    async def step(self) -> None:
-        """One round: renew if holding, else try to acquire; then report any change."""
+    async def step(self, on_change: OnChange | None = None) -> None:
+        """One round: renew if holding, else try to acquire; then report any change to
+        ``on_change``."""
         try:
             if self._held:
                 await self._renew()
@@ -156,7 +176,7 @@ class LeaderLease:
                         self._held, exc)
         if self._held and time.monotonic() >= self._valid_until:
             self._drop("lease expired: renewals failed")
-        await self._notify()
+        await self._notify(on_change)
 
     def _value(self, now_ns: int) -> bytes:
         return msgspec.json.encode(LeaseRecord(holder=self.instance, since_ns=self._since_ns,
@@ -217,21 +237,22 @@ class LeaderLease:
         self._revision = rev
         self._valid_until = t_sent + self.cfg.ttl_s - self.cfg.renew_s
 
-    async def _notify(self) -> None:
+    async def _notify(self, on_change: OnChange | None) -> None:
         active = self.is_active()
         if active == self._notified:
             return
         self._notified = active
         self.transitions.append((time.monotonic(), active))
-        if self.on_change is not None:
+        if on_change is not None:
             try:
-                await self.on_change(active)
+                await on_change(active)
             except Exception:  # the lease loop must go on whatever the callback does
                 log.exception("lease.on_change_failed instance=%s active=%s", self.instance,
                               active)
 
-    async def release(self) -> None:
-        """Give the lease up (graceful stop): delete the key if it is still ours."""
+    async def release(self, on_change: OnChange | None = None) -> None:
+        """Give the lease up (graceful stop): delete the key if it is still ours; report the
+        change to ``on_change``."""
         if not self._held:
             return
         rev = self._revision
@@ -239,7 +260,7 @@ class LeaderLease:
         with contextlib.suppress(*_NET_ERRORS):
             await asyncio.wait_for(self.kv.delete(self.cfg.key, last=rev), 2.0)
             log.warning("lease.released instance=%s", self.instance)
-        await self._notify()
+        await self._notify(on_change)
 
 
 def _holder(value: bytes | None) -> str:

@@ -26,7 +26,6 @@ from typing import Final
 
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext
 
 from qtd.clock import Clock
 from qtd.deploy.fleet import Fleet
@@ -41,7 +40,8 @@ DEFAULT_DEADLINE_S: Final = 120.0
 REFRESH_S: Final = 1.0
 """Seconds between two reads of the desired versions."""
 _NS: Final = 1_000_000_000
-_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, asyncio.TimeoutError)
+NATS_ERRORS: Final = (nats.errors.Error, nats.js.errors.Error, OSError, asyncio.TimeoutError)
+"""What a read of the deploy buckets may raise when NATS is away."""
 
 
 class VersionBoard:
@@ -49,13 +49,17 @@ class VersionBoard:
 
     Args:
         clock: the leader's clock (deadline and first-seen times, UTC ns).
+        alerts: where the P2s are raised.
+        fleet: the deploy buckets (None: unavailable; only what nodes report is known),
+            see :func:`qtd.leader.kernel.open_deploy_fleet`.
         deadline_s: seconds before a node on an old version raises a P2.
     """
 
-    def __init__(self, clock: Clock, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+    def __init__(self, clock: Clock, *, alerts: AlertBook, fleet: Fleet | None,
+                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.clock, self.deadline_s = clock, deadline_s
-        self.alerts: AlertBook | None = None
-        self.fleet: Fleet | None = None
+        self.alerts = alerts
+        self.fleet = fleet
         self.desired: dict[str, DeployVersion] = {}
         self.seen_ns: dict[str, int] = {}
         self.running: dict[tuple[str, str], BotVersion] = {}
@@ -65,21 +69,13 @@ class VersionBoard:
         self._refreshed = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
 
-    async def attach(self, alerts: AlertBook, js: JetStreamContext, replicas: int = 1) -> None:
-        """Start alerting through ``alerts``; open (or create) the deploy buckets."""
-        self.alerts = alerts
-        try:
-            self.fleet = await asyncio.wait_for(Fleet.open(js, replicas), 10.0)
-        except _NATS_ERRORS as exc:
-            log.warning("leader.versions deploy buckets unavailable: %r", exc)
-
     def on_event(self, ev: AnyEvent, live: bool = True) -> None:
         """Take a node's report; ``live=False`` while replaying fleet.db (no pages)."""
         if type(ev) is BotVersion:
             self.running[(ev.node, ev.bot)] = ev
         elif type(ev) is DeployRefused:
             self.refused[(ev.node, ev.bot)] = ev
-            if live and self.alerts is not None:
+            if live:
                 self.alerts.raise_alert(
                     f"deploy:{ev.node}:{ev.bot}", Severity.P2,
                     f"{ev.node} refused {ev.bot} v{ev.version} {ev.content_hash[:12]}: "
@@ -100,7 +96,7 @@ class VersionBoard:
             node=ev.node, bot=ev.bot, ts_event=ev.ts_event, ts_init=ev.ts_init,
             version=ev.version, content_hash=ev.content_hash, running_hash=ev.running_hash,
             reason=reason)
-        if live and self.alerts is not None:
+        if live:
             self.alerts.raise_alert(
                 f"deploy:{ev.node}:{ev.bot}", Severity.P2,
                 f"{ev.node} rolled back the canary of {ev.bot} v{ev.version} "
@@ -116,7 +112,7 @@ class VersionBoard:
         for bot in sorted(bots):
             try:
                 v, _ = await asyncio.wait_for(self.fleet.desired(bot), 5.0)
-            except _NATS_ERRORS as exc:
+            except NATS_ERRORS as exc:
                 log.debug("leader.versions desired.%s unreadable: %r", bot, exc)
                 return
             if v is None:
@@ -199,8 +195,6 @@ class VersionBoard:
         the background); returns the table. Never raises."""
         self._refresh_soon()
         rows = self.rows()
-        if self.alerts is None:
-            return rows
         for r in rows:
             if not r.node:
                 continue

@@ -152,9 +152,24 @@ class FleetView:
         self.symbol_utilisation: dict[str, float] = {}
         self.kill = KillView()
         self.why = why.WhyBook()
-        self.measure_caps: Callable[[Rollup], list[CapView]] | None = None
-        self.alerts: Callable[[], list[AlertView]] = list
-        self.ingest_stats: Callable[[], dict[str, int]] = dict
+
+    # --- what the leader's parts show on it ---------------------------------------------
+
+    def show_kill(self, kill: KillView) -> None:
+        """The kill switch's state now (:class:`~qtd.leader.kill.KillSwitchController`)."""
+        self.kill = kill
+
+    def show_caps(self, caps: list[CapView]) -> None:
+        """The caps as last evaluated (:meth:`~qtd.leader.caps.FleetCaps.evaluate`)."""
+        self.caps = caps
+
+    def show_symbol_utilisation(self, util: dict[str, float]) -> None:
+        """Per symbol, the share of its exposure cap in use (0..1+)."""
+        self.symbol_utilisation = util
+
+    def note_peak(self, equity: Decimal) -> None:
+        """Raise the peak equity to ``equity`` (currency) if higher."""
+        self.peak_equity = max(self.peak_equity, equity)
 
     # --- feeding -------------------------------------------------------------------------
 
@@ -336,15 +351,24 @@ class FleetView:
         """Fleet equity: capital + realized (net) + unrealized, currency."""
         return self.capital + r.totals.realized + r.totals.unrealized
 
-    def snapshot(self) -> FleetSnapshot:
+    def snapshot(self, *, measure_caps: Callable[[Rollup], list[CapView]] | None = None,
+                 alerts: Callable[[], list[AlertView]] = list,
+                 ingest_stats: Callable[[], dict[str, int]] = dict) -> FleetSnapshot:
         """Everything the status page needs, msgspec-serialisable (see
-        :mod:`qtd.leader.snapshot` for the shape and units)."""
+        :mod:`qtd.leader.snapshot` for the shape and units).
+
+        Args:
+            measure_caps: the caps measured on this pass's rollup (default: the last
+                ``caps`` set on the view).
+            alerts: the open alerts. ingest_stats: the ingest counters.
+        The leader passes its own (:class:`qtd.leader.status.FleetStatus`).
+        """
         r = self.rollup()
         now = self.clock.now_ns()
         equity = self.equity(r)
         peak = max(self.peak_equity, equity)
         dd = float((peak - equity) / peak * 100) if peak > 0 else 0.0
-        caps = list(self.caps) if self.measure_caps is None else self.measure_caps(r)
+        caps = list(self.caps) if measure_caps is None else measure_caps(r)
         nodes = self._nodes(r)
         node_states = {n.node: n.state for n in nodes if n.alive}
         return FleetSnapshot(
@@ -354,7 +378,7 @@ class FleetView:
             nodes=nodes, bots=self._bots(r, node_states),
             accounts=[AccountView(account=k, agg=a.agg()) for k, a in sorted(r.accounts.items())],
             symbols=self._symbols(r), positions=r.positions, caps=caps,
-            kill=self.kill, alerts=self.alerts(), ingest=self.ingest_stats(),
+            kill=self.kill, alerts=alerts(), ingest=ingest_stats(),
             states=self.why.states(self.kill.kills, node_states),
         )
 

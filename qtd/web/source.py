@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
-from qtd.agent.control import request
-from qtd.control import SCOPES, ControlAction, NodeReply, NodeRequest
-from qtd.errors import ConfigError
+from qtd.control import SCOPES, ControlAction
 from qtd.events import AnyEvent, CommandAudit
 from qtd.leader.fleetdb import LEADER_NODE
 from qtd.leader.snapshot import FleetSnapshot
@@ -61,7 +57,7 @@ class LeaderSource:
         self.node_timeout_s = node_timeout_s
 
     def snapshot(self) -> FleetSnapshot:
-        return self.leader.view.snapshot()
+        return self.leader.status.snapshot()
 
     async def control(self, action: ControlAction) -> dict[str, Any]:
         try:
@@ -73,33 +69,7 @@ class LeaderSource:
         return result
 
     async def _control(self, a: ControlAction) -> dict[str, Any]:
-        lead = self.leader
-        if a.target == "node":
-            verb = {"kill": "halt", "flatten": "flatten", "resume": "resume"}[a.verb]
-            reply = await self._ask_node(a.key, verb, a)
-            return {"node": a.key, "ok": reply.ok, "message": reply.message}
-        if a.verb == "resume":
-            res = await lead.kill.resume(
-                a.operator, a.reason, kill_ids=[a.key] if a.target == "kill" else None,
-                scope=SCOPES.get(a.target) if a.target not in ("global", "kill") else None,
-                key=a.key)
-            return {"resumed": not res.still_active, **msgspec.to_builtins(res)}
-        if a.target == "kill":
-            raise ConfigError("target 'kill' is for resume only", source="<request>",
-                              field="target", value=a.target, rule="resume only")
-        rnd = await lead.kill.trigger_kill(SCOPES[a.target], a.key, a.reason, a.operator,
-                                           flatten=a.verb == "flatten", source="web")
-        return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
-
-    async def _ask_node(self, node: str, verb: str, a: ControlAction) -> NodeReply:
-        req = NodeRequest(operator=a.operator, reason=a.reason)
-        try:
-            return await request(self.leader.nc, node, verb, req,
-                                 prefix=self.leader.subjects.prefix,
-                                 timeout_s=self.node_timeout_s)
-        except Exception as exc:  # timeout, no responders: the operator must see it
-            return NodeReply(ok=False, node=node, verb=verb,
-                             message=f"no reply ({type(exc).__name__})")
+        return await self.leader.dispatch.control(a)
 
     async def _audit(self, a: ControlAction, *, ok: bool, result: str) -> None:
         now = self.leader.clock.now_ns()

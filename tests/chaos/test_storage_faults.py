@@ -47,7 +47,7 @@ from qtd.events import (
     TradingState,
     TradingStateChanged,
 )
-from qtd.leader.daemon import Leader
+from qtd.leader.daemon import Leader, start_leader
 from qtd.store import EventStore
 from tests import factories
 from tests.agent_rig import (
@@ -94,8 +94,8 @@ async def _run_fault(tmp_path: Path, server: EmbeddedNatsServer,
     breaches = _Breaches()
     await nc.subscribe("qtd.hb.node-a", cb=breaches.on_msg)
     pages = PageReceiver()
-    leader = Leader(leader_config(tmp_path, server, page_url=pages.url, hb_timeout_s=30.0))
-    await leader.start()
+    leader = await start_leader(leader_config(tmp_path, server, page_url=pages.url,
+                                              hb_timeout_s=30.0))
     try:
         await wait_for(lambda: seq_above(db, 300), 30)
         committed = await store_events(db)  # committed before the fault: must all survive
@@ -199,7 +199,7 @@ async def _intents_after(db: Path, n: int) -> bool:
 @pytest.mark.slow
 def _held_by_storage(leader: Leader, agg: Any = all) -> bool:
     """The leader shows the bots HALTED by the store fault (issue 22: why is it halted)."""
-    bots = [b for b in leader.view.snapshot().bots if b.bot in ("b1", "b2")]
+    bots = [b for b in leader.status.snapshot().bots if b.bot in ("b1", "b2")]
     return bool(bots) and agg(b.effective_state == "HALTED" and b.causes[0].kind == "storage"
                               and b.causes[0].check == "store_fault" for b in bots)
 

@@ -22,8 +22,8 @@ import msgspec
 import pytest
 
 from qtd.bus import EmbeddedNatsServer
-from qtd.leader import Leader
 from qtd.leader.config import WebConfig, parse_leader_config
+from qtd.leader.daemon import Leader, running_leader
 from qtd.up.configs import generate
 from qtd.up.layout import Layout, find_etc
 from tests.agent_rig import running_agent
@@ -46,11 +46,11 @@ async def test_browser_sees_paper_bots_live(
     cfg = parse_leader_config(plan.leader_doc, str(plan.leader_config))
     cfg = msgspec.structs.replace(cfg, web=WebConfig(enabled=True, port=0, push_interval_s=0.5))
     bots = {(n, b) for n, names in plan.nodes.items() for b in names}
-    async with Leader(cfg) as leader, \
+    async with running_leader(cfg) as leader, \
             running_agent(plan.agent_configs["node-1"]), \
             running_agent(plan.agent_configs["node-2"]), chromium() as devtools:
         await _until(lambda: _reporting(leader) == bots and
-                     leader.view.snapshot().totals.fills > 0)
+                     leader.status.snapshot().totals.fills > 0)
         async with open_page(devtools) as page:
             await page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1250,
                             deviceScaleFactor=1, mobile=False)
@@ -65,7 +65,7 @@ async def test_browser_sees_paper_bots_live(
             cap_bars = await page.js("document.querySelectorAll('table.caps tr[data-cap] "
                                      "span.bar').length")
             shot = await page.call("Page.captureScreenshot", format="png")
-        caps = len(leader.view.snapshot().caps)
+        caps = len(leader.status.snapshot().caps)
     assert {tuple(r["bot"].split("/")) for r in rows} == bots
     for r in rows:
         assert r["stage"] == ("shadow" if r["bot"].endswith(SHADOW) else "paper"), r
@@ -96,7 +96,7 @@ ROWS = """Array.from(document.querySelectorAll('table.bots tbody tr[data-bot]'))
 
 def _reporting(leader: Leader) -> set[tuple[str, str]]:
     """Bots whose agent reported stage and limits to the leader."""
-    return {(b.node, b.bot) for b in leader.view.snapshot().bots if b.stage and b.limits}
+    return {(b.node, b.bot) for b in leader.status.snapshot().bots if b.stage and b.limits}
 
 
 async def _until(pred: Any, timeout_s: float = 60.0) -> None:

@@ -40,7 +40,7 @@ from qtd.events import (
 )
 from qtd.feeds import Bar
 from qtd.gates import GateResult, write_gate
-from qtd.leader import Leader
+from qtd.leader.daemon import Leader, running_leader
 from qtd.quality.surveil import Surveillance
 from tests.agent_rig import running_agent, wait_for, write_fleet
 from tests.integration.leader_peer import PageReceiver, leader_config
@@ -158,7 +158,7 @@ async def test_a_healthy_canary_ramps_to_100_and_becomes_the_running_version(
     cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
                  market=MARKET, extra=CANARY)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
-    async with Leader(leader_config(tmp_path, nats_server)) as leader, \
+    async with running_leader(leader_config(tmp_path, nats_server)) as leader, \
             running_agent(cfg, items={"goog_1d": _rising()}) as a:
         leader.versions.deadline_s = 0.5  # a ramp outlives any deploy deadline
         slot = a.supervisor.slots["b1"]
@@ -225,7 +225,7 @@ async def test_a_losing_canary_is_rolled_back_paged_and_the_incumbent_keeps_runn
     bot = await _repo(tmp_path / "repo", {"qty": 10.0, "side": -1})
     receiver = PageReceiver()
     try:
-        async with Leader(leader_config(tmp_path, nats_server, page_url=receiver.url)) \
+        async with running_leader(leader_config(tmp_path, nats_server, page_url=receiver.url)) \
                 as leader, running_agent(cfg, items={"goog_1d": _rising()}) as a:
             slot = a.supervisor.slots["b1"]
             old = slot.content_hash

@@ -18,8 +18,8 @@ from qtd.bus.jetstream import ensure_deploy_kv
 from qtd.cli import build_parser
 from qtd.commands.deploy import run_deploy, run_versions
 from qtd.deploy.model import DeployVersion, desired_key, encode
-from qtd.leader import Leader
 from qtd.leader.config import WebConfig
+from qtd.leader.daemon import Leader, running_leader
 from tests.agent_rig import running_agent, synthetic_bars, write_fleet
 from tests.integration.leader_peer import PageReceiver, leader_config, wait_for
 
@@ -58,7 +58,7 @@ async def test_node_behind_after_deadline_pages_p2_and_closes_when_it_catches_up
     items = {"goog_1d": synthetic_bars(500)}
     cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
     cfg = msgspec.structs.replace(cfg, web=WebConfig(enabled=True, port=0))
-    async with Leader(cfg) as leader:
+    async with running_leader(cfg) as leader:
         leader.versions.deadline_s = 0.5
         async with running_agent(cfg_b, items=items):
             await wait_for(lambda: _status(leader, "node-b") == "local", what="node-b report")
@@ -113,7 +113,8 @@ async def test_refused_version_pages_p2_with_the_reason_and_old_version_keeps_ru
     bad = DeployVersion(bot="b1", version=1, content_hash="e" * 64, source_hash=src_hash,
                         params_hash="0" * 64, strategy="Flipper", strategy_file="flipper.py",
                         params={}, config=config)
-    async with Leader(leader_config(tmp_path, nats_server, page_url=receiver.url)) as leader, \
+    lcfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
+    async with running_leader(lcfg) as leader, \
             running_agent(cfg_a, items={"goog_1d": synthetic_bars(500)}) as agent:
         old = agent.supervisor.slots["b1"].content_hash
         deploy, sources = await ensure_deploy_kv(leader.nc.jetstream())

@@ -35,7 +35,7 @@ from qtd.events import (
     TradingState,
     to_json,
 )
-from qtd.leader import Leader
+from qtd.leader.daemon import running_leader
 from qtd.leader.kill import AckWire
 from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
 from tests.factories import fill
@@ -83,13 +83,13 @@ async def test_leader_and_agent_reject_and_count_malformed_messages(
     await ensure_jetstream(js)
     cfg = write_fleet(tmp_path / "fleet", {"r1": {}}, strategy="rester",
                       bus_url=nats_server.url, market="speed = 6000.0")
-    async with Leader(leader_config(tmp_path, nats_server)) as leader, \
+    async with running_leader(leader_config(tmp_path, nats_server)) as leader, \
             running_agent(cfg, items={"goog_1d": synthetic_bars(30)}) as agent:
         await wait_for(lambda: "node-a" in leader.view.projections
                        and agent.store.last_seq > 0
                        and leader.db.marks().get(("node-a", agent.store.incarnation))
                        == agent.store.last_seq, 30)
-        before = msgspec.to_builtins(leader.view.snapshot().totals)
+        before = msgspec.to_builtins(leader.status.snapshot().totals)
         states_before = dict(agent.risk.states.items()) if hasattr(
             agent.risk.states, "items") else None
         audits_before = len(await agent.store.query(kind="CommandAudit"))
@@ -144,9 +144,9 @@ async def test_leader_and_agent_reject_and_count_malformed_messages(
         await asyncio.sleep(0.3)
         delta = {k: REJECTED.counts[k] - counts_before.get(k, 0) for k in sent}
         assert delta == sent, (delta, sent)
-        assert msgspec.to_builtins(leader.view.snapshot().totals) == before
-        assert not leader.view.snapshot().kill.active
-        assert "node-z" not in {n.node for n in leader.view.snapshot().nodes}
+        assert msgspec.to_builtins(leader.status.snapshot().totals) == before
+        assert not leader.status.snapshot().kill.active
+        assert "node-z" not in {n.node for n in leader.status.snapshot().nodes}
         replies = [msgspec.json.decode(r.data) for r in ctl_replies]
         assert all(r["ok"] is False and "bad request" in r["message"] for r in replies)
         audits = [e for e in await agent.store.query(kind="CommandAudit")

@@ -14,8 +14,9 @@ from nats.aio.client import Client
 from qtd.aio import cancel_and_wait
 from qtd.bus import EVENTS_STREAM, EmbeddedNatsServer, Subjects, ensure_jetstream
 from qtd.events import AnyEvent, Side, to_json
-from qtd.leader import FleetDB, Leader
+from qtd.leader import FleetDB
 from qtd.leader.config import IngestConfig
+from qtd.leader.daemon import Leader, running_leader, start_leader
 from qtd.leader.ingest import DeliveryGap, Ingestor, open_consumer
 from qtd.projections import Projections
 from tests.integration.leader_peer import FakeAgent, agents, leader_config, wait_for
@@ -65,14 +66,13 @@ async def test_restart_mid_stream_aggregates_equal_agents_stores(
 ) -> None:
     cfg = leader_config(tmp_path, nats_server)
     async with agents(tmp_path, nats_server, NODES) as peers:
-        leader = Leader(cfg)
-        await leader.start()
+        leader = await start_leader(cfg)
         trading = asyncio.create_task(_trade(peers, 80))
         await wait_for(lambda: leader.ingestor.ingested > 300, what="first events ingested")
         await _crash(leader)
         await _resend_outside_jetstream_dedup(peers[0], 60)
         await trading
-        async with Leader(cfg) as again:
+        async with running_leader(cfg) as again:
             await wait_for(lambda: _caught_up(again, peers), what="leader caught up")
             await asyncio.sleep(0.2)  # anything still in flight would show up now
             for p in peers:
@@ -82,7 +82,7 @@ async def test_restart_mid_stream_aggregates_equal_agents_stores(
                 assert got == want, p.node
                 assert await again.db.count(p.node) == await p.store.count()
             assert again.db.duplicates >= 60
-            snap = again.view.snapshot()
+            snap = again.status.snapshot()
             assert snap.totals.fills == sum(p.counter for p in peers)
             assert snap.totals.orders == snap.totals.fills
             assert {n.node for n in snap.nodes} == set(NODES)

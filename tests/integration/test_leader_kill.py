@@ -16,8 +16,8 @@ from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer, ensure_jetstre
 from qtd.bus.rejects import REJECTED
 from qtd.control import new_kill
 from qtd.events import KillSwitch, RiskBreach, Scope, Side
-from qtd.leader import Leader
 from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
+from qtd.leader.daemon import Leader, running_leader
 from tests.integration.leader_peer import PageReceiver, agents, leader_config, wait_for
 
 NODES = ["node-a", "node-b", "node-c", "node-d"]
@@ -39,7 +39,7 @@ async def test_kill_reaches_every_agent_and_unacked_agent_is_paged(
     receiver: PageReceiver,
 ) -> None:
     cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
-    async with agents(tmp_path, nats_server, NODES) as peers, Leader(cfg) as leader:
+    async with agents(tmp_path, nats_server, NODES) as peers, running_leader(cfg) as leader:
         peers[-1].answer_kills = False
         await wait_for(lambda: set(leader.view.heartbeats) == set(NODES), what="heartbeats")
         rnd = await leader.kill.trigger_kill(Scope.GLOBAL, "", "test kill", "alice")
@@ -72,7 +72,7 @@ async def test_daily_loss_cap_trips_a_kill_and_pages_with_pnl_context(
 ) -> None:
     caps = CapsConfig(daily_loss=LossCap(limit=150.0, level="L1"))
     cfg = leader_config(tmp_path, nats_server, caps=caps, page_url=receiver.url)
-    async with agents(tmp_path, nats_server, NODES[:2]) as peers, Leader(cfg) as leader:
+    async with agents(tmp_path, nats_server, NODES[:2]) as peers, running_leader(cfg) as leader:
         await wait_for(lambda: len(leader.view.heartbeats) == 2, what="heartbeats")
         await peers[0].trade("momo", "SPY", Side.BUY, "10", "100")
         await peers[0].trade("momo", "SPY", Side.SELL, "5", "80")  # realized -100
@@ -88,7 +88,7 @@ async def test_daily_loss_cap_trips_a_kill_and_pages_with_pnl_context(
         text = next(b["message"] for b in receiver.bodies if "daily_loss" in b["message"])
         assert "PnL today: fleet -200.00 USD" in text
         assert "node-a/momo acct1 SPY qty 5" in text
-        cap = next(c for c in leader.view.snapshot().caps if c.name == "daily_loss")
+        cap = next(c for c in leader.status.snapshot().caps if c.name == "daily_loss")
         assert cap.tripped and cap.value == pytest.approx(200.0)
 
 
@@ -97,7 +97,7 @@ async def test_self_trade_risk_kills_the_account(
 ) -> None:
     caps = CapsConfig(self_trade=SelfTradeCap(window_s=5.0, level="L2"))
     cfg = leader_config(tmp_path, nats_server, caps=caps)
-    async with agents(tmp_path, nats_server, NODES[:2]) as peers, Leader(cfg) as leader:
+    async with agents(tmp_path, nats_server, NODES[:2]) as peers, running_leader(cfg) as leader:
         await peers[0].trade("a", "SPY", Side.BUY, "1", "100", account="shared")
         await peers[1].trade("b", "SPY", Side.SELL, "1", "100", account="shared")
         await wait_for(lambda: all(p.kills for p in peers), what="self-trade kill")
@@ -110,7 +110,7 @@ async def test_missing_heartbeat_pages_p2_and_recovery_closes_it(
     tmp_path: Path, nats_server: EmbeddedNatsServer, receiver: PageReceiver,
 ) -> None:
     cfg = leader_config(tmp_path, nats_server, page_url=receiver.url, hb_timeout_s=0.4)
-    async with agents(tmp_path, nats_server, NODES[:2]) as peers, Leader(cfg) as leader:
+    async with agents(tmp_path, nats_server, NODES[:2]) as peers, running_leader(cfg) as leader:
         await peers[1].trade("momo", "SPY", Side.BUY, "3", "10")
         await wait_for(lambda: len(leader.view.heartbeats) == 2, what="heartbeats")
         peers[1].heartbeats = False
@@ -123,7 +123,7 @@ async def test_missing_heartbeat_pages_p2_and_recovery_closes_it(
         await wait_for(lambda: "hb:node-b" not in leader.alerts.open, 3.0, "recovery")
         await wait_for(lambda: any("RECOVERED" in b["title"] for b in receiver.bodies),
                        what="recovery page")
-        snap = leader.view.snapshot()
+        snap = leader.status.snapshot()
         assert [n.alive for n in snap.nodes] == [True, True]
 
 
@@ -135,7 +135,7 @@ async def test_agent_trip_through_jetstream_is_paged_and_closed_when_active_agai
     from qtd.events import Severity, TradingState, TradingStateChanged
 
     cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
-    async with agents(tmp_path, nats_server, ["node-a"]) as (peer,), Leader(cfg) as leader:
+    async with agents(tmp_path, nats_server, ["node-a"]) as (peer,), running_leader(cfg) as leader:
         await wait_for(lambda: "node-a" in leader.view.heartbeats, what="heartbeat")
         t = 1_700_000_000_000_000_000
         await peer.append(
@@ -190,7 +190,7 @@ async def test_an_agent_cannot_acknowledge_a_kill_for_another_node(
     """A kill ack counts for the node its subject names: an ack on node-a's subject that
     says node-d is refused and counted, node-d stays missing and is paged."""
     cfg = leader_config(tmp_path, nats_server, page_url=receiver.url)
-    async with agents(tmp_path, nats_server, NODES) as peers, Leader(cfg) as leader:
+    async with agents(tmp_path, nats_server, NODES) as peers, running_leader(cfg) as leader:
         peers[-1].answer_kills = False
         await wait_for(lambda: set(leader.view.heartbeats) == set(NODES), what="heartbeats")
         before = REJECTED.counts["kill_ack"]

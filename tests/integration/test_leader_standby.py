@@ -21,8 +21,8 @@ from nats.aio.client import Client
 from qtd.bus import EmbeddedNatsServer
 from qtd.errors import OperationalError
 from qtd.events import Scope, Side
-from qtd.leader import Leader
 from qtd.leader.config import CapsConfig, LeaderConfig, LeaseConfig, SelfTradeCap
+from qtd.leader.daemon import Leader, running_leader, start_leader
 from qtd.leader.lease import LeaseRecord
 from qtd.projections import Projections
 from tests.integration.leader_peer import FakeAgent, PageReceiver, agents, leader_config, wait_for
@@ -103,12 +103,12 @@ async def test_standby_takes_over_one_active_at_a_time_without_double_counting(
     receivers: tuple[PageReceiver, PageReceiver],
 ) -> None:
     ra, rb = receivers
-    a = Leader(_cfg(tmp_path, nats_server, "a", ra.url))
-    b = Leader(_cfg(tmp_path, nats_server, "b", rb.url))
+    cfg_a = _cfg(tmp_path, nats_server, "a", ra.url)
+    cfg_b = _cfg(tmp_path, nats_server, "b", rb.url)
     async with agents(tmp_path, nats_server, NODES) as peers:
-        await a.start()
+        a = await start_leader(cfg_a)
         await wait_for(lambda: a.active, what="first leader active")
-        await b.start()
+        b = await start_leader(cfg_b)
         sampler = Sampler(a, b)
         try:
             trading = asyncio.create_task(_trade(peers, 60))
@@ -145,7 +145,7 @@ async def test_standby_takes_over_one_active_at_a_time_without_double_counting(
                               b.view.projections[p.node].positions.values()), key=str)
                 assert got == await _positions(p), p.node
                 assert await b.db.count(p.node) == await p.store.count()
-            assert b.view.snapshot().totals.fills == sum(p.counter for p in peers)
+            assert b.status.snapshot().totals.fills == sum(p.counter for p in peers)
         finally:
             await sampler.stop()
             await b.stop()
@@ -165,11 +165,10 @@ async def test_graceful_stop_hands_the_lease_over_at_once(
     slow = LeaseConfig(enabled=True, instance="b", ttl_s=30.0, renew_s=0.2)
     cfg_a = msgspec.structs.replace(cfg_a, lease=msgspec.structs.replace(slow, instance="a"))
     cfg_b = msgspec.structs.replace(cfg_b, lease=slow)
-    a = Leader(cfg_a)
-    await a.start()
+    a = await start_leader(cfg_a)
     try:
         await wait_for(lambda: a.active, what="a active")
-        async with Leader(cfg_b) as b:
+        async with running_leader(cfg_b) as b:
             await asyncio.sleep(0.5)
             assert not b.active and await _holder(nats_client) == "a"
             with pytest.raises(OperationalError, match="standby"):

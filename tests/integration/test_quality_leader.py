@@ -18,8 +18,8 @@ import msgspec
 from qtd.bus import EmbeddedNatsServer
 from qtd.clock import SimClock
 from qtd.events import OrderAccepted, OrderIntent, OrderSubmitted, Side
-from qtd.leader import Leader
 from qtd.leader.config import WebConfig
+from qtd.leader.daemon import running_leader
 from qtd.projections import TradingDay
 from qtd.quality.config import QualityConfig
 from qtd.quality.daily import day_bounds
@@ -61,7 +61,7 @@ async def test_leader_alerts_on_wash_trade_and_slow_acks_and_exposes_them(
     try:
         cfg = _config(tmp_path, nats_server, rx.url, web=True)
         async with agents(tmp_path, nats_server, ["node-a", "node-b"]) as peers, \
-                Leader(cfg) as leader:
+                running_leader(cfg) as leader:
             # two bots on two nodes trade SPY against each other on one account
             await peers[0].trade("alpha", "SPY", Side.BUY, "10", "100", account="shared")
             await peers[1].trade("beta", "SPY", Side.SELL, "10", "100", account="shared")
@@ -108,11 +108,11 @@ async def test_daily_report_is_sent_when_the_trading_day_ends(
     try:
         cfg = _config(tmp_path, nats_server, rx.url)
         async with agents(tmp_path, nats_server, ["node-a"]) as peers, \
-                Leader(cfg, clock=clock) as leader:
+                running_leader(cfg, clock=clock) as leader:
             await peers[0].trade("alpha", "SPY", Side.BUY, "10", "100")
             await peers[0].trade("alpha", "SPY", Side.SELL, "10", "103")
             await peers[0].trade("beta", "QQQ", Side.BUY, "2", "400")
-            await wait_for(lambda: leader.view.snapshot().totals.fills == 3, what="fills")
+            await wait_for(lambda: leader.status.snapshot().totals.fills == 3, what="fills")
             await wait_for(lambda: leader.quality.last_report_day is not None, what="first check")
             assert not [b for b in rx.bodies if "daily report" in b["title"]]
             clock.set(end + 1_000 * MS)  # the trading day ends

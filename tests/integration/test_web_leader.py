@@ -15,8 +15,9 @@ from websockets.asyncio.client import connect as ws_connect
 
 from qtd.bus import EmbeddedNatsServer
 from qtd.events import CommandAudit, KillSwitch, Side
-from qtd.leader import Leader, LeaderConfig
+from qtd.leader import LeaderConfig
 from qtd.leader.config import WebConfig
+from qtd.leader.daemon import Leader, running_leader, start_leader
 from tests.integration.leader_peer import agents, leader_config, wait_for
 
 TOKEN = "integration-operator-token-42"
@@ -45,12 +46,12 @@ async def test_page_live_pnl_controls_and_audit_on_a_real_leader(
     monkeypatch.setenv(ENV, TOKEN)
     cfg = _web_config(tmp_path, nats_server)
     async with agents(tmp_path, nats_server, ["node-a", "node-b"]) as peers, \
-            Leader(cfg) as leader:
+            running_leader(cfg) as leader:
         assert leader.web_port and leader.web_url == f"http://127.0.0.1:{leader.web_port}/"
         await wait_for(lambda: len(leader.view.heartbeats) == 2, what="heartbeats")
         await peers[0].trade("momo", "SPY", Side.BUY, "10", "100")
         await peers[0].trade("momo", "SPY", Side.SELL, "4", "110")
-        await wait_for(lambda: leader.view.snapshot().totals.fills == 2, what="fills ingested")
+        await wait_for(lambda: leader.status.snapshot().totals.fills == 2, what="fills ingested")
         base = leader.web_url.rstrip("/")
         async with httpx2.AsyncClient(base_url=base) as http, \
                 ws_connect(f"ws://127.0.0.1:{leader.web_port}/ws/live") as ws:
@@ -59,7 +60,7 @@ async def test_page_live_pnl_controls_and_audit_on_a_real_leader(
             first = await _tick(ws)
             assert first["fleet"]["pnl"] == pytest.approx(100.0)  # type: ignore[index]
             await peers[1].trade("meanrev", "SPY", Side.BUY, "1", "120")  # SPY mark 120
-            await wait_for(lambda: leader.view.snapshot().totals.fills == 3, what="3rd fill")
+            await wait_for(lambda: leader.status.snapshot().totals.fills == 3, what="3rd fill")
             later = await _tick(ws)
             assert later["bots"]["node-a/momo"][0] == pytest.approx(160.0)  # type: ignore[index]
             assert (await http.post("/api/control", json={
@@ -108,8 +109,7 @@ async def test_leader_stops_promptly_with_a_websocket_open(
     tmp_path: Path, nats_server: EmbeddedNatsServer,
 ) -> None:
     cfg = _web_config(tmp_path, nats_server)  # ENV unset: read-only page
-    leader = Leader(cfg)
-    await leader.start()
+    leader = await start_leader(cfg)
     try:
         async with httpx2.AsyncClient(base_url=leader.web_url or "") as http:
             assert "read-only" in (await http.get("/")).text

@@ -48,9 +48,9 @@ class ViewSource:
         self.events: list[AnyEvent] = []
         self.actions: list[ControlAction] = []
         self.acks: list[tuple[str, str]] = []
-        self.view.alerts = lambda: [AlertView(alert_id="a1", key="hb:node-b", severity="P2",
-                                              status="open", title="node-b heartbeat missing",
-                                              node="node-b", bot="", opened_ns=T0)]
+        self.alerts = [AlertView(alert_id="a1", key="hb:node-b", severity="P2", status="open",
+                                 title="node-b heartbeat missing", node="node-b", bot="",
+                                 opened_ns=T0)]
         self.view.caps = [CapView(name="gross_exposure", limit=10_000.0, value=2_000.0,
                                   unit="USD", utilisation=0.2, level="L1")]
 
@@ -60,7 +60,7 @@ class ViewSource:
             self.events.append(ev)
 
     def snapshot(self) -> FleetSnapshot:
-        return self.view.snapshot()
+        return self.view.snapshot(alerts=lambda: self.alerts)
 
     async def control(self, action: ControlAction) -> dict[str, Any]:
         self.actions.append(action)

@@ -24,6 +24,7 @@ from qtd.events import (
 from qtd.leader.caps import FleetCaps
 from qtd.leader.config import CapsConfig, LossCap
 from qtd.leader.snapshot import ActiveKill, BotView, KillView
+from qtd.leader.status import FleetStatus
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.up.summary import FleetWatch, render, rich_view, rows
@@ -219,12 +220,12 @@ def test_snapshot_caps_come_from_the_same_pass_as_its_totals() -> None:
     view = _view()
     caps = FleetCaps(CapsConfig(daily_loss=LossCap(limit=1_000_000.0)), view.clock)
     caps.evaluate(view)  # the check loop ran before the loss
-    view.measure_caps = lambda r: caps.views(view, r)
+    status = FleetStatus(view, caps, alerts=list, ingest_stats=dict)  # as the leader reads
     view.apply(fill("c1", "t1", qty="10", price="100", bot="momo", symbol="SPY",
                     side=Side.BUY, ts=T0 + S))
     view.apply(fill("c2", "t2", qty="10", price="90", bot="momo", symbol="SPY",
                     side=Side.SELL, ts=T0 + 2 * S))
-    snap = view.snapshot()
+    snap = status.snapshot()
     (cap,) = [c for c in snap.caps if c.name == "daily_loss"]
     assert snap.totals.pnl_today < 0
     assert cap.value == -snap.totals.pnl_today
