@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any, Protocol
 
 import msgspec
 from nats.aio.client import Client
@@ -41,12 +42,10 @@ from qtd.events import (
     TradingState,
     TradingStateChanged,
 )
-from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import Breach, FleetCaps
 from qtd.leader.dispatch import AuditLog, KillSwitch
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.kernel import PEAK_KEY
-from qtd.leader.kill import KillSwitchController
 from qtd.leader.lease import Standing
 from qtd.leader.liveness import LivenessMonitor
 from qtd.leader.versions import VersionBoard
@@ -56,6 +55,33 @@ from qtd.quality.monitor import QualityMonitor
 log = logging.getLogger("qtd.leader")
 _hb_decoder = msgspec.json.Decoder(Heartbeat | RiskBreach)  # RiskBreach: store faults
 _pnl_decoder = msgspec.json.Decoder(PnLSnapshot)
+
+
+class AlertRaiser(Protocol):
+    """Opens (or escalates) an alert (:meth:`~qtd.leader.alerts.AlertBook.raise_alert`)."""
+
+    def raise_alert(self, key: str, severity: Severity, title: str, **fields: Any) -> object:
+        ...
+
+
+class AgentAlerts(Protocol):
+    """Pages the agents' own trips (:class:`~qtd.leader.alerts.AlertBook`)."""
+
+    def on_agent_event(self, ev: AnyEvent) -> object: ...
+
+    def on_agent_breach(self, b: RiskBreach) -> object: ...
+
+
+class HandOver(Protocol):
+    """Gives open alerts up when the lease is lost."""
+
+    def hand_over(self) -> None: ...
+
+
+class KillSync(Protocol):
+    """Re-reads the kill set from KV (:meth:`~qtd.leader.kill.KillSwitchController.sync`)."""
+
+    async def sync(self, *, watch: bool = False) -> None: ...
 
 
 async def every(period_s: float, fn: Callable[[], Awaitable[None]], stop: asyncio.Event
@@ -80,7 +106,7 @@ class CapTrips:
         tasks: where each trip runs. clock: event timestamps.
     """
 
-    def __init__(self, *, kill: KillSwitch, db: AuditLog, alerts: AlertBook,
+    def __init__(self, *, kill: KillSwitch, db: AuditLog, alerts: AlertRaiser,
                  standing: Standing, tasks: TaskSet, clock: Clock) -> None:
         self._kill, self._db, self._alerts = kill, db, alerts
         self._standing, self._tasks, self._clock = standing, tasks, clock
@@ -113,7 +139,7 @@ class FleetEvents:
     """Each ingested batch (the ingest's ``on_events``)."""
 
     def __init__(self, *, view: FleetView, caps: FleetCaps, versions: VersionBoard,
-                 alerts: AlertBook, quality: QualityMonitor, standing: Standing,
+                 alerts: AgentAlerts, quality: QualityMonitor, standing: Standing,
                  trips: CapTrips) -> None:
         self._view, self._caps, self._versions, self._alerts = view, caps, versions, alerts
         self._quality, self._standing, self._trips = quality, standing, trips
@@ -183,7 +209,7 @@ class AgentFeeds:
     """Core NATS from the agents: heartbeats (a store-fault breach rides on the heartbeat
     subject, its outbox cannot carry it) and PnL ticks."""
 
-    def __init__(self, *, view: FleetView, alerts: AlertBook, standing: Standing,
+    def __init__(self, *, view: FleetView, alerts: AgentAlerts, standing: Standing,
                  subjects: Subjects) -> None:
         self._view, self._alerts, self._standing, self._subjects = (
             view, alerts, standing, subjects)
@@ -218,7 +244,7 @@ class Takeover:
     once), re-reads the kill state from KV and publishes a heartbeat; losing the lease hands
     open alerts over (their P1 repeats stop here)."""
 
-    def __init__(self, *, caps: FleetCaps, kill: KillSwitchController, alerts: AlertBook,
+    def __init__(self, *, caps: FleetCaps, kill: KillSync, alerts: HandOver,
                  beacon: Beacon, trips: CapTrips, instance: str) -> None:
         self._caps, self._kill, self._alerts = caps, kill, alerts
         self._beacon, self._trips, self._instance = beacon, trips, instance
