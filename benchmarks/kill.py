@@ -11,7 +11,7 @@ heartbeats on ``qtd.hb.<node>`` and answers every kill on ``qtd.ctl.kill`` with 
   one fsynced transaction (the router's flush), then the KillAck (a second fsync), each in
   the peer's own SQLite event store (:class:`~qtd.store.EventStore`, ``synchronous=FULL``).
 
-The leader is the real :class:`~qtd.leader.Leader`; each kill goes through
+The leader is the real one (:func:`qtd.leader.daemon.running_leader`); each kill goes through
 ``KillSwitchController.trigger_kill`` (core publish, KV put, audit), and its latency is from
 the decision (``time.perf_counter()`` in ``trigger_kill``) to the arrival of the last
 acknowledgement. Reference, same peers, same run: one bare nats-py core publish of a

@@ -14,7 +14,7 @@ server:
    Then a **bare sustained follower**: a nats-py pull consumer in its own process while the
    producers publish at ``--rate`` for ``--seconds`` (its lag p50/p99/max); it runs before
    the leader starts, so the two never compete for the cores.
-3. **leader drain**: the real :class:`~qtd.leader.Leader` consuming everything stored so far
+3. **leader drain**: the real leader (:mod:`qtd.leader.daemon`) consuming everything stored so far
    (decode, dedupe, one fleet.db transaction per batch with fsync, view, caps, the quality
    monitor, ack) — its capacity.
 4. **leader sustained**: producers publish at ``--rate`` events/s for ``--seconds`` while the
