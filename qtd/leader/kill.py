@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 import msgspec
@@ -54,6 +53,7 @@ from qtd.control import (
     NodeRequest,
     decode_kill,
     decode_kill_set,
+    new_kill,
 )
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
@@ -232,9 +232,8 @@ class KillSwitchController:
         """
         self._check_active("kill")
         t0 = time.perf_counter()
-        msg = KillCommand(id=uuid.uuid4().hex[:16], scope=scope, key=key, reason=reason,
-                          flatten=flatten, operator=operator, source=source,
-                          ts_ns=self.clock.now_ns(), cap=cap)
+        msg = new_kill(scope=scope, key=key, reason=reason, flatten=flatten,
+                       operator=operator, source=source, ts_ns=self.clock.now_ns(), cap=cap)
         self._writing.add(msg.id)
         try:
             rnd = self._begin(msg, t0)
