@@ -316,6 +316,10 @@ class OrderRouter:
         self.proj.apply(stored)
         self.risk.on_event(stored)
 
+    async def flush_risk_events(self) -> None:
+        """Store the events the risk engine queued (breaches, state changes) now."""
+        await self._flush()
+
     async def _flush(self) -> None:
         events = self.risk.drain_events()
         if events:

@@ -43,17 +43,22 @@ from qtd.agent.accounts import (
 )
 from qtd.agent.canary import CanaryRamps
 from qtd.agent.config import AgentConfig
+from qtd.agent.crashpoint import CrashPoint
 from qtd.agent.deploy_watch import DeployWatch, adopt
-from qtd.agent.link import BusLink
+from qtd.agent.link import BusLink, Outlet
 from qtd.agent.market import FeedKey, LiveFanout, ReplayFeed
 from qtd.agent.reconciling import AccountReconciler, start_reconciler
 from qtd.agent.routed import RoutedBot, routed_bots
 from qtd.agent.schedule import Schedule, SessionPlan, plan_for
-from qtd.agent.storefault import attach as attach_store_faults
+from qtd.agent.storefault import (
+    READONLY_ENV,
+    StoreFaultHalt,
+    StoreFaultService,
+    ignore_sigxfsz,
+)
 from qtd.agent.supervisor import BotSlot, Supervisor
 from qtd.agent.telemetry import FailSafe
 from qtd.agent.wiring import (
-    AgentStore,
     admit_bots,
     bot_files,
     bot_symbols,
@@ -75,6 +80,7 @@ from qtd.projections import Projections, TradingDay
 from qtd.reconcile import reconcile_account, restore_paper_broker
 from qtd.risk import RiskEngine, load_risk_config
 from qtd.runner import BotRunner, BotState
+from qtd.store.agentstore import AgentStore, StoreHooks
 from qtd.strategy import CancelAll
 
 log = logging.getLogger("qtd.agent")
@@ -110,18 +116,22 @@ class Agent:
         self._storing_reports = 0  # venue reports being stored by _consume right now
         self._tg: asyncio.TaskGroup | None = None
         self._telemetry_stop = asyncio.Event()
+        self.outlet = Outlet()  # the store's listener: the link attaches its outbox
 
     # --- start-up ---------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Steps 1-5: store, projections, engine, accounts, reconciliation."""
         cfg = self.cfg
-        self.store: AgentStore = await open_store(cfg)
         self.proj = Projections(TradingDay(cfg.trading_day.tz, cfg.trading_day.rollover),
                                 keep_terminal=cfg.terminal_orders_kept)
         risk_cfg = risk_config_for(cfg, load_risk_config(cfg.risk))  # one trading day
         self.risk = RiskEngine(risk_cfg, self.proj, self.clock, self.node)
-        self.store_faults = attach_store_faults(self, self.store)  # halt + buffer + probe
+        ignore_sigxfsz()
+        self.fault_halt = StoreFaultHalt(self.risk, self.clock, self.node)
+        self.store: AgentStore = await open_store(cfg, StoreHooks(
+            listener=self.outlet.offer, faults=self.fault_halt,  # halt + buffer + probe
+            readonly_flag=os.environ.get(READONLY_ENV) or None, crash=CrashPoint.from_env()))
         last_global = await rebuild(self.store, self.proj, self.risk)
         self.brokers, self.failed_accounts = await open_accounts(
             cfg, self.clock, bot_symbols(cfg, bot_files(cfg)))
@@ -178,8 +188,8 @@ class Agent:
         if cfg.bus is not None:
             self.link = BusLink(cfg.bus, self.store, source=cfg.source,
                                 replicas=cfg.jetstream_replicas, on_ready=self._on_bus_ready,
-                                on_store_behind=lambda exc: storebehind.refuse(self, exc))
-            self.store.listener = self.link.offer
+                                on_store_behind=lambda exc: storebehind.refuse(self, exc),
+                                outlet=self.outlet)
             self.spawn("bus", self.link.run(self._telemetry_stop))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.link.ready.wait(), cfg.bus_wait_s)
@@ -187,6 +197,9 @@ class Agent:
                 log.warning("NATS not reachable within %.1f s: starting without it "
                             "(kill key read once it connects; kill file always on)",
                             cfg.bus_wait_s)
+        self.spawn("store-fault", StoreFaultService(
+            self.fault_halt, self.store, self.router, self.link,
+            self.subjects.hb(self.node)).run())
         await loops.start_kill_file(self)
         await self._start_bots()
         if self.failed_accounts:
@@ -475,7 +488,6 @@ class Agent:
         await close_brokers(self.brokers)
         store = getattr(self, "store", None)
         if store is not None:
-            store.listener = None
             await store.close()
 
 

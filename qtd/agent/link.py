@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from qtd.bus import BusConfig, Subjects, connect, ensure_jetstream
+from qtd.bus.unsent import drop_unsent_on_disconnect
 from qtd.errors import OperationalError, TemporaryError
 from qtd.events import AnyEvent
 from qtd.outbox import Outbox
@@ -41,6 +42,31 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+class Outlet:
+    """The store's listener (:class:`~qtd.store.agentstore.StoreHooks`): hands stored
+    events to the link's outbox while it has one, else drops them (the outbox reads them
+    from the store after its watermark). Built before the store, attached by the link.
+
+    Args:
+        observer: also called with every batch of stored events, first (benchmarks).
+    """
+
+    def __init__(self, observer: Callable[[Sequence[AnyEvent]], None] | None = None) -> None:
+        self._outbox: Outbox | None = None
+        self._observer = observer
+
+    def attach(self, outbox: Outbox | None) -> None:
+        """Send to ``outbox`` from now on (None: to nothing)."""
+        self._outbox = outbox
+
+    def offer(self, events: Sequence[AnyEvent]) -> None:
+        """Hand just-stored events to the outbox (called after every append)."""
+        if self._observer is not None:
+            self._observer(events)
+        if self._outbox is not None:
+            self._outbox.offer(events)
+
+
 class BusLink:
     """Connection, JetStream setup and outbox of one agent.
 
@@ -52,6 +78,7 @@ class BusLink:
         on_ready: called once connected and set up (subscriptions, first kill read).
         on_store_behind: called once if the store is behind the stream (before
             ``on_ready`` when found at the first connect).
+        outlet: the store's listener; the link attaches its outbox to it.
 
     Attributes:
         behind: the refusal, once the store was found behind (the outbox is then None).
@@ -59,8 +86,10 @@ class BusLink:
 
     def __init__(self, cfg: BusConfig, store: EventStore, *, source: str, replicas: int,
                  on_ready: Callable[[BusLink], Awaitable[None]],
-                 on_store_behind: Callable[[StoreBehind], Awaitable[None]]) -> None:
+                 on_store_behind: Callable[[StoreBehind], Awaitable[None]],
+                 outlet: Outlet) -> None:
         self.cfg, self.store, self.source, self.replicas = cfg, store, source, replicas
+        self.outlet = outlet
         self.subjects = Subjects(cfg.prefix)
         self._on_ready = on_ready
         self._on_store_behind = on_store_behind
@@ -83,6 +112,7 @@ class BusLink:
         try:
             await outbox.audit()  # before any publish, before ready
             self.outbox = outbox
+            self.outlet.attach(outbox)
         except StoreBehind as exc:
             await self._refuse(exc)
         await self._on_ready(self)
@@ -96,6 +126,7 @@ class BusLink:
 
     async def _refuse(self, exc: StoreBehind) -> None:
         self.outbox, self.behind = None, exc
+        self.outlet.attach(None)
         await self._on_store_behind(exc)
 
     async def _connect(self, stop: asyncio.Event) -> bool:
@@ -104,7 +135,7 @@ class BusLink:
             try:
                 if self.nc is None:
                     self.nc = await connect(self.cfg, source=self.source)
-                    _drop_unsent_on_disconnect(self.nc)
+                    drop_unsent_on_disconnect(self.nc)
                 self.js = self.nc.jetstream()
                 await ensure_jetstream(self.js, self.cfg.prefix, self.replicas)
                 return True
@@ -116,11 +147,6 @@ class BusLink:
             await _wait(stop, delay)
             delay = min(delay * 2, self.cfg.reconnect_wait_max)
         return False
-
-    def offer(self, events: Sequence[AnyEvent]) -> None:
-        """Hand just-stored events to the outbox (called after every append)."""
-        if self.outbox is not None:
-            self.outbox.offer(events)
 
     async def publish(self, subject: str, data: bytes) -> bool:
         """Core publish, best effort: False when not connected or NATS refused."""
@@ -170,36 +196,5 @@ class BusLink:
             except (nats.errors.Error, TimeoutError, OSError):
                 with contextlib.suppress(Exception):
                     await self.nc.close()
+        self.outlet.attach(None)  # events stored from now on are sent by the next start
         return pending
-
-
-def _drop_unsent_on_disconnect(nc: Client) -> None:
-    """On a lost connection, drop what nats-py holds unsent instead of sending it after the
-    reconnect.
-
-    nats-py keeps publishes not yet written to the old socket and writes them to the new
-    one, while what it had written to the old socket died with it: event k+1 would reach
-    JetStream before the outbox re-sends event k, out of order. Dropping them makes the
-    stream receive a prefix of the events over the old connection and the outbox's re-send
-    from the watermark over the new one, in order (Msg-Id dedups the overlap). Heartbeats,
-    PnL ticks and kill acks held at that moment are dropped too (best effort by design; kill
-    acks are also stored events). Uses nats-py's connection internals (``_pending``,
-    ``_pending_data_size``, ``_disconnected_cb``; nats-py 2.x); without them nothing changes.
-    """
-    inner = getattr(nc, "_disconnected_cb", None)
-    if not (hasattr(nc, "_pending") and hasattr(nc, "_pending_data_size")):
-        log.warning("nats-py internals changed: unsent publishes are kept across a reconnect "
-                    "(JetStream order after an outage is then not guaranteed)")
-        return
-
-    async def on_disconnected() -> None:
-        dropped = len(nc._pending)
-        nc._pending = []
-        nc._pending_data_size = 0
-        if dropped:
-            log.info("NATS connection lost: %d unsent commands dropped; the outbox re-sends "
-                     "from its watermark", dropped)
-        if inner is not None:
-            await inner()
-
-    nc._disconnected_cb = on_disconnected

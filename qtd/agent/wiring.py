@@ -7,7 +7,7 @@ Each function does one start-up step (the order is the daemon's, see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,90 +16,30 @@ import msgspec
 from qtd.admit import admit_bot, collect_files
 from qtd.admit.config import LoadedBot, load_bot_config
 from qtd.agent.config import AgentConfig
-from qtd.agent.crashpoint import CrashPoint
 from qtd.agent.market import FeedKey
-from qtd.agent.storefault import StoreFaults
 from qtd.agent.supervisor import BotSlot
 from qtd.clock import Clock
 from qtd.deploy.files import deployed_config
-from qtd.errors import ConfigError, StoreError
-from qtd.events import AnyEvent, Event, OrderIntent, Scope, TradingStateChanged
+from qtd.errors import ConfigError
+from qtd.events import OrderIntent, Scope, TradingStateChanged
 from qtd.projections import Projections
 from qtd.risk.config import RiskConfig
 from qtd.risk.engine import RiskEngine
 from qtd.runner import BotSpec
 from qtd.store import EventStore
+from qtd.store.agentstore import AgentStore, StoreHooks
 
 log = logging.getLogger("qtd.agent")
 
 
-class AgentStore(EventStore):
-    """The event store, calling :attr:`listener` with the stored events after every
-    successful append (the daemon hands them to the outbox, which publishes them from memory
-    without polling delay or a store read).
-
-    With :attr:`faults` set (the daemon does), a failing write halts trading and buffers
-    instead of raising (:mod:`qtd.agent.storefault`); :attr:`crash` is the test-only crash
-    point hook (:mod:`qtd.agent.crashpoint`, off unless ``QTD_TEST_CRASH_AT`` is set)."""
-
-    listener: Callable[[Sequence[AnyEvent]], None] | None = None
-    faults: StoreFaults | None = None
-    crash: CrashPoint | None = None
-
-    async def append(self, event: Event) -> AnyEvent:
-        if self.crash is not None:
-            self.crash.before(event)
-        if self.faults is None:
-            stored = await super().append(event)
-        else:
-            stored = (await self.faults.append((event,)))[0]
-            if self.faults.faulted:
-                return stored  # buffered: published once written
-        if self.crash is not None:
-            self.crash.after(stored)
-        if self.listener is not None:
-            self.listener((stored,))
-        return stored
-
-    async def append_many(self, events: Sequence[Event], *, sync: bool = True
-                          ) -> list[AnyEvent]:
-        if self.faults is None:
-            stored = await super().append_many(events, sync=sync)
-        else:
-            stored = await self.faults.append(events, sync=sync)
-            if self.faults.faulted:
-                return stored  # buffered: published once written
-        if stored and self.listener is not None:
-            self.listener(stored)
-        return stored
-
-    async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
-        if self.faults is not None and self.faults.faulted:
-            return  # kept at its last value: a restart re-sends, the leader is idempotent
-        try:
-            await super().set_watermark(seq, name)
-        except StoreError as exc:
-            if self.faults is None or "sqlite" not in exc.fields:
-                raise
-            self.faults.trip(exc)
-
-    async def close(self) -> None:
-        if self.faults is not None:
-            await self.faults.close()
-        await super().close()
-
-
-async def open_store(cfg: AgentConfig) -> AgentStore:
-    """Open (or create) ``<state_dir>/events.db`` for ``cfg.node``.
+async def open_store(cfg: AgentConfig, hooks: StoreHooks) -> AgentStore:
+    """Open (or create) ``<state_dir>/events.db`` for ``cfg.node`` with ``hooks``.
 
     Raises:
         StoreError: as :meth:`EventStore.open`.
     """
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-    store = await AgentStore.open(cfg.store_path, node=cfg.node)
-    assert isinstance(store, AgentStore)
-    store.crash = CrashPoint.from_env()  # None unless the crash suite set it
-    return store
+    return await AgentStore.open_with(cfg.store_path, node=cfg.node, hooks=hooks)
 
 
 async def rebuild(store: EventStore, proj: Projections, risk: RiskEngine
@@ -217,7 +157,7 @@ def feed_key(cfg: AgentConfig, bot: LoadedBot) -> FeedKey:
     return FeedKey(src.dataset, src.symbol or c.symbols[0], src.speed, src.loop)
 
 
-def status_of(slots: dict[str, BotSlot]) -> dict[str, Any]:
+def status_of(slots: Mapping[str, BotSlot]) -> dict[str, Any]:
     """Bots for the ``status`` reply: state, restarts, reason."""
     return {n: {"state": s.state.value, "restarts": s.total_restarts, "reason": s.reason,
                 "account": s.spec.account}

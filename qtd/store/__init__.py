@@ -47,7 +47,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import aiosqlite
 import msgspec
@@ -58,7 +58,7 @@ from qtd.store import integrity, sqlitefile
 from qtd.store.sqlitefile import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "BulkAppender", "EventStore",
-           "Row", "StoreInfo", "event_row", "integrity"]
+           "Row", "StoreInfo", "StoreParts", "event_row", "integrity"]
 
 _INSERT: Final = (
     "INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload, crc, "
@@ -94,6 +94,20 @@ def event_row(event: Event) -> Row:
     )
 
 
+class StoreParts(NamedTuple):
+    """An opened store file: the arguments of :class:`EventStore`'s constructor."""
+
+    db: aiosqlite.Connection
+    path: Path
+    node: str
+    incarnation: str
+    last_seq: int
+    readonly: bool
+    lock_fd: int | None
+    created_ns: int
+    head: bytes
+
+
 class EventStore:
     """Append-only event store on one SQLite file (use :meth:`open`, not the constructor).
 
@@ -106,7 +120,7 @@ class EventStore:
 
     def __init__(
         self, db: aiosqlite.Connection, path: Path, node: str, incarnation: str, last_seq: int,
-        *, readonly: bool, lock_fd: int | None, created_ns: int = 0, head: bytes = b"",
+        readonly: bool, lock_fd: int | None, created_ns: int = 0, head: bytes = b"",
     ) -> None:
         self._db = db
         self.path = path
@@ -147,6 +161,14 @@ class EventStore:
                 be opened (permissions, read-only disk). The file is never modified in these
                 cases.
         """
+        return cls(*await cls.open_parts(path, node=node, readonly=readonly))
+
+    @staticmethod
+    async def open_parts(
+        path: str | os.PathLike[str], *, node: str | None = None, readonly: bool = False
+    ) -> StoreParts:
+        """What :meth:`open` builds a store from (a subclass with its own constructor
+        arguments calls this, then its constructor). Checks and raises as :meth:`open`."""
         p = Path(path)
         if p.exists():
             sqlitefile.check_header(p)
@@ -167,8 +189,7 @@ class EventStore:
             await db.close()
             sqlitefile.unlock(lock_fd, p)
             raise
-        return cls(db, p, node_, inc, last, readonly=readonly, lock_fd=lock_fd,
-                   created_ns=created, head=head)
+        return StoreParts(db, p, node_, inc, last, readonly, lock_fd, created, head)
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file (writers only) and close."""
@@ -357,6 +378,34 @@ class EventStore:
         the appender is closed)."""
         self._check_writable()
         return BulkAppender(self)
+
+    def seal_batch(self, events: Sequence[Event]) -> tuple[list[tuple[object, ...]], bytes]:
+        """Rows of pre-sequenced ``events`` chained after the last stored row, and the new
+        chain head (for :class:`BulkAppender`, which commits them itself).
+
+        Raises:
+            StoreError: the store does not take writes (read-only, or failed).
+        """
+        self._check_writable()
+        return integrity.seal([event_row(e) for e in events], self._head)
+
+    def batch_committed(self, last_seq: int, head: bytes) -> None:
+        """Record a batch sealed by :meth:`seal_batch` as committed."""
+        self.last_seq, self._head = last_seq, head
+
+    def write_failed(self, exc: sqlite3.Error) -> StoreError:
+        """Refuse further writes after ``exc``; returns the error to raise."""
+        return self._fail(exc)
+
+    def clear_failure(self) -> None:
+        """Take writes again after a failed write (the next write decides whether the
+        failure is over; by default a failed store refuses writes until reopened)."""
+        self._failed = None
+
+    async def set_query_only(self, on: bool) -> None:
+        """Switch SQLite's ``PRAGMA query_only`` on this connection (test-only read-only
+        faults: a genuine ``SQLITE_READONLY`` on the next write)."""
+        await self._db.execute_fetchall(f"PRAGMA query_only={'ON' if on else 'OFF'}")
 
     def _check_writable(self) -> None:
         if self.readonly:
@@ -560,8 +609,7 @@ class BulkAppender:
 
     def _write(self, events: list[Event], sync: bool) -> None:  # in the appender's thread
         store = self.store
-        store._check_writable()
-        rows, head = integrity.seal([event_row(e) for e in events], store._head)
+        rows, head = store.seal_batch(events)
         try:
             con = self._con
             if con is None:
@@ -580,8 +628,8 @@ class BulkAppender:
                     con.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise store._fail(exc) from exc
-        store.last_seq, store._head = events[-1].seq, head
+            raise store.write_failed(exc) from exc
+        store.batch_committed(events[-1].seq, head)
 
 
 @functools.lru_cache(maxsize=8)

@@ -33,8 +33,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from qtd.agent.storefault import StoreFaults
-from qtd.agent.wiring import AgentStore
 from qtd.bus import BusConfig, EmbeddedNatsServer, connect
 from qtd.errors import StoreError
 from qtd.events import (
@@ -49,6 +47,7 @@ from qtd.events import (
 )
 from qtd.leader.daemon import Leader, start_leader
 from qtd.store import EventStore
+from qtd.store.agentstore import AgentStore, StoreHooks
 from tests import factories
 from tests.agent_rig import (
     seq_above,
@@ -287,14 +286,22 @@ async def test_store_buffers_in_order_refuses_intents_and_writes_first_on_recove
     intent is refused, everything else is kept with the seq it will have and is neither
     written nor published; on recovery it is written first, in order, then published."""
     flag = tmp_path / "ro"
-    store = await AgentStore.open(tmp_path / "events.db", node=NODE)
-    assert isinstance(store, AgentStore)
-    faults = StoreFaults(store, probe_s=0.02, readonly_flag=str(flag))
-    store.faults = faults
     tripped: list[str] = []
-    faults.on_fault = lambda exc: tripped.append(str(exc))
     published: list[int] = []
-    store.listener = lambda evs: published.extend(e.seq for e in evs)
+
+    class Policy:
+        def on_fault(self, exc: StoreError, detected_ns: int) -> None:
+            tripped.append(str(exc))
+
+        async def on_recover(self, written: int, faulted_s: float) -> None:
+            pass
+
+    store = await AgentStore.open_with(
+        tmp_path / "events.db", node=NODE, hooks=StoreHooks(
+            listener=lambda evs: published.extend(e.seq for e in evs), faults=Policy(),
+            probe_s=0.02, readonly_flag=str(flag)))
+    faults = store.faults
+    assert faults is not None
     try:
         await store.append(factories.intent("c1"))
         flag.touch()
