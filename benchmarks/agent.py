@@ -40,7 +40,7 @@ from typing import Any
 
 from qtd.admit.instruments import INSTRUMENTS, Instrument
 from qtd.agent.config import load_agent_config
-from qtd.agent.daemon import Agent
+from qtd.agent.daemon import Agent, build_agent
 from qtd.bus import EmbeddedNatsServer, connect, ensure_jetstream
 from qtd.bus.config import BusConfig
 from qtd.feeds import Bar
@@ -102,8 +102,7 @@ def write_fleet(root: Path, url: str, every: int) -> Path:
 class AckClock:
     """Records when each seq became durable (store listener) and when JetStream acked it."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self) -> None:
         self.appended: dict[int, float] = {}
         self.acked: dict[int, float] = {}
         self.sent: dict[int, float] = {}
@@ -114,8 +113,6 @@ class AckClock:
         if self.recording:
             for ev in events:
                 self.appended[ev.seq] = now
-        assert self.agent.link is not None
-        self.agent.link.offer(events)
 
     def observe(self, what: str, seq: int) -> None:
         """The outbox's observer: ``("sent" | "acked", seq)``."""
@@ -202,12 +199,11 @@ async def run(args: argparse.Namespace) -> int:
         ref50, ref99, ref_rate = await bare_reference(server.url)
         cfg = load_agent_config(write_fleet(root, server.url, args.trade_every))
         bars = synthetic_bars(int(BARS_PER_S * (args.duration + args.outage + 60)))
-        agent = Agent(cfg, items={"goog_1d": bars})
+        clock = AckClock()
+        agent = await build_agent(cfg, items={"goog_1d": bars}, on_stored=clock.on_append)
         task = asyncio.create_task(agent.run())
         await asyncio.wait_for(agent.ready.wait(), 60)
         assert agent.link is not None and agent.link.outbox is not None
-        clock = AckClock(agent)
-        agent.store.listener = clock.on_append
         agent.link.outbox.observer = clock.observe
         await asyncio.sleep(2)  # warm up
         lag: list[float] = []

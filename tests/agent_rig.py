@@ -16,8 +16,9 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from qtd.agent.config import AgentConfig, load_agent_config
-from qtd.agent.daemon import Agent
+from qtd.agent.daemon import Agent, build_agent
 from qtd.bus import EVENTS_STREAM
+from qtd.clock import Clock
 from qtd.events import AnyEvent, from_json
 from qtd.feeds import Bar
 from qtd.store import EventStore
@@ -130,14 +131,14 @@ def synthetic_bars(n: int, symbol: str = "GOOG", start: int = 1_600_000_000_000_
 
 
 @contextlib.asynccontextmanager
-async def running_agent(cfg: AgentConfig | Path | Agent, *,
+async def running_agent(cfg: AgentConfig | Path, *, clock: Clock | None = None,
                         items: dict[str, list[Any]] | None = None,
                         timeout_s: float = 20.0) -> AsyncIterator[Agent]:
-    """An agent running in this event loop (from a config, or built by the caller, e.g.
-    with a simulated clock); stopped (cleanly) on exit."""
+    """An agent built from a config (optionally with a simulated clock) and running in
+    this event loop; stopped (cleanly) on exit."""
     if isinstance(cfg, Path):
         cfg = load_agent_config(cfg)
-    agent = cfg if isinstance(cfg, Agent) else Agent(cfg, items=items)
+    agent = await build_agent(cfg, clock=clock, items=items)
     task = asyncio.create_task(agent.run(), name="agent")
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=timeout_s,

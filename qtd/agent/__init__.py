@@ -1,7 +1,15 @@
 """The per-server agent daemon: supervised bots, telemetry over NATS, control, fail-safe.
 
 * :mod:`qtd.agent.config` — :class:`AgentConfig` (``etc/agent.toml``).
-* :mod:`qtd.agent.daemon` — :class:`Agent`: start-up order, task group, shutdown.
+* :mod:`qtd.agent.daemon` — :func:`~qtd.agent.daemon.build_agent` and the agent: start-up
+  order, task group, shutdown (only the CLI imports it).
+* :mod:`qtd.agent.kernel` — the immutable kernel (store, projections, risk engine, router,
+  clock), built before any service.
+* :mod:`qtd.agent.ports` — the narrow interfaces services are built with; services:
+  :mod:`~qtd.agent.bots`, :mod:`~qtd.agent.schedule`, :mod:`~qtd.agent.deploy_watch`
+  (deploys and canary), :mod:`~qtd.agent.reconciling`, :mod:`~qtd.agent.loops`
+  (telemetry, kill file), :mod:`~qtd.agent.commands` (control),
+  :mod:`~qtd.agent.storefault`, :mod:`~qtd.agent.storebehind`.
 * :mod:`qtd.agent.control` — the control protocol over NATS, :func:`send_kill` (for ``qtd
   kill`` and the leader); its messages are in :mod:`qtd.control`.
 * :mod:`qtd.agent.accounts` — broker accounts: credentials, adapters, parallel start-up.

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,10 @@ from qtd.quality.canary import CanaryConfig, CanaryDecision, CanaryRollout, Cana
 from qtd.runner import BotRunner, BotState
 
 if TYPE_CHECKING:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.kernel import Kernel
+    from qtd.agent.ports import CandidateHost
+
+Promote = Callable[[BotSlot, DeployVersion, Admission, Path], Awaitable[str]]
 
 log = logging.getLogger("qtd.agent.canary")
 
@@ -151,12 +155,19 @@ class CanaryRamps:
     """The agent's canaries, one per bot at most (module docstring).
 
     Args:
-        agent: the running agent (store, router, risk engine, projections, feeds).
+        kernel: the agent's kernel (store, router, risk engine, projections, brokers).
+        bots: the bots (a candidate is a second runner of one).
         cfg: ``[canary]`` of the agent config.
+        promote: makes a candidate that held 100 % the bot's version
+            (:meth:`qtd.agent.deploy_watch.DeployWatch.promote`).
+        polled: True once the deploy watch read the desired versions (orphans are
+            looked for only then).
     """
 
-    def __init__(self, agent: Agent, cfg: CanaryConfig) -> None:
-        self.agent, self.cfg = agent, cfg
+    def __init__(self, kernel: Kernel, bots: CandidateHost, cfg: CanaryConfig,
+                 promote: Promote, polled: Callable[[], bool]) -> None:
+        self.k, self.bots, self.cfg = kernel, bots, cfg
+        self._promote, self._polled = promote, polled
         self.plan = cfg.plan()
         self.active: dict[str, Canary] = {}
         """incumbent bot -> its running candidate."""
@@ -209,7 +220,7 @@ class CanaryRamps:
         """Run admitted version ``v`` as ``slot``'s candidate at the first share (or resume
         its stored rollout). Returns ``"canary"``, or ``"refused"`` for a candidate this
         node already rolled back."""
-        agent, name, now = self.agent, slot.name, self.agent.clock.now_ns()
+        k, name, now = self.k, slot.name, self.k.clock.now_ns()
         rec = self._load(name)
         if rec is not None and rec.content_hash == adm.content_hash \
                 and rec.state.status == "rolled_back":
@@ -236,30 +247,30 @@ class CanaryRamps:
             c.inherited = rec.inherited
         self.orphans.discard(cname)
         self.held_back.pop(name, None)
-        agent.risk.bind_profiles({cname: name})  # the bot's strategy limits
-        agent.bot_feed[cname] = agent.bot_feed[name]
+        k.risk.bind_profiles({cname: name})  # the bot's strategy limits
+        self.bots.share_feed(cname, name)
         self.active[name] = c
         await self._record(c, ramp.state.decisions[-1] if not resumed else CanaryDecision(
             ts_ns=now, action="start", step=ramp.state.step, fraction=ramp.allocation,
             observations=0, reason=f"resumed at {ramp.allocation:.0%} after a restart"))
         await self._shift(c)  # before the candidate's runner exists: it is seeded after
-        c.task = agent.spawn(f"bot:{cname}", self._run_candidate(c))
+        c.task = self.bots.spawn(f"bot:{cname}", self._run_candidate(c))
         self._save(c)
         return "canary"
 
     async def _run_candidate(self, c: Canary) -> None:
-        agent, cslot = self.agent, c.cslot
-        runner = cslot.runner = agent._make_runner(cslot)
+        bots, cslot = self.bots, c.cslot
+        runner = cslot.runner = bots.build_runner(cslot)
         cslot.state = BotState.RUNNING
-        stop = asyncio.ensure_future(agent.stop.wait())
+        stop = asyncio.ensure_future(bots.stopping.wait())
         stop.add_done_callback(lambda _: runner.request_stop())
         try:
-            state = await runner.run(agent._subscribe(cslot.name))
+            state = await runner.run(bots.subscribe(cslot.name))
         finally:
             stop.cancel()
-            agent.unsubscribe(cslot.name)
+            bots.unsubscribe(cslot.name)
         cslot.state = state
-        if not c.ending and not agent.stop.is_set():
+        if not c.ending and not bots.stopping.is_set():
             err = runner.error
             why = f"{err.error_type} in {err.hook}: {err.message}" if err else state.value
             await self._end(c, "rollback", f"the candidate stopped: {why}")
@@ -273,7 +284,7 @@ class CanaryRamps:
             try:
                 await self.check_once()
             except StoreError:
-                raise  # nothing can be recorded: the agent stops (Agent._guard)
+                raise  # nothing can be recorded: the agent stops (qtd.agent.tasks.AgentTasks)
             except Exception:  # a bug or a venue error: logged; the next pass tries again
                 log.exception("canary: check failed")
 
@@ -289,14 +300,14 @@ class CanaryRamps:
                 if self.active.get(name) is not c:
                     continue  # ended while the transfer was stored
             self._observe(c)
-            d = c.ramp.decide(self.agent.clock.now_ns())
+            d = c.ramp.decide(self.k.clock.now_ns())
             if d is not None:
                 await self._decided(c, d)
             elif name in self.active:
                 self._save(c)
         for c in list(self.ending.values()):
             await self._finish(c)
-        if not self._swept and getattr(getattr(self.agent, "deploys", None), "polled", False):
+        if not self._swept and self._polled():
             self._swept = True
             self._find_orphans()
         for cname in list(self.orphans):
@@ -321,7 +332,7 @@ class CanaryRamps:
             return
         rec.state.status = "rolled_back"
         self._write(bot, rec)
-        runner = self.agent.supervisor.runner(bot)
+        runner = self.bots.runner(bot)
         if runner is not None:
             runner.ctx.share = Decimal(1)
 
@@ -338,7 +349,7 @@ class CanaryRamps:
         lot = self._lot(spec.account, spec.symbols)
         moves = []
         for sym in spec.symbols:
-            pos = self.agent.proj.position(spec.name, spec.account, sym)
+            pos = self.k.proj.position(spec.name, spec.account, sym)
             if pos is None or not pos.qty:
                 continue
             keep = self._keep(pos, inc.ctx.targets.get(sym) if inc is not None else None,
@@ -385,15 +396,15 @@ class CanaryRamps:
         return keep
 
     def _busy(self, bot: str) -> bool:
-        return next(iter(self.agent.proj.orders.open_orders(bot=bot)), None) is not None
+        return next(iter(self.k.proj.orders.open_orders(bot=bot)), None) is not None
 
     def _transfer(self, pos: Position, to_bot: str, qty: Decimal, reason: str
                   ) -> PositionTransfer:
         """A transfer of signed ``qty`` of ``pos`` to ``to_bot`` at ``pos``'s average cost."""
         cost = pos.copy().give(qty)  # what the projections will move, exactly
-        now = self.agent.clock.now_ns()
+        now = self.k.clock.now_ns()
         return PositionTransfer(
-            node=self.agent.node, bot=pos.bot, ts_event=now, ts_init=now,
+            node=self.k.node, bot=pos.bot, ts_event=now, ts_init=now,
             account=pos.account, symbol=pos.symbol, from_bot=pos.bot, to_bot=to_bot,
             qty=qty, cost=cost, price=cost / qty, currency=pos.currency,
             transfer_id=f"{pos.bot}>{to_bot}:{pos.account}:{pos.symbol}:{now}",
@@ -402,22 +413,22 @@ class CanaryRamps:
     async def _store(self, moves: list[PositionTransfer]) -> list[PositionTransfer]:
         if not moves:
             return []
-        stored = await self.agent.store.append_many(moves)
+        stored = await self.k.store.append_many(moves)
         return [e for e in stored if isinstance(e, PositionTransfer)]
 
     def _apply(self, stored: list[PositionTransfer]) -> None:
         """Apply stored transfers to the projections, the risk engine and the runners of
         both bot ids (synchronously: no bar is handled in between)."""
-        agent = self.agent
+        k = self.k
         for tr in stored:
-            if agent.proj.apply(tr) is not ApplyResult.APPLIED:
+            if k.proj.apply(tr) is not ApplyResult.APPLIED:
                 log.error("canary: transfer %s not applied: %s", tr.transfer_id,
-                          agent.proj.anomalies[-1][1] if agent.proj.anomalies else "",
+                          k.proj.anomalies[-1][1] if k.proj.anomalies else "",
                           extra={"bot": tr.from_bot})
                 continue
-            agent.risk.on_event(tr)
+            k.risk.on_event(tr)
             for b in (tr.from_bot, tr.to_bot):
-                r = agent.supervisor.runner(b) or self.runner(b)
+                r = self.bots.runner(b) or self.runner(b)
                 if r is not None:
                     r.ctx.apply_transfer(tr)
             log.info("canary: moved %s %s from %s to %s at %s (no order)", tr.qty, tr.symbol,
@@ -427,12 +438,12 @@ class CanaryRamps:
         """Transfer everything ``cname`` holds to its bot (no order); False while it has
         an open order. A bot no longer configured here: flattened reduce-only instead."""
         bot = cname[:-len(SUFFIX)]
-        if bot not in self.agent.supervisor.slots:
+        if bot not in self.bots.slots:
             return await self._flatten(cname)
         if self._busy(cname):
             return False
         moves = [self._transfer(pos, bot, pos.qty, f"canary ended: {cname} -> {bot}")
-                 for (b, _a, _s), pos in list(self.agent.proj.positions.items())
+                 for (b, _a, _s), pos in list(self.k.proj.positions.items())
                  if b == cname and pos.qty]
         self._apply(await self._store(moves))
         return True
@@ -440,11 +451,11 @@ class CanaryRamps:
     def _unsafe(self, c: Canary) -> str:
         """Why the candidate must stop now ("" when it may run): its bot REDUCING or
         HALTED, any scope of its orders HALTED (kill switch), or the bot not running."""
-        name, states, spec = c.slot.name, self.agent.risk.states, c.slot.spec
+        name, states, spec = c.slot.name, self.k.risk.states, c.slot.spec
         st = states.get(Scope.STRATEGY, name)
         if st is not TradingState.ACTIVE:
             return f"bot {name} is {st.value}: the candidate is stopped"
-        now = self.agent.clock.now_ns()
+        now = self.k.clock.now_ns()
         for sym in spec.symbols:
             st, scope, key = states.effective(spec.account, canary_bot(name), sym, now)
             if st is TradingState.HALTED:
@@ -457,20 +468,20 @@ class CanaryRamps:
              ) -> tuple[float, float]:
         realized = unrealized = Decimal(0)
         for sym in symbols:
-            pos = self.agent.proj.position(bot, spec_account, sym)
+            pos = self.k.proj.position(bot, spec_account, sym)
             if pos is None:
                 continue
-            mark = self.agent.risk.marks.get(sym)
+            mark = self.k.risk.marks.get(sym)
             realized += pos.net_realized
             unrealized += pos.unrealized(mark.price if mark is not None else None)
         return float(realized), float(unrealized)
 
     def _observe(self, c: Canary) -> None:
         spec = c.cslot.spec
-        if not any(self.agent.proj.position(spec.name, spec.account, s) is not None
+        if not any(self.k.proj.position(spec.name, spec.account, s) is not None
                    for s in spec.symbols):
             return  # not traded yet: no evidence
-        marks = [self.agent.risk.marks.get(s) for s in spec.symbols]
+        marks = [self.k.risk.marks.get(s) for s in spec.symbols]
         ts = max((m.ts_ns for m in marks if m is not None), default=-1)
         if ts == c.seen_ts:
             return  # no new market data: no observation (a closed market is not evidence)
@@ -481,7 +492,7 @@ class CanaryRamps:
             c.index *= 1.0 + (pnl - c.pnl_prev) / base if base > 0 else 1.0
             c.index = max(c.index, 1e-12)
         c.pnl_prev = pnl
-        c.ramp.observe(self.agent.clock.now_ns(), c.index * c.capital)
+        c.ramp.observe(self.k.clock.now_ns(), c.index * c.capital)
 
     async def _decided(self, c: Canary, d: CanaryDecision) -> None:
         await self._record(c, d)
@@ -513,7 +524,7 @@ class CanaryRamps:
             c.ramp.state.status = "rolled_back"
         if not recorded:
             sharpe, dd = c.ramp.figures()
-            now = self.agent.clock.now_ns()
+            now = self.k.clock.now_ns()
             d = CanaryDecision(ts_ns=now, action="rollback", step=c.ramp.state.step,
                                fraction=0.0, observations=c.ramp.state.step_obs,
                                sharpe=sharpe, drawdown=dd, reason=reason)
@@ -525,7 +536,7 @@ class CanaryRamps:
         runner = c.cslot.runner
         if runner is not None:
             runner.request_stop()
-        await self.agent.router.cancel_open(bot=c.cslot.name, reason=f"canary {how}")
+        await self.k.router.cancel_open(bot=c.cslot.name, reason=f"canary {how}")
         await self._finish(c)
 
     async def _finish(self, c: Canary) -> None:
@@ -542,7 +553,7 @@ class CanaryRamps:
             return
         moves = [self._transfer(pos, name, pos.qty, f"canary {c.ending}: "
                                 f"{c.cslot.name} -> {name}")
-                 for (b, _a, _s), pos in list(self.agent.proj.positions.items())
+                 for (b, _a, _s), pos in list(self.k.proj.positions.items())
                  if b == c.cslot.name and pos.qty]
         stored = await self._store(moves)
         if self.ending.get(name) is not c:
@@ -553,7 +564,7 @@ class CanaryRamps:
         # runner never handles a bar with the moved position under the old split
         self._apply(stored)
         if c.ending == "promote":
-            await self.agent.deploys.promote(c.slot, c.v, c.adm, c.cfg_path)
+            await self._promote(c.slot, c.v, c.adm, c.cfg_path)
         elif c.slot.runner is not None:
             c.slot.runner.ctx.share = Decimal(1)
         log.info("canary: %s ended (%s); %s trades the whole allocation", c.cslot.name,
@@ -566,37 +577,37 @@ class CanaryRamps:
             return await self._flatten_once(cname)
 
     async def _flatten_once(self, cname: str) -> bool:
-        agent = self.agent
-        if next(iter(agent.proj.orders.open_orders(bot=cname)), None) is not None:
+        k = self.k
+        if next(iter(k.proj.orders.open_orders(bot=cname)), None) is not None:
             return False
         bot, done = cname[:-len(SUFFIX)], True
-        for (b, account, sym), pos in list(agent.proj.positions.items()):
+        for (b, account, sym), pos in list(k.proj.positions.items()):
             if b != cname or not pos.qty:
                 continue
             done = False
-            st, scope, key = agent.risk.states.effective(account, cname, sym,
-                                                         agent.clock.now_ns())
+            st, scope, key = k.risk.states.effective(account, cname, sym,
+                                                         k.clock.now_ns())
             own_halt = st is TradingState.HALTED and scope is Scope.STRATEGY and key == cname
-            if agent.risk.states.get(Scope.STRATEGY, bot) is TradingState.HALTED or \
+            if k.risk.states.get(Scope.STRATEGY, bot) is TradingState.HALTED or \
                     (st is TradingState.HALTED and not own_halt):
                 continue  # a halt of the bot, account or fleet holds: flattened once lifted
-            slot = agent.supervisor.slots.get(bot)
-            venue = slot.spec.venue if slot is not None else agent.cfg.accounts[account].broker
+            slot = self.bots.slots.get(bot)
+            venue = slot.spec.venue if slot is not None else k.cfg.accounts[account].broker
             req = OrderRequest(
                 bot=cname, account=account, venue=venue, symbol=sym,
                 side=Side.SELL if pos.qty > 0 else Side.BUY, qty=abs(pos.qty),
                 order_type=OrderType.MARKET, reduce_only=True,
                 decision_price=pos.last_price, reason="canary ended: flatten")
             if own_halt:  # only the candidate is halted (a breaker, or an operator halting
-                agent.risk.allow_flatten(req)  # it): its cleanup still goes, reduce-only
-            await agent.router.submit(req)
+                k.risk.allow_flatten(req)  # it): its cleanup still goes, reduce-only
+            await k.router.submit(req)
         return done
 
     def _find_orphans(self) -> None:
         """Positions of candidates no rollout owns (an agent restarted mid-canary whose
         desired version changed) and rollouts a restart interrupted: flattened
         reduce-only, then the incumbent gets its whole allocation back."""
-        for (b, _acct, _sym), pos in self.agent.proj.positions.items():
+        for (b, _acct, _sym), pos in self.k.proj.positions.items():
             if b.endswith(SUFFIX) and pos.qty and not self.is_active(b[:-len(SUFFIX)]):
                 log.warning("canary: %s still holds %s %s from an earlier rollout: "
                             "flattening it", b, pos.qty, _sym, extra={"bot": b})
@@ -608,19 +619,19 @@ class CanaryRamps:
     # --- records --------------------------------------------------------------------------
 
     async def _record(self, c: Canary, d: CanaryDecision) -> None:
-        agent = self.agent
+        k = self.k
         realized, unrealized = self._pnl(c.cslot.name, c.cslot.spec.account,
                                          c.cslot.spec.symbols)
-        now = agent.clock.now_ns()
-        await agent.store.append(CanaryStep(
-            node=agent.node, bot=c.slot.name, ts_event=d.ts_ns, ts_init=now, action=d.action,
+        now = k.clock.now_ns()
+        await k.store.append(CanaryStep(
+            node=k.node, bot=c.slot.name, ts_event=d.ts_ns, ts_init=now, action=d.action,
             step=d.step, fraction=d.fraction, version=c.v.version,
             content_hash=c.adm.content_hash, running_hash=c.ramp.state.old_hash,
             canary_bot=c.cslot.name, sharpe=d.sharpe, drawdown=d.drawdown, realized=realized,
             unrealized=unrealized - c.inherited, reason=d.reason[:4000]))
 
     def _path(self, bot: str) -> Path:
-        return deploy_dir(self.agent.cfg.state_dir, bot) / STATE_FILE
+        return deploy_dir(self.k.cfg.state_dir, bot) / STATE_FILE
 
     def _save(self, c: Canary) -> None:
         self._write(c.slot.name, CanaryRecord(version=c.v.version,
@@ -646,7 +657,7 @@ class CanaryRamps:
     def _capital(self, slot: BotSlot) -> float:
         if self.cfg.capital > 0:
             return self.cfg.capital
-        rcfg = self.agent.risk.cfg
+        rcfg = self.k.risk.cfg
         limits = rcfg.strategies.get(slot.name, rcfg.strategy_defaults)
         if limits is not None and limits.max_position_notional:
             return float(limits.max_position_notional)
@@ -655,7 +666,7 @@ class CanaryRamps:
 
     def _lot(self, account: str, symbols: tuple[str, ...]) -> Decimal:
         """The largest lot of the bot's symbols (rounding down to it is safe for all)."""
-        rules = getattr(self.agent.brokers.get(account), "rules", {}) or {}
+        rules = getattr(self.k.brokers.get(account), "rules", {}) or {}
         lots = []
         for sym in symbols:
             if sym in self.cfg.lots:

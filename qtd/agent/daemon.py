@@ -16,6 +16,11 @@ admitted); 8. start bots under the supervisor — a bot whose session is closed 
 open (:mod:`qtd.agent.schedule`) — then the market data feeds (replays; live feeds for bots
 on venue accounts); 9. ``READY=1`` to systemd.
 
+Build, then run: :func:`build_agent` does steps 1-5 (:func:`qtd.agent.kernel.build_kernel`:
+an immutable :class:`~qtd.agent.kernel.Kernel`) and builds every service from it with the
+narrow interfaces it needs (:mod:`qtd.agent.ports`); :meth:`Agent.run` does steps 6-9 in one
+task group (:class:`~qtd.agent.tasks.AgentTasks`) and the shutdown.
+
 Shutdown (SIGTERM/SIGINT set :attr:`Agent.stop`): ``STOPPING=1``; bots stop at a safe point;
 open orders are cancelled if ``on_shutdown = "cancel"``; the final outbox flush and the NATS
 drain run with ``shutdown_timeout_s``; every remaining task is cancelled; the store closes.
@@ -26,273 +31,231 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Coroutine, Mapping
-from decimal import Decimal
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from qtd import sdnotify
-from qtd.agent import loops, storebehind
-from qtd.agent.accounts import (
-    account_symbols,
-    close_brokers,
-    connect_account,
-    live_feed_for,
-    open_accounts,
-)
-from qtd.agent.canary import CanaryRamps
+from qtd.admit.config import LoadedBot
+from qtd.agent.accounts import account_symbols, close_brokers, connect_account
+from qtd.agent.bots import Admitted, Bots
+from qtd.agent.commands import Control
 from qtd.agent.config import AgentConfig
-from qtd.agent.crashpoint import CrashPoint
-from qtd.agent.deploy_watch import DeployWatch, adopt
-from qtd.agent.link import BusLink, Outlet
-from qtd.agent.market import FeedKey, LiveFanout, ReplayFeed
-from qtd.agent.reconciling import AccountReconciler, start_reconciler
-from qtd.agent.routed import RoutedBot, routed_bots
-from qtd.agent.schedule import Schedule, SessionPlan, plan_for
-from qtd.agent.storefault import (
-    READONLY_ENV,
-    StoreFaultHalt,
-    StoreFaultService,
-    ignore_sigxfsz,
-)
-from qtd.agent.supervisor import BotSlot, Supervisor
+from qtd.agent.deploy_watch import Rollouts
+from qtd.agent.kernel import Kernel, build_kernel
+from qtd.agent.link import BusLink
+from qtd.agent.loops import KillFileWatch, Telemetry
+from qtd.agent.market import FeedKey
+from qtd.agent.reconciling import AccountReconcilers
+from qtd.agent.routed import routed_bots
+from qtd.agent.schedule import Schedule, plan_for
+from qtd.agent.storebehind import StoreBehindRefusal
+from qtd.agent.storefault import StoreFaultService
+from qtd.agent.supervisor import BotSlot
+from qtd.agent.tasks import AgentTasks
 from qtd.agent.telemetry import FailSafe
-from qtd.agent.wiring import (
-    admit_bots,
-    bot_files,
-    bot_symbols,
-    feed_key,
-    open_store,
-    rebuild,
-    risk_config_for,
-)
-from qtd.brokers.base import Broker, fed_by_prices
-from qtd.brokers.paper import PaperBroker
-from qtd.bus import DEFAULT_PREFIX, Subjects
+from qtd.agent.wiring import admit_bots, bot_files, bot_symbols, feed_key
+from qtd.brokers.base import Broker
 from qtd.clock import Clock, LiveClock
-from qtd.errors import ConfigError, StoreError
-from qtd.events import Fill, Scope, TradingState
-from qtd.execution import OrderRouter
+from qtd.errors import StoreError
+from qtd.events import AnyEvent, Fill
 from qtd.feeds import MarketData
-from qtd.orders import ClientOrderIds
-from qtd.projections import Projections, TradingDay
-from qtd.reconcile import reconcile_account, restore_paper_broker
-from qtd.risk import RiskEngine, load_risk_config
-from qtd.runner import BotRunner, BotState
-from qtd.store.agentstore import AgentStore, StoreHooks
-from qtd.strategy import CancelAll
+from qtd.reconcile import reconcile_account
+from qtd.recovery import StoreBehind
+from qtd.runner import BotRunner
 
 log = logging.getLogger("qtd.agent")
 
 
-class Agent:
-    """One agent process (see the module docstring).
+async def build_agent(cfg: AgentConfig, *, clock: Clock | None = None,
+                      items: Mapping[str, list[MarketData]] | None = None,
+                      stop: asyncio.Event | None = None,
+                      on_stored: Callable[[Sequence[AnyEvent]], None] | None = None) -> Agent:
+    """Steps 1-5 and every service, fully constructed; nothing runs yet.
 
     Args:
         cfg: the validated config.
         clock: UTC ns time (default wall clock).
         items: data set name → items, replacing bundled data (tests, benchmarks).
+        stop: the shutdown event (signal handlers installed before the build set it).
+        on_stored: also called with every batch of stored events (benchmarks).
+
+    Raises:
+        StoreError: the store cannot be opened or fails verification (it is closed
+            again, so the process exits instead of waiting on SQLite's thread).
+        ConfigError: the risk file does not fit the agent config.
+    """
+    kernel = await build_kernel(cfg, clock or LiveClock(), on_stored)
+    try:
+        return Agent(kernel, items=items, stop=stop)
+    except BaseException:
+        await close_brokers(kernel.brokers)
+        await kernel.store.close()
+        raise
+
+
+class Agent:
+    """One agent process (see the module docstring); built by :func:`build_agent`.
+
+    Args:
+        kernel: steps 1-5, done.
+        items: data set name → items, replacing bundled data (tests, benchmarks).
+        stop: the shutdown event (default: a new one).
+
+    The kernel's parts are also attributes under their own names (``store``, ``proj``,
+    ``risk``, ``router``, ``brokers``, ``failed_accounts``), as are the services' state
+    read by tests and tools (``supervisor``, ``feeds``, ``bot_feed``, ``refused``,
+    ``reconcilers``, ``schedule``, ``canary``, ``deploys``, ``link``).
     """
 
-    def __init__(self, cfg: AgentConfig, *, clock: Clock | None = None,
-                 items: Mapping[str, list[MarketData]] | None = None) -> None:
-        self.cfg, self.node = cfg, cfg.node
-        self.clock = clock or LiveClock()
-        self.items = dict(items or {})
-        self.subjects = Subjects(cfg.bus.prefix if cfg.bus is not None else DEFAULT_PREFIX)
-        self.stop = asyncio.Event()
+    def __init__(self, kernel: Kernel, *, items: Mapping[str, list[MarketData]] | None = None,
+                 stop: asyncio.Event | None = None) -> None:
+        k = self.kernel = kernel
+        cfg = self.cfg = k.cfg
+        self.node, self.clock, self.subjects = k.node, k.clock, k.subjects
+        self.store, self.proj, self.risk, self.router = k.store, k.proj, k.risk, k.router
+        self.brokers, self.failed_accounts = k.brokers, k.failed_accounts
+        self.stop = stop if stop is not None else asyncio.Event()
         self.ready = asyncio.Event()
-        self.link: BusLink | None = None
-        self.brokers: dict[str, Broker] = {}
-        self.failed_accounts: dict[str, str] = {}
-        self.reconcilers: dict[str, AccountReconciler] = {}  # venue accounts (reconciling)
-        self.feeds: dict[FeedKey, ReplayFeed] = {}
-        self.bot_feed: dict[str, FeedKey] = {}
-        self.refused: dict[str, list[str]] = {}
-        self.kv_kill = False
-        self.kills_applied: set[str] = set()
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._storing_reports = 0  # venue reports being stored by _consume right now
-        self._tg: asyncio.TaskGroup | None = None
+        self.tasks = AgentTasks()
         self._telemetry_stop = asyncio.Event()
-        self.outlet = Outlet()  # the store's listener: the link attaches its outbox
+        self._storing_reports = 0  # venue reports being stored by _consume right now
+        self.bots = Bots(k, self.tasks, self.stop, self._shape_runner, items or {})
+        self.supervisor, self.feeds = self.bots.supervisor, self.bots.feeds
+        self.bot_feed, self.refused = self.bots.bot_feed, self.bots.refused
+        self.store_behind = StoreBehindRefusal(k, self.tasks)
+        self.link = None if cfg.bus is None else BusLink(
+            cfg.bus, k.store, source=cfg.source, replicas=cfg.jetstream_replicas,
+            on_ready=self._on_bus_ready, on_store_behind=self._on_store_behind,
+            outlet=k.outlet)
+        self.rollouts = Rollouts(k, self.bots, self.link)  # deploys + canary, one owner
+        self.canary, self.deploys = self.rollouts.canary, self.rollouts.deploys
+        self.schedule = Schedule(k, self.bots, {}, cfg.schedule.poll_s)
+        self.failsafe = FailSafe(cfg.failsafe, cfg.leader_timeout_s, k.risk.states,
+                                 k.started_mono)
+        self.failsafe.adopt(k.last_global)
+        self.control = Control(k, self.bots, self.link, self.failsafe, self.schedule.status)
+        self.telemetry = Telemetry(k, self.bots, self.link, self.failsafe, self.control,
+                                   self.control.reload_file)
+        self.kill_file = KillFileWatch(k, self.control, self.tasks)
+        self.reconciliation = AccountReconcilers(k, self.tasks)
+        self.reconcilers = self.reconciliation.reconcilers
+        self.store_faults = StoreFaultService(k.fault_halt, k.store, k.router, self.link,
+                                              k.subjects.hb(k.node))
 
-    # --- start-up ---------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Steps 1-5: store, projections, engine, accounts, reconciliation."""
-        cfg = self.cfg
-        self.proj = Projections(TradingDay(cfg.trading_day.tz, cfg.trading_day.rollover),
-                                keep_terminal=cfg.terminal_orders_kept)
-        risk_cfg = risk_config_for(cfg, load_risk_config(cfg.risk))  # one trading day
-        self.risk = RiskEngine(risk_cfg, self.proj, self.clock, self.node)
-        ignore_sigxfsz()
-        self.fault_halt = StoreFaultHalt(self.risk, self.clock, self.node)
-        self.store: AgentStore = await open_store(cfg, StoreHooks(
-            listener=self.outlet.offer, faults=self.fault_halt,  # halt + buffer + probe
-            readonly_flag=os.environ.get(READONLY_ENV) or None, crash=CrashPoint.from_env()))
-        last_global = await rebuild(self.store, self.proj, self.risk)
-        self.brokers, self.failed_accounts = await open_accounts(
-            cfg, self.clock, bot_symbols(cfg, bot_files(cfg)))
-        for name, b in self.brokers.items():
-            if isinstance(b, PaperBroker):
-                restore_paper_broker(b, self.proj, Decimal(str(cfg.accounts[name].cash)))
-        self.router = OrderRouter(store=self.store, clock=self.clock, risk=self.risk,
-                                  cids=ClientOrderIds(self.store), brokers=self.brokers,
-                                  projections=self.proj)
-        for name in list(self.brokers):
-            try:
-                rec = await reconcile_account(self.router, self.brokers[name], self.clock)
-            except StoreError:
-                raise
-            except Exception as exc:
-                self.failed_accounts[name] = f"reconcile failed: {type(exc).__name__}: {exc}"
-                log.exception("account %s: reconciliation failed; its bots will not start",
-                              name, extra={"account": name})
-                del self.brokers[name]
-                continue
-            log.info("account %s reconciled: ok=%s resolved=%d", name, rec.ok,
-                     len(rec.resolved), extra={"account": name})
-        self.started_mono = self.loop_time()
-        self.failsafe = FailSafe(cfg.failsafe, cfg.leader_timeout_s, self.risk.states,
-                                 self.started_mono)
-        self.failsafe.adopt(last_global)
-        self.supervisor = Supervisor(cfg.restart, self._make_runner, self._subscribe,
-                                     self.store.append, self.node, self.clock.now_ns)
-        self.canary = CanaryRamps(self, cfg.canary)  # deploy --canary (qtd.agent.canary)
+    # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until :attr:`stop` is set; returns the exit status (0 after a clean stop).
-
-        Raises:
-            StoreError: the store cannot be opened or fails verification (it is closed
-                again, so the process exits instead of waiting on SQLite's thread).
-        """
+        """Run until :attr:`stop` is set; returns the exit status (0 after a clean stop)."""
         try:
-            await self.open()
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                await self._start(tg)
+            async with self.tasks.group():
+                await self._start()
                 await self.stop.wait()
                 await self._shutdown()
         finally:
             await self._close()
         return 0
 
-    async def _start(self, tg: asyncio.TaskGroup) -> None:
-        cfg = self.cfg
+    def request_shutdown(self) -> None:
+        """Begin a clean shutdown (signal handlers call this)."""
+        if not self.stop.is_set():
+            log.info("shutdown requested")
+        self.stop.set()
+
+    async def _start(self) -> None:
+        """Steps 6-9: store-fault answer, reports and reconcilers, the NATS link (waited
+        for at most ``bus_wait_s``), the kill file, the bots, then the periodic tasks."""
+        cfg, spawn = self.cfg, self.tasks.spawn
+        spawn("store-fault", self.store_faults.run())
         for name, broker in self.brokers.items():
-            self.spawn(f"reports:{name}", self._consume(broker))
-            start_reconciler(self, name)  # periodic + after reconnects, auto-flatten
-        if cfg.bus is not None:
-            self.link = BusLink(cfg.bus, self.store, source=cfg.source,
-                                replicas=cfg.jetstream_replicas, on_ready=self._on_bus_ready,
-                                on_store_behind=lambda exc: storebehind.refuse(self, exc),
-                                outlet=self.outlet)
-            self.spawn("bus", self.link.run(self._telemetry_stop))
+            spawn(f"reports:{name}", self._consume(broker))
+            self.reconciliation.start(name)  # periodic + after reconnects, auto-flatten
+        if self.link is not None:
+            spawn("bus", self.link.run(self._telemetry_stop))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.link.ready.wait(), cfg.bus_wait_s)
             if not self.link.ready.is_set():
                 log.warning("NATS not reachable within %.1f s: starting without it "
                             "(kill key read once it connects; kill file always on)",
                             cfg.bus_wait_s)
-        self.spawn("store-fault", StoreFaultService(
-            self.fault_halt, self.store, self.router, self.link,
-            self.subjects.hb(self.node)).run())
-        await loops.start_kill_file(self)
+        await self.kill_file.start()
         await self._start_bots()
         if self.failed_accounts:
-            self.spawn("accounts-retry", self._retry_accounts())
-        for name, coro in loops.telemetry_tasks(self).items():
-            self.spawn(name, coro)
-        self.deploys = DeployWatch(self)  # fleet deploys (qtd.deploy)
-        self.spawn("deploy-watch", self.deploys.run())
-        self.spawn("canary", self.canary.run())
+            spawn("accounts-retry", self._retry_accounts())
+        for name, coro in self.telemetry.tasks().items():
+            spawn(name, coro)
+        spawn("deploy-watch", self.deploys.run())  # fleet deploys (qtd.deploy)
+        spawn("canary", self.canary.run())  # deploy --canary (qtd.agent.canary)
         self.ready.set()
         sdnotify.ready(f"{len(self.supervisor.slots)} bots running")
         log.info("agent %s ready: %d bots, %d refused, accounts failed: %s", self.node,
                  len(self.supervisor.slots), len(self.refused),
                  ", ".join(self.failed_accounts) or "none")
 
+    async def _shutdown(self) -> None:
+        cfg = self.cfg
+        sdnotify.stopping("stopping bots")
+        self.supervisor.request_stop()
+        bots = self.tasks.running(prefixes=("bot:",))
+        if bots:
+            await asyncio.wait(bots, timeout=cfg.hook_budget_s * 2 + 1.0)
+        if cfg.on_shutdown == "cancel":
+            cids = [r.cid for r in self.proj.orders.open_orders()]
+            if cids:
+                sent = await self.router.cancel_many(cids, "agent shutdown")
+                log.info("shutdown: asked to cancel %d open orders", len(sent))
+                await asyncio.sleep(0.05)  # let the venue's cancel confirmations be stored
+        # Nothing may store events behind the final flush: stop market data first (a paper
+        # broker fills on the next bar, so no bars = no fills), then the tasks that act on
+        # their own. Venue reports keep being consumed until the link closes; anything a
+        # venue sends later is stored and published at the next start.
+        quiet = self.tasks.running(prefixes=("feed:", "reconcile:"),
+                                   names=("schedule", "deploy-watch", "canary"))
+        for task in quiet:
+            task.cancel()
+        if quiet:
+            await asyncio.wait(quiet, timeout=cfg.shutdown_timeout_s)
+        # a paper broker reports an order's fill with its ack: both were received before
+        # the final flush, so both are stored (and published) by it
+        await self._store_received_reports(cfg.shutdown_timeout_s)
+        self._telemetry_stop.set()
+        if self.link is not None:
+            pending = await self.link.close(cfg.shutdown_timeout_s)
+            log.info("shutdown: %d events not yet acknowledged by JetStream (kept in store)",
+                     pending)
+        self.tasks.cancel_all()
+
+    async def _close(self) -> None:
+        await close_brokers(self.brokers)
+        await self.store.close()
+
+    # --- bots -----------------------------------------------------------------------------
+
     async def _start_bots(self) -> None:
         cfg = self.cfg
         taken = {p.stem for p in bot_files(cfg)}
         routed, routed_refused = routed_bots(cfg, self.clock, bot_files(cfg), taken)
-        self.routed: dict[str, RoutedBot] = {r.name: r for r in routed}
-        slots, self.refused = await admit_bots(cfg, self.store, self.clock, set(self.brokers),
-                                               [r.path for r in routed])
-        self.refused.update(routed_refused)
-        slots = self._live_feeds(slots)
-        plans: dict[str, SessionPlan] = {}
+        self.bots.routed.update({r.name: r for r in routed})
+        slots, refused = await admit_bots(cfg, self.store, self.clock, set(self.brokers),
+                                          [r.path for r in routed])
+        self.bots.set_refused({**refused, **routed_refused})
+        self._admitted(self.bots.live_feeds(slots))
+
+    def _admitted(self, slots: Admitted) -> None:
+        """Plan the sessions of admitted bots, register and start them."""
         for slot, _loaded in slots:
-            route = self.routed.get(slot.name)
-            plan = plan_for(cfg, slot.name, route.rule if route else None)
+            route = self.bots.routed.get(slot.name)
+            plan = plan_for(self.cfg, slot.name, route.rule if route else None)
             if plan is not None:
-                plans[slot.name] = plan
-        self.schedule = Schedule(self, plans, cfg.schedule.poll_s)
-        self._add_bots(slots)
-        if self.schedule.plans:
-            self.spawn("schedule", self.schedule.run())
+                self.schedule.plans[slot.name] = plan
+        self.bots.add(slots, self._feed_key, self.schedule.may_start,
+                      lambda bot: self.schedule.plans[bot].name)
+        if self.schedule.plans and self.tasks.task("schedule") is None:
+            self.tasks.spawn("schedule", self.schedule.run())
 
-    def _add_bots(self, slots: list[tuple[BotSlot, Any]]) -> None:
-        """Register admitted bots (feeds, supervisor), start those that may run now, then
-        the feeds not running yet."""
-        # the engine checks each bot against the risk profile admission checked it against
-        self.risk.bind_profiles({slot.name: loaded.profile for slot, loaded in slots})
-        for slot, loaded in slots:
-            key = self.bot_feed.get(slot.name) or feed_key(self.cfg, loaded)
-            if key not in self.feeds:
-                self.feeds[key] = ReplayFeed(key, self._on_price, self.items.get(key.dataset))
-            self.bot_feed[slot.name] = key
-            self.supervisor.add(slot)
-        for slot in (slot for slot, _ in slots):
-            if self.risk.states.get(Scope.STRATEGY, slot.name) is TradingState.HALTED:
-                slot.state, slot.reason = BotState.HALTED, "HALTED before this start: resume it"
-                log.warning("bot %s not started: %s", slot.name, slot.reason,
-                            extra={"bot": slot.name})
-                continue
-            if not self.schedule.may_start(slot.name):
-                plan = self.schedule.plans[slot.name]
-                slot.state, slot.reason = BotState.STOPPED, f"outside session {plan.name}"
-                log.info("bot %s waits for session %s to open", slot.name, plan.name,
-                         extra={"bot": slot.name})
-                continue
-            self.spawn_bot(slot)
-        for key, feed in self.feeds.items():
-            name = f"feed:{key.dataset}:{key.symbol}"
-            if name not in self._tasks:  # bots subscribed above, before their feed starts
-                self.spawn(name, feed.run())
+    def _feed_key(self, loaded: LoadedBot) -> FeedKey:
+        return feed_key(self.cfg, loaded)
 
-    def _live_feeds(self, slots: list[tuple[BotSlot, Any]]) -> list[tuple[BotSlot, Any]]:
-        """Bots on a venue account (alpaca, binance) read that venue's live market data
-        (:mod:`qtd.feeds.live`, one feed per account, ``data_*`` settings), unless
-        ``[market.bots.<bot>]`` names a replayed data set (venue test environments). A bot
-        whose live feed cannot be built is refused with the reason."""
-        cfg, kept = self.cfg, []
-        wanted: dict[str, list[tuple[BotSlot, Any]]] = {}
-        for slot, loaded in slots:
-            acct = cfg.accounts[slot.spec.account]
-            if acct.broker == "paper" or slot.name in cfg.market.bots:
-                kept.append((slot, loaded))
-            else:
-                wanted.setdefault(slot.spec.account, []).append((slot, loaded))
-        for account, bots in wanted.items():
-            symbols = sorted({s for slot, _ in bots for s in slot.spec.symbols})
-            key = FeedKey(f"live:{account}", "*", 0.0, False)
-            try:
-                live = live_feed_for(account, cfg.accounts[account], symbols, self._on_price)
-            except (ConfigError, ValueError) as exc:
-                why = f"account {account!r}: no live market data: {exc}"
-                for slot, loaded in bots:
-                    self.refused[str(loaded.path)] = [why]
-                    log.error("bot %s refused: %s", slot.name, why, extra={"bot": slot.name})
-                continue
-            self.feeds[key] = LiveFanout(key, live)
-            for slot, loaded in bots:
-                self.bot_feed[slot.name] = key
-                kept.append((slot, loaded))
-        return kept
+    def _shape_runner(self, slot: BotSlot, runner: BotRunner) -> None:
+        self.rollouts.shape(slot, runner)
 
     async def _retry_accounts(self) -> None:
         """Try the accounts that failed to connect every ``account_retry_s``; one that
@@ -324,96 +287,19 @@ class Agent:
             raise
         self.brokers[name] = broker
         del self.failed_accounts[name]
-        self.spawn(f"reports:{name}", self._consume(broker))
-        start_reconciler(self, name)
+        self.tasks.spawn(f"reports:{name}", self._consume(broker))
+        self.reconciliation.start(name)
         log.info("account %s connected late and reconciled (ok=%s)", name, rec.ok,
                  extra={"account": name})
-        waiting = [Path(p) for p, problems in self.refused.items()
-                   if any(f"account = {name!r}: not connected" in x for x in problems)]
+        waiting = self.bots.waiting_for(name)
         if not waiting:
             return
         slots, refused = await admit_bots(cfg, self.store, self.clock, set(self.brokers),
                                           only=waiting)
-        for p in waiting:
-            self.refused.pop(str(p), None)
-        self.refused.update(refused)
-        slots = self._live_feeds(slots)
-        for slot, _loaded in slots:
-            route = self.routed.get(slot.name)
-            plan = plan_for(cfg, slot.name, route.rule if route else None)
-            if plan is not None:
-                self.schedule.plans[slot.name] = plan
-        self._add_bots(slots)
-        if self.schedule.plans and "schedule" not in self._tasks:
-            self.spawn("schedule", self.schedule.run())
+        self.bots.set_refused(refused, retried=waiting)
+        self._admitted(self.bots.live_feeds(slots))
 
-    def unsubscribe(self, bot: str) -> None:
-        """Stop delivering market data to ``bot`` (stopped by its session schedule)."""
-        key = self.bot_feed.get(bot)
-        if key is not None and key in self.feeds:
-            self.feeds[key].unsubscribe(bot)
-
-    @property
-    def kill_active(self) -> bool:
-        """A kill is set: in the KV bucket (as last read) or as the local kill file."""
-        return self.kv_kill or os.path.exists(self.cfg.kill_file)
-
-    def loop_time(self) -> float:
-        """Monotonic seconds (the event loop's clock)."""
-        return asyncio.get_running_loop().time()
-
-    def task(self, name: str) -> asyncio.Task[Any] | None:
-        return self._tasks.get(name)
-
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Start a named task in the agent's task group (guarded: see :meth:`_guard`)."""
-        assert self._tg is not None
-        task = self._tg.create_task(self._guard(name, coro), name=name)
-        self._tasks[name] = task
-        return task
-
-    def spawn_bot(self, slot: BotSlot) -> asyncio.Task[Any]:
-        return self.spawn(f"bot:{slot.name}", self.supervisor.run_bot(slot))
-
-    async def _guard(self, name: str, coro: Coroutine[Any, Any, Any]) -> Any:
-        """A task failing (other than the store) is logged and ends alone; a StoreError
-        stops the agent (nothing can be recorded any more: a human must act)."""
-        try:
-            return await coro
-        except StoreError:
-            log.critical("task %s: the event store failed; stopping the agent", name)
-            raise
-        except Exception:
-            log.exception("task %s failed", name)
-            return None
-
-    # --- the order path around the router -------------------------------------------------
-
-    def _make_runner(self, slot: BotSlot) -> BotRunner:
-        runner = BotRunner(slot.strategy_cls, slot.params, slot.spec, clock=self.clock,
-                           submit=self.router.submit, cancel=self._cancel_all,
-                           emit=self.store.append, node=self.node,
-                           hook_budget_s=self.cfg.hook_budget_s, params_hash=slot.content_hash,
-                           isolate_hooks=True,  # a blocked hook never stalls the kill switch
-                           keep_requests=self.cfg.terminal_orders_kept)
-        seed_from_store(runner, self.proj)  # a restarted bot knows what it holds
-        adopt(slot, runner)  # a strategy swapped in by a deploy keeps the bot's positions
-        self.canary.shape(runner)  # its share of the allocation while a canary ramps
-        return runner
-
-    def _subscribe(self, bot: str) -> Any:
-        return self.feeds[self.bot_feed[bot]].subscribe(bot)
-
-    async def _cancel_all(self, req: CancelAll) -> None:
-        await self.router.cancel_open(bot=req.bot, account=req.account, symbol=req.symbol,
-                                      reason=req.reason)
-
-    async def _on_price(self, symbol: str, price: Decimal) -> None:
-        now = self.clock.now_ns()
-        for b in self.brokers.values():
-            if fed_by_prices(b):
-                b.on_price(symbol, price, now)
-        await self.router.on_market_data(symbol, price, now)
+    # --- venue reports --------------------------------------------------------------------
 
     async def _consume(self, broker: Broker) -> None:
         """Venue reports → store, projections, engine; fills → the bot's runner."""
@@ -437,75 +323,16 @@ class Agent:
                ) and loop.time() < deadline:
             await asyncio.sleep(0.001)
 
+    # --- the bus link ---------------------------------------------------------------------
+
     async def _on_bus_ready(self, link: BusLink) -> None:
-        await loops.on_bus_ready(self, link)
+        """Subscribe to commands, kills and the leader's heartbeat; apply a kill set in KV."""
+        nc = link.nc
+        assert nc is not None
+        await self.control.subscribe(nc)
+        await self.telemetry.subscribe(nc)
+        await self.control.poll_kv_once()
 
-    # --- shutdown -------------------------------------------------------------------------
-
-    def request_shutdown(self) -> None:
-        """Begin a clean shutdown (signal handlers call this)."""
-        if not self.stop.is_set():
-            log.info("shutdown requested")
-        self.stop.set()
-
-    async def _shutdown(self) -> None:
-        cfg = self.cfg
-        sdnotify.stopping("stopping bots")
-        self.supervisor.request_stop()
-        bots = [t for n, t in self._tasks.items() if n.startswith("bot:") and not t.done()]
-        if bots:
-            await asyncio.wait(bots, timeout=cfg.hook_budget_s * 2 + 1.0)
-        if cfg.on_shutdown == "cancel":
-            cids = [r.cid for r in self.proj.orders.open_orders()]
-            if cids:
-                sent = await self.router.cancel_many(cids, "agent shutdown")
-                log.info("shutdown: asked to cancel %d open orders", len(sent))
-                await asyncio.sleep(0.05)  # let the venue's cancel confirmations be stored
-        # Nothing may store events behind the final flush: stop market data first (a paper
-        # broker fills on the next bar, so no bars = no fills), then the tasks that act on
-        # their own. Venue reports keep being consumed until the link closes; anything a
-        # venue sends later is stored and published at the next start.
-        quiet = [t for n, t in self._tasks.items()
-                 if (n.startswith(("feed:", "reconcile:"))
-                     or n in ("schedule", "deploy-watch", "canary"))
-                 and not t.done()]
-        for task in quiet:
-            task.cancel()
-        if quiet:
-            await asyncio.wait(quiet, timeout=cfg.shutdown_timeout_s)
-        # a paper broker reports an order's fill with its ack: both were received before
-        # the final flush, so both are stored (and published) by it
-        await self._store_received_reports(cfg.shutdown_timeout_s)
-        self._telemetry_stop.set()
-        if self.link is not None:
-            pending = await self.link.close(cfg.shutdown_timeout_s)
-            log.info("shutdown: %d events not yet acknowledged by JetStream (kept in store)",
-                     pending)
-        for task in self._tasks.values():
-            task.cancel()
-
-    async def _close(self) -> None:
-        await close_brokers(self.brokers)
-        store = getattr(self, "store", None)
-        if store is not None:
-            await store.close()
-
-
-def seed_from_store(runner: BotRunner, proj: Projections) -> None:
-    """Give a new runner the bot's positions and in-flight quantities from the projections
-    (the event store's view), so a bot restarted by the supervisor or after an agent restart
-    does not believe it is flat: ``target_position`` would otherwise buy its position again.
-
-    In-flight per symbol is the signed ``leaves_qty`` of the bot's open orders on its account.
-    """
-    ctx = runner.ctx
-    for symbol in ctx.symbols:
-        held = proj.position(ctx.bot, ctx.account, symbol)
-        if held is not None:
-            ctx.positions[symbol] = held.copy()
-            if held.last_price is not None:
-                ctx.marks.setdefault(symbol, held.last_price)
-        ctx.inflight[symbol] = sum(
-            (rec.side.sign * rec.leaves_qty
-             for rec in proj.orders.open_orders(bot=ctx.bot, account=ctx.account, symbol=symbol)),
-            Decimal(0))
+    async def _on_store_behind(self, exc: StoreBehind) -> None:
+        assert self.link is not None
+        await self.store_behind.refuse(exc, self.link)

@@ -44,6 +44,7 @@ import nats.js.errors
 
 from qtd.admit import Admission, admit_bot
 from qtd.admit.config import load_bot_config
+from qtd.agent.canary import CanaryRamps
 from qtd.agent.supervisor import BotSlot
 from qtd.deploy.files import deploy_dir, load_current, materialize, save_current
 from qtd.deploy.fleet import Fleet
@@ -54,7 +55,9 @@ from qtd.runner import BotRunner, BotState
 from qtd.strategy import StrategyContext
 
 if TYPE_CHECKING:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.kernel import Kernel
+    from qtd.agent.link import BusLink
+    from qtd.agent.ports import CandidateHost
 
 log = logging.getLogger("qtd.agent.deploy")
 
@@ -82,11 +85,15 @@ class DeployWatch:
     """The agent's deploy task (module docstring).
 
     Args:
-        agent: the running agent (its store, supervisor, link, config).
+        kernel: the agent's kernel (store, engine, clock, config).
+        bots: the bots it swaps versions of.
+        link: the bus link (None: no NATS configured; nothing is ever deployed).
+        canary: the canary ramps a ``canary`` version goes to.
     """
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, kernel: Kernel, bots: CandidateHost, link: BusLink | None,
+                 canary: CanaryRamps) -> None:
+        self.k, self.bots, self.link, self.canary = kernel, bots, link, canary
         self.fleet: Fleet | None = None
         self.running: dict[str, int] = {}
         """bot -> version number running (0: local config never deployed)."""
@@ -98,24 +105,24 @@ class DeployWatch:
 
     async def run(self) -> None:
         """Report every bot's version, then poll the desired versions forever."""
-        for name, slot in list(self.agent.supervisor.slots.items()):
-            cur = load_current(self.agent.cfg.state_dir, name)
+        for name, slot in list(self.bots.slots.items()):
+            cur = load_current(self.k.cfg.state_dir, name)
             number = cur.version.version if cur and cur.version.content_hash == \
                 slot.content_hash else 0
-            stage = cur.version.stage if cur and number else getattr(slot, "stage", "")
+            stage = cur.version.stage if cur and number else slot.stage
             await self._report(slot, number, stage, "start")
         while True:
-            await asyncio.sleep(self.agent.cfg.params_poll_s)
+            await asyncio.sleep(self.k.cfg.params_poll_s)
             await self.poll_once()
 
     async def poll_once(self) -> None:
         """One pass over this node's bots (no-op while NATS is down)."""
-        for name, slot in list(self.agent.supervisor.slots.items()):
+        for name, slot in list(self.bots.slots.items()):
             await self._check_pending(name, slot)
         fleet = await self._fleet()
         if fleet is None:
             return
-        for name, slot in list(self.agent.supervisor.slots.items()):
+        for name, slot in list(self.bots.slots.items()):
             try:
                 entry = await asyncio.wait_for(fleet.deploy.get(desired_key(name)), 5.0)
             except nats.js.errors.KeyNotFoundError:
@@ -127,13 +134,13 @@ class DeployWatch:
         self.polled = True
 
     async def _fleet(self) -> Fleet | None:
-        link = self.agent.link
+        link = self.link
         if link is None or link.nc is None or not link.connected:
             return None
         if self.fleet is None:
             try:
                 self.fleet = await asyncio.wait_for(
-                    Fleet.open(link.nc.jetstream(), self.agent.cfg.jetstream_replicas), 5.0)
+                    Fleet.open(link.nc.jetstream(), self.k.cfg.jetstream_replicas), 5.0)
             except _NATS_ERRORS as exc:
                 log.debug("deploy buckets not available: %r", exc)
                 return None
@@ -149,10 +156,10 @@ class DeployWatch:
                 await self._refuse(slot, 0, "", f"desired.{name} (revision {revision}) is "
                                    f"not a deploy version: {exc}")
             return
-        same_stage = v.stage == (getattr(slot, "stage", "") or v.stage)
+        same_stage = v.stage == (slot.stage or v.stage)
         if v.content_hash == slot.content_hash and same_stage and name not in self._pending:
-            if self.agent.canary.is_active(name):  # rolled back to the running version
-                await self.agent.canary.abort(name, f"{v.short} (the running version) "
+            if self.canary.is_active(name):  # rolled back to the running version
+                await self.canary.abort(name, f"{v.short} (the running version) "
                                               "deployed again: the candidate is dropped")
             if self.running.get(name) != v.version:
                 await self._adopted_same(slot, v)
@@ -166,17 +173,17 @@ class DeployWatch:
     async def _adopted_same(self, slot: BotSlot, v: DeployVersion) -> None:
         """The node already runs this content (a rollback to it, or a local config equal to
         the deployed one): record the version number, nothing to swap."""
-        cur = load_current(self.agent.cfg.state_dir, slot.name)
+        cur = load_current(self.k.cfg.state_dir, slot.name)
         if cur is not None and cur.version.content_hash == v.content_hash \
                 and cur.version.stage == v.stage:
-            save_current(self.agent.cfg.state_dir, v, Path(cur.config_path))
+            save_current(self.k.cfg.state_dir, v, Path(cur.config_path))
         await self._report(slot, v.version, v.stage, "same")
 
     async def apply(self, slot: BotSlot, v: DeployVersion, fleet: Fleet) -> str:
         """Re-admit ``v`` and swap it in, or refuse it. Returns ``"swapping"``,
         ``"restarted"``, ``"staged"`` (bot not running: used at its next start) or
         ``"refused"``."""
-        agent, name = self.agent, slot.name
+        k, name = self.k, slot.name
         log.info("deploy: %s %s received (running %s)", name, v.short, slot.content_hash[:12],
                  extra={"bot": name})
         try:
@@ -190,29 +197,29 @@ class DeployWatch:
                                       f"strategy source {v.source_hash[:12]} is not in the "
                                       "qtd_sources bucket")
         try:
-            cfg_path = materialize(v, source, deploy_dir(agent.cfg.state_dir, name),
-                                   Path(agent.cfg.risk))
+            cfg_path = materialize(v, source, deploy_dir(k.cfg.state_dir, name),
+                                   Path(k.cfg.risk))
         except ConfigError as exc:
             return await self._refuse(slot, v.version, v.content_hash, exc.message)
-        adm = await admit_bot(cfg_path, store=agent.store, node=agent.node, clock=agent.clock,
-                              smoke=agent.cfg.admit_smoke, load=True)
+        adm = await admit_bot(cfg_path, store=k.store, node=k.node, clock=k.clock,
+                              smoke=k.cfg.admit_smoke, load=True)
         reasons = [str(p) for p in adm.problems] or self._identity_problems(slot, v, cfg_path,
                                                                            adm.content_hash)
         if reasons:
             return await self._refuse(slot, v.version, v.content_hash, "; ".join(reasons))
-        if agent.canary.is_active(name):
-            await agent.canary.abort(name, f"superseded by {v.short}")
+        if self.canary.is_active(name):
+            await self.canary.abort(name, f"superseded by {v.short}")
         if v.canary and adm.content_hash != slot.content_hash and slot.runner is not None \
                 and slot.state is BotState.RUNNING:  # ramps in beside the running version
-            return await agent.canary.start(slot, v, adm, cfg_path)
-        save_current(agent.cfg.state_dir, v, cfg_path)
+            return await self.canary.start(slot, v, adm, cfg_path)
+        save_current(k.cfg.state_dir, v, cfg_path)
         return await self.swap_in(slot, v, adm)
 
     async def promote(self, slot: BotSlot, v: DeployVersion, adm: Admission, cfg_path: Path
                       ) -> str:
         """A canary candidate held 100 %: it becomes the bot's version (:meth:`swap_in`,
         reported with ``how="canary"``)."""
-        save_current(self.agent.cfg.state_dir, v, cfg_path)
+        save_current(self.k.cfg.state_dir, v, cfg_path)
         if slot.runner is not None:
             slot.runner.ctx.share = Decimal(1)
         return await self.swap_in(slot, v, adm, how="canary")
@@ -262,7 +269,7 @@ class DeployWatch:
             if new != old:
                 out.append(f"{field} {old!r} -> {new!r}: changes the bot's identity; needs "
                            "the new local config and an agent restart")
-        rcfg = self.agent.risk.cfg
+        rcfg = self.k.risk.cfg
         bound = rcfg.strategies.get(slot.name, rcfg.strategy_defaults)
         wanted = rcfg.strategies.get(loaded.profile, rcfg.strategy_defaults)
         if bound != wanted:
@@ -272,26 +279,26 @@ class DeployWatch:
 
     async def _restart(self, slot: BotSlot) -> None:
         """Stop the bot between two bars and start it again with the slot's new strategy."""
-        agent, runner = self.agent, slot.runner
+        k, runner = self.k, slot.runner
         assert runner is not None
         gap: list[Fill] = []
         _CARRY[slot] = (runner.ctx, gap)
-        task = agent.task(f"bot:{slot.name}")
+        task = self.bots.bot_task(slot.name)
         runner.request_stop()
         # fills for this bot from now until the new runner exists would reach a runner that
         # no longer reads them: keep them for the new one (adopt)
         runner.divert_fills(gap.append)
         if task is not None and not task.done():
-            await asyncio.wait({task}, timeout=agent.cfg.hook_budget_s * 4 + 5.0)
+            await asyncio.wait({task}, timeout=k.cfg.hook_budget_s * 4 + 5.0)
         if task is not None and not task.done():
             log.error("deploy: %s did not stop for the swap; it keeps running the old "
                       "strategy until its next restart", slot.name, extra={"bot": slot.name})
             _CARRY.pop(slot, None)
             return
-        if agent.stop.is_set():  # shutting down: the next start runs the new version
+        if self.bots.stopping.is_set():  # shutting down: the next start runs the new version
             _CARRY.pop(slot, None)
             return
-        agent.spawn_bot(slot)
+        self.bots.spawn_bot(slot)
 
     async def _check_pending(self, name: str, slot: BotSlot) -> None:
         v = self._pending.get(name)
@@ -305,21 +312,55 @@ class DeployWatch:
 
     async def _refuse(self, slot: BotSlot, version: int, content_hash: str, reason: str
                       ) -> str:
-        agent = self.agent
-        now = agent.clock.now_ns()
-        await agent.store.append(DeployRefused(
-            node=agent.node, bot=slot.name, ts_event=now, ts_init=now, version=version,
+        k = self.k
+        now = k.clock.now_ns()
+        await k.store.append(DeployRefused(
+            node=k.node, bot=slot.name, ts_event=now, ts_init=now, version=version,
             content_hash=content_hash, running_hash=slot.content_hash, reason=reason[:4000]))
         log.warning("deploy: %s v%d refused, %s keeps running: %s", slot.name, version,
                     slot.content_hash[:12], reason, extra={"bot": slot.name})
         return "refused"
 
     async def _report(self, slot: BotSlot, number: int, stage: str, how: str) -> None:
-        agent = self.agent
+        k = self.k
         self.running[slot.name] = number
-        now = agent.clock.now_ns()
-        await agent.store.append(BotVersion(
-            node=agent.node, bot=slot.name, ts_event=now, ts_init=now, version=number,
+        now = k.clock.now_ns()
+        await k.store.append(BotVersion(
+            node=k.node, bot=slot.name, ts_event=now, ts_init=now, version=number,
             content_hash=slot.content_hash, stage=stage, how=how))
         log.info("deploy: %s runs v%d %s (%s)", slot.name, number, slot.content_hash[:12], how,
                  extra={"bot": slot.name})
+
+
+class Rollouts:
+    """Fleet deploys and canaries of one agent, under one owner: the deploy watch hands a
+    ``canary`` version to the ramps; a candidate that held 100 % is promoted through the
+    watch's swap (:meth:`DeployWatch.promote`).
+
+    Args:
+        kernel: the agent's kernel.
+        bots: the bots (a candidate is a second runner of one).
+        link: the bus link (None: no NATS configured).
+
+    Attributes:
+        canary: the canary ramps (:mod:`qtd.agent.canary`).
+        deploys: the deploy watch.
+    """
+
+    def __init__(self, kernel: Kernel, bots: CandidateHost, link: BusLink | None) -> None:
+        self.canary = CanaryRamps(kernel, bots, kernel.cfg.canary, self._promote,
+                                  self._polled)
+        self.deploys = DeployWatch(kernel, bots, link, self.canary)
+
+    def shape(self, slot: BotSlot, runner: BotRunner) -> None:
+        """Called with every new runner: a strategy swapped in by a deploy keeps the bot's
+        positions (:func:`adopt`); its share of the allocation while a canary ramps."""
+        adopt(slot, runner)
+        self.canary.shape(runner)
+
+    async def _promote(self, slot: BotSlot, v: DeployVersion, adm: Admission,
+                       cfg_path: Path) -> str:
+        return await self.deploys.promote(slot, v, adm, cfg_path)
+
+    def _polled(self) -> bool:
+        return self.deploys.polled

@@ -20,32 +20,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from qtd import sdnotify
-from qtd.agent import commands
-from qtd.agent.control import read_kills
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
-from qtd.bus.rejects import reject_server_reply
-from qtd.control import decode_kill
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
 from qtd.risk.kill import KillFileWatcher
 
 if TYPE_CHECKING:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.commands import Control
+    from qtd.agent.kernel import Kernel
     from qtd.agent.link import BusLink
+    from qtd.agent.ports import BotHost, Spawner
+    from qtd.agent.telemetry import FailSafe
 
 log = logging.getLogger("qtd.agent")
 
 KV_POLL_S = 1.0
-_NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, asyncio.TimeoutError)
 _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
 
 
@@ -77,143 +75,133 @@ def leader_heartbeat(data: bytes, headers: Mapping[str, str] | None, reply: str
     return hb if hb.role == "leader" else None
 
 
-async def on_bus_ready(agent: Agent, link: BusLink) -> None:
-    """Subscribe to commands, kills and the leader's heartbeat; apply a kill set in KV."""
-    nc = link.nc
-    assert nc is not None
-    s = agent.subjects
+class Telemetry:
+    """Heartbeat, PnL ticks, the leader fail-safe, the kill-set poll, hot reload of bot
+    configs and the systemd watchdog (module docstring).
 
-    async def on_ctl(m: Any) -> None:
-        if reject_server_reply("command", m.subject, m.data, m.headers, log):
-            return  # e.g. a stream republish or an API answer aimed here
-        verb = m.subject.rsplit(".", 1)[-1]
-        reply = await commands.handle(agent, verb, m.data)
-        if m.reply:
-            await m.respond(msgspec.json.encode(reply))
+    Args:
+        kernel: the agent's kernel (engine, projections, store, clock, config, subjects).
+        bots: the bots reported on.
+        link: the bus link (None: no NATS configured; only the NATS-free loops run).
+        failsafe: the leader-heartbeat policy.
+        control: kill state and the kill-set poll (:class:`~qtd.agent.commands.Control`).
+        reload: re-admits one bot config (hot reload).
+    """
 
-    async def on_kill(m: Any) -> None:
-        if reject_server_reply("kill", m.subject, m.data, m.headers, log):
-            return  # another client made the server answer here: not a kill
-        await commands.apply_kill(agent, decode_kill(m.data), via="core")
+    def __init__(self, kernel: Kernel, bots: BotHost, link: BusLink | None,
+                 failsafe: FailSafe, control: Control,
+                 reload: Callable[[Path], Awaitable[str]]) -> None:
+        self.k, self.bots, self.link, self.failsafe = kernel, bots, link, failsafe
+        self.control, self.reload = control, reload
 
-    async def on_leader(m: Any) -> None:
-        if leader_heartbeat(m.data, m.headers, m.reply) is None:
-            log.debug("ignored a message on %s that is not the leader's heartbeat", m.subject)
-            return
-        agent.failsafe.on_leader_heartbeat(agent.loop_time())
+    async def subscribe(self, nc: Client) -> None:
+        """Count the leader's heartbeats on ``<prefix>.hb.leader`` (fail-safe)."""
+        async def on_leader(m: Msg) -> None:
+            if leader_heartbeat(m.data, m.headers, m.reply) is None:
+                log.debug("ignored a message on %s that is not the leader's heartbeat",
+                          m.subject)
+                return
+            self.failsafe.on_leader_heartbeat(self.k.loop_time())
 
-    await nc.subscribe(s.ctl_node(agent.node), cb=on_ctl)
-    await nc.subscribe(s.ctl_kill, cb=on_kill)
-    await nc.subscribe(s.hb_leader, cb=on_leader)
-    await _poll_kv_once(agent)
+        await nc.subscribe(self.k.subjects.hb_leader, cb=on_leader)
+
+    def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The periodic tasks to start once bots run."""
+        tasks: dict[str, Coroutine[Any, Any, None]] = {"failsafe": self._failsafe(),
+                                                       "params-watch": self._params_watch()}
+        if self.link is not None:
+            tasks.update(heartbeat=self._heartbeat(self.link), pnl=self._pnl(self.link),
+                         **{"kill-kv": self._kill_kv()})
+        interval = sdnotify.watchdog_interval_s()
+        if interval is not None:
+            tasks["watchdog"] = _watchdog(interval)
+        return tasks
+
+    async def _heartbeat(self, link: BusLink) -> None:
+        k = self.k
+        subject = k.subjects.hb(k.node)
+        while True:
+            now = k.clock.now_ns()
+            running = sum(1 for s in self.bots.slots.values() if s.state.value == "RUNNING")
+            hb = Heartbeat(node=k.node, ts_event=now, ts_init=now, role="agent",
+                           state=k.risk.states.get(Scope.GLOBAL), bots_running=running,
+                           last_seq=k.store.last_seq)
+            await link.publish(subject, to_json(hb))
+            await _every(k.cfg.heartbeat_s)
+
+    async def _pnl(self, link: BusLink) -> None:
+        k = self.k
+        while True:
+            await _every(k.cfg.pnl_s)
+            slots = self.bots.slots
+            bots = {n: s.spec.account for n, s in slots.items()}
+            for snap in pnl_snapshots(k.proj, k.risk, k.node, k.clock.now_ns(), bots, slots):
+                await link.publish(k.subjects.pnl(k.node, snap.bot), to_json(snap))
+
+    async def _failsafe(self) -> None:
+        k, fs = self.k, self.failsafe
+        step = min(0.25, k.cfg.leader_timeout_s / 4)
+        was_absent = False
+        while True:
+            change = fs.evaluate(k.loop_time(), k.clock.now_ns(), self.control.kill_active)
+            if fs.absent != was_absent:
+                log.warning("leader %s (policy %s)", "absent" if fs.absent else "back",
+                            k.cfg.failsafe)
+                was_absent = fs.absent
+            if change is not None:
+                await k.store.append(change)
+            await _every(step)
+
+    async def _kill_kv(self) -> None:
+        while True:
+            await _every(KV_POLL_S)
+            await self.control.poll_kv_once()
+
+    def _mtimes(self) -> dict[Path, int]:
+        out = {}
+        for path in bot_files(self.k.cfg):
+            with contextlib.suppress(OSError):
+                out[path] = path.stat().st_mtime_ns
+        return out
+
+    async def _params_watch(self) -> None:
+        """Hot reload: re-admit a bot config whose file changed (polled every
+        ``params_poll_s``); see :meth:`qtd.agent.commands.Control.reload_file`."""
+        seen = self._mtimes()
+        while True:
+            await _every(self.k.cfg.params_poll_s)
+            now = self._mtimes()
+            for path, mtime in now.items():
+                if seen.get(path) not in (None, mtime):
+                    result = await self.reload(path)
+                    log.info("bot config %s changed: %s", path, result)
+            seen = now
 
 
-async def _poll_kv_once(agent: Agent) -> None:
-    link = agent.link
-    if link is None or link.nc is None or not link.connected:
-        return
-    try:
-        kills = await asyncio.wait_for(read_kills(link.nc), 2.0)
-    except _NATS_ERRORS as exc:
-        log.debug("kill key read failed: %r", exc)
-        return
-    agent.kv_kill = bool(kills.kills)
-    for msg in kills.kills:
-        await commands.apply_kill(agent, msg, via="kv")
+class KillFileWatch:
+    """Task ``kill-file``: the local kill file (works with NATS down).
 
+    Args:
+        kernel: the agent's kernel (``kill_file``, ``kill_poll_s``).
+        control: applies the kill.
+        tasks: the agent's task group.
+    """
 
-async def start_kill_file(agent: Agent) -> None:
-    """Check the kill file now (before bots start), then keep polling it."""
-    watcher = KillFileWatcher(lambda cmd: commands.apply_file_kill(agent, cmd),
-                              agent.cfg.kill_file, poll_s=agent.cfg.kill_poll_s)
-    cmd = watcher.poll()
-    if cmd is not None:
-        await commands.apply_file_kill(agent, cmd)
-    agent.spawn("kill-file", watcher.run())
+    def __init__(self, kernel: Kernel, control: Control, tasks: Spawner) -> None:
+        self.watcher = KillFileWatcher(control.apply_file_kill, kernel.cfg.kill_file,
+                                       poll_s=kernel.cfg.kill_poll_s)
+        self.control, self.tasks = control, tasks
 
-
-def telemetry_tasks(agent: Agent) -> dict[str, Coroutine[Any, Any, None]]:
-    """The periodic tasks to start once bots run."""
-    tasks: dict[str, Coroutine[Any, Any, None]] = {"failsafe": _failsafe(agent),
-                                                   "params-watch": _params_watch(agent)}
-    if agent.link is not None:
-        tasks.update(heartbeat=_heartbeat(agent), pnl=_pnl(agent), **{"kill-kv": _kill_kv(agent)})
-    interval = sdnotify.watchdog_interval_s()
-    if interval is not None:
-        tasks["watchdog"] = _watchdog(interval)
-    return tasks
+    async def start(self) -> None:
+        """Check the kill file now (before bots start), then keep polling it."""
+        cmd = self.watcher.poll()
+        if cmd is not None:
+            await self.control.apply_file_kill(cmd)
+        self.tasks.spawn("kill-file", self.watcher.run())
 
 
 async def _every(seconds: float) -> None:
     await asyncio.sleep(seconds)
-
-
-async def _heartbeat(agent: Agent) -> None:
-    link = agent.link
-    assert link is not None
-    subject = agent.subjects.hb(agent.node)
-    while True:
-        now = agent.clock.now_ns()
-        running = sum(1 for s in agent.supervisor.slots.values() if s.state.value == "RUNNING")
-        hb = Heartbeat(node=agent.node, ts_event=now, ts_init=now, role="agent",
-                       state=agent.risk.states.get(Scope.GLOBAL), bots_running=running,
-                       last_seq=agent.store.last_seq)
-        await link.publish(subject, to_json(hb))
-        await _every(agent.cfg.heartbeat_s)
-
-
-async def _pnl(agent: Agent) -> None:
-    link = agent.link
-    assert link is not None
-    while True:
-        await _every(agent.cfg.pnl_s)
-        bots = {n: s.spec.account for n, s in agent.supervisor.slots.items()}
-        for snap in pnl_snapshots(agent.proj, agent.risk, agent.node, agent.clock.now_ns(),
-                                  bots, agent.supervisor.slots):
-            await link.publish(agent.subjects.pnl(agent.node, snap.bot), to_json(snap))
-
-
-async def _failsafe(agent: Agent) -> None:
-    step = min(0.25, agent.cfg.leader_timeout_s / 4)
-    was_absent = False
-    while True:
-        fs = agent.failsafe
-        change = fs.evaluate(agent.loop_time(), agent.clock.now_ns(), agent.kill_active)
-        if fs.absent != was_absent:
-            log.warning("leader %s (policy %s)", "absent" if fs.absent else "back",
-                        agent.cfg.failsafe)
-            was_absent = fs.absent
-        if change is not None:
-            await agent.store.append(change)
-        await _every(step)
-
-
-async def _kill_kv(agent: Agent) -> None:
-    while True:
-        await _every(KV_POLL_S)
-        await _poll_kv_once(agent)
-
-
-def _mtimes(agent: Agent) -> dict[Path, int]:
-    out = {}
-    for path in bot_files(agent.cfg):
-        with contextlib.suppress(OSError):
-            out[path] = path.stat().st_mtime_ns
-    return out
-
-
-async def _params_watch(agent: Agent) -> None:
-    """Hot reload: re-admit a bot config whose file changed (polled every
-    ``params_poll_s``); see :func:`qtd.agent.commands.reload_file`."""
-    seen = _mtimes(agent)
-    while True:
-        await _every(agent.cfg.params_poll_s)
-        now = _mtimes(agent)
-        for path, mtime in now.items():
-            if seen.get(path) not in (None, mtime):
-                result = await commands.reload_file(agent, path)
-                log.info("bot config %s changed: %s", path, result)
-        seen = now
 
 
 async def _watchdog(interval: float) -> None:

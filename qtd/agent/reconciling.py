@@ -33,7 +33,8 @@ from qtd.execution import KillReport, OrderRouter
 from qtd.reconcile import ReconcilePolicy, Reconciler
 
 if TYPE_CHECKING:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.kernel import Kernel
+    from qtd.agent.ports import Spawner
 
 log = logging.getLogger("qtd.agent")
 FLATTEN_RETRY_S: Final = 1.0  # first retry of a due auto-flatten the venue did not answer, s
@@ -89,18 +90,34 @@ class AccountReconciler(Reconciler):
         return await super().flatten(reason)
 
 
-def start_reconciler(agent: Agent, name: str) -> AccountReconciler | None:
-    """Spawn ``reconcile:<name>`` for a connected venue account (None for a paper broker,
-    which needs none). Call it after the account's start-up reconciliation."""
-    broker = agent.brokers[name]
-    if isinstance(broker, PaperBroker):
-        return None
-    policy = policy_for(agent.cfg.accounts[name])
-    rec = AccountReconciler(agent.router, broker, agent.clock, policy)
-    agent.reconcilers[name] = rec
-    agent.spawn(f"reconcile:{name}", rec.run())
-    log.info("account %s: reconciling every %.0f s and after reconnects; auto-flatten %s",
-             name, policy.interval_s,
-             "off" if policy.flatten_after_s is None
-             else f"after {policy.flatten_after_s:g} s disconnected", extra={"account": name})
-    return rec
+class AccountReconcilers:
+    """The ``reconcile:<account>`` tasks of the agent's venue accounts.
+
+    Args:
+        kernel: the agent's kernel (router, brokers, clock, account settings).
+        tasks: the agent's task group.
+
+    Attributes:
+        reconcilers: venue account → its reconciler.
+    """
+
+    def __init__(self, kernel: Kernel, tasks: Spawner) -> None:
+        self.k, self.tasks = kernel, tasks
+        self.reconcilers: dict[str, AccountReconciler] = {}
+
+    def start(self, name: str) -> AccountReconciler | None:
+        """Spawn ``reconcile:<name>`` for a connected venue account (None for a paper
+        broker, which needs none). Call it after the account's start-up reconciliation."""
+        broker = self.k.brokers[name]
+        if isinstance(broker, PaperBroker):
+            return None
+        policy = policy_for(self.k.cfg.accounts[name])
+        rec = AccountReconciler(self.k.router, broker, self.k.clock, policy)
+        self.reconcilers[name] = rec
+        self.tasks.spawn(f"reconcile:{name}", rec.run())
+        log.info("account %s: reconciling every %.0f s and after reconnects; auto-flatten %s",
+                 name, policy.interval_s,
+                 "off" if policy.flatten_after_s is None
+                 else f"after {policy.flatten_after_s:g} s disconnected",
+                 extra={"account": name})
+        return rec

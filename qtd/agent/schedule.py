@@ -45,7 +45,8 @@ from qtd.routes import BUILTIN_SESSIONS, RoutesConfig, Rule
 from qtd.runner import BotState
 
 if TYPE_CHECKING:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.kernel import Kernel
+    from qtd.agent.ports import BotHost
 
 log = logging.getLogger("qtd.agent.schedule")
 
@@ -145,13 +146,16 @@ class Schedule:
     """Applies session plans to the agent's bots (module docstring).
 
     Args:
-        agent: the running agent (supervisor, router, feeds, clock, store).
-        plans: bot name → plan (bots without one are not scheduled).
+        kernel: the agent's kernel (clock, router, engine, projections, brokers).
+        bots: the bots it starts and stops.
+        plans: bot name → plan (bots without one are not scheduled; filled as bots are
+            admitted).
         poll_s: wall seconds between looks at the clock.
     """
 
-    def __init__(self, agent: Agent, plans: dict[str, SessionPlan], poll_s: float) -> None:
-        self.agent, self.plans, self.poll_s = agent, plans, poll_s
+    def __init__(self, kernel: Kernel, bots: BotHost, plans: dict[str, SessionPlan],
+                 poll_s: float) -> None:
+        self.k, self.bots, self.plans, self.poll_s = kernel, bots, plans, poll_s
         self.phases: dict[str, Phase] = {}
         self.paused: set[str] = set()  # bots the schedule stopped (or never started)
         self._lock = asyncio.Lock()
@@ -162,7 +166,7 @@ class Schedule:
         plan = self.plans.get(bot)
         if plan is None:
             return True
-        ph = plan.phase(self.agent.clock.now_ns())
+        ph = plan.phase(self.k.clock.now_ns())
         self.phases[bot] = ph
         if ph is Phase.OPEN:
             return True
@@ -183,7 +187,7 @@ class Schedule:
     async def step(self) -> None:
         """Evaluate every plan once at the agent's clock and apply the transitions."""
         async with self._lock:
-            now = self.agent.clock.now_ns()
+            now = self.k.clock.now_ns()
             for bot, plan in self.plans.items():
                 try:
                     await self._one(bot, plan, plan.phase(now))
@@ -206,7 +210,7 @@ class Schedule:
             await self._stop(bot, f"session {plan.name} {ph.value.lower()}")
         if prev is None:
             return  # seen closed at start: never trade out of session, never flatten blind
-        cancelled = await self.agent.router.cancel_open(bot=bot,
+        cancelled = await self.k.router.cancel_open(bot=bot,
                                                         reason=f"session {plan.name} close")
         flattened = 0
         if plan.on_close == "flatten" and (ph is Phase.CLOSING or prev is Phase.OPEN):
@@ -215,44 +219,43 @@ class Schedule:
                  ph.value.lower(), len(cancelled), flattened, extra={"bot": bot})
 
     def _running(self, bot: str) -> bool:
-        task = self.agent.task(f"bot:{bot}")
+        task = self.bots.bot_task(bot)
         return task is not None and not task.done()
 
     async def _stop(self, bot: str, reason: str) -> None:
-        slot = self.agent.supervisor.slots[bot]
+        slot = self.bots.slots[bot]
         self.paused.add(bot)
         if slot.runner is not None:
             slot.runner.request_stop()
-        task = self.agent.task(f"bot:{bot}")
+        task = self.bots.bot_task(bot)
         if task is not None:
-            await asyncio.wait([task], timeout=self.agent.cfg.hook_budget_s * 2 + 1.0)
+            await asyncio.wait([task], timeout=self.k.cfg.hook_budget_s * 2 + 1.0)
         slot.reason = reason
-        self.agent.unsubscribe(bot)
+        self.bots.unsubscribe(bot)
         log.info("bot %s stopped: %s", bot, reason, extra={"bot": bot})
 
     async def _start(self, bot: str, plan: SessionPlan) -> None:
-        agent = self.agent
-        slot = agent.supervisor.slots[bot]
+        slot = self.bots.slots[bot]
         if self._running(bot):
             self.paused.discard(bot)
             return
         if (slot.state is BotState.HALTED
-                or agent.risk.states.get(Scope.STRATEGY, bot) is TradingState.HALTED):
+                or self.k.risk.states.get(Scope.STRATEGY, bot) is TradingState.HALTED):
             return  # halted bots wait for an operator's resume, not for the bell
         self.paused.discard(bot)
         slot.reason = ""
-        agent.spawn_bot(slot)
+        self.bots.spawn_bot(slot)
         log.info("bot %s started: session %s open", bot, plan.name, extra={"bot": bot})
 
     async def _flatten(self, bot: str, plan: SessionPlan) -> int:
-        agent = self.agent
+        k = self.k
         cmd = KillCommand(scope=Scope.STRATEGY, key=bot, reason=f"session {plan.name} close",
                           source="schedule")
-        venues = {a: b.venue for a, b in agent.brokers.items()}
+        venues = {a: b.venue for a, b in k.brokers.items()}
         sent = 0
-        for req in flatten_requests(cmd, list(agent.proj.positions.values()), venues):
+        for req in flatten_requests(cmd, list(k.proj.positions.values()), venues):
             req = msgspec.structs.replace(req, reason=f"session flatten: {plan.name} close")
-            out = await agent.router.submit(req)
+            out = await k.router.submit(req)
             if isinstance(out, OrderDenied):
                 log.warning("bot %s: session flatten of %s denied (%s): %s", bot, req.symbol,
                             out.check, out.message, extra={"bot": bot})

@@ -2,7 +2,7 @@
 
 :class:`~qtd.recovery.StoreBehind` (raised by the outbox audit, :mod:`qtd.recovery`) means
 committed events were lost from ``events.db``: positions miss fills, and every new event
-would reuse a seq the leader already holds. :func:`refuse`:
+would reuse a seq the leader already holds. :meth:`StoreBehindRefusal.refuse`:
 
 1. **halts GLOBAL** with a P1 :class:`~qtd.events.RiskBreach` ``check="store_behind"`` whose
    message names the store's last seq and the stream's, and a kill switch on GLOBAL (open
@@ -32,7 +32,9 @@ from qtd.events import RiskBreach, Scope, Severity, TradingState
 from qtd.recovery import CHECK, StoreBehind
 
 if TYPE_CHECKING:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.kernel import Kernel
+    from qtd.agent.ports import Spawner
+    from qtd.agent.storefault import CorePublisher
 
 log = logging.getLogger("qtd.agent.storebehind")
 REPUBLISH_S = 5.0
@@ -50,43 +52,55 @@ def since_process_start_s() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def refuse(agent: Agent, exc: StoreBehind, republish_s: float = REPUBLISH_S) -> None:
-    """Halt, log and page (module docstring); returns once the halt is stored."""
-    detected_s = since_process_start_s()
-    reason = str(exc)
-    lost = float(max(exc.stream_last - exc.store_last, 0) or 1)
-    agent.risk.trip(Scope.GLOBAL, "", TradingState.HALTED, reason, check=CHECK,
+class StoreBehindRefusal:
+    """The agent's answer to :class:`~qtd.recovery.StoreBehind` (module docstring); the
+    bus link's ``on_store_behind``.
+
+    Args:
+        kernel: the agent's kernel (engine, router, clock, node, subjects).
+        tasks: the agent's task group (the page task).
+        pager: the bus link (publishes the page; None before the link exists).
+        republish_s: seconds between pages.
+    """
+
+    def __init__(self, kernel: Kernel, tasks: Spawner, republish_s: float = REPUBLISH_S
+                 ) -> None:
+        self.k, self.tasks, self.republish_s = kernel, tasks, republish_s
+
+    async def refuse(self, exc: StoreBehind, pager: CorePublisher) -> None:
+        """Halt, log and page (module docstring); returns once the halt is stored."""
+        k = self.k
+        detected_s = since_process_start_s()
+        reason = str(exc)
+        lost = float(max(exc.stream_last - exc.store_last, 0) or 1)
+        k.risk.trip(Scope.GLOBAL, "", TradingState.HALTED, reason, check=CHECK,
                     severity=Severity.P1, value=lost)
-    await agent.router.kill(KillCommand(scope=Scope.GLOBAL, reason=reason, operator="qtd",
+        await k.router.kill(KillCommand(scope=Scope.GLOBAL, reason=reason, operator="qtd",
                                         source=CHECK))
-    log.critical("store behind the stream: GLOBAL HALTED, nothing published; store last seq "
-                 "%d, stream last seq %d%s; detected %.3f s after the agent started. %s",
-                 exc.store_last, exc.stream_last,
-                 f", forked at seq {exc.forked_at}" if exc.forked_at else "", detected_s,
-                 reason, extra={"check": CHECK, "detected_s": detected_s})
-    now = agent.clock.now_ns()
-    breach = RiskBreach(node=agent.node, ts_event=now, ts_init=now, check=CHECK,
-                        scope=Scope.GLOBAL, scope_key="", limit=float(exc.store_last),
-                        value=float(exc.stream_last), unit="last seq (store limit, stream)",
-                        severity=Severity.P1, action="halted", message=reason)
-    agent.spawn("store-behind-page", _page(agent, breach, republish_s))
+        log.critical("store behind the stream: GLOBAL HALTED, nothing published; store last "
+                     "seq %d, stream last seq %d%s; detected %.3f s after the agent started. "
+                     "%s", exc.store_last, exc.stream_last,
+                     f", forked at seq {exc.forked_at}" if exc.forked_at else "", detected_s,
+                     reason, extra={"check": CHECK, "detected_s": detected_s})
+        now = k.clock.now_ns()
+        breach = RiskBreach(node=k.node, ts_event=now, ts_init=now, check=CHECK,
+                            scope=Scope.GLOBAL, scope_key="", limit=float(exc.store_last),
+                            value=float(exc.stream_last),
+                            unit="last seq (store limit, stream)", severity=Severity.P1,
+                            action="halted", message=reason)
+        self.tasks.spawn("store-behind-page", self._page(pager, breach))
+
+    async def _page(self, pager: CorePublisher, breach: RiskBreach) -> None:
+        data = msgspec.json.encode(breach)
+        while True:
+            await pager.publish(self.k.subjects.hb(self.k.node), data)
+            await asyncio.sleep(self.republish_s)
 
 
-async def _page(agent: Agent, breach: RiskBreach, republish_s: float) -> None:
-    data = msgspec.json.encode(breach)
-    while True:
-        link = agent.link
-        if link is not None:
-            await link.publish(agent.subjects.hb(agent.node), data)
-        await asyncio.sleep(republish_s)
-
-
-def refuses_resume(agent: Agent, scope: Scope) -> str:
+def refuses_resume(behind: StoreBehind | None, scope: Scope) -> str:
     """Why a resume of ``scope`` is refused ("" if it is not): GLOBAL stays HALTED while
-    the store is behind the stream."""
-    link = agent.link
-    if scope is Scope.GLOBAL and link is not None and link.behind is not None:
-        return (f"store behind the stream (store last seq {link.behind.store_last}, stream "
-                f"{link.behind.stream_last}): stop the agent, run qtd recover, start it")
+    the store is behind the stream (``behind``: the link's refusal, if any)."""
+    if scope is Scope.GLOBAL and behind is not None:
+        return (f"store behind the stream (store last seq {behind.store_last}, stream "
+                f"{behind.stream_last}): stop the agent, run qtd recover, start it")
     return ""
-

@@ -25,13 +25,20 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 async def _agent_main(cfg: AgentConfig) -> int:
-    from qtd.agent.daemon import Agent
+    from qtd.agent.daemon import build_agent
 
-    agent = Agent(cfg)
+    stop = asyncio.Event()  # set by SIGTERM/SIGINT, also while the agent is being built
+
+    def request_shutdown() -> None:
+        if not stop.is_set():
+            logging.getLogger("qtd.agent").info("shutdown requested")
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.request_shutdown)
+        loop.add_signal_handler(sig, request_shutdown)
     try:
+        agent = await build_agent(cfg, stop=stop)
         return await agent.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from qtd.agent.config import load_agent_config
-from qtd.agent.daemon import Agent
 from qtd.clock import SimClock
 from qtd.events import Fill, StrategyAdmitted
 from qtd.runner import BotState
@@ -57,8 +56,8 @@ async def test_routed_symbols_become_admitted_bots_with_the_route_session(
 ) -> None:
     cfg = load_agent_config(_fleet(tmp_path))
     saturday = int(datetime(2018, 12, 22, 15, tzinfo=UTC).timestamp() * 1e9)  # NYSE closed
-    agent = Agent(cfg, clock=SimClock(saturday), items={"goog_1d": synthetic_bars(20_000)})
-    async with running_agent(agent) as agent:
+    async with running_agent(cfg, clock=SimClock(saturday),
+                             items={"goog_1d": synthetic_bars(20_000)}) as agent:
         await wait_for(lambda: any(p.symbol == "BTCUSD" and p.qty
                                    for p in agent.proj.positions.values()))
         slots = dict(agent.supervisor.slots)

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 
 from qtd.agent.config import load_agent_config
-from qtd.agent.daemon import Agent
 from qtd.agent.schedule import Phase, SessionPlan, plan_for, session_named
 from qtd.agent.wiring import risk_config_for
 from qtd.clock import SimClock
@@ -81,8 +80,7 @@ async def test_bot_flattened_before_the_early_close_idle_over_the_holiday_resume
         flatten_before_close_s = 300.0
     """)))
     clock = SimClock(ns("2018-12-24 17:00:00"))  # 12:00 New York, in session
-    agent = Agent(cfg, clock=clock, items={"goog_1d": synthetic_bars(20_000)})
-    async with running_agent(agent) as agent:
+    async with running_agent(cfg, clock=clock, items={"goog_1d": synthetic_bars(20_000)}) as agent:
         feed = next(iter(agent.feeds.values()))
 
         async def advance(to: str) -> None:
@@ -124,8 +122,7 @@ async def test_bot_started_outside_its_session_waits_for_the_open(tmp_path: Path
     cfg = load_agent_config(_fleet(tmp_path, '[schedule]\npoll_s = 3600.0\nsession = "XNYS"\n'
                                              'on_close = "stop"\n'))
     clock = SimClock(ns("2018-12-25 15:00:00"))  # Christmas
-    agent = Agent(cfg, clock=clock, items={"goog_1d": synthetic_bars(20_000)})
-    async with running_agent(agent) as agent:
+    async with running_agent(cfg, clock=clock, items={"goog_1d": synthetic_bars(20_000)}) as agent:
         feed = next(iter(agent.feeds.values()))
         await wait_for(lambda: feed.delivered > 100)
         before = _intents(await agent.store.query(), "hold") + _intents(
@@ -175,8 +172,7 @@ async def test_running_agent_engine_and_pnl_roll_the_day_at_the_configured_time(
                                              'rollover = "17:00"\n'))
     # a day labelled D runs from 17:00 New York on D to 17:00 on D+1 (qtd.projections)
     clock = SimClock(ns("2018-12-24 21:59:00"))  # 16:59 New York: still 2018-12-23's day
-    agent = Agent(cfg, clock=clock, items={"goog_1d": synthetic_bars(20_000)})
-    async with running_agent(agent) as agent:
+    async with running_agent(cfg, clock=clock, items={"goog_1d": synthetic_bars(20_000)}) as agent:
         assert agent.risk.day.label(clock.now_ns()) == "2018-12-23"
         assert agent.proj.trading_day.label(clock.now_ns()) == "2018-12-23"
         after = ns("2018-12-24 22:01:00")  # 17:01 New York: the next trading day
