@@ -40,10 +40,10 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from qtd.agent.control import request
 from qtd.bus import EmbeddedNatsServer, connect
 from qtd.bus.config import BusConfig
 from qtd.control import NodeRequest
+from qtd.control.transport import request
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_KEPT = 10_000_000

@@ -10,8 +10,6 @@
   (deploys and canary), :mod:`~qtd.agent.reconciling`, :mod:`~qtd.agent.loops`
   (telemetry, kill file), :mod:`~qtd.agent.commands` (control),
   :mod:`~qtd.agent.storefault`, :mod:`~qtd.agent.storebehind`.
-* :mod:`qtd.agent.control` — the control protocol over NATS, :func:`send_kill` (for ``qtd
-  kill`` and the leader); its messages are in :mod:`qtd.control`.
 * :mod:`qtd.agent.accounts` — broker accounts: credentials, adapters, parallel start-up.
 * :mod:`qtd.agent.schedule` — session schedule: start, stop or flatten on the venue session.
 * :mod:`qtd.agent.routed` — bots yielded by the routes file.
@@ -20,14 +18,9 @@
 from __future__ import annotations
 
 from qtd.agent.config import AgentConfig, load_agent_config, parse_agent_config
-from qtd.agent.control import kill_ack_subject, read_kills, release_kills, send_kill
 
 __all__ = [
     "AgentConfig",
-    "kill_ack_subject",
     "load_agent_config",
     "parse_agent_config",
-    "read_kills",
-    "release_kills",
-    "send_kill",
 ]

@@ -2,7 +2,7 @@
 
 Every command is audited as a :class:`~qtd.events.CommandAudit` event in the store; every
 applied kill is stored as a :class:`~qtd.events.KillAck` and the ack is also published on
-``<prefix>.ack.kill.<node>`` (see :mod:`qtd.agent.control`).
+``<prefix>.ack.kill.<node>`` (see :mod:`qtd.control.transport`).
 
 Verbs on ``<prefix>.ctl.<node>.<verb>``:
 
@@ -35,11 +35,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from qtd.admit import admit_bot
-from qtd.agent.control import kill_ack_subject, read_kills
 from qtd.agent.storebehind import refuses_resume
 from qtd.agent.wiring import bot_files, status_of
 from qtd.bus.rejects import reject_server_reply
 from qtd.control import KillCommand, NodeReply, NodeRequest, decode_kill
+from qtd.control.transport import kill_ack_subject, read_kills
 from qtd.errors import ConfigError
 from qtd.events import DECODE_ERRORS, CommandAudit, KillAck, ParamsChanged, Scope
 from qtd.outbox import Outbox
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from qtd.agent.ports import ControlledBots
     from qtd.agent.telemetry import FailSafe
 
-log = logging.getLogger("qtd.agent.control")
+log = logging.getLogger("qtd.control.transport")
 _bus_log = logging.getLogger("qtd.agent")  # NATS-side messages, as the other loops
 NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, OSError, asyncio.TimeoutError)
 

@@ -2,7 +2,7 @@
 acknowledgements are counted against the agents that are live.
 
 Order: subscribe to ``<prefix>.ack.kill.*`` and ``<prefix>.hb.*``; add the kill to the set
-with compare-and-set and broadcast it (:func:`~qtd.agent.control.publish_kill`); only then
+with compare-and-set and broadcast it (:func:`~qtd.control.transport.publish_kill`); only then
 find out who should answer. The **roster** comes from the leader (a ``status`` request on
 ``<prefix>.ctl.leader.status``: every agent it has heard a heartbeat from since it started,
 with the heartbeat's age and whether it is alive), or, when no leader answers within
@@ -30,9 +30,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd.agent.control import ack_is_from, kill_ack_all, publish_kill
 from qtd.bus import Subjects
 from qtd.control import KillCommand
+from qtd.control.transport import ack_is_from, kill_ack_all, publish_kill
 from qtd.events import DECODE_ERRORS, KillAck
 
 LEADER = "leader"
@@ -244,7 +244,7 @@ async def kill_round(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
         nats.errors.Error, nats.js.errors.Error: NATS refused the KV write or the publish
             (nothing was broadcast when the write failed).
         OperationalError: the kill set kept changing (see
-            :func:`~qtd.agent.control.update_kill_set`).
+            :func:`~qtd.control.transport.update_kill_set`).
     """
     subjects = Subjects(prefix)
     rnd = _Round(msg.id, expect, subjects)

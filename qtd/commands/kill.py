@@ -27,10 +27,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from qtd.agent.control import release_kills
 from qtd.agent.killround import AgentSeen, KillReport, kill_round
 from qtd.bus import BusConfig
 from qtd.control import KillCommand, new_kill
+from qtd.control.transport import release_kills
 from qtd.errors import ConfigError, OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.files import read_capped_text

@@ -21,9 +21,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd.agent.control import request
 from qtd.bus import Subjects
 from qtd.control import ControlAction, LeaderRequest, NodeReply, NodeRequest
+from qtd.control.transport import request
 from qtd.deploy.model import VersionRow
 from qtd.errors import QtdError
 from qtd.events import DECODE_ERRORS, CapOverride, Scope

@@ -41,7 +41,6 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from qtd.agent.control import ack_is_from, kill_ack_all, kill_ack_subject, update_kill_set
 from qtd.aio import TaskSet
 from qtd.bus import KILL_KEY, Subjects
 from qtd.bus.rejects import REJECTED, reject_server_reply
@@ -55,6 +54,7 @@ from qtd.control import (
     decode_kill_set,
     new_kill,
 )
+from qtd.control.transport import ack_is_from, kill_ack_all, kill_ack_subject, update_kill_set
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
 from qtd.leader.alerts import AlertBook

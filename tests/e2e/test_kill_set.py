@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from qtd.agent.control import read_kills, request
 from qtd.control import NodeRequest
+from qtd.control.transport import read_kills, request
 from qtd.events import KillAck, OrderIntent
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from qtd.agent.control import request
 from qtd.bus import ensure_jetstream
 from qtd.control import NodeRequest
+from qtd.control.transport import request
 from qtd.events import Scope, TradingState, TradingStateChanged
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qtd.agent.control import send_kill
 from qtd.bus import ensure_jetstream
 from qtd.bus.jetstream import ensure_deploy_kv
 from qtd.commands.fleet import LOGINS
 from qtd.control import new_kill
+from qtd.control.transport import send_kill
 from qtd.events import Heartbeat, to_json
 from tests.agent_rig import wait_for, write_fleet
 from tests.shipped import (

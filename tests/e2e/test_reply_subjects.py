@@ -18,9 +18,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from qtd.agent.control import request
 from qtd.bus import ensure_jetstream
 from qtd.control import NodeRequest
+from qtd.control.transport import request
 from tests.agent_rig import wait_for
 from tests.shipped import agent_config, log_match, processes, qtd_process, shipped_nats
 

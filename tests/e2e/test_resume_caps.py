@@ -29,8 +29,8 @@ import pytest
 import tomli_w
 from nats.aio.client import Client
 
-from qtd.agent.control import read_kills, request
 from qtd.control import NodeRequest
+from qtd.control.transport import read_kills, request
 from qtd.events import CapOverride, decode
 from tests.agent_rig import wait_for
 from tests.shipped import (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from qtd.agent.control import request, send_kill
 from qtd.bus import EmbeddedNatsServer, ensure_jetstream
 from qtd.control import NodeRequest, new_kill
+from qtd.control.transport import request, send_kill
 from qtd.events import (
     CommandAudit,
     Fill,

@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from qtd.agent.control import request
 from qtd.bus import ensure_jetstream
 from qtd.control import NodeRequest
+from qtd.control.transport import request
 from qtd.events import Fill
 from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
 from tests.shipped import agent_config, processes, qtd_process, shipped_nats

@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from qtd.agent.control import read_kills
+from qtd.control.transport import read_kills
 from qtd.events import Fill, Side, decode, to_json
 from qtd.store import EventStore
 from tests.agent_rig import last_seq_of, seq_above, store_events, wait_for

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from qtd.agent.control import read_kills, release_kills, send_kill
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer, ensure_jetstream
 from qtd.bus.rejects import REJECTED
 from qtd.control import new_kill
+from qtd.control.transport import read_kills, release_kills, send_kill
 from qtd.events import KillSwitch, RiskBreach, Scope, Side
 from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
 from qtd.leader.daemon import Leader, running_leader

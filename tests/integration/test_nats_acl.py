@@ -27,9 +27,9 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from qtd.agent.control import CONTROL_BUCKET, KILL_KEY, read_kills, request, send_kill
 from qtd.bus import EVENTS_STREAM, ensure_jetstream
 from qtd.control import NodeRequest, new_kill
+from qtd.control.transport import CONTROL_BUCKET, KILL_KEY, read_kills, request, send_kill
 from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet

@@ -29,10 +29,10 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from qtd.agent.control import request
 from qtd.bus import CONTROL_BUCKET, EVENTS_STREAM, ensure_jetstream
 from qtd.bus.jetstream import DEPLOY_BUCKET, SOURCES_BUCKET, ensure_deploy_kv
 from qtd.control import NodeRequest
+from qtd.control.transport import request
 from qtd.events import Heartbeat, to_json
 from tests.agent_rig import wait_for, write_fleet
 from tests.shipped import (

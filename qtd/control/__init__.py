@@ -1,7 +1,7 @@
 """The control protocol: every command, reply and kill that crosses a process boundary.
 
 One module for the shapes the agent, the leader, the CLI and the status page exchange (the
-NATS functions that send them live in :mod:`qtd.agent.control`, the leader's dispatcher in
+NATS functions that send them live in :mod:`qtd.control.transport`, the leader's dispatcher in
 :mod:`qtd.leader.dispatch`). Field names are the wire format (msgspec JSON); do not rename
 them.
 

@@ -1,4 +1,5 @@
-"""The control protocol over NATS: the kill switch and request/reply commands to one agent.
+"""The control protocol over NATS: the kill switch and request/reply commands to one agent,
+used by the agent, the leader and the CLI.
 
 The shapes are in :mod:`qtd.control`. Wire format (msgspec JSON), subjects under the
 configured prefix (default ``qtd``):
