@@ -84,7 +84,7 @@ async def test_a_late_fill_for_a_retired_order_is_applied_once(tmp_path: Path) -
         assert agent.proj.positions[key].qty == before + Decimal("0.5")
         stats = book.stats()
         assert stats.terminal_held <= 5 and stats.recalled >= 1
-        assert not agent.risk.open
+        assert cid not in agent.risk.open  # (the bot may have a newer order in flight)
         paper = agent.brokers["paper-main"]
         assert len(paper.fills) <= 2 * 5 + 1 and len(paper.submitted) <= 2 * 5 + 1
         fills = await agent.store.query(kind="Fill", client_order_id=cid)
