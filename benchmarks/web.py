@@ -51,7 +51,7 @@ from qtd.events import (
     Scope,
     Side,
 )
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.web import ControlAction, WebServer, create_app

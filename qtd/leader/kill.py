@@ -59,10 +59,10 @@ from qtd.bus.rejects import REJECTED, reject_server_reply
 from qtd.clock import Clock
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
+from qtd.fleetsnapshot import ActiveKill, KillView
 from qtd.leader.alerts import AlertBook, TaskSet
 from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
-from qtd.leader.snapshot import ActiveKill, KillView
 from qtd.leader.view import FleetView
 
 log = logging.getLogger("qtd.leader.kill")

@@ -42,8 +42,7 @@ from qtd.events import (
     RiskBreach,
     TradingStateChanged,
 )
-from qtd.leader import why
-from qtd.leader.snapshot import (
+from qtd.fleetsnapshot import (
     AccountView,
     Agg,
     AlertView,
@@ -56,6 +55,7 @@ from qtd.leader.snapshot import (
     PositionView,
     SymbolView,
 )
+from qtd.leader import why
 from qtd.orders import ApplyResult
 from qtd.projections import ZERO, Position, Projections, TradingDay
 
@@ -338,7 +338,7 @@ class FleetView:
 
     def snapshot(self) -> FleetSnapshot:
         """Everything the status page needs, msgspec-serialisable (see
-        :mod:`qtd.leader.snapshot` for the shape and units)."""
+        :mod:`qtd.fleetsnapshot` for the shape and units)."""
         r = self.rollup()
         now = self.clock.now_ns()
         equity = self.equity(r)

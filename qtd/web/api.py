@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from qtd.events import DECODE_ERRORS
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.web.detail import BotDetail
 from qtd.web.source import ControlAction, Target, Verb
 

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.quality.web import daily_body, execution_section
 from qtd.web import api, pages
 from qtd.web.auth import COOKIE, Auth, valid_operator

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from qtd.leader import why
-from qtd.leader.snapshot import Agg, BotView, FleetSnapshot, LimitView
+from qtd.fleetsnapshot import Agg, BotView, FleetSnapshot, LimitView, since_text, why_text
 
 WARM = 0.7
 HOT = 0.9
@@ -53,8 +52,8 @@ def bot_why(b: BotView, now_ns: int) -> str:
         breaker consecutive_losses 1 vs limit 1 trades (STRATEGY momo on node-a) · since
         08:41:03 UTC (5m 12s)
     """
-    text = why.why_text(b.causes, bot_state(b))
-    since = why.since_text(b.since_ns, now_ns)
+    text = why_text(b.causes, bot_state(b))
+    since = since_text(b.since_ns, now_ns)
     return f"{text} · {since}" if text and since else text
 
 

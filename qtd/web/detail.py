@@ -40,7 +40,7 @@ from qtd.events import (
     StrategyAdmitted,
     decode_many,
 )
-from qtd.leader.snapshot import BotView, PositionView
+from qtd.fleetsnapshot import BotView, PositionView
 from qtd.projections import ZERO, Projections
 
 ORDER_KINDS = ("OrderIntent", "OrderSubmitted", "OrderAccepted", "OrderRejected",

@@ -42,7 +42,7 @@ import anyio
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.web import botrow
 from qtd.web.source import FleetSource
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote
 
-from qtd.leader.snapshot import BotView, CapView, FleetSnapshot, LimitView, NodeView
+from qtd.fleetsnapshot import BotView, CapView, FleetSnapshot, LimitView, NodeView
 from qtd.web import botrow
 from qtd.web.detail import BotDetail
 

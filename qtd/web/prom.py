@@ -28,8 +28,7 @@ from prometheus_client.registry import Collector
 
 from qtd.bus.rejects import KINDS as REJECT_KINDS
 from qtd.bus.rejects import REJECTED
-from qtd.leader.snapshot import BotView, FleetSnapshot
-from qtd.leader.why import RANK
+from qtd.fleetsnapshot import RANK, BotView, FleetSnapshot
 from qtd.quality.web import quality_metrics
 from qtd.web.conn import DROP_REASONS, ConnectionGuard
 from qtd.web.source import FleetSource

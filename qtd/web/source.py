@@ -17,8 +17,8 @@ import msgspec
 from qtd.agent.control import CommandReply, CommandRequest, request
 from qtd.errors import ConfigError
 from qtd.events import AnyEvent, CommandAudit, Scope
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.fleetdb import LEADER_NODE
-from qtd.leader.snapshot import FleetSnapshot
 from qtd.web.detail import FleetDBReader
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class FleetSource(Protocol):
     """The leader's read and control API as the web app uses it."""
 
     def snapshot(self) -> FleetSnapshot:
-        """The fleet now (see :mod:`qtd.leader.snapshot`)."""
+        """The fleet now (see :mod:`qtd.fleetsnapshot`)."""
         ...
 
     async def control(self, action: ControlAction) -> dict[str, Any]:

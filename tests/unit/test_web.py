@@ -24,7 +24,7 @@ from qtd.events import (
     Side,
     StrategyAdmitted,
 )
-from qtd.leader.snapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
+from qtd.fleetsnapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.web import ControlAction, create_app

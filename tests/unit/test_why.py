@@ -21,9 +21,9 @@ from qtd.events import (
     TradingState,
     TradingStateChanged,
 )
+from qtd.fleetsnapshot import ActiveKill, BotView, KillView
 from qtd.leader.caps import FleetCaps
 from qtd.leader.config import CapsConfig, LossCap
-from qtd.leader.snapshot import ActiveKill, BotView, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.up.summary import FleetWatch, render, rich_view, rows
