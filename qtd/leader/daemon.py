@@ -166,7 +166,8 @@ class Leader:
                 raise
 
     async def _start_web(self) -> None:
-        from qtd.web import LeaderSource, WebServer, create_app, resolve_operator_token
+        from qtd.leader.websource import LeaderSource
+        from qtd.web import WebServer, create_app, resolve_operator_token
         from qtd.web.conn import ConnectionGuard
 
         w = self.cfg.web

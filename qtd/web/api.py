@@ -24,7 +24,7 @@ from starlette.routing import Route
 from qtd.events import DECODE_ERRORS
 from qtd.fleetsnapshot import FleetSnapshot
 from qtd.web.detail import BotDetail
-from qtd.web.source import ControlAction, Target, Verb
+from qtd.web.protocol import ControlAction, Target, Verb
 
 MAX_BODY = 16 * 1024
 

@@ -35,7 +35,7 @@ from qtd.web.detail import ORDER_KINDS, BotDetail, admission, blotter, bot_metri
 from qtd.web.guard import SiteGuard
 from qtd.web.live import PnlHub
 from qtd.web.prom import CONTENT_TYPE, WebMetrics
-from qtd.web.source import FleetSource
+from qtd.web.protocol import FleetSource
 from qtd.web.versions import versions_section
 
 log = logging.getLogger("qtd.web")
@@ -72,12 +72,20 @@ class WebApp:
 
     async def index(self, request: Request) -> Response:
         snap = self.hub.sample()  # the chart's last point is this snapshot's too
-        extra = execution_section(self.source) + versions_section(self.source)
+        extra = (execution_section(self.source.quality())
+                 + versions_section(self.source.versions()))
         return self._html(request, "qtd fleet",
                           lambda c: pages.overview(snap, controls=c) + extra)
 
     async def daily(self, request: Request) -> Response:
-        body = await daily_body(self.source, request.query_params.get("date"))
+        day = request.query_params.get("date")
+        try:
+            report = await self.source.daily_report(day)
+        except ValueError:
+            raise HTTPException(400, f"date={day!r}: must be YYYY-MM-DD") from None
+        if report is None:
+            raise HTTPException(404, "no daily report here (not served by a leader)")
+        body = daily_body(report, self.source.snapshot().currency)
         return self._html(request, "qtd daily report", lambda c: body)
 
     async def bot(self, request: Request) -> Response:
@@ -235,8 +243,8 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
     """The status page app over ``source``.
 
     Args:
-        source: a :class:`~qtd.web.source.FleetSource` (the leader: wrap it in
-            :class:`~qtd.web.source.LeaderSource`).
+        source: a :class:`~qtd.web.protocol.FleetSource` (the leader's is
+            :class:`qtd.leader.websource.LeaderSource`).
         token: operator token (None: read-only, every control answers 403).
         push_interval_s: seconds between live PnL frames.
         session_ttl_s: how long an operator login lasts.

@@ -44,7 +44,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qtd.fleetsnapshot import FleetSnapshot
 from qtd.web import botrow
-from qtd.web.source import FleetSource
+from qtd.web.protocol import FleetSource
 
 log = logging.getLogger("qtd.web.live")
 _QUEUE = 4

@@ -4,17 +4,10 @@ against the running one (:mod:`qtd.leader.versions`)."""
 from __future__ import annotations
 
 from html import escape
-from typing import Any
 
 from qtd.deploy.model import VersionRow
 
 _CLS = {"ok": "pos", "behind": "neg", "refused": "neg", "pending": "muted"}
-
-
-def rows_of(source: Any) -> list[VersionRow] | None:
-    """The leader's version table behind a status-page source (None: not available)."""
-    board = getattr(getattr(source, "leader", None), "versions", None)
-    return None if board is None else list(board.rows())
 
 
 def _v(n: int, h: str) -> str:
@@ -35,7 +28,6 @@ def section_html(rows: list[VersionRow]) -> str:
             f"<th>stage</th></tr></thead><tbody>{body}</tbody></table></section>")
 
 
-def versions_section(source: Any) -> str:
+def versions_section(rows: list[VersionRow] | None) -> str:
     """The section for the overview page ("" when the source has no version table)."""
-    rows = rows_of(source)
     return "" if rows is None else section_html(rows)

@@ -61,6 +61,15 @@ class ViewSource:
     def snapshot(self) -> FleetSnapshot:
         return self.view.snapshot()
 
+    def versions(self) -> None:  # no version table: the panel is not shown
+        return None
+
+    def quality(self) -> None:  # no quality monitor: the panel is not shown
+        return None
+
+    async def daily_report(self, day: str | None) -> None:
+        return None
+
     async def control(self, action: ControlAction) -> dict[str, Any]:
         self.actions.append(action)
         return {"kill_id": f"k{len(self.actions)}"}

@@ -236,3 +236,6 @@ class _Src:
 
     def snapshot(self):  # type: ignore[no-untyped-def]
         return self.view.snapshot()
+
+    def quality(self) -> None:  # no quality monitor: no execution gauges
+        return None

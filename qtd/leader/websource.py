@@ -1,83 +1,74 @@
-"""What the status page reads and asks: the :class:`FleetSource` protocol and its leader
-implementation :class:`LeaderSource`.
+"""The leader's side of the status page: :class:`LeaderSource`, the
+:class:`~qtd.web.protocol.FleetSource` over a running :class:`~qtd.leader.Leader`.
 
-The web app never touches the leader's internals; it calls a source. Tests pass a source
-built on a :class:`~qtd.leader.FleetView` fed events directly, or the real leader wrapped in
-:class:`LeaderSource`. Every control is audited by the leader as a
-:class:`~qtd.events.CommandAudit` event (``source="web"``, with the operator), on top of the
-kill switch's own :class:`~qtd.events.KillSwitch` audit.
+The web app sees only the protocol; this module is the one place that reads the leader for
+it (view, kill switch, alerts, version board, quality monitor, fleet.db). Every control is
+audited by the leader as a :class:`~qtd.events.CommandAudit` event (``source="web"``, with
+the operator), on top of the kill switch's own :class:`~qtd.events.KillSwitch` audit.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from qtd.agent.control import CommandReply, CommandRequest, request
+from qtd.deploy.model import VersionRow
 from qtd.errors import ConfigError
-from qtd.events import AnyEvent, CommandAudit, Scope
+from qtd.events import AnyEvent, CommandAudit, Scope, decode_many
 from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.fleetdb import LEADER_NODE
-from qtd.web.detail import FleetDBReader
+from qtd.quality.daily import DailyReport, build_daily, previous_day
+from qtd.web.protocol import ControlAction, QualityView
 
 if TYPE_CHECKING:
     from qtd.leader.daemon import Leader
-    from qtd.quality.monitor import QualityMonitor
 
-Target = Literal["global", "node", "bot", "account", "symbol", "kill"]
-Verb = Literal["kill", "flatten", "resume"]
 SCOPES: dict[str, Scope] = {"global": Scope.GLOBAL, "bot": Scope.STRATEGY,
                             "account": Scope.ACCOUNT, "symbol": Scope.SYMBOL}
 
 
-class ControlAction(msgspec.Struct, frozen=True, kw_only=True):
-    """One operator control from the status page or the API.
+class FleetDBReader:
+    """Read-only queries on fleet.db (a fresh ``mode=ro`` connection per query, off-loop:
+    the web app can never write the leader's record).
 
-    Attributes:
-        verb: ``kill`` (halt), ``flatten`` (halt and close positions) or ``resume``.
-        target: ``global``, ``node`` (one agent), ``bot`` (a strategy, fleet-wide),
-            ``account``, ``symbol``, or ``kill`` (resume only: one active kill by id).
-        key: the node, bot, account, symbol or kill id ("" for global). Resume of
-            ``global`` releases the only active kill (refused when several are active);
-            of ``bot``/``account``/``symbol`` every active kill on that scope and key.
-        reason: why (required, audited).
-        operator: who (audited).
+    Args:
+        path: the leader's fleet.db.
     """
 
-    verb: Verb
-    target: Target = "global"
-    key: str = ""
-    reason: str
-    operator: str
-
-
-class FleetSource(Protocol):
-    """The leader's read and control API as the web app uses it."""
-
-    def snapshot(self) -> FleetSnapshot:
-        """The fleet now (see :mod:`qtd.fleetsnapshot`)."""
-        ...
-
-    async def control(self, action: ControlAction) -> dict[str, Any]:
-        """Run a kill, flatten or resume; returns a JSON-able result."""
-        ...
-
-    async def ack(self, alert_id: str, operator: str) -> bool:
-        """Acknowledge an open alert; False when there is no such open alert."""
-        ...
+    def __init__(self, path: str | Path) -> None:
+        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
 
     async def bot_events(self, node: str, bot: str, limit: int,
                          kinds: tuple[str, ...] = ()) -> list[AnyEvent]:
-        """The bot's last ``limit`` stored events (of ``kinds`` if given), oldest first."""
-        ...
+        """The bot's last ``limit`` events (of ``kinds`` if given), oldest first."""
+        return await asyncio.to_thread(self._bot_events, node, bot, limit, kinds)
+
+    def _bot_events(self, node: str, bot: str, limit: int, kinds: tuple[str, ...]
+                    ) -> list[AnyEvent]:
+        sql = "SELECT payload FROM events WHERE node = ? AND bot = ?"
+        args: list[object] = [node, bot]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += kinds
+        conn = sqlite3.connect(self.uri, uri=True)
+        try:
+            rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        finally:
+            conn.close()
+        return decode_many([r[0] for r in reversed(rows)])
 
 
 class LeaderSource:
-    """:class:`FleetSource` over a running :class:`~qtd.leader.Leader`.
+    """:class:`~qtd.web.protocol.FleetSource` over a running :class:`~qtd.leader.Leader`.
 
     Args:
-        leader: a started leader (its view, kill switch, alerts and fleet.db are used).
+        leader: a started leader (its view, kill switch, alerts, version board, quality
+            monitor and fleet.db are used).
         node_timeout_s: how long a node-level command waits for the agent's reply.
     """
 
@@ -88,6 +79,22 @@ class LeaderSource:
 
     def snapshot(self) -> FleetSnapshot:
         return self.leader.view.snapshot()
+
+    def versions(self) -> list[VersionRow]:
+        return list(self.leader.versions.rows())
+
+    def quality(self) -> QualityView:
+        mon = self.leader.quality
+        return QualityView(rows=mon.rows(), breaches=list(mon.breaches),
+                           finding_counts=dict(mon.finding_counts))
+
+    async def daily_report(self, day: str | None) -> DailyReport | None:
+        mon = self.leader.quality
+        if mon.db_path is None:
+            return None
+        day = day or previous_day(mon.clock.now_ns(), mon.trading_day)
+        return await build_daily(mon.db_path, day, mon.trading_day,
+                                 thresholds=mon.cfg.execution, surveil=mon.cfg.surveil)
 
     async def control(self, action: ControlAction) -> dict[str, Any]:
         try:
@@ -137,10 +144,6 @@ class LeaderSource:
 
     async def ack(self, alert_id: str, operator: str) -> bool:
         return self.leader.alerts.ack(alert_id, operator) is not None
-
-    def quality(self) -> QualityMonitor:
-        """The leader's execution-quality and surveillance monitor (optional in a source)."""
-        return self.leader.quality
 
     async def bot_events(self, node: str, bot: str, limit: int,
                          kinds: tuple[str, ...] = ()) -> list[AnyEvent]:
