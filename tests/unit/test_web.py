@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from qtd.clock import SimClock
+from qtd.deploy.model import VersionRow
 from qtd.events import (
     AnyEvent,
     Heartbeat,
@@ -27,7 +28,8 @@ from qtd.events import (
 from qtd.fleetsnapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
-from qtd.web import ControlAction, create_app
+from qtd.quality.execution import ExecBreach, ExecRow
+from qtd.web import ControlAction, QualityView, create_app
 from qtd.web.live import tick_frame
 from tests.factories import NODE, accepted, fill, submitted
 
@@ -383,3 +385,29 @@ def test_a_page_and_its_chart_show_one_snapshot(src: ViewSource) -> None:
             assert series[-1][0] == int(t.group(1)), path
             assert series[-1][1] == pytest.approx(float(shown.group(1).replace(",", "")),
                                                   abs=0.005), path
+
+
+class PanelSource(ViewSource):
+    """A source with a version table and a quality view (the leader's two extra panels)."""
+
+    def versions(self) -> list[VersionRow]:  # type: ignore[override]
+        return [VersionRow(bot="momo", node=NODE, desired_version=2, desired_hash="ab" * 20,
+                           running_version=1, running_hash="cd" * 20, status="behind",
+                           stage="paper", refused_reason="<old>")]
+
+    def quality(self) -> QualityView:  # type: ignore[override]
+        row = ExecRow(bot="momo", venue="paper", symbol="SPY", orders=3, latency_p99_ms=9.25)
+        breach = ExecBreach(bot="momo", venue="paper", symbol="SPY", metric="latency_p99",
+                            value=9.25, limit=5.0, unit="ms", message="p99 slow")
+        return QualityView(rows=[row], breaches=[breach], finding_counts={"wash": 2})
+
+
+def test_versions_and_execution_panels_come_from_the_source() -> None:
+    with TestClient(create_app(PanelSource(), allowed_hosts=HOSTS)) as c:
+        html = c.get("/").text
+    versions = html[html.index('<section id="versions">'):]
+    assert "v2 <code>abababababab</code>" in versions and 'title="&lt;old&gt;"' in versions
+    execution = html[html.index('<section id="execution">'):html.index('<section id="versions">')]
+    assert '<td class="num neg">9.2</td>' in execution  # the crossed p99, in red
+    assert "1 threshold(s) crossed; 2 surveillance finding(s)" in execution
+    assert 'href="/reports/daily"' in execution
