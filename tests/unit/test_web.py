@@ -30,6 +30,7 @@ from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.quality.execution import ExecBreach, ExecRow
 from qtd.web import ControlAction, QualityView, create_app
+from qtd.web.frames import CapFigures, SymbolFigures
 from qtd.web.live import tick_frame
 from tests.factories import NODE, accepted, fill, submitted
 
@@ -183,7 +184,7 @@ def test_websocket_pushes_pnl_every_period(src: ViewSource) -> None:
         assert app.state.web.hub.frames >= 3  # one frame per period for every client
     assert all(t["type"] == "tick" for t in ticks)
     assert ticks[-1]["fleet"]["pnl"] == pytest.approx(99.5)
-    assert ticks[-1]["bots"]["node-a/momo"][0] == pytest.approx(99.5)
+    assert ticks[-1]["bots"]["node-a/momo"]["pnl"] == pytest.approx(99.5)
     assert ticks[-1]["alerts"][0]["alert_id"] == "a1"
 
 
@@ -297,7 +298,7 @@ def test_500_bots_one_frame_with_every_bot_and_shared_layouts(src: ViewSource) -
     assert r.status_code == 200 and r.text.count('<tr data-bot="') == 501
     assert r.text.count('class="bar lim') == 501 * len(LIMITS)
     assert len(frame["bots"]) == 501 and len(frame["layouts"]) == 1  # one layout, shared
-    assert frame["bots"]["node-a/b2"][7] == [132, 150, 190, 120]  # used x 2, in whole %
+    assert frame["bots"]["node-a/b2"]["utils"] == [132, 150, 190, 120]  # used x 2, whole %
     # render time and frame size and time at 500 bots: benchmarks/web.py
 
 
@@ -324,35 +325,38 @@ def test_overview_shows_stage_state_and_a_bar_per_limit(client: TestClient) -> N
 
 def test_frame_keeps_position_stage_state_and_limits_live(src: ViewSource) -> None:
     frame = tick_frame(src.snapshot())
-    _, gross, _, pos, stage, state, layout, utils, counts, *_ = frame["bots"]["node-a/momo"]
-    assert (pos, stage, state, counts) == ("SPY +6", "shadow", "REDUCING", "2/2/0/0")
-    assert gross == 660.0 and frame["counts"] == "2 / 2 / 0"
-    assert frame["nodes"]["node-a"][3:] == [0, 99.5]  # bots running (last beat), PnL today
-    assert frame["symbols"] == {"SPY": [6.0, 110.0, 660.0, None]}
-    assert frame["layouts"][layout] == ["bot pos ntl", "bot open ord", "acct day loss",
-                                        "SPY pos qty"]
-    assert utils == [66, 75, 95, 60]
-    assert frame["caps"] == [[2000.0, 20, ""]]
+    bot = frame.bots["node-a/momo"]
+    assert (bot.pos, bot.stage, bot.state, bot.counts) == ("SPY +6", "shadow", "REDUCING",
+                                                           "2/2/0/0")
+    assert bot.gross == 660.0 and frame.counts == "2 / 2 / 0"
+    node = frame.nodes["node-a"]
+    assert (node.bots, node.pnl) == (0, 99.5)  # bots running (last beat), PnL today
+    assert frame.symbols == {"SPY": SymbolFigures(qty=6.0, mark=110.0, net=660.0, pct=None)}
+    assert frame.layouts[bot.layout] == ["bot pos ntl", "bot open ord", "acct day loss",
+                                         "SPY pos qty"]
+    assert bot.utils == [66, 75, 95, 60]
+    assert frame.caps == [CapFigures(value=2000.0, pct=20, key="")]
     # the bot closes its position: the position text goes flat in the same frame as the
     # exposure (the page once showed "SPY +6" beside a live 0.00 exposure)
     _trade(src, "c3", Side.SELL, "6", "111", "111", T0 + 62 * 10**9)
     _pnl_tick(src, LIMITS[1:], stage="live", state="ACTIVE")
-    row = tick_frame(src.snapshot())["bots"]["node-a/momo"]
-    assert row[1] == 0.0 and row[3] == "flat" and row[4:6] == ["live", "ACTIVE"]
-    assert row[8] == "3/3/0/0"  # the order counts move with them
-    assert len(row[7]) == 3 and tick_frame(src.snapshot())["layouts"][row[6]][0] == \
-        "bot open ord"
+    later = tick_frame(src.snapshot())
+    row = later.bots["node-a/momo"]
+    assert row.gross == 0.0 and row.pos == "flat" and (row.stage, row.state) == ("live",
+                                                                                 "ACTIVE")
+    assert row.counts == "3/3/0/0"  # the order counts move with them
+    assert len(row.utils) == 3 and later.layouts[row.layout][0] == "bot open ord"
 
 
 def test_bot_state_halted_by_a_kill_before_its_agent_reports_it(src: ViewSource) -> None:
     other = ActiveKill(kill_id="k1", scope="SYMBOL", key="QQQ", reason="other symbol")
     src.view.kill = KillView(active=True, kills=[other])
-    assert tick_frame(src.snapshot())["bots"]["node-a/momo"][5] != "HALTED"
+    assert tick_frame(src.snapshot()).bots["node-a/momo"].state != "HALTED"
     mine = ActiveKill(kill_id="k2", scope="ACCOUNT", key="acct1", reason="its account")
     src.view.kill = KillView(active=True, kills=[other, mine])  # any kill of the set covers
     frame = tick_frame(src.snapshot())
-    assert frame["bots"]["node-a/momo"][5] == "HALTED"
-    assert [k["kill_id"] for k in frame["kill"]["kills"]] == ["k1", "k2"]
+    assert frame.bots["node-a/momo"].state == "HALTED"
+    assert [k.kill_id for k in frame.kill.kills] == ["k1", "k2"]
 
 
 def test_api_and_metrics_carry_the_limits(client: TestClient) -> None:

@@ -177,8 +177,8 @@ def test_page_frame_table_and_metrics_say_which_breaker() -> None:
     row = row[:row.index("</tr>")]
     assert 'data-k="bot.state">HALTED<' in row
     assert "breaker consecutive_losses 3 vs limit 3 trades" in row and "since" in row
-    frame = tick_frame(snap)["bots"]["node-a/momo"]
-    assert frame[5] == "HALTED" and "consecutive_losses" in frame[9]
+    frame = tick_frame(snap).bots["node-a/momo"]
+    assert frame.state == "HALTED" and "consecutive_losses" in frame.why
     watch = FleetWatch(None, "qtd", {NODE: ["momo", "idle"]})  # type: ignore[arg-type]
     watch.snapshot = snap
     watch.states.update({(NODE, "momo"): "ACTIVE", (NODE, "idle"): "ACTIVE"})  # stale
