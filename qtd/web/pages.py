@@ -58,11 +58,6 @@ def utc(ns: int) -> str:
     return datetime.fromtimestamp(ns / _NS, UTC).strftime("%Y-%m-%d %H:%M:%S") if ns else "–"
 
 
-def bar_fill(frac: float) -> int:
-    """The fill class of a utilisation bar: 0, 5, ... 100 (app.css ``.f0`` .. ``.f100``)."""
-    return round(min(botrow.pct(frac), 100) / 5) * 5
-
-
 def kill_line(scope: str, key: str, reason: str, who: str, kill_id: str) -> str:
     """One active kill as the banner says it (the same text as ``static/app.js``)."""
     return f"KILL {scope} {key} — {reason} ({who}) [{kill_id}]"
@@ -93,10 +88,10 @@ def environment() -> Environment:
     env.filters.update(money=money, sign=sign, fmt=fmt, utc=utc, finding_line=finding_line,
                        urlpart=lambda s: quote(s, safe=""))
     env.globals.update(
-        level=botrow.level, pct=botrow.pct, bar_fill=bar_fill, kill_line=kill_line,
+        level=botrow.level, pct=botrow.pct, bar_fill=botrow.fill, kill_line=kill_line,
         points=points, crossed=crossed, counts=botrow.counts, bot_state=botrow.bot_state,
         bot_why=botrow.bot_why, denials=botrow.denials, layout=botrow.layout,
-        limit_label=botrow.limit_label, limit_title=botrow.limit_title,
+        limit_bars=botrow.limit_bars, limit_title=botrow.limit_title,
         positions_by_bot=botrow.positions_by_bot)
     return env
 
