@@ -137,7 +137,7 @@ def render_ms(src: Source, repeat: int) -> tuple[float, float, int]:
     """(first, median of the next ``repeat``) server time of GET / in ms, and its size."""
     times = []
     size = 0
-    with TestClient(create_app(src, push_interval_s=3600)) as client:
+    with TestClient(create_app(src, push_interval_s=3600, allowed_hosts=("testserver",))) as client:
         for _ in range(repeat + 1):
             t0 = time.perf_counter()
             r = client.get("/")
