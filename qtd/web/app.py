@@ -75,8 +75,7 @@ class WebApp:
 
     async def index(self, request: Request) -> Response:
         snap = self.hub.sample()  # the chart's last point is this snapshot's too
-        return self._page(request, "overview.html", "qtd fleet", snap=snap,
-                          quality=self.source.quality(), versions=self.source.versions())
+        return self._page(request, "overview.html", "qtd fleet", snap=snap, source=self.source)
 
     async def daily(self, request: Request) -> Response:
         day = request.query_params.get("date")
