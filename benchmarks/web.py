@@ -15,8 +15,9 @@ the PnL tick its agent sends with stage, state and ``--limits`` risk limits in u
    PnL changes 10 times a second: frames received by one WebSocket subscriber per second
    (one frame per period however many bots change) and the spacing between them.
 4. **browser** (when Chromium is installed): the page served by uvicorn under the same churn,
-   loaded in headless Chromium: DOMContentLoaded and load times, then the browser's main
-   thread time (DevTools ``TaskDuration``) per live frame over ``--seconds``.
+   loaded in headless Chromium (Playwright, ``tests/e2e/browser.py``): DOMContentLoaded and
+   load times, then the browser's main thread time (DevTools ``TaskDuration``, over a CDP
+   session) per live frame over ``--seconds``.
 
     python benchmarks/web.py [--bots 500] [--limits 12] [--repeat 20] [--seconds 6]
 """
@@ -37,7 +38,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.e2e.devtools
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.e2e.browser
 
 from qtd.clock import LiveClock
 from qtd.control import ControlAction
@@ -52,7 +53,7 @@ from qtd.events import (
     Scope,
     Side,
 )
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 from qtd.web import WebServer, create_app
@@ -80,6 +81,15 @@ class Source:
 
     def snapshot(self) -> FleetSnapshot:
         return self.view.snapshot()
+
+    def versions(self) -> None:  # no version table: the panel is not shown
+        return None
+
+    def quality(self) -> None:  # no quality monitor: the panel is not shown
+        return None
+
+    async def daily_report(self, day: str | None) -> None:
+        return None
 
     async def control(self, action: ControlAction) -> dict[str, Any]:
         raise NotImplementedError
@@ -129,7 +139,7 @@ def render_ms(src: Source, repeat: int) -> tuple[float, float, int]:
     """(first, median of the next ``repeat``) server time of GET / in ms, and its size."""
     times = []
     size = 0
-    with TestClient(create_app(src, push_interval_s=3600)) as client:
+    with TestClient(create_app(src, push_interval_s=3600, allowed_hosts=("testserver",))) as client:
         for _ in range(repeat + 1):
             t0 = time.perf_counter()
             r = client.get("/")
@@ -190,26 +200,27 @@ async def browser(view: FleetView, bots: int, limits: int, seconds: float
                   ) -> tuple[float, float, dict[str, float], int]:
     """(DOMContentLoaded ms, load ms, main-thread ms per frame by DevTools metric
     (``TaskDuration`` = all of it, then script, style and layout), frames) in Chromium."""
-    from tests.e2e.devtools import chromium, open_page
+    from tests.e2e.browser import chromium_page
 
     server = WebServer(create_app(Source(view), push_interval_s=1.0))
     await server.start()
     mover = asyncio.create_task(churn(view, bots, limits))
     try:
-        async with chromium() as devtools, open_page(devtools) as page:
-            await page.call("Performance.enable")
-            await page.call("Page.navigate", url=server.url)
+        async with chromium_page() as page:
+            cdp = await page.context.new_cdp_session(page)
+            await cdp.send("Performance.enable")
+            await page.goto(server.url)
             ticks = "Number(document.querySelector('#conn').dataset.ticks || 0)"
             async with asyncio.timeout(60):
-                while not await page.js(f"{ticks} >= 1"):
+                while not await page.evaluate(f"{ticks} >= 1"):
                     await asyncio.sleep(0.1)
-            nav = await page.js("(n => [n.domContentLoadedEventEnd, n.loadEventEnd])("
-                                "performance.getEntriesByType('navigation')[0])")
+            nav = await page.evaluate("(n => [n.domContentLoadedEventEnd, n.loadEventEnd])("
+                                      "performance.getEntriesByType('navigation')[0])")
 
             async def busy() -> tuple[dict[str, float], int]:
                 m = {x["name"]: x["value"] for x in
-                     (await page.call("Performance.getMetrics"))["metrics"]}
-                return m, int(await page.js(ticks))
+                     (await cdp.send("Performance.getMetrics"))["metrics"]}
+                return m, int(await page.evaluate(ticks))
 
             (b0, n0) = await busy()
             await asyncio.sleep(seconds)

@@ -8,11 +8,11 @@ Public API: :class:`FleetView` and its snapshot
 
 from __future__ import annotations
 
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.config import LeaderConfig, load_leader_config, parse_leader_config
 from qtd.leader.fleetdb import FleetDB, Origin
 from qtd.leader.kill import KillRound, KillSwitchController, ack_subject
 from qtd.leader.lease import LeaderLease, LeaseRecord
-from qtd.leader.snapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 
 __all__ = [

@@ -25,9 +25,9 @@ import msgspec
 from qtd.aio import TaskSet
 from qtd.clock import Clock
 from qtd.events import Alert, AnyEvent, RiskBreach, Severity, TradingState, TradingStateChanged
+from qtd.fleetsnapshot import AlertView
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.ingest import Suspect
-from qtd.leader.snapshot import AlertView
 from qtd.leader.view import FleetView
 from qtd.notify import Notifier, Page
 

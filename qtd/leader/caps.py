@@ -30,10 +30,10 @@ from qtd.events import (
     Scope,
     Side,
 )
+from qtd.fleetsnapshot import CapOverrideView, CapView
 from qtd.leader.config import CapsConfig, SymbolExposureCap
 from qtd.leader.fleetdb import LEADER_NODE
 from qtd.leader.overrides import CapOverrides, check_raise
-from qtd.leader.snapshot import CapOverrideView, CapView
 from qtd.leader.view import FleetView, Rollup
 from qtd.projections import TradingDay
 

@@ -101,8 +101,8 @@ class Leader:
         await k.nc.flush()
         self._main = asyncio.create_task(self._run(), name="qtd-leader")
         if s.page is not None:
-            from qtd.web import LeaderSource
-            await s.page.start(LeaderSource(self))
+            from qtd.leader.websource import LeaderSource
+            await s.page.start(LeaderSource(self, self.cfg.fleet_db))
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:

@@ -27,11 +27,11 @@ from qtd.control.transport import request
 from qtd.deploy.model import VersionRow
 from qtd.errors import QtdError
 from qtd.events import DECODE_ERRORS, CapOverride, Scope
+from qtd.fleetsnapshot import AlertView, FleetSnapshot
 from qtd.leader.alerts import AlertRecord
 from qtd.leader.caps import Breach, FleetCaps
 from qtd.leader.kill import KillRound, ResumeResult
 from qtd.leader.lease import Standing
-from qtd.leader.snapshot import AlertView, FleetSnapshot
 from qtd.leader.view import FleetView
 
 log = logging.getLogger("qtd.leader")

@@ -57,10 +57,10 @@ from qtd.control import (
 from qtd.control.transport import ack_is_from, kill_ack_all, kill_ack_subject, update_kill_set
 from qtd.errors import ConfigError, OperationalError
 from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
+from qtd.fleetsnapshot import ActiveKill, KillView
 from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
-from qtd.leader.snapshot import ActiveKill, KillView
 from qtd.leader.view import FleetView
 
 log = logging.getLogger("qtd.leader.kill")

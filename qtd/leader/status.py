@@ -1,13 +1,13 @@
 """The leader's status: the fleet view with the caps measured, the open alerts and the
-ingest counters, as one :class:`~qtd.leader.snapshot.FleetSnapshot`."""
+ingest counters, as one :class:`~qtd.fleetsnapshot.FleetSnapshot`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
 
+from qtd.fleetsnapshot import AlertView, FleetSnapshot
 from qtd.leader.caps import FleetCaps
-from qtd.leader.snapshot import AlertView, FleetSnapshot
 from qtd.leader.view import FleetView
 
 
@@ -28,6 +28,6 @@ class FleetStatus:
         self._alerts, self._ingest_stats = alerts, ingest_stats
 
     def snapshot(self) -> FleetSnapshot:
-        """The fleet now (see :mod:`qtd.leader.snapshot` for the shape and units)."""
+        """The fleet now (see :mod:`qtd.fleetsnapshot` for the shape and units)."""
         return self._view.snapshot(measure_caps=self._measure, alerts=self._alerts,
                                    ingest_stats=self._ingest_stats)

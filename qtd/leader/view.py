@@ -42,8 +42,7 @@ from qtd.events import (
     RiskBreach,
     TradingStateChanged,
 )
-from qtd.leader import why
-from qtd.leader.snapshot import (
+from qtd.fleetsnapshot import (
     AccountView,
     Agg,
     AlertView,
@@ -56,6 +55,7 @@ from qtd.leader.snapshot import (
     PositionView,
     SymbolView,
 )
+from qtd.leader import why
 from qtd.orders import ApplyResult
 from qtd.projections import ZERO, Position, Projections, TradingDay
 
@@ -355,7 +355,7 @@ class FleetView:
                  alerts: Callable[[], list[AlertView]] = list,
                  ingest_stats: Callable[[], dict[str, int]] = dict) -> FleetSnapshot:
         """Everything the status page needs, msgspec-serialisable (see
-        :mod:`qtd.leader.snapshot` for the shape and units).
+        :mod:`qtd.fleetsnapshot` for the shape and units).
 
         Args:
             measure_caps: the caps measured on this pass's rollup (default: the last

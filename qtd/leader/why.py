@@ -24,7 +24,6 @@ the agent reports, whose cause has not reached the leader yet, has kind ``agent`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from qtd.events import (
     OrderDenied,
@@ -34,14 +33,11 @@ from qtd.events import (
     TradingState,
     TradingStateChanged,
 )
-from qtd.leader.snapshot import ActiveKill, Cause, DenyCount, ScopeState
+from qtd.fleetsnapshot import RANK, ActiveKill, Cause, DenyCount, ScopeState
 from qtd.risk.kill import in_scope
 
-RANK = {"ACTIVE": 0, "REDUCING": 1, "STOPPED": 2, "HALTED": 3}
-"""Restrictiveness of a state; also ``qtd_bot_trading_state``'s value (UNKNOWN is -1)."""
 _KIND_ORDER = ("kill", "storage", "breaker", "operator", "failsafe", "runner", "agent")
 _STORAGE = frozenset({"store_fault", "store_behind"})
-_NS = 1_000_000_000
 ScopeKey = tuple[str, str, str]  # node, scope, key
 
 
@@ -222,37 +218,3 @@ def effective(causes: list[Cause], reported: str) -> tuple[str, list[Cause], int
                                c.since_ns))
     since = min((c.since_ns for c in causes if c.state == state and c.since_ns), default=0)
     return state, causes, since
-
-
-def describe(c: Cause) -> str:
-    """One line for an operator: ``breaker consecutive_losses 3 >= 3 trades (STRATEGY momo
-    on node-a)``, ``kill k-1f2e GLOBAL by alice: test``, ``storage store_fault: ...``."""
-    where = f"{c.scope} {c.key}".strip() + (f" on {c.node}" if c.node and c.scope != "NODE"
-                                            else "")
-    if c.kind == "kill":
-        kid = f" {c.kill_id}" if c.kill_id else ""
-        return f"kill{kid} {where} by {c.operator or '?'}: {c.reason}"
-    if c.kind in ("breaker", "storage") and c.check:
-        reading = "" if c.value is None or c.limit is None else \
-            f" {c.value:g} vs limit {c.limit:g} {c.unit}".rstrip()
-        return f"{c.kind} {c.check}{reading} ({where})"
-    who = f" by {c.operator}" if c.operator else ""
-    return f"{c.kind} {where}{who}: {c.reason}"
-
-
-def since_text(since_ns: int, now_ns: int) -> str:
-    """``since 08:41:03 UTC (5m 12s)``; "" when unknown."""
-    if not since_ns:
-        return ""
-    age = max(0, (now_ns - since_ns) // _NS)
-    h, rem = divmod(age, 3600)
-    span = f"{h}h {rem // 60}m" if h else f"{rem // 60}m {rem % 60}s" if rem >= 60 else \
-        f"{rem}s"
-    at = datetime.fromtimestamp(since_ns / _NS, UTC).strftime("%H:%M:%S")
-    return f"since {at} UTC ({span})"
-
-
-def why_text(causes: list[Cause], state: str) -> str:
-    """What the page and the table print beside a state: the causes imposing it, joined
-    by `` · `` ("" when ACTIVE)."""
-    return " · ".join(describe(c) for c in causes if c.state == state and state != "ACTIVE")

@@ -23,6 +23,8 @@ from qtd.store import APPLICATION_ID as STORE_APP_ID
 from qtd.store import EventStore
 
 BATCH: Final = 5000
+FLEET_APP_ID: Final = 0x71746466
+"""The leader's fleet.db in the SQLite header (``PRAGMA application_id``, ``"qtdf"``)."""
 
 
 def db_kind(path: str | Path) -> str:
@@ -31,8 +33,6 @@ def db_kind(path: str | Path) -> str:
     Raises:
         StoreError: the file is missing or is not a qtd store (names the file and the id).
     """
-    from qtd.leader.fleetdb import APPLICATION_ID as FLEET_APP_ID  # qtd.leader imports us
-
     p = Path(path)
     if not p.is_file():
         raise StoreError(f"{p}: no such file (give --db an events.db or fleet.db)", path=str(p))

@@ -26,8 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qtd.events import DECODE_ERRORS, Scope, TradingStateChanged
-from qtd.leader.snapshot import BotView, Cause, FleetSnapshot
-from qtd.leader.why import describe, since_text, why_text
+from qtd.fleetsnapshot import BotView, Cause, FleetSnapshot, describe, since_text, why_text
 
 _state_decoder = msgspec.json.Decoder(TradingStateChanged)
 

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from qtd.control import ControlAction, Target, Verb
 from qtd.events import DECODE_ERRORS
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.web.detail import BotDetail
 
 MAX_BODY = 16 * 1024

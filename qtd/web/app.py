@@ -1,6 +1,7 @@
 """The status page application: :func:`create_app`.
 
 Routes: ``GET /`` (fleet overview), ``GET /bots/{node}/{bot}`` (drill-down),
+``GET /reports/daily`` (daily report; pages are the templates of :mod:`qtd.web.pages`),
 ``GET|POST /login``, ``POST /logout``, ``WS /ws/live`` (PnL frames, :mod:`qtd.web.live`),
 ``GET /metrics`` (Prometheus), ``GET /api/...`` and ``POST /api/control`` /
 ``POST /api/alerts/{id}/ack`` (:mod:`qtd.web.api`), ``GET /api/openapi.json``,
@@ -21,22 +22,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from qtd.leader.snapshot import FleetSnapshot
-from qtd.quality.web import daily_body, execution_section
-from qtd.web import api, pages
+from qtd.fleetsnapshot import FleetSnapshot
+from qtd.web import api
 from qtd.web.auth import COOKIE, Auth, valid_operator
 from qtd.web.conn import ConnectionGuard
 from qtd.web.detail import ORDER_KINDS, BotDetail, admission, blotter, bot_metrics, equity_curve
 from qtd.web.guard import SiteGuard
 from qtd.web.live import PnlHub
+from qtd.web.pages import TEMPLATES, compile_all
 from qtd.web.prom import CONTENT_TYPE, WebMetrics
-from qtd.web.source import FleetSource
-from qtd.web.versions import versions_section
+from qtd.web.protocol import FleetSource
 
 log = logging.getLogger("qtd.web")
 STATIC = Path(__file__).parent / "static"
@@ -63,27 +63,34 @@ class WebApp:
 
     # --- pages ---------------------------------------------------------------------------
 
-    def _html(self, request: Request, title: str, body_fn: Any, status: int = 200) -> Response:
+    def _page(self, request: Request, template: str, title: str, status: int = 200,
+              **context: Any) -> Response:
+        """``template`` (:mod:`qtd.web.pages`) in the page shell, for this request's operator."""
         operator = self.auth.session_operator(request) or ""
-        body = body_fn(bool(operator))
-        html = pages.page(title, body, csrf=self.auth.csrf_token(request) if operator else "",
-                          operator=operator, auth_enabled=self.auth.enabled)
-        return HTMLResponse(html, status, headers=_SECURITY_HEADERS)
+        shell = {"title": title, "operator": operator, "controls": bool(operator),
+                 "auth_enabled": self.auth.enabled,
+                 "csrf": self.auth.csrf_token(request) if operator else ""}
+        return TEMPLATES.TemplateResponse(request, template, {**shell, **context},
+                                          status_code=status, headers=_SECURITY_HEADERS)
 
     async def index(self, request: Request) -> Response:
         snap = self.hub.sample()  # the chart's last point is this snapshot's too
-        extra = execution_section(self.source) + versions_section(self.source)
-        return self._html(request, "qtd fleet",
-                          lambda c: pages.overview(snap, controls=c) + extra)
+        return self._page(request, "overview.html", "qtd fleet", snap=snap, source=self.source)
 
     async def daily(self, request: Request) -> Response:
-        body = await daily_body(self.source, request.query_params.get("date"))
-        return self._html(request, "qtd daily report", lambda c: body)
+        day = request.query_params.get("date")
+        try:
+            report = await self.source.daily_report(day)
+        except ValueError:
+            raise HTTPException(400, f"date={day!r}: must be YYYY-MM-DD") from None
+        if report is None:
+            raise HTTPException(404, "no daily report here (not served by a leader)")
+        return self._page(request, "daily.html", "qtd daily report", report=report,
+                          currency=self.source.snapshot().currency)
 
     async def bot(self, request: Request) -> Response:
         detail = await self.detail(request.path_params["node"], request.path_params["bot"])
-        return self._html(request, f"qtd {detail.node}/{detail.bot}",
-                          lambda c: pages.bot_page(detail, controls=c))
+        return self._page(request, "bot.html", f"qtd {detail.node}/{detail.bot}", d=detail)
 
     async def detail(self, node: str, bot: str) -> BotDetail:
         """The drill-down of one bot.
@@ -108,9 +115,9 @@ class WebApp:
 
     async def login_page(self, request: Request) -> Response:
         if not self.auth.enabled:
-            return self._html(request, "qtd login", lambda _: pages.login_form(
-                "no operator token is configured: the page is read-only"), 403)
-        return self._html(request, "qtd login", lambda _: pages.login_form())
+            return self._page(request, "login.html", "qtd login", 403,
+                              error="no operator token is configured: the page is read-only")
+        return self._page(request, "login.html", "qtd login", error="")
 
     async def login(self, request: Request) -> Response:
         if not self.auth.enabled:
@@ -123,8 +130,8 @@ class WebApp:
         if not valid_operator(operator) or not self.auth.check_token(token):
             await asyncio.sleep(0.5)  # slow down guessing
             log.warning("web.login_refused operator=%r", operator[:64])
-            return self._html(request, "qtd login", lambda _: pages.login_form(
-                "wrong operator name or token"), 401)
+            return self._page(request, "login.html", "qtd login", 401,
+                              error="wrong operator name or token")
         log.warning("web.login operator=%s", operator)
         resp = RedirectResponse("/", 303)
         resp.set_cookie(COOKIE, self.auth.session_cookie(operator), httponly=True,
@@ -235,8 +242,8 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
     """The status page app over ``source``.
 
     Args:
-        source: a :class:`~qtd.web.source.FleetSource` (the leader: wrap it in
-            :class:`~qtd.web.source.LeaderSource`).
+        source: a :class:`~qtd.web.protocol.FleetSource` (the leader's is
+            :class:`qtd.leader.websource.LeaderSource`).
         token: operator token (None: read-only, every control answers 403).
         push_interval_s: seconds between live PnL frames.
         session_ttl_s: how long an operator login lasts.
@@ -250,6 +257,7 @@ def create_app(source: FleetSource, *, token: str | None = None, push_interval_s
     Returns:
         A Starlette app; ``app.state.web`` is its :class:`WebApp`.
     """
+    compile_all()
     auth = Auth(token, session_ttl_s=session_ttl_s, allowed_origins=allowed_origins)
     web = WebApp(source, auth, push_interval_s, connections)
     routes: list[Any] = [

@@ -1,8 +1,8 @@
 """Drill-down of one bot: order blotter, equity curve, strategy metrics, admission.
 
-Built from the bot's events in fleet.db, read through a **read-only** SQLite connection
-(``mode=ro``: the web app can never write the leader's record) on a worker thread. The
-metrics are :mod:`qtd.metrics`'s pure functions on the bot's fill-by-fill curve:
+Built from the bot's events in fleet.db (:meth:`~qtd.web.protocol.FleetSource.bot_events`;
+the leader's source reads them through a read-only connection). The metrics are
+:mod:`qtd.metrics`'s pure functions on the bot's fill-by-fill curve:
 
 * **equity curve** points are ``(ts_ns, pnl)`` after each fill: the bot's net realized PnL
   plus its open positions at their last fill price (quote currency);
@@ -15,11 +15,8 @@ metrics are :mod:`qtd.metrics`'s pure functions on the bot's fill-by-fill curve:
 
 from __future__ import annotations
 
-import asyncio
 import math
-import sqlite3
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,43 +35,12 @@ from qtd.events import (
     OrderSubmitted,
     Side,
     StrategyAdmitted,
-    decode_many,
 )
-from qtd.leader.snapshot import BotView, PositionView
+from qtd.fleetsnapshot import BotView, PositionView
 from qtd.projections import ZERO, Projections
 
 ORDER_KINDS = ("OrderIntent", "OrderSubmitted", "OrderAccepted", "OrderRejected",
                "OrderCanceled", "OrderExpired", "BrokerError", "Fill")
-
-
-class FleetDBReader:
-    """Read-only queries on fleet.db (a fresh ``mode=ro`` connection per query, off-loop).
-
-    Args:
-        path: the leader's fleet.db.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-
-    async def bot_events(self, node: str, bot: str, limit: int,
-                         kinds: tuple[str, ...] = ()) -> list[AnyEvent]:
-        """The bot's last ``limit`` events (of ``kinds`` if given), oldest first."""
-        return await asyncio.to_thread(self._bot_events, node, bot, limit, kinds)
-
-    def _bot_events(self, node: str, bot: str, limit: int, kinds: tuple[str, ...]
-                    ) -> list[AnyEvent]:
-        sql = "SELECT payload FROM events WHERE node = ? AND bot = ?"
-        args: list[object] = [node, bot]
-        if kinds:
-            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-            args += kinds
-        conn = sqlite3.connect(self.uri, uri=True)
-        try:
-            rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        finally:
-            conn.close()
-        return decode_many([r[0] for r in reversed(rows)])
 
 
 class BlotterRow(msgspec.Struct, kw_only=True):

@@ -1,19 +1,10 @@
 """Live PnL: one sampler takes a fleet snapshot every ``period_s`` and pushes one compact
 frame to every WebSocket client, however many bots changed.
 
-Frame (JSON, ``type = "tick"``; money rounded to cents, utilisation in whole percent)::
-
-    {"type": "tick", "t": <ms>, "fleet": {"pnl": today, "realized", "unrealized",
-     "equity", "gross", "dd"},
-     "counts": "orders / fills / rejects",
-     "bots": {"node/bot": [pnl_today, gross, realized+unrealized, position text, stage,
-                           effective state, layout index, [utilisation % per limit],
-                           "orders/fills/rejects/denials", why and since, top denials]},
-     "layouts": [[bar label, ...], ...],
-     "caps": [[value, utilisation %, key], ...],
-     "nodes": {"node": [heartbeat_age_s | null, alive, state, bots_running, pnl_today]},
-     "symbols": {"SYM": [net_qty, mark | null, net_exposure, cap utilisation % | null]},
-     "kill": {...}, "alerts": [{alert_id, severity, status, title}]}
+A frame is a :class:`~qtd.web.frames.Tick` (JSON, ``type = "tick"``; its Structs name every
+field, and ``static/app.js`` reads them by name): fleet totals, the fleet's order counts,
+per bot its figures and texts (:class:`~qtd.web.frames.BotFigures`), the limit-bar layouts,
+caps, nodes, symbols, the kill state and open alerts.
 
 Every number the overview shows is in the frame, so nothing on the page goes stale beside a
 live neighbour (a position shown next to a newer exposure, say); and every figure of a frame
@@ -25,9 +16,9 @@ A bot's limit bars are named once per distinct layout (bots with the same limits
 one), so a frame stays small with 500 bots and is still complete on its own: a client that
 missed frames, or a row whose limits changed, is rebuilt from any single frame.
 
-A client first gets ``type = "hello"`` with the fleet PnL history (and the history of one
-bot when it connected with ``?bot=node/bot``). The frame is encoded once per tick and shared;
-a slow client's queue keeps only the newest frames.
+A client first gets a :class:`~qtd.web.frames.Hello` (``type = "hello"``) with the fleet PnL
+history (and the history of one bot when it connected with ``?bot=node/bot``). The frame is
+encoded once per tick and shared; a slow client's queue keeps only the newest frames.
 """
 
 from __future__ import annotations
@@ -36,57 +27,74 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Any
 
 import anyio
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from qtd.leader.snapshot import FleetSnapshot
+from qtd.fleetsnapshot import FleetSnapshot, KillView
 from qtd.web import botrow
-from qtd.web.source import FleetSource
+from qtd.web.frames import (
+    AlertLine,
+    BotFigures,
+    CapFigures,
+    FleetFigures,
+    Hello,
+    KillEntry,
+    KillFigures,
+    NodeFigures,
+    Point,
+    SymbolFigures,
+    Tick,
+)
+from qtd.web.protocol import FleetSource
 
 log = logging.getLogger("qtd.web.live")
 _QUEUE = 4
 
 
-def tick_frame(snap: FleetSnapshot) -> dict[str, Any]:
+def tick_frame(snap: FleetSnapshot) -> Tick:
     """The compact per-tick frame of a snapshot (module docstring)."""
     t = snap.totals
-    k = snap.kill
     positions = botrow.positions_by_bot(snap)
     layouts: dict[str, int] = {}
-    bots: dict[str, list[Any]] = {}
+    bots: dict[str, BotFigures] = {}
     for b in snap.bots:
-        sig = botrow.layout(b.limits)
-        idx = layouts.setdefault(sig, len(layouts))
         a = b.agg
-        bots[f"{b.node}/{b.bot}"] = [
-            round(a.pnl_today, 2), round(a.gross_exposure, 2), round(a.realized + a.unrealized, 2),
-            positions.get((b.node, b.bot), "flat"), b.stage, botrow.bot_state(b), idx,
-            [botrow.pct(x.utilisation) for x in b.limits], botrow.counts(a),
-            botrow.bot_why(b, snap.ts_ns), botrow.denials(b)]
-    return {
-        "type": "tick", "t": snap.ts_ns // 1_000_000,
-        "fleet": {"pnl": t.pnl_today, "realized": t.realized, "unrealized": t.unrealized,
-                  "equity": snap.equity, "gross": t.gross_exposure, "dd": snap.drawdown_pct},
-        "counts": botrow.counts(t, 3),
-        "bots": bots,
-        "layouts": [sig.split("|") if sig else [] for sig in layouts],
-        "caps": [[round(c.value, 2), botrow.pct(c.utilisation), c.key] for c in snap.caps],
-        "nodes": {n.node: [n.heartbeat_age_s, n.alive, n.state, n.bots_running,
-                           round(n.agg.pnl_today, 2)] for n in snap.nodes},
-        "symbols": {s.symbol: [s.net_qty, s.mark, round(s.agg.net_exposure, 2),
-                               None if s.cap_utilisation is None else
-                               botrow.pct(s.cap_utilisation)] for s in snap.symbols},
-        "kill": {"active": k.active, "scope": k.scope, "key": k.key, "reason": k.reason,
-                 "operator": k.operator, "pending": k.pending,
-                 "kills": [{"kill_id": a.kill_id, "scope": a.scope, "key": a.key,
-                            "reason": a.reason, "who": a.operator or a.source,
-                            "pending": a.pending} for a in k.kills]},
-        "alerts": [{"alert_id": a.alert_id, "severity": a.severity, "status": a.status,
-                    "title": a.title} for a in snap.alerts],
-    }
+        bots[f"{b.node}/{b.bot}"] = BotFigures(
+            pnl=round(a.pnl_today, 2), gross=round(a.gross_exposure, 2),
+            total=round(a.realized + a.unrealized, 2),
+            pos=positions.get((b.node, b.bot), "flat"), stage=b.stage,
+            state=botrow.bot_state(b),
+            layout=layouts.setdefault(botrow.layout(b.limits), len(layouts)),
+            utils=[botrow.pct(x.utilisation) for x in b.limits], counts=botrow.counts(a),
+            why=botrow.bot_why(b, snap.ts_ns), denies=botrow.denials(b))
+    return Tick(
+        t=snap.ts_ns // 1_000_000,
+        fleet=FleetFigures(pnl=t.pnl_today, realized=t.realized, unrealized=t.unrealized,
+                           equity=snap.equity, gross=t.gross_exposure, dd=snap.drawdown_pct),
+        counts=botrow.counts(t, 3), bots=bots,
+        layouts=[sig.split("|") if sig else [] for sig in layouts],
+        caps=[CapFigures(value=round(c.value, 2), pct=botrow.pct(c.utilisation), key=c.key)
+              for c in snap.caps],
+        nodes={n.node: NodeFigures(age=n.heartbeat_age_s, alive=n.alive, state=n.state,
+                                   bots=n.bots_running, pnl=round(n.agg.pnl_today, 2))
+               for n in snap.nodes},
+        symbols={s.symbol: SymbolFigures(
+            qty=s.net_qty, mark=s.mark, net=round(s.agg.net_exposure, 2),
+            pct=None if s.cap_utilisation is None else botrow.pct(s.cap_utilisation))
+            for s in snap.symbols},
+        kill=_kill(snap.kill),
+        alerts=[AlertLine(alert_id=a.alert_id, severity=a.severity, status=a.status,
+                          title=a.title) for a in snap.alerts])
+
+
+def _kill(k: KillView) -> KillFigures:
+    return KillFigures(
+        active=k.active, scope=k.scope, key=k.key, reason=k.reason, operator=k.operator,
+        pending=k.pending, kills=[KillEntry(kill_id=a.kill_id, scope=a.scope, key=a.key,
+                                            reason=a.reason, who=a.operator or a.source,
+                                            pending=a.pending) for a in k.kills])
 
 
 class PnlHub:
@@ -101,8 +109,8 @@ class PnlHub:
     def __init__(self, source: FleetSource, period_s: float = 1.0, history: int = 900) -> None:
         self.source = source
         self.period_s = period_s
-        self.fleet: deque[tuple[int, float]] = deque(maxlen=history)
-        self.bots: dict[str, deque[tuple[int, float]]] = {}
+        self.fleet: deque[Point] = deque(maxlen=history)
+        self.bots: dict[str, deque[Point]] = {}
         self.history = history
         self.subscribers: set[asyncio.Queue[str]] = set()
         self.frames = 0
@@ -122,13 +130,13 @@ class PnlHub:
 
     def _record(self, snap: FleetSnapshot) -> str:
         frame = tick_frame(snap)
-        t = frame["t"]
-        self.fleet.append((t, frame["fleet"]["pnl"]))
-        for key, row in frame["bots"].items():
+        t = frame.t
+        self.fleet.append((t, frame.fleet.pnl))
+        for key, row in frame.bots.items():
             hist = self.bots.get(key)
             if hist is None:
                 hist = self.bots[key] = deque(maxlen=self.history)
-            hist.append((t, row[0]))
+            hist.append((t, row.pnl))
         text = msgspec.json.encode(frame).decode()
         self.frames += 1
         self.last_frame_bytes = len(text)
@@ -159,8 +167,8 @@ class PnlHub:
 
     def hello(self, bot: str = "") -> str:
         """The first frame of a connection: fleet (and one bot's) PnL history."""
-        frame = {"type": "hello", "period_s": self.period_s, "fleet": list(self.fleet),
-                 "bot": bot, "bot_history": list(self.bots.get(bot, ()))}
+        frame = Hello(period_s=self.period_s, fleet=list(self.fleet), bot=bot,
+                      bot_history=list(self.bots.get(bot, ())))
         return msgspec.json.encode(frame).decode()
 
     async def serve(self, ws: WebSocket) -> None:

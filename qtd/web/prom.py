@@ -16,6 +16,14 @@ Trading states are gauges with one value per state, ordered by how much they sto
   ``store_fault``…), else the cause's kind (``kill``, ``operator``, ``runner``, ``agent``…),
   "" when ACTIVE (:mod:`qtd.leader.why`).
 * ``qtd_bot_denials_by_check{node,bot,check}``: denied orders by the risk check that said no.
+
+Execution quality and surveillance (:meth:`~qtd.web.protocol.FleetSource.quality`; labels
+``bot``, ``venue``, ``symbol``; today's trading day): ``qtd_exec_orders``,
+``qtd_exec_latency_p50_seconds``, ``qtd_exec_latency_p99_seconds`` (decision → ack),
+``qtd_exec_slippage_bps`` (extra label ``benchmark`` = decision|arrival, adverse positive),
+``qtd_exec_fill_rate``, ``qtd_exec_cancel_rate``, ``qtd_exec_reject_rate`` (fractions);
+``qtd_exec_threshold_breaches`` and ``qtd_surveil_findings`` (label ``pattern``: findings
+since the leader started).
 """
 
 from __future__ import annotations
@@ -28,11 +36,9 @@ from prometheus_client.registry import Collector
 
 from qtd.bus.rejects import KINDS as REJECT_KINDS
 from qtd.bus.rejects import REJECTED
-from qtd.leader.snapshot import BotView, FleetSnapshot
-from qtd.leader.why import RANK
-from qtd.quality.web import quality_metrics
+from qtd.fleetsnapshot import RANK, BotView, FleetSnapshot
 from qtd.web.conn import DROP_REASONS, ConnectionGuard
-from qtd.web.source import FleetSource
+from qtd.web.protocol import FleetSource, QualityView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _COUNTS = ("orders", "fills", "rejects", "errors", "denials")
@@ -62,7 +68,7 @@ class SnapshotCollector(Collector):
         yield from self._states(snap)
         yield from self._nodes(snap)
         yield from self._caps(snap)
-        yield from quality_metrics(self.source)
+        yield from quality_metrics(self.source.quality())
 
     def _bots(self, bots: Iterable[BotView]) -> Iterable[Metric]:
         pnl = GaugeMetricFamily("qtd_bot_pnl_today", "bot PnL today", labels=["node", "bot"])
@@ -201,3 +207,55 @@ class WebMetrics:
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+
+_QLABELS = ["bot", "venue", "symbol"]
+
+
+def quality_metrics(mon: QualityView | None) -> Iterable[Metric]:
+    """The ``qtd_exec_*`` and ``qtd_surveil_*`` gauges (module docstring; nothing without
+    a quality view)."""
+    if mon is None:
+        return
+    rows = mon.rows
+    fams = {name: GaugeMetricFamily(f"qtd_exec_{name}", text, labels=_QLABELS) for name, text in (
+        ("orders", "orders (intents) today"),
+        ("latency_p50_seconds", "decision to ack latency, median"),
+        ("latency_p99_seconds", "decision to ack latency, 99th percentile"),
+        ("fill_rate", "filled / ordered quantity of done orders"),
+        ("cancel_rate", "canceled / done orders"),
+        ("reject_rate", "rejected / done orders"))}
+    slip = GaugeMetricFamily("qtd_exec_slippage_bps", "notional-weighted slippage, adverse "
+                             "positive", labels=[*_QLABELS, "benchmark"])
+    for r in rows:
+        lab = [r.bot, r.venue, r.symbol]
+        fams["orders"].add_metric(lab, r.orders)
+        for name, value in (("latency_p50_seconds", _s(r.latency_p50_ms)),
+                            ("latency_p99_seconds", _s(r.latency_p99_ms)),
+                            ("fill_rate", r.fill_rate), ("cancel_rate", r.cancel_rate),
+                            ("reject_rate", r.reject_rate)):
+            if value is not None:
+                fams[name].add_metric(lab, value)
+        for bench, value in (("decision", r.slippage_decision_bps),
+                             ("arrival", r.slippage_arrival_bps)):
+            if value is not None:
+                slip.add_metric([*lab, bench], value)
+    yield from fams.values()
+    yield slip
+    breaches = GaugeMetricFamily("qtd_exec_threshold_breaches", "thresholds crossed now",
+                                 labels=["metric"])
+    tally: dict[str, int] = {}
+    for b in mon.breaches:
+        tally[b.metric] = tally.get(b.metric, 0) + 1
+    for metric, n in sorted(tally.items()):
+        breaches.add_metric([metric], n)
+    yield breaches
+    found = GaugeMetricFamily("qtd_surveil_findings", "surveillance findings since start",
+                              labels=["pattern"])
+    for pattern, n in mon.finding_counts.items():
+        found.add_metric([pattern], n)
+    yield found
+
+
+def _s(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000

@@ -5,13 +5,11 @@ bundled market data through paper brokers (the configs ``qtd up`` generates, one
 fleet PnL must change over the WebSocket without a reload, every bot row must show its stage,
 its state and one bar per risk limit its agent reported, and the fleet caps their bars. A
 screenshot is saved under the test's output (and, with QTD_UPDATE_SCREENSHOT=1, as
-``docs/status.png`` for the README). Driven over the DevTools protocol with the
-``websockets`` client (no extra packages)."""
+``docs/status.png`` for the README). Driven by Playwright (``tests/e2e/browser.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -20,6 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from playwright.async_api import Page
 
 from qtd.bus import EmbeddedNatsServer
 from qtd.leader.config import WebConfig, parse_leader_config
@@ -27,16 +26,15 @@ from qtd.leader.daemon import Leader, running_leader
 from qtd.up.configs import generate
 from qtd.up.layout import Layout, find_etc
 from tests.agent_rig import running_agent
-from tests.e2e.devtools import CHROMIUM, Page, chromium, open_page
+from tests.e2e.browser import CHROMIUM, SKIP_REASON, OpenPage
 from tests.integration.conftest import nats_server  # noqa: F401  (fixture)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="chromium not installed (apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 
 
 async def test_browser_sees_paper_bots_live(
-    tmp_path: Path, nats_server: EmbeddedNatsServer,  # noqa: F811
+    tmp_path: Path, nats_server: EmbeddedNatsServer, open_page: OpenPage,  # noqa: F811
 ) -> None:
     layout = Layout.at(tmp_path / "state")
     layout.create()
@@ -48,23 +46,20 @@ async def test_browser_sees_paper_bots_live(
     bots = {(n, b) for n, names in plan.nodes.items() for b in names}
     async with running_leader(cfg) as leader, \
             running_agent(plan.agent_configs["node-1"]), \
-            running_agent(plan.agent_configs["node-2"]), chromium() as devtools:
+            running_agent(plan.agent_configs["node-2"]), open_page(1400, 1250) as page:
         await _until(lambda: _reporting(leader) == bots and
                      leader.status.snapshot().totals.fills > 0)
-        async with open_page(devtools) as page:
-            await page.call("Emulation.setDeviceMetricsOverride", width=1400, height=1250,
-                            deviceScaleFactor=1, mobile=False)
-            await page.call("Page.navigate", url=leader.web_url)
-            before = await _wait_js(page, "document.querySelector('#conn').dataset.ticks >= 1"
-                                    " && (window.qtdLoaded = 1) && " + PNL_TEXT)
-            after = await _wait_js(page, f"(t => t !== {json.dumps(before)} && t)({PNL_TEXT})")
-            assert after != before
-            assert await page.js("window.qtdLoaded") == 1  # updated in place, not reloaded
-            assert await page.js("document.querySelector('#conn').textContent") == "live"
-            rows = await page.js(ROWS)
-            cap_bars = await page.js("document.querySelectorAll('table.caps tr[data-cap] "
-                                     "span.bar').length")
-            shot = await page.call("Page.captureScreenshot", format="png")
+        assert leader.web_url is not None
+        await page.goto(leader.web_url)
+        before = await _wait_js(page, "document.querySelector('#conn').dataset.ticks >= 1"
+                                " && (window.qtdLoaded = 1) && " + PNL_TEXT)
+        after = await _wait_js(page, f"(t => t !== {json.dumps(before)} && t)({PNL_TEXT})")
+        assert after != before
+        assert await page.evaluate("window.qtdLoaded") == 1  # updated in place, not reloaded
+        assert await page.text_content("#conn") == "live"
+        rows = await page.evaluate(ROWS)
+        cap_bars = await page.locator("table.caps tr[data-cap] span.bar").count()
+        png = await page.screenshot()
         caps = len(leader.status.snapshot().caps)
     assert {tuple(r["bot"].split("/")) for r in rows} == bots
     for r in rows:
@@ -75,7 +70,6 @@ async def test_browser_sees_paper_bots_live(
         assert r["live"] or not r["shown"], r  # bars on screen redrawn from a frame
     assert any(r["shown"] for r in rows)
     assert cap_bars == caps > 0  # every fleet cap of etc/leader.toml has its bar
-    png = base64.b64decode(shot["data"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "status.png").write_bytes(png)
     if os.environ.get("QTD_UPDATE_SCREENSHOT"):  # refresh the README picture on demand
@@ -108,7 +102,7 @@ async def _until(pred: Any, timeout_s: float = 60.0) -> None:
 async def _wait_js(page: Page, expr: str, timeout_s: float = 60.0) -> Any:
     # the timeout only guards against a hang (it measures nothing): a JetStream redelivery
     # after ack_wait can legitimately delay one update by seconds on a loaded machine
-    async with asyncio.timeout(timeout_s):
-        while not (value := await page.js(expr)):
-            await asyncio.sleep(0.1)
-    return value
+    # as a function: the page's CSP (no 'unsafe-eval') refuses a string predicate
+    value = await page.wait_for_function(f"() => ({expr})", polling=100,
+                                         timeout=timeout_s * 1000)
+    return await value.json_value()

@@ -6,14 +6,13 @@ Real processes on the shipped NATS config (auth on): a leader (status page on) a
 node-a with two paper bots on bundled GOOG bars: ``bot-a`` flips a position every bar and
 its risk config halts a strategy after one losing trade (``consecutive_losses``),
 ``bot-b`` rests one limit order that never fills. Headless Chromium (Debian package
-``chromium``) loads bot-a's page; with ``QTD_UPDATE_SCREENSHOT=1`` its screenshot is saved as
-``docs/halted-bot.png`` (the README's picture of a halted bot).
+``chromium``, driven by Playwright) loads bot-a's page; with ``QTD_UPDATE_SCREENSHOT=1`` its
+screenshot is saved as ``docs/halted-bot.png`` (the README's picture of a halted bot).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import urllib.request
@@ -24,7 +23,7 @@ import pytest
 
 from qtd.up.summary import FleetWatch, render, rows
 from tests.agent_rig import wait_for
-from tests.e2e.devtools import CHROMIUM, chromium, open_page
+from tests.e2e.browser import CHROMIUM, SKIP_REASON, OpenPage
 from tests.shipped import (
     agent_config,
     leader_config,
@@ -36,8 +35,7 @@ from tests.shipped import (
     shipped_nats,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BREAKER = "\n[breakers.consecutive_losses]\nmax_losses = 1\n"
 METRIC = 'qtd_bot_trading_state{bot="bot-a",cause="consecutive_losses",node="node-a"} 3.0'
@@ -62,7 +60,9 @@ def _bot(web: str, name: str) -> dict[str, Any]:
     return next((b for b in _get(f"{web}/api/bots") if b["bot"] == name), {})
 
 
-async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(tmp_path: Path) -> None:
+async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(
+    tmp_path: Path, open_page: OpenPage,
+) -> None:
     async with shipped_nats(tmp_path / "nats", ("node-a",)) as nats:
         ops = await nats.connect("leader")
         url = nats.url.replace("nats://", f"nats://leader:{password('leader')}@")
@@ -103,27 +103,23 @@ async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(tmp_path: P
             assert "consecutive_losses" in render(watch, started=0.0)
 
             # The page, in a real browser: state and breaker, live; its row on the overview.
-            async with chromium() as devtools, open_page(devtools) as page:
-                await page.call("Emulation.setDeviceMetricsOverride", width=1400,
-                                height=1000, deviceScaleFactor=1, mobile=False)
-                await page.call("Page.navigate", url=f"{web}/bots/node-a/bot-a")
+            async with open_page(1400, 1000) as page:
+                await page.goto(f"{web}/bots/node-a/bot-a")
                 async with asyncio.timeout(60):  # a hang guard only
-                    while ((shown := await page.js(PAGE)) or {}).get("ticks", 0) < 2:
+                    while ((shown := await page.evaluate(PAGE)) or {}).get("ticks", 0) < 2:
                         await asyncio.sleep(0.1)
                 assert shown["state"] == "HALTED", shown
                 assert "breaker consecutive_losses" in shown["why"], shown
                 assert "since" in shown["why"] and "vs limit 1 trades" in shown["why"], shown
                 assert "consecutive_losses" in shown["causes"], shown
-                shot = await page.call("Page.captureScreenshot", format="png")
-                await page.call("Page.navigate", url=f"{web}/")
+                png = await page.screenshot()
+                await page.goto(f"{web}/")
                 async with asyncio.timeout(60):
-                    while not (bot_row := await page.js(ROW)):
+                    while not (bot_row := await page.evaluate(ROW)):
                         await asyncio.sleep(0.1)
                 assert bot_row["state"] == "HALTED", bot_row
                 assert "consecutive_losses" in bot_row["why"], bot_row
-                overview = await page.call("Page.captureScreenshot", format="png")
-                (tmp_path / "overview.png").write_bytes(base64.b64decode(overview["data"]))
-            png = base64.b64decode(shot["data"])
+                (tmp_path / "overview.png").write_bytes(await page.screenshot())
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
             (tmp_path / "halted-bot.png").write_bytes(png)
             if os.environ.get("QTD_UPDATE_SCREENSHOT"):

@@ -62,7 +62,7 @@ async def test_page_live_pnl_controls_and_audit_on_a_real_leader(
             await peers[1].trade("meanrev", "SPY", Side.BUY, "1", "120")  # SPY mark 120
             await wait_for(lambda: leader.status.snapshot().totals.fills == 3, what="3rd fill")
             later = await _tick(ws)
-            assert later["bots"]["node-a/momo"][0] == pytest.approx(160.0)  # type: ignore[index]
+            assert later["bots"]["node-a/momo"]["pnl"] == pytest.approx(160.0)  # type: ignore[index]
             assert (await http.post("/api/control", json={
                 "verb": "kill", "target": "global", "reason": "x", "confirm": "GLOBAL"}
             )).status_code == 401

@@ -18,6 +18,7 @@ from qtd.events import (
     Scope,
     Side,
 )
+from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.caps import Breach, FleetCaps
 from qtd.leader.config import (
     CapsConfig,
@@ -29,7 +30,6 @@ from qtd.leader.config import (
     SelfTradeCap,
     SymbolExposureCap,
 )
-from qtd.leader.snapshot import FleetSnapshot
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
 

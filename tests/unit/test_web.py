@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from qtd.clock import SimClock
 from qtd.control import ControlAction
+from qtd.deploy.model import VersionRow
 from qtd.events import (
     AnyEvent,
     Heartbeat,
@@ -25,10 +26,12 @@ from qtd.events import (
     Side,
     StrategyAdmitted,
 )
-from qtd.leader.snapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
+from qtd.fleetsnapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
-from qtd.web import create_app
+from qtd.quality.execution import ExecBreach, ExecRow
+from qtd.web import QualityView, create_app
+from qtd.web.frames import CapFigures, SymbolFigures
 from qtd.web.live import tick_frame
 from tests.factories import NODE, accepted, fill, submitted
 
@@ -61,6 +64,15 @@ class ViewSource:
 
     def snapshot(self) -> FleetSnapshot:
         return self.view.snapshot(alerts=lambda: self.alerts)
+
+    def versions(self) -> None:  # no version table: the panel is not shown
+        return None
+
+    def quality(self) -> None:  # no quality monitor: the panel is not shown
+        return None
+
+    async def daily_report(self, day: str | None) -> None:
+        return None
 
     async def control(self, action: ControlAction) -> dict[str, Any]:
         self.actions.append(action)
@@ -173,7 +185,7 @@ def test_websocket_pushes_pnl_every_period(src: ViewSource) -> None:
         assert app.state.web.hub.frames >= 3  # one frame per period for every client
     assert all(t["type"] == "tick" for t in ticks)
     assert ticks[-1]["fleet"]["pnl"] == pytest.approx(99.5)
-    assert ticks[-1]["bots"]["node-a/momo"][0] == pytest.approx(99.5)
+    assert ticks[-1]["bots"]["node-a/momo"]["pnl"] == pytest.approx(99.5)
     assert ticks[-1]["alerts"][0]["alert_id"] == "a1"
 
 
@@ -287,7 +299,7 @@ def test_500_bots_one_frame_with_every_bot_and_shared_layouts(src: ViewSource) -
     assert r.status_code == 200 and r.text.count('<tr data-bot="') == 501
     assert r.text.count('class="bar lim') == 501 * len(LIMITS)
     assert len(frame["bots"]) == 501 and len(frame["layouts"]) == 1  # one layout, shared
-    assert frame["bots"]["node-a/b2"][7] == [132, 150, 190, 120]  # used x 2, in whole %
+    assert frame["bots"]["node-a/b2"]["utils"] == [132, 150, 190, 120]  # used x 2, whole %
     # render time and frame size and time at 500 bots: benchmarks/web.py
 
 
@@ -314,35 +326,38 @@ def test_overview_shows_stage_state_and_a_bar_per_limit(client: TestClient) -> N
 
 def test_frame_keeps_position_stage_state_and_limits_live(src: ViewSource) -> None:
     frame = tick_frame(src.snapshot())
-    _, gross, _, pos, stage, state, layout, utils, counts, *_ = frame["bots"]["node-a/momo"]
-    assert (pos, stage, state, counts) == ("SPY +6", "shadow", "REDUCING", "2/2/0/0")
-    assert gross == 660.0 and frame["counts"] == "2 / 2 / 0"
-    assert frame["nodes"]["node-a"][3:] == [0, 99.5]  # bots running (last beat), PnL today
-    assert frame["symbols"] == {"SPY": [6.0, 110.0, 660.0, None]}
-    assert frame["layouts"][layout] == ["bot pos ntl", "bot open ord", "acct day loss",
-                                        "SPY pos qty"]
-    assert utils == [66, 75, 95, 60]
-    assert frame["caps"] == [[2000.0, 20, ""]]
+    bot = frame.bots["node-a/momo"]
+    assert (bot.pos, bot.stage, bot.state, bot.counts) == ("SPY +6", "shadow", "REDUCING",
+                                                           "2/2/0/0")
+    assert bot.gross == 660.0 and frame.counts == "2 / 2 / 0"
+    node = frame.nodes["node-a"]
+    assert (node.bots, node.pnl) == (0, 99.5)  # bots running (last beat), PnL today
+    assert frame.symbols == {"SPY": SymbolFigures(qty=6.0, mark=110.0, net=660.0, pct=None)}
+    assert frame.layouts[bot.layout] == ["bot pos ntl", "bot open ord", "acct day loss",
+                                         "SPY pos qty"]
+    assert bot.utils == [66, 75, 95, 60]
+    assert frame.caps == [CapFigures(value=2000.0, pct=20, key="")]
     # the bot closes its position: the position text goes flat in the same frame as the
     # exposure (the page once showed "SPY +6" beside a live 0.00 exposure)
     _trade(src, "c3", Side.SELL, "6", "111", "111", T0 + 62 * 10**9)
     _pnl_tick(src, LIMITS[1:], stage="live", state="ACTIVE")
-    row = tick_frame(src.snapshot())["bots"]["node-a/momo"]
-    assert row[1] == 0.0 and row[3] == "flat" and row[4:6] == ["live", "ACTIVE"]
-    assert row[8] == "3/3/0/0"  # the order counts move with them
-    assert len(row[7]) == 3 and tick_frame(src.snapshot())["layouts"][row[6]][0] == \
-        "bot open ord"
+    later = tick_frame(src.snapshot())
+    row = later.bots["node-a/momo"]
+    assert row.gross == 0.0 and row.pos == "flat" and (row.stage, row.state) == ("live",
+                                                                                 "ACTIVE")
+    assert row.counts == "3/3/0/0"  # the order counts move with them
+    assert len(row.utils) == 3 and later.layouts[row.layout][0] == "bot open ord"
 
 
 def test_bot_state_halted_by_a_kill_before_its_agent_reports_it(src: ViewSource) -> None:
     other = ActiveKill(kill_id="k1", scope="SYMBOL", key="QQQ", reason="other symbol")
     src.view.kill = KillView(active=True, kills=[other])
-    assert tick_frame(src.snapshot())["bots"]["node-a/momo"][5] != "HALTED"
+    assert tick_frame(src.snapshot()).bots["node-a/momo"].state != "HALTED"
     mine = ActiveKill(kill_id="k2", scope="ACCOUNT", key="acct1", reason="its account")
     src.view.kill = KillView(active=True, kills=[other, mine])  # any kill of the set covers
     frame = tick_frame(src.snapshot())
-    assert frame["bots"]["node-a/momo"][5] == "HALTED"
-    assert [k["kill_id"] for k in frame["kill"]["kills"]] == ["k1", "k2"]
+    assert frame.bots["node-a/momo"].state == "HALTED"
+    assert [k.kill_id for k in frame.kill.kills] == ["k1", "k2"]
 
 
 def test_api_and_metrics_carry_the_limits(client: TestClient) -> None:
@@ -375,3 +390,29 @@ def test_a_page_and_its_chart_show_one_snapshot(src: ViewSource) -> None:
             assert series[-1][0] == int(t.group(1)), path
             assert series[-1][1] == pytest.approx(float(shown.group(1).replace(",", "")),
                                                   abs=0.005), path
+
+
+class PanelSource(ViewSource):
+    """A source with a version table and a quality view (the leader's two extra panels)."""
+
+    def versions(self) -> list[VersionRow]:  # type: ignore[override]
+        return [VersionRow(bot="momo", node=NODE, desired_version=2, desired_hash="ab" * 20,
+                           running_version=1, running_hash="cd" * 20, status="behind",
+                           stage="paper", refused_reason="<old>")]
+
+    def quality(self) -> QualityView:  # type: ignore[override]
+        row = ExecRow(bot="momo", venue="paper", symbol="SPY", orders=3, latency_p99_ms=9.25)
+        breach = ExecBreach(bot="momo", venue="paper", symbol="SPY", metric="latency_p99",
+                            value=9.25, limit=5.0, unit="ms", message="p99 slow")
+        return QualityView(rows=[row], breaches=[breach], finding_counts={"wash": 2})
+
+
+def test_versions_and_execution_panels_come_from_the_source() -> None:
+    with TestClient(create_app(PanelSource(), allowed_hosts=HOSTS)) as c:
+        html = c.get("/").text
+    versions = html[html.index('<section id="versions">'):]
+    assert "v2 <code>abababababab</code>" in versions and 'title="&lt;old&gt;"' in versions
+    execution = html[html.index('<section id="execution">'):html.index('<section id="versions">')]
+    assert '<td class="num neg">9.2</td>' in execution  # the crossed p99, in red
+    assert "1 threshold(s) crossed; 2 surveillance finding(s)" in execution
+    assert 'href="/reports/daily"' in execution

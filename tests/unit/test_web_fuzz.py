@@ -49,6 +49,15 @@ class Source:
     def snapshot(self) -> Any:
         return self.view.snapshot()
 
+    def versions(self) -> None:  # no version table: the panel is not shown
+        return None
+
+    def quality(self) -> None:  # no quality monitor: the panel is not shown
+        return None
+
+    async def daily_report(self, day: str | None) -> None:
+        return None
+
     async def control(self, action: ControlAction) -> dict[str, Any]:
         self.actions.append(action)
         return {"kill_id": "k1"}

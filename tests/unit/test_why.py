@@ -21,9 +21,9 @@ from qtd.events import (
     TradingState,
     TradingStateChanged,
 )
+from qtd.fleetsnapshot import ActiveKill, BotView, KillView
 from qtd.leader.caps import FleetCaps
 from qtd.leader.config import CapsConfig, LossCap
-from qtd.leader.snapshot import ActiveKill, BotView, KillView
 from qtd.leader.status import FleetStatus
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
@@ -173,13 +173,13 @@ def _halted_fleet() -> FleetView:
 def test_page_frame_table_and_metrics_say_which_breaker() -> None:
     view = _halted_fleet()
     snap = view.snapshot()
-    html = pages.overview(snap, controls=False)
+    html = pages.render("panels/bots.html", snap=snap, controls=False)
     row = html[html.index('<tr data-bot="node-a/momo"'):]
     row = row[:row.index("</tr>")]
     assert 'data-k="bot.state">HALTED<' in row
     assert "breaker consecutive_losses 3 vs limit 3 trades" in row and "since" in row
-    frame = tick_frame(snap)["bots"]["node-a/momo"]
-    assert frame[5] == "HALTED" and "consecutive_losses" in frame[9]
+    frame = tick_frame(snap).bots["node-a/momo"]
+    assert frame.state == "HALTED" and "consecutive_losses" in frame.why
     watch = FleetWatch(None, "qtd", {NODE: ["momo", "idle"]})  # type: ignore[arg-type]
     watch.snapshot = snap
     watch.states.update({(NODE, "momo"): "ACTIVE", (NODE, "idle"): "ACTIVE"})  # stale
@@ -237,3 +237,6 @@ class _Src:
 
     def snapshot(self):  # type: ignore[no-untyped-def]
         return self.view.snapshot()
+
+    def quality(self) -> None:  # no quality monitor: no execution gauges
+        return None

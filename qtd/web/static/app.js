@@ -117,64 +117,66 @@
     return c;
   }
 
-  function onBot(tr, row, layouts) {
-    const [pnl, gross, total, pos, stage, state, li, utils, counts, why, denies] = row;
+  // b: a BotFigures of qtd/web/frames.py (every frame field is read by name)
+  function onBot(tr, b, layouts) {
     const c = cells(tr);
-    setText(c["bot.counts"], counts);
-    setText(c["bot.why"], why || ""); setText(c["bot.denies"], denies || "");
-    setNum(c["bot.pnl"], pnl); setNum(c["bot.gross"], gross); setNum(c["bot.total"], total);
-    setText(c["bot.pos"], pos);
-    setText(c["bot.stage"], stage || "–", `stage ${stage}`);
-    setText(c["bot.state"], state, `state ${state.toLowerCase()}`);
+    setText(c["bot.counts"], b.counts);
+    setText(c["bot.why"], b.why || ""); setText(c["bot.denies"], b.denies || "");
+    setNum(c["bot.pnl"], b.pnl); setNum(c["bot.gross"], b.gross); setNum(c["bot.total"], b.total);
+    setText(c["bot.pos"], b.pos);
+    setText(c["bot.stage"], b.stage || "–", `stage ${b.stage}`);
+    setText(c["bot.state"], b.state, `state ${b.state.toLowerCase()}`);
     const td = c["bot.lims"];
     if (!td) return;
-    if (watcher && !onScreen.has(tr)) pendingBars.set(tr, [td, layouts[li] || [], utils]);
-    else setLimits(td, layouts[li] || [], utils);
+    const labels = layouts[b.layout] || [];
+    if (watcher && !onScreen.has(tr)) pendingBars.set(tr, [td, labels, b.utils]);
+    else setLimits(td, labels, b.utils);
   }
 
   const overview = !!$("table.bots");
+  // f: a Tick of qtd/web/frames.py
   function onTick(f) {
     // the chart first: canvas text needs the page's style, which is clean before the updates
-    const v = botKey ? (f.bots[botKey] || [null])[0] : f.fleet.pnl;
+    const v = botKey ? (f.bots[botKey] || {pnl: null}).pnl : f.fleet.pnl;
     if (v != null) { series.push([f.t, v]); if (series.length > MAX_POINTS) series.shift(); }
     draw(chart, series);
     let unknown = 0;  // bots, nodes or symbols the page does not show yet
     for (const [k, v] of Object.entries(f.fleet)) setNum($(`[data-k="fleet.${k}"]`), v, k === "dd" ? "pct" : "");
     setText($('[data-k="fleet.counts"]'), f.counts);
-    for (const [key, row] of Object.entries(f.bots)) {
+    for (const [key, b] of Object.entries(f.bots)) {
       const tr = botRow(key);
-      if (tr) onBot(tr, row, f.layouts); else unknown++;
+      if (tr) onBot(tr, b, f.layouts); else unknown++;
     }
-    for (const [sym, [qty, mark, net, pct]] of Object.entries(f.symbols || {})) {
+    for (const [sym, s] of Object.entries(f.symbols || {})) {
       const tr = $(`tr[data-symbol="${CSS.escape(sym)}"]`);
       if (!tr) { unknown++; continue; }
       const c = cells(tr);
-      setNum(c["sym.qty"], qty, "qty"); setNum(c["sym.mark"], mark); setNum(c["sym.net"], net);
+      setNum(c["sym.qty"], s.qty, "qty"); setNum(c["sym.mark"], s.mark); setNum(c["sym.net"], s.net);
       const b = $('[data-k="sym.bar"] .bar', tr);
-      if (b && pct != null) setBar(b, pct, "");
+      if (b && s.pct != null) setBar(b, s.pct, "");
     }
-    (f.caps || []).forEach(([value, pct, key], i) => {
+    (f.caps || []).forEach((cap, i) => {
       const tr = $(`tr[data-cap="${i}"]`);
       if (!tr) return;
-      setText($('[data-k="cap.value"]', tr), money(value)); setText($('[data-k="cap.key"]', tr), key);
+      setText($('[data-k="cap.value"]', tr), money(cap.value)); setText($('[data-k="cap.key"]', tr), cap.key);
       const b = $('[data-k="cap.bar"] .bar', tr);
-      if (b) setBar(b, pct, "");
+      if (b) setBar(b, cap.pct, "");
     });
     const mine = botKey ? f.bots[botKey] : null;
     if (mine) {
-      setNum($('[data-k="bot.pnl"]', botBox), mine[0]);
+      setNum($('[data-k="bot.pnl"]', botBox), mine.pnl);
       const st = $('section.why [data-k="bot.state"]');
-      setText(st, mine[5], `state ${mine[5].toLowerCase()}`);
-      setText($('section.why [data-k="bot.why"]'), mine[9] || "");
+      setText(st, mine.state, `state ${mine.state.toLowerCase()}`);
+      setText($('section.why [data-k="bot.why"]'), mine.why || "");
     }
-    for (const [node, [age, alive, state, bots, pnl]] of Object.entries(f.nodes)) {
+    for (const [node, n] of Object.entries(f.nodes)) {
       const tr = $(`tr[data-node="${CSS.escape(node)}"]`);
       if (!tr) { unknown++; continue; }
-      setText($('[data-k="node.bots"]', tr), String(bots)); setNum($('[data-k="node.pnl"]', tr), pnl);
-      $('[data-k="node.age"]', tr).textContent = age == null ? "–" : `${age.toFixed(1)}s`;
+      setText($('[data-k="node.bots"]', tr), String(n.bots)); setNum($('[data-k="node.pnl"]', tr), n.pnl);
+      $('[data-k="node.age"]', tr).textContent = n.age == null ? "–" : `${n.age.toFixed(1)}s`;
       const a = $('[data-k="node.alive"]', tr);
-      a.textContent = alive ? "alive" : "DOWN"; a.className = alive ? "ok" : "bad";
-      $('[data-k="node.state"]', tr).textContent = state;
+      a.textContent = n.alive ? "alive" : "DOWN"; a.className = n.alive ? "ok" : "bad";
+      $('[data-k="node.state"]', tr).textContent = n.state;
     }
     const kill = $("#kill");
     if (kill) {

@@ -1,4 +1,7 @@
-"""The fleet snapshot: what :meth:`qtd.leader.FleetView.snapshot` returns (msgspec Structs).
+"""The fleet snapshot: what :meth:`qtd.leader.FleetView.snapshot` returns (msgspec Structs),
+and how a bot's state reads (:func:`why_text`, :func:`since_text`) wherever it is shown
+(status page, ``qtd up``). A low module: the leader builds snapshots, readers (the status
+page's :class:`~qtd.web.protocol.FleetSource`, ``qtd up``) import only this.
 
 Encode with ``msgspec.json.encode(snapshot)``. Money is in the fleet currency as ``float``
 (display values; the exact Decimals stay in the projections), quantities in instrument
@@ -8,7 +11,13 @@ the limit).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import msgspec
+
+RANK = {"ACTIVE": 0, "REDUCING": 1, "STOPPED": 2, "HALTED": 3}
+"""Restrictiveness of a state; also ``qtd_bot_trading_state``'s value (UNKNOWN is -1)."""
+_NS = 1_000_000_000
 
 
 class Agg(msgspec.Struct, kw_only=True):
@@ -259,3 +268,37 @@ class FleetSnapshot(msgspec.Struct, kw_only=True):
     alerts: list[AlertView]
     ingest: dict[str, int]
     states: list[ScopeState] = []
+
+
+def describe(c: Cause) -> str:
+    """One line for an operator: ``breaker consecutive_losses 3 >= 3 trades (STRATEGY momo
+    on node-a)``, ``kill k-1f2e GLOBAL by alice: test``, ``storage store_fault: ...``."""
+    where = f"{c.scope} {c.key}".strip() + (f" on {c.node}" if c.node and c.scope != "NODE"
+                                            else "")
+    if c.kind == "kill":
+        kid = f" {c.kill_id}" if c.kill_id else ""
+        return f"kill{kid} {where} by {c.operator or '?'}: {c.reason}"
+    if c.kind in ("breaker", "storage") and c.check:
+        reading = "" if c.value is None or c.limit is None else \
+            f" {c.value:g} vs limit {c.limit:g} {c.unit}".rstrip()
+        return f"{c.kind} {c.check}{reading} ({where})"
+    who = f" by {c.operator}" if c.operator else ""
+    return f"{c.kind} {where}{who}: {c.reason}"
+
+
+def since_text(since_ns: int, now_ns: int) -> str:
+    """``since 08:41:03 UTC (5m 12s)``; "" when unknown."""
+    if not since_ns:
+        return ""
+    age = max(0, (now_ns - since_ns) // _NS)
+    h, rem = divmod(age, 3600)
+    span = f"{h}h {rem // 60}m" if h else f"{rem // 60}m {rem % 60}s" if rem >= 60 else \
+        f"{rem}s"
+    at = datetime.fromtimestamp(since_ns / _NS, UTC).strftime("%H:%M:%S")
+    return f"since {at} UTC ({span})"
+
+
+def why_text(causes: list[Cause], state: str) -> str:
+    """What the page and the table print beside a state: the causes imposing it, joined
+    by `` · `` ("" when ACTIVE)."""
+    return " · ".join(describe(c) for c in causes if c.state == state and state != "ACTIVE")
