@@ -61,7 +61,7 @@ from typing import Any
 from qtd.admit.loader import load_strategy
 from qtd.backtest import BacktestBot, run_backtest
 from qtd.feeds import Bar, HistoricalFeed
-from qtd.risk.config import parse_risk_config
+from qtd.risk.load import parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy

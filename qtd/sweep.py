@@ -33,7 +33,8 @@ from qtd.errors import ConfigError
 from qtd.events import TradingState, TradingStateChanged
 from qtd.feeds import MarketData, load_bars
 from qtd.metrics import Report, Trade, report, trades_from_fills
-from qtd.risk.config import RiskConfig, load_risk_config, parse_risk_config
+from qtd.risk.config import RiskConfig
+from qtd.risk.load import load_risk_config, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy

@@ -2,7 +2,7 @@
 
 A :class:`LimitSource` answers "what is the largest order (quantity, notional) this bot may
 send in this symbol". :class:`RiskFileLimits` reads the risk engine's own file with
-:func:`qtd.risk.config.load_risk_config` and takes the tightest ``max_order_qty`` /
+:func:`qtd.risk.load.load_risk_config` and takes the tightest ``max_order_qty`` /
 ``max_order_notional`` of the global, account, strategy (``[strategies.<risk_profile>]``,
 else ``strategy_defaults``) and symbol scopes — the same tables the engine checks at run
 time. :class:`BotFileLimits` is the fallback when there is no risk file: the bot config's own
@@ -59,7 +59,7 @@ class RiskFileLimits:
     """
 
     def __init__(self, path: Path) -> None:
-        from qtd.risk.config import load_risk_config
+        from qtd.risk.load import load_risk_config
 
         self.path = path
         self.error: ConfigError | None = None

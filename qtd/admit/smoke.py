@@ -9,7 +9,7 @@ or overran its budget, and orders the risk engine refused for their size or for 
 denials (cooldowns, rate limits, …) are normal operation and only counted.
 
 The risk limits are the bot's risk file with its ``risk_profile`` bound to the bot
-(:func:`qtd.risk.config.bind_profiles`), or, without a risk file, the bot config's own
+(:func:`qtd.risk.load.bind_profiles`), or, without a risk file, the bot config's own
 ``max_order_notional`` as its only strategy limit.
 """
 
@@ -30,7 +30,8 @@ from qtd.data import dataset_info, load_dataset
 from qtd.errors import ConfigError
 from qtd.events import OrderDenied
 from qtd.feeds import MarketData, ns_to_iso
-from qtd.risk.config import RiskConfig, bind_profiles, parse_risk_config
+from qtd.risk.config import RiskConfig
+from qtd.risk.load import bind_profiles, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy

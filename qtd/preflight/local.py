@@ -14,7 +14,8 @@ from qtd.agent.config import AgentConfig
 from qtd.errors import QtdError
 from qtd.preflight.checks import Check, first_line
 from qtd.risk import load_risk_config
-from qtd.risk.config import RiskConfig, bind_profiles
+from qtd.risk.config import RiskConfig
+from qtd.risk.load import bind_profiles
 
 CLOCK_TOOL_TIMEOUT_S = 5.0
 

@@ -8,9 +8,10 @@ Public API: :class:`RiskEngine`, :class:`Approved`, :class:`Denied`, :class:`Den
 from __future__ import annotations
 
 from qtd.risk.checks import Denial
-from qtd.risk.config import RiskConfig, load_risk_config, parse_risk_config
+from qtd.risk.config import RiskConfig
 from qtd.risk.engine import Approved, Denied, RiskEngine
 from qtd.risk.kill import DEFAULT_KILL_FILE, KillFileWatcher, write_kill_file
+from qtd.risk.load import load_risk_config, parse_risk_config
 
 __all__ = [
     "DEFAULT_KILL_FILE",

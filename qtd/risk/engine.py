@@ -42,8 +42,9 @@ from qtd.orders import OrderRequest
 from qtd.projections import ZERO, Projections, TradingDay
 from qtd.risk import checks as C
 from qtd.risk.breakers import CircuitBreakers
-from qtd.risk.config import RiskConfig, bind_profiles, validate_config
+from qtd.risk.config import RiskConfig
 from qtd.risk.kill import in_scope
+from qtd.risk.load import bind_profiles, validate_config
 from qtd.risk.plan import Plan, build_plan
 from qtd.risk.state import Exposure, MarkCell, OpenOrder, ScopeCounters, SpikeMeter
 from qtd.risk.states import HALTED, REDUCING, TradingStates
@@ -103,7 +104,7 @@ class RiskEngine:
 
     Args:
         cfg: validated risk config (re-validated here; see
-            :func:`qtd.risk.config.validate_config`).
+            :func:`qtd.risk.load.validate_config`).
         projections: the shared orders/positions/PnL projections (read only here).
         clock: time for event-driven state (breaker windows, event timestamps), UTC ns.
         node: node name stamped on emitted events.
@@ -138,7 +139,7 @@ class RiskEngine:
 
     def bind_profiles(self, profiles: Mapping[str, str]) -> None:
         """Give each bot (``bot -> risk profile``) its profile's ``[strategies.<profile>]``
-        limits, as admission checked them (:func:`qtd.risk.config.bind_profiles`). Call it
+        limits, as admission checked them (:func:`qtd.risk.load.bind_profiles`). Call it
         before the bots send orders; cached check plans are rebuilt."""
         self.cfg = validate_config(bind_profiles(self.cfg, profiles))
         self._plans.clear()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtd.events import Scope
 from qtd.risk import checks as C
-from qtd.risk.config import Limits
+from qtd.risk.limits import Limits
 from qtd.risk.state import NS, Exposure, MarkCell, ScopeCounters, SpikeMeter
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from qtd.errors import ConfigError
 from qtd.projections import TradingDay
 
 if TYPE_CHECKING:
-    from qtd.risk.config import Limits, RiskConfig, StrategyConfig
+    from qtd.risk.config import RiskConfig
+    from qtd.risk.limits import Limits, StrategyConfig
 
 
 def config_error(source: str, field: str, value: Any, rule: str) -> ConfigError:

@@ -35,7 +35,7 @@ from qtd.control import KillCommand, NodeReply, NodeRequest, decode_kill
 from qtd.errors import ConfigError
 from qtd.events import Heartbeat, KillAck, PnLSnapshot, Scope, TradingState, from_json, to_json
 from qtd.leader.config import parse_leader_config
-from qtd.risk.config import parse_risk_config
+from qtd.risk.load import parse_risk_config
 from qtd.routes import load_routes
 from tests.factories import fill
 

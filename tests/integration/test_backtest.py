@@ -16,7 +16,7 @@ from qtd.data import load_dataset
 from qtd.events import Fill, OrderIntent, OrderSubmitted, TradingState
 from qtd.feeds import Bar, HistoricalFeed
 from qtd.projections import Projections
-from qtd.risk.config import bind_profiles, load_risk_config, parse_risk_config
+from qtd.risk.load import bind_profiles, load_risk_config, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy

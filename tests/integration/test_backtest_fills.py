@@ -14,7 +14,7 @@ from qtd.brokers.paper import PaperBroker
 from qtd.clock import SimClock
 from qtd.events import Fill, OrderIntent, OrderType, Side
 from qtd.feeds import Bar
-from qtd.risk.config import parse_risk_config
+from qtd.risk.load import parse_risk_config
 from qtd.risk.tokens import mint_submit
 from qtd.runner import BotSpec
 from qtd.store import EventStore

@@ -20,7 +20,7 @@ import pytest
 from qtd.backtest import BacktestBot, BacktestResult, run_backtest
 from qtd.data import load_dataset
 from qtd.metrics import report, trades_from_fills
-from qtd.risk.config import parse_risk_config
+from qtd.risk.load import parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from strategies.ma_cross import MaCross

@@ -28,7 +28,7 @@ from qtd.events import (
     Signal,
 )
 from qtd.leader.fleetdb import FleetDB, Origin
-from qtd.risk.config import bind_profiles, load_risk_config
+from qtd.risk.load import bind_profiles, load_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 

@@ -19,7 +19,7 @@ from qtd.risk.state import ZERO, Cell
 from qtd.risk.states import TradingStates, severity_for
 
 if TYPE_CHECKING:
-    from qtd.risk.config import RiskConfig
+    from qtd.risk.limits import AccountConfig
 
 
 class AccountBook:
@@ -80,14 +80,14 @@ class Tripper:
 
 
 class BreakerContext:
-    """What a breaker is built with: the risk config, the account books (read only), the
-    trading day and the tripper."""
+    """What a breaker is built with: the accounts' configs by name (``[accounts.<name>]``),
+    the account books (read only), the trading day and the tripper."""
 
-    __slots__ = ("books", "cfg", "day", "trip")
+    __slots__ = ("accounts", "books", "day", "trip")
 
-    def __init__(self, cfg: RiskConfig, books: Mapping[str, AccountBook], day: TradingDay,
-                 trip: Tripper) -> None:
-        self.cfg, self.books, self.day, self.trip = cfg, books, day, trip
+    def __init__(self, accounts: Mapping[str, AccountConfig], books: Mapping[str, AccountBook],
+                 day: TradingDay, trip: Tripper) -> None:
+        self.accounts, self.books, self.day, self.trip = accounts, books, day, trip
 
 
 class Breaker:

@@ -47,7 +47,7 @@ class CircuitBreakers:
         self.day = TradingDay(cfg.trading_day_tz, cfg.trading_day_rollover)
         self._books = {name: AccountBook(Decimal(str(a.equity)))
                        for name, a in cfg.accounts.items()}
-        ctx = BreakerContext(cfg, self._books, self.day, Tripper(states, emit, node))
+        ctx = BreakerContext(cfg.accounts, self._books, self.day, Tripper(states, emit, node))
         configs: dict[str, BreakerConfig] = msgspec.structs.asdict(cfg.breakers)
         self.enabled: dict[str, Breaker] = {}
         """Breaker name -> the breaker, for those its config enables (registry order)."""

@@ -12,7 +12,7 @@ from qtd.risk.fields import Amount, Pct, TripState
 from qtd.risk.state import ZERO
 
 if TYPE_CHECKING:
-    from qtd.risk.config import AccountConfig
+    from qtd.risk.limits import AccountConfig
 
 
 class DailyLossLimits(NamedTuple):
@@ -46,7 +46,7 @@ class DailyLossConfig(BreakerConfig, frozen=True, kw_only=True):
                                pct if pct is not None else self.max_loss_pct)
 
     def build(self, ctx: BreakerContext) -> DailyLoss | None:
-        limits = {name: self.limits(a) for name, a in ctx.cfg.accounts.items()}
+        limits = {name: self.limits(a) for name, a in ctx.accounts.items()}
         limits = {k: v for k, v in limits.items() if v != (None, None)}
         return DailyLoss(self, limits, ctx) if limits else None
 
