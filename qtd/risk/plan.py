@@ -14,18 +14,69 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import FunctionType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qtd.events import Scope
 from qtd.risk import checks as C
 from qtd.risk.limits import Limits
-from qtd.risk.state import NS, Exposure, MarkCell, ScopeCounters, SpikeMeter
+from qtd.risk.state import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
 
 if TYPE_CHECKING:
-    from qtd.risk.engine import RiskEngine
+    from qtd.risk.config import RiskConfig
 
 Check = Any  # a callable (OrderRequest, OrderContext) -> Denial | None
 ScopeRow = tuple[Scope, str, Limits, Exposure, ScopeCounters]
+
+
+class AccountEquity(Protocol):
+    """Where a plan reads an account's equity (the engine's circuit breakers)."""
+
+    def equity(self, account: str) -> Cell:
+        """The account's current equity cell, currency."""
+        ...
+
+
+class PlanSource(Protocol):
+    """What :func:`build_plan` reads from the risk engine: its config and the state cells
+    the checks hold (created on first use, never replaced)."""
+
+    @property
+    def cfg(self) -> RiskConfig:
+        """The bound risk config."""
+        ...
+
+    @property
+    def breakers(self) -> AccountEquity:
+        """Account equity, for % of equity limits."""
+        ...
+
+    @property
+    def books(self) -> dict[str, list[tuple[MarkCell, Exposure]]]:
+        """Bot -> its (mark, exposure) pairs, for gross / net notional."""
+        ...
+
+    @property
+    def spikes(self) -> dict[str, SpikeMeter]:
+        """Bot -> its order-spike meter (build_plan adds a missing one)."""
+        ...
+
+    @property
+    def duplicates(self) -> dict[C.DupKey, int]:
+        """Recently approved orders -> approval time, ns (for the duplicate check)."""
+        ...
+
+    def mark(self, symbol: str) -> MarkCell:
+        """The symbol's last-price cell."""
+        ...
+
+    def position_keys(self, bot: str, account: str, symbol: str) -> tuple[Exposure, ...]:
+        """Exposures of (bot, account, symbol), (account, symbol) and (symbol)."""
+        ...
+
+    def order_counters(self, bot: str, account: str, symbol: str
+                       ) -> tuple[ScopeCounters, ...]:
+        """GLOBAL, ACCOUNT, STRATEGY and SYMBOL order counters of such an order."""
+        ...
 
 
 class Plan:
@@ -61,7 +112,7 @@ def _dec(x: float) -> Decimal:
     return Decimal(repr(x))
 
 
-def build_plan(engine: RiskEngine, bot: str, account: str, symbol: str) -> Plan | C.Denial:
+def build_plan(engine: PlanSource, bot: str, account: str, symbol: str) -> Plan | C.Denial:
     """Build the plan, or the denial for an unknown symbol, account or strategy."""
     cfg = engine.cfg
     ycfg = cfg.symbols.get(symbol)
@@ -129,7 +180,7 @@ def _per_order(scopes: list[ScopeRow]) -> list[Check]:
     return out
 
 
-def _exposure(engine: RiskEngine, account: str, scopes: list[ScopeRow]) -> list[Check]:
+def _exposure(engine: PlanSource, account: str, scopes: list[ScopeRow]) -> list[Check]:
     """Position limits, once per distinct exposure (GLOBAL and SYMBOL share the symbol's)."""
     out: list[Check] = []
     groups: dict[int, list[ScopeRow]] = {}
@@ -150,7 +201,7 @@ def _exposure(engine: RiskEngine, account: str, scopes: list[ScopeRow]) -> list[
     return out
 
 
-def _book(engine: RiskEngine, bot: str, scfg: Any, own: Exposure) -> list[Check]:
+def _book(engine: PlanSource, bot: str, scfg: Any, own: Exposure) -> list[Check]:
     book = engine.books[bot]
     out: list[Check] = []
     if scfg.max_gross_notional is not None:
