@@ -12,6 +12,10 @@ config), loaded by :func:`load_module`; or a record passed to :func:`register`.
 :func:`load_module` also adds its module to ``QTD_VENUE_MODULES`` of this process, so the
 processes it starts (the admission child, a fresh interpreter) know the same venues.
 
+The settings every venue shares (one ``[accounts.<name>]`` table of the agent config) are
+:class:`AccountSettings`, here beside the registry its ``simulated`` asks; a venue's own
+settings sit in the account's ``options`` table, validated against ``Venue.options``.
+
 Nothing outside a venue's package names it: accounts, live feeds, admission, routing and
 preflight all ask this registry. An unknown name is a :class:`~qtd.errors.ConfigError`
 naming the field, the value and the known venues.
@@ -25,14 +29,14 @@ import os
 import pkgutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from qtd.brokers.base import Broker
 from qtd.clock import Clock
 from qtd.errors import ConfigError
-from qtd.venues.account import AccountSettings
 
 if TYPE_CHECKING:
     from qtd.feeds.live import LiveFeed, LiveSettings, VenueSession
@@ -89,6 +93,102 @@ def instrument_table(venue: str, *rows: tuple[str, AssetClass, str, str]
 class NoOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The settings struct of a venue without settings of its own (``options`` must be
     empty)."""
+
+
+Seconds = Annotated[float, Meta(gt=0, le=86_400)]
+Bps = Annotated[float, Meta(ge=0, le=10_000)]
+
+
+class AccountSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One broker account: an isolated context (its connection failing never blocks another
+    account's bots; accounts connect in parallel at start-up).
+
+    Credentials are never in the TOML: they come from ``credentials_env`` variables, a
+    ``credentials_file`` (``KEY=value`` lines, mode 0600 or stricter: a group- or
+    world-readable file is refused), or systemd's ``$CREDENTIALS_DIRECTORY``
+    (``LoadCredential=<account>.env:...``); see :mod:`qtd.agent.accounts`.
+
+    Attributes:
+        broker: the venue, by name in the venue registry (:mod:`qtd.venues`): built in are
+            ``"paper"`` (simulated fills against the replayed prices), ``"alpaca"``
+            (alpaca-py) and ``"binance"`` (python-binance, spot); ``venue_modules`` of the
+            agent config add more. An unknown name is a config error listing the known ones.
+        mode: venue accounts only: ``"live"`` (real money), ``"paper"`` (the venue's
+            paper/test environment; with ``paper_via = "qtd"``, qtd's paper broker on the
+            venue's live data instead, for a venue without a paper endpoint) or ``"shadow"``
+            (the venue's live market data, orders simulated by qtd's paper broker, every
+            intent recorded; compare with a live twin by ``qtd report shadow``).
+        base_url: REST base URL override (alpaca: without ``/v2``; binance: ending in
+            ``/api``); empty: the venue's endpoint for ``mode``.
+        stream_url: trade/user stream URL override (alpaca ``wss://.../stream``; binance
+            WebSocket API ``wss://.../ws-api/v3``).
+        credentials_env: environment variable names of the key and the secret.
+        credentials_file: an env file holding those variables (mode 0600 or stricter).
+        symbols: binance: the symbols whose filters are loaded (default: the bots' symbols).
+        quote_asset: binance: the asset counted as cash.
+        timeout_s: per-request timeout of the venue client, seconds.
+        connect_timeout_s: start-up connection budget of this account, seconds.
+        cash: paper: starting cash, quote currency.
+        slippage_bps: paper: adverse move on market fills, basis points.
+        commission_bps: paper: commission per fill, basis points of notional.
+        max_fill_qty: paper: largest single fill, instrument units (None: whole orders).
+        venue: venue name stamped on events (default: the broker kind; ``paper`` for paper).
+        data_interval: venue accounts: bar interval of the live market data (``"1m"``...).
+        data_stream_url: live market data stream URL override (:class:`~qtd.feeds.live.
+            LiveSettings` ``stream_url``).
+        data_rest_url: market data REST base override (back-fill after reconnects).
+        data_feed: alpaca stocks: ``"iex"`` (free) or ``"sip"``.
+        reconcile_interval_s: venue accounts: reconcile with the venue this often, seconds
+            (also after every reconnect of its stream; :mod:`qtd.agent.reconciling`).
+        flatten_after_disconnect_s: venue accounts: after a broker connection outage longer
+            than this (seconds), flatten the account through the venue once it is reachable
+            again and leave it HALTED with a P2 breach; unset (default): never.
+        paper_via: ``mode = "paper"``: ``"venue"`` (its paper endpoint) or ``"qtd"``
+            (qtd's paper broker on the venue's live data).
+        options: the venue's own settings (``[accounts.<name>.options]``), checked against
+            its ``Venue.options`` struct when the config is loaded.
+    """
+
+    broker: Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")] = "paper"
+    mode: Literal["paper", "live", "shadow"] = "paper"
+    base_url: str = ""
+    stream_url: str = ""
+    credentials_env: list[str] = []
+    credentials_file: str = ""
+    symbols: list[str] = []
+    quote_asset: str = "USDT"
+    timeout_s: Seconds = 5.0
+    connect_timeout_s: Seconds = 30.0
+    cash: Annotated[float, Meta(gt=0, lt=1e15)] = 100_000.0
+    slippage_bps: Bps = 0.0
+    commission_bps: Bps = 0.0
+    max_fill_qty: Annotated[float, Meta(gt=0)] | None = None
+    venue: str = ""
+    data_interval: str = "1m"
+    data_stream_url: str = ""
+    data_rest_url: str = ""
+    data_feed: Literal["iex", "sip"] = "iex"
+    reconcile_interval_s: Seconds = 300.0
+    flatten_after_disconnect_s: Annotated[float, Meta(gt=0, le=86_400)] | None = None
+    paper_via: Literal["venue", "qtd"] = "venue"
+    options: dict[str, Any] = {}
+
+    @property
+    def venue_name(self) -> str:
+        """The venue stamped on events: ``venue``, else the broker kind."""
+        return self.venue or self.broker
+
+    @property
+    def simulated(self) -> bool:
+        """A venue account whose orders qtd's paper broker fills on the venue's live data
+        (``mode = "shadow"``, or ``"paper"`` with ``paper_via = "qtd"``); never an account
+        of a simulator venue such as ``paper`` (:attr:`qtd.venues.Venue.simulator`).
+
+        Raises:
+            ConfigError: ``broker`` is not a known venue.
+        """
+        return not get(self.broker).simulator and (
+            self.mode == "shadow" or (self.mode == "paper" and self.paper_via == "qtd"))
 
 
 @dataclass(frozen=True, kw_only=True)
