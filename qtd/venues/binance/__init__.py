@@ -1,11 +1,9 @@
 """The ``binance`` venue: Binance spot through python-binance.
 
 * Broker: :class:`~qtd.venues.binance.broker.BinanceBroker` (``AsyncClient`` + its own
-  WebSocket API user stream). Endpoints by mode (venue docs): live
-  ``https://api.binance.com/api`` and ``wss://ws-api.binance.com:443/ws-api/v3``; paper =
-  the spot test network ``https://testnet.binance.vision/api`` and
-  ``wss://ws-api.testnet.binance.vision/ws-api/v3``. ``base_url`` / ``stream_url`` override
-  them (local stubs in tests).
+  WebSocket API user stream). Endpoints by mode: :mod:`qtd.venues.binance.endpoints`
+  (live = production, paper = the spot test network); ``base_url`` / ``stream_url``
+  override them (local stubs in tests).
 * Live data: :class:`~qtd.venues.binance.feed.BinanceSession` (public kline/trade streams:
   no keys, so shadow accounts need no credentials); always open; silence limit 5 s (the
   kline stream pushes an update every 2 s).
@@ -20,14 +18,11 @@ from typing import TYPE_CHECKING
 
 from qtd.brokers.base import Broker
 from qtd.venues import AccountContext, FeedContext, LiveData, Venue, instrument_table, started
+from qtd.venues.binance.endpoints import LIVE_API, LIVE_WS_API, TESTNET_API, TESTNET_WS_API
 
 if TYPE_CHECKING:
     from qtd.feeds.live import LiveFeed, LiveSettings, VenueSession
 
-LIVE_API = "https://api.binance.com/api"
-LIVE_WS_API = "wss://ws-api.binance.com:443/ws-api/v3"
-TESTNET_API = "https://testnet.binance.vision/api"
-TESTNET_WS_API = "wss://ws-api.testnet.binance.vision/ws-api/v3"
 SILENCE_S = 5.0  # "Kline/Candlestick Streams": update speed 2000 ms
 
 INSTRUMENTS = instrument_table(

@@ -82,8 +82,8 @@ from qtd.events import (
     OrderRejected,
     PositionSnapshot,
 )
-from qtd.venues.binance import LIVE_API, LIVE_WS_API
 from qtd.venues.binance import mapping as bm
+from qtd.venues.binance.endpoints import LIVE_API, LIVE_WS_API
 
 log = logging.getLogger(__name__)
 # Request weights (Binance Spot API docs, per endpoint).

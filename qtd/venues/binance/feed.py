@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from qtd.events import DECODE_ERRORS
 from qtd.feeds.bars import NS_PER_S, Bar, Trade, epoch_to_ns
 from qtd.feeds.live import FeedLost, LiveSettings, Parsed
-from qtd.venues.binance import LIVE_API
+from qtd.venues.binance.endpoints import LIVE_API
 
 KLINE_LIMIT = 1000
 _INTERVALS = {60: "1m", 180: "3m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1h",
