@@ -28,17 +28,55 @@ import warnings
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from datetime import time as dtime
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from zoneinfo import ZoneInfo
 
 import msgspec
+from msgspec import Meta
 
 from qtd.clock import Clock, LiveClock
 from qtd.events import Severity
-from qtd.leader.config import NotifyConfig, QuietHours
 
 log = logging.getLogger("qtd.notify")
 _NS = 1_000_000_000
+# the leader config's bounds (qtd.leader.config Seconds / Count)
+_Seconds = Annotated[float, Meta(gt=0, lt=10 * 365 * 86400)]
+_Count = Annotated[int, Meta(gt=0, lt=10**9)]
+
+
+class QuietHours(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Local ``HH:MM`` window (may wrap midnight) in which P3/P4 pages are held."""
+
+    start: str
+    end: str
+    tz: str = "UTC"
+
+
+class NotifyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Paging: ``[notify]`` of the leader config (:class:`~qtd.leader.config.LeaderConfig`).
+
+    Attributes:
+        destinations: Apprise URLs per severity, e.g. ``P1 = ["tgram://TOKEN/CHAT"]``.
+        dedupe_window_s: an identical page (same alert key and severity) inside this window
+            is dropped.
+        p1_repeat_s: a P1 page is re-sent this often until acknowledged.
+        retry_attempts: delivery attempts per destination before giving up (logged).
+        retry_base_s: first retry delay; doubles per attempt up to ``retry_max_s``.
+        retry_max_s: cap of the retry delay.
+        send_timeout_s: one delivery may take at most this long.
+        quiet_hours: P3/P4 pages raised inside it are held until it ends.
+        recent_events: how many of the bot's last events a page lists.
+    """
+
+    destinations: dict[Severity, list[str]] = {}
+    dedupe_window_s: _Seconds = 300.0
+    p1_repeat_s: _Seconds = 120.0
+    retry_attempts: _Count = 5
+    retry_base_s: _Seconds = 1.0
+    retry_max_s: _Seconds = 60.0
+    send_timeout_s: _Seconds = 10.0
+    quiet_hours: QuietHours | None = None
+    recent_events: Annotated[int, Meta(ge=0, le=100)] = 5
 
 
 class Page(msgspec.Struct, kw_only=True):

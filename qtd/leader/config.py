@@ -22,8 +22,8 @@ from msgspec import Meta
 
 from qtd.bus import BusConfig, check_bus_config
 from qtd.errors import ConfigError
-from qtd.events import Severity
 from qtd.files import read_capped_text
+from qtd.notify import NotifyConfig, check_url
 from qtd.quality.config import QualityConfig
 
 _BIG = 1e15
@@ -219,41 +219,6 @@ class LivenessConfig(_Cfg, frozen=True, kw_only=True):
     heartbeat_interval_s: Seconds = 1.0
 
 
-class QuietHours(_Cfg, frozen=True, kw_only=True):
-    """Local ``HH:MM`` window (may wrap midnight) in which P3/P4 pages are held."""
-
-    start: str
-    end: str
-    tz: str = "UTC"
-
-
-class NotifyConfig(_Cfg, frozen=True, kw_only=True):
-    """Paging (:mod:`qtd.notify`).
-
-    Attributes:
-        destinations: Apprise URLs per severity, e.g. ``P1 = ["tgram://TOKEN/CHAT"]``.
-        dedupe_window_s: an identical page (same alert key and severity) inside this window
-            is dropped.
-        p1_repeat_s: a P1 page is re-sent this often until acknowledged.
-        retry_attempts: delivery attempts per destination before giving up (logged).
-        retry_base_s: first retry delay; doubles per attempt up to ``retry_max_s``.
-        retry_max_s: cap of the retry delay.
-        send_timeout_s: one delivery may take at most this long.
-        quiet_hours: P3/P4 pages raised inside it are held until it ends.
-        recent_events: how many of the bot's last events a page lists.
-    """
-
-    destinations: dict[Severity, list[str]] = {}
-    dedupe_window_s: Seconds = 300.0
-    p1_repeat_s: Seconds = 120.0
-    retry_attempts: Count = 5
-    retry_base_s: Seconds = 1.0
-    retry_max_s: Seconds = 60.0
-    send_timeout_s: Seconds = 10.0
-    quiet_hours: QuietHours | None = None
-    recent_events: Annotated[int, Meta(ge=0, le=100)] = 5
-
-
 class WebConfig(_Cfg, frozen=True, kw_only=True):
     """The status page (:mod:`qtd.web`), served by the leader in its own event loop.
 
@@ -371,7 +336,6 @@ def check_leader_config(cfg: LeaderConfig, source: str = "<config>") -> LeaderCo
     if spike is not None and spike.baseline_s <= spike.window_s:
         raise _error(source, "caps.order_spike.baseline_s", spike.baseline_s,
                      f"must be > window_s ({spike.window_s})")
-    from qtd.notify import check_url  # apprise is imported only when paging is configured
 
     for sev, urls in cfg.notify.destinations.items():
         for i, url in enumerate(urls):

@@ -33,16 +33,14 @@ they do not vary.
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from qtd import metrics
 from qtd.events import Severity
-
-if TYPE_CHECKING:
-    from qtd.notify import Page
+from qtd.notify import Page
 
 Action = Literal["start", "advance", "hold", "rollback", "promote"]
 Status = Literal["running", "promoted", "rolled_back"]
@@ -245,9 +243,6 @@ def rollback_page(ramp: CanaryRollout) -> Page:
     Raises:
         ValueError: the rollout was not rolled back.
     """
-    import qtd.leader  # noqa: F401  (qtd.notify is only importable after qtd.leader)
-    from qtd.notify import Page
-
     st = ramp.state
     if st.status != "rolled_back" or not st.decisions:
         raise ValueError(f"canary of {st.bot}: status {st.status}, not rolled_back")

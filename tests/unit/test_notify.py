@@ -11,8 +11,7 @@ import pytest
 
 from qtd.clock import SimClock
 from qtd.events import Severity
-from qtd.leader.config import NotifyConfig, QuietHours
-from qtd.notify import Notifier, Page, format_page, quiet_remaining_s
+from qtd.notify import Notifier, NotifyConfig, Page, QuietHours, format_page, quiet_remaining_s
 
 
 class Recorder:
