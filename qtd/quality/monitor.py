@@ -29,10 +29,10 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qtd.clock import Clock
-from qtd.events import AnyEvent
+from qtd.events import AnyEvent, Severity
 from qtd.metrics import sharpe_ratio
 from qtd.projections import TradingDay
 from qtd.quality.config import QualityConfig
@@ -42,12 +42,41 @@ from qtd.quality.surveil import Finding, Surveillance
 
 if TYPE_CHECKING:
     from qtd.aio import TaskSet
-    from qtd.leader.alerts import AlertBook
-    from qtd.leader.fleetdb import FleetDB
     from qtd.notify import Sender
 
 log = logging.getLogger("qtd.quality")
 DAILY_META_KEY = "daily_report_day"
+
+
+class AlertSink(Protocol):
+    """Where the monitor opens and closes its alerts (the leader's
+    :class:`~qtd.leader.alerts.AlertBook`)."""
+
+    def raise_alert(self, key: str, severity: Severity, title: str, **fields: Any) -> object:
+        """Open (or escalate) the alert for ``key`` and page it."""
+        ...
+
+    def close(self, key: str, message: str = ...) -> object:
+        """Close the alert for ``key`` (its condition recovered)."""
+        ...
+
+
+class ReportDB(Protocol):
+    """The fleet database the daily report reads and remembers its last day in (the
+    leader's :class:`~qtd.leader.fleetdb.FleetDB`)."""
+
+    @property
+    def path(self) -> Path:
+        """The database file (the report opens it read-only)."""
+        ...
+
+    async def get_meta(self, key: str) -> str | None:
+        """A stored value (None if absent)."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a small value."""
+        ...
 
 
 class QualityMonitor:
@@ -72,8 +101,8 @@ class QualityMonitor:
         self.finding_counts: dict[str, int] = {"wash": 0, "spoof": 0, "layer": 0}
         self.breaches: list[ExecBreach] = []
         self.reports: list[tuple[DailyReport, int]] = []  # (report, deliveries ok), last 7
-        self._alerts: AlertBook | None = None
-        self._db: FleetDB | None = None
+        self._alerts: AlertSink | None = None
+        self._db: ReportDB | None = None
         self._sender: Sender | None = None
         self._urls: list[str] = []
         self._tasks: TaskSet | None = None
@@ -100,7 +129,7 @@ class QualityMonitor:
             self.surveillance.feed(ev)
         del self.surveillance.findings[:-200]
 
-    async def attach(self, *, alerts: AlertBook, db: FleetDB, sender: Sender, urls: list[str],
+    async def attach(self, *, alerts: AlertSink, db: ReportDB, sender: Sender, urls: list[str],
                      tasks: TaskSet, equity: Callable[[], dict[str, float]] | None = None
                      ) -> None:
         """Connect to the alert book, fleet.db and the page sender (after the rebuild);
