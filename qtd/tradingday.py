@@ -7,32 +7,34 @@ local time in the zone, on D to the rollover on D+1). The leader labels fills, t
 the status page and its daily report with it (:func:`fleet_trading_day`); every agent's
 ``[trading_day]`` must say the same (``qtd up`` generates both from one ``etc/``).
 
-A command reading a store picks its trading day with :func:`resolve_trading_day`, first
-match wins:
-
-1. ``--tz`` / ``--rollover`` given on the command line;
-2. ``--leader-config`` (a leader.toml: its ``[fleet]``; an agent TOML: its ``[trading_day]``);
-3. the leader config ``qtd up`` generated beside the store (``STATE/etc/leader.toml`` for
-   ``STATE/node-N/events.db`` or ``STATE/leader/fleet.db``): the page's own;
-4. UTC, rollover 00:00.
-
-It returns where the answer came from, and the commands print it.
+A command reading a store picks its trading day with
+:func:`qtd.commands.dayrule.resolve_trading_day` (it loads the configs, so it sits with the
+commands), as a :class:`DayRule` that says where the answer came from.
 """
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
 from qtd.errors import ConfigError
-from qtd.files import read_capped_text
 from qtd.projections import TradingDay
 
-if TYPE_CHECKING:
-    from qtd.leader.config import FleetConfig
+
+class FleetDay(Protocol):
+    """The trading-day fields of a leader config's ``[fleet]``
+    (:class:`~qtd.leader.config.FleetConfig`)."""
+
+    @property
+    def trading_day_tz(self) -> str:
+        """IANA time zone of the rollover."""
+        ...
+
+    @property
+    def trading_day_rollover(self) -> str:
+        """Local ``HH:MM`` at which day D+1 starts."""
+        ...
 
 
 class DayRule(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,53 +62,6 @@ class DayRule(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.tz}, rollover {self.rollover} (from {self.source})"
 
 
-def fleet_trading_day(fleet: FleetConfig) -> TradingDay:
+def fleet_trading_day(fleet: FleetDay) -> TradingDay:
     """The fleet's trading day from a leader config's ``[fleet]`` (module docstring)."""
     return TradingDay(fleet.trading_day_tz, fleet.trading_day_rollover)
-
-
-def _from_config(path: Path) -> DayRule:
-    """The rule of a leader config (``[fleet]``) or an agent config (``[trading_day]``),
-    loaded and validated by their own loaders."""
-    try:
-        doc = tomllib.loads(read_capped_text(path))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"--leader-config {path}: {exc}", source=str(path),
-                          field="leader-config", value=str(path), rule="a readable TOML") from None
-    if "node" in doc and "fleet" not in doc:
-        from qtd.agent.config import load_agent_config
-
-        day = load_agent_config(path).trading_day
-        return DayRule(tz=day.tz, rollover=day.rollover, source=f"{path} [trading_day]")
-    from qtd.leader.config import load_leader_config  # qtd.leader imports qtd.projections
-
-    fleet = load_leader_config(path).fleet
-    return DayRule(tz=fleet.trading_day_tz, rollover=fleet.trading_day_rollover,
-                   source=f"{path} [fleet]")
-
-
-def beside(db: str | Path) -> Path | None:
-    """The leader config ``qtd up`` generated for the fleet whose store ``db`` is, if any."""
-    state = Path(db).resolve().parent.parent
-    cfg = state / "etc" / "leader.toml"
-    return cfg if cfg.is_file() else None
-
-
-def resolve_trading_day(tz: str | None = None, rollover: str | None = None,
-                        config: str | Path | None = None, db: str | Path | None = None
-                        ) -> tuple[TradingDay, DayRule]:
-    """The trading day a command uses (module docstring: first match wins).
-
-    Raises:
-        ConfigError: an unreadable config, an unknown zone or a bad rollover.
-    """
-    found = beside(db) if db is not None and config is None else None
-    cfg = Path(config) if config is not None else found
-    rule = (_from_config(cfg) if cfg is not None
-            else DayRule(tz="UTC", rollover="00:00", source="the default"))
-    if tz or rollover:
-        given = " ".join(x for x in (f"--tz {tz}" if tz else "",
-                                     f"--rollover {rollover}" if rollover else "") if x)
-        rule = DayRule(tz=tz or rule.tz, rollover=rollover or rule.rollover,
-                       source=given + ("" if cfg is None else f" over {rule.source}"))
-    return rule.trading_day(), rule

@@ -15,11 +15,12 @@ from typing import Any, TextIO
 import msgspec
 
 from qtd.books import Books
+from qtd.commands.dayrule import resolve_trading_day
 from qtd.errors import ConfigError
 from qtd.events import KINDS, Event, to_json
 from qtd.quality.source import read_events
 from qtd.storeread import Row, open_reader
-from qtd.tradingday import DayRule, resolve_trading_day
+from qtd.tradingday import DayRule
 
 _COMMON = {"node", "bot", "ts_event", "ts_init", "seq", "symbol", "client_order_id"}
 FOLLOW_POLL_S = 0.5
@@ -120,7 +121,7 @@ LEGEND = ("qty in instrument units (shares, contracts, coins; negative = short);
 
 async def run_positions(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run ``qtd positions`` on an agent's events.db or the leader's fleet.db (conventions:
-    :mod:`qtd.books`; trading day: :mod:`qtd.tradingday`); returns the exit status."""
+    :mod:`qtd.books`; trading day: :mod:`qtd.commands.dayrule`); returns the exit status."""
     day, rule = resolve_trading_day(args.tz, args.rollover, args.leader_config, args.db)
     books = await Books(day).rebuild(read_events(args.db))
     today = day.label(time.time_ns())

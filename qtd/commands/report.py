@@ -271,12 +271,12 @@ def _run_daily(args: argparse.Namespace) -> int:
 async def run_daily(args: argparse.Namespace, out: TextIO = sys.stdout,
                     now_ns: int | None = None) -> int:
     """Run ``qtd report daily``; returns the exit status. The trading day is the fleet's
-    (:func:`qtd.tradingday.resolve_trading_day`: --tz/--rollover, --leader-config, the
+    (:func:`qtd.commands.dayrule.resolve_trading_day`: --tz/--rollover, --leader-config, the
     leader.toml ``qtd up`` generated beside the store, else UTC 00:00)."""
     import time
 
+    from qtd.commands.dayrule import beside, resolve_trading_day
     from qtd.quality.daily import build_daily, format_daily, previous_day
-    from qtd.tradingday import beside, resolve_trading_day
 
     td, rule = resolve_trading_day(args.tz, args.rollover, args.leader_config, args.db)
     currency = "USD"
