@@ -323,11 +323,11 @@ class DeployWatch:
 
     async def _report(self, slot: BotSlot, number: int, stage: str, how: str) -> None:
         k = self.k
-        self.running[slot.name] = number
         now = k.clock.now_ns()
         await k.store.append(BotVersion(
             node=k.node, bot=slot.name, ts_event=now, ts_init=now, version=number,
             content_hash=slot.content_hash, stage=stage, how=how))
+        self.running[slot.name] = number  # reported once it is on record
         log.info("deploy: %s runs v%d %s (%s)", slot.name, number, slot.content_hash[:12], how,
                  extra={"bot": slot.name})
 
