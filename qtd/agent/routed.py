@@ -43,7 +43,7 @@ from qtd.feeds import Bar
 from qtd.files import read_capped_text
 from qtd.regime import Regime, classify
 from qtd.routes import Query, RoutesConfig, Rule, load_routes, match
-from qtd.up.toml import dumps
+from qtd.toml_writer import dumps
 
 log = logging.getLogger("qtd.agent.routed")
 

@@ -11,6 +11,7 @@ from qtd.agent.config import load_agent_config
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
 from qtd.leader.config import load_leader_config
+from qtd.toml_writer import dumps
 from qtd.up.configs import (
     DEFAULT_BARS_PER_S,
     DEMO_RUN_S,
@@ -21,7 +22,6 @@ from qtd.up.configs import (
     realtime_multiple,
 )
 from qtd.up.layout import Layout, find_etc, repo_root
-from qtd.up.toml import dumps
 
 ETC = repo_root() / "etc"
 

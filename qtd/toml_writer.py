@@ -1,4 +1,5 @@
-"""A small TOML writer for the configs ``qtd up`` generates (tomllib only reads).
+"""A small TOML writer for the configs qtd generates (``qtd up``, routed bots; tomllib only
+reads).
 
 Supports what qtd configs use: tables, strings, booleans, ints, floats and lists of
 scalars. Keys that are not bare words are quoted.
