@@ -55,6 +55,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from qtd.bus import EVENTS_STREAM, Subjects
+from qtd.bus.jscontext import context_client
 from qtd.errors import TemporaryError
 from qtd.events import AnyEvent, to_json
 from qtd.outbox_ids import MsgIds
@@ -99,7 +100,7 @@ class Outbox:
         connected: Callable[[], bool] | None = None, nc: Client | None = None,
     ) -> None:
         self.connected = connected or (lambda: True)
-        self.nc: Client = nc if nc is not None else js._nc
+        self.nc: Client = nc if nc is not None else context_client(js)
         self.observer: Callable[[str, int], None] | None = None
         self.store = store
         self.js = js

@@ -107,7 +107,7 @@ class GuardedH11(H11Protocol):
         self.guard.bytes_received += len(data)
         super().data_received(data)
         if self.transport.get_protocol() is not self or self.conn.their_state is h11.DONE:
-            self._disarm()  # upgraded to a WebSocket, or the whole request is in
+            self.disarm()  # upgraded to a WebSocket, or the whole request is in
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -120,15 +120,16 @@ class GuardedH11(H11Protocol):
             self._arm(self.guard.request_timeout_s, "timeout")  # the next request is due
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self.disarm()
         super().connection_lost(exc)
 
     def _arm(self, delay_s: float, reason: str) -> None:
-        self._disarm()
+        self.disarm()
         self._deadline = self.loop.call_later(delay_s, self._expire, reason)
         self.guard.receiving[self] = None
 
-    def _disarm(self) -> None:
+    def disarm(self) -> None:
+        """Stop this connection's deadline (its request is in, or it is being closed)."""
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -146,7 +147,7 @@ class GuardedH11(H11Protocol):
     def _evict_oldest(self) -> bool:
         for other in self.guard.receiving:
             if other is not self:
-                other._disarm()
+                other.disarm()
                 self.guard.drop("evicted")
                 other.transport.abort()
                 return True
