@@ -7,7 +7,8 @@ heartbeats on ``qtd.hb.<node>`` and answers every kill on ``qtd.ctl.kill`` with 
 
 * ``--peer light`` (default): HALTED in memory, ack at once — the transport floor;
 * ``--peer durable``: what ``qtd agent`` writes before it acknowledges
-  (:meth:`qtd.agent.commands.Control.apply_kill`): the KillSwitch and TradingStateChanged events in
+  (:meth:`qtd.agent.control_verbs.Control.apply_kill`): the KillSwitch and
+  TradingStateChanged events in
   one fsynced transaction (the router's flush), then the KillAck (a second fsync), each in
   the peer's own SQLite event store (:class:`~qtd.store.EventStore`, ``synchronous=FULL``).
 

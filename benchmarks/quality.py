@@ -33,7 +33,7 @@ from qtd.events import (
     Side,
 )
 from qtd.projections import Projections
-from qtd.quality.execution import ExecutionQuality
+from qtd.quality.execution_quality import ExecutionQuality
 from qtd.quality.surveil import Surveillance
 from qtd.store import EventStore
 

@@ -85,7 +85,7 @@ class Books:
                                           ev.node, ev.seq)
 
     async def rebuild(self, batches: AsyncIterator[list[AnyEvent]]) -> Books:
-        """Apply every batch (:func:`qtd.quality.source.read_events`); return self."""
+        """Apply every batch (:func:`qtd.quality.event_files.read_events`); return self."""
         async for batch in batches:
             for ev in batch:
                 self.apply(ev)

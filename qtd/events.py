@@ -174,7 +174,7 @@ class OrderDenied(Event, frozen=True):
 class OrderSubmitted(Event, frozen=True):
     """The adapter handed the order to the venue (request sent, no ack yet).
     ``arrival_price`` is the symbol's last known price (quote currency) when the order was
-    handed over: the arrival-price benchmark of :mod:`qtd.quality.execution`."""
+    handed over: the arrival-price benchmark of :mod:`qtd.quality.execution_quality`."""
 
     client_order_id: str
     account: str = ""
@@ -523,7 +523,7 @@ class DeployRefused(Event, frozen=True):
 
 
 class CanaryStep(Event, frozen=True):
-    """One decision of a canary rollout of a deployed version (:mod:`qtd.agent.canary`):
+    """One decision of a canary rollout of a deployed version (:mod:`qtd.agent.canary_ramps`):
     the candidate runs as the second runner ``canary_bot`` (``<bot>~canary``) with
     ``fraction`` of the bot's allocation; the incumbent keeps ``1 - fraction``.
 
@@ -561,7 +561,7 @@ class CanaryStep(Event, frozen=True):
 class PositionTransfer(Event, frozen=True):
     """An internal move of a position share between two bot ids of one beneficial owner on
     one account and symbol, without any order (a canary's ramp, promotion or rollback
-    between ``<bot>`` and ``<bot>~canary``: :mod:`qtd.agent.canary`). Stored before it
+    between ``<bot>`` and ``<bot>~canary``: :mod:`qtd.agent.canary_ramps`). Stored before it
     takes effect; :meth:`qtd.projections.Projections.apply` applies it.
 
     **Convention: transferred at the giver's average cost.** ``qty`` is the signed quantity

@@ -47,7 +47,7 @@ from qtd.orders import ApplyResult, ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk.checks import Denial
 from qtd.risk.engine import Denied, RiskEngine
-from qtd.risk.kill import flatten_requests
+from qtd.risk.kill_file import flatten_requests
 from qtd.store import EventStore
 
 

@@ -375,7 +375,7 @@ class BotRunner:
         self._thread: HookThread | None = None
         self.handled = 0
         """Market data items of the bot's symbols whose hook ran and whose orders were
-        submitted (a canary split waits on it: :mod:`qtd.agent.canary`)."""
+        submitted (a canary split waits on it: :mod:`qtd.agent.canary_ramps`)."""
 
     @property
     def name(self) -> str:

@@ -7,7 +7,7 @@
   ``node`` and ``seq`` of the store they were born in).
 
 :func:`open_reader` tells the two apart by ``PRAGMA application_id``
-(:func:`qtd.quality.source.db_kind`). Both are safe while the agent or leader writes.
+(:func:`qtd.quality.event_files.db_kind`). Both are safe while the agent or leader writes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from qtd.events import AnyEvent, decode
-from qtd.quality.source import db_kind
+from qtd.quality.event_files import db_kind
 from qtd.store import EventStore
 
 PAGE: Final = 5000

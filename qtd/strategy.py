@@ -147,7 +147,7 @@ class StrategyContext:
 
     Attributes:
         share: the fraction of the bot's allocation this runner trades (1: all of it). A
-            canary rollout (:mod:`qtd.agent.canary`) runs the candidate params as a second
+            canary rollout (:mod:`qtd.agent.canary_ramps`) runs the candidate params as a second
             runner with ``share = f`` and the incumbent with ``1 - f``: ``target_position``
             targets ``share × target`` and ``buy``/``sell`` order ``share × qty``, each
             rounded toward zero to a multiple of ``lot`` (so the two runners together never

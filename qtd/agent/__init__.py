@@ -8,7 +8,7 @@
 * :mod:`qtd.agent.ports` — the narrow interfaces services are built with; services:
   :mod:`~qtd.agent.bots`, :mod:`~qtd.agent.schedule`, :mod:`~qtd.agent.deploy_watch`
   (deploys and canary), :mod:`~qtd.agent.reconciling`, :mod:`~qtd.agent.loops`
-  (telemetry, kill file), :mod:`~qtd.agent.commands` (control),
+  (telemetry, kill file), :mod:`~qtd.agent.control_verbs` (control),
   :mod:`~qtd.agent.storefault`, :mod:`~qtd.agent.storebehind`.
 * :mod:`qtd.agent.accounts` — broker accounts: credentials, adapters, parallel start-up.
 * :mod:`qtd.agent.schedule` — session schedule: start, stop or flatten on the venue session.

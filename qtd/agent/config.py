@@ -20,7 +20,7 @@ from qtd.bus.subjects import check_token
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
-from qtd.quality.canary import CanaryConfig
+from qtd.quality.canary_policy import CanaryConfig
 from qtd.venues import get as get_venue
 from qtd.venues import load_module, needs_credentials
 from qtd.venues.account import AccountSettings as AccountSettings
@@ -184,7 +184,7 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
             (:mod:`qtd.agent.routed`).
         routed: instruments traded through the routes.
         canary: how ``qtd deploy --canary`` versions ramp on this node
-            (:class:`qtd.quality.canary.CanaryConfig`, :mod:`qtd.agent.canary`).
+            (:class:`qtd.quality.canary_policy.CanaryConfig`, :mod:`qtd.agent.canary_ramps`).
         terminal_orders_kept: done (filled, canceled, rejected, expired) orders kept in
             memory, the most recent ones; older ones are retired (the store keeps them, and
             a late venue update brings one back: :mod:`qtd.orders`). Paper accounts keep as

@@ -37,8 +37,8 @@ from qtd import sdnotify
 from qtd.admit.config import LoadedBot
 from qtd.agent.accounts import account_symbols, close_brokers, connect_account
 from qtd.agent.bots import Admitted, Bots
-from qtd.agent.commands import Control
 from qtd.agent.config import AgentConfig
+from qtd.agent.control_verbs import Control
 from qtd.agent.deploy_watch import Rollouts
 from qtd.agent.kernel import Kernel, build_kernel
 from qtd.agent.link import BusLink
@@ -183,7 +183,7 @@ class Agent:
         for name, coro in self.telemetry.tasks().items():
             spawn(name, coro)
         spawn("deploy-watch", self.deploys.run())  # fleet deploys (qtd.deploy)
-        spawn("canary", self.canary.run())  # deploy --canary (qtd.agent.canary)
+        spawn("canary", self.canary.run())  # deploy --canary (qtd.agent.canary_ramps)
         self.ready.set()
         sdnotify.ready(f"{len(self.supervisor.slots)} bots running")
         log.info("agent %s ready: %d bots, %d refused, accounts failed: %s", self.node,

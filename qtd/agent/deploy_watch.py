@@ -23,7 +23,7 @@ content hash differs from the running one is:
    it even without NATS (:func:`qtd.deploy.files.deployed_config`). Once the new version
    runs, :class:`~qtd.events.BotVersion` is stored (the leader's running version).
 5. a ``canary`` version of a running bot is not swapped in: it ramps in beside the running
-   version as a second runner (:mod:`qtd.agent.canary`) and goes through step 4 (``how =
+   version as a second runner (:mod:`qtd.agent.canary_ramps`) and goes through step 4 (``how =
    "canary"``) only once it held 100 %; a rolled-back candidate is not retried. Any newer
    version (or the running one deployed again) ends a running canary first.
 
@@ -44,7 +44,7 @@ import nats.js.errors
 
 from qtd.admit import Admission, admit_bot
 from qtd.admit.config import load_bot_config
-from qtd.agent.canary import CanaryRamps
+from qtd.agent.canary_ramps import CanaryRamps
 from qtd.agent.supervisor import BotSlot
 from qtd.deploy.files import deploy_dir, load_current, materialize, save_current
 from qtd.deploy.fleet import Fleet
@@ -343,7 +343,7 @@ class Rollouts:
         link: the bus link (None: no NATS configured).
 
     Attributes:
-        canary: the canary ramps (:mod:`qtd.agent.canary`).
+        canary: the canary ramps (:mod:`qtd.agent.canary_ramps`).
         deploys: the deploy watch.
     """
 

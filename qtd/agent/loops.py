@@ -11,7 +11,7 @@
   applies every kill in it not applied yet. A poll rather than a KV watcher: an ephemeral
   watch consumer does not survive a nats-server restart, a ``get`` does; the core
   ``<prefix>.ctl.kill`` message is the fast path;
-* ``kill-file`` — :class:`~qtd.risk.kill.KillFileWatcher` on the local kill file;
+* ``kill-file`` — :class:`~qtd.risk.kill_file.KillFileWatcher` on the local kill file;
 * ``watchdog`` — ``WATCHDOG=1`` to systemd at half ``WatchdogSec`` while the loop runs.
 """
 
@@ -32,10 +32,10 @@ from qtd import sdnotify
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
-from qtd.risk.kill import KillFileWatcher
+from qtd.risk.kill_file import KillFileWatcher
 
 if TYPE_CHECKING:
-    from qtd.agent.commands import Control
+    from qtd.agent.control_verbs import Control
     from qtd.agent.kernel import Kernel
     from qtd.agent.link import BusLink
     from qtd.agent.ports import BotHost, Spawner
@@ -84,7 +84,7 @@ class Telemetry:
         bots: the bots reported on.
         link: the bus link (None: no NATS configured; only the NATS-free loops run).
         failsafe: the leader-heartbeat policy.
-        control: kill state and the kill-set poll (:class:`~qtd.agent.commands.Control`).
+        control: kill state and the kill-set poll (:class:`~qtd.agent.control_verbs.Control`).
         reload: re-admits one bot config (hot reload).
     """
 
@@ -166,7 +166,7 @@ class Telemetry:
 
     async def _params_watch(self) -> None:
         """Hot reload: re-admit a bot config whose file changed (polled every
-        ``params_poll_s``); see :meth:`qtd.agent.commands.Control.reload_file`."""
+        ``params_poll_s``); see :meth:`qtd.agent.control_verbs.Control.reload_file`."""
         seen = self._mtimes()
         while True:
             await _every(self.k.cfg.params_poll_s)

@@ -40,7 +40,7 @@ from qtd.agent.config import AgentConfig, SessionRule
 from qtd.control import KillCommand
 from qtd.errors import ConfigError
 from qtd.events import OrderDenied, Scope, TradingState
-from qtd.risk.kill import flatten_requests
+from qtd.risk.kill_file import flatten_requests
 from qtd.routes import BUILTIN_SESSIONS, RoutesConfig, Rule
 from qtd.runner import BotState
 

@@ -24,8 +24,8 @@ from qtd.events import LimitUsage, PnLSnapshot, Scope, TradingState, TradingStat
 from qtd.projections import Projections
 from qtd.risk.config import Limits
 from qtd.risk.engine import RiskEngine
-from qtd.risk.state import Exposure
-from qtd.risk.states import TradingStates
+from qtd.risk.exposure import Exposure
+from qtd.risk.trading_states import TradingStates
 from qtd.runner import BotState
 
 ZERO = Decimal(0)

@@ -18,7 +18,7 @@ from qtd.books import Books
 from qtd.commands.dayrule import resolve_trading_day
 from qtd.errors import ConfigError
 from qtd.events import KINDS, Event, to_json
-from qtd.quality.source import read_events
+from qtd.quality.event_files import read_events
 from qtd.storeread import Row, open_reader
 from qtd.tradingday import DayRule
 

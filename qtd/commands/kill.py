@@ -34,7 +34,7 @@ from qtd.control.transport import release_kills
 from qtd.errors import ConfigError, OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.files import read_capped_text
-from qtd.risk.kill import DEFAULT_KILL_FILE, parse_kill_file, write_kill_file
+from qtd.risk.kill_file import DEFAULT_KILL_FILE, parse_kill_file, write_kill_file
 from qtd.up.layout import Layout
 
 EXIT_MISSING = 3

@@ -186,8 +186,8 @@ def _run_execution(args: argparse.Namespace) -> int:
 
 async def run_execution(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run ``qtd report execution``; returns the exit status."""
-    from qtd.quality.execution import ExecutionQuality, Thresholds, breaches
-    from qtd.quality.source import read_events
+    from qtd.quality.event_files import read_events
+    from qtd.quality.execution_quality import ExecutionQuality, Thresholds, breaches
 
     th = parse_overrides(args.threshold, Thresholds, "--threshold")
     q = ExecutionQuality(args.since)
@@ -245,8 +245,8 @@ def _run_surveil(args: argparse.Namespace) -> int:
 
 async def run_surveil(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Run ``qtd surveil``; returns :data:`EXIT_FINDINGS` when something was found."""
+    from qtd.quality.event_files import read_events
     from qtd.quality.render import findings_text
-    from qtd.quality.source import read_events
     from qtd.quality.surveil import SurveilConfig, Surveillance
 
     cfg = parse_overrides(args.settings, SurveilConfig, "--set")
@@ -319,7 +319,7 @@ async def run_drift(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         replay_backtest,
         same_time_base,
     )
-    from qtd.quality.source import read_events
+    from qtd.quality.event_files import read_events
     from qtd.sweep import Job, load_data
 
     cfg = msgspec.convert({"gate": args.gate, "window": args.window, "floor": args.floor},

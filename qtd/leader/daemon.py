@@ -43,7 +43,7 @@ from qtd.leader.dispatch import CommandDispatcher
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.ingest import Ingestor
 from qtd.leader.kernel import LeaderKernel
-from qtd.leader.kill import KillSwitchController
+from qtd.leader.kill_switch import KillSwitchController
 from qtd.leader.lease import LeaderLease
 from qtd.leader.status import FleetStatus
 from qtd.leader.versions import VersionBoard

@@ -30,7 +30,7 @@ from qtd.events import DECODE_ERRORS, CapOverride, Scope
 from qtd.fleetsnapshot import AlertView, FleetSnapshot
 from qtd.leader.alerts import AlertRecord
 from qtd.leader.caps import Breach, FleetCaps
-from qtd.leader.kill import KillRound, ResumeResult
+from qtd.leader.kill_switch import KillRound, ResumeResult
 from qtd.leader.lease import Standing
 from qtd.leader.view import FleetView
 
@@ -38,7 +38,8 @@ log = logging.getLogger("qtd.leader")
 
 
 class KillSwitch(Protocol):
-    """The kill switch as commands use it (:class:`~qtd.leader.kill.KillSwitchController`)."""
+    """The kill switch as commands use it
+    (:class:`~qtd.leader.kill_switch.KillSwitchController`)."""
 
     async def trigger_kill(self, scope: Scope, key: str, reason: str, operator: str = "",
                            flatten: bool = False, source: str = "leader",

@@ -33,9 +33,9 @@ import msgspec
 
 from qtd.errors import StoreError
 from qtd.events import AnyEvent, Event, decode, decode_many, encode
-from qtd.quality.source import FLEET_APP_ID
+from qtd.quality.event_files import FLEET_APP_ID
 
-APPLICATION_ID: Final = FLEET_APP_ID  # "qtdf" (qtd.quality.source tells the files apart)
+APPLICATION_ID: Final = FLEET_APP_ID  # "qtdf" (qtd.quality.event_files tells the files apart)
 SCHEMA_VERSION: Final = 1
 LEADER_NODE: Final = "leader"
 _SCHEMA: Final = (

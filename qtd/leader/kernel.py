@@ -26,7 +26,7 @@ from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import FleetCaps
 from qtd.leader.config import LeaderConfig
 from qtd.leader.fleetdb import FleetDB
-from qtd.leader.kill import KillSwitchController
+from qtd.leader.kill_switch import KillSwitchController
 from qtd.leader.lease import AlwaysActive, LeaderLease, Standing, lease_bucket
 from qtd.leader.versions import NATS_ERRORS, VersionBoard
 from qtd.leader.view import FleetView

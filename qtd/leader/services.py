@@ -79,7 +79,7 @@ class HandOver(Protocol):
 
 
 class KillSync(Protocol):
-    """Re-reads the kill set from KV (:meth:`~qtd.leader.kill.KillSwitchController.sync`)."""
+    """Re-reads the kill set from KV (:meth:`~qtd.leader.kill_switch.KillSwitchController.sync`)."""
 
     async def sync(self, *, watch: bool = False) -> None: ...
 

@@ -156,7 +156,7 @@ class FleetView:
     # --- what the leader's parts show on it ---------------------------------------------
 
     def show_kill(self, kill: KillView) -> None:
-        """The kill switch's state now (:class:`~qtd.leader.kill.KillSwitchController`)."""
+        """The kill switch's state now (:class:`~qtd.leader.kill_switch.KillSwitchController`)."""
         self.kill = kill
 
     def show_caps(self, caps: list[CapView]) -> None:

@@ -34,7 +34,7 @@ from qtd.events import (
     TradingStateChanged,
 )
 from qtd.fleetsnapshot import RANK, ActiveKill, Cause, DenyCount, ScopeState
-from qtd.risk.kill import in_scope
+from qtd.risk.kill_file import in_scope
 
 _KIND_ORDER = ("kill", "storage", "breaker", "operator", "failsafe", "runner", "agent")
 _STORAGE = frozenset({"store_fault", "store_behind"})
@@ -136,7 +136,7 @@ def _held_cause(node: str, h: _Held) -> Cause:
 
 def covers(kill: ActiveKill, bot: str, accounts: Iterable[str], symbols: Iterable[str]
            ) -> bool:
-    """Whether one of the leader's kills covers the bot (:func:`qtd.risk.kill.in_scope` on
+    """Whether one of the leader's kills covers the bot (:func:`qtd.risk.kill_file.in_scope` on
     each of its accounts and symbols; a scope this leader does not know covers it: when
     unsure, say halted)."""
     try:

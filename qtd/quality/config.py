@@ -8,7 +8,7 @@ Example (``etc/leader.toml``)::
     daily_severity = "P4"          # sent to [notify.destinations] of this severity
     alert_severity = "P3"          # execution-quality and surveillance alerts
 
-    [quality.execution]            # qtd.quality.execution.Thresholds
+    [quality.execution]            # qtd.quality.execution_quality.Thresholds
     latency_p99_ms = 50.0
     slippage_bps = 5.0
     fill_rate_min = 0.95
@@ -27,7 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from qtd.events import Severity
-from qtd.quality.execution import Thresholds
+from qtd.quality.execution_quality import Thresholds
 from qtd.quality.surveil import SurveilConfig
 
 

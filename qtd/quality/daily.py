@@ -36,9 +36,9 @@ from qtd.events import (
     TradingStateChanged,
 )
 from qtd.projections import ZERO, Projections, TradingDay
-from qtd.quality.execution import ExecBreach, ExecRow, ExecutionQuality, Thresholds
+from qtd.quality.event_files import read_events
+from qtd.quality.execution_quality import ExecBreach, ExecRow, ExecutionQuality, Thresholds
 from qtd.quality.render import execution_table, findings_text, table
-from qtd.quality.source import read_events
 from qtd.quality.surveil import Finding, SurveilConfig, Surveillance
 
 _NS = 1_000_000_000

@@ -37,7 +37,7 @@ from qtd.metrics import sharpe_ratio
 from qtd.projections import TradingDay
 from qtd.quality.config import QualityConfig
 from qtd.quality.daily import DailyReport, build_daily, day_bounds, format_daily, previous_day
-from qtd.quality.execution import ExecBreach, ExecRow, ExecutionQuality
+from qtd.quality.execution_quality import ExecBreach, ExecRow, ExecutionQuality
 from qtd.quality.surveil import Finding, Surveillance
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qtd.quality.execution import ExecBreach, ExecRow
+from qtd.quality.execution_quality import ExecBreach, ExecRow
 from qtd.quality.surveil import Finding
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from qtd.risk.checks import Denial
 from qtd.risk.config import RiskConfig
 from qtd.risk.engine import Approved, Denied, RiskEngine
-from qtd.risk.kill import DEFAULT_KILL_FILE, KillFileWatcher, write_kill_file
+from qtd.risk.kill_file import DEFAULT_KILL_FILE, KillFileWatcher, write_kill_file
 from qtd.risk.load import load_risk_config, parse_risk_config
 
 __all__ = [

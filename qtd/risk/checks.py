@@ -18,7 +18,7 @@ import msgspec
 
 from qtd.events import OrderType, Scope, Severity, TradingState
 from qtd.orders import OrderRequest
-from qtd.risk.state import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
+from qtd.risk.exposure import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
 
 ZERO: Final = Decimal(0)
 _BPS: Final = Decimal(10_000)

@@ -14,7 +14,7 @@ Units: quantities in instrument units (shares, contracts, coins); notional and m
 account's quote currency; percentages in percent (``3.0`` = 3 %); collars in basis points
 (1 bps = 0.01 %); durations in seconds. A limit that is absent (or ``None``) is not checked.
 
-The scope tables are the structs of :mod:`qtd.risk.limits`; loading and validation (each
+The scope tables are the structs of :mod:`qtd.risk.scope_limits`; loading and validation (each
 table on its own, then the cross-field rules of :mod:`qtd.risk.rules`, all problems
 reported at once) live in :mod:`qtd.risk.load`.
 """
@@ -25,10 +25,10 @@ import msgspec
 
 from qtd.risk.breakers.registry import Breakers
 from qtd.risk.fields import ConfigStruct
-from qtd.risk.limits import AccountConfig, GlobalConfig, Limits, StrategyConfig, SymbolConfig
+from qtd.risk.scope_limits import AccountConfig, GlobalConfig, Limits, StrategyConfig, SymbolConfig
 
 # Limits is re-exported for qtd.agent.telemetry (owned by another branch) until it imports
-# qtd.risk.limits; everything else imports the scope structs from qtd.risk.limits.
+# qtd.risk.scope_limits; everything else imports the scope structs from qtd.risk.scope_limits.
 __all__ = ["Limits", "RiskConfig"]
 
 

@@ -43,12 +43,12 @@ from qtd.projections import ZERO, Projections, TradingDay
 from qtd.risk import checks as C
 from qtd.risk.breakers import CircuitBreakers
 from qtd.risk.config import RiskConfig
-from qtd.risk.kill import in_scope
+from qtd.risk.exposure import Exposure, MarkCell, OpenOrder, ScopeCounters, SpikeMeter
+from qtd.risk.kill_file import in_scope
 from qtd.risk.load import bind_profiles, validate_config
 from qtd.risk.plan import Plan, build_plan
-from qtd.risk.state import Exposure, MarkCell, OpenOrder, ScopeCounters, SpikeMeter
-from qtd.risk.states import HALTED, REDUCING, TradingStates
 from qtd.risk.tokens import SubmitToken, TokenError, mint_cancel, mint_submit
+from qtd.risk.trading_states import HALTED, REDUCING, TradingStates
 
 FlattenKey = tuple[str, str, str, Side, Decimal]
 _DUP_PRUNE_AT = 4096  # remembered (bot, account, symbol, side, qty) keys before pruning

@@ -18,8 +18,8 @@ from qtd.errors import ConfigError
 from qtd.files import read_capped_text
 from qtd.risk.breakers.registry import BREAKER_NAMES, Breakers, unknown_breakers
 from qtd.risk.config import RiskConfig
-from qtd.risk.limits import AccountConfig, GlobalConfig, StrategyConfig, SymbolConfig
 from qtd.risk.rules import check_consistency, config_error
+from qtd.risk.scope_limits import AccountConfig, GlobalConfig, StrategyConfig, SymbolConfig
 
 
 def bind_profiles(cfg: RiskConfig, profiles: Mapping[str, str]) -> RiskConfig:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qtd.events import Scope
 from qtd.risk import checks as C
-from qtd.risk.limits import Limits
-from qtd.risk.state import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
+from qtd.risk.exposure import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
+from qtd.risk.scope_limits import Limits
 
 if TYPE_CHECKING:
     from qtd.risk.config import RiskConfig

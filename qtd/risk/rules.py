@@ -15,7 +15,7 @@ from qtd.projections import TradingDay
 
 if TYPE_CHECKING:
     from qtd.risk.config import RiskConfig
-    from qtd.risk.limits import Limits, StrategyConfig
+    from qtd.risk.scope_limits import Limits, StrategyConfig
 
 
 def config_error(source: str, field: str, value: Any, rule: str) -> ConfigError:

@@ -23,7 +23,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from jinja2.ext import Extension
 from starlette.templating import Jinja2Templates
 
-from qtd.quality.execution import ExecBreach, ExecRow
+from qtd.quality.execution_quality import ExecBreach, ExecRow
 from qtd.quality.surveil import Finding
 from qtd.web import botrow
 

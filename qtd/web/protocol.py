@@ -22,7 +22,7 @@ from qtd.deploy.model import VersionRow
 from qtd.events import AnyEvent
 from qtd.fleetsnapshot import FleetSnapshot
 from qtd.quality.daily import DailyReport
-from qtd.quality.execution import ExecBreach, ExecRow
+from qtd.quality.execution_quality import ExecBreach, ExecRow
 
 
 class QualityView(msgspec.Struct, frozen=True, kw_only=True):

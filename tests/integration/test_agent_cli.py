@@ -13,7 +13,7 @@ from qtd.bus import EmbeddedNatsServer, ensure_jetstream
 from qtd.cli import main
 from qtd.control.transport import read_kills
 from qtd.events import Scope, TradingState
-from qtd.risk.kill import parse_kill_file
+from qtd.risk.kill_file import parse_kill_file
 from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
 
 

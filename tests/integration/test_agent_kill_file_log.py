@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qtd.bus import ensure_jetstream
 from qtd.events import Scope
-from qtd.risk.kill import write_kill_file
+from qtd.risk.kill_file import write_kill_file
 from tests.shipped import agent_config, log_match, processes, qtd_process, shipped_nats
 
 

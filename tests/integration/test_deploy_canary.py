@@ -22,7 +22,7 @@ import msgspec
 from nats.aio.client import Client
 
 from qtd.admit import admit_bot
-from qtd.agent.canary import canary_bot
+from qtd.agent.canary_ramps import canary_bot
 from qtd.agent.daemon import Agent
 from qtd.bus import EmbeddedNatsServer
 from qtd.cli import build_parser

@@ -35,7 +35,7 @@ from qtd.execution import OrderRouter
 from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
-from qtd.risk.kill import KillFileWatcher, write_kill_file
+from qtd.risk.kill_file import KillFileWatcher, write_kill_file
 from qtd.store import EventStore
 
 T0 = 1_700_000_000_000_000_000

@@ -1,4 +1,4 @@
-"""Canary rollout ramp (qtd.quality.canary): schedule, holds, rollback with a page, resume
+"""Canary rollout ramp (qtd.quality.canary_policy): schedule, holds, rollback with a page, resume
 from stored state, and the rules checked on a real paper run's equity (GOOG daily bars)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from qtd import metrics
 from qtd.events import Severity
-from qtd.quality.canary import CanaryPlan, CanaryRollout, CanaryState, rollback_page
+from qtd.quality.canary_policy import CanaryPlan, CanaryRollout, CanaryState, rollback_page
 from qtd.sweep import Job, run_job
 
 ROOT = Path(__file__).resolve().parents[2]

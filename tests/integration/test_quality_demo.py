@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qtd.events import Alert
-from qtd.quality.source import read_events
+from qtd.quality.event_files import read_events
 from qtd.up.procs import stop_leftovers
 
 pytestmark = pytest.mark.slow

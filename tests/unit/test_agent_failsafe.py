@@ -9,7 +9,7 @@ from qtd.clock import SimClock
 from qtd.events import Scope, TradingState
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
-from qtd.risk.states import TradingStates
+from qtd.risk.trading_states import TradingStates
 from tests.factories import fill, intent
 
 G = Scope.GLOBAL

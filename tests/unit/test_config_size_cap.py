@@ -16,7 +16,7 @@ from qtd.errors import ConfigError
 from qtd.events import Scope
 from qtd.files import MAX_CONFIG_BYTES
 from qtd.leader.config import load_leader_config
-from qtd.risk.kill import KillFileWatcher
+from qtd.risk.kill_file import KillFileWatcher
 from qtd.risk.load import load_risk_config
 from qtd.routes import load_routes
 

@@ -11,7 +11,7 @@ from qtd.clock import SimClock
 from qtd.errors import ConfigError
 from qtd.projections import Projections
 from qtd.risk import RiskConfig, RiskEngine, load_risk_config
-from qtd.risk.limits import AccountConfig, StrategyConfig
+from qtd.risk.scope_limits import AccountConfig, StrategyConfig
 
 SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "risk.toml"
 

@@ -14,7 +14,7 @@ from qtd.errors import ConfigError
 from qtd.events import OrderType, Scope, Side, TradingState
 from qtd.projections import Position
 from qtd.risk import Approved
-from qtd.risk.kill import (
+from qtd.risk.kill_file import (
     KillFileWatcher,
     flatten_requests,
     in_scope,

@@ -29,7 +29,7 @@ from qtd.events import (
 from qtd.fleetsnapshot import ActiveKill, AlertView, CapView, FleetSnapshot, KillView
 from qtd.leader.view import FleetView
 from qtd.projections import TradingDay
-from qtd.quality.execution import ExecBreach, ExecRow
+from qtd.quality.execution_quality import ExecBreach, ExecRow
 from qtd.web import QualityView, create_app
 from qtd.web.frames import CapFigures, SymbolFigures
 from qtd.web.live import tick_frame

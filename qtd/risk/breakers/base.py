@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from qtd.events import Event, LimitUsage, RiskBreach, Scope, TradingState
 from qtd.projections import Position, TradingDay
+from qtd.risk.exposure import ZERO, Cell
 from qtd.risk.fields import ConfigStruct
-from qtd.risk.state import ZERO, Cell
-from qtd.risk.states import TradingStates, severity_for
+from qtd.risk.trading_states import TradingStates, severity_for
 
 if TYPE_CHECKING:
-    from qtd.risk.limits import AccountConfig
+    from qtd.risk.scope_limits import AccountConfig
 
 
 class AccountBook:

@@ -18,8 +18,8 @@ import msgspec
 from qtd.events import Event, Fill, LimitUsage
 from qtd.projections import Position, Projections, TradingDay
 from qtd.risk.breakers.base import AccountBook, Breaker, BreakerConfig, BreakerContext, Tripper
-from qtd.risk.state import ZERO, Cell, MarkCell
-from qtd.risk.states import TradingStates
+from qtd.risk.exposure import ZERO, Cell, MarkCell
+from qtd.risk.trading_states import TradingStates
 
 if TYPE_CHECKING:
     from qtd.risk.config import RiskConfig

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from qtd.events import LimitUsage, Scope
 from qtd.risk.breakers.base import AccountBook, Breaker, BreakerConfig, BreakerContext
+from qtd.risk.exposure import ZERO
 from qtd.risk.fields import Amount, Pct, TripState
-from qtd.risk.state import ZERO
 
 if TYPE_CHECKING:
-    from qtd.risk.limits import AccountConfig
+    from qtd.risk.scope_limits import AccountConfig
 
 
 class DailyLossLimits(NamedTuple):

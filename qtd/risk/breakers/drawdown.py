@@ -8,8 +8,8 @@ from typing import Literal
 
 from qtd.events import Scope
 from qtd.risk.breakers.base import AccountBook, Breaker, BreakerConfig, BreakerContext
+from qtd.risk.exposure import ZERO
 from qtd.risk.fields import Pct, TripState
-from qtd.risk.state import ZERO
 
 
 class DrawdownConfig(BreakerConfig, frozen=True, kw_only=True):

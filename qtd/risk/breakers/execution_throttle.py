@@ -9,8 +9,8 @@ from msgspec import Meta
 
 from qtd.events import Scope
 from qtd.risk.breakers.base import Breaker, BreakerConfig, BreakerContext
+from qtd.risk.exposure import NS
 from qtd.risk.fields import Count, TripState
-from qtd.risk.state import NS
 
 
 class ExecutionThrottleConfig(BreakerConfig, frozen=True, kw_only=True):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from qtd.events import Scope
 from qtd.risk.breakers.base import Breaker, BreakerConfig, BreakerContext
+from qtd.risk.exposure import NS
 from qtd.risk.fields import Count, Seconds, TripState
-from qtd.risk.state import NS
 
 
 class WinStreakConfig(BreakerConfig, frozen=True, kw_only=True):

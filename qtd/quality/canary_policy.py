@@ -6,7 +6,7 @@ once, with a P2 page.
 
 Self-contained and I/O-free: the caller owns the clock, the equity feed, the storage of
 :class:`CanaryState` and the effects. The agent runs ``qtd deploy --canary`` versions this
-way in :mod:`qtd.agent.canary` (settings: :class:`CanaryConfig`, ``[canary]`` of the agent
+way in :mod:`qtd.agent.canary_ramps` (settings: :class:`CanaryConfig`, ``[canary]`` of the agent
 config). The calling pattern::
 
     plan = CanaryPlan()                                    # or from [canary] in its config
@@ -82,7 +82,7 @@ class CanaryPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class CanaryConfig(CanaryPlan, frozen=True, kw_only=True):
     """``[canary]`` of the agent config: the ramp (:class:`CanaryPlan` fields) plus how the
-    agent runs it (:mod:`qtd.agent.canary`). Every key is optional::
+    agent runs it (:mod:`qtd.agent.canary_ramps`). Every key is optional::
 
         [canary]
         steps = [0.10, 0.25, 0.50, 1.0]   # candidate's share of the bot's allocation

@@ -63,7 +63,7 @@ from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
 from qtd.leader.view import FleetView
 
-log = logging.getLogger("qtd.leader.kill")
+log = logging.getLogger("qtd.leader.kill_switch")
 UNACKED_KEY = "kill:unacked"
 
 

@@ -39,8 +39,8 @@ and the risk engine. A transfer is not an order: risk checks do not run on it (i
 neither the account's nor the symbol's exposure; ``<bot>`` may briefly hold more than its
 own params would, and trades back to them on its next bar).
 
-**The ramp** is :class:`qtd.quality.canary.CanaryRollout` (10 % → 25 % → 50 % → 100 % by
-default, ``[canary]`` of the agent config, :class:`~qtd.quality.canary.CanaryConfig`). Every
+**The ramp** is :class:`qtd.quality.canary_policy.CanaryRollout` (10 % → 25 % → 50 % → 100 % by
+default, ``[canary]`` of the agent config, :class:`~qtd.quality.canary_policy.CanaryConfig`). Every
 ``check_s`` seconds, when the bot's symbols had new market data, the candidate's slice is
 observed: its PnL (realized + unrealized at the risk engine's marks, from the agent's
 projections) change over ``share × capital`` compounds an equity index whose rolling Sharpe
@@ -92,7 +92,7 @@ from qtd.events import (
 )
 from qtd.orders import ApplyResult, OrderRequest
 from qtd.projections import Position
-from qtd.quality.canary import CanaryConfig, CanaryDecision, CanaryRollout, CanaryState
+from qtd.quality.canary_policy import CanaryConfig, CanaryDecision, CanaryRollout, CanaryState
 from qtd.runner import BotRunner, BotState
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ if TYPE_CHECKING:
 
 Promote = Callable[[BotSlot, DeployVersion, Admission, Path], Awaitable[str]]
 
-log = logging.getLogger("qtd.agent.canary")
+log = logging.getLogger("qtd.agent.canary_ramps")
 
 SUFFIX = "~canary"
 STATE_FILE = "canary.json"
