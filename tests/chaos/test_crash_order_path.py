@@ -132,6 +132,13 @@ async def _events(db: Path) -> list[AnyEvent]:
     return await store_events(db) if db.exists() else []
 
 
+async def _last_seq(db: Path) -> int:
+    """The store's last seq; 0 when there is no store yet or it is empty (an agent killed
+    during start-up may leave a created but empty file)."""
+    events = await _events(db)
+    return events[-1].seq if events else 0
+
+
 async def _reconciled_after(db: Path, seq: int) -> bool:
     if not db.exists():
         return False
@@ -164,7 +171,7 @@ async def _one_crash(i: int, cfg: Path, db: Path, tally: Tally) -> str:
         point = "delay"
         what = f"SIGKILL after {rng.uniform(0.5, MAX_DELAY_S):.3f} s"
     delay = float(what.split()[2]) if point == "delay" else MAX_DELAY_S + 20
-    before = (await _events(db))[-1].seq if db.exists() else 0
+    before = await _last_seq(db)
     t0 = time.perf_counter()
     proc = _spawn(cfg, env)
     try:
@@ -233,7 +240,7 @@ async def test_sigkill_at_random_points_of_the_order_path(tmp_path: Path) -> Non
         db = tmp_path / "state" / "events.db"
         for i in range(CRASHES):
             await _one_crash(i, cfg, db, tally)
-        before = (await _events(db))[-1].seq
+        before = await _last_seq(db)
         final = _spawn(check_cfg, {})  # no bot: start-up reconciliation only, then stop
         try:
             await wait_for(lambda: _reconciled_after(db, before), 30)
@@ -288,7 +295,7 @@ async def test_fill_of_a_resting_order_while_the_agent_is_down_is_imported(
             await asyncio.to_thread(first.communicate)
         await venue.fill(cid, "0.4")  # while the agent is down; the order stays open
         assert venue.orders[cid]["status"] == "PARTIALLY_FILLED"
-        before = (await _events(db))[-1].seq
+        before = await _last_seq(db)
         second = _spawn(cfg, {})
         try:
             await wait_for(lambda: _reconciled_after(db, before), 30)
