@@ -144,6 +144,7 @@ class Canary:
         self.applied = Decimal(0)
         """The candidate's share its runner trades now (the incumbent's is ``1 - applied``):
         it follows the ramp's share once the transfers of that step were made."""
+        self.shifting = False  # a _shift is storing its transfers (one at a time)
 
     @property
     def share(self) -> Decimal:
@@ -343,8 +344,15 @@ class CanaryRamps:
         new, old = c.share, c.applied
         if new == old or c.ending:
             return new == old
-        if self._busy(c.slot.name) or self._busy(c.cslot.name):
-            return False
+        if c.shifting or self._busy(c.slot.name) or self._busy(c.cslot.name):
+            return False  # another pass is storing this share's transfers: not twice
+        c.shifting = True
+        try:
+            return await self._shift_once(c, new, old)
+        finally:
+            c.shifting = False
+
+    async def _shift_once(self, c: Canary, new: Decimal, old: Decimal) -> bool:
         spec, inc = c.slot.spec, c.slot.runner
         lot = self._lot(spec.account, spec.symbols)
         moves = []
