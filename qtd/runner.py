@@ -21,11 +21,16 @@ built from the same three). Every call into user code — construction, ``on_sta
   plus a ``TradingStateChanged`` to HALTED for that bot alone, and stops the bot.
 
 **Two ways to run a hook, one runner.** Backtests (and admission smoke runs) call hooks
-inline as described here. The live agent passes ``isolate_hooks=True``: each bot's hooks run
-in its own :class:`HookThread` and the event loop only awaits the result for at most the
-budget, so a hook stuck in a blocking C call halts its bot alone while the other bots, the
-risk engine and the kill switch keep running. Everything else — the order path, the
-failure capture, the events recorded — is the same code in both modes.
+inline as described here. The live agent (and ``qtd backtest --isolate``) gives the runner a
+:class:`~qtd.workers.protocol.StrategyRef` and a :class:`~qtd.workers.pool.WorkerPool`
+instead of a class: the strategy is imported and its hooks run in a worker process
+(:mod:`qtd.workers`), and the runner awaits each reply for at most the budget. A hook stuck in
+one C call holding the GIL, or allocating without bound, costs its worker — killed, its bot
+HALTED with a ``StrategyError`` — never the agent's event loop, the other bots, the risk
+engine or the kill switch. The runner's context stays the truth (positions, in-flight
+quantities, the canary share); the worker's is a replica sent with a call whenever it
+changed. Everything else — the order path, the failure capture, the events recorded — is
+the same code in both modes.
 
 Inline mode: while a hook runs, the event loop waits for it (at most the budget, for
 bytecode): other bots, the risk engine and telemetry resume as soon as it returns or is
@@ -74,6 +79,8 @@ from qtd.events import (
 from qtd.feeds.bars import Bar, MarketData, Trade
 from qtd.orders import OrderRequest
 from qtd.strategy import CancelAll, Strategy, StrategyContext
+from qtd.workers.pool import HookOverrun, LoadFailed, RemoteBot, WorkerGone, WorkerPool
+from qtd.workers.protocol import StrategyRef
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +220,8 @@ os.register_at_fork(after_in_child=WATCHDOG.after_fork)
 
 
 class HookThread:
-    """One daemon thread running calls one at a time, with a timeout (used where isolation
-    matters more than speed: the live agent's hooks, see ``BotRunner(isolate_hooks=True)``,
-    and importing strategy files at admission).
+    """One daemon thread running calls one at a time, with a timeout (importing strategy
+    files in the admission child, under a budget).
 
     Args:
         name: thread name (shown in tracebacks and ``py-spy``).
@@ -318,8 +324,11 @@ class BotRunner:
     """Runs one strategy instance for one bot (see the module docstring).
 
     Args:
-        strategy_cls: the admitted :class:`~qtd.strategy.Strategy` subclass.
-        params: validated params (an instance of ``strategy_cls.Params``).
+        strategy: the admitted :class:`~qtd.strategy.Strategy` subclass (hooks run inline),
+            or a :class:`~qtd.workers.protocol.StrategyRef` (hooks run in a worker of
+            ``workers``; the strategy is never imported into this process).
+        params: validated params (an instance of ``strategy.Params``); ``None`` with a
+            ``StrategyRef``, which carries them.
         spec: the bot's identity.
         clock: injected clock (a ``SimClock`` moved by the historical feed in backtests).
         submit: async callable taking each ``OrderRequest`` (the OrderRouter in production).
@@ -329,29 +338,31 @@ class BotRunner:
         node: node name stamped on events.
         hook_budget_s: wall-time budget of one hook call, seconds (> 0).
         params_hash: content hash of the admitted (source, params) pair.
-        isolate_hooks: run hooks in the bot's own :class:`HookThread` instead of inline.
-            The live agent sets it: a hook blocked in a C call that releases the GIL
-            (``time.sleep``, blocking socket I/O) then halts only its bot after the budget,
-            while the event loop — other bots, the risk engine, the kill switch — runs on.
-            Costs a thread round trip per hook (~20-170 µs); backtests run inline.
+        workers: the worker pool running a ``StrategyRef``'s hooks (required with one).
         keep_requests: keep only the latest this many order requests in :attr:`requests`
             (cut in batches: up to twice as many are held); ``None`` (default) keeps every
             one (a backtest or smoke run reads them all; a live agent has the store).
 
     Raises:
-        ValueError: ``hook_budget_s`` is not > 0, or ``keep_requests`` < 0.
+        ValueError: ``hook_budget_s`` is not > 0, ``keep_requests`` < 0, or a
+            ``StrategyRef`` without ``workers``.
     """
 
     def __init__(
-        self, strategy_cls: type[Strategy], params: Strategy.Params, spec: BotSpec, *,
-        clock: Clock, submit: Submit, cancel: Cancel | None = None, emit: Emit | None = None,
-        node: str = "local", hook_budget_s: float = DEFAULT_HOOK_BUDGET_S,
-        params_hash: str = "", isolate_hooks: bool = False, keep_requests: int | None = None,
+        self, strategy: type[Strategy] | StrategyRef, params: Strategy.Params | None,
+        spec: BotSpec, *, clock: Clock, submit: Submit, cancel: Cancel | None = None,
+        emit: Emit | None = None, node: str = "local",
+        hook_budget_s: float = DEFAULT_HOOK_BUDGET_S, params_hash: str = "",
+        workers: WorkerPool | None = None, keep_requests: int | None = None,
     ) -> None:
         if keep_requests is not None and keep_requests < 0:
             raise ValueError(f"keep_requests={keep_requests!r}: must be >= 0 or None")
+        self._ref = strategy if isinstance(strategy, StrategyRef) else None
+        if self._ref is not None and workers is None:
+            raise ValueError(f"bot {spec.name!r}: a StrategyRef runs in workers: none given")
         self.spec, self.clock, self.node = spec, clock, node
-        self._cls, self._params = strategy_cls, params
+        self._cls: Any = None if self._ref is not None else strategy
+        self._params: Any = params if self._ref is None else self._ref.params
         self._submit, self._cancel, self._emit = submit, cancel, emit
         self.hook_budget_s = hook_budget_s
         self.guard = HookGuard(hook_budget_s)
@@ -363,16 +374,18 @@ class BotRunner:
         self.keep_requests = keep_requests
         self.ctx = StrategyContext(
             bot=spec.name, account=spec.account, venue=spec.venue, symbols=spec.symbols,
-            clock=clock, strategy=strategy_cls.__name__, currency=spec.currency)
+            clock=clock, currency=spec.currency,
+            strategy=strategy.strategy if isinstance(strategy, StrategyRef)
+            else strategy.__name__)
         self.strategy: Strategy | None = None
         self._inbox: deque[Any] = deque()  # fills and the stop marker, in arrival order
         self._fill_sink: Callable[[Fill], None] | None = None  # see divert_fills
         self._wake = asyncio.Event()
         self._stopping = False
         self._failure: tuple[str, str, str, str] | None = None
-        self._pending_params: tuple[Strategy.Params, str] | None = None
-        self.isolate_hooks = isolate_hooks
-        self._thread: HookThread | None = None
+        self._pending_params: tuple[Any, str] | None = None
+        self._workers = workers
+        self._remote: RemoteBot | None = None
         self.handled = 0
         """Market data items of the bot's symbols whose hook ran and whose orders were
         submitted (a canary split waits on it: :mod:`qtd.agent.canary_ramps`)."""
@@ -382,8 +395,15 @@ class BotRunner:
         return self.spec.name
 
     @property
-    def strategy_cls(self) -> type[Strategy]:
-        return self._cls
+    def params(self) -> Any:
+        """The params in force: a ``Params`` instance inline, their builtins (a dict) for a
+        strategy in a worker."""
+        return self._params
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the strategy runs in a worker process."""
+        return self._ref is not None
 
     # --- inputs from outside --------------------------------------------------------------
 
@@ -407,8 +427,9 @@ class BotRunner:
         self._inbox.append(_STOP)
         self._wake.set()
 
-    def swap_params(self, params: Strategy.Params, content_hash: str) -> None:
-        """Use admitted ``params`` from the next bar boundary on (see :meth:`_swap`)."""
+    def swap_params(self, params: Strategy.Params | dict[str, Any], content_hash: str) -> None:
+        """Use admitted ``params`` from the next bar boundary on (see :meth:`_swap`): a
+        ``Params`` instance inline, its builtins (``StrategyRef.params``) in a worker."""
         self._pending_params = (params, content_hash)
 
     # --- driving: live (run) and pushed (start / handle / finish) -------------------------
@@ -424,18 +445,15 @@ class BotRunner:
                 await self._loop(aiter(_as_async(feed)))
             return await self.finish()
         finally:
-            WATCHDOG.remove(self.guard)
-            if self._thread is not None:
-                self._thread.close()
+            await self._release()
 
     async def start(self) -> bool:
         """Construct the strategy and run ``on_start``; returns whether the bot is running."""
         self.state = BotState.RUNNING
-        if self.isolate_hooks:
-            self._thread = HookThread(f"qtd-bot-{self.spec.name}")
-        else:
-            self.guard.bind()
-            WATCHDOG.add(self.guard)
+        if self._ref is not None:
+            return await self._start_remote()
+        self.guard.bind()
+        WATCHDOG.add(self.guard)
         self.strategy = await self._call("__init__", self._cls, self.ctx, self._params)
         if self.strategy is None:
             return False
@@ -458,16 +476,16 @@ class BotRunner:
         strategy: Any = self.strategy
         if type(item) is Bar:
             ctx.marks[sym] = item.close
-            if self._thread is None:
+            if self._remote is None:
                 self._invoke("on_bar", strategy.on_bar, item)
             else:
-                await self._threaded("on_bar", strategy.on_bar, item)
+                await self._remote_hook("on_bar", item)
         elif type(item) is Trade:
             ctx.marks[sym] = item.price
-            if self._thread is None:
+            if self._remote is None:
                 self._invoke("on_trade", strategy.on_trade, item)
             else:
-                await self._threaded("on_trade", strategy.on_trade, item)
+                await self._remote_hook("on_trade", item)
         if self._failure is not None or ctx.outbox:
             await self._settle()
         self.handled += 1
@@ -479,15 +497,37 @@ class BotRunner:
             if self._inbox and self.state is _RUNNING:
                 await self._drain()
             if self.state is _RUNNING:
-                assert self.strategy is not None
-                await self._call("on_stop", self.strategy.on_stop)
+                await self._call("on_stop", None if self.strategy is None
+                                 else self.strategy.on_stop)
                 if self.state is _RUNNING:
                     self.state = BotState.STOPPED
         finally:
-            WATCHDOG.remove(self.guard)
-            if self._thread is not None:
-                self._thread.close()
+            await self._release()
         return self.state
+
+    async def _release(self) -> None:
+        WATCHDOG.remove(self.guard)
+        remote, self._remote = self._remote, None
+        if remote is not None and self._workers is not None:
+            await self._workers.detach(remote)
+
+    async def _start_remote(self) -> bool:
+        """Load the strategy in its worker, then ``__init__`` and ``on_start`` there."""
+        assert self._ref is not None and self._workers is not None
+        spec = self.spec
+        try:
+            self._remote = await self._workers.attach(
+                bot=spec.name, account=spec.account, venue=spec.venue, symbols=spec.symbols,
+                currency=spec.currency, ref=self._ref, budget_s=self.hook_budget_s)
+        except LoadFailed as exc:
+            f = exc.failure
+            self._failure = ("import", f.error_type, f.message, f.traceback)
+        except (HookOverrun, WorkerGone, OSError) as exc:
+            self._failure = ("import", type(exc).__name__, str(exc), "")
+        if self._remote is None:
+            await self._settle()
+            return False
+        return await self._ok("__init__", None) and await self._ok("on_start", None)
 
     async def _loop(self, it: AsyncIterator[MarketData]) -> None:
         """Live input: wait for the next item or a fill/stop, whichever comes first."""
@@ -522,7 +562,10 @@ class BotRunner:
                 self._stopping = True
                 return
             self.ctx.apply_fill(item)
-            if self.strategy is not None:
+            if self._remote is not None:
+                if self._remote.has_on_fill:
+                    await self._call("on_fill", None, item)
+            elif self.strategy is not None:
                 hook = self.strategy.on_fill
                 if getattr(hook, "__func__", None) is not _BASE_ON_FILL:  # base: a no-op
                     await self._call("on_fill", hook, item)
@@ -530,17 +573,38 @@ class BotRunner:
     async def _swap(self) -> bool:
         """Swap in pending params at a bar boundary, then re-run ``on_start`` so indicators
         are rebuilt for the new params (they warm up again)."""
-        assert self._pending_params is not None and self.strategy is not None
+        assert self._pending_params is not None
         params, new_hash = self._pending_params
         self._pending_params = None
         old_hash, self.params_hash = self.params_hash, new_hash
-        self.strategy.params = params
+        if self._remote is not None:
+            assert isinstance(params, dict)
+            if not await self._remote_swap(params):
+                return False
+        else:
+            assert self.strategy is not None and not isinstance(params, dict)
+            self.strategy.params = params
         self._params = params
         await self._record(ParamsChanged(
             node=self.node, bot=self.name, ts_event=self.clock.now_ns(),
             ts_init=self.clock.now_ns(), old_hash=old_hash, new_hash=new_hash, accepted=True,
             reason="swapped at bar boundary"))
-        return await self._ok("on_start", self.strategy.on_start)
+        return await self._ok("on_start", None if self.strategy is None
+                              else self.strategy.on_start)
+
+    async def _remote_swap(self, params: dict[str, Any]) -> bool:
+        assert self._remote is not None
+        try:
+            failure = await self._remote.swap(params)
+        except (HookOverrun, WorkerGone) as exc:
+            self._failure = ("params", type(exc).__name__, str(exc), "")
+        else:
+            if failure is not None:
+                self._failure = ("params", failure.error_type, failure.message, "")
+        if self._failure is not None:
+            await self._settle()
+            return False
+        return True
 
     # --- the one wrapper around user code --------------------------------------------------
 
@@ -575,17 +639,24 @@ class BotRunner:
         self._failure = (hook, type(exc).__name__, str(exc),
                          "".join(traceback.format_exception(exc)))
 
-    async def _threaded(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """:meth:`_invoke` for ``isolate_hooks``: the same failure capture, with the hook in
-        the bot's :class:`HookThread`; an overrun abandons (and aborts) that thread."""
-        assert self._thread is not None
+    async def _remote_hook(self, hook: str, arg: Any = None) -> None:
+        """:meth:`_invoke` for a strategy in a worker: the same failure capture; an overrun
+        gets the worker killed (:class:`~qtd.workers.pool.WorkerPool`)."""
+        remote = self._remote
+        assert remote is not None
+        t = type(arg)
         try:
-            return await self._thread.call(fn, *args, timeout_s=self.hook_budget_s)
-        except HookTimeout:
-            self._timed_out(hook)
-        except Exception as exc:
-            self._raised(hook, exc)
-        return None
+            failure = await remote.call(
+                hook, self.ctx, self.clock.now_ns(), bar=arg if t is Bar else None,
+                trade=arg if t is Trade else None, fill=arg if t is Fill else None)
+        except HookOverrun as exc:
+            self._failure = (hook, "HookTimeout", f"{hook}: {exc}", "")
+        except WorkerGone as exc:
+            self._failure = (hook, "WorkerGone", str(exc), "")
+        else:
+            if failure is not None:
+                self._failure = (failure.hook, failure.error_type, failure.message,
+                                 failure.traceback)
 
     async def _settle(self) -> None:
         """After a hook: record its failure (halting the bot), else submit its requests."""
@@ -595,18 +666,20 @@ class BotRunner:
         else:
             await self._flush()
 
-    async def _ok(self, hook: str, fn: Callable[..., Any], *args: Any) -> bool:
+    async def _ok(self, hook: str, fn: Callable[..., Any] | None, *args: Any) -> bool:
         await self._call(hook, fn, *args)
         return self.state is _RUNNING
 
-    async def _call(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a hook (see :meth:`_invoke`) while the bot runs, then settle it."""
+    async def _call(self, hook: str, fn: Callable[..., Any] | None, *args: Any) -> Any:
+        """Run a hook (see :meth:`_invoke`; ``fn`` is None for a strategy in a worker,
+        :meth:`_remote_hook`) while the bot runs, then settle it."""
         if self.state is not _RUNNING:
             return None
-        if self._thread is None:
+        if fn is not None:
             result = self._invoke(hook, fn, *args)
         else:
-            result = await self._threaded(hook, fn, *args)
+            await self._remote_hook(hook, *args)
+            result = None
         await self._settle()
         return result
 

@@ -24,7 +24,7 @@ import msgspec
 from qtd.admit import params_json
 from qtd.admit.config import load_bot_config
 from qtd.admit.limits import limits_for
-from qtd.admit.loader import load_strategy, source_hash
+from qtd.admit.loader import load_strategy
 from qtd.admit.problems import combined_error
 from qtd.admit.smoke import smoke_risk
 from qtd.backtest import BacktestBot, BacktestResult, run_backtest
@@ -38,6 +38,7 @@ from qtd.risk.load import load_risk_config, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy
+from qtd.workers.load import source_hash
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):

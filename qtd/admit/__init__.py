@@ -19,9 +19,9 @@ For each bot config (:mod:`qtd.admit.config`), every rule runs and every error i
 
 The rules run in a child process (:mod:`qtd.admit.sandbox`): a fresh interpreter in a
 scratch directory, without network, under CPU, memory and wall-time limits, because they
-run strategy code (module bodies and hooks). Only a caller that trades the bot asks for the
-strategy class (``load=True``, the agent): that imports the admitted file into the caller,
-after checking it still has the bytes the child admitted.
+run strategy code (module bodies and hooks). A caller that trades the bot gets the admitted
+strategy by reference (:meth:`Admission.ref`): its strategy worker (:mod:`qtd.workers`)
+imports the file after checking it still has the bytes the child admitted.
 
 A bot with no problems gets ``content_hash = sha256(strategy source bytes + canonical params
 JSON)`` (params with defaults filled in, keys sorted) and, when a store is given, a
@@ -39,14 +39,13 @@ from typing import Any, Protocol
 
 import msgspec
 
-from qtd.admit.loader import load_source, source_hash
 from qtd.admit.problems import Problem, combined_error, toml_lines
-from qtd.admit.rules import Verdict, content_hash, params_json
+from qtd.admit.rules import Verdict
 from qtd.admit.sandbox import Limits, Reply, admit_in_child
 from qtd.clock import Clock, LiveClock
-from qtd.errors import ConfigError
 from qtd.events import Event, StrategyAdmitted
-from qtd.files import MAX_SOURCE_BYTES, read_capped
+from qtd.workers.load import content_hash, params_json
+from qtd.workers.protocol import StrategyRef
 
 __all__ = [
     "Admission",
@@ -75,51 +74,26 @@ class Admission(Verdict, kw_only=True):
         path: the file.
         kind: ``"bot"`` or ``"routes"``.
         isolation: how the admission child was kept off the network (bots only).
-        strategy_cls / params_obj: the strategy class and params, imported into this
-            process (only with ``admit_bot(..., load=True)``, admitted bots only).
     """
 
     path: Path
     kind: str = "bot"
     isolation: str = ""
-    strategy_cls: Any = None
-    params_obj: Any = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def ref(self) -> StrategyRef:
+        """The admitted strategy by reference, for a strategy worker to import
+        (:mod:`qtd.workers`); only for an admitted bot."""
+        return StrategyRef(file=self.strategy_file, source_hash=self.source_hash,
+                           strategy=self.strategy, params=dict(self.params),
+                           content_hash=self.content_hash)
+
 
 def _admission(path: Path, verdict: Verdict, isolation: str) -> Admission:
     return Admission(path=path, isolation=isolation, **msgspec.structs.asdict(verdict))
-
-
-async def _load(adm: Admission, strategy_file: Path) -> list[Problem]:
-    """Import the admitted strategy into this process; problems if the file no longer has
-    the bytes admitted or imports differently here."""
-    file = str(strategy_file)
-    try:
-        source = read_capped(strategy_file, MAX_SOURCE_BYTES)
-    except (OSError, ConfigError) as exc:
-        return [Problem(file=file, field="<source>", value=None,
-                        rule=f"cannot read the admitted strategy file again: {exc}")]
-    if source_hash(source) != adm.source_hash:
-        return [Problem(file=file, field="<source>", value=source_hash(source)[:12],
-                        rule=f"strategy file changed during admission (admitted "
-                             f"{adm.source_hash[:12]}): admit it again")]
-    cls, problems = await load_source(strategy_file, source)
-    if cls is None or problems:
-        return problems
-    try:
-        params = msgspec.convert(adm.params, cls.Params)
-    except (msgspec.ValidationError, TypeError) as exc:
-        return [Problem(file=str(adm.path), field="params", value=adm.params,
-                        rule=f"admitted params do not load here: {exc}")]
-    if cls.__name__ != adm.strategy or content_hash(source, params) != adm.content_hash:
-        return [Problem(file=file, field="<source>", value=cls.__name__,
-                        rule="strategy imports differently here than in admission")]
-    adm.strategy_cls, adm.params_obj = cls, params
-    return []
 
 
 async def _admitted_event(adm: Admission, strategy_file: str, store: _Appender, node: str,
@@ -132,7 +106,7 @@ async def _admitted_event(adm: Admission, strategy_file: str, store: _Appender, 
 
 
 async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "local",
-                    clock: Clock | None = None, smoke: bool = True, load: bool = False,
+                    clock: Clock | None = None, smoke: bool = True,
                     limits: Limits | None = None) -> Admission:
     """Run every admission rule on one bot config (module docstring) in a child process;
     never raises for bad input.
@@ -143,15 +117,11 @@ async def admit_bot(path: Path, *, store: _Appender | None = None, node: str = "
         node: node name for that event.
         clock: its clock (default :class:`~qtd.clock.LiveClock`).
         smoke: run the smoke backtest.
-        load: also import the admitted strategy into this process (``strategy_cls`` and
-            ``params_obj``): only for a caller that runs the bot.
         limits: the admission child's limits (default :class:`~qtd.admit.sandbox.Limits`).
     """
     reply = await admit_in_child(path, smoke=smoke, limits=limits)
     adm = _admission(path, reply.verdict, reply.isolation)
     strategy_file = reply.verdict.strategy_file
-    if adm.ok and load:
-        adm.problems = await _load(adm, Path(strategy_file))
     if adm.ok and store is not None:
         await _admitted_event(adm, strategy_file, store, node, clock or LiveClock())
     return adm

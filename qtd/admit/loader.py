@@ -1,20 +1,15 @@
 """Load a strategy file in isolation and find its one :class:`~qtd.strategy.Strategy`.
 
-Each file is imported under its own module name, ``qtd_user.<stem>_<sha256[:12]>``, built
-from its content hash, so two versions of the same file (hot reload) or two files with the
-same name never share a namespace and never shadow a real package. The module is put in
-``sys.modules`` because msgspec resolves ``from __future__ import annotations`` type hints
-through it. The import runs in a worker thread under a time budget (a module body that
+Files are imported by :func:`qtd.workers.load.exec_file` (one module per content hash).
+The import runs in a worker thread under a time budget (a module body that
 loops forever is an admission error, not a hung ``qtd validate``). Admission imports in its
-child process (:mod:`qtd.admit.sandbox`); an agent imports here only what was admitted.
+child process (:mod:`qtd.admit.sandbox`); an agent never imports strategy code: its strategy
+workers do (:mod:`qtd.workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.util
-import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -24,30 +19,9 @@ from qtd.errors import ConfigError
 from qtd.files import MAX_SOURCE_BYTES, read_capped
 from qtd.runner import HookThread, HookTimeout
 from qtd.strategy import Strategy
+from qtd.workers.load import exec_file, strategies_in
 
 IMPORT_BUDGET_S = 5.0
-
-
-def source_hash(source: bytes) -> str:
-    """sha256 hex of a strategy file's bytes."""
-    return hashlib.sha256(source).hexdigest()
-
-
-def _exec(path: Path, source: bytes) -> ModuleType:
-    name = f"qtd_user.{path.stem}_{source_hash(source)[:12]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        code = compile(source, str(path), "exec")
-        exec(code, module.__dict__)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
 
 
 def _error_line(exc: BaseException, path: Path) -> int:
@@ -85,7 +59,7 @@ async def load_source(path: Path, source: bytes) -> tuple[type[Strategy] | None,
     file = str(path)
     thread = HookThread(f"qtd-import-{path.stem}")
     try:
-        module = await thread.call(_exec, path, source, timeout_s=IMPORT_BUDGET_S)
+        module = await thread.call(exec_file, path, source, timeout_s=IMPORT_BUDGET_S)
     except HookTimeout:
         return None, [Problem(file=file, field="<source>", value=None,
                               rule=f"import did not finish within {IMPORT_BUDGET_S} s")]
@@ -100,11 +74,7 @@ async def load_source(path: Path, source: bytes) -> tuple[type[Strategy] | None,
 
 
 def _one_strategy(module: ModuleType, file: str) -> tuple[type[Strategy] | None, list[Problem]]:
-    found = [
-        obj for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, Strategy) and obj is not Strategy
-        and obj.__module__ == module.__name__
-    ]
+    found = strategies_in(module)
     if len(found) == 1:
         return found[0], []
     names = [c.__name__ for c in found]

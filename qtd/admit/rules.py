@@ -17,13 +17,14 @@ import msgspec
 from qtd.admit.config import LoadedBot, load_bot_config
 from qtd.admit.instruments import lookup, venues
 from qtd.admit.limits import OrderCaps, limits_for
-from qtd.admit.loader import load_strategy, source_hash
+from qtd.admit.loader import load_strategy
 from qtd.admit.problems import Problem
 from qtd.admit.schema import check_struct
 from qtd.admit.smoke import SmokeResult, smoke_items, smoke_run
 from qtd.feeds import Bar
 from qtd.gates import live_refusal
 from qtd.strategy import Strategy
+from qtd.workers.load import content_hash, params_json, source_hash
 
 
 class Verdict(msgspec.Struct, kw_only=True):
@@ -47,16 +48,6 @@ class Verdict(msgspec.Struct, kw_only=True):
     params: dict[str, Any] = {}
     problems: list[Problem] = []
     smoke: SmokeResult | None = None
-
-
-def params_json(params: Strategy.Params) -> bytes:
-    """Canonical JSON of params: defaults filled in, keys sorted, no spaces."""
-    return msgspec.json.encode(params, order="sorted")
-
-
-def content_hash(source: bytes, params: Strategy.Params) -> str:
-    """sha256 hex of strategy source bytes followed by :func:`params_json`."""
-    return hashlib.sha256(source + params_json(params)).hexdigest()
 
 
 def _instrument_problems(bot: LoadedBot) -> list[Problem]:

@@ -28,6 +28,7 @@ from qtd.feeds import MarketData
 from qtd.projections import Projections
 from qtd.runner import BotRunner, BotState
 from qtd.strategy import CancelAll
+from qtd.workers.pool import WorkerPool
 
 log = logging.getLogger("qtd.agent")
 
@@ -48,6 +49,7 @@ class Bots:
 
     Attributes:
         supervisor: runs the bots under the restart policy.
+        workers: the worker processes the bots' strategies run in (:mod:`qtd.workers`).
         feeds: feed key → the feed (replayed or live).
         bot_feed: bot (or candidate) → the key of the feed it reads.
         refused: bot config file → why it was not admitted.
@@ -64,6 +66,7 @@ class Bots:
         self.bot_feed: dict[str, FeedKey] = {}
         self.refused: dict[str, list[str]] = {}
         self.routed: dict[str, RoutedBot] = {}
+        self.workers = WorkerPool(kernel.cfg.workers)
 
     # --- BotHost / CandidateHost ----------------------------------------------------------
 
@@ -101,11 +104,11 @@ class Bots:
 
     def build_runner(self, slot: BotSlot) -> BotRunner:
         k = self.k
-        runner = BotRunner(slot.strategy_cls, slot.params, slot.spec, clock=k.clock,
+        runner = BotRunner(slot.ref, None, slot.spec, clock=k.clock,
                            submit=k.router.submit, cancel=self._cancel_all,
                            emit=k.store.append, node=k.node,
                            hook_budget_s=k.cfg.hook_budget_s, params_hash=slot.content_hash,
-                           isolate_hooks=True,  # a blocked hook never stalls the kill switch
+                           workers=self.workers,  # strategy code never runs in the agent
                            keep_requests=k.cfg.terminal_orders_kept)
         seed_from_store(runner, k.proj)  # a restarted bot knows what it holds
         self._shape(slot, runner)

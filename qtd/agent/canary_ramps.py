@@ -238,8 +238,8 @@ class CanaryRamps:
         else:
             ramp = CanaryRollout.start(self.plan, bot=name, old_hash=slot.content_hash,
                                        new_hash=adm.content_hash, now_ns=now)
-        cslot = BotSlot(msgspec.structs.replace(slot.spec, name=cname), adm.strategy_cls,
-                        adm.params_obj, adm.content_hash, stage=v.stage)
+        cslot = BotSlot(msgspec.structs.replace(slot.spec, name=cname), adm.ref(),
+                        stage=v.stage)
         c = Canary(slot, cslot, v, adm, cfg_path, ramp, self._capital(slot))
         if resumed and ramp.state.equity and c.capital > 0:
             c.index = ramp.state.equity[-1] / c.capital  # the slice's curve continues

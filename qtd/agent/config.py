@@ -24,6 +24,7 @@ from qtd.quality.canary_policy import CanaryConfig
 from qtd.venues import get as get_venue
 from qtd.venues import load_module, needs_credentials
 from qtd.venues.account import AccountSettings as AccountSettings
+from qtd.workers.protocol import WorkerLimits
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -177,7 +178,10 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
             changed file is re-admitted and its params swapped in at a bar boundary (hot
             reload), or refused with the old params kept running.
         admit_smoke: run the admission smoke backtest for each bot at start.
-        hook_budget_s: wall-time budget of one strategy hook call, seconds.
+        hook_budget_s: wall-time budget of one strategy hook call, seconds: a worker whose
+            hook runs longer is killed and its bot HALTED.
+        workers: how bots' strategies run in worker processes (grouping, memory cap, kill
+            grace, preloaded modules: :class:`qtd.workers.protocol.WorkerLimits`).
         jetstream_replicas: replicas of the stream and KV bucket (3 in a cluster).
         schedule: session schedule (start, stop, flatten on the venue's session).
         routes: routes file (``etc/routes.toml``); with ``routed`` it yields bots
@@ -215,6 +219,7 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     params_poll_s: Seconds = 2.0
     admit_smoke: bool = True
     hook_budget_s: Seconds = 0.5
+    workers: WorkerLimits = WorkerLimits()
     jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     schedule: ScheduleConfig = ScheduleConfig()
     routes: str = ""

@@ -297,7 +297,7 @@ class Control:
         reasons and a warning logged — the alert).
         """
         adm = await admit_bot(path, store=self.k.store, node=self.k.node, clock=self.k.clock,
-                              smoke=self.k.cfg.admit_smoke, load=True)
+                              smoke=self.k.cfg.admit_smoke)
         slot = self.bots.slots.get(adm.bot)
         if not adm.ok:
             reasons = "; ".join(str(p) for p in adm.problems)[:2000]
@@ -310,13 +310,14 @@ class Control:
                     old_hash=slot.content_hash, new_hash=adm.content_hash, accepted=False,
                     reason=reasons))
             return "refused"
-        if slot is None or adm.strategy_cls is not slot.strategy_cls:
+        ref = adm.ref()
+        if slot is None or not ref.same_code(slot.ref):
             return "needs_restart"
         if adm.content_hash == slot.content_hash:
             return "unchanged"
-        slot.params, slot.content_hash = adm.params_obj, adm.content_hash
+        slot.ref = ref
         if slot.runner is not None:
-            slot.runner.swap_params(adm.params_obj, adm.content_hash)
+            slot.runner.swap_params(ref.params, ref.content_hash)
         return "swapped"
 
 

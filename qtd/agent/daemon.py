@@ -224,6 +224,7 @@ class Agent:
         self.tasks.cancel_all()
 
     async def _close(self) -> None:
+        await self.bots.workers.close()
         await close_brokers(self.brokers)
         await self.store.close()
 

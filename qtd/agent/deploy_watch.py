@@ -202,7 +202,7 @@ class DeployWatch:
         except ConfigError as exc:
             return await self._refuse(slot, v.version, v.content_hash, exc.message)
         adm = await admit_bot(cfg_path, store=k.store, node=k.node, clock=k.clock,
-                              smoke=k.cfg.admit_smoke, load=True)
+                              smoke=k.cfg.admit_smoke)
         reasons = [str(p) for p in adm.problems] or self._identity_problems(slot, v, cfg_path,
                                                                            adm.content_hash)
         if reasons:
@@ -233,19 +233,19 @@ class DeployWatch:
             slot.stage = v.stage
             await self._report(slot, v.version, v.stage, "stage")
             return "staged"
-        same_cls = adm.strategy_cls is slot.strategy_cls
-        slot.params, slot.content_hash = adm.params_obj, adm.content_hash
+        ref = adm.ref()
+        same_cls = ref.same_code(slot.ref)
+        slot.ref = ref
         slot.stage = v.stage
         running = slot.runner is not None and slot.state is BotState.RUNNING
         if same_cls:
             if running and slot.runner is not None:
-                slot.runner.swap_params(adm.params_obj, adm.content_hash)
+                slot.runner.swap_params(ref.params, ref.content_hash)
                 self._pending[name] = v
                 self._how[name] = how or "params"
                 return "swapping"
             await self._report(slot, v.version, v.stage, how or "staged")
             return "staged"
-        slot.strategy_cls = adm.strategy_cls
         if running:
             await self._restart(slot)
             await self._report(slot, v.version, v.stage, how or "restart")

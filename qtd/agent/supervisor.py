@@ -20,7 +20,7 @@ from qtd.agent.config import RestartPolicy
 from qtd.events import Event, Scope, TradingState, TradingStateChanged
 from qtd.feeds import MarketData
 from qtd.runner import BotRunner, BotSpec, BotState
-from qtd.strategy import Strategy
+from qtd.workers.protocol import StrategyRef
 
 log = logging.getLogger("qtd.agent.supervisor")
 
@@ -32,7 +32,8 @@ class BotSlot:
 
     Attributes:
         spec: identity (name, account, venue, symbols).
-        strategy_cls / params / content_hash: from admission.
+        ref: the admitted strategy by reference (file, hashes, class name, params): its
+            worker imports it; the agent never does.
         runner: the current runner (a new one per restart).
         restarts: monotonic times (s) of restarts in the last hour.
         state: last known state (CREATED, RUNNING, HALTED, STOPPED).
@@ -40,10 +41,8 @@ class BotSlot:
         stage: the bot config's lifecycle stage (paper, shadow, live, ...; "" unknown).
     """
 
-    def __init__(self, spec: BotSpec, strategy_cls: type[Strategy], params: Strategy.Params,
-                 content_hash: str, stage: str = "") -> None:
-        self.spec, self.strategy_cls, self.params = spec, strategy_cls, params
-        self.content_hash = content_hash
+    def __init__(self, spec: BotSpec, ref: StrategyRef, stage: str = "") -> None:
+        self.spec, self.ref = spec, ref
         self.stage = stage
         self.runner: BotRunner | None = None
         self.restarts: deque[float] = deque()
@@ -54,6 +53,11 @@ class BotSlot:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 hex of the admitted source + params the slot runs."""
+        return self.ref.content_hash
 
 
 MakeRunner = Callable[[BotSlot], BotRunner]

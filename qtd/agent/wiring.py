@@ -129,7 +129,7 @@ async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts
         *(deployed_config(cfg.state_dir, p, cfg.risk) for p in bot_files(cfg)), *extra]
     for path in paths:
         adm = await admit_bot(path, store=store, node=cfg.node, clock=clock,
-                              smoke=cfg.admit_smoke, load=True)
+                              smoke=cfg.admit_smoke)
         loaded, _ = load_bot_config(path)
         problems = [str(p) for p in adm.problems]
         if loaded is not None and loaded.config.account not in accounts:
@@ -142,8 +142,7 @@ async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts
         c = loaded.config
         spec = BotSpec(name=c.name, account=c.account, venue=c.venue,
                        symbols=tuple(c.symbols), currency=c.currency)
-        slots.append((BotSlot(spec, adm.strategy_cls, adm.params_obj, adm.content_hash,
-                              stage=c.stage), loaded))
+        slots.append((BotSlot(spec, adm.ref(), stage=c.stage), loaded))
     return slots, refused
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qtd.admit import admit_bot
 from qtd.bus import ensure_jetstream
+from qtd.workers.load import load_admitted
 from tests.shipped import (
     ROOT,
     agent_config,
@@ -130,7 +131,8 @@ async def test_a_module_body_holding_the_gil_is_killed_at_the_cpu_limit(tmp_path
 
 
 async def test_a_normal_strategy_is_admitted_with_the_isolation_named(tmp_path: Path) -> None:
-    r = await admit_bot(hostile(tmp_path, "plain", ""), load=True)
+    r = await admit_bot(hostile(tmp_path, "plain", ""))
     assert r.ok, r.problems
     assert r.isolation  # "network namespace" where unshare is allowed, else audit hook only
-    assert r.strategy_cls.__name__ == "MaCross" and r.params_obj.fast > 0
+    cls, params = load_admitted(r.ref())  # what a strategy worker imports
+    assert cls.__name__ == "MaCross" and params.fast > 0

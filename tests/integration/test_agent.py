@@ -237,8 +237,8 @@ async def test_changed_params_file_is_hot_reloaded_and_a_bad_one_is_refused(
         await wait_for(lambda: agent.supervisor.slots["b1"].runner is not None)
         runner = agent.supervisor.slots["b1"].runner
         bot_file.write_text(bot_file.read_text().replace("qty = 1.0", "qty = 2.0"))
-        await wait_for(lambda: getattr(runner.strategy, "params", None) is not None
-                       and runner.strategy.params.qty == 2.0)
+        assert runner.isolated and runner.params["qty"] == 1.0  # in its worker process
+        await wait_for(lambda: runner.params["qty"] == 2.0)
         bot_file.write_text(bot_file.read_text().replace("qty = 2.0", "qyt = 5.0"))  # typo
         await wait_for(lambda: agent.store.query(kind="ParamsChanged"), timeout_s=10)
 
@@ -249,7 +249,7 @@ async def test_changed_params_file_is_hot_reloaded_and_a_bad_one_is_refused(
         await wait_for(refused)
         (bad,) = await refused()
         assert "params.qyt" in bad.reason and "qty" in bad.reason  # named, with did-you-mean
-        assert runner.strategy.params.qty == 2.0  # the old params keep running
+        assert runner.params["qty"] == 2.0  # the old params keep running
         accepted = [e for e in await agent.store.query(kind="ParamsChanged") if e.accepted]
         assert len(accepted) == 1
 

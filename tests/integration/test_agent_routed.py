@@ -66,8 +66,8 @@ async def test_routed_symbols_become_admitted_bots_with_the_route_session(
         events = await agent.store.query()
     assert set(slots) == {"crypto-btcusd", "equity-goog"}  # presets are not run themselves
     assert plans == {"crypto-btcusd": "24x7", "equity-goog": "XNYS"}
-    assert slots["crypto-btcusd"].strategy_cls.__name__ == "Flipper"
-    assert slots["equity-goog"].strategy_cls.__name__ == "Rester"
+    assert slots["crypto-btcusd"].ref.strategy == "Flipper"
+    assert slots["equity-goog"].ref.strategy == "Rester"
     assert slots["equity-goog"].state is BotState.STOPPED  # Saturday: waits for the open
     assert {e.bot for e in events if isinstance(e, StrategyAdmitted)} == set(slots)
     assert {e.bot for e in events if isinstance(e, Fill)} == {"crypto-btcusd"}

@@ -20,15 +20,17 @@ from qtd.risk.load import bind_profiles, load_risk_config, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy
+from qtd.workers.load import load_admitted
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _bot(name: str) -> BacktestBot:
-    adm = await admit_bot(ROOT / f"etc/bots/{name}.toml", smoke=False, load=True)
+    adm = await admit_bot(ROOT / f"etc/bots/{name}.toml", smoke=False)
     assert adm.ok, adm.problems
+    cls, params = load_admitted(adm.ref())
     return BacktestBot(
-        strategy=adm.strategy_cls, params=adm.params_obj,
+        strategy=cls, params=params,
         spec=BotSpec(name=name, account="paper-main", venue="paper", symbols=("GOOG",)),
     )
 

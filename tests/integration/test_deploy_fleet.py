@@ -106,7 +106,7 @@ async def test_new_strategy_source_restarts_the_bot_between_bars_keeping_its_pos
     strat = tmp_path / "repo" / "strategies" / "flipper.py"
     async with running_agent(cfg_a, items=_items()) as a:
         slot = a.supervisor.slots["b1"]
-        old_cls = slot.strategy_cls
+        old_code = slot.ref
         # v1 = what node-a runs already: it only records the version number
         assert (await _cli(["deploy", str(bot), "--no-smoke"], url))[0] == 0
         await wait_for(lambda: a.deploys.running.get("b1") == 1)
@@ -122,7 +122,7 @@ async def test_new_strategy_source_restarts_the_bot_between_bars_keeping_its_pos
         v = await _desired(nats_client)
         assert v is not None
         await wait_for(lambda: _runs(a, v.content_hash) and a.deploys.running["b1"] == 2)
-        assert slot.strategy_cls is not old_cls
+        assert not slot.ref.same_code(old_code)
         await wait_for(lambda: any(p.qty == 2 for p in a.proj.positions.values()), 10.0)
         at_swap = a.store.last_seq
 

@@ -31,6 +31,7 @@ from qtd.leader.fleetdb import FleetDB, Origin
 from qtd.risk.load import bind_profiles, load_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
+from qtd.workers.load import load_admitted
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "node-a"
@@ -158,9 +159,10 @@ def test_text_report_and_bad_db(tmp_path: Path, capsys: pytest.CaptureFixture[st
 async def test_backtest_slippage_matches_the_paper_brokers_setting(tmp_path: Path) -> None:
     """Real bars, real bot, real order path: fills at the bar's close moved 7 bps against
     the order, decided on that close, so both benchmarks show exactly +7 bps."""
-    adm = await admit_bot(ROOT / "etc/bots/momo-goog.toml", smoke=False, load=True)
+    adm = await admit_bot(ROOT / "etc/bots/momo-goog.toml", smoke=False)
     assert adm.ok, adm.problems
-    bot = BacktestBot(strategy=adm.strategy_cls, params=adm.params_obj,
+    cls, params = load_admitted(adm.ref())
+    bot = BacktestBot(strategy=cls, params=params,
                       spec=BotSpec(name="momo-goog", account="paper-main", venue="paper",
                                    symbols=("GOOG",)))
     risk = bind_profiles(load_risk_config(ROOT / "etc/risk.toml"), {"momo-goog": "momo-goog"})

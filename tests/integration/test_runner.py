@@ -160,43 +160,6 @@ async def test_overrunning_hook_halts_and_the_loop_is_freed(cls: type[Strategy])
     assert total == 199_999 * 200_000 // 2
 
 
-class Sleeps(Strategy):
-    """Blocks in a C call that releases the GIL: the inline watchdog cannot interrupt it."""
-
-    def on_bar(self, bar: Bar) -> None:
-        time.sleep(20 * BUDGET)
-
-
-@pytest.mark.parametrize("cls", [Loops, Sleeps, Raises])
-async def test_isolated_hooks_halt_only_the_bot_while_the_loop_runs_on(
-        cls: type[Strategy]) -> None:
-    """The live agent's mode: a hook blocked in time.sleep halts its bot after the budget
-    while the event loop keeps running other tasks (the kill switch, other bots)."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(BUDGET / 10)
-
-    sink = Recorder()
-    r = make(cls, sink, isolate_hooks=True)
-    sibling = make(Buyer, sink, name="b2", isolate_hooks=True)
-    tick = asyncio.create_task(ticker())
-    try:
-        states = await asyncio.gather(r.run(bars()), sibling.run(bars(8)))
-    finally:
-        tick.cancel()
-    assert states == [BotState.HALTED, BotState.STOPPED]
-    assert r.error is not None and r.error.hook == "on_bar"
-    want = "ZeroDivisionError" if cls is Raises else "HookTimeout"
-    assert r.error.error_type == want
-    if cls is not Raises:
-        assert ticks >= 3  # the loop kept running while the hook was stuck
-    assert [q.bot for q in sink.requests].count("b2") >= 1
-
-
 def test_guard_fires_only_on_one_call_busy_for_the_whole_budget() -> None:
     g = HookGuard(1.0)
     g.enter()

@@ -14,6 +14,7 @@ from qtd.cli import main
 from qtd.commands.validate import run_validate
 from qtd.events import StrategyAdmitted
 from qtd.store import EventStore
+from qtd.workers.load import load_admitted
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKEN = ROOT / "tests/data/admit_broken"
@@ -44,11 +45,11 @@ def fields(problems: list) -> list[str]:
 async def test_passing_bot_gets_hash_and_event(tmp_path: Path) -> None:
     p = bot_file(tmp_path, "[params]\nfast = 5\nslow = 20\n")
     async with await EventStore.open(tmp_path / "e.db", node="n1") as store:
-        r = await admit_bot(p, store=store, node="n1", load=True)
+        r = await admit_bot(p, store=store, node="n1")
         events = await store.query(kind=["StrategyAdmitted"])
     assert r.ok, r.problems
     assert r.smoke is not None and r.smoke.items == 300 and r.smoke.state == "STOPPED"
-    assert r.content_hash == content_hash(MA.read_bytes(), r.params_obj)
+    assert r.content_hash == content_hash(MA.read_bytes(), load_admitted(r.ref())[1])
     ev = events[0]
     assert isinstance(ev, StrategyAdmitted) and ev.content_hash == r.content_hash
     assert ev.bot == "b" and ev.strategy == "MaCross" and ev.params["fast"] == 5

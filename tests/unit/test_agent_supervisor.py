@@ -15,6 +15,7 @@ from qtd.events import Event, TradingStateChanged
 from qtd.feeds import Bar
 from qtd.runner import BotRunner, BotSpec, BotState
 from qtd.strategy import Strategy
+from qtd.workers.protocol import StrategyRef
 from tests.agent_rig import synthetic_bars
 
 
@@ -50,12 +51,13 @@ def _supervisor(policy: RestartPolicy, cls: type[Strategy]) -> tuple[Supervisor,
 
     clock = SimClock(1)
     spec = BotSpec(name="b", account="a", venue="paper", symbols=("GOOG",))
-    slot = BotSlot(spec, cls, cls.Params(), "hash")
+    slot = BotSlot(spec, StrategyRef(file="x.py", source_hash="s", strategy=cls.__name__,
+                                     params={}, content_hash="hash"))
 
     def make(s: BotSlot) -> BotRunner:
         async def submit(req: Any) -> None:
             return None
-        return BotRunner(s.strategy_cls, s.params, s.spec, clock=clock, submit=submit,
+        return BotRunner(cls, cls.Params(), s.spec, clock=clock, submit=submit,
                          emit=emit, node="n")
 
     sup = Supervisor(policy, make, feed, emit, "n", clock.now_ns, monotonic=lambda: now[0],

@@ -10,7 +10,7 @@ from qtd.agent.supervisor import BotSlot
 from qtd.agent.telemetry import StateWhy, bot_limits, bot_state, pnl_snapshots, state_why
 from qtd.events import LimitUsage, PnLSnapshot, Scope, Side, TradingState, from_json, to_json
 from qtd.runner import BotSpec, BotState
-from qtd.strategy import Strategy
+from qtd.workers.protocol import StrategyRef
 from tests.unit.test_risk_harness import NODE, Harness, req
 
 LIMITS = {
@@ -102,7 +102,8 @@ def test_snapshot_carries_stage_state_and_limits_over_json() -> None:
     h = Harness(LIMITS)
     h.trade(Side.BUY, "30", "100")
     spec = BotSpec(name="bot1", account="acct1", venue="paper", symbols=("AAPL",))
-    slot = BotSlot(spec, Strategy, Strategy.Params(), "hash", stage="shadow")
+    slot = BotSlot(spec, StrategyRef(file="x.py", source_hash="s", strategy="S", params={},
+                                     content_hash="hash"), stage="shadow")
     slot.state = BotState.RUNNING
     snaps = pnl_snapshots(h.proj, h.engine, NODE, h.clock.now_ns(),
                           {"bot1": "acct1", "idle": "acct1"}, {"bot1": slot})

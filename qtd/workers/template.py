@@ -1,0 +1,99 @@
+"""The worker template: ``python -P -m qtd.workers.template FD MODULE...`` (a fork server).
+
+Started once per agent by :class:`qtd.workers.pool.WorkerPool`. It imports
+:mod:`qtd.workers.host` and the preload modules given as arguments, then serves requests on
+the Unix socket it inherited as file descriptor ``FD`` (one JSON object per message):
+
+* ``{"spawn": memory_mb}`` with one file descriptor (``SCM_RIGHTS``): fork a worker that
+  serves that socket (:func:`qtd.workers.host.serve`); answered ``{"spawned": pid}``. Forked
+  from a process that already imported everything, workers share those pages copy-on-write:
+  50 bots do not cost 50 interpreters.
+* ``{"kill": pid, "sig": n}``: signal a worker of this template, only while it is not yet
+  reaped (so a pid the kernel reused is never signalled).
+
+Every worker that ends is reaped at once and reported ``{"exited": pid, "code": c}`` (the
+exit status, or ``-signal``). The template ends when the agent closes the socket, and the
+kernel ends it when the agent dies (``PR_SET_PDEATHSIG``); its workers die with it the same
+way. Unlike ``multiprocessing``'s forkserver it never imports the agent's ``__main__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Final
+
+from qtd.workers import host
+
+MAX_MESSAGE: Final = 4096
+
+
+def _reap(ctl: socket.socket, live: set[int]) -> None:
+    while live:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        live.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        ctl.sendall(json.dumps({"exited": pid, "code": code}).encode() + b"\n")
+
+
+def _spawn(ctl: socket.socket, wake: socket.socket, fd: int, memory_mb: int) -> int:
+    pid = os.fork()
+    if pid == 0:  # the worker
+        try:
+            ctl.close()
+            wake.close()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            host.serve(socket.socket(fileno=fd), memory_mb)
+        finally:
+            os._exit(1)
+    os.close(fd)
+    return pid
+
+
+def main(argv: list[str]) -> int:
+    host.die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop
+    ctl = socket.socket(fileno=int(argv[0]))
+    for module in argv[1:]:
+        importlib.import_module(module)
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    live: set[int] = set()
+    while True:
+        ready, _, _ = select.select([ctl, wake_r], [], [])
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                wake_r.recv(4096)
+            _reap(ctl, live)
+        if ctl not in ready:
+            continue
+        msg, fds, _, _ = socket.recv_fds(ctl, MAX_MESSAGE, 1)
+        if not msg:
+            return 0
+        req = json.loads(msg)
+        if "spawn" in req and fds:
+            pid = _spawn(ctl, wake_r, fds[0], int(req["spawn"]))
+            live.add(pid)
+            ctl.sendall(json.dumps({"spawned": pid}).encode() + b"\n")
+        elif "kill" in req and int(req["kill"]) in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(req["kill"]), int(req["sig"]))
+        _reap(ctl, live)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,275 @@
+"""Strategy workers: the operator's code runs in worker processes; whatever it does — a C
+call holding the GIL, unbounded allocation, an exception, a changed file — halts its bot
+alone, with the reason, while the caller's event loop runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from qtd.clock import SimClock
+from qtd.feeds import Bar
+from qtd.orders import OrderRequest
+from qtd.proc import child_env
+from qtd.runner import BotRunner, BotSpec, BotState
+from qtd.workers.load import exec_file, ref_for, strategies_in
+from qtd.workers.pool import WorkerPool, memory_of
+from qtd.workers.protocol import StrategyRef, WorkerLimits
+
+BUDGET = 0.3
+
+HEADER = """
+from qtd.strategy import Strategy
+
+class S(Strategy):
+    class Params(Strategy.Params):
+        qty: int = 1
+        stuck_at: int = -1
+"""
+
+BUYER = HEADER + """
+    def on_bar(self, bar):
+        self.buy(self.params.qty)
+"""
+C_CALL = HEADER + """
+    n = 0
+    def on_bar(self, bar):
+        self.n += 1
+        if self.n == self.params.stuck_at:
+            sum(range(3 * 10**9))  # one C call holding the GIL for tens of seconds
+        self.buy(self.params.qty)
+"""
+LOOPS = HEADER + """
+    def on_bar(self, bar):
+        while True:
+            pass
+"""
+RAISES = HEADER + """
+    def on_bar(self, bar):
+        1 / 0
+"""
+HOG = HEADER + """
+    held = []
+    def on_bar(self, bar):
+        self.held.append(bytearray(16 * 1024 * 1024))
+"""
+
+
+def ref(tmp: Path, name: str, source: str, **params: Any) -> StrategyRef:
+    path = tmp / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    raw = path.read_bytes()
+    cls = strategies_in(exec_file(path, raw))[0]
+    return ref_for(path, raw, cls, msgspec.convert(params, cls.Params))
+
+
+def bars(n: int, symbol: str = "GOOG") -> list[Bar]:
+    return [Bar(symbol, i * 60_000_000_000, 60_000_000_000, Decimal(100), Decimal(101),
+                Decimal(99), Decimal(100), Decimal(10)) for i in range(n)]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.requests: list[OrderRequest] = []
+
+    async def submit(self, req: OrderRequest) -> None:
+        self.requests.append(req)
+
+    def count(self, bot: str) -> int:
+        return sum(1 for r in self.requests if r.bot == bot)
+
+
+def runner(r: StrategyRef, pool: WorkerPool, sink: Sink, name: str,
+           account: str = "a") -> BotRunner:
+    spec = BotSpec(name=name, account=account, venue="paper", symbols=("GOOG",))
+    return BotRunner(r, None, spec, clock=SimClock(1), submit=sink.submit, workers=pool,
+                     hook_budget_s=BUDGET)
+
+
+async def paced(n: int) -> Any:
+    for b in bars(n):
+        yield b
+        await asyncio.sleep(0.01)
+
+
+async def wait_for(cond: Any, what: str) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("source,error", [(C_CALL, "HookTimeout"), (LOOPS, "HookTimeout"),
+                                          (RAISES, "ZeroDivisionError")])
+async def test_a_bad_hook_halts_its_bot_alone_while_the_loop_runs_on(
+        tmp_path: Path, source: str, error: str) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(BUDGET / 10)
+
+    pool, sink = WorkerPool(), Sink()
+    bad = runner(ref(tmp_path, "bad", source, stuck_at=3), pool, sink, "bad")
+    good = runner(ref(tmp_path, "good", BUYER), pool, sink, "good")
+    tick = asyncio.create_task(ticker())
+    try:
+        bad_task = asyncio.create_task(bad.run(paced(40)))
+        await wait_for(lambda: bad._remote is not None or bad_task.done(), "worker started")
+        pid = bad._remote.worker.pid if bad._remote is not None else 0
+        states = await asyncio.gather(bad_task, good.run(paced(40)))
+        await wait_for(lambda: not pid or gone(pid), f"worker {pid} gone")
+    finally:
+        tick.cancel()
+        await pool.close()
+    assert states == [BotState.HALTED, BotState.STOPPED]
+    assert bad.error is not None and bad.error.hook == "on_bar"
+    assert bad.error.error_type == error, bad.error
+    if error == "HookTimeout":
+        assert f"did not return within {BUDGET} s (budget); worker pid {pid} killed" in \
+            bad.error.message
+        assert ticks >= 3  # the loop kept running while the hook was stuck
+    else:
+        assert "ZeroDivisionError" in bad.error.traceback and "bad.py" in bad.error.traceback
+    assert sink.count("good") == 40  # the other bot never missed a bar
+
+
+async def test_unbounded_allocation_stops_at_the_limit_and_the_caller_stays_flat(
+        tmp_path: Path) -> None:
+    pool, sink = WorkerPool(WorkerLimits(memory_mb=128)), Sink()
+    hog = runner(ref(tmp_path, "hog", HOG), pool, sink, "hog")
+    before = memory_of(os.getpid())[1]
+    try:
+        assert await hog.run(bars(100)) is BotState.HALTED
+    finally:
+        await pool.close()
+    assert hog.error is not None
+    assert hog.error.error_type in ("MemoryLimit", "WorkerGone"), hog.error
+    assert "workers.memory_mb = 128 MiB" in hog.error.message, hog.error
+    assert memory_of(os.getpid())[1] - before < 64 * 1024 * 1024  # the hog's 128+ MiB was not ours
+
+
+async def test_a_file_changed_after_admission_is_refused_by_the_worker(tmp_path: Path) -> None:
+    r = ref(tmp_path, "b", BUYER)
+    Path(r.file).write_text(BUYER + "\n# edited after admission\n")
+    pool, sink = WorkerPool(), Sink()
+    bot = runner(r, pool, sink, "b")
+    try:
+        assert await bot.run(bars(3)) is BotState.HALTED
+    finally:
+        await pool.close()
+    assert bot.error is not None and bot.error.hook == "import"
+    assert "changed since admission" in bot.error.message and "admit it again" in \
+        bot.error.message
+    assert sink.requests == []
+
+
+async def test_bots_grouped_by_account_share_a_worker_and_its_fate(tmp_path: Path) -> None:
+    pool, sink = WorkerPool(WorkerLimits(group="account")), Sink()
+    bad = runner(ref(tmp_path, "bad", C_CALL, stuck_at=5), pool, sink, "bad")
+    good = runner(ref(tmp_path, "good", BUYER), pool, sink, "good")
+    other = runner(ref(tmp_path, "other", BUYER), pool, sink, "other", account="b")
+    try:
+        states = await asyncio.gather(bad.run(paced(30)), good.run(paced(30)),
+                                      other.run(paced(30)))
+    finally:
+        await pool.close()
+    assert states == [BotState.HALTED, BotState.HALTED, BotState.STOPPED]
+    assert good.error is not None and good.error.error_type == "WorkerGone"
+    assert "worker of 'account:a'" in good.error.message and "bad: on_bar" in \
+        good.error.message
+    assert sink.count("other") == 30
+
+
+async def test_params_swap_reaches_the_strategy_in_its_worker(tmp_path: Path) -> None:
+    r = ref(tmp_path, "b", BUYER, qty=1)
+    pool, sink = WorkerPool(), Sink()
+    bot = runner(r, pool, sink, "b")
+    try:
+        assert await bot.start()
+        for i, b in enumerate(bars(6)):
+            if i == 3:
+                bot.swap_params({**r.params, "qty": 5}, "h2")
+            await bot.handle(b)
+        assert await bot.finish() is BotState.STOPPED
+    finally:
+        await pool.close()
+    assert [q.qty for q in sink.requests] == [1, 1, 1, 5, 5, 5]
+    assert bot.ctx.inflight["GOOG"] == 18  # the agent's context follows the worker's orders
+
+
+async def test_a_bad_params_swap_halts_the_bot_with_the_field(tmp_path: Path) -> None:
+    r = ref(tmp_path, "b", BUYER)
+    pool, sink = WorkerPool(), Sink()
+    bot = runner(r, pool, sink, "b")
+    try:
+        assert await bot.start()
+        bot.swap_params({**r.params, "qty": "many"}, "h2")
+        await bot.handle(bars(1)[0])
+    finally:
+        await pool.close()
+    assert bot.state is BotState.HALTED and bot.error is not None
+    assert bot.error.hook == "params" and "qty" in bot.error.message
+
+
+CHILD = """
+import asyncio, sys
+from qtd.clock import SimClock
+from qtd.runner import BotRunner, BotSpec
+from qtd.workers.pool import WorkerPool
+from qtd.workers.protocol import StrategyRef
+import msgspec
+
+async def main():
+    pool = WorkerPool()
+    ref = msgspec.json.decode(sys.argv[1].encode(), type=StrategyRef)
+    async def submit(req):
+        return None
+    r = BotRunner(ref, None, BotSpec(name="b", account="a", venue="paper", symbols=("GOOG",)),
+                  clock=SimClock(1), submit=submit, workers=pool)
+    assert await r.start()
+    print(r._remote.worker.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_die_with_the_process_that_owns_them(tmp_path: Path) -> None:
+    r = ref(tmp_path, "b", BUYER)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, msgspec.json.encode(r).decode()],
+                            stdout=subprocess.PIPE, env=child_env(), text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        assert not gone(pid)
+        proc.send_signal(signal.SIGKILL)  # no cleanup code runs in the owner
+        proc.wait()
+        await wait_for(lambda: gone(pid), f"worker {pid} gone after its owner was killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
