@@ -112,18 +112,18 @@ class Host:
         if type(msg) is Swap:
             return self.swap(msg)
         if type(msg) is Drop:
-            self.bots.pop(msg.bot, None)
+            self.bots.pop(msg.handle, None)
         return _NO_CALL
 
     def load(self, msg: Load) -> Reply:
         try:
-            hosted = self.bots[msg.bot] = Hosted(msg)
+            hosted = self.bots[msg.handle] = Hosted(msg)
         except BaseException as exc:  # the operator's module body: any failure is reported
             return Reply(failure=self._failure("import", exc))
         return Reply(has_on_fill=hosted.cls.on_fill is not _BASE_ON_FILL)
 
     def swap(self, msg: Swap) -> Reply:
-        hosted = self.bots[msg.bot]
+        hosted = self.bots[msg.handle]
         try:
             params = msgspec.convert(msg.params, hosted.cls.Params)
         except (msgspec.ValidationError, TypeError) as exc:
@@ -134,7 +134,7 @@ class Host:
         return _NO_CALL
 
     def call(self, msg: Call) -> Reply:
-        hosted = self.bots[msg.bot]
+        hosted = self.bots[msg.handle]
         hosted.clock.ns = msg.now_ns
         ctx = hosted.ctx
         if msg.state is not None:

@@ -207,7 +207,8 @@ class Worker:
         self._lock = asyncio.Lock()
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Reply).decode
-        self.bots: set[str] = set()
+        self.bots: dict[str, str] = {}
+        """attachment id (``bot#n``, unique per runner) → bot name."""
         self.dead = ""
 
     @property
@@ -292,12 +293,15 @@ class RemoteBot:
     Args:
         worker: the worker hosting it.
         bot: the bot (runner) name.
+        handle: its attachment id in the worker (``bot#n``: a restarted bot's new runner
+            never shares state with the old one, even in the same worker).
         budget_s: wall-time budget of one hook call, seconds.
         has_on_fill: whether the strategy overrides ``on_fill``.
     """
 
-    def __init__(self, worker: Worker, bot: str, budget_s: float, has_on_fill: bool) -> None:
-        self.worker, self.bot, self.budget_s = worker, bot, budget_s
+    def __init__(self, worker: Worker, bot: str, handle: str, budget_s: float,
+                 has_on_fill: bool) -> None:
+        self.worker, self.bot, self.handle, self.budget_s = worker, bot, handle, budget_s
         self.has_on_fill = has_on_fill
         self._sent: tuple[Any, ...] | None = None
         self._marks_sent = False
@@ -322,7 +326,7 @@ class RemoteBot:
             state = CtxState(positions, dict(ctx.inflight), ctx.share, ctx.lot, dict(ctx.marks))
             self._marks_sent = True
         reply = await self.worker.request(
-            Call(self.bot, hook, now_ns, state, bar, trade, fill), self.budget_s,
+            Call(self.handle, hook, now_ns, state, bar, trade, fill), self.budget_s,
             f"{self.bot}: {hook}")
         for out in reply.outbox:
             ctx.outbox.append(out.order if out.order is not None else out.cancel)  # type: ignore[arg-type]
@@ -336,7 +340,7 @@ class RemoteBot:
 
     async def swap(self, params: dict[str, Any]) -> Failure | None:
         """New params for the strategy (hot reload); its failure to convert them, or None."""
-        reply = await self.worker.request(Swap(self.bot, params), self.budget_s,
+        reply = await self.worker.request(Swap(self.handle, params), self.budget_s,
                                           f"{self.bot}: params swap")
         return reply.failure
 
@@ -352,6 +356,7 @@ class WorkerPool:
         self.limits = limits or WorkerLimits()
         self._workers: dict[str, Worker] = {}
         self._spawning: dict[str, asyncio.Lock] = {}
+        self._attached = 0
         self.template = Template(self.limits.preload)
 
     def key_for(self, bot: str, account: str) -> str:
@@ -372,21 +377,24 @@ class WorkerPool:
             worker = self._workers.get(key)
             if worker is None or worker.dead:
                 worker = self._workers[key] = await self._spawn(key)
+        self._attached += 1
+        handle = f"{bot}#{self._attached}"
         reply = await worker.request(
-            Load(bot, account, venue, tuple(symbols), currency, ref),
+            Load(handle, bot, account, venue, tuple(symbols), currency, ref),
             self.limits.import_budget_s, f"{bot}: import of {ref.file}")
         if reply.failure is not None:
             raise LoadFailed(reply.failure)
-        worker.bots.add(bot)
-        return RemoteBot(worker, bot, budget_s, reply.has_on_fill)
+        worker.bots[handle] = bot
+        return RemoteBot(worker, bot, handle, budget_s, reply.has_on_fill)
 
     async def detach(self, remote: RemoteBot) -> None:
         """The bot's runner ended: drop it from its worker; stop a worker left empty."""
         worker = remote.worker
-        worker.bots.discard(remote.bot)
+        worker.bots.pop(remote.handle, None)
         if not worker.dead and worker.bots:
             with contextlib.suppress(HookOverrun, WorkerGone):
-                await worker.request(Drop(remote.bot), DROP_TIMEOUT_S, f"{remote.bot}: drop")
+                await worker.request(Drop(remote.handle), DROP_TIMEOUT_S,
+                                     f"{remote.bot}: drop")
             return
         await worker.stop()
         if self._workers.get(worker.key) is worker:
@@ -410,7 +418,7 @@ class WorkerPool:
         for w in self._workers.values():
             if not w.dead:
                 uss, rss = memory_of(w.pid)
-                out.append(WorkerInfo(key=w.key, pid=w.pid, bots=tuple(sorted(w.bots)),
+                out.append(WorkerInfo(key=w.key, pid=w.pid, bots=tuple(sorted(w.bots.values())),
                                       unique_bytes=uss, rss_bytes=rss))
         return out
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import struct
 from decimal import Decimal
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
+from msgspec import Meta
 
 from qtd.events import Fill
 from qtd.feeds.bars import Bar, Trade
@@ -78,21 +79,11 @@ class WorkerLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             worker forked from it shares their memory pages instead of importing them again.
     """
 
-    group: str = "bot"
-    memory_mb: int = 1024
-    kill_grace_s: float = 0.05
-    import_budget_s: float = 5.0
+    group: Literal["bot", "account"] = "bot"
+    memory_mb: Annotated[int, Meta(ge=16)] = 1024
+    kill_grace_s: Annotated[float, Meta(gt=0, le=10)] = 0.05
+    import_budget_s: Annotated[float, Meta(gt=0, le=600)] = 5.0
     preload: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.group not in ("bot", "account"):
-            raise ValueError(f"workers.group = {self.group!r}: must be 'bot' or 'account'")
-        if self.memory_mb < 16:
-            raise ValueError(f"workers.memory_mb = {self.memory_mb}: must be >= 16 MiB")
-        if not 0 < self.kill_grace_s <= 10:
-            raise ValueError(f"workers.kill_grace_s = {self.kill_grace_s}: must be in (0, 10]")
-        if not self.import_budget_s > 0:
-            raise ValueError(f"workers.import_budget_s = {self.import_budget_s}: must be > 0")
 
 
 class PositionState(msgspec.Struct, frozen=True, array_like=True):
@@ -121,6 +112,9 @@ class CtxState(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Load(msgspec.Struct, frozen=True, tag=True):
+    """Import ``ref`` for one runner; ``handle`` names it in later requests."""
+
+    handle: str
     bot: str
     account: str
     venue: str
@@ -130,7 +124,7 @@ class Load(msgspec.Struct, frozen=True, tag=True):
 
 
 class Call(msgspec.Struct, frozen=True, tag=True):
-    bot: str
+    handle: str
     hook: str
     now_ns: int
     state: CtxState | None = None
@@ -140,12 +134,12 @@ class Call(msgspec.Struct, frozen=True, tag=True):
 
 
 class Swap(msgspec.Struct, frozen=True, tag=True):
-    bot: str
+    handle: str
     params: dict[str, Any]
 
 
 class Drop(msgspec.Struct, frozen=True, tag=True):
-    bot: str
+    handle: str
 
 
 Request = Load | Call | Swap | Drop

@@ -273,3 +273,23 @@ async def test_workers_die_with_the_process_that_owns_them(tmp_path: Path) -> No
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+async def test_a_restarted_runner_of_the_same_bot_keeps_its_worker_state(
+        tmp_path: Path) -> None:
+    """A deploy restart starts the new runner before the old one has detached: in a shared
+    worker they are two attachments, and the old one leaving never stops the new one."""
+    pool, sink = WorkerPool(WorkerLimits(group="account")), Sink()
+    old = runner(ref(tmp_path, "v1", BUYER, qty=1), pool, sink, "b")
+    new = runner(ref(tmp_path, "v2", BUYER, qty=2), pool, sink, "b")
+    try:
+        assert await old.start() and await new.start()
+        assert old._remote is not None and new._remote is not None
+        assert old._remote.worker is new._remote.worker  # one worker for account "a"
+        assert await old.finish() is BotState.STOPPED
+        for b in bars(3):
+            await new.handle(b)
+        assert await new.finish() is BotState.STOPPED
+    finally:
+        await pool.close()
+    assert [q.qty for q in sink.requests] == [2, 2, 2]
