@@ -42,6 +42,8 @@ def test_defaults_and_offline_mode() -> None:
      "restart.backoff_s", 10.0, "backoff_max_s"),
     ({"node": "n1", "bus": {"servers": ["nats://h:1"], "user": "u"}}, "bus.password", "***",
      "go together"),
+    ({"node": "n1", "workers": {"group": "host"}}, "workers.group", "host", "Invalid enum value"),
+    ({"node": "n1", "workers": {"memory_mb": 8}}, "workers.memory_mb", 8, ">= 16"),
 ])
 def test_errors_name_file_field_value_and_rule(doc: dict, field: str, value: object,
                                                rule: str) -> None:
