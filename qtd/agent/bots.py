@@ -66,7 +66,7 @@ class Bots:
         self.bot_feed: dict[str, FeedKey] = {}
         self.refused: dict[str, list[str]] = {}
         self.routed: dict[str, RoutedBot] = {}
-        self.workers = WorkerPool(kernel.cfg.workers)
+        self.workers = WorkerPool(kernel.cfg.workers, protected=kernel.cfg.protected_paths)
 
     # --- BotHost / CandidateHost ----------------------------------------------------------
 
@@ -83,6 +83,11 @@ class Bots:
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         return self.tasks.spawn(name, coro)
+
+    def worker_report(self) -> list[dict[str, Any]]:
+        return [{"key": w.key, "pid": w.pid, "bots": list(w.bots),
+                 "unique_mib": round(w.unique_bytes / 2**20, 1),
+                 "rss_mib": round(w.rss_bytes / 2**20, 1)} for w in self.workers.workers()]
 
     def spawn_bot(self, slot: BotSlot) -> asyncio.Task[Any]:
         return self.tasks.spawn(f"bot:{slot.name}", self.supervisor.run_bot(slot))

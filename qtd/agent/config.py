@@ -7,6 +7,7 @@ directory of the config file. Errors name the file, the field path, the value an
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from qtd.bus import BusConfig, check_bus_config
+from qtd.bus.config import CREDENTIALS_ENV
 from qtd.bus.subjects import check_token
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
@@ -232,6 +234,21 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     def store_path(self) -> Path:
         """``<state_dir>/events.db``."""
         return Path(self.state_dir) / "events.db"
+
+    @property
+    def protected_paths(self) -> list[str]:
+        """Files no strategy worker may open (:mod:`qtd.workers.sandbox`): the event store
+        and its SQLite side files, the kill file, ``$CREDENTIALS_DIRECTORY``, and every
+        credentials file this config names."""
+        store = str(self.store_path)
+        out = [store, f"{store}-wal", f"{store}-shm", f"{store}-journal", self.kill_file]
+        creds = os.environ.get(CREDENTIALS_ENV, "")
+        if creds:
+            out.append(creds)
+        out += [a.credentials_file for a in self.accounts.values() if a.credentials_file]
+        if self.bus is not None:
+            out += [f for f in (self.bus.nkey_seed_file, self.bus.creds_file) if f]
+        return out
 
     @property
     def offline(self) -> bool:

@@ -221,6 +221,7 @@ class Control:
             "open_orders": sum(1 for _ in self.k.proj.orders.open_orders()),
             "orders": msgspec.structs.asdict(self.k.proj.orders.stats()),  # held in memory
             "sessions": self.sessions(),
+            "workers": self.bots.worker_report(),  # strategy worker processes
         }
         return self._reply("status", True, f"{self.k.node}: GLOBAL {data['global']}", data)
 

@@ -74,3 +74,6 @@ class ControlledBots(BotHost, Protocol):
     @property
     def refused(self) -> Mapping[str, list[str]]:
         """Bot config file → why it was not admitted."""
+
+    def worker_report(self) -> list[dict[str, Any]]:
+        """The live strategy workers: key, pid, bots, unique and resident MiB."""

@@ -7,6 +7,10 @@ reply. Before the first strategy is imported it
 
 * asks the kernel to kill it when the template ends (``PR_SET_PDEATHSIG``; the template
   ends with the agent), so a worker never outlives its agent;
+* lowers its CPU priority by ``nice`` (the agent's loop wins the CPU from strategies);
+* leaves the host's network (its own empty network namespace) and installs the sandbox's
+  audit hook (:mod:`qtd.workers.sandbox`: no network, processes, ctypes, rlimit changes, and
+  none of the agent's protected files) — the rules admission ran the strategy under;
 * caps its address space at what it started with plus ``memory_mb`` (RLIMIT_AS): an
   allocation past the cap raises ``MemoryError`` in the hook, reported as a failure naming the
   limit; one outside a hook ends the worker with :data:`~qtd.workers.protocol.MEMORY_EXIT`.
@@ -25,6 +29,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import traceback
 from typing import Any, Final
 
@@ -43,10 +48,12 @@ from qtd.workers.protocol import (
     Out,
     Reply,
     Request,
+    Spawn,
     Swap,
     frame,
     frame_length,
 )
+from qtd.workers.sandbox import REFUSED, WHAT, Guard, isolate_network
 
 log = logging.getLogger("qtd.worker")
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
@@ -98,13 +105,26 @@ class Host:
 
     Args:
         memory_mb: the address-space allowance (for the message of a ``MemoryError``).
+        guard: the sandbox's audit hook: a refusal during a request fails it even when
+            strategy code caught the ``PermissionError``.
     """
 
-    def __init__(self, memory_mb: int) -> None:
-        self.memory_mb = memory_mb
+    def __init__(self, memory_mb: int, guard: Guard | None = None) -> None:
+        self.memory_mb, self.guard = memory_mb, guard or Guard()
         self.bots: dict[str, Hosted] = {}
 
     def handle(self, msg: Request) -> Reply:
+        seen = len(self.guard.violations)
+        reply = self._dispatch(msg)
+        if len(self.guard.violations) > seen and reply.failure is None:
+            v = self.guard.violations[seen]
+            hook = msg.hook if type(msg) is Call else "import"
+            reply = Reply(failure=Failure(
+                hook, "SandboxRefusal",
+                f"{REFUSED} {WHAT[v.event]} ({v.event} {v.detail}) at {v.file}:{v.line}"))
+        return reply
+
+    def _dispatch(self, msg: Request) -> Reply:
         if type(msg) is Call:
             return self.call(msg)
         if type(msg) is Load:
@@ -202,7 +222,7 @@ def _read_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def serve(sock: socket.socket, memory_mb: int) -> None:
+def serve(sock: socket.socket, how: Spawn) -> None:
     """The worker's main loop (the target of its process): until the agent closes the
     socket, read a request, handle it, write the reply. Exits the process when done."""
     die_with_parent()
@@ -210,8 +230,13 @@ def serve(sock: socket.socket, memory_mb: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop
     code = 0
     try:
-        _cap_memory(memory_mb)
-        host = Host(memory_mb)
+        os.nice(how.nice)
+        _cap_memory(how.memory_mb)
+        if how.isolate_network:
+            isolate_network()
+        guard = Guard(how.protected)
+        sys.addaudithook(guard)  # before any strategy code is imported; never removed
+        host = Host(how.memory_mb, guard)
         decode = msgspec.msgpack.Decoder(Request).decode
         encode = msgspec.msgpack.Encoder(decimal_format="string").encode
         sock.setblocking(True)

@@ -39,6 +39,7 @@ from qtd.workers.protocol import (
     PositionState,
     Reply,
     Request,
+    Spawn,
     StrategyRef,
     Swap,
     WorkerLimits,
@@ -54,6 +55,19 @@ SPAWN_TIMEOUT_S: Final = 30.0
 WORKER_ENV: Final = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                      "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 DROP_TIMEOUT_S: Final = 1.0
+KEPT_ENV: Final = frozenset({
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "USER", "LOGNAME",
+    "PYTHONPATH", "PYTHONSAFEPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV"})
+
+
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of the template and its workers: ``env`` reduced to
+    :data:`KEPT_ENV` and ``LC_*``, plus :data:`WORKER_ENV`. Broker keys
+    (``credentials_env``), ``CREDENTIALS_DIRECTORY``, NATS secrets and every other variable
+    of the agent stay out of strategy code's reach."""
+    kept = {k: v for k, v in env.items() if k in KEPT_ENV or k.startswith("LC_")}
+    return {**kept, **WORKER_ENV}
 
 
 class HookOverrun(Exception):
@@ -127,8 +141,7 @@ class Template:
 
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = child_env()
-        env.update(WORKER_ENV)
+        env = worker_env(child_env())
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *python_argv(TEMPLATE_MODULE), str(theirs.fileno()), *self.preload,
@@ -154,7 +167,7 @@ class Template:
                 fut.set_exception(OSError("the strategy worker template exited"))
         self._spawned.clear()
 
-    async def spawn(self, sock: socket.socket, memory_mb: int) -> int:
+    async def spawn(self, sock: socket.socket, how: Spawn) -> int:
         """Fork a worker serving ``sock`` (closed here); returns its pid.
 
         Raises:
@@ -167,8 +180,8 @@ class Template:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._spawned.append(fut)
             try:
-                socket.send_fds(self._sock, [json.dumps({"spawn": memory_mb}).encode()],
-                                [sock.fileno()])
+                msg = b'{"spawn":' + msgspec.json.encode(how) + b"}"
+                socket.send_fds(self._sock, [msg], [sock.fileno()])
             finally:
                 sock.close()
             return await asyncio.wait_for(fut, SPAWN_TIMEOUT_S)
@@ -350,10 +363,14 @@ class WorkerPool:
 
     Args:
         limits: grouping, memory cap, kill grace, import budget, preloaded modules.
+        protected: paths no strategy may open (the agent's store, kill file, credentials).
     """
 
-    def __init__(self, limits: WorkerLimits | None = None) -> None:
+    def __init__(self, limits: WorkerLimits | None = None, protected: Sequence[str] = ()
+                 ) -> None:
         self.limits = limits or WorkerLimits()
+        self._how = Spawn(memory_mb=self.limits.memory_mb, nice=self.limits.nice,
+                          protected=tuple(protected))
         self._workers: dict[str, Worker] = {}
         self._spawning: dict[str, asyncio.Lock] = {}
         self._attached = 0
@@ -403,7 +420,7 @@ class WorkerPool:
     async def _spawn(self, key: str) -> Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            pid = await self.template.spawn(theirs, self.limits.memory_mb)
+            pid = await self.template.spawn(theirs, self._how)
         except BaseException:
             ours.close()
             raise

@@ -75,6 +75,8 @@ class WorkerLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             is halted with a ``StrategyError`` naming the limit.
         kill_grace_s: seconds between SIGTERM and SIGKILL for a worker being stopped.
         import_budget_s: wall-time budget of importing a strategy file in a worker, seconds.
+        nice: CPU priority below the agent's (``man 2 nice``): a strategy busy on every core
+            never starves the agent's risk engine, router or kill switch.
         preload: modules the worker template imports once (``numpy``, ``pandas``): every
             worker forked from it shares their memory pages instead of importing them again.
     """
@@ -83,7 +85,23 @@ class WorkerLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     memory_mb: Annotated[int, Meta(ge=16)] = 1024
     kill_grace_s: Annotated[float, Meta(gt=0, le=10)] = 0.05
     import_budget_s: Annotated[float, Meta(gt=0, le=600)] = 5.0
+    nice: Annotated[int, Meta(ge=0, le=19)] = 5
     preload: tuple[str, ...] = ()
+
+
+class Spawn(msgspec.Struct, frozen=True, kw_only=True):
+    """How the template starts one worker (JSON on the template's socket).
+
+    Attributes:
+        memory_mb / nice: as :class:`WorkerLimits`.
+        protected: paths no strategy may open (the store, the kill file, credentials).
+        isolate_network: move the worker into its own empty network namespace.
+    """
+
+    memory_mb: int
+    nice: int = 0
+    protected: tuple[str, ...] = ()
+    isolate_network: bool = True
 
 
 class PositionState(msgspec.Struct, frozen=True, array_like=True):

@@ -4,8 +4,9 @@ Started once per agent by :class:`qtd.workers.pool.WorkerPool`. It imports
 :mod:`qtd.workers.host` and the preload modules given as arguments, then serves requests on
 the Unix socket it inherited as file descriptor ``FD`` (one JSON object per message):
 
-* ``{"spawn": memory_mb}`` with one file descriptor (``SCM_RIGHTS``): fork a worker that
-  serves that socket (:func:`qtd.workers.host.serve`); answered ``{"spawned": pid}``. Forked
+* ``{"spawn": {...}}`` (a :class:`~qtd.workers.protocol.Spawn`) with one file descriptor
+  (``SCM_RIGHTS``): fork a worker that serves that socket (:func:`qtd.workers.host.serve`);
+  answered ``{"spawned": pid}``. Forked
   from a process that already imported everything, workers share those pages copy-on-write:
   50 bots do not cost 50 interpreters.
 * ``{"kill": pid, "sig": n}``: signal a worker of this template, only while it is not yet
@@ -29,9 +30,12 @@ import socket
 import sys
 from typing import Final
 
-from qtd.workers import host
+import msgspec
 
-MAX_MESSAGE: Final = 4096
+from qtd.workers import host
+from qtd.workers.protocol import Spawn
+
+MAX_MESSAGE: Final = 256 * 1024
 
 
 def _reap(ctl: socket.socket, live: set[int]) -> None:
@@ -47,7 +51,7 @@ def _reap(ctl: socket.socket, live: set[int]) -> None:
         ctl.sendall(json.dumps({"exited": pid, "code": code}).encode() + b"\n")
 
 
-def _spawn(ctl: socket.socket, wake: socket.socket, fd: int, memory_mb: int) -> int:
+def _spawn(ctl: socket.socket, wake: socket.socket, fd: int, how: Spawn) -> int:
     pid = os.fork()
     if pid == 0:  # the worker
         try:
@@ -55,7 +59,7 @@ def _spawn(ctl: socket.socket, wake: socket.socket, fd: int, memory_mb: int) -> 
             wake.close()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            host.serve(socket.socket(fileno=fd), memory_mb)
+            host.serve(socket.socket(fileno=fd), how)
         finally:
             os._exit(1)
     os.close(fd)
@@ -86,7 +90,7 @@ def main(argv: list[str]) -> int:
             return 0
         req = json.loads(msg)
         if "spawn" in req and fds:
-            pid = _spawn(ctl, wake_r, fds[0], int(req["spawn"]))
+            pid = _spawn(ctl, wake_r, fds[0], msgspec.convert(req["spawn"], Spawn))
             live.add(pid)
             ctl.sendall(json.dumps({"spawned": pid}).encode() + b"\n")
         elif "kill" in req and int(req["kill"]) in live:

@@ -293,3 +293,75 @@ async def test_a_restarted_runner_of_the_same_bot_keeps_its_worker_state(
     finally:
         await pool.close()
     assert [q.qty for q in sink.requests] == [2, 2, 2]
+
+
+async def test_workers_run_below_the_agents_cpu_priority_and_report_memory(
+        tmp_path: Path) -> None:
+    pool, sink = WorkerPool(WorkerLimits(nice=7)), Sink()
+    bot = runner(ref(tmp_path, "b", BUYER), pool, sink, "b")
+    try:
+        assert await bot.start()
+        (info,) = pool.workers()
+        stat = Path(f"/proc/{info.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[16]) == os.nice(0) + 7  # field 19 of proc(5): nice
+        assert info.bots == ("b",) and 0 < info.unique_bytes < info.rss_bytes
+        assert await bot.finish() is BotState.STOPPED
+        assert pool.workers() == []  # its last bot gone, the worker is stopped
+    finally:
+        await pool.close()
+
+
+ENVY = HEADER + """
+    def on_bar(self, bar):
+        import os
+        self.buy(99 if os.environ.get("QTD_TEST_BROKER_SECRET") else 1)
+"""
+SNOOPS = HEADER + """
+    def on_bar(self, bar):
+        try:
+            open(self.params_path(), "rb").read(16)  # the agent's store
+        except PermissionError:
+            pass  # caught: refused all the same
+        self.buy(1)
+
+    def params_path(self):
+        return __import__("pathlib").Path(__file__).parent / "state" / "events.db"
+"""
+DIALS = HEADER + """
+    def on_bar(self, bar):
+        import socket
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+"""
+
+
+async def test_a_worker_cannot_open_the_agents_store_or_read_its_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QTD_TEST_BROKER_SECRET", "s3cret")  # as credentials_env would be
+    (tmp_path / "state").mkdir()
+    store = tmp_path / "state" / "events.db"
+    store.write_bytes(b"SQLite format 3\x00")
+    pool, sink = WorkerPool(protected=[str(store)]), Sink()
+    bot = runner(ref(tmp_path, "snoop", SNOOPS), pool, sink, "snoop")
+    envy = runner(ref(tmp_path, "envy", ENVY), pool, sink, "envy")
+    try:
+        states = await asyncio.gather(bot.run(bars(3)), envy.run(bars(3)))
+    finally:
+        await pool.close()
+    assert states == [BotState.HALTED, BotState.STOPPED]
+    assert sink.count("snoop") == 0  # halted before its orders were sent
+    assert [q.qty for q in sink.requests] == [1, 1, 1]  # the agent's env never reached it
+    assert bot.error is not None and bot.error.error_type == "SandboxRefusal", bot.error
+    assert "may not open the agent's own files" in bot.error.message
+    assert str(store) in bot.error.message and "snoop.py:" in bot.error.message
+
+
+async def test_a_worker_has_no_network(tmp_path: Path) -> None:
+    pool, sink = WorkerPool(), Sink()
+    bot = runner(ref(tmp_path, "dial", DIALS), pool, sink, "dial")
+    try:
+        assert await bot.run(bars(2)) is BotState.HALTED
+    finally:
+        await pool.close()
+    assert bot.error is not None and bot.error.hook == "on_bar"
+    assert "may not use the network" in bot.error.message or \
+        bot.error.error_type == "PermissionError", bot.error
