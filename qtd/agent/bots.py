@@ -87,7 +87,8 @@ class Bots:
     def worker_report(self) -> list[dict[str, Any]]:
         return [{"key": w.key, "pid": w.pid, "bots": list(w.bots),
                  "unique_mib": round(w.unique_bytes / 2**20, 1),
-                 "rss_mib": round(w.rss_bytes / 2**20, 1)} for w in self.workers.workers()]
+                 "rss_mib": round(w.rss_bytes / 2**20, 1), "sandbox": w.sandbox}
+                for w in self.workers.workers()]
 
     def spawn_bot(self, slot: BotSlot) -> asyncio.Task[Any]:
         return self.tasks.spawn(f"bot:{slot.name}", self.supervisor.run_bot(slot))

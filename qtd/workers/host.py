@@ -107,10 +107,11 @@ class Host:
         memory_mb: the address-space allowance (for the message of a ``MemoryError``).
         guard: the sandbox's audit hook: a refusal during a request fails it even when
             strategy code caught the ``PermissionError``.
+        sandbox: what :func:`confine` achieved (sent with every ``Load`` reply).
     """
 
-    def __init__(self, memory_mb: int, guard: Guard | None = None) -> None:
-        self.memory_mb, self.guard = memory_mb, guard or Guard()
+    def __init__(self, memory_mb: int, guard: Guard | None = None, sandbox: str = "") -> None:
+        self.memory_mb, self.guard, self.sandbox = memory_mb, guard or Guard(), sandbox
         self.bots: dict[str, Hosted] = {}
 
     def handle(self, msg: Request) -> Reply:
@@ -140,7 +141,7 @@ class Host:
             hosted = self.bots[msg.handle] = Hosted(msg)
         except BaseException as exc:  # the operator's module body: any failure is reported
             return Reply(failure=self._failure("import", exc))
-        return Reply(has_on_fill=hosted.cls.on_fill is not _BASE_ON_FILL)
+        return Reply(has_on_fill=hosted.cls.on_fill is not _BASE_ON_FILL, sandbox=self.sandbox)
 
     def swap(self, msg: Swap) -> Reply:
         hosted = self.bots[msg.handle]
@@ -212,6 +213,35 @@ def _cap_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+def confine(how: Spawn) -> str:
+    """Apply the worker's limits; returns what was achieved, one clause per limit (a limit
+    the kernel or a seccomp filter refuses is said, not fatal: the agent logs it and shows
+    it in ``status``)."""
+    done = []
+    try:
+        os.nice(how.nice)
+        done.append(f"nice +{how.nice}")
+    except OSError as exc:
+        done.append(f"nice not set ({exc.strerror})")
+    try:
+        _cap_memory(how.memory_mb)
+        done.append(f"memory cap +{how.memory_mb} MiB")
+    except (OSError, ValueError) as exc:
+        done.append(f"NO memory cap ({exc})")
+    try:  # under the unit's MemoryMax=, the kernel's OOM killer takes a worker first
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+        done.append("OOM-killed before the agent")
+    except OSError as exc:
+        done.append(f"oom_score_adj not set ({exc.strerror})")
+    if how.isolate_network:
+        try:
+            done.append(f"network: {isolate_network()}")
+        except (OSError, RuntimeError) as exc:
+            done.append(f"network: audit hook only ({exc})")
+    return "; ".join(done)
+
+
 def _read_exact(sock: socket.socket, n: int) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
@@ -230,13 +260,10 @@ def serve(sock: socket.socket, how: Spawn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent decides when workers stop
     code = 0
     try:
-        os.nice(how.nice)
-        _cap_memory(how.memory_mb)
-        if how.isolate_network:
-            isolate_network()
+        sandbox = confine(how)
         guard = Guard(how.protected)
         sys.addaudithook(guard)  # before any strategy code is imported; never removed
-        host = Host(how.memory_mb, guard)
+        host = Host(how.memory_mb, guard, sandbox)
         decode = msgspec.msgpack.Decoder(Request).decode
         encode = msgspec.msgpack.Encoder(decimal_format="string").encode
         sock.setblocking(True)

@@ -96,6 +96,7 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
         unique_bytes: memory only this process uses (USS: private clean + private dirty
             pages of ``/proc/PID/smaps_rollup``), bytes; 0 when unreadable.
         rss_bytes: resident set size, bytes (shared template pages included).
+        sandbox: the limits it achieved (nice, memory cap, network isolation).
     """
 
     key: str
@@ -103,6 +104,7 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     bots: tuple[str, ...]
     unique_bytes: int
     rss_bytes: int
+    sandbox: str = ""
 
 
 def memory_of(pid: int) -> tuple[int, int]:
@@ -221,6 +223,8 @@ class Worker:
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(Reply).decode
         self.bots: dict[str, str] = {}
+        self.sandbox = ""
+        """The limits the worker achieved (:func:`qtd.workers.host.confine`)."""
         """attachment id (``bot#n``, unique per runner) → bot name."""
         self.dead = ""
 
@@ -402,6 +406,11 @@ class WorkerPool:
         if reply.failure is not None:
             raise LoadFailed(reply.failure)
         worker.bots[handle] = bot
+        if not worker.sandbox:
+            worker.sandbox = reply.sandbox
+            level = logging.WARNING if "NO memory cap" in reply.sandbox else logging.INFO
+            log.log(level, "strategy worker %s (pid %d): %s", key, worker.pid, reply.sandbox,
+                    extra={"worker": key, "pid": worker.pid})
         return RemoteBot(worker, bot, handle, budget_s, reply.has_on_fill)
 
     async def detach(self, remote: RemoteBot) -> None:
@@ -436,7 +445,7 @@ class WorkerPool:
             if not w.dead:
                 uss, rss = memory_of(w.pid)
                 out.append(WorkerInfo(key=w.key, pid=w.pid, bots=tuple(sorted(w.bots.values())),
-                                      unique_bytes=uss, rss_bytes=rss))
+                                      unique_bytes=uss, rss_bytes=rss, sandbox=w.sandbox))
         return out
 
     async def close(self) -> None:

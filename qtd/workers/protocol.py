@@ -181,13 +181,15 @@ class Failure(msgspec.Struct, frozen=True, array_like=True):
 
 class Reply(msgspec.Struct, frozen=True):
     """The answer to one request. ``outbox``/``inflight``/``targets`` are the context after
-    the hook (a :class:`Call`); ``has_on_fill`` answers a :class:`Load`."""
+    the hook (a :class:`Call`); ``has_on_fill`` and ``sandbox`` (the limits the worker
+    achieved, e.g. ``"nice +5; memory cap +1024 MiB; ..."``) answer a :class:`Load`."""
 
     outbox: list[Out] = []
     inflight: dict[str, Decimal] = {}
     targets: dict[str, Decimal] = {}
     failure: Failure | None = None
     has_on_fill: bool = True
+    sandbox: str = ""
 
 
 def frame(body: bytes) -> bytes:
