@@ -52,16 +52,29 @@ from qtd.risk.engine import RiskEngine
 from qtd.runner import BotRunner, BotSpec
 from qtd.store import BulkAppender, EventStore
 from qtd.strategy import CancelAll, Strategy
+from qtd.workers.pool import WorkerPool
+from qtd.workers.protocol import StrategyRef
 
 _ZERO: Final = Decimal(0)
 WRITE_BATCH: Final = 4096
 
 
 class BacktestBot(msgspec.Struct, frozen=True, kw_only=True):
-    """One bot to backtest: its admitted strategy class, params and identity."""
+    """One bot to backtest: its admitted strategy, params and identity.
 
-    strategy: type[Strategy]
-    params: Any  # an instance of strategy.Params
+    Attributes:
+        strategy: the Strategy subclass (hooks run inline, the default and fastest), or a
+            :class:`~qtd.workers.protocol.StrategyRef` (hooks run in a worker process of the
+            run's ``workers`` pool, as the live agent runs them: ``qtd backtest
+            --isolate``; the same event log, slower).
+        params: an instance of ``strategy.Params``; ``None`` with a ``StrategyRef``, which
+            carries its params.
+        spec: the bot's identity.
+        params_hash: content hash of the (source, params) pair, stamped on its events.
+    """
+
+    strategy: type[Strategy] | StrategyRef
+    params: Any
     spec: BotSpec
     params_hash: str = ""
 
@@ -209,16 +222,20 @@ class Backtest:
         brokers: paper broker per account name (they must share ``clock``).
         hook_budget_s: wall-time budget of one strategy hook, seconds.
         write_batch: events per store transaction (see :class:`WriteBehindStore`).
+        workers: the worker pool running the hooks of bots given as a
+            :class:`~qtd.workers.protocol.StrategyRef` (required for those; the caller
+            closes it); ``None`` when every bot runs inline.
     """
 
     def __init__(
         self, *, store: EventStore, risk: RiskConfig, clock: SimClock,
         brokers: Mapping[str, PaperBroker], hook_budget_s: float = 0.5,
-        write_batch: int = WRITE_BATCH,
+        write_batch: int = WRITE_BATCH, workers: WorkerPool | None = None,
     ) -> None:
         self.store = WriteBehindStore(store, write_batch)
         self.clock, self.brokers = clock, dict(brokers)
         self.hook_budget_s = hook_budget_s
+        self.workers = workers
         self.proj = Projections()
         self.risk = RiskEngine(risk, self.proj, clock, store.node)
         run_store: Any = self.store  # duck-types EventStore: append, append_many, reads
@@ -242,13 +259,19 @@ class Backtest:
         self._broker_list = list(self.brokers.values())
 
     def add(self, bot: BacktestBot) -> BotRunner:
-        """Add a bot; returns its runner."""
+        """Add a bot; returns its runner.
+
+        Raises:
+            ValueError: ``bot.strategy`` is a ``StrategyRef`` and this run has no
+                ``workers``.
+        """
         name = bot.spec.name
         self._results[name] = []
         runner = BotRunner(
             bot.strategy, bot.params, bot.spec, clock=self.clock,
             submit=self._submit, cancel=self._cancel, emit=self.store.append,
             node=self.store.node, hook_budget_s=self.hook_budget_s, params_hash=bot.params_hash,
+            workers=self.workers,
         )
         self.bots[name] = runner
         for sym in bot.spec.symbols:
@@ -418,6 +441,7 @@ async def run_backtest(
     risk: RiskConfig, accounts: Mapping[str, Mapping[str, Any]] | None = None,
     clock: SimClock | None = None, hook_budget_s: float = 0.5,
     progress: Callable[[int], None] | None = None, write_batch: int = WRITE_BATCH,
+    workers: WorkerPool | None = None,
 ) -> BacktestResult:
     """Backtest ``bots`` over ``items`` on the live order path.
 
@@ -434,6 +458,11 @@ async def run_backtest(
         hook_budget_s: wall-time budget of one strategy hook, seconds.
         progress: called with the number of items done, every 1,000 items and at the end.
         write_batch: events per store transaction (the last one is fsynced).
+        workers: worker pool for the bots given as a ``StrategyRef`` (see
+            :class:`BacktestBot`); the caller closes it.
+
+    Raises:
+        ValueError: a bot given as a ``StrategyRef`` and no ``workers``.
     """
     clock = clock or SimClock()
     settings = dict(accounts or {})
@@ -442,7 +471,7 @@ async def run_backtest(
         for acct in {b.spec.account for b in bots}
     }
     bt = Backtest(store=store, risk=risk, clock=clock, brokers=brokers,
-                  hook_budget_s=hook_budget_s, write_batch=write_batch)
+                  hook_budget_s=hook_budget_s, write_batch=write_batch, workers=workers)
     for b in bots:
         bt.add(b)
     return await bt.run(items, progress=progress)

@@ -4,16 +4,21 @@ sweeps that run a grid of jobs on all cores.
 A :class:`Job` is plain data (paths and strings), so it can be sent to a worker process;
 each worker loads the strategy itself (admission's loader), runs :func:`qtd.backtest.
 run_backtest` — the live order path — into its own event store, and returns the report.
+
+A job with ``isolate`` runs the strategy's hooks in a strategy worker process
+(:mod:`qtd.workers`), through the transport the live agent uses, instead of inline: the
+same run, slower, for checking that a strategy behaves identically in its worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -38,7 +43,8 @@ from qtd.risk.load import load_risk_config, parse_risk_config
 from qtd.runner import BotSpec
 from qtd.store import EventStore
 from qtd.strategy import Strategy
-from qtd.workers.load import source_hash
+from qtd.workers.load import ref_for, source_hash
+from qtd.workers.pool import WorkerPool
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +60,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             broker settings (:class:`~qtd.brokers.paper.PaperBroker`).
         risk: risk file; default: the bot config's own, else permissive limits.
         db: event store file to write (must not exist); ``""`` = a temporary file.
+        isolate: run the strategy's hooks in a worker process (the live agent's transport,
+            :mod:`qtd.workers`) instead of inline; same event log, slower.
     """
 
     target: str
@@ -68,6 +76,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     latency_ns: int = 0
     risk: str = ""
     db: str = ""
+    isolate: bool = False
 
 
 class Halt(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +113,7 @@ class _Resolved(msgspec.Struct, kw_only=True):
     cls: Any
     params: Any
     source: bytes
+    file: Path
     spec: BotSpec
     risk: RiskConfig
 
@@ -158,14 +168,15 @@ async def resolve(job: Job, data_symbol: str) -> _Resolved:
         params = _params(cls, cfg.params, job.params, str(path))
         if risk is None:
             risk = smoke_risk(bot, getattr(limits_for(bot), "cfg", None))
-        return _Resolved(cls=cls, params=params, source=source, spec=spec, risk=risk)
+        return _Resolved(cls=cls, params=params, source=source, file=bot.strategy_path,
+                         spec=spec, risk=risk)
     cls, source = await _strategy(path)
     symbol = job.symbol or data_symbol
     spec = BotSpec(name=path.stem.replace("_", "-")[:32], account="backtest", venue="paper",
                    symbols=(symbol,))
     risk = risk or _permissive(spec.account, spec.name, symbol, job.cash)
     return _Resolved(cls=cls, params=_params(cls, {}, job.params, str(path)), source=source,
-                     spec=spec, risk=risk)
+                     file=path, spec=spec, risk=risk)
 
 
 def dataset_name(data: str) -> str | None:
@@ -224,14 +235,37 @@ async def run_job(job: Job, items: list[MarketData] | None = None,
                               source=str(db), field="db", value=str(db), rule="new file")
         store = await EventStore.open(db, node="backtest")
         try:
-            res = await run_backtest(
-                [BacktestBot(strategy=r.cls, params=r.params, spec=r.spec)], items,
-                store=store, risk=r.risk, accounts={r.spec.account: _broker_settings(job)},
-                progress=progress)
+            async with _workers(job.isolate) as workers:
+                res = await run_backtest(
+                    [_bot(r, workers)], items, store=store, risk=r.risk,
+                    accounts={r.spec.account: _broker_settings(job)}, progress=progress,
+                    workers=workers)
             halt = await first_halt(store)
         finally:
             await store.close()
     return _result(job, r, res, halt)
+
+
+@contextlib.asynccontextmanager
+async def _workers(isolate: bool) -> AsyncIterator[WorkerPool | None]:
+    """A worker pool for an isolated run (closed on exit, its workers gone), else None."""
+    if not isolate:
+        yield None
+        return
+    pool = WorkerPool()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _bot(r: _Resolved, workers: WorkerPool | None) -> BacktestBot:
+    """The bot to run: its class inline, or, with ``workers``, a reference to the file the
+    class was validated from in this process (the worker imports and checks it again)."""
+    if workers is None:
+        return BacktestBot(strategy=r.cls, params=r.params, spec=r.spec)
+    return BacktestBot(strategy=ref_for(r.file, r.source, r.cls, r.params), params=None,
+                       spec=r.spec)
 
 
 async def first_halt(store: EventStore) -> Halt | None:
