@@ -168,6 +168,13 @@ def _add_backtest(sub: Any) -> None:
     p.add_argument("--fill", choices=["next_open", "close"], default="next_open",
                    help="market orders fill at the next bar's open or this bar's close")
     p.add_argument("--latency-ms", type=float, default=0.0, help="order latency, ms")
+    p.add_argument("--isolate", action="store_true", help="run the strategy's hooks in a "
+                   "worker process, through the same transport the live agent uses, instead "
+                   "of inline in this process: the same run and event log, but several "
+                   "times slower (a process round trip per hook, plus starting the worker). "
+                   "Use it to check that a strategy behaves identically in its worker as the "
+                   "live agent runs it; leave it off for research and sweeps. With --sweep, "
+                   "each run gets its own worker.")
     p.set_defaults(handler=_run_backtest)
 
 

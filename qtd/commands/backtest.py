@@ -76,7 +76,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
         symbol=args.symbol or "", cash=args.cash, commission_bps=args.commission_bps,
         commission_per_unit=args.commission_per_unit, slippage_bps=args.slippage_bps,
         fill_at=args.fill, latency_ns=int(args.latency_ms * NS_PER_MS),
-        risk=args.risk or "", db=args.db or "")
+        risk=args.risk or "", db=args.db or "", isolate=args.isolate)
 
 
 def default_db(job: Job) -> str:
@@ -133,7 +133,8 @@ def format_report(res: JobResult) -> str:
     params = " ".join(f"{k}={v}" for k, v in res.params.items())
     head = (f"{res.strategy} as bot {res.bot!r} ({params}) on {res.job.data}: "
             f"{_day(rep.start_ts_ns)} .. {_day(rep.end_ts_ns)}, {rep.bars:,} bars, "
-            f"fills at {res.job.fill_at}")
+            f"fills at {res.job.fill_at}"
+            f"{', hooks in a worker process (--isolate)' if res.job.isolate else ''}")
     halted = halt_line(res)
     lines = ([halted] if halted else []) + [head, f"  {costs_line(res.job)}"]
     lines += [f"  {k:<18} {v}" for k, v in rows]
@@ -152,7 +153,7 @@ def _json(res: JobResult, gate: GateResult | None) -> bytes:
         "data": res.job.data, "report": res.report, "denials": res.denials,
         "state": res.state, "bot_error": res.bot_error, "trades": trades,
         "gate": gate, "source_hash": res.source_hash, "params_hash": res.params_hash,
-        "halt": res.halt, "halt_message": halt_line(res),
+        "halt": res.halt, "halt_message": halt_line(res), "isolate": res.job.isolate,
         "costs": {"commission_bps": res.job.commission_bps, "slippage_bps":
                   res.job.slippage_bps, "commission_per_unit": res.job.commission_per_unit}}
     return _ENCODER.encode(doc)
