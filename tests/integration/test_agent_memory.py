@@ -15,6 +15,7 @@ from qtd.bus import ensure_jetstream
 from qtd.control import NodeRequest
 from qtd.control.transport import request
 from qtd.events import Fill
+from qtd.runner import BotState
 from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
 from tests.shipped import agent_config, processes, qtd_process, shipped_nats
 
@@ -69,7 +70,9 @@ async def test_a_late_fill_for_a_retired_order_is_applied_once(tmp_path: Path) -
                       extra="terminal_orders_kept = 5\nhook_budget_s = 5.0")
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(40)}) as agent:
         book = agent.proj.orders
-        await wait_for(lambda: book.stats().retired >= 30
+        slot = agent.supervisor.slots["b1"]
+        # the feed has ended (the bot orders no more) and its last order is done
+        await wait_for(lambda: slot.state is BotState.STOPPED and book.stats().retired >= 30
                        and not any(book.open_orders()), timeout_s=60)
         first = (await agent.store.query(kind="Fill", limit=1))[0]
         assert isinstance(first, Fill)
