@@ -192,10 +192,11 @@ class Host:
             raise ValueError(f"unknown hook {hook!r}")
 
     def _failure(self, hook: str, exc: BaseException) -> Failure:
-        if isinstance(exc, MemoryError):
+        if isinstance(exc, MemoryError):  # usually without a message
+            detail = f": {exc}" if str(exc) else ""
             return Failure(hook, "MemoryLimit",
                            f"{hook} ran out of the worker's memory limit "
-                           f"(workers.memory_mb = {self.memory_mb} MiB): {exc}")
+                           f"(workers.memory_mb = {self.memory_mb} MiB){detail}")
         return Failure(hook, type(exc).__name__, str(exc),
                        "".join(traceback.format_exception(exc)))
 

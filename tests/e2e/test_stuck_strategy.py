@@ -411,7 +411,7 @@ async def test_a_hog_stops_at_its_memory_limit_and_workers_die_with_a_killed_age
         left = await _stop(agent.proc, signal.SIGKILL)
 
     assert err.hook == "on_bar", err
-    assert f"workers.memory_mb = {MEMORY_MB} MiB" in err.message, err
+    assert err.message.endswith(f"(workers.memory_mb = {MEMORY_MB} MiB)"), err
     assert [e.bot for e in events if isinstance(e, StrategyError)] == ["hog"]
     # The hog's chunks went to its worker, and the agent's RSS stayed flat.
     grew = peaks[agent.proc.pid] - base
