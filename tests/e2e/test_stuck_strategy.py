@@ -401,6 +401,8 @@ async def test_a_hog_stops_at_its_memory_limit_and_workers_die_with_a_killed_age
             err = await agent.halted("hog")
         finally:
             sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         await wait_for(lambda: _rss_kib(worker) == 0, 10)
         events = await store_events(agent.db)
         # SIGKILL while stuck's worker is inside its C call: it never reads the closed link,
