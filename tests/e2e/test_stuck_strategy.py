@@ -191,10 +191,10 @@ async def _halted(db: Path, bot: str) -> bool:
     return bool(_errors(await store_events(db), bot)) if db.exists() else False
 
 
-async def _fills(db: Path, bots: Sequence[str], after_ns: int = 0) -> dict[str, int]:
+async def _fills(db: Path, bots: Sequence[str]) -> dict[str, int]:
     counts = dict.fromkeys(bots, 0)
     for e in await store_events(db) if db.exists() else []:
-        if isinstance(e, Fill) and e.bot in counts and e.ts_event > after_ns:
+        if isinstance(e, Fill) and e.bot in counts:
             counts[e.bot] += 1
     return counts
 
@@ -268,7 +268,8 @@ async def _entered(path: Path, fields: int) -> list[int]:
 
 async def _kill_local(cfg: Path, reason: str) -> int:
     """``qtd kill --local --config CFG`` (the README's kill with NATS down: the agent's kill
-    file); returns the kill file's mtime, UTC ns (when it was written)."""
+    file); returns the kill file's mtime, UTC ns: when it was written, by the kernel's
+    coarse clock (at most a tick early, so delays measured from it are not flattered)."""
     out = await asyncio.to_thread(run_qtd, ["kill", "--local", "--config", str(cfg),
                                             "--reason", reason, "--operator", "alice"])
     assert out.returncode == 0, out.stdout + out.stderr
