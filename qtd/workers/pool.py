@@ -182,7 +182,7 @@ class Template:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._spawned.append(fut)
             try:
-                msg = b'{"spawn":' + msgspec.json.encode(how) + b"}"
+                msg = b'{"spawn":' + msgspec.json.encode(how) + b"}\n"
                 socket.send_fds(self._sock, [msg], [sock.fileno()])
             finally:
                 sock.close()
@@ -192,7 +192,7 @@ class Template:
         """Send ``sig`` to worker ``pid`` if it has not ended."""
         if self._sock is not None and pid not in self.exits:
             with contextlib.suppress(OSError):
-                self._sock.send(json.dumps({"kill": pid, "sig": int(sig)}).encode())
+                self._sock.sendall(json.dumps({"kill": pid, "sig": int(sig)}).encode() + b"\n")
 
     async def close(self) -> None:
         """End the template (its workers die with it)."""

@@ -2,7 +2,8 @@
 
 Started once per agent by :class:`qtd.workers.pool.WorkerPool`. It imports
 :mod:`qtd.workers.host` and the preload modules given as arguments, then serves requests on
-the Unix socket it inherited as file descriptor ``FD`` (one JSON object per message):
+the Unix socket it inherited as file descriptor ``FD`` (one JSON object per line; a read
+may hold several lines, or part of one):
 
 * ``{"spawn": {...}}`` (a :class:`~qtd.workers.protocol.Spawn`) with one file descriptor
   (``SCM_RIGHTS``): fork a worker that serves that socket (:func:`qtd.workers.host.serve`);
@@ -28,6 +29,7 @@ import select
 import signal
 import socket
 import sys
+from collections import deque
 from typing import Final
 
 import msgspec
@@ -36,6 +38,7 @@ from qtd.workers import host
 from qtd.workers.protocol import Spawn
 
 MAX_MESSAGE: Final = 256 * 1024
+MAX_FDS: Final = 16
 
 
 def _reap(ctl: socket.socket, live: set[int]) -> None:
@@ -77,6 +80,7 @@ def main(argv: list[str]) -> int:
     signal.set_wakeup_fd(wake_w.fileno())
     signal.signal(signal.SIGCHLD, lambda *_: None)
     live: set[int] = set()
+    buf, passed = b"", deque[int]()
     while True:
         ready, _, _ = select.select([ctl, wake_r], [], [])
         if wake_r in ready:
@@ -85,18 +89,33 @@ def main(argv: list[str]) -> int:
             _reap(ctl, live)
         if ctl not in ready:
             continue
-        msg, fds, _, _ = socket.recv_fds(ctl, MAX_MESSAGE, 1)
-        if not msg:
+        data, fds, _, _ = socket.recv_fds(ctl, MAX_MESSAGE, MAX_FDS)
+        if not data:
             return 0
-        req = json.loads(msg)
-        if "spawn" in req and fds:
-            pid = _spawn(ctl, wake_r, fds[0], msgspec.convert(req["spawn"], Spawn))
+        passed.extend(fds)
+        buf += data
+        while b"\n" in buf:  # one request per line: a read may hold several, or part of one
+            line, buf = buf.split(b"\n", 1)
+            _handle(line, ctl, wake_r, live, passed)
+        _reap(ctl, live)
+
+
+def _handle(line: bytes, ctl: socket.socket, wake: socket.socket, live: set[int],
+            passed: deque[int]) -> None:
+    try:
+        req = json.loads(line)
+        if "spawn" in req:
+            how = msgspec.convert(req["spawn"], Spawn)
+            if not passed:
+                raise ValueError("spawn request without a socket")
+            pid = _spawn(ctl, wake, passed.popleft(), how)
             live.add(pid)
             ctl.sendall(json.dumps({"spawned": pid}).encode() + b"\n")
         elif "kill" in req and int(req["kill"]) in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(req["kill"]), int(req["sig"]))
-        _reap(ctl, live)
+    except (ValueError, TypeError, KeyError, msgspec.ValidationError) as exc:
+        print(f"qtd worker template: request refused: {exc}: {line[:200]!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

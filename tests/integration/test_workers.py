@@ -365,3 +365,31 @@ async def test_a_worker_has_no_network(tmp_path: Path) -> None:
     assert bot.error is not None and bot.error.hook == "on_bar"
     assert "may not use the network" in bot.error.message or \
         bot.error.error_type == "PermissionError", bot.error
+
+
+async def test_kill_requests_in_one_read_are_each_handled_by_the_template(
+        tmp_path: Path) -> None:
+    """Bots overrunning on the same bar send their kills to the template together: one read
+    holds several requests, or part of one. The template once died on that, and every
+    worker with it."""
+    pool, sink = WorkerPool(), Sink()
+    stuck = [runner(ref(tmp_path, f"s{i}", BUYER), pool, sink, f"s{i}") for i in range(2)]
+    good = runner(ref(tmp_path, "good", BUYER), pool, sink, "good")
+    try:
+        for r in [*stuck, good]:
+            assert await r.start()
+        pids = [r._remote.worker.pid for r in stuck if r._remote is not None]
+        kills = b"".join(b'{"kill": %d, "sig": %d}\n' % (p, signal.SIGKILL) for p in pids)
+        assert pool.template._sock is not None
+        pool.template._sock.sendall(kills + b'{"kill": 1')  # two requests and half a third
+        await wait_for(lambda: all(gone(p) for p in pids), "both workers killed")
+        pool.template._sock.sendall(b', "sig": 0}\n')  # its end (not a worker: ignored)
+        for b in bars(3):
+            await good.handle(b)
+        late = runner(ref(tmp_path, "late", BUYER), pool, sink, "late")
+        assert await late.start()  # the template still forks workers
+        assert await late.finish() is BotState.STOPPED
+        assert await good.finish() is BotState.STOPPED
+    finally:
+        await pool.close()
+    assert sink.count("good") == 3 and good.error is None
