@@ -63,8 +63,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -81,6 +79,7 @@ from benchmarks.isolation_parts import (  # noqa: E402
     Stamps,
     Strategies,
     bar,
+    call_frame,
     children_running,
     kill_offsets,
     poll_gone,
@@ -89,7 +88,7 @@ from benchmarks.isolation_parts import (  # noqa: E402
 )
 from qtd.runner import BotState  # noqa: E402
 from qtd.workers.pool import TEMPLATE_MODULE, WorkerPool, memory_of  # noqa: E402
-from qtd.workers.protocol import Call, WorkerLimits, frame  # noqa: E402
+from qtd.workers.protocol import WorkerLimits  # noqa: E402
 
 Figures = dict[str, Any]
 
@@ -100,7 +99,8 @@ Figures = dict[str, Any]
 async def kill_window(rig: KillRig, paced: Paced, kills: int, window_s: float) -> None:
     """Deliver ``kills`` kills over ``window_s`` and wait for all of them to be in force."""
     kt = KillThread(asyncio.get_running_loop(), rig, kill_offsets(kills, window_s))
-    paced.stamps.take(paced.names)
+    paced.take()
+    rig.take()
     kt.go()
     await kt.joined()
 
@@ -146,10 +146,10 @@ async def in_workers(st: Strategies, stamps: Stamps, rig: KillRig, args: argpars
                      ) -> Figures:
     """Figures 1-3 in workers: ``--rounds`` pairs of kill windows (no stuck bot, then a
     stuck bot), then ``--stuck-reps`` stuck bots at the default budget."""
-    pool = WorkerPool()
+    pool, echo = WorkerPool(), await Echo.start()
     names = [f"bot{i}" for i in range(args.bots)]
     paced = Paced([runner(st.ref(n, BUYER), None, n, stamps, pool) for n in names], stamps,
-                  args.bar_ms / 1e3)
+                  args.bar_ms / 1e3, echo, call_frame())
     out: Figures = defaultdict(list)
     per, window = max(1, args.kills // args.rounds), args.kill_window_s / args.rounds
     try:
@@ -162,12 +162,14 @@ async def in_workers(st: Strategies, stamps: Stamps, rig: KillRig, args: argpars
                     await stuck_window(pool, st, rig, paced, per, window, n)
                 else:
                     await kill_window(rig, paced, per, window)
-                handed, due = stamps.take(names)
+                handed, due, echoes = paced.take()
                 out[f"bar_{key}"] += handed
                 out[f"bar_{key}_due"] += due
-                sent, due = rig.take()
+                out[f"echo_{key}"] += echoes
+                sent, due, probes = rig.take()
                 out[f"kill_{key}_sent"] += sent
                 out[f"kill_{key}_due"] += due
+                out[f"probe_{key}"] += probes
         for n in range(args.stuck_reps):
             halted, gone, out["stuck_error"] = await stuck_rep(pool, st, stamps, args.budget, n)
             out["stuck_halted"].append(halted)
@@ -176,6 +178,7 @@ async def in_workers(st: Strategies, stamps: Stamps, rig: KillRig, args: argpars
         assert all(s is BotState.STOPPED for s in states), states
     finally:
         await pool.close()
+        await echo.close()
     return out
 
 
@@ -202,15 +205,16 @@ async def inline_reference(st: Strategies, stamps: Stamps, rig: KillRig,
     await asyncio.sleep(0.5)
     kt = KillThread(asyncio.get_running_loop(), rig,
                     kill_offsets(args.inline_kills, args.inline_stall_s))
-    stamps.take(paced.names)
+    paced.take()
+    rig.take()
     t0 = time.perf_counter_ns()
     kt.go()
     await stuck.handle(bar(0))  # the loop is blocked for the whole C call
     stall = time.perf_counter_ns() - t0
     await kt.joined()
     await asyncio.sleep(0.5)  # the bars that waited reach their orders
-    bars, bars_due = stamps.take(paced.names)
-    sent, due = rig.take()
+    bars, bars_due, _ = paced.take()
+    sent, due, _ = rig.take()
     await paced.stop()
     await stuck.finish()
     err = stuck.error  # inline, the watchdog cannot run while the C call holds the GIL
@@ -256,7 +260,7 @@ async def transport(st: Strategies, args: argparse.Namespace) -> Figures:
     cls, p, ref = st.load("trivial", BUYER)
     w = runner(ref, None, "worker", stamps, pool)
     i = runner(cls, p, "inline", stamps, None)
-    msg = frame(msgspec.msgpack.encode(Call("worker", "on_bar", 1, None, bar(1))))
+    msg = call_frame()
     out: Figures = defaultdict(list)
     try:
         assert await w.start() and await i.start()
@@ -290,7 +294,8 @@ async def fleet(st: Strategies, n: int, group: str, accounts: int) -> Figures:
             await asyncio.gather(*(r.handle(bar(k)) for r in runners))
         workers = pool.workers()
         templates = children_running(TEMPLATE_MODULE)
-        tmpl = memory_of(templates[0]) if len(templates) == 1 else (0, 0)
+        assert len(templates) == 1, f"worker templates found: {templates}"
+        tmpl = memory_of(templates[0])
         me = memory_of(os.getpid())
         for r in runners:
             await r.finish()
@@ -320,6 +325,8 @@ def kill_rows(rep: Report, w: Figures, ref: Figures, args: argparse.Namespace) -
             f"{ref['stall_ns'] / 1e9:.2f} s (42 s in the issue)")
     rep.row("  same, no stuck bot (delivery -> HALTED)", spread(w["kill_base_sent"], "ms", ms),
             "same run, alternating windows")
+    rep.row("  floor: no-op callback, stuck bot", spread(w["probe_stuck"], "ms", ms),
+            f"no stuck bot: {spread(w['probe_base'], 'ms', ms)}")
     rep.note(f"1: inline, delivery -> HALTED reads {spread(ref['kill_sent'], 'ms', ms)}: the "
              "delivering thread itself waits for the GIL until the C call returns, so only "
              "the due time measures the inline kill")
@@ -329,6 +336,10 @@ def kill_rows(rep: Report, w: Figures, ref: Figures, args: argparse.Namespace) -
             f"{stuck['p99'] / ms:.3f} / {base['p99'] / ms:.3f} ms = {ratio:.2f}x "
             f"(p50 {stuck['p50'] / ms:.3f} / {base['p50'] / ms:.3f} ms)",
             "target <= 1.2x", ratio <= 1.2)
+    base, stuck = summary(w["echo_base"]), summary(w["echo_stuck"])
+    rep.row("  floor: bare echo round trip p99, stuck / no stuck",
+            f"{stuck['p99'] / ms:.3f} / {base['p99'] / ms:.3f} ms = "
+            f"{stuck['p99'] / base['p99']:.2f}x", "same schedule, no qtd code")
     base, stuck = summary(w["bar_base_due"]), summary(w["bar_stuck_due"])
     inline = summary(ref["bar_stuck_due"])
     rep.row("  same, from the bar's due time",

@@ -36,7 +36,7 @@ from qtd.store import EventStore
 from qtd.strategy import Strategy
 from qtd.workers.load import exec_file, ref_for, strategies_in
 from qtd.workers.pool import WorkerPool
-from qtd.workers.protocol import StrategyRef
+from qtd.workers.protocol import Call, StrategyRef, frame
 
 MIB = 1024 * 1024
 SYMBOL = "GOOG"
@@ -68,6 +68,11 @@ HOG = HEADER + """
     def on_bar(self, bar):
         self.held.append(b"x" * (self.params.chunk_mb << 20))  # pages written, not calloc'd
 """
+
+
+def call_frame() -> bytes:
+    """A framed :class:`~qtd.workers.protocol.Call` of ``on_bar`` as the agent sends it."""
+    return frame(msgspec.msgpack.encode(Call("bot", "on_bar", 1, None, bar(1))))
 
 
 def bar(i: int) -> Bar:
@@ -146,6 +151,7 @@ class KillRig:
         self.tasks = TaskSet()
         self.from_sent: list[int] = []
         self.from_due: list[int] = []
+        self.probes: list[int] = []
 
     @classmethod
     async def open(cls, directory: Path) -> KillRig:
@@ -173,9 +179,16 @@ class KillRig:
         self.from_due.append(in_force - due_ns)
         await self.router.resume(Scope.GLOBAL, "", operator="bench", reason="next kill")
 
-    def take(self) -> tuple[list[int], list[int]]:
-        out = self.from_sent, self.from_due
-        self.from_sent, self.from_due = [], []
+    def probe(self, sent_ns: int) -> None:
+        """On the event loop thread: a no-op delivered like a kill (the floor: how soon the
+        loop runs a callback from another thread)."""
+        self.probes.append(time.perf_counter_ns() - sent_ns)
+
+    def take(self) -> tuple[list[int], list[int], list[int]]:
+        """Kill latencies (ns) from delivery, from the due time, and the probes', since the
+        last take."""
+        out = self.from_sent, self.from_due, self.probes
+        self.from_sent, self.from_due, self.probes = [], [], []
         return out
 
     async def close(self) -> None:
@@ -213,12 +226,18 @@ class KillThread:
 
     def _deliver(self) -> None:
         self._go.wait()
-        for off in self.offsets:
-            due = self._base + int(off * 1e9)
-            wait = (due - time.perf_counter_ns()) / 1e9
-            if wait > 0:
-                time.sleep(wait)
-            self.loop.call_soon_threadsafe(self.rig.arrive, due, time.perf_counter_ns())
+        ends = [*self.offsets[1:], self.offsets[-1] + 0.02]
+        for off, nxt in zip(self.offsets, ends, strict=True):
+            self._sleep_until(off)
+            self.loop.call_soon_threadsafe(self.rig.arrive, self._base + int(off * 1e9),
+                                           time.perf_counter_ns())
+            self._sleep_until((off + nxt) / 2)  # a probe halfway to the next kill
+            self.loop.call_soon_threadsafe(self.rig.probe, time.perf_counter_ns())
+
+    def _sleep_until(self, off: float) -> None:
+        wait = (self._base + int(off * 1e9) - time.perf_counter_ns()) / 1e9
+        if wait > 0:
+            time.sleep(wait)
 
     async def joined(self) -> None:
         """Wait until every kill was delivered and is in force."""
@@ -227,11 +246,16 @@ class KillThread:
 
 
 class Paced:
-    """N bots, each fed a bar every ``interval_s`` by its own task until :meth:`stop`."""
+    """N bots, each fed a bar every ``interval_s`` by its own task until :meth:`stop`; with
+    ``echo``, one more task doing a bare round trip of ``frame`` on the same schedule (the
+    machine's floor under the same load: no qtd code)."""
 
-    def __init__(self, runners: list[BotRunner], stamps: Stamps, interval_s: float) -> None:
+    def __init__(self, runners: list[BotRunner], stamps: Stamps, interval_s: float,
+                 echo: Echo | None = None, frame: bytes = b"") -> None:
         self.runners, self.stamps, self.interval_s = runners, stamps, interval_s
         self.names = [r.name for r in runners]
+        self.echo, self.frame = echo, frame
+        self.echoes: list[int] = []
         self.tasks = TaskSet()
         self._stop = asyncio.Event()
 
@@ -239,20 +263,39 @@ class Paced:
         assert all(await asyncio.gather(*(r.start() for r in self.runners)))
         for r in self.runners:
             self.tasks.spawn(self._feed(r), f"feed:{r.name}")
+        if self.echo is not None:
+            self.tasks.spawn(self._probe(self.echo), "echo")
 
-    async def _feed(self, r: BotRunner) -> None:
-        """Bars on a fixed schedule (a late bar is handed at once, as from a socket)."""
+    async def _every(self) -> Any:
+        """Yield on a fixed schedule (a late tick comes at once, as from a socket) with the
+        due time, ns."""
         step = int(self.interval_s * 1e9)
         due = time.perf_counter_ns() + random.randrange(step)  # not all in step
-        i = 0
-        while not self._stop.is_set() and r.state is BotState.RUNNING:
+        while not self._stop.is_set():
             wait = (due - time.perf_counter_ns()) / 1e9
             if wait > 0:
                 await asyncio.sleep(wait)
+            yield due
+            due += step
+
+    async def _feed(self, r: BotRunner) -> None:
+        i = 0
+        async for due in self._every():
+            if r.state is not BotState.RUNNING:
+                return
             self.stamps.bar(r.name, due)
             await r.handle(bar(i))
             i += 1
-            due += step
+
+    async def _probe(self, echo: Echo) -> None:
+        async for _ in self._every():
+            self.echoes.append(await echo.streamed(self.frame))
+
+    def take(self) -> tuple[list[int], list[int], list[int]]:
+        """The bots' latencies (from ``handle``, from the due time) and the echo round trips
+        since the last take, ns."""
+        echoes, self.echoes = self.echoes, []
+        return (*self.stamps.take(self.names), echoes)
 
     async def stop(self) -> list[BotState]:
         self._stop.set()
