@@ -7,7 +7,8 @@ directory. References run the same bots inline (``BotRunner`` given the class) i
 run. Figures:
 
 1. **Local kill with one bot stuck in a C call.** N other bots (``--bots``, default 8) get a
-   bar every ``--bar-ms`` from their own task (``runner.handle``) while one bot's worker is
+   bar every ``--bar-ms`` (20) on a fixed schedule from their own task (``runner.handle``;
+   a late bar is handed at once, as from a socket) while one bot's worker is
    inside ``sum(range(3*10**9))`` (one C call holding its GIL, ~40 s here). A helper thread
    delivers ``--kills`` kills at random times with ``loop.call_soon_threadsafe`` (as a kill
    file poll or a NATS message reaches the event loop). Each kill runs
@@ -22,9 +23,13 @@ run. Figures:
    where the C call runs on the event loop thread; it is capped at ``--inline-stall-s``
    (default 3 s: one ``sum(range(n))`` call, n calibrated here) instead of ~40 s, and timed
    from the due time (the thread cannot even run while the C call holds the GIL).
+   Floor, same windows: a no-op callback delivered the same way halfway between kills (how
+   soon this process's loop runs anything a thread hands it, under the current load).
 2. **The other bots' bar → order request** (``runner.handle`` called → the ``OrderRequest``
    reaches the ``submit`` callable), p99, with and without the stuck bot, alternating
-   ``--rounds`` times in the same run; target ratio ≤ 1.2.
+   ``--rounds`` times in the same run; target ratio ≤ 1.2. Also from each bar's due time
+   (queueing included). Floor: a bare round trip of the same ``Call`` frame to an echo
+   child process on asyncio streams, on the bots' schedule (no qtd code), same windows.
 3. **The stuck bot itself** (default budget ``--budget`` 0.5 s), ``--stuck-reps`` times while
    the others run: from its ``handle`` call (the hook starts within the transport time after
    it) to its ``TradingStateChanged`` HALTED reaching ``emit``, and to its worker pid gone
@@ -35,13 +40,16 @@ run. Figures:
    this process's RSS before/after (target: flat, < 32 MiB growth).
 5. **Transport per bar:** a strategy ordering on every bar, ``--bars`` bars one at a time,
    worker and inline bots interleaved bar by bar; bar in → order request out p50/p99;
-   target worker p99 ≤ 100 µs.
+   target worker p99 ≤ 100 µs. Floors, interleaved too: the bare round trip of the same
+   frame to an echo child, on asyncio streams and with blocking ``send``/``recv``.
 6. **Memory:** 50 bots (``--fleet``), one worker each, 20 bars each: unique memory (USS) per
    worker (:meth:`WorkerPool.workers`), min/median/max and total; this process's and the
-   template's RSS/USS; then ``group = "account"`` with the bots on 5 accounts.
+   template's RSS/USS (this process stands for the agent: it also holds the benchmark and
+   the inline references); then ``group = "account"`` with the bots on 5 accounts.
 
-The machine is shared: load average and core count are printed. Exits 1 if a target is
-missed.
+The machine is shared: load average and core count are printed, and the floors show what
+it allowed in the same run. About 40 s with the defaults on 2 cores. Exits 1 if a target
+is missed.
 
     python benchmarks/isolation.py [--bots 8] [--kills 200] [--json out.json]
 """
@@ -401,7 +409,9 @@ def fleet_rows(rep: Report, f: Figures) -> None:
     rep.row("  agent (this process) / template USS, RSS",
             f"{f['agent_uss'] / MIB:.1f} / {f['template_uss'] / MIB:.1f} MiB USS; "
             f"{f['agent_rss'] / MIB:.1f} / {f['template_rss'] / MIB:.1f} MiB RSS",
-            f"total unique: {(sum(uss) + f['agent_uss'] + f['template_uss']) / MIB:.1f} MiB")
+            f"total unique: {(sum(uss) + f['agent_uss'] + f['template_uss']) / MIB:.1f} MiB; "
+            f"unforked: ~{f['workers']} x {f['template_rss'] / MIB:.0f} MiB = "
+            f"{f['workers'] * f['template_rss'] / MIB:.0f} MiB")
     rep.data[f"fleet_{f['group']}"] = {**f, "uss_mib": summary(uss, MIB)}
 
 
