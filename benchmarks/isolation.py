@@ -488,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({time.perf_counter() - t0:.0f} s; load now {os.getloadavg()[0]:.2f})")
     if args.json:
         rep.data["args"] = vars(args)
+        rep.data["machine"] = {"cores": os.cpu_count(), "load_before": load,
+                               "load_after": os.getloadavg()}
+        rep.data["units"] = {"kills": "ns", "inline_reference": "ns", "transport": "us",
+                             "memory": "bytes, s", "fleet_*": "bytes"}
         rep.data["missed"] = rep.missed
         text = json.dumps(rep.data, indent=1, default=str)
         if args.json == "-":
