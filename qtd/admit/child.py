@@ -12,9 +12,12 @@ thread that never ends does not keep it alive).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import resource
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -23,7 +26,7 @@ import msgspec
 from qtd.admit.config import load_bot_config
 from qtd.admit.problems import Problem
 from qtd.admit.rules import Verdict, check_bot
-from qtd.admit.sandbox import Limits, Reply, Request
+from qtd.admit.sandbox import STALL_FILE, Limits, Reply, Request
 from qtd.files import excerpt
 from qtd.proc import term_with_parent
 from qtd.workers.sandbox import REFUSED, WHAT, Guard, isolate_network
@@ -82,6 +85,22 @@ async def _admit(req: Request, guard: Guard) -> Verdict:
     return verdict
 
 
+def dead_man(stall_s: float) -> None:
+    """Stop this process if the interpreter is held for ``stall_s`` seconds by one native
+    call: a thread re-arms :func:`faulthandler.dump_traceback_later` (a C watchdog that needs
+    no GIL) every quarter of it, and cannot while strategy code sits in C holding the GIL;
+    the watchdog then writes every thread's frames to :data:`~qtd.admit.sandbox.STALL_FILE`
+    in the scratch directory and exits (status 1)."""
+    dump = open(STALL_FILE, "w")  # noqa: SIM115 - open for the life of the process
+
+    def rearm() -> None:
+        while True:
+            faulthandler.dump_traceback_later(stall_s, exit=True, file=dump)
+            time.sleep(stall_s / 4)
+
+    threading.Thread(target=rearm, name="qtd-dead-man", daemon=True).start()
+
+
 def main() -> None:
     term_with_parent()  # SIGTERM when the caller dies; a caller already gone: exit below
     reply = os.fdopen(os.dup(1), "wb")
@@ -91,6 +110,7 @@ def main() -> None:
         os._exit(1)
     isolation = isolate_network()
     apply_limits(req.limits)
+    dead_man(req.limits.stall_s)
     guard = Guard()
     sys.addaudithook(guard)
     verdict = asyncio.run(_admit(req, guard))

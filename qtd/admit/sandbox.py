@@ -39,6 +39,9 @@ from qtd.proc import child_env, python_argv
 CHILD_MODULE: Final = "qtd.admit.child"
 REPLY_MAX_BYTES: Final = 16 * 1024 * 1024
 STDERR_TAIL_BYTES: Final = 4096
+STALL_FILE: Final = "stall.txt"
+"""Where the child's dead-man switch writes the stuck frames, in its scratch directory."""
+STALL_MAX_BYTES: Final = 64 * 1024
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,12 +52,17 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
         cpu_s: CPU time, seconds (RLIMIT_CPU: SIGXCPU, then SIGKILL a second later).
         memory_mb: address space, MiB (RLIMIT_AS: allocations beyond fail, MemoryError).
         file_mb: largest file it may write, MiB (RLIMIT_FSIZE).
+        stall_s: longest one native call may hold the interpreter, seconds — a strategy's
+            module body or smoke hook stuck in C code (``sum(range(3 * 10**9))``), which the
+            hook budget cannot interrupt: past it the child dumps where it is stuck and
+            exits (:func:`qtd.admit.child.dead_man`), and the problem names the line.
     """
 
     wall_s: float = 120.0
     cpu_s: int = 60
     memory_mb: int = 2048
     file_mb: int = 512
+    stall_s: float = 5.0
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,9 +125,27 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _outcome(shown: str, limits: Limits, code: int | None, out: bytes, err: bytes) -> Reply:
+def _stuck_at(lines: list[str]) -> str | None:
+    """Where the child's dead-man switch found the interpreter stuck (faulthandler's dump:
+    ``Timeout (h:mm:ss)!`` then frames, most recent first): the innermost frame outside
+    qtd and the standard library, else the innermost one; None without a dump."""
+    start = next((i for i, line in enumerate(lines) if line.startswith("Timeout (")), None)
+    if start is None:
+        return None
+    frames = [line.strip() for line in lines[start:] if line.strip().startswith("File ")]
+    own = [f for f in frames if f"{os.sep}qtd{os.sep}" not in f and "/lib/python" not in f]
+    return excerpt((own or frames or ["an unknown place"])[0], 200)
+
+
+def _outcome(shown: str, limits: Limits, code: int | None, out: bytes, err: bytes,
+             stall: str = "") -> Reply:
     lines = err.decode("utf-8", "replace").strip().splitlines()
     said = excerpt(lines[-1]) if lines else None  # the last line: the error, if it raised
+    stuck = _stuck_at(stall.splitlines()) if code == 1 else None
+    if stuck is not None:
+        return _refused(shown, f"strategy code held the interpreter for over {limits.stall_s} s "
+                        "in one native call, which no hook budget can interrupt, and "
+                        f"admission was stopped; stuck at {stuck}", said)
     if code == -signal.SIGXCPU:
         return _refused(shown, f"admission used more than the CPU limit ({limits.cpu_s} s) "
                         "and was killed: a strategy module body or hook that never ends?", said)
@@ -169,4 +195,13 @@ async def admit_in_child(path: Path, *, smoke: bool = True, limits: Limits | Non
         finally:
             _kill(proc)
             await proc.wait()
-    return _outcome(str(path), limits, proc.returncode, out, err)
+        stall = _read_stall(Path(tmp) / STALL_FILE)
+    return _outcome(str(path), limits, proc.returncode, out, err, stall)
+
+
+def _read_stall(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return f.read(STALL_MAX_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return ""

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from qtd.admit import admit_bot
+from qtd.admit.sandbox import Limits
 from qtd.bus import ensure_jetstream
 from qtd.workers.load import load_admitted
 from tests.shipped import (
@@ -136,3 +137,29 @@ async def test_a_normal_strategy_is_admitted_with_the_isolation_named(tmp_path: 
     assert r.isolation  # "network namespace" where unshare is allowed, else audit hook only
     cls, params = load_admitted(r.ref())  # what a strategy worker imports
     assert cls.__name__ == "MaCross" and params.fast > 0
+
+
+async def test_strategy_code_stuck_in_c_is_stopped_at_the_stall_limit(tmp_path: Path) -> None:
+    """A smoke hook (or module body) inside one C call holding the GIL cannot be interrupted
+    by the hook budget: the child's dead-man switch stops admission after ``stall_s``, with
+    the strategy's line, instead of at its CPU limit a minute later (which held an agent's
+    start that long)."""
+    cfg = hostile(tmp_path, "cstuck", "")
+    src = tmp_path / "cstuck.py"
+    src.write_text(src.read_text().replace(
+        "    def on_bar(self, bar: Bar) -> None:\n",
+        "    def on_bar(self, bar: Bar) -> None:\n        sum(range(3 * 10**9))\n", 1))
+    r = await admit_bot(cfg, limits=Limits(stall_s=1.0))
+    assert not r.ok
+    (p,) = r.problems
+    assert p.field == "<admission>" and "over 1.0 s in one native call" in p.rule, p
+    line = line_of(src, "sum(range(3 * 10**9))")
+    assert f'File "{src}", line {line} in on_bar' in p.rule, p.rule
+
+
+async def test_a_module_body_stuck_in_c_is_stopped_at_the_stall_limit(tmp_path: Path) -> None:
+    cfg = hostile(tmp_path, "cbody", "sum(range(3 * 10**9))")
+    r = await admit_bot(cfg, limits=Limits(stall_s=1.0))
+    (p,) = r.problems
+    line = line_of(tmp_path / "cbody.py", "sum(range(3 * 10**9))")
+    assert f'cbody.py", line {line} in <module>' in p.rule, p.rule
