@@ -6,14 +6,16 @@ Each function does one start-up step (the order is the daemon's, see
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from qtd.admit import admit_bot, collect_files
+from qtd.admit import Admission, admit_bot, collect_files
 from qtd.admit.config import LoadedBot, load_bot_config
 from qtd.agent.config import AgentConfig
 from qtd.agent.market import FeedKey
@@ -117,7 +119,9 @@ async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts
                      extra: Sequence[Path] = (), *, only: Sequence[Path] | None = None
                      ) -> tuple[list[tuple[BotSlot, LoadedBot]], dict[str, list[str]]]:
     """Admit every configured bot and the ``extra`` files (bots yielded by routes), or
-    exactly the ``only`` files; refuse (and report) anything not admitted.
+    exactly the ``only`` files; refuse (and report) anything not admitted. Admissions run
+    in parallel, one child process per CPU at a time (a slow one never holds the others
+    back); results are taken in file order.
 
     Returns:
         (admitted slots with their configs, problems by refused file).
@@ -127,9 +131,14 @@ async def admit_bots(cfg: AgentConfig, store: EventStore, clock: Clock, accounts
     # a bot deployed to this node runs its last accepted version (qtd.deploy)
     paths = list(only) if only is not None else [
         *(deployed_config(cfg.state_dir, p, cfg.risk) for p in bot_files(cfg)), *extra]
-    for path in paths:
-        adm = await admit_bot(path, store=store, node=cfg.node, clock=clock,
-                              smoke=cfg.admit_smoke)
+    cpus = asyncio.Semaphore(os.cpu_count() or 1)
+
+    async def admit(path: Path) -> Admission:
+        async with cpus:
+            return await admit_bot(path, store=store, node=cfg.node, clock=clock,
+                                   smoke=cfg.admit_smoke)
+
+    for path, adm in zip(paths, await asyncio.gather(*map(admit, paths)), strict=True):
         loaded, _ = load_bot_config(path)
         problems = [str(p) for p in adm.problems]
         if loaded is not None and loaded.config.account not in accounts:
