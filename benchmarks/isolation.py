@@ -95,7 +95,9 @@ from benchmarks.isolation_parts import (  # noqa: E402
     summary,
 )
 from qtd.runner import BotState  # noqa: E402
-from qtd.workers.pool import TEMPLATE_MODULE, WorkerPool, memory_of  # noqa: E402
+from qtd.workers.forker import TEMPLATE_MODULE  # noqa: E402
+from qtd.workers.link import memory_of  # noqa: E402
+from qtd.workers.pool import WorkerPool  # noqa: E402
 from qtd.workers.protocol import WorkerLimits  # noqa: E402
 
 Figures = dict[str, Any]

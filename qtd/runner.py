@@ -79,7 +79,8 @@ from qtd.events import (
 from qtd.feeds.bars import Bar, MarketData, Trade
 from qtd.orders import OrderRequest
 from qtd.strategy import CancelAll, Strategy, StrategyContext
-from qtd.workers.pool import HookOverrun, LoadFailed, RemoteBot, WorkerGone, WorkerPool
+from qtd.workers.link import HookOverrun, WorkerGone
+from qtd.workers.pool import LoadFailed, RemoteBot, WorkerPool
 from qtd.workers.protocol import StrategyRef
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ from qtd.feeds import Bar
 from qtd.orders import OrderRequest
 from qtd.proc import child_env
 from qtd.runner import BotRunner, BotSpec, BotState
+from qtd.workers.link import memory_of
 from qtd.workers.load import exec_file, ref_for, strategies_in
-from qtd.workers.pool import WorkerPool, memory_of
+from qtd.workers.pool import WorkerPool
 from qtd.workers.protocol import StrategyRef, WorkerLimits
 
 BUDGET = 0.3
