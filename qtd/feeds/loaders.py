@@ -162,26 +162,19 @@ def load_binance_klines(path: str | Path, symbol: str) -> list[Bar]:
 
 
 def load_bars_parquet(path: str | Path, symbol: str, *, interval: str | None = None) -> list[Bar]:
-    """Load bars from Parquet (same column rules as :func:`load_bars_csv`); needs pyarrow.
+    """Load bars from Parquet (same column rules as :func:`load_bars_csv`).
 
     Timestamp columns may be Arrow timestamps (any unit; tz-aware or naive = UTC), dates,
     epoch integers or ISO strings. Float prices are read through their shortest ``repr``.
     Row numbers in issues are 1-based row indexes.
 
     Raises:
-        ConfigError: pyarrow is not installed, or see :func:`load_bars`.
+        ConfigError: not a readable Parquet file, or see :func:`load_bars`.
     """
     file = str(path)
-    try:
-        import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
-        import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise ConfigError(
-            f"{file}: reading Parquet needs pyarrow, which is not installed "
-            "(pip install pyarrow), or convert the file to CSV",
-            source=file,
-            rule="pyarrow installed",
-        ) from exc
+    import pyarrow as pa  # imported on first use: about 0.1 s
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(file)
     except (OSError, pa.ArrowException) as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import itertools
 from decimal import Decimal
 from pathlib import Path
@@ -220,15 +219,7 @@ def test_alpaca_bars_csv(tmp_path: Path) -> None:
         load_alpaca_bars(plain, "AAPL")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow present")
-def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="pip install pyarrow") as caught:
-        load_bars(tmp_path / "bars.parquet", "X")
-    assert caught.value.rule == "pyarrow installed"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow")
-def test_parquet_round_trip(tmp_path: Path) -> None:  # pragma: no cover - optional dependency
+def test_parquet_round_trip(tmp_path: Path) -> None:
     frame = pd.DataFrame(
         {
             "timestamp": pd.to_datetime([T0, T0 + HOUR], unit="ns", utc=True),
