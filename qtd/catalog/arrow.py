@@ -8,16 +8,18 @@ Why strings and not Parquet ``decimal128``: a decimal column has one scale for t
 column, so ``"0.10"`` would come back as ``"0.1"`` or ``"0.10000000"`` and a venue's
 per-symbol tick size would have to be known before writing; strings keep each price as
 written. Reading stays fast because prices repeat (a bar's open is usually the last
-close): each file's dictionary of distinct strings is turned into :class:`~decimal.Decimal`
-once, and bars index into it.
+close, and prices revisit levels): the distinct strings of a read become one
+:class:`~decimal.Decimal` each, and bars index into them (benchmarks/data.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from itertools import repeat
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from qtd.feeds.bars import Bar
@@ -51,27 +53,31 @@ def table_ts(table: pa.Table) -> list[int]:
 
 
 def table_to_bars(table: pa.Table, symbol: str, interval_ns: int) -> list[Bar]:
-    """Bars of ``table`` (:data:`SCHEMA`, price columns plain or dictionary strings).
+    """Bars of ``table`` (:data:`SCHEMA`; price columns plain or dictionary strings).
 
-    Every distinct price text becomes one shared :class:`~decimal.Decimal`.
+    Each distinct price text becomes one :class:`~decimal.Decimal`, shared by every bar
+    that has it: the four price columns share one dictionary, volume has its own.
     """
-    cache: dict[str, Decimal] = {}
-    columns = [list(_decimals(table.column(name), cache)) for name in PRICE_COLUMNS]
-    return list(map(Bar, repeat(symbol), table_ts(table), repeat(interval_ns), *columns))
+    rows = table.num_rows
+    if rows == 0:
+        return []
+    prices = _decimals([table.column(name) for name in PRICE_COLUMNS[:4]])
+    o, h, lo, c = (prices[k * rows : (k + 1) * rows].tolist() for k in range(4))
+    volume = _decimals([table.column("volume")]).tolist()
+    stamps = table_ts(table)
+    return list(map(Bar, repeat(symbol), stamps, repeat(interval_ns), o, h, lo, c, volume))
 
 
-def _decimals(column: pa.ChunkedArray, cache: dict[str, Decimal]) -> Iterator[Decimal]:
-    for chunk in column.chunks:
-        if pa.types.is_dictionary(chunk.type):
-            words = chunk.dictionary.to_pylist()
-            values = [_decimal(cache, word) for word in words]
-            yield from map(values.__getitem__, chunk.indices.to_pylist())
-        else:
-            yield from (_decimal(cache, word) for word in chunk.to_pylist())
-
-
-def _decimal(cache: dict[str, Decimal], text: str) -> Decimal:
-    value = cache.get(text)
-    if value is None:
-        value = cache[text] = Decimal(text)
-    return value
+def _decimals(columns: list[pa.ChunkedArray]) -> npt.NDArray[np.object_]:
+    """The columns' values end to end, as an object array of shared Decimals."""
+    chunks = [
+        chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
+        for column in columns
+        for chunk in column.chunks
+    ]
+    unified = pa.chunked_array(chunks).unify_dictionaries()
+    words = unified.chunk(0).dictionary.to_pylist()
+    values = np.empty(len(words), dtype=object)
+    values[:] = list(map(Decimal, words))
+    indices = np.concatenate([chunk.indices.to_numpy() for chunk in unified.chunks])
+    return values[indices]  # type: ignore[no-any-return]
