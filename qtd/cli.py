@@ -290,6 +290,9 @@ def _add_data(sub: Any) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     lst = dsub.add_parser("list", help="list the bundled datasets with rows, interval, range")
     lst.set_defaults(handler=_run_data_list)
+    from qtd.commands.fetch import add_parser as add_fetch  # qtd data fetch
+
+    add_fetch(dsub)
 
 
 def _add_up(sub: Any) -> None:
