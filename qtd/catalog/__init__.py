@@ -1,6 +1,6 @@
 """Local market data catalog: bars by ``venue:SYMBOL:interval`` in monthly Parquet files.
 
-See :mod:`qtd.catalog.store` for the layout and :mod:`qtd.catalog.arrow` for the file format.
+See :mod:`qtd.catalog.store` for the layout and :mod:`qtd.catalog.parquet` for the file format.
 
 Example::
 

@@ -9,7 +9,9 @@ Layout under the root (``$QTD_CATALOG``, else ``$XDG_DATA_HOME/qtd/catalog``, el
 A symbol with ``/`` (``BTC/USD``) is stored percent-encoded (``BTC%2FUSD``). Writing a batch
 rewrites only the months it touches, each through a temporary file and an atomic rename,
 under an exclusive lock on the set's directory, so a reader never sees half a month and the
-past is never rewritten when a month is appended.
+past is never rewritten when a month is appended. The file format is in
+:mod:`qtd.catalog.parquet` (imported on first read or write, so listing and naming sets
+costs no pyarrow import).
 """
 
 from __future__ import annotations
@@ -22,11 +24,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import msgspec
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from qtd.catalog.arrow import PRICE_COLUMNS, SCHEMA, bars_to_table, table_to_bars, table_ts
 from qtd.catalog.keys import INTERVALS, Provenance, SetInfo, SetKey
 from qtd.errors import ConfigError
 from qtd.feeds.bars import Bar, ns_to_datetime
@@ -87,12 +85,14 @@ class Catalog:
         for bar in bars:
             _check_bar(key, bar)
             by_month.setdefault(month_of(bar.ts_ns), []).append(bar)
+        from qtd.catalog import parquet
+
         directory = self.set_dir(key)
         directory.mkdir(parents=True, exist_ok=True)
         added = 0
         with _locked(directory):
             for month, month_bars in sorted(by_month.items()):
-                added += _merge_month(directory / (month + _SUFFIX), month_bars)
+                added += parquet.merge_month(directory / (month + _SUFFIX), month_bars)
             with open(directory / PROVENANCE_FILE, "ab") as out:
                 out.write(msgspec.json.encode(provenance) + b"\n")
                 out.flush()
@@ -111,26 +111,29 @@ class Catalog:
             months = [m for m in months if m <= month_of(end_ns)]
         if not months:
             return []
-        directory = self.set_dir(key)
-        tables = [_read_month(directory / (m + _SUFFIX)) for m in months]
-        table = pa.concat_tables(tables)
-        table = _clip(table, start_ns, end_ns)
-        return table_to_bars(table, key.symbol, key.interval_ns)
+        from qtd.catalog import parquet
+
+        paths = [self.set_dir(key) / (m + _SUFFIX) for m in months]
+        return parquet.read_months(paths, key.symbol, key.interval_ns, start_ns, end_ns)
 
     def span(self, key: SetKey) -> tuple[int, int] | None:
         """First and last bar open time of ``key``, UTC ns; ``None`` for an unknown set."""
         months = self._months(key)
         if not months:
             return None
+        from qtd.catalog import parquet
+
         directory = self.set_dir(key)
-        first = table_ts(pq.read_table(directory / (months[0] + _SUFFIX), columns=["ts"]))
-        last = table_ts(pq.read_table(directory / (months[-1] + _SUFFIX), columns=["ts"]))
-        return first[0], last[-1]
+        return parquet.first_last(
+            directory / (months[0] + _SUFFIX), directory / (months[-1] + _SUFFIX)
+        )
 
     def rows(self, key: SetKey) -> int:
         """Number of bars of ``key`` (from the files' metadata)."""
+        from qtd.catalog import parquet
+
         directory = self.set_dir(key)
-        return sum(pq.read_metadata(directory / (m + _SUFFIX)).num_rows for m in self._months(key))
+        return sum(parquet.num_rows(directory / (m + _SUFFIX)) for m in self._months(key))
 
     def provenance(self, key: SetKey) -> list[Provenance]:
         """Every write to ``key``, oldest first."""
@@ -200,50 +203,6 @@ def _check_bar(key: SetKey, bar: Bar) -> None:
             value=bar.interval_ns,
             rule=f"interval_ns == {key.interval_ns}",
         )
-
-
-def _read_month(path: Path) -> pa.Table:
-    return pq.read_table(path, read_dictionary=list(PRICE_COLUMNS))
-
-
-def _clip(table: pa.Table, start_ns: int | None, end_ns: int | None) -> pa.Table:
-    ts = table.column("ts").cast(pa.int64())
-    mask = None
-    if start_ns is not None:
-        mask = pc.greater_equal(ts, start_ns)
-    if end_ns is not None:
-        below = pc.less(ts, end_ns)
-        mask = below if mask is None else pc.and_(mask, below)
-    return table if mask is None else table.filter(mask)
-
-
-def _merge_month(path: Path, bars: list[Bar]) -> int:
-    """Add the bars whose open time ``path`` lacks; rewrite it atomically; bars added."""
-    existing = pq.read_table(path).cast(SCHEMA) if path.exists() else SCHEMA.empty_table()
-    seen = set(table_ts(existing))
-    fresh: list[Bar] = []
-    for bar in bars:
-        if bar.ts_ns not in seen:
-            seen.add(bar.ts_ns)
-            fresh.append(bar)
-    if not fresh:
-        return 0
-    merged = pa.concat_tables([existing, bars_to_table(fresh)]).sort_by("ts")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(merged, tmp, compression="zstd")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return len(fresh)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
