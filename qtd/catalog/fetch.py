@@ -306,13 +306,14 @@ class _Run:
         iv = self.key.interval_ns
         for ts, *values in rows:
             bar, bad = self.check_row(ts, values, lo, hi)
-            if bar is not None:
+            if bad is None or bad.field != "time":  # in order: the venue has this bar
                 if self.prev_ts is not None and ts - self.prev_ts > iv:
                     self.note_gap(self.prev_ts + iv, ts)
                 self.prev_ts = ts
+            if bar is not None:
                 good.append(bar)
             elif bad is not None:
-                if bad.field not in ("time",):
+                if bad.field != "time":
                     holes.append((ts, ts + iv))
                 self.result.bad.append(bad)
                 self.f.listener.problem(self.key, bad)

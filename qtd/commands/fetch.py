@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from qtd.catalog import INTERVALS, Catalog, SetKey
@@ -235,8 +236,9 @@ class RichListener:
         self.progress.update(self.tasks[key], advance=done_ns, bars=self.bars[key])
 
     def problem(self, key: SetKey, bad: BadBar) -> None:
-        self.progress.console.print(f"[yellow]{key.name}: bad bar {bad.describe()}")
+        self.progress.console.print(f"[yellow]{escape(key.name)}: bad bar "
+                                    f"{escape(bad.describe())}[/yellow]", highlight=False)
 
     def finished(self, key: SetKey, result: FetchResult) -> None:
         self.progress.update(self.tasks[key], completed=1, total=1)
-        self.progress.console.print(_summary(key, result))
+        self.progress.console.print(_summary(key, result), markup=False, highlight=False)

@@ -163,7 +163,7 @@ async def test_a_bar_breaking_ohlc_rules_is_dropped_named_by_time_and_asked_agai
                          JAN + 200 * HOUR)
     assert [(b.time, b.field, b.value, b.rule) for b in result.bad] == [
         ("2024-01-04T05:00:00Z", "high", "100.5", RULE_HIGH)]
-    assert result.bad[0].action.startswith("dropped")
+    assert result.bad[0].action.startswith("dropped") and result.gaps == 0
     assert "2024-01-04T05:00:00Z: high='100.5'" in result.bad[0].describe()
     assert bad_ts not in {b.ts_ns for b in catalog.read(ETH)}
     del series.bad[bad_ts]  # the venue corrected it
@@ -269,6 +269,29 @@ async def test_alpaca_stock_bars_follow_next_page_token(
     assert {p["feed"] for p in params} == {"iex"}
     assert_exact(catalog, key, series, JAN, JAN + 2500 * HOUR)
     assert catalog.provenance(key)[0].endpoint == "GET /v2/stocks/bars"
+
+
+async def test_cli_reads_alpaca_keys_as_the_agent_does(
+        alpaca: tuple[AlpacaStub, StubServer], tmp_path: Path) -> None:
+    stub, server = alpaca
+    stub.bars[("MSFT", "1h")] = series = Series("1h", JAN, JAN + 300 * HOUR)
+    creds = tmp_path / "alpaca.env"
+    creds.write_text("# keys\nexport APCA_API_KEY_ID=key\nAPCA_API_SECRET_KEY='secret'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APCA_", "CREDENTIALS_"))}
+    env["PYTHONPATH"] = os.getcwd()
+    cmd = [sys.executable, "-m", "qtd.cli", "data", "fetch", "alpaca", "MSFT", "--interval",
+           "1h", "--start", "2024-01-01", "--end", ns_to_iso(JAN + 200 * HOUR), "--rest-url",
+           server.http_url, "--catalog", str(tmp_path / "cat"), "--credentials-file",
+           str(creds)]
+    creds.chmod(0o644)
+    out = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 78 and "mode 0644" in out.stderr + out.stdout
+    creds.chmod(0o600)
+    out = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "alpaca:MSFT:1h: 200 bars added" in out.stdout
+    key = SetKey("alpaca", "MSFT", "1h")
+    assert_exact(Catalog(tmp_path / "cat"), key, series, JAN, JAN + 200 * HOUR)
 
 
 async def test_alpaca_429_5xx_and_bad_keys(
