@@ -41,7 +41,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.stubs import Fault, Faults, RequestLog, form_or_query
-from tests.stubs.history import INTERVAL_NS, Series, WeightWindow
+from tests.stubs.history import Series, WeightWindow, alpaca_bars
 
 _TIMEFRAMES = {"1Min": "1m", "5Min": "5m", "15Min": "15m", "1Hour": "1h", "4Hour": "4h",
                "1Day": "1d"}
@@ -358,44 +358,10 @@ class AlpacaStub:
         return await fault.respond(resp) if fault is not None else resp
 
     def _bar_page(self, q: dict[str, str]) -> Response:
-        interval = _TIMEFRAMES.get(q.get("timeframe", ""), "")
-        symbol = q.get("symbols", "")
-        series = self.bars.get((symbol, interval))
+        series = self.bars.get((q.get("symbols", ""), _TIMEFRAMES.get(q.get("timeframe", ""), "")))
         if series is None:
             return JSONResponse({"code": 42210000, "message": "invalid symbol"}, 422)
-        lo = _ns(q["page_token"]) if q.get("page_token") else _ns(q["start"])
-        if interval == "1d":  # the stub's series is stamped 00:00 UTC; Alpaca, NY midnight
-            lo = lo - lo % INTERVAL_NS["1d"]
-        hi = _ns(q["end"]) if q.get("end") else time.time_ns()
-        limit = min(int(q.get("limit", 1000)), self.page_max)
-        rows, token = [], None
-        for ts, b in series.between(lo, hi):
-            if len(rows) == limit:
-                token = _iso_ns(ts)
-                break
-            rows.append({"t": _stamp(ts, interval), **{k: float(v) for k, v in b.items()},
-                         "n": 7, "vw": float(b["c"])})
-        return JSONResponse({"bars": {symbol: rows} if rows else {},
-                             "next_page_token": token})
-
-
-def _ns(text: str) -> int:
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-def _iso_ns(ts: int) -> str:
-    return datetime.fromtimestamp(ts // 1_000_000_000, UTC).isoformat()
-
-
-def _stamp(ts: int, interval: str) -> str:
-    dt = datetime.fromtimestamp(ts // 1_000_000_000, UTC)
-    if interval == "1d":
-        from zoneinfo import ZoneInfo
-
-        ny = datetime(dt.year, dt.month, dt.day, tzinfo=ZoneInfo("America/New_York"))
-        dt = ny.astimezone(UTC)
-    return dt.isoformat().replace("+00:00", "Z")
+        return JSONResponse(alpaca_bars(series, q, self.page_max))
 
 
 async def wait_for(predicate: Any, timeout: float = 5.0) -> None:

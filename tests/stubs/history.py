@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
 
 NS_PER_MS = 1_000_000
 MINUTE_NS = 60_000_000_000
@@ -30,6 +33,7 @@ class Series:
     """
 
     def __init__(self, interval: str, first_ns: int, last_ns: int) -> None:
+        self.interval = interval
         self.interval_ns = INTERVAL_NS[interval]
         self.first_ns, self.last_ns = first_ns, last_ns
         self.gaps: list[tuple[int, int]] = []  # [lo, hi) open times without a bar
@@ -88,3 +92,35 @@ class WeightWindow:
         self.used += weight
         self.peak = max(self.peak, self.used)
         return None
+
+
+def alpaca_bars(series: Series, q: dict[str, str], page_max: int) -> dict[str, Any]:
+    """Alpaca's answer to ``/v2/stocks/bars`` query ``q`` (``start``, ``end``, ``limit``,
+    ``page_token``: here the RFC 3339 open time of the page's first bar); daily bars are
+    stamped at midnight New York time, as Alpaca does."""
+    lo = _ns(q["page_token"]) if q.get("page_token") else _ns(q["start"])
+    if series.interval == "1d":  # Alpaca's daily stamp is 04:00/05:00 UTC
+        lo -= lo % INTERVAL_NS["1d"]
+    hi = _ns(q["end"]) if q.get("end") else time.time_ns()
+    limit = min(int(q.get("limit", 1000)), page_max)
+    rows: list[dict[str, Any]] = []
+    token = None
+    for ts, b in series.between(lo, hi):
+        if len(rows) == limit:
+            token = datetime.fromtimestamp(ts // 1_000_000_000, UTC).isoformat()
+            break
+        rows.append({"t": _stamp(ts, series.interval), **{k: float(v) for k, v in b.items()},
+                     "n": 7, "vw": float(b["c"])})
+    return {"bars": {q.get("symbols", ""): rows} if rows else {}, "next_page_token": token}
+
+
+def _ns(text: str) -> int:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def _stamp(ts: int, interval: str) -> str:
+    dt = datetime.fromtimestamp(ts // 1_000_000_000, UTC)
+    if interval == "1d":
+        dt = datetime(dt.year, dt.month, dt.day, tzinfo=ZoneInfo("America/New_York"))
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
