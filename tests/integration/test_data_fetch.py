@@ -292,6 +292,16 @@ async def test_cli_reads_alpaca_keys_as_the_agent_does(
     assert "alpaca:MSFT:1h: 200 bars added" in out.stdout
     key = SetKey("alpaca", "MSFT", "1h")
     assert_exact(Catalog(tmp_path / "cat"), key, series, JAN, JAN + 200 * HOUR)
+    agent = tmp_path / "agent.toml"  # an agent account: its keys and its data_rest_url
+    agent.write_text(f'node = "n1"\n[accounts.al]\nbroker = "alpaca"\n'
+                     f'credentials_env = ["AL_KEY", "AL_SECRET"]\n'
+                     f'data_rest_url = "{server.http_url}"\n')
+    cmd = [*cmd[:13], "--catalog", str(tmp_path / "cat2"), "--config", str(agent),
+           "--account", "al"]
+    env.update(AL_KEY="key", AL_SECRET="secret")
+    out = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_exact(Catalog(tmp_path / "cat2"), key, series, JAN, JAN + 200 * HOUR)
 
 
 async def test_alpaca_429_5xx_and_bad_keys(
