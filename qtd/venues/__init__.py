@@ -267,6 +267,9 @@ class Venue:
             no credentials, no reconciliation against a venue.
         keys_for_orders: trading needs ``credentials_env``.
         keys_for_data: live market data needs them too (shadow accounts then need keys).
+        default_calendar: ``(symbol) -> session name`` for a symbol not in
+            :attr:`instruments` (``"24x7"``, an exchange-calendars code), or ``None`` when
+            the venue cannot tell; :meth:`calendar_of` asks it.
     """
 
     name: str
@@ -277,6 +280,13 @@ class Venue:
     simulator: bool = False
     keys_for_orders: bool = True
     keys_for_data: bool = False
+    default_calendar: Callable[[str], str | None] = lambda _symbol: None
+
+    def calendar_of(self, symbol: str) -> str | None:
+        """Trading-session name of ``symbol`` (its instrument's, else
+        :attr:`default_calendar`'s), e.g. ``"XNYS"``, ``"24x7"``; ``None`` if unknown."""
+        instrument = self.instruments.get(symbol)
+        return instrument.calendar if instrument else self.default_calendar(symbol)
 
     def options_of(self, settings: AccountSettings) -> Any:
         """``settings.options`` as :attr:`options` (an instance of that struct).

@@ -59,7 +59,11 @@ def _calendar(settings: LiveSettings) -> str | None:
     return "XNYS" if settings.asset_class == "stock" else None
 
 
+def _symbol_calendar(symbol: str) -> str:
+    return "24x7" if "/" in symbol else "XNYS"  # crypto pairs have a slash: "BTC/USD"
+
+
 VENUE = Venue(
     name="alpaca", instruments=INSTRUMENTS, connect=_connect,
     live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S, calendar=_calendar),
-    keys_for_data=True)
+    keys_for_data=True, default_calendar=_symbol_calendar)

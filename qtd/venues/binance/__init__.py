@@ -60,4 +60,5 @@ def _feed(ctx: FeedContext) -> LiveFeed:
 
 
 VENUE = Venue(name="binance", instruments=INSTRUMENTS, connect=_connect,
-              live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S))
+              live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S),
+              default_calendar=lambda _symbol: "24x7")
