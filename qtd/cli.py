@@ -286,10 +286,11 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data(sub: Any) -> None:
-    p = sub.add_parser("data", help="bundled real market data")
+    from qtd.commands.data import add_actions
+
+    p = sub.add_parser("data", help="market data: bundled sets and the local Parquet catalog")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    lst = dsub.add_parser("list", help="list the bundled datasets with rows, interval, range")
-    lst.set_defaults(handler=_run_data_list)
+    add_actions(dsub)  # list, import, verify
     from qtd.commands.fetch import add_parser as add_fetch  # qtd data fetch
 
     add_fetch(dsub)
@@ -315,13 +316,6 @@ def _run_positions(args: argparse.Namespace) -> int:
 
     args.db = db_from_args(args)
     return asyncio.run(run_positions(args))
-
-
-def _run_data_list(args: argparse.Namespace) -> int:
-    from qtd.data import format_dataset_table
-
-    print(format_dataset_table())
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

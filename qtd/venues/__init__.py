@@ -295,6 +295,9 @@ class Venue:
             ``qtd data fetch`` loads them for history).
         history: ``(HistoryContext) -> BarSource``: the venue's bar history for ``qtd data
             fetch`` (:mod:`qtd.catalog.fetch`), or None.
+        default_calendar: ``(symbol) -> session name`` for a symbol not in
+            :attr:`instruments` (``"24x7"``, an exchange-calendars code), or ``None`` when
+            the venue cannot tell; :meth:`calendar_of` asks it.
     """
 
     name: str
@@ -306,6 +309,13 @@ class Venue:
     keys_for_orders: bool = True
     keys_for_data: bool = False
     history: Callable[[HistoryContext], BarSource] | None = None
+    default_calendar: Callable[[str], str | None] = lambda _symbol: None
+
+    def calendar_of(self, symbol: str) -> str | None:
+        """Trading-session name of ``symbol`` (its instrument's, else
+        :attr:`default_calendar`'s), e.g. ``"XNYS"``, ``"24x7"``; ``None`` if unknown."""
+        instrument = self.instruments.get(symbol)
+        return instrument.calendar if instrument else self.default_calendar(symbol)
 
     def options_of(self, settings: AccountSettings) -> Any:
         """``settings.options`` as :attr:`options` (an instance of that struct).

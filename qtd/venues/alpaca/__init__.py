@@ -76,7 +76,11 @@ def _history(ctx: HistoryContext) -> BarSource:
     return AlpacaHistory(ctx)
 
 
+def _symbol_calendar(symbol: str) -> str:
+    return "24x7" if "/" in symbol else "XNYS"  # crypto pairs have a slash: "BTC/USD"
+
+
 VENUE = Venue(
     name="alpaca", instruments=INSTRUMENTS, connect=_connect,
     live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S, calendar=_calendar),
-    keys_for_data=True, history=_history)
+    keys_for_data=True, history=_history, default_calendar=_symbol_calendar)

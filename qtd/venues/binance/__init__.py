@@ -78,4 +78,4 @@ def _history(ctx: HistoryContext) -> BarSource:
 
 VENUE = Venue(name="binance", instruments=INSTRUMENTS, connect=_connect,
               live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S),
-              history=_history)
+              history=_history, default_calendar=lambda _symbol: "24x7")
