@@ -162,8 +162,8 @@ def _summary(key: SetKey, r: FetchResult) -> str:
     text = (f"{key.name}: {r.added} bars added, {r.received} received in {r.pages} pages"
             + (f" (asked {asked})" if asked else " (already complete: nothing asked)"))
     if r.gaps:
-        text += (f"; {r.gaps} stretches without bars at the venue (longest "
-                 f"{_duration(r.longest_gap_ns)} from {r.longest_gap_at})")
+        text += (f"; {r.gaps} stretch{'es' if r.gaps != 1 else ''} without bars at the venue "
+                 f"(longest {_duration(r.longest_gap_ns)} from {r.longest_gap_at})")
     if r.bad:
         text += f"; {len(r.bad)} bad bars dropped"
     if r.error:

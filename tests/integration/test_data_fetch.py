@@ -242,6 +242,29 @@ async def test_a_killed_fetch_resumes_without_duplicates(
     assert covered(catalog, ETH) == [(JAN, end)]
 
 
+async def test_ctrl_c_stores_the_bars_received_before_it(
+        binance: tuple[BinanceStub, StubServer], tmp_path: Path) -> None:
+    stub, server = binance
+    key, minute = SetKey("binance", "ETHUSDT", "1m"), INTERVAL_NS["1m"]
+    stub.klines[("ETHUSDT", "1m")] = series = Series("1m", JAN, JAN + 30_000 * minute)
+    stub.faults.add("GET /api/v3/klines", *[Fault(delay_s=0.1)] * 30)
+    root = tmp_path / "cat"
+    cmd = [*_cli(server.http_url + "/api", root, "--start", "2024-01-01", "--end",
+                 "2024-01-20")]
+    cmd[cmd.index("1h")] = "1m"
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    while len(starts(stub)) < 5:
+        await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert await proc.wait() == 130
+    catalog = Catalog(root)
+    [(lo, hi)] = covered(catalog, key)  # one month: nothing was written before the Ctrl-C
+    assert lo == JAN and hi >= JAN + 4000 * minute
+    assert_exact(catalog, key, series, JAN, hi)
+
+
 def test_cli_names_the_venues_with_history_and_asks_for_a_start(tmp_path: Path) -> None:
     from qtd.cli import main
 
