@@ -163,7 +163,8 @@ def _summary(key: SetKey, r: FetchResult) -> str:
             + (f" (asked {asked})" if asked else " (already complete: nothing asked)"))
     if r.gaps:
         text += (f"; {r.gaps} stretch{'es' if r.gaps != 1 else ''} without bars at the venue "
-                 f"(longest {_duration(r.longest_gap_ns)} from {r.longest_gap_at})")
+                 f"(longest {_duration(r.longest_gap_ns)} from {r.longest_gap_at}; "
+                 f"qtd data verify {key.name} checks them against its calendar)")
     if r.bad:
         text += f"; {len(r.bad)} bad bars dropped"
     if r.error:
