@@ -134,6 +134,19 @@ async def test_binance_persistent_5xx_stops_the_fetch_and_keeps_what_came_before
     assert (again.asked, again.added) == ([(JAN + 1000 * HOUR, JAN + 2500 * HOUR)], 1500)
 
 
+async def test_a_full_page_that_does_not_advance_stops_the_fetch(
+        binance: tuple[BinanceStub, StubServer], tmp_path: Path) -> None:
+    stub, server = binance
+    stub.klines[("ETHUSDT", "1h")] = Series("1h", JAN, JAN + 2000 * HOUR)
+    old = [[(JAN - (2000 - i) * HOUR) // 1_000_000, "1", "2", "0.5", "1.5", "3"]
+           for i in range(1000)]  # a full page, all before startTime
+    stub.faults.add("GET /api/v3/klines", Fault(body=old))
+    result = await fetch("binance", server.http_url + "/api", Catalog(tmp_path), ETH, JAN,
+                         JAN + 1500 * HOUR)
+    assert "does not advance past startTime 2024-01-01T00:00:00Z" in result.error
+    assert (len(starts(stub)), result.pages, result.added) == (1, 0, 0)
+
+
 async def test_a_gap_at_the_venue_is_paged_across_and_asked_for_once(
         binance: tuple[BinanceStub, StubServer], tmp_path: Path) -> None:
     stub, server = binance

@@ -175,7 +175,10 @@ class AlpacaHistory:
         token: str | None = None
         while True:
             query = {**params, "limit": PAGE_LIMIT, **({"page_token": token} if token else {})}
-            rows, token = await self._get(client, path, query, symbol, interval)
+            rows, nxt = await self._get(client, path, query, symbol, interval)
+            if nxt is not None and nxt == token:
+                raise VenueUnavailable(f"alpaca bars: next_page_token {nxt!r} repeats")
+            token = nxt
             if token is None:
                 yield Page(rows, end_ns)
                 return

@@ -41,7 +41,7 @@ from qtd.brokers.retry import (
     call,
 )
 from qtd.catalog.fetch import Page, RawBar
-from qtd.feeds.bars import NS_PER_MS
+from qtd.feeds.bars import NS_PER_MS, ns_to_iso
 from qtd.venues import HistoryContext
 from qtd.venues.binance.broker import translate
 from qtd.venues.binance.endpoints import LIVE_API
@@ -110,7 +110,12 @@ class BinanceHistory:
             if len(rows) < KLINE_LIMIT:
                 yield Page(rows, end_ns)
                 return
-            start_ms = rows[-1][0] // NS_PER_MS + step
+            after = rows[-1][0] // NS_PER_MS + step
+            if after <= start_ms:
+                raise VenueUnavailable(
+                    f"binance klines: a full page ending at {ns_to_iso(rows[-1][0])} does not "
+                    f"advance past startTime {ns_to_iso(start_ms * NS_PER_MS)}")
+            start_ms = after
             yield Page(rows, start_ms * NS_PER_MS)
 
     async def _klines(self, **params: Any) -> list[RawBar]:
