@@ -119,6 +119,22 @@ async def test_binance_5xx_and_truncated_answers_are_retried(
     assert_exact(catalog, ETH, series, JAN, JAN + 1200 * HOUR)
 
 
+async def test_a_request_that_times_out_is_retried(
+        binance: tuple[BinanceStub, StubServer], alpaca: tuple[AlpacaStub, StubServer],
+        tmp_path: Path) -> None:
+    (bstub, bserver), (astub, aserver) = binance, alpaca
+    bstub.klines[("ETHUSDT", "1h")] = Series("1h", JAN, JAN + 300 * HOUR)
+    astub.bars[("MSFT", "1h")] = Series("1h", JAN, JAN + 300 * HOUR)
+    bstub.faults.add("GET /api/v3/klines", Fault(delay_s=1.5))
+    astub.faults.add("GET /v2/stocks/bars", Fault(delay_s=1.5))
+    b = await fetch("binance", bserver.http_url + "/api", Catalog(tmp_path), ETH, JAN,
+                    JAN + 100 * HOUR, timeout_s=0.3)
+    a = await fetch("alpaca", aserver.http_url, Catalog(tmp_path), SetKey("alpaca", "MSFT", "1h"),
+                    JAN, JAN + 100 * HOUR, timeout_s=0.3, credentials=("key", "secret"))
+    assert (b.added, b.error, a.added, a.error) == (100, "", 100, "")
+    assert len(starts(bstub)) == 2 and len(astub.log.entries) == 2
+
+
 async def test_binance_persistent_5xx_stops_the_fetch_and_keeps_what_came_before(
         binance: tuple[BinanceStub, StubServer], tmp_path: Path) -> None:
     stub, server = binance
