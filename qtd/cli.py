@@ -142,7 +142,8 @@ def _add_backtest(sub: Any) -> None:
         "(a strategy error or a circuit breaker: said at the top of the report).",
     )
     p.add_argument("target", metavar="STRATEGY_OR_BOT_CONFIG", help="strategy .py or bot .toml")
-    p.add_argument("--data", required=True, help="bundled data set (qtd data list) or bar file")
+    p.add_argument("--data", required=True, help="a data set (qtd data list): bundled name, "
+                   "catalog venue:SYMBOL:interval, or a symbol one set has; or a bar file")
     p.add_argument("--symbol", help="symbol to trade (default: the bot's, else the data's)")
     p.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
     p.add_argument("--params", nargs="+", metavar="K=V", help="param overrides")

@@ -37,7 +37,7 @@ def test_defaults_and_offline_mode() -> None:
     ({"node": "n1", "trading_day": {"tz": "Mars/Olympus"}}, "trading_day.tz", "Mars/Olympus",
      "IANA"),
     ({"node": "n1", "market": {"bots": {"b": {"dataset": "nope"}}}},
-     "market.bots.b.dataset", "nope", "bundled data set"),
+     "market.bots.b.dataset", "nope", "known sets: goog_1d"),
     ({"node": "n1", "restart": {"backoff_s": 10.0, "backoff_max_s": 1.0}},
      "restart.backoff_s", 10.0, "backoff_max_s"),
     ({"node": "n1", "bus": {"servers": ["nats://h:1"], "user": "u"}}, "bus.password", "***",
