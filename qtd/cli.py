@@ -28,7 +28,7 @@ examples:
   qtd events --db events.db --follow                       keep printing new events
   qtd positions --db events.db --tz America/New_York --rollover 17:00
   qtd validate etc/                                        admit every bot and routes.toml
-  qtd route explain SPY --at 2018-12-24T15:00:00-05:00     which strategy, and why
+  qtd route explain SPX --at 2018-12-24T15:00:00-05:00     which strategy, and why
   qtd agent --config etc/agent.toml                        run the agent daemon
   qtd preflight --config etc/agent.toml                    pre-deploy checklist (exit 2)
   qtd kill --reason 'runaway bot' --operator alice         halt every agent (NATS)

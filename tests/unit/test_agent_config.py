@@ -19,7 +19,7 @@ def test_example_config_loads_with_paths_resolved_against_its_directory() -> Non
     assert cfg.store_path == Path(cfg.state_dir) / "events.db"
     assert cfg.failsafe == "REDUCING" and cfg.leader_timeout_s == 5.0
     assert cfg.accounts["paper-main"].broker == "paper"
-    assert cfg.market.bots["breakout-spy"].dataset == "sp500_1d"
+    assert cfg.market.bots["breakout-spx"].dataset == "sp500_1d"
 
 
 def test_defaults_and_offline_mode() -> None:
