@@ -131,3 +131,18 @@ def test_qtd_up_replays_a_catalog_set(catalog: Catalog, tmp_path: Path) -> None:
     assert src.speed == pytest.approx(realtime_multiple("binance:ETHUSDT:1h", 10) * ROWS
                                       / (10 * 20 * 60))  # a short series plays slower
     assert tomllib.loads(plan.agent_configs["node-1"].read_text())["market"]["bots"]
+
+
+async def test_the_agents_replay_feed_reads_a_catalog_set(catalog: Catalog) -> None:
+    from qtd.agent.market import FeedKey, ReplayFeed
+
+    seen: list[Decimal] = []
+
+    async def on_price(symbol: str, price: Decimal) -> None:
+        assert symbol == "ETH"
+        seen.append(price)
+
+    feed = ReplayFeed(FeedKey("binance:ETHUSDT:1h", "ETH", 0.0, False), on_price)
+    await feed.run()
+    bars = catalog.read(SetKey.parse("binance:ETHUSDT:1h"))
+    assert seen == [b.close for b in bars] and len(seen) == ROWS
