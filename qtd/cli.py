@@ -28,7 +28,7 @@ examples:
   qtd events --db events.db --follow                       keep printing new events
   qtd positions --db events.db --tz America/New_York --rollover 17:00
   qtd validate etc/                                        admit every bot and routes.toml
-  qtd route explain SPY --at 2018-12-24T15:00:00-05:00     which strategy, and why
+  qtd route explain SPX --at 2018-12-24T15:00:00-05:00     which strategy, and why
   qtd agent --config etc/agent.toml                        run the agent daemon
   qtd preflight --config etc/agent.toml                    pre-deploy checklist (exit 2)
   qtd kill --reason 'runaway bot' --operator alice         halt every agent (NATS)
@@ -142,7 +142,8 @@ def _add_backtest(sub: Any) -> None:
         "(a strategy error or a circuit breaker: said at the top of the report).",
     )
     p.add_argument("target", metavar="STRATEGY_OR_BOT_CONFIG", help="strategy .py or bot .toml")
-    p.add_argument("--data", required=True, help="bundled data set (qtd data list) or bar file")
+    p.add_argument("--data", required=True, help="a data set (qtd data list): bundled name, "
+                   "catalog venue:SYMBOL:interval, or a symbol one set has; or a bar file")
     p.add_argument("--symbol", help="symbol to trade (default: the bot's, else the data's)")
     p.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
     p.add_argument("--params", nargs="+", metavar="K=V", help="param overrides")

@@ -143,7 +143,7 @@ class Catalog:
         decoder = msgspec.json.Decoder(Provenance)
         return [decoder.decode(line) for line in path.read_bytes().splitlines() if line]
 
-    def keys(self) -> list[SetKey]:
+    def set_keys(self) -> list[SetKey]:
         """Every set in the catalog, sorted by name."""
         found: list[SetKey] = []
         for path in sorted(self.root.glob(f"*/*/*/*{_SUFFIX}")):
@@ -163,7 +163,7 @@ class Catalog:
     def sets(self) -> list[SetInfo]:
         """A summary of every set, sorted by name."""
         infos: list[SetInfo] = []
-        for key in self.keys():
+        for key in self.set_keys():
             span = self.span(key)
             if span is None:
                 continue

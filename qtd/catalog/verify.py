@@ -171,7 +171,8 @@ def _expected(
     daily sets compare UTC dates."""
     first, last = int(stamps[0]), int(stamps[-1])
     if calendar == ALWAYS_OPEN:
-        return np.arange(first, last + 1, interval_ns, dtype=np.int64), stamps
+        count = (last - first) // interval_ns + 1  # integers: arange's float length is off
+        return first + interval_ns * np.arange(count, dtype=np.int64), stamps
     session = ExchangeSession(calendar)
     if interval_ns >= _DAY:
         days = np.array(session.session_days(first, last), dtype=np.int64)

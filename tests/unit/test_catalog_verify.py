@@ -43,6 +43,13 @@ def test_a_24x7_gap_is_one_problem_with_its_first_and_last_missing_bar() -> None
     )
 
 
+def test_a_long_24x7_set_expects_every_bar_up_to_the_last() -> None:
+    start = _ns("2024-01-01T00:00:00")  # 4,368 hours: a float range length drops the last
+    bars = [_bar("ETHUSDT", start + i * HOUR, HOUR) for i in range(4368)]
+    report = verify_bars("binance:ETHUSDT:1h", bars, "1h", "24x7")
+    assert (report.expected, report.off_calendar, report.problems) == (4368, 0, [])
+
+
 def test_stock_minutes_follow_the_exchange_calendar_with_its_early_close() -> None:
     # 2024-07-03: NYSE closes at 13:00 New York (17:00 UTC); 07-04 holiday; 07-05 full day.
     first, last = _ns("2024-07-03T13:30:00"), _ns("2024-07-05T19:59:00")
