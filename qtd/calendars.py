@@ -68,3 +68,33 @@ class ExchangeSession:
             if not cal.first_minute <= minute <= cal.last_minute:
                 return False
             return bool(cal.is_open_on_minute(minute))
+
+    def minutes_ns(self, start_ns: int, end_ns: int) -> list[int]:
+        """Open times (UTC ns) of the trading minutes from ``start_ns`` to ``end_ns``
+        inclusive, clipped to the calendar's range; ascending."""
+        import pandas as pd
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see contains
+            cal = _calendar(self.code)
+            start = max(pd.Timestamp(start_ns, unit="ns", tz="UTC").ceil("min"), cal.first_minute)
+            end = min(pd.Timestamp(end_ns, unit="ns", tz="UTC").floor("min"), cal.last_minute)
+            if start > end:
+                return []
+            minutes = cal.minutes_in_range(start, end)
+            return minutes.as_unit("ns").asi8.tolist()  # type: ignore[no-any-return]
+
+    def session_days(self, start_ns: int, end_ns: int) -> list[int]:
+        """Sessions from ``start_ns`` to ``end_ns`` inclusive (clipped to the calendar's
+        range), each as UTC ns of 00:00 of its date; ascending."""
+        import pandas as pd
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see contains
+            cal = _calendar(self.code)
+            start = max(pd.Timestamp(start_ns, unit="ns").normalize(), cal.first_session)
+            end = min(pd.Timestamp(end_ns, unit="ns").normalize(), cal.last_session)
+            if start > end:
+                return []
+            sessions = cal.sessions_in_range(start, end)
+            return sessions.as_unit("ns").asi8.tolist()  # type: ignore[no-any-return]

@@ -28,7 +28,7 @@ examples:
   qtd events --db events.db --follow                       keep printing new events
   qtd positions --db events.db --tz America/New_York --rollover 17:00
   qtd validate etc/                                        admit every bot and routes.toml
-  qtd route explain SPY --at 2018-12-24T15:00:00-05:00     which strategy, and why
+  qtd route explain SPX --at 2018-12-24T15:00:00-05:00     which strategy, and why
   qtd agent --config etc/agent.toml                        run the agent daemon
   qtd preflight --config etc/agent.toml                    pre-deploy checklist (exit 2)
   qtd kill --reason 'runaway bot' --operator alice         halt every agent (NATS)
@@ -142,7 +142,8 @@ def _add_backtest(sub: Any) -> None:
         "(a strategy error or a circuit breaker: said at the top of the report).",
     )
     p.add_argument("target", metavar="STRATEGY_OR_BOT_CONFIG", help="strategy .py or bot .toml")
-    p.add_argument("--data", required=True, help="bundled data set (qtd data list) or bar file")
+    p.add_argument("--data", required=True, help="a data set (qtd data list): bundled name, "
+                   "catalog venue:SYMBOL:interval, or a symbol one set has; or a bar file")
     p.add_argument("--symbol", help="symbol to trade (default: the bot's, else the data's)")
     p.add_argument("--cash", type=float, default=100_000.0, help="starting cash")
     p.add_argument("--params", nargs="+", metavar="K=V", help="param overrides")
@@ -286,10 +287,14 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data(sub: Any) -> None:
-    p = sub.add_parser("data", help="bundled real market data")
+    from qtd.commands.data import add_actions
+
+    p = sub.add_parser("data", help="market data: bundled sets and the local Parquet catalog")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    lst = dsub.add_parser("list", help="list the bundled datasets with rows, interval, range")
-    lst.set_defaults(handler=_run_data_list)
+    add_actions(dsub)  # list, import, verify
+    from qtd.commands.fetch import add_parser as add_fetch  # qtd data fetch
+
+    add_fetch(dsub)
 
 
 def _add_up(sub: Any) -> None:
@@ -312,13 +317,6 @@ def _run_positions(args: argparse.Namespace) -> int:
 
     args.db = db_from_args(args)
     return asyncio.run(run_positions(args))
-
-
-def _run_data_list(args: argparse.Namespace) -> int:
-    from qtd.data import format_dataset_table
-
-    print(format_dataset_table())
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

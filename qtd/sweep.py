@@ -33,10 +33,10 @@ from qtd.admit.loader import load_strategy
 from qtd.admit.problems import combined_error
 from qtd.admit.smoke import smoke_risk
 from qtd.backtest import BacktestBot, BacktestResult, run_backtest
-from qtd.data import DATASETS, load_dataset
+from qtd.catalog.named import load_named
 from qtd.errors import ConfigError
 from qtd.events import TradingState, TradingStateChanged
-from qtd.feeds import MarketData, load_bars
+from qtd.feeds import MarketData
 from qtd.metrics import Report, Trade, report, trades_from_fills
 from qtd.risk.config import RiskConfig
 from qtd.risk.load import load_risk_config, parse_risk_config
@@ -179,32 +179,16 @@ async def resolve(job: Job, data_symbol: str) -> _Resolved:
                      file=path, spec=spec, risk=risk)
 
 
-def dataset_name(data: str) -> str | None:
-    """The bundled data set ``data`` names: its name or its symbol, any case
-    (``"GOOG"`` → ``"goog_1d"``); None if neither."""
-    low = data.lower()
-    for info in DATASETS.values():
-        if low in (info.name, info.symbol.lower()):
-            return info.name
-    return None
-
-
 def load_data(data: str, symbol: str = "") -> list[MarketData]:
-    """A bundled data set by name or symbol (:func:`dataset_name`), else a bar file; bars
-    restamped with ``symbol`` if given.
+    """Bars or trades by name (:func:`qtd.catalog.named.resolve_data`): a bundled set, a
+    catalog set ``venue:SYMBOL:interval``, a bar file, or a symbol one set has; restamped
+    with ``symbol`` if given.
 
     Raises:
-        ConfigError: unknown name and no such file, or a file that fails validation.
+        ConfigError: nothing by that name (the error lists the sets), a symbol several sets
+            have (the error lists them), or a file that fails validation.
     """
-    name = dataset_name(data)
-    if name is not None:
-        items: list[MarketData] = list(load_dataset(name))
-    elif Path(data).is_file():
-        items = list(load_bars(data, symbol or Path(data).name.split(".")[0].upper()))
-    else:
-        raise ConfigError(f"--data {data!r}: neither a bundled data set "
-                          f"({', '.join(DATASETS)}) nor a file", source="<arg>",
-                          field="data", value=data, rule="data set name or file")
+    items = load_named(data, field="--data")
     if symbol and items and items[0].symbol != symbol:
         items = [msgspec.structs.replace(i, symbol=symbol) for i in items]
     return items

@@ -13,7 +13,8 @@ Example::
     # max_order_notional = 50000.0             # used only when no risk file is found
 
     [smoke]
-    dataset = "goog_1d"                        # bundled real data (`qtd data list`)
+    dataset = "goog_1d"                        # a data set (`qtd data list`); default: the
+                                               # catalog's venue:SYMBOL:interval of this bot
 
     [params]                                   # the strategy's Params, checked by its schema
     fast = 10
@@ -31,6 +32,7 @@ from msgspec import Meta
 
 from qtd.admit.problems import Problem, toml_lines
 from qtd.admit.schema import check_struct
+from qtd.catalog.named import smoke_data
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
 
@@ -42,12 +44,16 @@ class SmokeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """Smoke backtest settings.
 
     Attributes:
-        dataset: bundled data set name; its bars are replayed as the bot's first symbol.
+        dataset: a data set by name (``qtd data list``: bundled, or a catalog set
+            ``venue:SYMBOL:interval``, or a symbol one set has); its bars are replayed as
+            the bot's first symbol. Empty (the default): the catalog's set of the bot's
+            venue and first symbol (shortest interval) when there is one, else ``goog_1d``
+            (:func:`qtd.catalog.named.smoke_data`).
         max_bars: replay at most this many bars (the first ones), to bound admission time.
         hook_budget_s: per-hook time budget during the smoke run, seconds.
     """
 
-    dataset: str = "goog_1d"
+    dataset: str = ""
     max_bars: Annotated[int, Meta(ge=10, le=100_000)] = 5000
     hook_budget_s: Annotated[float, Meta(gt=0, le=10)] = 0.5
 
@@ -81,6 +87,12 @@ class LoadedBot(msgspec.Struct, frozen=True, kw_only=True):
     def strategy_path(self) -> Path:
         """The strategy file (:func:`resolve_strategy`)."""
         return resolve_strategy(self.path, self.config.strategy)
+
+    @property
+    def smoke_dataset(self) -> str:
+        """The data set its smoke run and replay use (:class:`SmokeConfig` ``dataset``)."""
+        cfg = self.config
+        return smoke_data(cfg.smoke.dataset, cfg.venue, cfg.symbols[0])
 
     @property
     def profile(self) -> str:

@@ -2,8 +2,9 @@
 
 A small, explicit list per venue, held by the venue's package (``qtd/venues/<name>/``,
 ``Venue.instruments``; :mod:`qtd.venues`): a bot may only trade a symbol listed for its
-venue. ``paper`` lists the symbols of the bundled real data sets (``qtd data list``) plus the
-ETFs SPY and QQQ; ``alpaca`` and ``binance`` list the instruments the shipped configs use.
+venue. ``paper`` lists the symbols of the bundled real data sets (``qtd data list``), SPX
+and IXIC being index levels; ``alpaca`` and ``binance`` list the instruments the shipped
+configs use.
 Extend a venue's table (or pass ``extra`` to :func:`lookup`) when onboarding one.
 Asset classes: ``equity``, ``index``, ``fx``, ``crypto``, ``future``.
 """

@@ -124,7 +124,7 @@ async def check_bot(path: Path, *, smoke: bool = True) -> Verdict:
     limit_source = limits_for(bot)
     caps, cap_problems = limit_source.caps(bot, cfg.symbols[0])
     problems += cap_problems
-    items, data_problems = smoke_items(cfg.smoke.dataset, cfg.smoke.max_bars, file)
+    items, data_problems = smoke_items(bot.smoke_dataset, cfg.smoke.max_bars, file)
     problems += data_problems
     if cls is not None and params is not None and not cross and items:
         ref = max((i.high if type(i) is Bar else i.price for i in items), default=None)

@@ -1,8 +1,11 @@
-"""Smoke backtest for admission: run the bot on bundled real data, on the live order path.
+"""Smoke backtest for admission: run the bot on real data, on the live order path.
 
 The bot runs through :func:`qtd.backtest.run_backtest` — the same bot runner (hook wrapper,
 time budget), risk engine, order router, write-ahead intents and paper broker as live — on
-the first ``smoke.max_bars`` bars (or trades) of the bot's ``smoke.dataset``, restamped
+the first ``smoke.max_bars`` bars (or trades) of the bot's smoke data set (``smoke.dataset``:
+bundled, or a catalog set ``venue:SYMBOL:interval``; unset: the catalog's set of the bot's
+own venue and symbol when there is one, else ``goog_1d``; read from local files only, so
+the admission child needs no network), restamped
 with the bot's first symbol, into a throw-away event store. Problems are: a hook that raised
 or overran its budget, and orders the risk engine refused for their size or for bad input
 (:data:`SIZE_CHECKS`): params that would send such orders live fail admission. Other
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,7 +28,7 @@ import msgspec
 from qtd.admit.config import LoadedBot
 from qtd.admit.problems import Problem
 from qtd.backtest import BacktestBot, run_backtest
-from qtd.data import dataset_info, load_dataset
+from qtd.catalog.named import load_data_ref, resolve_data
 from qtd.errors import ConfigError
 from qtd.events import OrderDenied
 from qtd.feeds import MarketData, ns_to_iso
@@ -53,12 +55,13 @@ class SmokeResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def smoke_items(dataset: str, max_items: int, file: str) -> tuple[list[Any], list[Problem]]:
-    """The first ``max_items`` bars or trades of a bundled data set (problem if unknown)."""
+    """The first ``max_items`` bars or trades of a data set by name (bundled, catalog set,
+    file or symbol: :func:`qtd.catalog.named.resolve_data`); a problem if it names none."""
     try:
-        info = dataset_info(dataset)
+        ref = resolve_data(dataset, field="smoke.dataset")
+        return load_data_ref(ref, limit=max_items), []
     except ConfigError as exc:
         return [], [Problem(file=file, field="smoke.dataset", value=dataset, rule=str(exc.rule))]
-    return list(islice(load_dataset(info.name), max_items)), []
 
 
 def smoke_risk(bot: LoadedBot, risk: RiskConfig | None) -> RiskConfig:

@@ -19,6 +19,7 @@ from msgspec import Meta
 from qtd.bus import BusConfig, check_bus_config
 from qtd.bus.config import CREDENTIALS_ENV
 from qtd.bus.subjects import check_token
+from qtd.catalog.named import resolve_data
 from qtd.data import DATASETS
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
@@ -37,10 +38,11 @@ class _Cfg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 
 class DataSource(_Cfg, frozen=True, kw_only=True):
-    """Market data of one bot in paper mode: a bundled data set replayed as the bot's symbol.
+    """Market data of one bot in paper mode: a data set replayed as the bot's symbol.
 
     Attributes:
-        dataset: bundled data set name (``qtd data list``).
+        dataset: a data set by name (``qtd data list``: bundled, or a catalog set
+            ``venue:SYMBOL:interval``, or a symbol one set has).
         speed: replay acceleration, a multiple of real time (3600 plays an hour of bars per
             second; daily bars at 864000 give 10 bars/s).
         symbol: symbol stamped on the replayed bars (default: the bot's first symbol).
@@ -291,9 +293,11 @@ def _check_trading_day(cfg: AgentConfig) -> None:
 
 def _check_market(cfg: AgentConfig) -> None:
     for bot, src in cfg.market.bots.items():
-        if src.dataset not in DATASETS:
+        try:
+            resolve_data(src.dataset)
+        except ConfigError as exc:
             raise _error(cfg.source, f"market.bots.{bot}.dataset", src.dataset,
-                         f"must be a bundled data set: {', '.join(sorted(DATASETS))}")
+                         str(exc.rule)) from None
 
 
 def _check_restart(cfg: AgentConfig) -> None:

@@ -20,7 +20,7 @@ from typing import Final
 
 import msgspec
 
-from qtd.data import load_dataset
+from qtd.catalog.named import load_named
 from qtd.feeds import Bar, HistoricalFeed, MarketData
 from qtd.feeds.live import LiveFeed
 
@@ -77,7 +77,7 @@ class ReplayFeed:
     async def run(self) -> None:
         """Replay until the series ends (or forever with ``loop``); cancel to stop."""
         if self._items is None:
-            self._items = list(await asyncio.to_thread(load_dataset, self.key.dataset))
+            self._items = list(await asyncio.to_thread(load_named, self.key.dataset))
         self._items = await asyncio.to_thread(_restamp, self._items, self.key.symbol)
         try:
             while True:

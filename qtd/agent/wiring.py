@@ -161,7 +161,7 @@ def feed_key(cfg: AgentConfig, bot: LoadedBot) -> FeedKey:
     c = bot.config
     src = cfg.market.bots.get(c.name)
     if src is None:
-        return FeedKey(c.smoke.dataset, c.symbols[0], cfg.market.speed, cfg.market.loop)
+        return FeedKey(bot.smoke_dataset, c.symbols[0], cfg.market.speed, cfg.market.loop)
     return FeedKey(src.dataset, src.symbol or c.symbols[0], src.speed, src.loop)
 
 

@@ -92,7 +92,8 @@ def add_parsers(sub: Any, parse_time: Any) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(dr, parse_time)
     dr.add_argument("--config", required=True, help="the bot's config (.toml)")
-    dr.add_argument("--data", required=True, help="bundled data set or bar file it traded")
+    dr.add_argument("--data", required=True, help="the data it traded: a data set (qtd data "
+                    "list: bundled, or catalog venue:SYMBOL:interval), a symbol, or a bar file")
     dr.add_argument("--bot", help="bot name in the store (default: the config's name)")
     dr.add_argument("--symbol", help="symbol (default: the bot's first)")
     dr.add_argument("--capital", type=float, default=100_000.0,

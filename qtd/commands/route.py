@@ -22,13 +22,9 @@ def _venue(symbol: str, venue: str | None) -> str:
     return "paper" if "paper" in found else (found[0] if found else "paper")
 
 
-# ETFs replayed from the index data sets (same moves, different price level).
-_PROXIES = {"SPY": "sp500_1d", "QQQ": "nasdaq_1d"}
-
-
 def _dataset_for(symbol: str, name: str | None) -> str | None:
-    if name or symbol in _PROXIES:
-        return name or _PROXIES[symbol]
+    if name:
+        return name
     return next((d.name for d in DATASETS.values() if d.symbol == symbol and d.kind == "bars"),
                 None)
 

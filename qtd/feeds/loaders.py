@@ -149,7 +149,7 @@ def load_binance_klines(path: str | Path, symbol: str) -> list[Bar]:
         unit = epoch_unit_ns(open_raw)
         ts, length = open_raw * unit, (close_raw + 1) * unit - open_raw * unit
         values = cell_decimals(checker, row, cells, (1, 2, 3, 4, 5), _BINANCE_NAMES)
-        checker.check_ts(row, "open_time", ts)
+        checker.check_ts(row, "open_time", ts, cells[0])
         if length <= 0:
             checker.add(row, "close_time", close_raw, "close_time > open_time")
         if values is None:
@@ -162,26 +162,19 @@ def load_binance_klines(path: str | Path, symbol: str) -> list[Bar]:
 
 
 def load_bars_parquet(path: str | Path, symbol: str, *, interval: str | None = None) -> list[Bar]:
-    """Load bars from Parquet (same column rules as :func:`load_bars_csv`); needs pyarrow.
+    """Load bars from Parquet (same column rules as :func:`load_bars_csv`).
 
     Timestamp columns may be Arrow timestamps (any unit; tz-aware or naive = UTC), dates,
     epoch integers or ISO strings. Float prices are read through their shortest ``repr``.
     Row numbers in issues are 1-based row indexes.
 
     Raises:
-        ConfigError: pyarrow is not installed, or see :func:`load_bars`.
+        ConfigError: not a readable Parquet file, or see :func:`load_bars`.
     """
     file = str(path)
-    try:
-        import pyarrow as pa  # type: ignore[import-not-found, unused-ignore]
-        import pyarrow.parquet as pq  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise ConfigError(
-            f"{file}: reading Parquet needs pyarrow, which is not installed "
-            "(pip install pyarrow), or convert the file to CSV",
-            source=file,
-            rule="pyarrow installed",
-        ) from exc
+    import pyarrow as pa  # imported on first use: about 0.1 s
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(file)
     except (OSError, pa.ArrowException) as exc:
@@ -256,7 +249,7 @@ def _check_trade_row(
     values = cell_decimals(checker, row, cells, (pi, si), ("price", "size"))
     if ts is None or values is None:
         return
-    checker.check_ts(row, columns.time_name, ts)
+    checker.check_ts(row, columns.time_name, ts, _time_text(cells[ti]))
     price, size = values
     if checker.check_trade(row, price, size):
         out.append(Trade(symbol, ts, price, size))
@@ -285,7 +278,7 @@ def _build_bars(
             volume = parsed[0] if parsed else volume
         if ts is None or values is None:
             continue
-        checker.check_ts(row, time_name, ts)
+        checker.check_ts(row, time_name, ts, _time_text(cells[columns.time]))
         o, h, lo, c = values
         if checker.check_bar(row, o, h, lo, c, volume):
             good.append((ts, o, h, lo, c, volume))
@@ -293,6 +286,11 @@ def _build_bars(
     if spec is None:
         spec = infer_interval(file, [item[0] for item in good])
     return [Bar(symbol, ts, spec.length_at(ts), o, h, lo, c, v) for ts, o, h, lo, c, v in good]
+
+
+def _time_text(cell: object) -> str | None:
+    """A time cell as the file wrote it; ``None`` (shown as ISO) for typed Parquet cells."""
+    return cell if isinstance(cell, str) else None
 
 
 def _parse_interval(file: str, text: str) -> Interval:

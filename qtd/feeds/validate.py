@@ -13,6 +13,7 @@ from decimal import Decimal
 import msgspec
 
 from qtd.errors import ConfigError
+from qtd.feeds.bars import ns_to_iso
 
 MAX_LISTED = 50
 """How many issues an error message lists; ``ConfigError.issues`` always has them all."""
@@ -72,12 +73,17 @@ class RowChecker:
         """Record one issue."""
         self.issues.append(Issue(self.file, row, field, str(value), rule))
 
-    def check_ts(self, row: int, field: str, ts_ns: int) -> None:
-        """Order checks against the previous row (and, for bars, every earlier row)."""
+    def check_ts(self, row: int, field: str, ts_ns: int, text: object = None) -> None:
+        """Order checks against the previous row (and, for bars, every earlier row).
+
+        ``text`` is the time as the file wrote it, shown in an issue; ISO 8601 UTC of
+        ``ts_ns`` when ``None`` (a typed Parquet timestamp has no text of its own).
+        """
+        shown = ns_to_iso(ts_ns) if text is None else text
         if self._unique and ts_ns in self._seen:
-            self.add(row, field, ts_ns, RULE_DUPLICATE)
+            self.add(row, field, shown, RULE_DUPLICATE)
         elif self.prev_ts is not None and ts_ns < self.prev_ts:
-            self.add(row, field, ts_ns, RULE_SORTED)
+            self.add(row, field, shown, RULE_SORTED)
         if self._unique:
             self._seen.add(ts_ns)
         self.prev_ts = ts_ns

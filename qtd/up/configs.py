@@ -9,8 +9,10 @@ runs one by hand). What differs from ``etc/``:
   self-trading to the leader's fleet cap;
 * bots are spread round-robin over ``node-1..node-N`` by name (stable across runs with the
   same N, so a second ``qtd up`` finds each bot's history in the same store);
-* every bot replays its ``[smoke].dataset`` at ``bars_per_s`` (converted per data set to the
-  agent's multiple of real time; a tick series plays :data:`TICKS_PER_BAR` trades per bar)
+* every bot replays its smoke data set (``[smoke].dataset``: bundled or a catalog set; unset:
+  its own venue:SYMBOL:interval from the catalog when there, else ``goog_1d``) at
+  ``bars_per_s`` (converted per data set to the agent's multiple of real time; a tick
+  series plays :data:`TICKS_PER_BAR` trades per bar)
   and loops; a series too short to last :data:`MIN_PASS_S` at the default pace plays slower
   (:func:`series_pace`), so a default run of :data:`DEMO_RUN_S` never loops one;
 * the leader pages nobody (no Apprise destinations) and keeps every cap; a ``[web]`` table
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from qtd.admit.config import resolve_strategy
-from qtd.data import DATASETS
+from qtd.catalog.named import resolve_data, smoke_data, summary
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
 from qtd.toml_writer import dumps
@@ -73,7 +75,9 @@ def load_bots(etc: Path) -> list[BotFile]:
     for path in sorted((etc / "bots").glob("*.toml")):
         doc = _read(path)
         name = str(doc.get("name") or path.stem)
-        dataset = str(doc.get("smoke", {}).get("dataset", "goog_1d"))
+        symbols = doc.get("symbols") or [""]
+        dataset = smoke_data(str(doc.get("smoke", {}).get("dataset", "")),
+                             str(doc.get("venue", "")), str(symbols[0]))
         bots.append(BotFile(name, path, dataset, str(doc.get("account", "paper-main"))))
     if not bots:
         raise ConfigError(f"{etc / 'bots'}: no bot configs (*.toml)", source=str(etc),
@@ -109,9 +113,9 @@ def realtime_multiple(dataset: str, bars_per_s: float) -> float:
     """Replay speed (multiple of real time) that plays ``bars_per_s`` bars of ``dataset``
     per second (``bars_per_s * TICKS_PER_BAR`` trades for a tick series), from the data
     set's mean interval between items."""
-    info = DATASETS[dataset]
-    mean_s = (info.last_ts_ns - info.first_ts_ns) / 1e9 / max(info.rows - 1, 1)
-    per_s = bars_per_s * (TICKS_PER_BAR if info.kind == "ticks" else 1)
+    info = summary(resolve_data(dataset))
+    mean_s = (info.last_ns - info.first_ns) / 1e9 / max(info.rows - 1, 1)
+    per_s = bars_per_s * (TICKS_PER_BAR if info.ticks else 1)
     return max(per_s * mean_s, 1e-6)
 
 
@@ -141,8 +145,8 @@ def series_pace(dataset: str, bars_per_s: float) -> float:
     """Bars (of ticks: :data:`TICKS_PER_BAR` each) per second at which ``dataset`` plays:
     ``bars_per_s``, slowed for a series too short to last :data:`MIN_PASS_S` at
     :data:`DEFAULT_BARS_PER_S` so that it does (``--speed`` scales every series alike)."""
-    info = DATASETS[dataset]
-    bars = info.rows / (TICKS_PER_BAR if info.kind == "ticks" else 1)
+    info = summary(resolve_data(dataset))
+    bars = info.rows / (TICKS_PER_BAR if info.ticks else 1)
     return bars_per_s * min(1.0, bars / (DEFAULT_BARS_PER_S * MIN_PASS_S))
 
 
@@ -228,14 +232,16 @@ def generate(etc: Path, layout: Layout, *, agents: int, url: str,
         bars_per_s: replay pace, bars (or ticks) per second per series.
 
     Raises:
-        ConfigError: a shipped file is unreadable or names an unknown data set.
+        ConfigError: a shipped file is unreadable or names an unknown data set (bundled or
+            in the catalog).
     """
     bots = load_bots(etc)
     for bot in bots:
-        if bot.dataset not in DATASETS:
-            raise ConfigError(f"{bot.path}: smoke.dataset = {bot.dataset!r}: not bundled",
-                              source=str(bot.path), field="smoke.dataset", value=bot.dataset,
-                              rule=f"one of {', '.join(sorted(DATASETS))}")
+        try:
+            resolve_data(bot.dataset, field="smoke.dataset")
+        except ConfigError as exc:
+            raise ConfigError(f"{bot.path}: {exc}", source=str(bot.path),
+                              field="smoke.dataset", value=bot.dataset, rule=exc.rule) from None
         _write(layout.etc_dir / "bots" / f"{bot.name}.toml", _bot_doc(bot), bot.path)
     _write(layout.etc_dir / "risk.toml", _risk_doc(etc, bots), etc / "risk.toml")
     base = _read(etc / "agent.toml")

@@ -39,6 +39,8 @@ from qtd.clock import Clock
 from qtd.errors import ConfigError
 
 if TYPE_CHECKING:
+    from qtd.brokers.retry import RetryPolicy
+    from qtd.catalog.fetch import BarSource
     from qtd.feeds.live import LiveFeed, LiveSettings, VenueSession
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "AccountSettings",
     "AssetClass",
     "FeedContext",
+    "HistoryContext",
     "Instrument",
     "LiveData",
     "NoOptions",
@@ -230,6 +233,28 @@ class FeedContext:
     credentials: tuple[str, str] | None
 
 
+@dataclass(frozen=True, kw_only=True)
+class HistoryContext:
+    """What a venue's history factory gets (``qtd data fetch``).
+
+    Attributes:
+        credentials: ``(key, secret)``, or None when the venue needs none for history.
+        rest_url: market data REST base override (a stub in tests); empty: the venue's.
+        data_feed: alpaca stocks: ``"iex"`` or ``"sip"``.
+        timeout_s: per-request timeout, seconds.
+        policy: retries (429 after ``Retry-After``, 5xx and broken answers with backoff).
+        limits: ``(kind, window_s, limit)`` windows replacing the venue's published limits
+            (a different account tier, or a stub); None: the published ones.
+    """
+
+    credentials: tuple[str, str] | None = None
+    rest_url: str = ""
+    data_feed: str = "iex"
+    timeout_s: float = 10.0
+    policy: RetryPolicy | None = None
+    limits: list[tuple[str, float, int]] | None = None
+
+
 BrokerFactory = Callable[[AccountContext], Awaitable[Broker]]
 
 
@@ -266,7 +291,13 @@ class Venue:
         simulator: qtd fills every order itself (the ``paper`` venue): no venue client,
             no credentials, no reconciliation against a venue.
         keys_for_orders: trading needs ``credentials_env``.
-        keys_for_data: live market data needs them too (shadow accounts then need keys).
+        keys_for_data: live market data needs them too (shadow accounts then need keys;
+            ``qtd data fetch`` loads them for history).
+        history: ``(HistoryContext) -> BarSource``: the venue's bar history for ``qtd data
+            fetch`` (:mod:`qtd.catalog.fetch`), or None.
+        default_calendar: ``(symbol) -> session name`` for a symbol not in
+            :attr:`instruments` (``"24x7"``, an exchange-calendars code), or ``None`` when
+            the venue cannot tell; :meth:`calendar_of` asks it.
     """
 
     name: str
@@ -277,6 +308,14 @@ class Venue:
     simulator: bool = False
     keys_for_orders: bool = True
     keys_for_data: bool = False
+    history: Callable[[HistoryContext], BarSource] | None = None
+    default_calendar: Callable[[str], str | None] = lambda _symbol: None
+
+    def calendar_of(self, symbol: str) -> str | None:
+        """Trading-session name of ``symbol`` (its instrument's, else
+        :attr:`default_calendar`'s), e.g. ``"XNYS"``, ``"24x7"``; ``None`` if unknown."""
+        instrument = self.instruments.get(symbol)
+        return instrument.calendar if instrument else self.default_calendar(symbol)
 
     def options_of(self, settings: AccountSettings) -> Any:
         """``settings.options`` as :attr:`options` (an instance of that struct).

@@ -77,7 +77,7 @@ async def test_browser_sees_paper_bots_live(
         (DOCS / "status.png").write_bytes(png)
 
 
-SHADOW = "revert-qqq"
+SHADOW = "revert-ixic"
 PNL_TEXT = "document.querySelector('[data-k=\"fleet.pnl\"]').textContent"
 ROWS = """Array.from(document.querySelectorAll('table.bots tbody tr[data-bot]')).map(tr => ({
   bot: tr.dataset.bot,

@@ -91,7 +91,7 @@ def test_a_backtest_leaves_no_lock_file_and_state_is_ignored(tmp_path: Path) -> 
 
 
 def test_validate_warns_about_a_bot_its_breaker_halted(tmp_path: Path) -> None:
-    bot = str(ROOT / "etc/bots/breakout-spy.toml")
+    bot = str(ROOT / "etc/bots/breakout-spx.toml")
     r = run_qtd(["validate", bot])
     assert r.returncode == 0, r.stdout
     assert r.stdout.startswith("WARN  ") and "HALTED the bot (circuit breaker " \

@@ -11,6 +11,12 @@ Speaks the documented formats (docs.alpaca.markets, "Orders", "Positions", "Acco
 Behaviour: MARKET orders fill at once at :attr:`AlpacaStub.price` (in the chunks of
 :attr:`AlpacaStub.fill_chunks` when set: partial fills); LIMIT orders rest until a test calls
 :meth:`AlpacaStub.fill`. ``client_order_id`` must be unique among *active* orders (422).
+Market data (Market Data API v2 "Historical bars"): ``GET /v2/stocks/bars`` (keys checked)
+and ``/v1beta3/crypto/us/bars`` answer ``{"bars": {symbol: [{"t", "o", "h", "l", "c", "v",
+"n", "vw"}]}, "next_page_token"}`` from the :class:`~tests.stubs.history.Series` in
+:attr:`AlpacaStub.bars` keyed by ``(symbol, interval)``, ``limit`` bars a page (daily bars
+stamped at midnight New York time, as Alpaca does); requests counted in
+:attr:`AlpacaStub.rate` (a fixed window; over it: 429 with ``Retry-After``).
 Faults: :attr:`faults` (HTTP status/headers/delays per route), :meth:`hold` /
 :meth:`release` (out-of-order delivery), :meth:`resend` (duplicates), :attr:`drop_after`
 (drop the stream after N more events; later events are lost to the client but stay true at
@@ -35,6 +41,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.stubs import Fault, Faults, RequestLog, form_or_query
+from tests.stubs.history import Series, WeightWindow, alpaca_bars
+
+_TIMEFRAMES = {"1Min": "1m", "5Min": "5m", "15Min": "15m", "1Hour": "1h", "4Hour": "4h",
+               "1Day": "1d"}
 
 ACTIVE = {"new", "accepted", "pending_new", "partially_filled", "pending_cancel", "held",
           "done_for_day", "calculated", "stopped", "suspended", "pending_replace"}
@@ -68,6 +78,9 @@ class AlpacaStub:
         self.drop_after: int | None = None
         self.refuse = False
         self.connections = 0
+        self.bars: dict[tuple[str, str], Series] = {}
+        self.rate = WeightWindow(60, 200)
+        self.page_max = 10_000  # bars per page at most, whatever ``limit`` asks
         self._clients: set[WebSocket] = set()
         self._held: list[dict[str, Any]] | None = None
         self.app = Starlette(routes=[
@@ -80,6 +93,8 @@ class AlpacaStub:
             Route("/v2/positions", self._positions, methods=["GET"]),
             Route("/v2/account", self._account, methods=["GET"]),
             Route("/v2/account/activities/{kind}", self._activities, methods=["GET"]),
+            Route("/v2/stocks/bars", self._bars, methods=["GET"]),
+            Route("/v1beta3/crypto/us/bars", self._bars, methods=["GET"]),
             WebSocketRoute("/stream", self._stream),
         ])
 
@@ -327,6 +342,26 @@ class AlpacaStub:
         rows = [a for a in self.activities if after is None or a["transaction_time"] > after]
         direction = request.query_params.get("direction", "desc")
         return JSONResponse(rows if direction == "asc" else rows[::-1])
+
+    async def _bars(self, request: Request) -> Response:
+        q = dict(request.query_params)
+        route = f"GET {request.url.path}"
+        self.log.record(route, q)
+        wait = self.rate.take(1)
+        if wait is not None:
+            return JSONResponse({"code": 42910000, "message": "rate limit exceeded"}, 429,
+                                {"Retry-After": str(max(1, round(wait)))})
+        if "stocks" in route and request.headers.get("APCA-API-KEY-ID") != self.api_key:
+            return JSONResponse({"code": 40110000, "message": "request is not authorized"}, 401)
+        fault = await self._fault(route)
+        resp = self._bar_page(q)
+        return await fault.respond(resp) if fault is not None else resp
+
+    def _bar_page(self, q: dict[str, str]) -> Response:
+        series = self.bars.get((q.get("symbols", ""), _TIMEFRAMES.get(q.get("timeframe", ""), "")))
+        if series is None:
+            return JSONResponse({"code": 42210000, "message": "invalid symbol"}, 422)
+        return JSONResponse(alpaca_bars(series, q, self.page_max))
 
 
 async def wait_for(predicate: Any, timeout: float = 5.0) -> None:

@@ -5,7 +5,10 @@ Speaks the documented formats (Binance Spot API docs): ``GET /api/v3/ping``, ``/
 ``REQUEST_WEIGHT``/``ORDERS`` rate limits), ``POST/GET/DELETE /api/v3/order``
 (``newClientOrderId`` / ``origClientOrderId``; errors -2010 duplicate open order, -2013 no
 such order, -2011 unknown order to cancel), ``GET/DELETE /api/v3/openOrders``,
-``GET /api/v3/account``, ``GET /api/v3/myTrades``; and ``/ws-api/v3`` answering
+``GET /api/v3/account``, ``GET /api/v3/myTrades``, ``GET /api/v3/klines`` (from the
+:class:`~tests.stubs.history.Series` in :attr:`BinanceStub.klines`, keyed by ``(symbol,
+interval)``; weight 2 counted in :attr:`BinanceStub.weight`, a fixed window whose excess is
+answered 429 with ``Retry-After``); and ``/ws-api/v3`` answering
 ``userDataStream.subscribe.signature`` (HMAC checked) with ``{"subscriptionId"}`` and then
 pushing ``{"subscriptionId", "event": executionReport}`` messages.
 
@@ -31,6 +34,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.stubs import Faults, RequestLog, form_or_query
+from tests.stubs.history import NS_PER_MS, Series, WeightWindow
 
 OPEN = {"NEW", "PARTIALLY_FILLED", "PENDING_NEW"}
 
@@ -80,6 +84,8 @@ class BinanceStub:
         self.lost: list[dict[str, Any]] = []
         self.drop_after: int | None = None
         self.subscribes = 0
+        self.klines: dict[tuple[str, str], Series] = {}
+        self.weight = WeightWindow(60, weight_per_min)
         self._clients: dict[WebSocket, int] = {}
         self._held: list[dict[str, Any]] | None = None
         self._ids = iter(range(1000, 10**9))
@@ -89,6 +95,7 @@ class BinanceStub:
             Route("/api/v3/order", self._order, methods=["POST", "GET", "DELETE"]),
             Route("/api/v3/openOrders", self._open_orders, methods=["GET", "DELETE"]),
             Route("/api/v3/account", self._account), Route("/api/v3/myTrades", self._my_trades),
+            Route("/api/v3/klines", self._klines),
             WebSocketRoute("/ws-api/v3", self._ws_api),
         ])
 
@@ -281,6 +288,33 @@ class BinanceStub:
         start = int(request.query_params.get("startTime", 0))
         sym = request.query_params.get("symbol")
         return JSONResponse([t for t in self.trades if t["time"] >= start and t["symbol"] == sym])
+
+    async def _klines(self, request: Request) -> Response:
+        q = dict(request.query_params)
+        self.log.record("GET /api/v3/klines", q)
+        wait = self.weight.take(2)  # "Kline/Candlestick data" weight: 2
+        if wait is not None:
+            return JSONResponse({"code": -1003, "msg": "Too much request weight used"}, 429,
+                                {"Retry-After": str(max(1, round(wait)))})
+        fault = self.faults.take("GET /api/v3/klines")
+        resp = self._kline_rows(q)
+        return await fault.respond(resp) if fault is not None else resp
+
+    def _kline_rows(self, q: dict[str, str]) -> Response:
+        series = self.klines.get((q.get("symbol", ""), q.get("interval", "")))
+        if series is None:
+            return JSONResponse({"code": -1121, "msg": "Invalid symbol."}, 400)
+        lo = int(q.get("startTime", 0)) * NS_PER_MS
+        hi = int(q["endTime"]) * NS_PER_MS if "endTime" in q else time.time_ns()
+        limit = min(int(q.get("limit", 500)), 1000)
+        rows: list[list[Any]] = []
+        for ts, b in series.between(lo, hi):
+            t = ts // NS_PER_MS
+            rows.append([t, b["o"], b["h"], b["l"], b["c"], b["v"],
+                         t + series.interval_ns // NS_PER_MS - 1, "1.0", 5, "0", "0", "0"])
+            if len(rows) == limit:
+                break
+        return JSONResponse(rows)
 
 
 async def settle(seconds: float = 0.05) -> None:

@@ -198,7 +198,7 @@ async def test_shipped_configs_pass() -> None:
     results = await admit_paths([ROOT / "etc"])
     assert results and all(r.ok for r in results), [str(p) for r in results for p in r.problems]
     assert {r.bot for r in results if r.kind == "bot"} >= {"momo-goog", "revert-goog",
-                                                           "breakout-spy"}
+                                                           "breakout-spx"}
 
 
 def test_collect_files(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def test_example_config_loads_with_paths_resolved_against_its_directory() -> Non
     assert cfg.store_path == Path(cfg.state_dir) / "events.db"
     assert cfg.failsafe == "REDUCING" and cfg.leader_timeout_s == 5.0
     assert cfg.accounts["paper-main"].broker == "paper"
-    assert cfg.market.bots["breakout-spy"].dataset == "sp500_1d"
+    assert cfg.market.bots["breakout-spx"].dataset == "sp500_1d"
 
 
 def test_defaults_and_offline_mode() -> None:
@@ -37,7 +37,7 @@ def test_defaults_and_offline_mode() -> None:
     ({"node": "n1", "trading_day": {"tz": "Mars/Olympus"}}, "trading_day.tz", "Mars/Olympus",
      "IANA"),
     ({"node": "n1", "market": {"bots": {"b": {"dataset": "nope"}}}},
-     "market.bots.b.dataset", "nope", "bundled data set"),
+     "market.bots.b.dataset", "nope", "known sets: goog_1d"),
     ({"node": "n1", "restart": {"backoff_s": 10.0, "backoff_max_s": 1.0}},
      "restart.backoff_s", 10.0, "backoff_max_s"),
     ({"node": "n1", "bus": {"servers": ["nats://h:1"], "user": "u"}}, "bus.password", "***",

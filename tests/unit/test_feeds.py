@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import itertools
 from decimal import Decimal
 from pathlib import Path
@@ -126,14 +125,27 @@ def test_every_bad_bar_row_is_listed_with_line_and_rule(tmp_path: Path) -> None:
     ]
     # The error names the file, and the first issue's field, value and rule.
     assert err.source == str(path) and err.exit_code == 78
+    # A time is shown as the file wrote it, not as nanoseconds.
     assert (err.field, err.value, err.rule, err.fields["row"]) == (
         "time",
-        str(parse_ts("2024-01-02")),
+        "2024-01-02T00:00:00Z",
         RULE_SORTED,
         4,
     )
     assert str(path) in str(err) and "11 bad value(s)" in str(err)
+    assert "line 5: time='2024-01-03T00:00:00Z' breaks 'no duplicate timestamps'" in str(err)
     assert "line 6: high='9.5' breaks 'high >= max(open, close)'" in str(err)
+
+
+def test_an_out_of_order_epoch_time_is_shown_as_written(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "epoch.csv",
+        "ts_s,open,high,low,close\n1704067200,1,1,1,1\n1704070800,1,1,1,1\n1704067200,1,1,1,1\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_bars(path, "X", interval="1h")
+    assert "line 4: ts_s='1704067200' breaks 'no duplicate timestamps'" in str(caught.value)
+    assert str(parse_ts("1704067200")) not in str(caught.value)
 
 
 def test_error_message_lists_50_and_counts_the_rest(tmp_path: Path) -> None:
@@ -220,15 +232,7 @@ def test_alpaca_bars_csv(tmp_path: Path) -> None:
         load_alpaca_bars(plain, "AAPL")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow present")
-def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="pip install pyarrow") as caught:
-        load_bars(tmp_path / "bars.parquet", "X")
-    assert caught.value.rule == "pyarrow installed"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow")
-def test_parquet_round_trip(tmp_path: Path) -> None:  # pragma: no cover - optional dependency
+def test_parquet_round_trip(tmp_path: Path) -> None:
     frame = pd.DataFrame(
         {
             "timestamp": pd.to_datetime([T0, T0 + HOUR], unit="ns", utc=True),

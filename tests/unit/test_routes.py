@@ -187,7 +187,7 @@ def test_explain_no_match_and_bad_file(tmp_path: Path) -> None:
 
 
 def test_cli_route_explain(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["route", "explain", "SPY", "--routes", str(ROOT / "etc/routes.toml"),
+    assert main(["route", "explain", "SPX", "--routes", str(ROOT / "etc/routes.toml"),
                  "--at", "2018-12-24T15:00:00-05:00"]) == 0
     out = capsys.readouterr().out
     assert "regime:" in out and "from data set sp500_1d" in out and "index-breakout" in out

@@ -8,6 +8,8 @@
   keys are needed for data too, so shadow accounts need credentials); crypto when every
   symbol has a ``/`` (``"BTC/USD"``), else stocks on the ``XNYS`` calendar; silence limit
   65 s (one bar a minute on a quiet symbol, plus publication delay).
+* History: :class:`~qtd.venues.alpaca.history.AlpacaHistory` (stock and crypto bars,
+  the account's keys) for ``qtd data fetch``.
 * Instruments: the ones the shipped configs use.
 
 SDK modules are imported only when an account connects or a feed is built.
@@ -18,9 +20,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qtd.brokers.base import Broker
-from qtd.venues import AccountContext, FeedContext, LiveData, Venue, instrument_table, started
+from qtd.venues import (
+    AccountContext,
+    FeedContext,
+    HistoryContext,
+    LiveData,
+    Venue,
+    instrument_table,
+    started,
+)
 
 if TYPE_CHECKING:
+    from qtd.catalog.fetch import BarSource
     from qtd.feeds.live import LiveFeed, LiveSettings, VenueSession
 
 INSTRUMENTS = instrument_table(
@@ -59,7 +70,17 @@ def _calendar(settings: LiveSettings) -> str | None:
     return "XNYS" if settings.asset_class == "stock" else None
 
 
+def _history(ctx: HistoryContext) -> BarSource:
+    from qtd.venues.alpaca.history import AlpacaHistory
+
+    return AlpacaHistory(ctx)
+
+
+def _symbol_calendar(symbol: str) -> str:
+    return "24x7" if "/" in symbol else "XNYS"  # crypto pairs have a slash: "BTC/USD"
+
+
 VENUE = Venue(
     name="alpaca", instruments=INSTRUMENTS, connect=_connect,
     live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S, calendar=_calendar),
-    keys_for_data=True)
+    keys_for_data=True, history=_history, default_calendar=_symbol_calendar)

@@ -7,6 +7,8 @@
 * Live data: :class:`~qtd.venues.binance.feed.BinanceSession` (public kline/trade streams:
   no keys, so shadow accounts need no credentials); always open; silence limit 5 s (the
   kline stream pushes an update every 2 s).
+* History: :class:`~qtd.venues.binance.history.BinanceHistory` (public REST klines, no
+  keys) for ``qtd data fetch``.
 * Instruments: the ones the shipped configs use (quote USDT).
 
 SDK modules are imported only when an account connects or a feed is built.
@@ -17,10 +19,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qtd.brokers.base import Broker
-from qtd.venues import AccountContext, FeedContext, LiveData, Venue, instrument_table, started
+from qtd.venues import (
+    AccountContext,
+    FeedContext,
+    HistoryContext,
+    LiveData,
+    Venue,
+    instrument_table,
+    started,
+)
 from qtd.venues.binance.endpoints import LIVE_API, LIVE_WS_API, TESTNET_API, TESTNET_WS_API
 
 if TYPE_CHECKING:
+    from qtd.catalog.fetch import BarSource
     from qtd.feeds.live import LiveFeed, LiveSettings, VenueSession
 
 SILENCE_S = 5.0  # "Kline/Candlestick Streams": update speed 2000 ms
@@ -59,5 +70,12 @@ def _feed(ctx: FeedContext) -> LiveFeed:
     return account_live_feed(ctx, "binance")
 
 
+def _history(ctx: HistoryContext) -> BarSource:
+    from qtd.venues.binance.history import BinanceHistory
+
+    return BinanceHistory(ctx)
+
+
 VENUE = Venue(name="binance", instruments=INSTRUMENTS, connect=_connect,
-              live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S))
+              live_data=LiveData(session=_session, feed=_feed, silence_s=SILENCE_S),
+              history=_history, default_calendar=lambda _symbol: "24x7")

@@ -1,8 +1,8 @@
 """The ``paper`` venue: qtd's own simulated account (:class:`~qtd.brokers.paper.PaperBroker`)
 filled on replayed bundled data sets; no venue client, no credentials.
 
-Its instruments are the symbols of the bundled real data sets (``qtd data list``) plus the
-ETFs SPY and QQQ (replayed from the S&P 500 / NASDAQ index data).
+Its instruments are the symbols of the bundled real data sets (``qtd data list``), traded
+as what they are: SPX and IXIC are the S&P 500 and NASDAQ Composite index levels.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ INSTRUMENTS = instrument_table(
     ("GOOG", "equity", "USD", "XNYS"),
     ("SPX", "index", "USD", "XNYS"),
     ("IXIC", "index", "USD", "XNYS"),
-    ("SPY", "equity", "USD", "XNYS"),
-    ("QQQ", "equity", "USD", "XNYS"),
     ("EURUSD", "fx", "USD", "FX"),
     ("BTCUSD", "crypto", "USD", "24x7"),
     ("ES", "future", "USD", "CME"),
