@@ -1,5 +1,6 @@
 """Shared fixtures: a real SQLite event store in a temporary directory; an empty market
-data catalog (``QTD_CATALOG``), so no test reads the machine's own."""
+data catalog (``QTD_CATALOG``), so no test reads the machine's own; one run of the demo
+fleet (``qtd up``) that several tests read."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from qtd.store import EventStore
 from tests.factories import NODE
+from tests.shipped import DemoRun, run_demo_up
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,3 +31,11 @@ async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
     s = await EventStore.open(tmp_path / "events.db", node=NODE)
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def demo_up(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """One piped ``qtd up`` of the shipped demo fleet (:func:`tests.shipped.run_demo_up`),
+    run once per session. Tests only read what it left (its stdout, the agents' stores, the
+    leader's fleet.db): never write to its state directory."""
+    return run_demo_up(tmp_path_factory.mktemp("demo-up") / "state")

@@ -21,7 +21,7 @@ import sys
 import tomllib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats
@@ -29,6 +29,7 @@ import tomli_w
 from nats.aio.client import Client
 
 from qtd.bus import BusConfig, find_nats_server, inbox_prefix
+from qtd.up.procs import stop_leftovers
 from tests.agent_rig import stop_process, wait_for, write_fleet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +197,29 @@ def run_qtd(args: list[str], timeout_s: float = 60.0,
     return subprocess.run([sys.executable, "-m", "qtd.cli", *args], capture_output=True,
                           text=True, timeout=timeout_s, cwd=ROOT,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, check=False)
+
+
+DEMO_UP_S = 25  # --duration of the shared demo run (momo-goog's first fill comes at ~13 s)
+
+
+class DemoRun(NamedTuple):
+    """A finished piped ``qtd up``: its state directory and the process result."""
+
+    state: Path
+    run: subprocess.CompletedProcess[str]
+
+
+def run_demo_up(state: Path) -> DemoRun:
+    """``qtd up`` of the shipped demo fleet (2 agents, 40 bars/s) for :data:`DEMO_UP_S`
+    seconds with stdout piped, to its end; any process it left behind is stopped."""
+    argv = [sys.executable, "-m", "qtd.cli", "up", "--state-dir", str(state), "--agents", "2",
+            "--speed", "40", "--duration", str(DEMO_UP_S), "--stop-timeout", "10"]
+    try:
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=DEMO_UP_S + 240,
+                             check=False)
+    finally:
+        asyncio.run(stop_leftovers(state / "pids.json", str(state), timeout_s=5.0))
+    return DemoRun(state, run)
 
 
 @contextlib.contextmanager

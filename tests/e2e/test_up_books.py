@@ -10,13 +10,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from qtd.up.procs import stop_leftovers
-from tests.shipped import ETC, ROOT, run_qtd
+from tests.shipped import DEMO_UP_S, ETC, ROOT, DemoRun, run_qtd
 
 pytestmark = pytest.mark.slow
 
@@ -66,12 +65,12 @@ def test_up_starts_nothing_when_a_bot_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """One piped ``qtd up`` of 45 s at 20 bars/s: its state directory and its stdout."""
-    state = tmp_path_factory.mktemp("up") / "state"
-    r = _up(state, "--agents", "2", "--speed", "20", "--duration", "45")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    yield state, r.stdout
+def run(demo_up: DemoRun) -> tuple[Path, str]:
+    """The shared piped ``qtd up`` (:func:`tests.conftest.demo_up`): its state directory and
+    its stdout."""
+    assert demo_up.run.returncode == 0, (demo_up.run.stdout[-3000:]
+                                         + demo_up.run.stderr[-3000:])
+    return demo_up.state, demo_up.run.stdout
 
 
 def test_piped_up_prints_the_table_once_then_a_line_per_change(
@@ -87,7 +86,8 @@ def test_piped_up_prints_the_table_once_then_a_line_per_change(
     between = [x for x in body[table_end + 1:-1] if x.strip()]  # [-1]: the final's title
     assert all(" -> " in x or " fleet: " in x or x.startswith(("stopping", "stopped"))
                for x in between), between
-    assert len(lines) < 150, f"{len(lines)} lines in 45 s"
+    # 150 lines in 45 s before the run was shared; the same rate for DEMO_UP_S
+    assert len(lines) < 150 * DEMO_UP_S / 45, f"{len(lines)} lines in {DEMO_UP_S} s"
 
 
 def test_drift_on_an_up_store_reads_the_live_pnl(run: tuple[Path, str]) -> None:

@@ -5,27 +5,17 @@ the leader's fleet.db and each agent's store, nor the leader's own continuous ru
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from qtd.events import Alert
 from qtd.quality.event_files import read_events
-from qtd.up.procs import stop_leftovers
+from tests.shipped import DemoRun
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Iterator[Path]:
-    state = tmp_path / "state"
-    yield state
-    asyncio.run(stop_leftovers(state / "pids.json", str(state), timeout_s=5.0))
 
 
 def _qtd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -33,9 +23,9 @@ def _qtd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout)
 
 
-async def test_demo_fleet_has_no_surveillance_findings(state: Path) -> None:
-    up = _qtd("up", "--duration", "15", "--state-dir", str(state), "--agents", "2",
-              "--speed", "40", "--stop-timeout", "10", timeout=90)
+async def test_demo_fleet_has_no_surveillance_findings(demo_up: DemoRun) -> None:
+    # the session's shared demo run (tests/conftest.py): 2 agents, 40 bars/s
+    state, up = demo_up
     assert up.returncode == 0, up.stderr[-2000:]
     fleet = state / "leader" / "fleet.db"
     for db in (fleet, *sorted(state.glob("node-*/events.db"))):
