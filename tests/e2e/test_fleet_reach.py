@@ -86,23 +86,36 @@ async def test_operator_commands_find_the_fleet_qtd_up_started(tmp_path: Path) -
                                                    "t", "--wait", "30", "--expect", "1"],
                                              work))
         assert "node-1" in killed, killed
-        _ok(await asyncio.to_thread(qtd, ["alerts"], other, QTD_STATE=str(state)))
-        _ok(await asyncio.to_thread(qtd, ["resume", "--operator", "t", "--reason", "reach",
-                                          "--all", "--context", str(state)], other))
-        _ok(await asyncio.to_thread(qtd, ["versions"], work), (0, 3))
-        _ok(await asyncio.to_thread(qtd, ["events", "--node", "node-1", "--tail", "3"], work))
-        _ok(await asyncio.to_thread(qtd, ["positions", "--node", "node-1"], work))
-        _ok(await asyncio.to_thread(qtd, ["report", "execution"], work))
-        _ok(await asyncio.to_thread(qtd, ["surveil"], work), (0, 3))
+        # independent of each other: side by side
+        alerts, resumed, versions, events, positions, report, surveil = await asyncio.gather(
+            asyncio.to_thread(qtd, ["alerts"], other, QTD_STATE=str(state)),
+            asyncio.to_thread(qtd, ["resume", "--operator", "t", "--reason", "reach",
+                                    "--all", "--context", str(state)], other),
+            asyncio.to_thread(qtd, ["versions"], work),
+            asyncio.to_thread(qtd, ["events", "--node", "node-1", "--tail", "3"], work),
+            asyncio.to_thread(qtd, ["positions", "--node", "node-1"], work),
+            asyncio.to_thread(qtd, ["report", "execution"], work),
+            asyncio.to_thread(qtd, ["surveil"], work))
+        _ok(alerts)
+        _ok(resumed)
+        _ok(versions, (0, 3))
+        _ok(events)
+        _ok(positions)
+        _ok(report)
+        _ok(surveil, (0, 3))
     finally:
         up.send_signal(signal.SIGINT)
         await asyncio.to_thread(up.wait, 120)
 
-    line = _one_line(await asyncio.to_thread(qtd, ["alerts"], work), 75)
+    alerts, kill, events = await asyncio.gather(
+        asyncio.to_thread(qtd, ["alerts"], work),
+        asyncio.to_thread(qtd, ["kill", "--reason", "x"], work),
+        asyncio.to_thread(qtd, ["events", "--node", "node-1", "--tail", "1"], work))
+    line = _one_line(alerts, 75)
     assert f"its NATS {ctx.nats_url} is gone" in line, line
-    line = _one_line(await asyncio.to_thread(qtd, ["kill", "--reason", "x"], work), 75)
+    line = _one_line(kill, 75)
     assert ctx.nats_url in line, line
-    _ok(await asyncio.to_thread(qtd, ["events", "--node", "node-1", "--tail", "1"], work))
+    _ok(events)
 
 
 async def test_an_unreachable_server_is_one_line_with_the_password_masked(
