@@ -104,7 +104,9 @@ async def test_leader_killed_agents_fail_safe_and_restart_double_counts_nothing(
                                 bus_url=nats.url, market="speed = 3000.0")
         agent_cfg.write_text(agent_cfg.read_text().replace(
             'failsafe = "NONE"', f'failsafe = "REDUCING"\nleader_timeout_s = {LEADER_TIMEOUT_S}'))
-        async with running_agent(agent_cfg, items={"goog_1d": synthetic_bars(800)}) as agent:
+        # 400 bars at 20 ms: an 8 s feed; the leader is back (ACTIVE) ~3 s into it, so the
+        # restarted leader consumes ~5 s of live trading before the feed ends
+        async with running_agent(agent_cfg, items={"goog_1d": synthetic_bars(400)}) as agent:
             def global_state() -> TradingState:
                 return agent.risk.states.get(Scope.GLOBAL)
 
