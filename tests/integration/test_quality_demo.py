@@ -5,6 +5,7 @@ the leader's fleet.db and each agent's store, nor the leader's own continuous ru
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -28,12 +29,16 @@ async def test_demo_fleet_has_no_surveillance_findings(demo_up: DemoRun) -> None
     state, up = demo_up
     assert up.returncode == 0, up.stderr[-2000:]
     fleet = state / "leader" / "fleet.db"
-    for db in (fleet, *sorted(state.glob("node-*/events.db"))):
-        res = _qtd("surveil", "--db", str(db), "--json")
+    dbs = (fleet, *sorted(state.glob("node-*/events.db")))
+    *surveils, report = await asyncio.gather(  # they only read the stores: side by side
+        *(asyncio.to_thread(_qtd, "surveil", "--db", str(db), "--json") for db in dbs),
+        asyncio.to_thread(_qtd, "report", "execution", "--db", str(fleet), "--json"))
+    assert len(surveils) == 3
+    for res in surveils:
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         doc = json.loads(res.stdout)
         assert doc["findings"] == [] and doc["events"] > 0
-    ex = json.loads(_qtd("report", "execution", "--db", str(fleet), "--json").stdout)
+    ex = json.loads(report.stdout)
     fills = sum(r["fills"] for r in ex["rows"])
     assert len(ex["rows"]) >= 3 and fills >= 5  # the fleet really traded
     keys = [ev.key async for batch in read_events(fleet) for ev in batch
