@@ -23,7 +23,7 @@ the venue: **zero duplicate submissions** (each client_order_id POSTed once at t
 
 Half the iterations (in a seeded order) use a named point, the points dealt in turn from a
 seeded shuffle, so every point is hit at least ``CRASHES // 8`` times. CI runs
-``QTD_CHAOS_CRASHES`` iterations (default 20: each point twice, ten timed kills);
+``QTD_CHAOS_CRASHES`` iterations (default 16: each point twice, eight timed kills);
 ``QTD_CHAOS_SOAK=1`` runs 300 (or ``QTD_CHAOS_CRASHES``) with longer trading windows.
 ``QTD_CHAOS_SEED`` replays a run.
 """
@@ -61,7 +61,7 @@ from tests.stubs import StubServer
 from tests.stubs.binance_stub import BinanceStub
 
 SOAK = os.environ.get("QTD_CHAOS_SOAK") == "1"
-CRASHES = int(os.environ.get("QTD_CHAOS_CRASHES", "300" if SOAK else "20"))
+CRASHES = int(os.environ.get("QTD_CHAOS_CRASHES", "300" if SOAK else "16"))
 SEED = int(os.environ.get("QTD_CHAOS_SEED", str(time.time_ns() % 1_000_000)))
 MAX_DELAY_S = 6.0 if SOAK else 2.5  # kill delay after the process starts (start-up ~1 s)
 MAX_PASS = 200 if SOAK else 40  # the crash point fires at a pass in 1..MAX_PASS
