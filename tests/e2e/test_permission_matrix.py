@@ -46,10 +46,12 @@ USERS = ("agent-node-a", "leader", "operator", "deployer")
 NATS_COMMANDS = ("kill", "resume", "alerts", "ack", "versions", "history", "deploy",
                  "rollback")
 STORE_COMMANDS = ("events", "positions", "report", "surveil")
-# Commands whose users may run side by side: reads, and writes that commute (kills add to a
-# set; acknowledging an alert twice is acknowledging it). resume needs a kill of its own,
-# deploy and rollback a version of their own: those run in turn.
-SIDE_BY_SIDE = ("kill", "alerts", "ack", "versions", "history")
+# Commands whose users may run side by side: reads, writes that commute (kills add to a
+# set; acknowledging an alert twice is acknowledging it) and rollback (only the deployer
+# may, the others are refused before anything is published). resume needs a kill of its
+# own to release, deploy a change of its own (a deploy that changes nothing publishes
+# nothing, so it would not be refused): their users run in turn.
+SIDE_BY_SIDE = ("kill", "alerts", "ack", "versions", "history", "rollback")
 PW_ENV = "QTD_TEST_NATS_PASSWORD"
 OK_CODES = {"kill": (0, 3), "versions": (0, 3)}  # 3: agents missing / versions behind
 
@@ -66,7 +68,7 @@ def _login(url: str, user: str) -> tuple[list[str], dict[str, str]]:
         {PW_ENV: password(user)}
 
 
-def _argv(command: str, user: str, repo: Path, alert_id: str, n: int) -> list[str]:
+def _argv(command: str, user: str, repo: Path, alert_id: str) -> list[str]:
     if command == "kill":
         return ["kill", "--reason", f"matrix {user}", "--operator", "m", "--wait", "10",
                 "--expect", "1"]
@@ -81,7 +83,6 @@ def _argv(command: str, user: str, repo: Path, alert_id: str, n: int) -> list[st
     if command == "history":
         return ["history", "b1"]
     if command == "deploy":
-        write_fleet(repo, {"b1": {"qty": float(10 + n)}})  # a change for every attempt
         return ["deploy", str(repo), "--no-smoke", "-m", f"matrix {user}"]
     return ["rollback", "b1", "--no-smoke", "-m", f"matrix {user}"]
 
@@ -154,7 +155,7 @@ async def _side_by_side_cells(command: str, url: str, repo: Path,
 
     def one(user: str) -> object:
         argv, env = _login(url, user)
-        return run_qtd([*_argv(command, user, repo, alert_id, 0), *argv], **env)
+        return run_qtd([*_argv(command, user, repo, alert_id), *argv], **env)
 
     results = await asyncio.gather(*(asyncio.to_thread(one, u) for u in USERS))
     return {(command, u): _cell(command, u, res) for u, res in zip(USERS, results, strict=True)}
@@ -195,10 +196,12 @@ async def test_every_command_as_every_shipped_user(tmp_path: Path) -> None:
                 for user in USERS:
                     if command == "resume":  # something to resume
                         await send_kill(watcher, new_kill(reason="to resume", operator="t"))
-                    n += 1
+                    if command == "deploy":  # a change for every attempt
+                        n += 1
+                        write_fleet(repo, {"b1": {"qty": float(10 + n)}})
                     argv, env = _login(server.url, user)
                     res = await asyncio.to_thread(
-                        run_qtd, [*_argv(command, user, repo, alert_id, n), *argv], **env)
+                        run_qtd, [*_argv(command, user, repo, alert_id), *argv], **env)
                     cells[command, user] = _cell(command, user, res)
             await _store_commands(tmp_path / "node-a" / "state" / "events.db")
         table = _table(cells)
