@@ -168,7 +168,7 @@ async def test_cluster_node_lost_mid_stream_loses_and_duplicates_nothing(
     async with _cluster(tmp_path / "cluster") as nodes:
         urls = [u for u, _ in nodes]
         cfg = _fleet(tmp_path, urls, replicas=3)
-        bars = synthetic_bars(int(100 * (FAULT_S + 6)))
+        bars = synthetic_bars(int(100 * (FAULT_S + 4)))  # as the paused test: 7 s of bars
         async with running_agent(cfg, items={"goog_1d": bars}, timeout_s=60) as agent:
             await wait_for(lambda: agent.store.last_seq > 100, 30)
             link = agent.link
