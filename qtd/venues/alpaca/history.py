@@ -135,7 +135,6 @@ class AlpacaHistory:
         self.policy = ctx.policy or RetryPolicy()
         self.gate = RateGate(ctx.limits or PUBLISHED_LIMITS,
                              max_wait_s=max(self.policy.max_retry_after_s, 61.0))
-        self.requests = 0
         self.endpoint = "GET /v2/stocks/bars"
         self._clients: dict[bool, _StockBars | _CryptoBars] = {}
 
@@ -189,7 +188,6 @@ class AlpacaHistory:
                    symbol: str, interval: str) -> tuple[list[RawBar], str | None]:
         async def once() -> tuple[list[RawBar], str | None]:
             await self.gate.acquire(REQUESTS=1)
-            self.requests += 1
             try:
                 raw = await asyncio.wait_for(asyncio.to_thread(client.get, path, query),
                                              self.ctx.timeout_s + 5)

@@ -41,13 +41,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import websockets
 from binance.async_client import AsyncClient  # type: ignore[import-untyped]
-from binance.exceptions import (  # type: ignore[import-untyped]
-    BinanceAPIException,
-    BinanceRequestException,
-)
 from websockets.asyncio.client import connect
 
 from qtd.aio import cancel_and_wait
@@ -64,7 +59,6 @@ from qtd.brokers.retry import (
     RateGate,
     RateLimited,
     RetryPolicy,
-    VenueBanned,
     VenueMessageError,
     VenueRejected,
     VenueUnavailable,
@@ -84,33 +78,13 @@ from qtd.events import (
 )
 from qtd.venues.binance import mapping as bm
 from qtd.venues.binance.endpoints import LIVE_API, LIVE_WS_API
+from qtd.venues.binance.rest import RestGuard
 
 log = logging.getLogger(__name__)
 # Request weights (Binance Spot API docs, per endpoint).
 WEIGHT = {"order.post": 1, "order.get": 4, "order.delete": 1, "openOrders": 80,
           "openOrders.delete": 1, "account": 20, "myTrades": 20, "exchangeInfo": 20}
-_UNKNOWN_CODES = {-1006, -1007}  # "execution status unknown"
 _NO_SUCH_ORDER = {-2013, -2011}  # "Order does not exist", "Unknown order sent"
-
-
-def translate(exc: BaseException) -> BaseException:
-    """Map a python-binance / aiohttp error to a :mod:`qtd.brokers.retry` outcome."""
-    if isinstance(exc, (TimeoutError, aiohttp.ClientError, BinanceRequestException)):
-        return VenueUnavailable(f"binance: {type(exc).__name__}: {exc}")
-    if not isinstance(exc, BinanceAPIException):
-        return exc
-    status, code = int(exc.status_code), int(exc.code or 0)
-    after = exc.response.headers.get("Retry-After") if exc.response is not None else None
-    after_s = float(after) if after else None
-    if status == 418:
-        return VenueBanned(f"binance: 418 IP banned ({exc.message}); retry after {after_s} s",
-                           retry_after_s=after_s)
-    if status == 429:
-        return RateLimited(f"binance: 429 ({exc.message})", retry_after_s=after_s)
-    if status >= 500 or code in _UNKNOWN_CODES:
-        return VenueUnavailable(f"binance: HTTP {status} code {code}: {exc.message}")
-    return VenueRejected(f"binance: HTTP {status} code {code}: {exc.message}", code=str(code),
-                         status=status)
 
 
 def sign(params: dict[str, Any], secret: str) -> dict[str, Any]:
@@ -160,7 +134,7 @@ class BinanceBroker:
             ws_api_url
         self._session_params = session_params
         self.rules: dict[str, bm.SymbolRules] = {}
-        self.gate = RateGate([])
+        self.guard = RestGuard(RateGate([]))
         self._client: AsyncClient | None = None
         self._queue: asyncio.Queue[AnyEvent] = asyncio.Queue()
         self._intents: dict[str, OrderIntent] = {}
@@ -169,7 +143,6 @@ class BinanceBroker:
         self._task: asyncio.Task[None] | None = None
         self._resyncs: set[asyncio.Task[None]] = set()  # owned: cancelled by close()
         self._closing = False
-        self.banned_until = 0.0  # time.monotonic() until which a 418 ban lasts
         self.connects = 0
         self.connected = asyncio.Event()
         self.link = Link()
@@ -186,9 +159,9 @@ class BinanceBroker:
         raw = await self._rest("exchangeInfo", self._c.get_exchange_info, idempotent=True)
         rules, limits = bm.parse_exchange_info(raw)
         self.rules = {s: rules[s] for s in self.symbols if s in rules}
-        self.gate = RateGate([(r.kind, r.window_s, r.limit) for r in limits
-                              if r.kind in ("REQUEST_WEIGHT", "ORDERS")],
-                             max_wait_s=self.policy.max_retry_after_s)
+        self.guard.limit(RateGate([(r.kind, r.window_s, r.limit) for r in limits
+                                   if r.kind in ("REQUEST_WEIGHT", "ORDERS")],
+                                  max_wait_s=self.policy.max_retry_after_s))
         self._task = asyncio.create_task(self._user_stream(), name="binance-user-stream")
         await asyncio.wait_for(self.connected.wait(), 10)
 
@@ -463,21 +436,9 @@ class BinanceBroker:
             self._put(ev)
 
     async def _once(self, endpoint: str, fn: Callable[..., Awaitable[Any]], **params: Any) -> Any:
-        left = self.banned_until - time.monotonic()
-        if left > 0:
-            raise VenueBanned(f"binance: IP banned (418) for {left:.0f} s more; no call sent",
-                              retry_after_s=left)
-        await self.gate.acquire(REQUEST_WEIGHT=WEIGHT[endpoint],
-                                ORDERS=1 if endpoint == "order.post" else 0)
-        try:
-            return await fn(**params)
-        except Exception as exc:
-            err = translate(exc)
-            if isinstance(err, VenueBanned):
-                self.banned_until = time.monotonic() + (err.retry_after_s or 120.0)
-            elif isinstance(err, RateLimited):
-                self.gate.block_for(err.retry_after_s or 60.0)
-            raise err from exc
+        costs = {"REQUEST_WEIGHT": WEIGHT[endpoint],
+                 "ORDERS": 1 if endpoint == "order.post" else 0}
+        return await self.guard.send(fn, costs, **params)
 
     async def _rest(self, endpoint: str, fn: Callable[..., Awaitable[Any]], *,
                     idempotent: bool, **params: Any) -> Any:

@@ -26,28 +26,27 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from binance.async_client import AsyncClient  # type: ignore[import-untyped]
 
 from qtd.brokers.retry import (
     RateGate,
-    RateLimited,
     RetryPolicy,
-    VenueBanned,
     VenueUnavailable,
     call,
 )
 from qtd.catalog.fetch import Page, RawBar
 from qtd.feeds.bars import NS_PER_MS, ns_to_iso
 from qtd.venues import HistoryContext
-from qtd.venues.binance.broker import translate
 from qtd.venues.binance.endpoints import LIVE_API
+from qtd.venues.binance.rest import RestGuard
 
 KLINE_LIMIT = 1000
 KLINE_WEIGHT = 2
+KLINE_COSTS = {"REQUEST_WEIGHT": KLINE_WEIGHT, "RAW_REQUESTS": 1}
+"""What one klines request counts against the gate."""
 PUBLISHED_LIMITS: list[tuple[str, float, int]] = [
     ("REQUEST_WEIGHT", 60.0, 6000), ("RAW_REQUESTS", 300.0, 61000)]
 """Binance spot's published IP limits (module docstring)."""
@@ -88,10 +87,8 @@ class BinanceHistory:
         self.url = ctx.rest_url or LIVE_API
         self.timeout_s = ctx.timeout_s
         self.policy = ctx.policy or RetryPolicy()
-        self.gate = RateGate(ctx.limits or PUBLISHED_LIMITS,
-                             max_wait_s=max(self.policy.max_retry_after_s, 61.0))
-        self.banned_until = 0.0
-        self.requests = 0
+        self.guard = RestGuard(RateGate(ctx.limits or PUBLISHED_LIMITS,
+                                        max_wait_s=max(self.policy.max_retry_after_s, 61.0)))
         self._client: AsyncClient | None = None
 
     async def pages(self, symbol: str, interval: str, start_ns: int, end_ns: int
@@ -122,26 +119,9 @@ class BinanceHistory:
         client = self._open()
 
         async def once() -> list[RawBar]:
-            return rows_of(await self._once(client.get_klines, **params))
+            return rows_of(await self.guard.send(client.get_klines, KLINE_COSTS, **params))
 
         return await call(once, idempotent=True, policy=self.policy)
-
-    async def _once(self, fn: Callable[..., Awaitable[Any]], **params: Any) -> Any:
-        left = self.banned_until - time.monotonic()
-        if left > 0:
-            raise VenueBanned(f"binance: IP banned (418) for {left:.0f} s more; no call sent",
-                              retry_after_s=left)
-        await self.gate.acquire(REQUEST_WEIGHT=KLINE_WEIGHT, RAW_REQUESTS=1)
-        self.requests += 1
-        try:
-            return await fn(**params)
-        except Exception as exc:
-            err = translate(exc)
-            if isinstance(err, VenueBanned):
-                self.banned_until = time.monotonic() + (err.retry_after_s or 120.0)
-            elif isinstance(err, RateLimited):
-                self.gate.block_for(err.retry_after_s or 60.0)
-            raise err from exc
 
     def _open(self) -> AsyncClient:
         if self._client is None:
