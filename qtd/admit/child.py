@@ -29,14 +29,14 @@ from qtd.admit.rules import Verdict, check_bot
 from qtd.admit.sandbox import STALL_FILE, Limits, Reply, Request
 from qtd.files import excerpt
 from qtd.proc import term_with_parent
-from qtd.workers.sandbox import REFUSED, WHAT, Guard, isolate_network
+from qtd.workers.sandbox import REFUSED, Guard, isolate_network
 
 REQUEST_MAX_BYTES: Final = 1024 * 1024
 
 
 def _problems(guard: Guard) -> list[Problem]:
     return [Problem(file=v.file, field="<source>", value=f"{v.event} {v.detail}",
-                    line=v.line, rule=f"{REFUSED} {WHAT[v.event]} (refused {v.event})")
+                    line=v.line, rule=f"{v.rule} (refused {v.event})")
             for v in guard.violations]
 
 

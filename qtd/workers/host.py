@@ -53,7 +53,7 @@ from qtd.workers.protocol import (
     frame,
     frame_length,
 )
-from qtd.workers.sandbox import REFUSED, WHAT, Guard, isolate_network
+from qtd.workers.sandbox import Guard, isolate_network
 
 log = logging.getLogger("qtd.worker")
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
@@ -122,7 +122,7 @@ class Host:
             hook = msg.hook if type(msg) is Call else "import"
             reply = Reply(failure=Failure(
                 hook, "SandboxRefusal",
-                f"{REFUSED} {WHAT[v.event]} ({v.event} {v.detail}) at {v.file}:{v.line}"))
+                f"{v.rule} ({v.event} {v.detail}) at {v.file}:{v.line}"))
         return reply
 
     def _dispatch(self, msg: Request) -> Reply:

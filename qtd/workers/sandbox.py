@@ -60,6 +60,11 @@ class Violation(msgspec.Struct, frozen=True):
     file: str
     line: int
 
+    @property
+    def rule(self) -> str:
+        """What was refused, e.g. ``"sandbox: strategy code may not use the network"``."""
+        return f"{REFUSED} {WHAT[self.event]}"
+
 
 class Guard:
     """Audit hook refusing :data:`NETWORK` (but AF_UNIX sockets: asyncio's own self-pipe),
