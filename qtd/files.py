@@ -65,3 +65,26 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_SOURCE_BYTES", "excerpt", "read_capped",
            "read_capped_text", "too_big"]
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` all or nothing: a temporary file in the same directory,
+    created with ``mode`` (never wider for a moment), fsynced, then renamed over ``path``.
+
+    Raises:
+        OSError: the directory is not writable or the disk is full (``path`` unchanged).
+    """
+    target = os.fspath(path)
+    tmp = f"{target}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.unlink(tmp)
+        raise

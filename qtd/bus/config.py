@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 from msgspec import Meta
 
+from qtd.bus.identity import IdentityError, creds_login
 from qtd.bus.subjects import DEFAULT_PREFIX, Subjects
 from qtd.errors import ConfigError
+from qtd.files import read_capped
 
 _SCHEMES = ("nats", "tls", "ws", "wss")
 REDACTED = "***"
@@ -318,14 +320,23 @@ def _check_inbox_prefix(cfg: BusConfig, source: str) -> None:
 DEFAULT_INBOX_PREFIX = "_INBOX"
 """nats-py's inbox prefix, used when neither ``inbox_prefix`` nor ``user`` is set."""
 _NOT_TOKEN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+MAX_CREDS_BYTES = 16 * 1024
+"""A ``.creds`` file is ~1 KB (JWT + seed); anything larger is not one."""
 
 
 def user_name(cfg: BusConfig) -> str | None:
     """The NATS user ``cfg`` logs in as: ``user``, else the first server URL's
-    ``nats://user:password@...``; None without a user (token, NKey, creds or no auth)."""
+    ``nats://user:password@...``, else the ``name`` in the JWT of ``creds_file``; None
+    without a user (token, NKey, an unreadable creds file or no auth)."""
     if cfg.user:
         return cfg.user
-    return next((u for u in (urlsplit(s).username for s in cfg.servers) if u), None)
+    url_user = next((u for u in (urlsplit(s).username for s in cfg.servers) if u), None)
+    if url_user or cfg.creds_file is None:
+        return url_user
+    try:  # a .creds login is named in its JWT (qtd.bus.logins: inbox _INBOX_<name>)
+        return creds_login(read_capped(cfg.creds_file, MAX_CREDS_BYTES).decode())
+    except (OSError, UnicodeDecodeError, IdentityError, ConfigError):
+        return None
 
 
 def inbox_prefix(cfg: BusConfig) -> str:
@@ -334,8 +345,8 @@ def inbox_prefix(cfg: BusConfig) -> str:
     ``cfg.inbox_prefix`` when set; else ``_INBOX_<user>`` (every character of ``user`` other
     than a letter, digit, ``_`` or ``-`` becomes ``_``), the prefix etc/nats-server.conf
     grants that user, e.g. ``_INBOX_agent-node-a``; the user is :func:`user_name` (``user``
-    or a server URL's ``nats://user:password@host:port``); else nats-py's ``_INBOX`` (no user:
-    token, NKey or creds auth, or no auth at all).
+    or a server URL's ``nats://user:password@host:port``, or the login named in a ``.creds``
+    file's JWT); else nats-py's ``_INBOX`` (no user: token or NKey auth, or no auth at all).
     """
     if cfg.inbox_prefix is not None:
         return cfg.inbox_prefix

@@ -1,0 +1,136 @@
+"""NATS identities (qtd.bus.identity), the logins' permissions (qtd.bus.logins) and the ops
+node's keyring (qtd.nodes.keyring): keys, signed JWTs and .creds files, per-node least
+privilege, and the keyring's refusals. The running server's view is tests/e2e/
+test_node_enrol.py and tests/integration/test_nats_acl*.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qtd.bus import identity
+from qtd.bus.config import BusConfig, inbox_prefix
+from qtd.bus.logins import permissions
+from qtd.errors import ConfigError
+from qtd.nodes.keyring import Keyring
+
+
+def test_a_signed_jwt_verifies_only_against_its_issuer_and_unaltered() -> None:
+    account, other = identity.new_key("account"), identity.new_key("account")
+    user = identity.new_key("user")
+    token = identity.user_jwt(identity.public_key(user), "agent-n1", account,
+                              permissions("agent", "n1"))
+    claims = identity.verify(token, identity.public_key(account))
+    assert claims["sub"] == identity.public_key(user) and claims["name"] == "agent-n1"
+    assert claims["nats"]["type"] == "user" and claims["nats"]["resp"] == {"max": 1, "ttl": 0}
+    with pytest.raises(identity.IdentityError):
+        identity.verify(token, identity.public_key(other))
+    head, _body, sig = token.split(".")
+    forged = identity.sign({**claims, "name": "leader"}, other).split(".")[1]
+    with pytest.raises(identity.IdentityError):
+        identity.verify(f"{head}.{forged}.{sig}", identity.public_key(account))
+
+
+def test_creds_round_trip_and_name_the_inbox() -> None:
+    account, user = identity.new_key("account"), identity.new_key("user")
+    token = identity.user_jwt(identity.public_key(user), "agent-n1", account,
+                              permissions("agent", "n1"))
+    text = identity.creds(token, user)
+    assert identity.read_creds(text) == (token, identity.seed_of(user))
+    assert identity.creds_login(text) == "agent-n1"
+    with pytest.raises(identity.IdentityError, match=r"not a \.creds file"):
+        identity.read_creds("user: x\npassword: y\n")
+    with pytest.raises(identity.IdentityError, match="expected a operator key"):
+        identity.key_from_seed(identity.seed_of(user), "operator")
+
+
+def test_a_creds_login_reads_replies_on_its_own_inbox(tmp_path: Path) -> None:
+    account, user = identity.new_key("account"), identity.new_key("user")
+    token = identity.user_jwt(identity.public_key(user), "agent-node-c", account,
+                              permissions("agent", "node-c"))
+    f = tmp_path / "nats.creds"
+    f.write_text(identity.creds(token, user))
+    assert inbox_prefix(BusConfig(creds_file=str(f))) == "_INBOX_agent-node-c"
+    assert "_INBOX_agent-node-c.>" in permissions("agent", "node-c").subscribe
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` one or more at the end."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+NODE = st.from_regex(r"[a-z][a-z0-9-]{0,11}", fullmatch=True)
+
+
+@given(NODE, NODE)
+def test_an_agent_login_never_reaches_another_nodes_subjects_or_the_kill_key(
+        me: str, other: str) -> None:
+    if me == other:
+        return
+    perms = permissions("agent", me)
+    theirs = [f"qtd.evt.{other}.b.Fill", f"qtd.pnl.{other}.b", f"qtd.hb.{other}",
+              f"qtd.ack.kill.{other}", f"$JS.API.DIRECT.GET.QTD_EVENTS.qtd.evt.{other}.b.Fill",
+              f"$KV.qtd_control.preflight.{other}", "$KV.qtd_control.kill", "qtd.ctl.kill",
+              "qtd.hb.leader", f"qtd.ctl.{other}.halt",
+              "$JS.API.CONSUMER.CREATE.QTD_EVENTS", "$JS.API.STREAM.PURGE.QTD_EVENTS",
+              "$JS.API.STREAM.DELETE.KV_qtd_control"]
+    assert [s for s in theirs if any(_matches(p, s) for p in perms.publish)] == []
+    reads = [f"qtd.ctl.{other}.halt", f"_INBOX_agent-{other}.x", "_INBOX.x", "qtd.evt.x.y.z",
+             f"qtd.hb.{other}"]
+    assert [s for s in reads if any(_matches(p, s) for p in perms.subscribe)] == []
+    mine = [f"qtd.evt.{me}.b.Fill", f"qtd.hb.{me}", f"$KV.qtd_control.preflight.{me}"]
+    assert all(any(_matches(p, s) for p in perms.publish) for s in mine)
+
+
+def test_only_the_leader_and_operator_may_write_the_kill_key() -> None:
+    writers = {role for role in ("agent", "leader", "operator", "deployer", "system")
+               if any(_matches(p, "$KV.qtd_control.kill")
+                      for p in permissions(role, "n1").publish)}  # type: ignore[arg-type]
+    assert writers == {"leader", "operator"}
+
+
+def test_keyring_refusals_name_what_to_do(tmp_path: Path) -> None:
+    ring = Keyring.create(tmp_path / "k", servers=("nats://127.0.0.1:4222",))
+    with pytest.raises(ConfigError, match="already holds a keyring"):
+        Keyring.create(tmp_path / "k", servers=("nats://127.0.0.1:4222",))
+    ring.issue("agent", "node-c")
+    with pytest.raises(ConfigError, match="agent-node-c already has a login in force"):
+        ring.issue("agent", "node-c")
+    with pytest.raises(ConfigError, match=r"invalid node 'a\.b'"):
+        ring.issue("agent", "a.b")
+    with pytest.raises(ConfigError, match="logins in force: agent-node-c"):
+        ring.revoke("node-x")
+    revoked = ring.revoke("node-c")
+    again = Keyring.open(tmp_path / "k")
+    assert again.find("node-c") is None and again.registry.logins == [revoked]
+    claims = identity.verify(again.account_jwt(), again.registry.operator)
+    assert claims["nats"]["revocations"] == {revoked.public_key: revoked.revoked_at}
+    assert claims["nats"]["limits"]["disk_storage"] == -1  # JetStream on
+    again.issue("agent", "node-c")  # a new key for the same node once the old one is revoked
+    assert len(again.registry.logins) == 2
+    (tmp_path / "k" / "account.nk").write_text(
+        identity.seed_of(identity.new_key("account")) + "\n")
+    with pytest.raises(ConfigError, match="seeds do not match"):
+        Keyring.open(tmp_path / "k")
+
+
+def test_server_include_names_the_operator_and_both_accounts(tmp_path: Path) -> None:
+    ring = Keyring.create(tmp_path / "k", servers=("nats://127.0.0.1:4222",))
+    text = ring.server_include()
+    reg = ring.registry
+    assert re.search(rf'system_account: "{reg.system_account}"', text)
+    assert f"  {reg.account}: " in text and f"  {reg.system_account}: " in text
+    op = re.search(r'operator: "([^"]+)"', text)
+    assert op and identity.verify(op.group(1), reg.operator)["nats"]["system_account"] == \
+        reg.system_account
+    assert "seed" not in text.lower() and "SU" not in re.sub(r'"[^"]*"', "", text)
