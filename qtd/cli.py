@@ -45,7 +45,9 @@ examples:
   qtd report execution --db qtd-state/leader/fleet.db      latency, slippage, fill rates
   qtd report shadow --shadow-db A/events.db --live-db B/events.db --bot X   shadow vs live
   qtd surveil --db qtd-state/leader/fleet.db               wash, spoofing, layering checks
-  qtd recover --config etc/agent.toml --user leader       a store behind JetStream: refill it
+  qtd recover --config etc/agent.toml --creds leader.creds  a store behind JetStream: refill it
+  qtd node add node-c --accounts alpaca-live               a new server's bundle (ops node)
+  qtd node install qtd-node-node-c.tar.gz                  ...installed on that server
 """
 
 
@@ -93,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deploy(sub)
     _add_report(sub)
     _add_recover(sub)
+    _add_node(sub)
     return parser
+
+
+def _add_node(sub: Any) -> None:
+    from qtd.commands.node import add_parsers
+
+    add_parsers(sub)
 
 
 def _add_recover(sub: Any) -> None:

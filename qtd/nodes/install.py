@@ -1,0 +1,155 @@
+"""``qtd node install BUNDLE``: put a node bundle's files in place, with owners and modes.
+
+Only the files the manifest lists are written, each only under ``etc/qtd/`` or
+``etc/systemd/system/`` of ``root`` (``/`` on a real host; a temporary directory in tests),
+each atomically with its mode from the start. Directories: ``/etc/qtd`` root:qtd 0750,
+``/etc/qtd/credentials`` root:root 0700. Owners are set when running as root and the user and
+group exist; on a real root (``/``) the ``qtd`` system user is created first if missing
+(``useradd --system``), as the unit's ``User=qtd`` needs it.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import subprocess
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import msgspec
+
+from qtd.errors import ConfigError, OperationalError
+from qtd.files import atomic_write_bytes
+from qtd.nodes.bundle import CREDENTIALS, ETC, SERVICE_USER, STATE_DIR, Manifest
+
+_ALLOWED = ("etc/qtd/", "etc/systemd/system/")
+_DIRS = {ETC: (0o750, SERVICE_USER), f"{ETC}/bots": (0o750, SERVICE_USER),
+         f"{ETC}/strategies": (0o750, SERVICE_USER), CREDENTIALS: (0o700, "root")}
+MAX_BUNDLE_MEMBER = 4 * 1024 * 1024
+
+
+class Installed(msgspec.Struct, frozen=True):
+    """One installed file: its absolute path, mode and owner as set (``owner`` is ``-`` when
+    it could not be set: not root, or the user does not exist)."""
+
+    path: str
+    mode: int
+    owner: str
+
+
+class InstallReport(msgspec.Struct, frozen=True):
+    """What ``qtd node install`` did.
+
+    Attributes:
+        node: the bundle's node.
+        files: every file written.
+        missing_credentials: broker ``<account>.env`` files the drop-in loads that are not
+            on the host yet (the unit does not start without them).
+        notes: what was not done and why (owners, user creation).
+    """
+
+    node: str
+    files: tuple[Installed, ...]
+    missing_credentials: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def _bad(value: str, rule: str) -> ConfigError:
+    return ConfigError(f"bundle: {value!r}: {rule}", source="<bundle>", field="path",
+                       value=value, rule=rule)
+
+
+def _safe(path: str) -> str:
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or not path.startswith(_ALLOWED):
+        raise _bad(path, f"a bundle file goes under {' or '.join(_ALLOWED)} only")
+    return path
+
+
+def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and file contents of a bundle written by ``qtd node add``.
+
+    Raises:
+        ConfigError: not a bundle, a path outside the allowed directories, a listed file
+            missing from the archive, or a member over 4 MiB.
+    """
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            def member(name: str) -> bytes:
+                info = tar.getmember(name)
+                if not info.isfile() or info.size > MAX_BUNDLE_MEMBER:
+                    raise _bad(name, "a regular file of at most 4 MiB")
+                f = tar.extractfile(info)
+                assert f is not None
+                return f.read()
+
+            manifest = msgspec.json.decode(member("manifest.json"), type=Manifest)
+            contents = {f.path: member(f"root/{_safe(f.path)}") for f in manifest.files}
+    except (OSError, tarfile.TarError, KeyError, msgspec.DecodeError) as e:
+        raise ConfigError(f"{path}: not a qtd node bundle ({type(e).__name__}: {e})",
+                          source=str(path), field="bundle", value=str(path),
+                          rule="a file written by `qtd node add`") from None
+    return manifest, contents
+
+
+def _ids(owner: str, group: str) -> tuple[int, int] | None:
+    try:
+        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def _ensure_user(root: Path, notes: list[str]) -> None:
+    if root != Path("/") or _ids(SERVICE_USER, SERVICE_USER) is not None:
+        return
+    if os.geteuid() != 0:
+        notes.append(f"user {SERVICE_USER} does not exist and this is not root: create it "
+                     f"(useradd --system --home-dir {STATE_DIR} --shell /usr/sbin/nologin "
+                     f"{SERVICE_USER})")
+        return
+    subprocess.run(["useradd", "--system", "--home-dir", STATE_DIR, "--shell",
+                    "/usr/sbin/nologin", SERVICE_USER], check=True, capture_output=True)
+    notes.append(f"created system user {SERVICE_USER}")
+
+
+def _place(target: Path, mode: int, owner: str, group: str, notes: list[str]) -> str:
+    ids = _ids(owner, group) if os.geteuid() == 0 else None
+    if ids is None:
+        note = f"owner {owner}:{group} not set (not root, or no such user/group here)"
+        if note not in notes:
+            notes.append(note)
+        return "-"
+    os.chown(target, *ids)
+    target.chmod(mode)
+    return f"{owner}:{group}"
+
+
+def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
+    """Install ``bundle`` under ``root`` (see the module docstring).
+
+    Raises:
+        ConfigError: not a valid bundle (nothing is written then).
+        OperationalError: a file or directory cannot be written.
+    """
+    manifest, contents = read_bundle(bundle)
+    notes: list[str] = []
+    _ensure_user(root, notes)
+    try:
+        for rel, (mode, group) in _DIRS.items():
+            d = root / rel
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(mode)
+            _place(d, mode, "root", group, notes)
+        done = []
+        for f in manifest.files:
+            target = root / f.path
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            atomic_write_bytes(target, contents[f.path], mode=f.mode)
+            done.append(Installed(str(target), f.mode, _place(target, f.mode, f.owner,
+                                                              f.group, notes)))
+    except OSError as e:
+        raise OperationalError(f"install into {root}: {e}", root=str(root)) from None
+    missing = tuple(n for n in manifest.broker_credentials
+                    if not (root / CREDENTIALS / n).is_file())
+    return InstallReport(manifest.node, tuple(done), missing, tuple(notes))

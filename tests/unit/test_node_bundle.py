@@ -1,0 +1,104 @@
+"""``qtd node add`` bundles and ``qtd node install`` (qtd.nodes.bundle / install): what a
+bundle holds, the refusals that name the field and the known values, and an install that
+writes only where a bundle may write. The whole story on a real server is
+tests/e2e/test_node_enrol.py."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from qtd.errors import ConfigError
+from qtd.nodes.bundle import Bundle, build_bundle
+from qtd.nodes.install import install_bundle, read_bundle
+
+ETC = Path(__file__).resolve().parents[2] / "etc"
+
+
+def _template(tmp: Path) -> Path:
+    doc = (ETC / "agent.toml").read_text() + (
+        '\n[accounts.alpaca-live]\nbroker = "alpaca"\nmode = "live"\n'
+        'credentials_env = ["ALPACA_API_KEY", "ALPACA_SECRET_KEY"]\n'
+        'credentials_file = "/etc/qtd/alpaca.env"\n')
+    (tmp / "agent.toml").write_text(doc)
+    (tmp / "risk.toml").write_bytes((ETC / "risk.toml").read_bytes())
+    (tmp / "bots").mkdir()
+    for name in ("momo-goog", "breakout-spx"):
+        (tmp / "bots" / f"{name}.toml").write_bytes((ETC / "bots" / f"{name}.toml").read_bytes())
+    return tmp / "agent.toml"
+
+
+def _bundle(tmp: Path, **kw: Any) -> Bundle:
+    return build_bundle(node="node-c", creds="CREDS", template=_template(tmp),
+                        servers=("nats://10.0.0.5:4222",), prefix="qtd", **kw)
+
+
+def test_the_agent_config_names_its_login_and_only_its_accounts(tmp_path: Path) -> None:
+    b = _bundle(tmp_path, accounts=["alpaca-live"], bots=[],
+                envs={"alpaca-live": b"ALPACA_API_KEY=k\nALPACA_SECRET_KEY=s\n"})
+    doc = tomllib.loads(b.contents["etc/qtd/agent.toml"].decode())
+    assert doc["node"] == "node-c" and doc["state_dir"] == "/var/lib/qtd"
+    assert doc["bus"] == {"servers": ["nats://10.0.0.5:4222"], "name": "qtd-agent-node-c",
+                          "prefix": "qtd", "creds_credential": "nats.creds"}
+    assert list(doc["accounts"]) == ["alpaca-live"]
+    assert "credentials_file" not in doc["accounts"]["alpaca-live"]  # systemd gives them
+    dropin = b.contents["etc/systemd/system/qtd-agent.service.d/credentials.conf"].decode()
+    assert "LoadCredential=alpaca-live.env:/etc/qtd/credentials/alpaca-live.env" in dropin
+    modes = {f.path: (f.mode, f.group) for f in b.manifest.files}
+    assert modes["etc/qtd/credentials/nats.creds"] == (0o600, "root")
+    assert modes["etc/qtd/credentials/alpaca-live.env"] == (0o600, "root")
+    assert modes["etc/qtd/agent.toml"] == (0o640, "qtd")
+
+
+@pytest.mark.parametrize(("kw", "field", "words"), [
+    ({"accounts": ["nope"]}, "accounts", "known: alpaca-live, paper-main"),
+    ({"bots": ["ghost"]}, "bots", "known: breakout-spx, momo-goog"),
+    ({"accounts": ["alpaca-live"], "bots": ["momo-goog"]}, "bots",
+     "trades an account not given to this node"),
+    ({"accounts": ["paper-main"], "envs": {"paper-main": b"x"}}, "env",
+     "not an account of this node that reads keys"),
+])
+def test_bad_choices_name_the_field_and_the_known_values(
+        tmp_path: Path, kw: dict[str, object], field: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as e:
+        _bundle(tmp_path, **kw)
+    assert e.value.field == field
+
+
+def _tar(path: Path, manifest: dict[str, object], files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {"manifest.json": msgspec.json.encode(manifest), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "etc/qtd/../../root/x",
+                                 "usr/bin/qtd"])
+def test_install_writes_only_under_etc_qtd_and_the_unit_directory(
+        tmp_path: Path, bad: str) -> None:
+    manifest = {"node": "n", "login": "agent-n", "qtd_version": "0", "created_at": 0,
+                "files": [{"path": bad, "mode": 0o644}]}
+    bundle = _tar(tmp_path / "b.tar.gz", manifest, {f"root/{bad}": b"x"})
+    with pytest.raises(ConfigError, match="goes under etc/qtd/ or etc/systemd/system/"):
+        read_bundle(bundle)
+    with pytest.raises(ConfigError):
+        install_bundle(bundle, tmp_path / "root")
+    assert not (tmp_path / "root").exists()  # nothing written
+
+
+def test_install_reports_a_missing_broker_credential(tmp_path: Path) -> None:
+    b = _bundle(tmp_path, accounts=["alpaca-live"], bots=[])
+    path = b.write(tmp_path / "b.tar.gz")
+    report = install_bundle(path, tmp_path / "root")
+    assert report.missing_credentials == ("alpaca-live.env",)
+    assert (tmp_path / "root/etc/qtd/credentials/nats.creds").read_text() == "CREDS"
+    with pytest.raises(ConfigError, match="not a qtd node bundle"):
+        install_bundle(tmp_path / "agent.toml", tmp_path / "root")
