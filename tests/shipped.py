@@ -2,9 +2,10 @@
 leader and agents as ``python -m qtd.cli`` processes.
 
 The server config is the shipped file with only what a test must change: a free port (via
-``ports_file_dir``), a temporary JetStream directory, no monitoring port, known passwords in
-place of the bcrypt placeholders, and — as the config's own comment tells an operator — the
-``agent-node-a`` block copied once per further node with ``node-a`` replaced.
+``ports_file_dir``), temporary JetStream and resolver directories and no monitoring port.
+Its logins are those of the operator's own path: a keyring made by
+:meth:`qtd.nodes.keyring.Keyring.create` (``qtd node init``) writes the include the shipped
+config reads, and each login's ``.creds`` is issued from it (``qtd node add``).
 
 Every process started here is stopped by the context manager that started it.
 """
@@ -28,7 +29,9 @@ import nats
 import tomli_w
 from nats.aio.client import Client
 
-from qtd.bus import BusConfig, find_nats_server, inbox_prefix
+from qtd.bus import find_nats_server
+from qtd.bus.logins import inbox_of
+from qtd.nodes.keyring import Keyring
 from qtd.up.procs import stop_leftovers
 from tests.agent_rig import stop_process, wait_for, write_fleet
 
@@ -37,48 +40,59 @@ ETC = ROOT / "etc"
 CONF = ETC / "nats-server.conf"
 
 
-def password(user: str) -> str:
-    """The test password of a shipped user."""
-    return f"pw-{user}"
+_KEYRINGS: dict[Path, Keyring] = {}
+"""Config file -> the keyring its include came from (one per rendered server)."""
+_BY_URL: dict[str, Path] = {}
+"""Server URL -> its rendered config file."""
 
 
 def user_inbox(user: str) -> str:
     """The inbox prefix a qtd process logged in as ``user`` uses (:func:`qtd.bus.inbox_prefix`)."""
-    return inbox_prefix(BusConfig(user=user, password=password(user)))
+    return inbox_of(user)
 
 
-def _block(text: str, user: str) -> tuple[int, int]:
-    """Start and end offsets of the ``{ ... }`` user block naming ``user``."""
-    at = text.index(f'user: "{user}"')
-    start = text.rindex("{", 0, at)
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return start, i + 1
-    raise ValueError(f"unbalanced block for {user}")
+def creds_for(url_or_conf: str | Path, login: str) -> Path:
+    """The ``.creds`` file of ``login`` (``agent-<node>``, ``leader``, ``operator``,
+    ``deployer``) for the server at ``url_or_conf``, issued from that server's keyring by
+    :meth:`qtd.nodes.keyring.Keyring.issue` the first time it is asked for, exactly as
+    ``qtd node add`` issues it."""
+    conf = url_or_conf if isinstance(url_or_conf, Path) else _BY_URL[url_or_conf]
+    path = conf.parent / "creds" / f"{login}.creds"
+    if not path.exists():
+        ring = _KEYRINGS[conf]
+        role = "agent" if login.startswith("agent-") else login
+        text = (ring.issue("agent", login.removeprefix("agent-")) if role == "agent"
+                else ring.issue(role, name=login))  # type: ignore[arg-type]
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o600)
+    return path
 
 
 def render_conf(tmp: Path, nodes: Iterable[str] = ("node-a",), *,
                 conf: Path = CONF) -> Path:
-    """The shipped server config made runnable in ``tmp`` for agent users ``nodes``."""
+    """The shipped server config made runnable in ``tmp``: a free port, a temporary store
+    and resolver directory, no monitoring port, and the include ``qtd node init`` writes
+    (from a keyring in ``tmp/keys``); ``nodes`` get their agent logins up front."""
     text = conf.read_text()
     text = text.replace('listen: "127.0.0.1:4222"',
                         f'listen: "127.0.0.1:-1"\nports_file_dir: "{tmp}"')
     text = re.sub(r"^http: .*$", "", text, flags=re.M)
     text = text.replace('store_dir: "/var/lib/nats"', f'store_dir: "{tmp / "js"}"')
-    start, end = _block(text, "agent-node-a")
-    template = text[start:end]
-    copies = [template.replace("node-a", node) for node in nodes]
-    text = text[:start] + "\n      ".join(copies) + text[end:]
-    for user, placeholder in re.findall(r'user: "([^"]+)"\s*\n\s*password: "([^"]+)"', text):
-        text = text.replace(placeholder, password(user), 1)
+    text = text.replace('dir: "/var/lib/nats/accounts"', f'dir: "{tmp / "accounts"}"')
+    ring = Keyring.create(tmp / "keys", servers=("nats://127.0.0.1:4222",))
+    ring.write_server_include(tmp / "nats-auth.conf")
     out = tmp / "nats-server.conf"
     out.write_text(text)
+    _KEYRINGS[out] = ring
+    for node in nodes:
+        creds_for(out, f"agent-{node}")
     return out
+
+
+def keyring_of(url: str) -> Keyring:
+    """The keyring of the shipped server at ``url``."""
+    return _KEYRINGS[_BY_URL[url]]
 
 
 class ShippedNats:
@@ -99,7 +113,7 @@ class ShippedNats:
 
         kw.setdefault("allow_reconnect", False)
         kw.setdefault("inbox_prefix", user_inbox(user))
-        nc = await nats.connect(self.url, user=user, password=password(user),
+        nc = await nats.connect(self.url, user_credentials=str(creds_for(self.conf, user)),
                                 error_cb=on_error, connect_timeout=2, **kw)
         self._clients.append(nc)
         return nc
@@ -128,6 +142,7 @@ async def shipped_nats(tmp: Path, nodes: Iterable[str] = ("node-a",)
             assert proc.poll() is None, "nats-server exited at start (bad config?)"
             await asyncio.sleep(0.02)
         url = msgspec.json.decode(ports.read_bytes())["nats"][0]
+        _BY_URL[url] = conf
         server = ShippedNats(proc, url, conf)
         yield server
     finally:
@@ -147,23 +162,22 @@ async def shipped_nats(tmp: Path, nodes: Iterable[str] = ("node-a",)
 def agent_config(root: Path, node: str, url: str, bots: dict[str, dict[str, Any]], *,
                  extra: str = "", market: str = "speed = 8640000.0") -> Path:
     """A fleet directory for one agent (see :func:`tests.agent_rig.write_fleet`) logging in
-    as ``agent-<node>`` with its test password."""
+    as ``agent-<node>`` with its ``.creds`` file (:func:`creds_for`)."""
     cfg = write_fleet(root, bots, node=node, bus_url=url, extra=extra, market=market)
-    user = f"agent-{node}"
-    cfg.write_text(cfg.read_text().replace(
-        "[bus]\n", f'[bus]\nuser = "{user}"\npassword = "{password(user)}"\n'))
+    creds = creds_for(url, f"agent-{node}")
+    cfg.write_text(cfg.read_text().replace("[bus]\n", f'[bus]\ncreds_file = "{creds}"\n'))
     return cfg
 
 
 def leader_config(tmp: Path, url: str, *, caps: bool | dict[str, dict[str, Any]] = False,
                   **sections: dict[str, Any]) -> Path:
-    """``etc/leader.toml`` pointed at ``url`` as the ``leader`` user, fleet.db in ``tmp``, no
+    """``etc/leader.toml`` pointed at ``url`` as the ``leader`` login, fleet.db in ``tmp``, no
     paging destinations; ``caps``: False drops the fleet caps, True keeps the shipped ones,
     a dict replaces them; ``sections`` are merged in."""
     doc: dict[str, Any] = tomllib.loads((ETC / "leader.toml").read_text())
     doc["fleet_db"] = str(tmp / "leader" / "fleet.db")
-    doc["bus"] = {"servers": [url], "name": "qtd-leader", "user": "leader",
-                  "password": password("leader")}
+    doc["bus"] = {"servers": [url], "name": "qtd-leader",
+                  "creds_file": str(creds_for(url, "leader"))}
     if isinstance(caps, dict):
         doc["caps"] = caps
     elif not caps:

@@ -9,7 +9,6 @@ from typing import Any, TextIO
 
 from qtd.agent.config import load_agent_config
 from qtd.errors import OperationalError
-from qtd.leader.config import load_leader_config
 from qtd.preflight import (
     DEFAULT_MAX_CLOCK_OFFSET_MS,
     DEFAULT_MAX_KILL_RTT_MS,
@@ -40,12 +39,9 @@ def add_parsers(sub: Any) -> None:
         f"{OperationalError.exit_code} when a check failed, 78 when a config does not load.",
         epilog="examples:\n"
         "  qtd preflight --config /etc/qtd/agent.toml\n"
-        "  qtd preflight --config /etc/qtd/agent.toml --leader-config /etc/qtd/leader.toml\n"
-        "      (agent NATS users may not write the control bucket: the leader's credentials\n"
-        "      write the test key, the agent's read it back, as a real kill travels)")
+        "      (everything with the agent's own NATS login: it may write only its own test\n"
+        "      key preflight.<node>, read back by key as a kill is read)")
     p.add_argument("--config", required=True, help="agent config (etc/agent.toml)")
-    p.add_argument("--leader-config", metavar="PATH",
-                   help="leader config whose [bus] writes the kill round trip's test key")
     p.add_argument("--min-free-mb", type=int, default=DEFAULT_MIN_FREE_BYTES // 2**20,
                    help="disk free below this at state_dir fails (MiB)")
     p.add_argument("--nats-timeout", type=float, default=DEFAULT_NATS_TIMEOUT_S,
@@ -63,12 +59,10 @@ def run_preflight_command(args: argparse.Namespace, out: TextIO | None = None) -
     """Run the checklist, print the table; 0 if no check failed, else 2."""
     out = out or sys.stdout
     cfg = load_agent_config(args.config)  # ConfigError -> exit 78 in qtd.cli.main
-    leader = getattr(args, "leader_config", None)
     opts = PreflightOptions(
         min_free_bytes=args.min_free_mb * 2**20, nats_timeout_s=args.nats_timeout,
         max_clock_offset_ms=getattr(args, "max_clock_offset_ms", DEFAULT_MAX_CLOCK_OFFSET_MS),
         max_kill_rtt_ms=getattr(args, "max_kill_rtt_ms", DEFAULT_MAX_KILL_RTT_MS),
-        control_bus=load_leader_config(leader).bus if leader else None,
         broker_connect=not getattr(args, "no_broker_connect", False))
     checks = asyncio.run(run_preflight(cfg, options=opts))
     out.write(format_table(checks) + "\n")

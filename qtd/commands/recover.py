@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import msgspec
@@ -40,16 +39,16 @@ The refusal (GLOBAL HALTED) stays in the history: check the positions (qtd posit
 <state_dir>/events.db), start the agent, then resume it. Nothing changes with --dry-run, or
 when a check fails (the error names the seq).
 
-Credentials: the agent's NATS user may read only its own node's LAST event (the shipped
-ACL); reading the tail needs a user that may create a consumer on QTD_EVENTS, e.g. the
-leader's: --user leader, password in the environment variable named by --password-env.
+Credentials: the agent's NATS login may read only its own node's LAST event
+(qtd/bus/logins.py); reading the tail needs a login that may create a consumer on
+QTD_EVENTS, e.g. the leader's: --creds with the leader's .creds file.
 """
 
 EPILOG = """\
 examples:
   systemctl stop qtd-agent
-  QTD_RECOVER_PASSWORD=... qtd recover --config /etc/qtd/agent.toml --user leader --dry-run
-  QTD_RECOVER_PASSWORD=... qtd recover --config /etc/qtd/agent.toml --user leader
+  qtd recover --config /etc/qtd/agent.toml --creds leader.creds --dry-run
+  qtd recover --config /etc/qtd/agent.toml --creds leader.creds
   systemctl start qtd-agent          # starts HALTED; check, then: qtd resume ...
 
 exit status: 0 recovered (or would be, with --dry-run); 2 nothing to recover or a check
@@ -64,11 +63,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "and the store lost", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the agent's TOML (store, node, [bus])")
-    p.add_argument("--user", help="NATS user that may read QTD_EVENTS (default: the agent's "
-                   "own, which the shipped ACL does not allow to)")
-    p.add_argument("--password-env", default="QTD_RECOVER_PASSWORD", metavar="VAR",
-                   help="environment variable holding --user's password (default: "
-                   "%(default)s; never on the command line)")
+    p.add_argument("--creds", metavar="FILE", help="a NATS login that may read QTD_EVENTS, "
+                   "e.g. the leader's .creds (default: the agent's own, which may not: "
+                   "qtd/bus/logins.py)")
     p.add_argument("--lookback-s", type=float, default=600.0, metavar="S",
                    help="read the stream from S seconds before the store's last event that "
                    "predates the loss (default: %(default)s)")
@@ -88,15 +85,10 @@ def run_recover(args: argparse.Namespace) -> int:
                           source="<arg>", field="lookback_s", value=args.lookback_s,
                           rule="> 0")
     bus = msgspec.structs.replace(cfg.bus, name="qtd-recover", initial_connect_timeout=5.0)
-    if args.user:
-        password = os.environ.get(args.password_env, "")
-        if not password:
-            raise ConfigError(f"--user {args.user}: set its password in ${args.password_env}",
-                              source="<arg>", field="password_env", value=args.password_env,
-                              rule="set for --user")
-        bus = msgspec.structs.replace(bus, user=args.user, password=password,
-                                      password_credential=None, token=None, token_credential=None,
-                                      creds_file=None, creds_credential=None,
+    if args.creds:
+        bus = msgspec.structs.replace(bus, creds_file=args.creds, creds_credential=None,
+                                      user=None, password=None, password_credential=None,
+                                      token=None, token_credential=None,
                                       nkey_seed_file=None, nkey_seed_credential=None)
     store_path = Path(cfg.store_path)
     if not store_path.exists():
@@ -118,9 +110,9 @@ async def _recover(bus: BusConfig, args: argparse.Namespace, path: Path, node: s
                                  lookback_s=args.lookback_s, dry_run=args.dry_run)
     except (nats.errors.TimeoutError, nats.js.errors.Error) as exc:
         raise OperationalError(
-            f"cannot read QTD_EVENTS as NATS user {bus.user or '(config)'} ({exc!r}): a user "
-            "that may create a consumer on it is needed, e.g. --user leader",
-            user=bus.user) from None
+            f"cannot read QTD_EVENTS as NATS login {bus.creds_file or '(config)'} ({exc!r}): "
+            "a login that may create a consumer on it is needed, e.g. --creds leader.creds",
+            creds=bus.creds_file) from None
     finally:
         await nc.drain()
 

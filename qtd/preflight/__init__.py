@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qtd.agent.config import AgentConfig
-from qtd.bus import BusConfig
 from qtd.preflight.brokers import check_broker_credentials
 from qtd.preflight.bus import check_auth_on, check_bus, check_kill_round_trip
 from qtd.preflight.checks import Check, Status, failed, format_table
@@ -73,8 +72,6 @@ class PreflightOptions:
         nats_timeout_s: seconds to wait for NATS (connect, each request).
         max_clock_offset_ms: |clock offset| above this fails (vs NTP and vs NATS), ms.
         max_kill_rtt_ms: kill switch round trip above this fails, ms.
-        control_bus: the bus config that writes the test kill key (the leader's: agent
-            users may not write the control bucket); ``None`` tries the agent's own.
         broker_connect: connect to non-paper venues to validate credentials.
     """
 
@@ -82,7 +79,6 @@ class PreflightOptions:
     nats_timeout_s: float = DEFAULT_NATS_TIMEOUT_S
     max_clock_offset_ms: float = DEFAULT_MAX_CLOCK_OFFSET_MS
     max_kill_rtt_ms: float = DEFAULT_MAX_KILL_RTT_MS
-    control_bus: BusConfig | None = None
     broker_connect: bool = True
 
 
@@ -105,6 +101,6 @@ async def run_preflight(cfg: AgentConfig, *, min_free_bytes: int | None = None,
     reachable = any(c.name == "NATS reachable" and c.status == "ok" for c in checks)
     checks.append(await check_auth_on(cfg, timeout, reachable=reachable))
     checks += await check_kill_round_trip(
-        cfg, timeout, reachable=reachable, writer=opts.control_bus,
-        max_rtt_ms=opts.max_kill_rtt_ms, max_offset_ms=opts.max_clock_offset_ms)
+        cfg, timeout, reachable=reachable, max_rtt_ms=opts.max_kill_rtt_ms,
+        max_offset_ms=opts.max_clock_offset_ms)
     return checks

@@ -2,11 +2,12 @@
 trip on a test-only key, and the clock vs the NATS server's.
 
 The round trip writes ``preflight.<node>`` (never ``kill``) in the ``qtd_control`` bucket
-with the writer's credentials — the leader's when given: agent users may not write the
-control bucket (etc/nats-server.conf) — and reads it back with the agent's, the path a
-kill takes to an agent that (re)starts. The stored message's server timestamp, against the
-midpoint of the local clock around the put, gives the clock offset vs the NATS server
-(uncertainty: half the put's round trip). The key is purged afterwards.
+and reads it back by key, the path a kill takes to an agent that (re)starts, all with the
+agent's own login: the one key of the bucket an agent login may write is its own test key
+(:mod:`qtd.bus.logins`), so a trading server never holds another role's secret. The stored
+message's server timestamp, against the midpoint of the local clock around the put, gives
+the clock offset vs the NATS server (uncertainty: half the put's round trip). The key is
+purged afterwards.
 """
 
 from __future__ import annotations
@@ -78,33 +79,28 @@ async def check_auth_on(cfg: AgentConfig, timeout_s: float, *, reachable: bool) 
         return Check(name, "skipped", f"no answer to a client without credentials: "
                      f"{first_line(e)}")
     await nc.close()
-    return Check(name, "FAIL", "a client WITHOUT credentials connected: auth is off; give "
-                 "every user a password (etc/nats-server.conf) and no no_auth_user")
+    return Check(name, "FAIL", "a client WITHOUT credentials connected: auth is off; run "
+                 "nats-server with etc/nats-server.conf (JWT logins, no no_auth_user)")
 
 
 async def check_kill_round_trip(
-    cfg: AgentConfig, timeout_s: float, *, reachable: bool, writer: BusConfig | None,
-    max_rtt_ms: float, max_offset_ms: float,
+    cfg: AgentConfig, timeout_s: float, *, reachable: bool, max_rtt_ms: float,
+    max_offset_ms: float,
 ) -> list[Check]:
     """The kill switch round trip and the clock vs the NATS server (module docstring)."""
     if cfg.bus is None or not reachable:
         why = "no [bus] in the config (offline agent)" if cfg.bus is None else "NATS unreachable"
         return [Check(KILL_ROW, "skipped", why), Check(CLOCK_ROW, "skipped", why)]
-    reader = await connect(_bus(cfg.bus, f"qtd-preflight-{cfg.node}", timeout_s),
-                           source=cfg.source)
-    wnc: Client | None = None
+    nc = await connect(_bus(cfg.bus, f"qtd-preflight-{cfg.node}", timeout_s),
+                       source=cfg.source)
     try:
-        wnc = reader if writer is None else await connect(
-            _bus(writer, f"qtd-preflight-writer-{cfg.node}", timeout_s), source="control bus")
-        return await _round_trip(cfg.node, reader, wnc, timeout_s, own=writer is None,
-                                 max_rtt_ms=max_rtt_ms, max_offset_ms=max_offset_ms)
+        return await _round_trip(cfg.node, nc, timeout_s, max_rtt_ms=max_rtt_ms,
+                                 max_offset_ms=max_offset_ms)
     except QtdError as e:
         return [Check(KILL_ROW, "FAIL", f"control bus: {first_line(e)}"),
                 Check(CLOCK_ROW, "skipped", "no round trip")]
     finally:
-        if wnc is not None and wnc is not reader:
-            await wnc.close()
-        await reader.close()
+        await nc.close()
 
 
 def _denied(nc: Client) -> bool:
@@ -112,37 +108,33 @@ def _denied(nc: Client) -> bool:
     return err is not None and "permissions violation" in str(err).lower()
 
 
-async def _round_trip(node: str, reader: Client, wnc: Client, timeout_s: float, *, own: bool,
-                      max_rtt_ms: float, max_offset_ms: float) -> list[Check]:
+async def _round_trip(node: str, nc: Client, timeout_s: float, *, max_rtt_ms: float,
+                      max_offset_ms: float) -> list[Check]:
     key = f"preflight.{node}"
     try:
-        kv_w = await wnc.jetstream(timeout=timeout_s).key_value(CONTROL_BUCKET)
-        kv_r = await reader.jetstream(timeout=timeout_s).key_value(CONTROL_BUCKET)
+        kv = await nc.jetstream(timeout=timeout_s).key_value(CONTROL_BUCKET)
     except (NotFoundError, nats.errors.Error, TimeoutError) as e:
         why = f"no {CONTROL_BUCKET} bucket: {type(e).__name__}"
         return [Check(KILL_ROW, "FAIL", why), Check(CLOCK_ROW, "skipped", why)]
     body = msgspec.json.encode({"test": True, "node": node, "ts_ns": time.time_ns()})
     wall0, t0 = time.time_ns(), time.perf_counter_ns()
     try:
-        rev = await kv_w.put(key, body)
+        rev = await kv.put(key, body)
     except (nats.errors.Error, TimeoutError) as e:
-        if _denied(wnc) and own:
-            why = ("this agent's NATS user may not write the control bucket (agents never "
-                   "may): pass --leader-config to time the path a real kill takes")
-            return [Check(KILL_ROW, "skipped", why), Check(CLOCK_ROW, "skipped", why)]
-        why = ("permission denied for the writer" if _denied(wnc) else
+        why = (f"this login may not write its test key {key}: issue the node's login with "
+               "`qtd node add` (qtd/bus/logins.py)" if _denied(nc) else
                f"no ack within {timeout_s:g} s ({type(e).__name__})")
         return [Check(KILL_ROW, "FAIL", f"put {key}: {why}"),
                 Check(CLOCK_ROW, "skipped", "no round trip")]
     t_ack, wall1 = time.perf_counter_ns(), time.time_ns()
     try:
-        rtt_ms = await _read_back(kv_r, key, rev, t0, timeout_s)
-        stored = await reader.jetstream(timeout=timeout_s).get_msg(f"KV_{CONTROL_BUCKET}", rev)
+        rtt_ms = await _read_back(kv, key, rev, t0, timeout_s)
+        stored = await nc.jetstream(timeout=timeout_s).get_msg(f"KV_{CONTROL_BUCKET}", rev)
     except (nats.errors.Error, TimeoutError) as e:
         return [Check(KILL_ROW, "FAIL", f"read back {key}: {type(e).__name__}: {first_line(e)}"),
                 Check(CLOCK_ROW, "skipped", "no round trip")]
     finally:
-        await _purge(kv_w, key)
+        await _purge(kv, key)
     kill = Check(KILL_ROW, "ok" if rtt_ms <= max_rtt_ms else "FAIL",
                  f"{rtt_ms:.1f} ms set -> read back on test key {key} (max {max_rtt_ms:g} ms)")
     return [kill, _clock_row(stored.time, wall0, wall1, (t_ack - t0) / 1e6, max_offset_ms)]

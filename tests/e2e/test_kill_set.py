@@ -27,10 +27,10 @@ from qtd.events import KillAck, OrderIntent
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (
     agent_config,
+    creds_for,
     leader_config,
     leader_web_url,
     log_match,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -54,7 +54,7 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
         tmp_path: Path) -> None:
     async with shipped_nats(tmp_path / "nats", ("node-a", "node-b")) as nats:
         ops = await nats.connect("leader")  # the login `qtd kill` needs today
-        url = nats.url.replace("nats://", f"nats://leader:{password('leader')}@")
+        login = ["--server", nats.url, "--creds", str(creds_for(nats.url, "leader"))]
         lcfg = leader_config(tmp_path, nats.url, caps={
             "symbol_exposure": {"limit": 1.0, "level": "L4"}})
         with processes() as procs:
@@ -79,11 +79,11 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
             assert await asyncio.to_thread(agents["node-b"].wait, 30) == 0
             db_b = tmp_path / "node-b" / "state" / "events.db"
             before = _last_seq(db_b)
-            out = run_qtd(["kill", "--server", url, "--reason", "global A",
+            out = run_qtd(["kill", *login, "--reason", "global A",
                            "--operator", "alice", "--wait", "0", "--json"])
             assert out.returncode == 0, out.stderr
             glob = json.loads(out.stdout.strip().splitlines()[-1])["kill_id"]
-            out = run_qtd(["kill", "--server", url, "--scope", "strategy", "--key", "bot-a",
+            out = run_qtd(["kill", *login, "--scope", "strategy", "--key", "bot-a",
                            "--reason", "strategy B", "--operator", "bob", "--wait", "0", "--json"])
             assert out.returncode == 0, out.stderr
             printed = json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,7 +145,7 @@ async def test_kills_accumulate_and_a_restarting_agent_applies_every_one(
                 assert states[("SYMBOL", "GOOG")] == "HALTED", (node, states)
             assert [k.id for k in (await read_kills(ops)).kills] == [cap.id]
             # Removed from the set by hand: the leader's view follows the set.
-            out = run_qtd(["kill", "--server", url, "--release", "--kill-id", cap.id])
+            out = run_qtd(["kill", *login, "--release", "--kill-id", cap.id])
             assert out.returncode == 0 and f"removed kill {cap.id}" in out.stdout, out
 
             async def cleared() -> bool:

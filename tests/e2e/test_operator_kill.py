@@ -31,10 +31,10 @@ from qtd.events import Scope, TradingState, TradingStateChanged
 from tests.agent_rig import store_events, wait_for
 from tests.shipped import (
     agent_config,
+    creds_for,
     leader_config,
     leader_web_url,
     log_match,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -50,8 +50,8 @@ def _get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def _as_operator(url: str) -> str:
-    return url.replace("nats://", f"nats://operator:{password('operator')}@")
+def _as_operator(url: str) -> list[str]:
+    return ["--server", url, "--creds", str(creds_for(url, "operator"))]
 
 
 async def _global_state(nc: Client, node: str) -> str:
@@ -81,7 +81,7 @@ async def test_operator_kills_the_fleet_and_is_told_who_did_not_acknowledge(
             await wait_for(both_alive, 30)
 
             # (a) The fleet: both acknowledge, the command says so and returns.
-            out = run_qtd(["kill", "--server", _as_operator(nats.url), "--reason", "drill",
+            out = run_qtd(["kill", *_as_operator(nats.url), "--reason", "drill",
                            "--operator", "alice"])
             assert out.returncode == 0, out.stdout + out.stderr
             assert "2 of 2 agents acknowledged in" in out.stdout, out.stdout
@@ -97,7 +97,7 @@ async def test_operator_kills_the_fleet_and_is_told_who_did_not_acknowledge(
             # (b) node-b frozen: exit 3 naming it with its heartbeat age; P1; then HALTED.
             os.kill(agents["node-b"].pid, signal.SIGSTOP)
             try:
-                out = run_qtd(["kill", "--server", _as_operator(nats.url), "--reason",
+                out = run_qtd(["kill", *_as_operator(nats.url), "--reason",
                                "frozen agent", "--operator", "alice", "--wait", "3"])
                 assert out.returncode == 3, out.stdout + out.stderr
                 assert "1 of 2 agents acknowledged" in out.stdout, out.stdout
@@ -159,7 +159,7 @@ async def test_without_a_leader_the_kill_counts_the_agents_it_hears(tmp_path: Pa
                 tmp_path / f"{n}.log") for n in NODES)
             for n in NODES:
                 await log_match(tmp_path / f"{n}.log", rf"agent {n} ready".encode())
-            out = run_qtd(["kill", "--server", _as_operator(nats.url), "--reason", "no leader",
+            out = run_qtd(["kill", *_as_operator(nats.url), "--reason", "no leader",
                            "--operator", "alice", "--json"])
             assert out.returncode == 0, out.stdout + out.stderr
             body = json.loads(out.stdout)

@@ -1,7 +1,7 @@
 """The permission matrix: every operator command x every shipped NATS user, on a real
 nats-server running the SHIPPED etc/nats-server.conf (auth on), a real ``qtd leader`` and a
 real ``qtd agent``, each command run as an operator types it (``python -m qtd.cli ...``,
-``--server URL --user USER --password-env VAR``).
+``--server URL --creds FILE``).
 
 Each cell is *allowed* (the command did its work) or *refused* with exactly one line that
 names the user and the refused permission (exit 2, no traceback). The allowed users of each
@@ -32,10 +32,10 @@ from tests.agent_rig import wait_for, write_fleet
 from tests.shipped import (
     ShippedNats,
     agent_config,
+    creds_for,
     leader_config,
     leader_web_url,
     log_match,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -55,7 +55,6 @@ STORE_COMMANDS = ("events", "positions", "report", "surveil")
 SIDE_BY_SIDE = ("kill", "alerts", "ack", "versions", "history", "rollback")
 IN_TURN = ("resume", "deploy")
 PARALLEL = 8  # qtd processes at a time
-PW_ENV = "QTD_TEST_NATS_PASSWORD"
 OK_CODES = {"kill": (0, 3), "versions": (0, 3)}  # 3: agents missing / versions behind
 
 
@@ -67,8 +66,7 @@ class Cell:
 
 
 def _login(url: str, user: str) -> tuple[list[str], dict[str, str]]:
-    return ["--server", url, "--user", user, "--password-env", PW_ENV], \
-        {PW_ENV: password(user)}
+    return ["--server", url, "--creds", str(creds_for(url, user))], {}
 
 
 def _argv(command: str, user: str, repo: Path, alert_id: str) -> list[str]:

@@ -35,10 +35,10 @@ from qtd.events import CapOverride, decode
 from tests.agent_rig import wait_for
 from tests.shipped import (
     agent_config,
+    creds_for,
     leader_config,
     leader_web_url,
     log_match,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -72,11 +72,11 @@ def _get(url: str) -> Any:
 
 
 def _operator_config(tmp: Path, url: str) -> Path:
-    """A leader config whose [bus] logs in as the shipped ``operator`` user (what `qtd
+    """A leader config whose [bus] logs in as the shipped ``operator`` login (what `qtd
     resume` and `qtd caps` read their connection from)."""
     path = leader_config(tmp / "operator", url)
     doc = tomllib.loads(path.read_text())
-    doc["bus"].update(user="operator", password=password("operator"), name="qtd-operator")
+    doc["bus"].update(creds_file=str(creds_for(url, "operator")), name="qtd-operator")
     path.write_text(tomli_w.dumps(doc))
     return path
 

@@ -26,9 +26,9 @@ from tests.agent_rig import wait_for
 from tests.e2e.browser import CHROMIUM, SKIP_REASON, OpenPage
 from tests.shipped import (
     agent_config,
+    creds_for,
     leader_config,
     leader_web_url,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -65,7 +65,7 @@ async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(
 ) -> None:
     async with shipped_nats(tmp_path / "nats", ("node-a",)) as nats:
         ops = await nats.connect("leader")
-        url = nats.url.replace("nats://", f"nats://leader:{password('leader')}@")
+        login = ["--server", nats.url, "--creds", str(creds_for(nats.url, "leader"))]
         lcfg = leader_config(tmp_path, nats.url)
         cfg = agent_config(tmp_path / "node-a", "node-a", nats.url,
                            {"bot-a": {}, "bot-b": {"_strategy": "rester"}},
@@ -126,7 +126,7 @@ async def test_a_breaker_halt_is_named_on_page_table_api_and_metrics(
                 (DOCS / "halted-bot.png").write_bytes(png)
 
             # A global kill: no bot stays ACTIVE beside its HALTED node, and each says why.
-            out = run_qtd(["kill", "--server", url, "--reason", "drill", "--operator",
+            out = run_qtd(["kill", *login, "--reason", "drill", "--operator",
                            "alice"])
             assert out.returncode == 0, out.stderr
 

@@ -1,8 +1,8 @@
 """etc/nats-server.conf's accounts hold against a real nats-server.
 
 The shipped config is started as it is, with only what a test must change: a free port, a
-temporary store directory, no monitoring port and known passwords instead of the bcrypt
-placeholders. Then:
+temporary store directory, no monitoring port and logins issued from a test keyring
+(as ``qtd node init`` and ``qtd node add`` issue them). Then:
 
 - a real qtd agent logged in as ``agent-node-a`` starts, trades and publishes its events into
   QTD_EVENTS, answers a control request and acknowledges a kill (the permissions are enough);
@@ -33,9 +33,7 @@ from qtd.control.transport import CONTROL_BUCKET, KILL_KEY, read_kills, request,
 from qtd.deploy.fleet import Fleet
 from qtd.events import Scope, TradingState
 from tests.agent_rig import running_agent, wait_for, write_fleet
-from tests.shipped import denied, password, shipped_nats, user_inbox
-
-PASSWORDS = {u: password(u) for u in ("agent-node-a", "leader", "operator", "deployer")}
+from tests.shipped import creds_for, denied, shipped_nats, user_inbox
 
 
 @contextlib.asynccontextmanager
@@ -48,7 +46,7 @@ async def _connect(url: str, user: str, errors: list[str]) -> Client:
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    return await nats.connect(url, user=user, password=PASSWORDS[user], error_cb=on_error,
+    return await nats.connect(url, user_credentials=str(creds_for(url, user)), error_cb=on_error,
                               allow_reconnect=False, connect_timeout=2,
                               inbox_prefix=user_inbox(user))
 
@@ -69,8 +67,8 @@ async def test_agent_user_can_run_an_agent_and_nothing_more(tmp_path: Path) -> N
         # A real agent, as agent-node-a, trades and publishes into the stream.
         cfg = write_fleet(tmp_path / "fleet", {"flip": {"qty": 1.0}}, node="node-a",
                           bus_url=url)
-        cfg.write_text(cfg.read_text().replace(
-            "[bus]\n", f'[bus]\nuser = "agent-node-a"\npassword = "{PASSWORDS["agent-node-a"]}"\n'))
+        creds = creds_for(url, "agent-node-a")
+        cfg.write_text(cfg.read_text().replace("[bus]\n", f'[bus]\ncreds_file = "{creds}"\n'))
         async with running_agent(cfg) as agent:
             async def fills_in_stream() -> bool:
                 info = await js.stream_info(EVENTS_STREAM, subjects_filter="qtd.evt.node-a.>")

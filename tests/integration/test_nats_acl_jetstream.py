@@ -38,10 +38,10 @@ from tests.agent_rig import wait_for, write_fleet
 from tests.shipped import (
     ShippedNats,
     agent_config,
+    creds_for,
     denied,
     leader_config,
     log_match,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -225,5 +225,5 @@ async def test_each_user_reads_only_its_own_inbox(tmp_path: Path) -> None:
 
 def _user_config(tmp: Path, url: str, user: str) -> Path:
     """A leader-shaped TOML whose [bus] logs in as ``user`` (what the CLIs read)."""
-    return leader_config(tmp, url, bus={"user": user, "password": password(user),
+    return leader_config(tmp, url, bus={"creds_file": str(creds_for(url, user)),
                                         "name": f"qtd-{user}"})

@@ -24,10 +24,10 @@ from qtd.events import OrderIntent, RiskBreach, Scope, TradingState, TradingStat
 from tests.agent_rig import last_seq_of, seq_above, store_events, stream_events, wait_for
 from tests.shipped import (
     agent_config,
+    creds_for,
     leader_config,
     leader_web_url,
     log_match,
-    password,
     processes,
     qtd_process,
     run_qtd,
@@ -113,11 +113,11 @@ async def test_store_that_went_backwards_refuses_to_trade_pages_and_recovers(
             assert not [e for e in second if isinstance(e, OrderIntent)]
             assert await _node_stream(ljs, "node-a") == stream_before  # nothing published
 
-            env = {"QTD_RECOVER_PASSWORD": password("leader")}
-            ran = run_qtd(["recover", "--config", str(cfg), "--user", "leader"], **env)
+            leader_creds = str(creds_for(srv.url, "leader"))
+            ran = run_qtd(["recover", "--config", str(cfg), "--creds", leader_creds])
             assert ran.returncode == 0, ran.stderr
             assert f"JetStream last seq {stream_last}" in ran.stdout, ran.stdout
-            again = run_qtd(["recover", "--config", str(cfg), "--user", "leader"], **env)
+            again = run_qtd(["recover", "--config", str(cfg), "--creds", leader_creds])
             assert again.returncode == 2 and "nothing to recover" in again.stderr
             recovered = await store_events(db)
             by_seq = {e.seq: e for e in recovered}
