@@ -231,7 +231,7 @@ async def kill_round(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
     Args:
         nc: a connected client that may write the kill key, publish ``<prefix>.ctl.kill``,
             subscribe ``<prefix>.ack.kill.*`` and ``<prefix>.hb.*`` and request
-            ``<prefix>.ctl.leader.status`` (etc/nats-server.conf, user ``operator``).
+            ``<prefix>.ctl.leader.status`` (qtd/bus/logins.py, role ``operator``).
         msg: the kill (:func:`~qtd.control.new_kill`).
         prefix: subject prefix.
         timeout_s: seconds after the broadcast to wait at most; 0 sends and returns.

@@ -52,7 +52,7 @@ def leader_heartbeat(data: bytes, headers: Mapping[str, str] | None, reply: str
     """The leader's :class:`~qtd.events.Heartbeat` in a message on ``<prefix>.hb.leader``,
     or None when the message is not one (it must then not count as the leader alive).
 
-    Only the ``leader`` user may publish on that subject (etc/nats-server.conf), and the
+    Only the ``leader`` login may publish on that subject (qtd/bus/logins.py), and the
     leader sends a plain core publish: no headers, no reply subject, a ``Heartbeat`` with
     ``role="leader"``. Anything else that reaches the subject did not come from the leader:
     a NATS status message (``100 Idle Heartbeat``, flow control: headers, and a reply for

@@ -17,7 +17,8 @@ import re
 
 from qtd.errors import OperationalError
 
-SERVER_CONF = "etc/nats-server.conf"
+SERVER_CONF = "qtd/bus/logins.py"
+"""Where the permissions of every login are written (named in refusals)."""
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
 # nats-py lower-cases the server's error line; NATS subjects are case-sensitive. These are
 # the tokens nats-server spells in capitals in a "$JS.API..." subject (before the subject it
@@ -63,7 +64,8 @@ def violation(text: str) -> tuple[str, str] | None:
 
 class PermissionDenied(OperationalError):
     """The NATS server's ACL refused this login something the command needs (exit 2: a human
-    must use another login or change etc/nats-server.conf).
+    must use another login: ``qtd node add NAME --role ROLE`` issues one; the permissions
+    of each role are in :mod:`qtd.bus.logins`).
 
     Attributes:
         user: the NATS login (``"(creds)"`` or ``"(no user)"`` when there is no user name).
@@ -75,7 +77,7 @@ class PermissionDenied(OperationalError):
     def __init__(self, *, user: str, action: str, subject: str, command: str,
                  needs: str = "") -> None:
         hint = f"; {command} needs {needs}" if needs else ""
-        super().__init__(f"{command}: NATS user {user} may not {action} to {subject} "
+        super().__init__(f"{command}: NATS login {user} may not {action} to {subject} "
                          f"({SERVER_CONF}{hint})", user=user, action=action,
                          subject=subject, command=command)
         self.user, self.action, self.subject, self.command = user, action, subject, command

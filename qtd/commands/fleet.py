@@ -55,7 +55,7 @@ LOGINS: dict[str, tuple[str, ...]] = {
     "deploy": ("deployer",),  # the only user that may write strategy sources
     "rollback": ("deployer",),
 }
-"""Command -> the shipped NATS users (etc/nats-server.conf) whose permissions it needs, the
+"""Command -> the NATS logins (roles of qtd/bus/logins.py) whose permissions it needs, the
 one an operator should use first. Store commands read files and need no login."""
 
 _AUTH_FIELDS = ("token", "user", "password", "nkey_seed_file", "creds_file",
@@ -63,13 +63,14 @@ _AUTH_FIELDS = ("token", "user", "password", "nkey_seed_file", "creds_file",
                 "creds_credential")
 
 CONNECTION_HELP = (
-    "Which fleet, first that applies: --server URL (repeatable; log in with --user and "
-    "--password-file or --password-env, or with --creds; a password never goes on the "
+    "Which fleet, first that applies: --server URL (repeatable; log in with --creds FILE, "
+    "the .creds `qtd node add NAME --role operator` wrote; --user with --password-file or "
+    "--password-env on a server with user/password logins; a secret never goes on the "
     "command line); --config TOML (the [bus] of an agent or leader config; --user/--creds "
     "replace its login); --context DIR, else $QTD_STATE, else ./qtd-state: the fleet `qtd "
     "up` started there (its context.json); else " + DEFAULT_SERVER + " (the listen address "
     "of etc/nats-server.conf). NATS unreachable: exit 75; a permission the login lacks: "
-    "exit 2, naming the user and the subject.")
+    "exit 2, naming the login and the subject.")
 
 
 def needs(command: str) -> str:
@@ -85,12 +86,14 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """Add the connection options (see :data:`CONNECTION_HELP`) to ``parser``."""
     g = parser.add_argument_group("reaching the fleet", CONNECTION_HELP)
     g.add_argument("--server", action="append", metavar="URL", help="NATS URL (repeatable)")
-    g.add_argument("--user", help="NATS user, e.g. operator (etc/nats-server.conf)")
+    g.add_argument("--user", help="NATS user (a server with user/password logins; the "
+                   "shipped server takes --creds)")
     g.add_argument("--password-file", metavar="FILE",
                    help="file holding the password (mode 0600 or 0400)")
     g.add_argument("--password-env", metavar="VAR",
                    help="environment variable holding the password")
-    g.add_argument("--creds", metavar="FILE", help="NATS JWT .creds file (mode 0600)")
+    g.add_argument("--creds", metavar="FILE", help="NATS JWT .creds file (mode 0600), e.g. "
+                   "the one `qtd node add operator --role operator` wrote")
     g.add_argument("--config", metavar="TOML", help="take [bus] from this agent or leader "
                    "config")
     g.add_argument("--context", metavar="DIR",
@@ -260,8 +263,8 @@ async def _connect(bus: BusConfig, command: str, denials: Denials) -> Client:
         if exc.auth != "none":
             raise
         raise NatsAuthRefused(
-            f"{command}: NATS at {exc.servers} needs a login: pass --user NAME with "
-            "--password-file FILE (or --creds FILE, or --config TOML with a [bus] login); "
+            f"{command}: NATS at {exc.servers} needs a login: pass --creds FILE (`qtd node "
+            "add NAME --role ROLE` issues one), or --config TOML with a [bus] login; "
             f"{command} needs {needs(command)}", servers=exc.servers, auth=exc.auth) from None
 
 

@@ -95,7 +95,7 @@ def _cell(command: str, user: str, res: object) -> Cell:
         return Cell(True, code, out.strip().splitlines()[-1] if out.strip() else "")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, f"{command} as {user}: exit {code}\n{out}\n{err}"
-    assert f"NATS user {user} may not " in lines[0], lines[0]
+    assert f"NATS login {user} may not " in lines[0], lines[0]
     return Cell(False, code, lines[0])
 
 

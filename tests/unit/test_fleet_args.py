@@ -157,6 +157,6 @@ def test_a_permission_violation_reads_as_one_line_naming_user_and_subject() -> N
     assert restore_case("qtd.ack.kill.node-a") == "qtd.ack.kill.node-a"
     err = PermissionDenied(user="agent-node-a", action="publish",
                            subject="$KV.qtd_control.kill", command="kill", needs=needs("kill"))
-    assert str(err) == ("kill: NATS user agent-node-a may not publish to $KV.qtd_control.kill "
-                        "(etc/nats-server.conf; kill needs the operator (or leader) login)")
+    assert str(err) == ("kill: NATS login agent-node-a may not publish to $KV.qtd_control.kill "
+                        "(qtd/bus/logins.py; kill needs the operator (or leader) login)")
     assert err.exit_code == 2 and "\n" not in str(err)
