@@ -35,6 +35,7 @@ from qtd.admit.schema import check_struct
 from qtd.catalog.named import smoke_data
 from qtd.errors import ConfigError
 from qtd.files import read_capped_text
+from qtd.shipped import shipped_root
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Amount = Annotated[float, Meta(gt=0, lt=1e15)]
@@ -99,17 +100,19 @@ class LoadedBot(msgspec.Struct, frozen=True, kw_only=True):
         return self.config.risk_profile or self.config.name
 
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-"""The checkout this ``qtd`` is imported from (as :func:`qtd.up.layout.repo_root`)."""
+CHECKOUT = shipped_root()
+"""Where the sample ``strategies/`` of this ``qtd`` are: the source checkout it is imported
+from, or an installed wheel's ``qtd/_shipped`` (:func:`qtd.shipped.shipped_root`)."""
 
 
 def strategy_candidates(bot_file: Path, strategy: str) -> list[Path]:
     """Where a bot config's ``strategy`` may be, nearest first: an absolute path as is; a
     relative one against the bot file's directory, then each directory above it (as git
-    looks for ``.git``), then the checkout qtd runs from (:data:`CHECKOUT`). So the
-    samples' ``strategy = "strategies/ma_cross.py"`` finds the checkout's ``strategies/``
-    from ``etc/bots/`` and from a copy of ``etc/`` anywhere, and a ``strategies/`` beside a
-    copied ``etc/`` takes precedence. Admission records the file it used and its hash."""
+    looks for ``.git``), then the checkout or installed wheel qtd runs from
+    (:data:`CHECKOUT`). So the samples' ``strategy = "strategies/ma_cross.py"`` finds the
+    shipped ``strategies/`` from ``etc/bots/`` and from a copy of ``etc/`` anywhere, and a
+    ``strategies/`` beside a copied ``etc/`` takes precedence. Admission records the file
+    it used and its hash."""
     rel = Path(strategy)
     if rel.is_absolute():
         return [rel]
@@ -145,7 +148,7 @@ def load_bot_config(path: Path) -> tuple[LoadedBot | None, list[Problem]]:
     if not bot.strategy_path.is_file():
         return None, [Problem(file=file, field="strategy", value=cfg.strategy,
                               rule=f"strategy file not found: {bot.strategy_path} (nor "
-                                   "in a directory above the bot file or in the checkout "
+                                   "in a directory above the bot file or in qtd's shipped files "
                                    f"{CHECKOUT})",
                               line=lines.get("strategy", 0))]
     return bot, []

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
                    help="stop after S seconds (default: run until Ctrl-C)")
     p.add_argument("--config", type=Path, metavar="DIR",
                    help="generate the fleet from this etc/-like directory (default: the "
-                   "checkout's etc/)")
+                   "etc/ shipped with qtd)")
     p.add_argument("--open", action="store_true",
                    help="open the status page in a browser once the leader answers (says "
                    "so and prints the URL when no browser can be started)")

@@ -18,30 +18,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import qtd
 from qtd.errors import ConfigError
+from qtd.shipped import shipped_dir
 
 REQUIRED = ("leader.toml", "agent.toml", "risk.toml", "bots")
 
 
-def repo_root() -> Path:
-    """The checkout ``qtd`` is imported from (the directory holding ``qtd/`` and ``etc/``)."""
-    return Path(qtd.__file__).resolve().parent.parent
-
-
 def find_etc(config_dir: Path | None = None) -> Path:
-    """The example configs directory: ``config_dir`` or ``<repo root>/etc``.
+    """The example configs directory: ``config_dir``, else the ``etc/`` shipped with qtd
+    (the checkout's, or an installed wheel's: :func:`qtd.shipped.shipped_dir`).
 
     Raises:
         ConfigError: the directory or one of leader.toml, agent.toml, risk.toml, bots/ is
             missing (the message says where it looked and what to do).
     """
-    etc = (config_dir or repo_root() / "etc").resolve()
+    etc = (config_dir or shipped_dir("etc")).resolve()
     missing = [name for name in REQUIRED if not (etc / name).exists()]
     if missing:
         hint = ("pass a directory laid out like etc/" if config_dir else
-                "qtd up generates its fleet from the etc/ directory of a source checkout; "
-                "run it from a clone installed with `pip install -e .`, or pass --config DIR")
+                "qtd up generates its fleet from the etc/ shipped with qtd (a source "
+                "checkout's, or the wheel's qtd/_shipped/etc); reinstall qtd from its wheel "
+                "or checkout, or pass --config DIR")
         raise ConfigError(
             f"{etc}: missing {', '.join(missing)}: {hint}",
             source=str(etc), field="etc", value=missing, rule="leader.toml, agent.toml, "

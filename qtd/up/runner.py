@@ -52,7 +52,7 @@ class UpOptions:
         agents: number of agents; None: the previous run's count, else 2.
         bars_per_s: replay pace, bars (or ticks) per second per series.
         duration_s: stop after this many seconds (None: until Ctrl-C / SIGTERM).
-        config_dir: etc/-like directory to generate from (default: the checkout's etc/).
+        config_dir: etc/-like directory to generate from (default: the etc/ shipped with qtd).
         stop_timeout_s: per process group, seconds between SIGTERM and SIGKILL.
         refresh_s: seconds between summaries.
         clear: redraw the summary in place as a rich table (a terminal) instead of appending

@@ -21,9 +21,9 @@ from qtd.up.configs import (
     load_bots,
     realtime_multiple,
 )
-from qtd.up.layout import Layout, find_etc, repo_root
+from qtd.up.layout import Layout, find_etc
 
-ETC = repo_root() / "etc"
+ETC = Path(__file__).resolve().parents[2] / "etc"  # the checkout's
 
 
 @pytest.mark.parametrize("name", ["leader.toml", "agent.toml", "risk.toml"])
