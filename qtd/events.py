@@ -315,12 +315,15 @@ class PnLSnapshot(Event, frozen=True):
 
 
 class Heartbeat(Event, frozen=True):
-    """Liveness of a process (``role`` is ``"agent"`` or ``"leader"``)."""
+    """Liveness of a process (``role`` is ``"agent"`` or ``"leader"``) and the qtd
+    ``version`` it runs (``qtd.__version__``; ``""`` from a process older than the field,
+    which the leader shows as ``unknown``)."""
 
     role: str
     state: TradingState = TradingState.ACTIVE
     bots_running: int = 0
     last_seq: int = 0
+    version: str = ""
 
 
 # --- risk and control ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The agent's periodic tasks and NATS subscriptions.
 
-* ``heartbeat`` — :class:`~qtd.events.Heartbeat` JSON on ``<prefix>.hb.<node>`` every
-  ``heartbeat_s``;
+* ``heartbeat`` — :class:`~qtd.events.Heartbeat` JSON (with this qtd's version) on
+  ``<prefix>.hb.<node>`` every ``heartbeat_s``;
 * ``pnl`` — one :class:`~qtd.events.PnLSnapshot` JSON per bot on
   ``<prefix>.pnl.<node>.<bot>`` every ``pnl_s``, with the bot's stage, state and risk
   limits in use (core NATS: not stored);
@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from qtd import sdnotify
+from qtd import __version__, sdnotify
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
@@ -125,7 +125,7 @@ class Telemetry:
             running = sum(1 for s in self.bots.slots.values() if s.state.value == "RUNNING")
             hb = Heartbeat(node=k.node, ts_event=now, ts_init=now, role="agent",
                            state=k.risk.states.get(Scope.GLOBAL), bots_running=running,
-                           last_seq=k.store.last_seq)
+                           last_seq=k.store.last_seq, version=__version__)
             await link.publish(subject, to_json(hb))
             await _every(k.cfg.heartbeat_s)
 

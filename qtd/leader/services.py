@@ -28,6 +28,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from qtd import __version__
 from qtd.aio import TaskSet
 from qtd.bus import Subjects
 from qtd.bus.rejects import REJECTED
@@ -201,7 +202,7 @@ class Beacon:
         now = self._clock.now_ns()
         state = TradingState.HALTED if self._view.kill.active else TradingState.ACTIVE
         hb = Heartbeat(node=LEADER_NODE, ts_event=now, ts_init=now, role="leader",
-                       state=state, last_seq=self._db.stream_seq)
+                       state=state, last_seq=self._db.stream_seq, version=__version__)
         await self._nc.publish(self._subjects.hb_leader, msgspec.json.encode(hb))
 
 

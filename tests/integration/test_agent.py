@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
+import qtd
 from qtd.bus import EmbeddedNatsServer, ensure_jetstream
 from qtd.control import NodeRequest, new_kill
 from qtd.control.transport import request, send_kill
@@ -144,6 +147,21 @@ async def test_ctl_verbs_answer_and_are_audited(
     verbs = [(a.verb, a.ok) for a in audits if isinstance(a, CommandAudit)]
     assert verbs == [("status", True), ("halt", True), ("resume", False), ("resume", True),
                      ("explode", False)]
+
+
+async def test_heartbeats_carry_the_qtd_version(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
+) -> None:
+    beats: list[Heartbeat] = []
+
+    async def on_hb(msg: Msg) -> None:
+        beats.append(msgspec.json.decode(msg.data, type=Heartbeat))
+
+    await nats_client.subscribe("qtd.hb.node-a", cb=on_hb)
+    cfg = write_fleet(tmp_path, {"b1": {}}, bus_url=nats_server.url, market=MINUTE_SPEED)
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(300)}):
+        await wait_for(lambda: beats)
+    assert beats[0].node == "node-a" and beats[0].version == qtd.__version__ != ""
 
 
 async def test_leader_heartbeat_loss_reduces_and_its_return_restores_active(
