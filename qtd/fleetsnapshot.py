@@ -47,8 +47,14 @@ class Agg(msgspec.Struct, kw_only=True):
     open_positions: int = 0
 
 
+UNKNOWN_VERSION = "unknown"
+"""The qtd version of a node whose heartbeats carry none (older than the field) or that
+never sent one."""
+
+
 class NodeView(msgspec.Struct, kw_only=True):
-    """One agent: heartbeat age (None before the first), its reported state, aggregates."""
+    """One agent: heartbeat age (None before the first), its reported state, aggregates,
+    and the qtd ``version`` of its last heartbeat (:data:`UNKNOWN_VERSION` without one)."""
 
     node: str
     alive: bool
@@ -56,6 +62,35 @@ class NodeView(msgspec.Struct, kw_only=True):
     state: str
     bots_running: int
     agg: Agg
+    version: str = UNKNOWN_VERSION
+
+
+class VersionSkew(msgspec.Struct, kw_only=True):
+    """The qtd versions the live agents run (:func:`version_skew`).
+
+    Attributes:
+        skew: more than one version among the live agents, or one of them reports none.
+        nodes: each version (sorted) to the live agents running it (sorted);
+            :data:`UNKNOWN_VERSION` for those whose heartbeats carry none.
+        warning: the line the status page shows, naming who runs what ("" without skew).
+    """
+
+    skew: bool = False
+    nodes: dict[str, list[str]] = {}
+    warning: str = ""
+
+
+def version_skew(nodes: list[NodeView]) -> VersionSkew:
+    """Which qtd version each live agent of ``nodes`` runs, and whether they differ."""
+    by_version: dict[str, list[str]] = {}
+    for n in sorted(nodes, key=lambda n: n.node):
+        if n.alive:
+            by_version.setdefault(n.version, []).append(n.node)
+    ordered = dict(sorted(by_version.items()))
+    skew = len(ordered) > 1 or UNKNOWN_VERSION in ordered
+    warning = "qtd version skew: " + "; ".join(
+        f"{v} on {', '.join(ns)}" for v, ns in ordered.items()) if skew else ""
+    return VersionSkew(skew=skew, nodes=ordered, warning=warning)
 
 
 class LimitView(msgspec.Struct, kw_only=True):
@@ -268,6 +303,7 @@ class FleetSnapshot(msgspec.Struct, kw_only=True):
     alerts: list[AlertView]
     ingest: dict[str, int]
     states: list[ScopeState] = []
+    qtd_versions: VersionSkew = msgspec.field(default_factory=VersionSkew)
 
 
 def describe(c: Cause) -> str:

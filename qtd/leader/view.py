@@ -43,6 +43,7 @@ from qtd.events import (
     TradingStateChanged,
 )
 from qtd.fleetsnapshot import (
+    UNKNOWN_VERSION,
     AccountView,
     Agg,
     AlertView,
@@ -54,6 +55,7 @@ from qtd.fleetsnapshot import (
     NodeView,
     PositionView,
     SymbolView,
+    version_skew,
 )
 from qtd.leader import why
 from qtd.orders import ApplyResult
@@ -380,6 +382,7 @@ class FleetView:
             symbols=self._symbols(r), positions=r.positions, caps=caps,
             kill=self.kill, alerts=alerts(), ingest=ingest_stats(),
             states=self.why.states(self.kill.kills, node_states),
+            qtd_versions=version_skew(nodes),
         )
 
     def _nodes(self, r: Rollup) -> list[NodeView]:
@@ -391,7 +394,8 @@ class FleetView:
                 node=node, alive=age is not None and age * _NS <= self.heartbeat_timeout_ns,
                 heartbeat_age_s=age, state=hb[0].state.value if hb else "UNKNOWN",
                 bots_running=hb[0].bots_running if hb else 0,
-                agg=r.nodes.get(node, _Acc()).agg()))
+                agg=r.nodes.get(node, _Acc()).agg(),
+                version=hb[0].version if hb and hb[0].version else UNKNOWN_VERSION))
         return out
 
     def _bots(self, r: Rollup, node_states: dict[str, str]) -> list[BotView]:

@@ -16,6 +16,8 @@ Trading states are gauges with one value per state, ordered by how much they sto
   ``store_fault``…), else the cause's kind (``kill``, ``operator``, ``runner``, ``agent``…),
   "" when ACTIVE (:mod:`qtd.leader.why`).
 * ``qtd_bot_denials_by_check{node,bot,check}``: denied orders by the risk check that said no.
+* ``qtd_node_version_info{node,version}`` (1) and ``qtd_version_skew`` (1 while the live
+  agents run more than one qtd version or one reports none; alert on ``== 1``).
 
 Execution quality and surveillance (:meth:`~qtd.web.protocol.FleetSource.quality`; labels
 ``bot``, ``venue``, ``symbol``; today's trading day): ``qtd_exec_orders``,
@@ -117,15 +119,21 @@ class SnapshotCollector(Collector):
                                 labels=["node"])
         alive = GaugeMetricFamily("qtd_node_alive", "1 if the heartbeat is fresh",
                                   labels=["node"])
+        info = GaugeMetricFamily("qtd_node_version_info", "1: the qtd version a node reports",
+                                 labels=["node", "version"])
         for n in snap.nodes:
             if n.heartbeat_age_s is not None:
                 age.add_metric([n.node], n.heartbeat_age_s)
             alive.add_metric([n.node], float(n.alive))
+            info.add_metric([n.node, n.version], 1.0)
+        skew = GaugeMetricFamily("qtd_version_skew", "1 while live agents run different qtd "
+                                 "versions or one reports none",
+                                 value=float(snap.qtd_versions.skew))
         lat = GaugeMetricFamily("qtd_kill_ack_latency_ms", "kill decision to agent ack",
                                 labels=["node"])
         for node, ms in snap.kill.ack_latency_ms.items():
             lat.add_metric([node], ms)
-        yield from (age, alive, lat)
+        yield from (age, alive, info, skew, lat)
 
     def _caps(self, snap: FleetSnapshot) -> Iterable[Metric]:
         util = GaugeMetricFamily("qtd_cap_utilisation", "value / limit", labels=["cap", "key"])

@@ -24,6 +24,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from qtd import __version__
 from qtd.bus import EmbeddedNatsServer, Subjects, connect, ensure_jetstream
 from qtd.control import KillCommand, NodeReply, decode_kill
 from qtd.events import (
@@ -55,8 +56,10 @@ class FakeAgent:
     """One agent's wire behaviour (see the module docstring)."""
 
     def __init__(self, node: str, data_dir: Path, server: EmbeddedNatsServer, *,
-                 hb_interval_s: float = 0.1, answer_kills: bool = True) -> None:
+                 hb_interval_s: float = 0.1, answer_kills: bool = True,
+                 version: str | None = __version__) -> None:
         self.node = node
+        self.version = version  # None: an agent older than the heartbeat's version field
         self.path = data_dir / f"{node}.db"
         self.server = server
         self.hb_interval_s = hb_interval_s
@@ -96,9 +99,17 @@ class FakeAgent:
             if self.heartbeats:
                 now = time.time_ns()
                 hb = Heartbeat(node=self.node, ts_event=now, ts_init=now, role="agent",
-                               state=self.state, bots_running=2)
-                await self.nc.publish(self.subjects.hb(self.node), msgspec.json.encode(hb))
+                               state=self.state, bots_running=2, version=self.version or "")
+                await self.nc.publish(self.subjects.hb(self.node), self._wire(hb))
             await asyncio.sleep(self.hb_interval_s)
+
+    def _wire(self, hb: Heartbeat) -> bytes:
+        """The heartbeat as this agent's qtd version sends it (no ``version`` key before it)."""
+        if self.version is not None:
+            return msgspec.json.encode(hb)
+        fields = msgspec.to_builtins(hb)
+        del fields["version"]
+        return msgspec.json.encode(fields)
 
     async def _on_kill(self, msg: Msg) -> None:
         kill = decode_kill(msg.data)

@@ -13,12 +13,13 @@ import msgspec
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
+import qtd
 from qtd.bus import EmbeddedNatsServer
 from qtd.events import CommandAudit, KillSwitch, Side
 from qtd.leader import LeaderConfig
 from qtd.leader.config import WebConfig
 from qtd.leader.daemon import Leader, running_leader, start_leader
-from tests.integration.leader_peer import agents, leader_config, wait_for
+from tests.integration.leader_peer import FakeAgent, agents, leader_config, wait_for
 
 TOKEN = "integration-operator-token-42"
 ENV = "QTD_TEST_WEB_TOKEN"
@@ -122,3 +123,34 @@ async def test_leader_stops_promptly_with_a_websocket_open(
         await leader.stop()
     await ws.wait_closed()
     assert ws.close_code in (1001, 1012)
+
+
+async def test_the_page_names_the_qtd_version_of_every_node_and_flags_skew(
+    tmp_path: Path, nats_server: EmbeddedNatsServer,
+) -> None:
+    cfg = _web_config(tmp_path, nats_server)
+    mine = qtd.__version__
+    peers = [FakeAgent("node-a", tmp_path, nats_server),  # this qtd
+             FakeAgent("node-b", tmp_path, nats_server, version="0.0.9"),
+             FakeAgent("node-c", tmp_path, nats_server, version=None)]  # before the field
+    try:
+        for p in peers:
+            await p.start()
+        async with running_leader(cfg) as leader:
+            await wait_for(lambda: len(leader.view.heartbeats) == 3, what="heartbeats")
+            async with httpx2.AsyncClient(base_url=leader.web_url or "") as http:
+                snap = (await http.get("/api/snapshot")).json()
+                nodes = (await http.get("/api/nodes")).json()
+                html = (await http.get("/")).text
+    finally:
+        for p in peers:
+            await p.stop()
+    assert {n["node"]: n["version"] for n in nodes} == {
+        "node-a": mine, "node-b": "0.0.9", "node-c": "unknown"}
+    versions = snap["qtd_versions"]
+    assert versions["skew"] is True
+    assert versions["nodes"] == {mine: ["node-a"], "0.0.9": ["node-b"], "unknown": ["node-c"]}
+    assert "node-b" in versions["warning"] and "unknown on node-c" in versions["warning"]
+    banner = html.split('id="qtd-versions"', 1)[1].split("</div>", 1)[0]
+    for version, node in ((mine, "node-a"), ("0.0.9", "node-b"), ("unknown", "node-c")):
+        assert f"<code>{version}</code> on {node}" in banner

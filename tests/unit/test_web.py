@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from starlette.testclient import TestClient
 
+import qtd
 from qtd.clock import SimClock
 from qtd.control import ControlAction
 from qtd.deploy.model import VersionRow
@@ -139,6 +140,29 @@ def client(src: ViewSource) -> Iterator[TestClient]:
     with TestClient(create_app(src, token=TOKEN, push_interval_s=0.05,
                                 allowed_hosts=HOSTS)) as c:
         yield c
+
+
+def test_version_skew_counts_the_live_agents_only(client: TestClient, src: ViewSource) -> None:
+    def beat(node: str, version: str) -> None:
+        now = src.clock.now_ns()
+        src.view.on_heartbeat(Heartbeat(node=node, ts_event=now, ts_init=now, role="agent",
+                                        version=version))
+
+    beat(NODE, qtd.__version__)  # its version-less fixture heartbeat is replaced
+    beat("node-b", "0.0.9")
+    skew = client.get("/api/snapshot").json()["qtd_versions"]
+    assert skew["skew"] and skew["nodes"] == {"0.0.9": ["node-b"], qtd.__version__: [NODE]}
+    assert 'id="qtd-versions"' in client.get("/").text
+    src.clock.set(src.clock.now_ns() + 6 * 10**9)  # past the 5 s heartbeat timeout
+    beat(NODE, qtd.__version__)  # node-b is down: its version no longer counts
+    snap = client.get("/api/snapshot").json()
+    assert snap["qtd_versions"] == {"skew": False, "nodes": {qtd.__version__: [NODE]},
+                                    "warning": ""}
+    html = client.get("/").text
+    assert 'id="qtd-versions"' not in html and "<code>0.0.9</code>" in html  # nodes table
+    metrics = client.get("/metrics").text
+    assert "qtd_version_skew 0.0" in metrics
+    assert 'qtd_node_version_info{node="node-b",version="0.0.9"} 1.0' in metrics
 
 
 def _login(c: TestClient, operator: str = "alice") -> str:
