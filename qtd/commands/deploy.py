@@ -30,6 +30,7 @@ from qtd.deploy.fleet import Fleet
 from qtd.deploy.model import DEPLOYABLE_STAGES, DeployVersion, VersionRow
 from qtd.deploy.plan import Planned, admit_for_deploy, new_version, plan, promotion_problem, readmit
 from qtd.errors import ConfigError, TemporaryError
+from qtd.fleetsnapshot import VersionSkew
 
 EPILOG = """\
 examples:
@@ -75,8 +76,10 @@ def add_parsers(sub: Any) -> None:
     v = sub.add_parser("versions", help="per bot and node: desired vs running version",
                        description="Asks the leader for its version table: the desired "
                        "version of every bot and what each node reports running (ok, "
-                       "pending, behind = P2 after the deadline, refused = P2). Exit 75 "
-                       "when no leader answers; exit 3 when any node is behind or refused.")
+                       "pending, behind = P2 after the deadline, refused = P2), then the "
+                       "qtd release each live agent runs ('qtd version skew: ...' when they "
+                       "differ). Exit 75 when no leader answers; exit 3 when any node is "
+                       "behind or refused.")
     v.add_argument("--json", action="store_true", help="one JSON object per row")
     add_connection_args(v)
     v.set_defaults(handler=lambda a: asyncio.run(run_versions(a)))
@@ -119,16 +122,38 @@ def _ts(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ns else "-"
 
 
-async def leader_rows(nc: Client, prefix: str, timeout_s: float) -> list[VersionRow] | None:
-    """The leader's version table, or None when no leader answered."""
+class VersionsReply(msgspec.Struct, kw_only=True):
+    """The leader's ``versions`` reply: the bots' version table and which qtd release each
+    live agent runs (None from a leader older than that field)."""
+
+    ok: bool
+    versions: list[VersionRow] = []
+    qtd_versions: VersionSkew | None = None
+
+
+async def leader_versions(nc: Client, prefix: str, timeout_s: float) -> VersionsReply | None:
+    """The leader's ``versions`` reply, or None when no leader answered (or it refused)."""
     try:
         msg = await nc.request(f"{prefix}.ctl.leader.versions", b"{}", timeout=timeout_s)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
         return None
-    reply = msgspec.json.decode(msg.data)
-    if not reply.get("ok"):
-        return None
-    return msgspec.convert(reply["versions"], list[VersionRow])
+    reply = msgspec.json.decode(msg.data, type=VersionsReply)
+    return reply if reply.ok else None
+
+
+async def leader_rows(nc: Client, prefix: str, timeout_s: float) -> list[VersionRow] | None:
+    """The leader's version table, or None when no leader answered."""
+    reply = await leader_versions(nc, prefix, timeout_s)
+    return None if reply is None else reply.versions
+
+
+def release_line(skew: VersionSkew) -> str:
+    """``qtd 0.1.0 on node-a, node-b``, or the skew warning naming who runs what."""
+    if skew.skew:
+        return skew.warning
+    if not skew.nodes:
+        return "qtd: no live agent"
+    return "qtd " + "; ".join(f"{v} on {', '.join(ns)}" for v, ns in skew.nodes.items())
 
 
 def _print_admission(results: list[Admission], out: TextIO) -> int:
@@ -240,9 +265,10 @@ async def run_versions(args: argparse.Namespace, out: TextIO | None = None) -> i
     """``qtd versions``: exit 0 all ok/pending, 3 any behind or refused, 75 no leader."""
     out = out or sys.stdout
     bus = bus_from_args(args, "qtd-versions")
-    rows = await on_fleet(bus, "versions", lambda nc: leader_rows(nc, bus.prefix, 10.0))
-    if rows is None:
+    reply = await on_fleet(bus, "versions", lambda nc: leader_versions(nc, bus.prefix, 10.0))
+    if reply is None:
         raise TemporaryError("no leader answered `versions`: is `qtd leader` running?")
+    rows = reply.versions
     if args.json:
         for r in rows:
             out.write(json.dumps(msgspec.to_builtins(r)) + "\n")
@@ -258,6 +284,8 @@ async def run_versions(args: argparse.Namespace, out: TextIO | None = None) -> i
                       f"{r.status:<8} {r.stage}{extra}{reason}\n")
         if not rows:
             out.write("no bots reported yet\n")
+        if reply.qtd_versions is not None:
+            out.write(release_line(reply.qtd_versions) + "\n")
     return 3 if any(r.status in ("behind", "refused") for r in rows) else 0
 
 

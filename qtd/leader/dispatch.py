@@ -164,8 +164,9 @@ class CommandDispatcher:
                                                 req.reason or "operator kill",
                                                 req.operator, req.flatten, source=source)
             return {"kill_id": rnd.kill_id, "expected": sorted(rnd.expected)}
-        if verb == "versions":
-            return {"versions": msgspec.to_builtins(self._versions.rows())}
+        if verb == "versions":  # the bots' versions, and the qtd release of each agent
+            return {"versions": msgspec.to_builtins(self._versions.rows()),
+                    "qtd_versions": msgspec.to_builtins(self._status.snapshot().qtd_versions)}
         if verb in ("caps", "caps_raise"):
             return await self._caps_command(verb, req)
         if verb == "status":

@@ -13,6 +13,7 @@ import httpx2
 import msgspec
 import pytest
 
+import qtd
 from qtd.bus import EmbeddedNatsServer
 from qtd.bus.jetstream import ensure_deploy_kv
 from qtd.cli import build_parser
@@ -79,7 +80,11 @@ async def test_node_behind_after_deadline_pages_p2_and_closes_when_it_catches_up
                                        for b in receiver.bodies), what="page")
             code, table = await _cli(run_versions, ["versions"], url)
             assert code == 3
-            lines = {ln.split()[1]: ln for ln in table.splitlines()[1:]}
+            *table_lines, release = table.splitlines()
+            # the qtd release of the live agents (node-b stopped: live until its timeout)
+            assert release in (f"qtd {qtd.__version__} on node-a",
+                               f"qtd {qtd.__version__} on node-a, node-b")
+            lines = {ln.split()[1]: ln for ln in table_lines[1:]}
             assert "ok" in lines["node-a"].split() and "behind" in lines["node-b"].split()
             assert leader.web_url is not None
             async with httpx2.AsyncClient(base_url=leader.web_url) as http:
