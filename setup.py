@@ -18,15 +18,17 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
 class BuildWithShipped(build_py):
-    """``build_py``, then ``etc/``, ``strategies/`` and ``systemd/`` into
-    ``<build_lib>/qtd/_shipped/`` (replacing what an earlier build left there)."""
+    """``build_py`` into an emptied ``<build_lib>/qtd`` (a module or file deleted from the
+    checkout since an earlier build must not ship), then ``etc/``, ``strategies/`` and
+    ``systemd/`` into ``<build_lib>/qtd/_shipped/``."""
 
     def run(self) -> None:
-        super().run()
-        if self.editable_mode:  # an editable install reads them from the checkout
+        if self.editable_mode:  # an editable install reads everything from the checkout
+            super().run()
             return
+        shutil.rmtree(Path(self.build_lib) / "qtd", ignore_errors=True)
+        super().run()
         target = Path(self.build_lib) / "qtd" / _SHIPPED["INSTALLED_DIR"]
-        shutil.rmtree(target, ignore_errors=True)
         for name in _SHIPPED["SHIPPED"]:
             shutil.copytree(HERE / name, target / name, ignore=_IGNORE)
 

@@ -27,8 +27,8 @@ def _files(top: Path) -> set[str]:
 
 
 def _build(tmp: Path) -> Path:
-    """The wheel built from a copy of the checkout's packaging inputs (so no build/ or
-    stale build output of the checkout takes part)."""
+    """The wheel built from a copy of the checkout's packaging inputs (the checkout's own
+    build/ takes no part), where an earlier build left a module since deleted."""
     src = tmp / "src"
     for name in SOURCES:
         path = ROOT / name
@@ -37,6 +37,9 @@ def _build(tmp: Path) -> Path:
         else:
             src.mkdir(exist_ok=True)
             shutil.copy2(path, src / name)
+    stale = src / "build" / "lib" / "qtd" / "removed_since.py"  # an earlier build's output
+    stale.parent.mkdir(parents=True)
+    stale.write_text("")
     out = tmp / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
                     str(src)], check=True, capture_output=True, cwd=tmp)
@@ -54,6 +57,7 @@ def test_the_wheel_carries_the_version_and_everything_the_installed_qtd_reads(
         metadata = z.read(f"qtd-{qtd.__version__}.dist-info/METADATA").decode()
         z.extractall(tmp_path / "site")  # a pure-Python wheel installs by unpacking
     assert f"\nVersion: {qtd.__version__}\n" in metadata
+    assert "qtd/removed_since.py" not in names
     package = {f"qtd/{f}" for f in _files(ROOT / "qtd")}
     assert {"qtd/web/templates/panels/nodes.html", "qtd/data/goog_1d.csv.gz"} <= package
     assert package - names == set()  # code, data, templates, static files
