@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from jinja2.ext import Extension
 from starlette.templating import Jinja2Templates
 
+from qtd import __version__
 from qtd.quality.execution_quality import ExecBreach, ExecRow
 from qtd.quality.surveil import Finding
 from qtd.web import botrow
@@ -82,12 +83,14 @@ def finding_line(f: Finding) -> str:
 
 def environment() -> Environment:
     """The templates' environment: package loader (the templates ship in the wheel),
-    autoescape on, undefined names are errors, the filters and helpers above."""
+    autoescape on, undefined names are errors, the filters and helpers above, and
+    ``qtd_version`` (this process's: the leader's, in the page header)."""
     env = Environment(loader=PackageLoader("qtd.web", "templates"), autoescape=True,
                       undefined=StrictUndefined, extensions=[Spaceless])
     env.filters.update(money=money, sign=sign, fmt=fmt, utc=utc, finding_line=finding_line,
                        urlpart=lambda s: quote(s, safe=""))
     env.globals.update(
+        qtd_version=__version__,
         level=botrow.level, pct=botrow.pct, bar_fill=botrow.fill, kill_line=kill_line,
         points=points, crossed=crossed, counts=botrow.counts, bot_state=botrow.bot_state,
         bot_why=botrow.bot_why, denials=botrow.denials, layout=botrow.layout,

@@ -160,6 +160,7 @@ def test_version_skew_counts_the_live_agents_only(client: TestClient, src: ViewS
                                     "warning": ""}
     html = client.get("/").text
     assert 'id="qtd-versions"' not in html and "<code>0.0.9</code>" in html  # nodes table
+    assert f"the leader's qtd version\">{qtd.__version__}</span>" in html  # header
     metrics = client.get("/metrics").text
     assert "qtd_version_skew 0.0" in metrics
     assert 'qtd_node_version_info{node="node-b",version="0.0.9"} 1.0' in metrics
