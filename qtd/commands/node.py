@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import msgspec
 from qtd.bus.logins import ROLES, login_name
 from qtd.errors import ConfigError, OperationalError
 from qtd.files import atomic_write_bytes
-from qtd.nodes.bundle import CREDENTIALS, ETC, build_bundle
+from qtd.nodes.bundle import AGENT_UNIT, CREDENTIALS, ETC, build_bundle
 from qtd.nodes.install import install_bundle
 from qtd.nodes.keyring import (
     DEFAULT_KEYS_DIR,
@@ -27,6 +28,7 @@ from qtd.nodes.keyring import (
     keys_dir,
 )
 from qtd.nodes.push import push_account
+from qtd.shipped import shipped_dir
 
 DESCRIPTION = """\
 Every qtd process logs in to NATS with its own .creds file (NATS decentralized JWT auth):
@@ -117,12 +119,15 @@ def _install(nsub: Any) -> None:
         "install", help="put a bundle's files in place (on the server, as root)",
         description="Writes each file of the bundle under --root with its owner and mode "
         "(/etc/qtd root:qtd 0750, configs 0640, /etc/qtd/credentials root 0700, secrets "
-        "0600, the unit drop-in 0644), creates the qtd user on a real root, then runs "
+        "0600; the qtd-agent unit of this installed qtd and the bundle's drop-in beside it "
+        "0644), creates the qtd user on a real root, then runs "
         "`qtd preflight` on the installed config with the node's own login. Exit 2 when a "
         "broker credential the unit loads is missing or a preflight check failed.")
     p.add_argument("bundle", metavar="BUNDLE", help="qtd-node-NAME.tar.gz")
     p.add_argument("--root", default="/", help="install under this directory (default /)")
     p.add_argument("--no-preflight", action="store_true", help="skip the preflight")
+    p.add_argument("--enable", action="store_true", help="then, when nothing failed: "
+                   "systemctl daemon-reload && systemctl enable --now qtd-agent (--root / only)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(handler=run_install)
 
@@ -191,9 +196,7 @@ def run_add(args: argparse.Namespace) -> int:
             f"give it to that process: {CREDENTIALS}/nats.creds, [bus] creds_credential = "
             '"nats.creds" (or creds_file = PATH; the CLI: --creds PATH)'])
         return 0
-    from qtd.up.layout import find_etc
-
-    template = Path(args.template) if args.template else find_etc() / "agent.toml"
+    template = Path(args.template) if args.template else shipped_dir("etc") / "agent.toml"
     envs = _envs(args.env)
     login_name("agent", args.name)  # a bad node name fails before a login is issued
     creds = ring.issue("agent", args.name)
@@ -266,10 +269,26 @@ def run_install(args: argparse.Namespace) -> int:
     code = OperationalError.exit_code if report.missing_credentials else 0
     if not args.no_preflight:
         code = max(code, _preflight(root, sys.stderr if args.json else sys.stdout))
+    if code == 0 and args.enable:
+        return _enable(root)
     if root == Path("/") and code == 0 and not args.json:
         sys.stdout.write("next: systemctl daemon-reload && systemctl enable --now "
-                         "qtd-agent\n")
+                         "qtd-agent   (or --enable)\n")
     return code
+
+
+def _enable(root: Path) -> int:
+    if root != Path("/"):
+        raise ConfigError(f"--enable with --root {root}: systemd runs the units of / only",
+                          source="<arg>", field="enable", value=str(root), rule="--root /")
+    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", AGENT_UNIT]):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OperationalError(f"{' '.join(argv)}: exit {done.returncode}: "
+                                   f"{(done.stderr or done.stdout).strip()[:300]}",
+                                   command=argv[0])
+    sys.stdout.write(f"{AGENT_UNIT} enabled and started: journalctl -u {AGENT_UNIT} -f\n")
+    return 0
 
 
 def _preflight(root: Path, out: TextIO) -> int:

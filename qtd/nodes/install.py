@@ -3,7 +3,9 @@
 Only the files the manifest lists are written, each only under ``etc/qtd/`` or
 ``etc/systemd/system/`` of ``root`` (``/`` on a real host; a temporary directory in tests),
 each atomically with its mode from the start. Directories: ``/etc/qtd`` root:qtd 0750,
-``/etc/qtd/credentials`` root:root 0700. Owners are set when running as root and the user and
+``/etc/qtd/credentials`` root:root 0700. The agent's unit is this installed qtd's own
+``systemd/qtd-agent.service`` (:mod:`qtd.shipped`), never edited: the bundle's drop-in beside
+it loads the host's credentials. Owners are set when running as root and the user and
 group exist; on a real root (``/``) the ``qtd`` system user is created first if missing
 (``useradd --system``), as the unit's ``User=qtd`` needs it.
 """
@@ -21,9 +23,11 @@ import msgspec
 
 from qtd.errors import ConfigError, OperationalError
 from qtd.files import atomic_write_bytes
-from qtd.nodes.bundle import CREDENTIALS, ETC, SERVICE_USER, STATE_DIR, Manifest
+from qtd.nodes.bundle import AGENT_UNIT, CREDENTIALS, ETC, SERVICE_USER, STATE_DIR, Manifest
+from qtd.shipped import shipped_dir
 
-_ALLOWED = ("etc/qtd/", "etc/systemd/system/")
+UNIT_DIR = "etc/systemd/system"
+_ALLOWED = ("etc/qtd/", f"{UNIT_DIR}/")
 _DIRS = {ETC: (0o750, SERVICE_USER), f"{ETC}/bots": (0o750, SERVICE_USER),
          f"{ETC}/strategies": (0o750, SERVICE_USER), CREDENTIALS: (0o700, "root")}
 MAX_BUNDLE_MEMBER = 4 * 1024 * 1024
@@ -150,6 +154,12 @@ def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
                                                               f.group, notes)))
     except OSError as e:
         raise OperationalError(f"install into {root}: {e}", root=str(root)) from None
+    unit = root / UNIT_DIR / AGENT_UNIT
+    try:
+        atomic_write_bytes(unit, (shipped_dir("systemd") / AGENT_UNIT).read_bytes(), mode=0o644)
+    except OSError as e:
+        raise OperationalError(f"install {unit}: {e}", root=str(root)) from None
+    done.append(Installed(str(unit), 0o644, _place(unit, 0o644, "root", "root", notes)))
     missing = tuple(n for n in manifest.broker_credentials
                     if not (root / CREDENTIALS / n).is_file())
     return InstallReport(manifest.node, tuple(done), missing, tuple(notes))

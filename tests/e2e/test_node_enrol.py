@@ -39,7 +39,7 @@ from nats.aio.msg import Msg
 from qtd.bus import ensure_jetstream, find_nats_server
 from qtd.bus.jetstream import ensure_deploy_kv
 from qtd.bus.logins import inbox_of
-from tests.shipped import CONF, run_qtd
+from tests.shipped import CONF, ROOT, run_qtd
 
 pytestmark = pytest.mark.slow
 
@@ -158,8 +158,12 @@ async def _enrol_and_revoke(tmp: Path, keys: Path, nats_dir: Path, ops: Path, ur
     etc = root / "etc" / "qtd"
     expect = {etc: 0o750, etc / "credentials": 0o700, etc / "credentials" / "nats.creds": 0o600,
               etc / "agent.toml": 0o640, etc / "risk.toml": 0o640,
-              root / "etc/systemd/system/qtd-agent.service.d/credentials.conf": 0o644}
+              root / "etc/systemd/system/qtd-agent.service.d/credentials.conf": 0o644,
+              root / "etc/systemd/system/qtd-agent.service": 0o644}
     assert {p: _mode(p) for p in expect} == expect
+    shipped_unit = ROOT / "systemd" / "qtd-agent.service"
+    assert (root / "etc/systemd/system/qtd-agent.service").read_bytes() == \
+        shipped_unit.read_bytes()  # the shipped unit as it is: never edited per host
     assert sorted(p.name for p in (etc / "bots").iterdir()) == [
         "breakout-spx.toml", "momo-goog.toml"]
     assert sorted(p.name for p in (etc / "strategies").iterdir()) == [
