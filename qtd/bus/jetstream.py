@@ -143,17 +143,18 @@ async def _ensure_stream(js: JetStreamContext, want: StreamConfig) -> tuple[Stre
 
 
 async def _ensure_kv(
-    js: JetStreamContext, bucket: str, history: int, replicas: int
+    js: JetStreamContext, bucket: str, history: int, replicas: int, *, rollups: bool = True
 ) -> tuple[KeyValue, str]:
     stream_name = f"KV_{bucket}"
+    created = False
     try:
         info = await js.stream_info(stream_name)
     except NotFoundError:
-        kv = await js.create_key_value(KeyValueConfig(
+        await js.create_key_value(KeyValueConfig(
             bucket=bucket, history=history, replicas=replicas, storage=StorageType.FILE,
             description="qtd control state: kill switch, admitted params",
         ))
-        return kv, f"created KV bucket {bucket}"
+        info, created = await js.stream_info(stream_name), True
     if info.config.storage != StorageType.FILE:
         raise OperationalError(
             f"KV bucket {bucket} exists with storage {info.config.storage}, qtd wants file "
@@ -162,9 +163,12 @@ async def _ensure_kv(
         )
     have = {"max_msgs_per_subject": info.config.max_msgs_per_subject,
             "num_replicas": info.config.num_replicas}
-    want = {"max_msgs_per_subject": history, "num_replicas": replicas}
+    want: dict[str, Any] = {"max_msgs_per_subject": history, "num_replicas": replicas}
+    if not rollups:  # nats-py creates every KV bucket with rollups allowed
+        have["allow_rollup_hdrs"], want["allow_rollup_hdrs"] = (
+            bool(info.config.allow_rollup_hdrs), False)
     diff = {k: (have[k], want[k]) for k in want if have[k] != want[k]}
-    note = ""
+    note = f"created KV bucket {bucket}" if created else ""
     if diff:
         try:
             await js.update_stream(info.config.evolve(**want))
@@ -173,7 +177,8 @@ async def _ensure_kv(
                 f"JetStream refused to update KV bucket {bucket} ({_describe(diff)}): {e}",
                 bucket=bucket, differences=diff,
             ) from e
-        note = f"updated KV bucket {bucket} ({_describe(diff)})"
+        if not created:
+            note = f"updated KV bucket {bucket} ({_describe(diff)})"
     return await js.key_value(bucket), note
 
 
@@ -238,7 +243,11 @@ async def ensure_jetstream(
     _check_args(replicas, max_age, max_bytes, duplicate_window, kv_history)
     want = _stream_config(stream, subjects, replicas, max_age, max_bytes, duplicate_window)
     info, s_note = await _ensure_stream(js, want)
-    kv, kv_note = await _ensure_kv(js, bucket, kv_history, replicas)
+    # No rollups on the control bucket: a publish with ``Nats-Rollup: all`` purges every other
+    # key and nats-server checks nothing beyond the publish itself, so the agent login that may
+    # write its test key ``preflight.<node>`` (qtd.bus.logins) would erase the kill set. qtd
+    # never purges a control key (a KV purge is a rollup).
+    kv, kv_note = await _ensure_kv(js, bucket, kv_history, replicas, rollups=False)
     changes = tuple(n for n in (s_note, kv_note) if n)
     for note in changes:
         log.info("jetstream.ensure change=%r", note)

@@ -7,7 +7,8 @@ agent's own login: the one key of the bucket an agent login may write is its own
 (:mod:`qtd.bus.logins`), so a trading server never holds another role's secret. The stored
 message's server timestamp, against the midpoint of the local clock around the put, gives
 the clock offset vs the NATS server (uncertainty: half the put's round trip). The key is
-purged afterwards.
+deleted afterwards (a delete marker: the bucket refuses the rollup a purge is, and keeps at
+most its history of values per key).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ async def _round_trip(node: str, nc: Client, timeout_s: float, *, max_rtt_ms: fl
         return [Check(KILL_ROW, "FAIL", f"read back {key}: {type(e).__name__}: {first_line(e)}"),
                 Check(CLOCK_ROW, "skipped", "no round trip")]
     finally:
-        await _purge(kv, key)
+        await _delete(kv, key)
     kill = Check(KILL_ROW, "ok" if rtt_ms <= max_rtt_ms else "FAIL",
                  f"{rtt_ms:.1f} ms set -> read back on test key {key} (max {max_rtt_ms:g} ms)")
     return [kill, _clock_row(stored.time, wall0, wall1, (t_ack - t0) / 1e6, max_offset_ms)]
@@ -154,10 +155,10 @@ async def _read_back(kv_r: KeyValue, key: str, rev: int, t0: int, timeout_s: flo
         await asyncio.sleep(0.001)
 
 
-async def _purge(kv_w: KeyValue, key: str) -> None:
+async def _delete(kv_w: KeyValue, key: str) -> None:
     # a leftover test key is harmless: it is never the kill key
     with contextlib.suppress(nats.errors.Error, TimeoutError):
-        await kv_w.purge(key)
+        await kv_w.delete(key)
 
 
 def _clock_row(server: datetime | None, wall0: int, wall1: int, put_ms: float,
