@@ -1,7 +1,8 @@
 """``qtd node install BUNDLE``: put a node bundle's files in place, with owners and modes.
 
-Only the files the manifest lists are written, each only under ``etc/qtd/`` or
-``etc/systemd/system/`` of ``root`` (``/`` on a real host; a temporary directory in tests),
+Only the files the manifest lists are written, each only if it is one of the files ``qtd
+node add`` writes (``etc/qtd/`` and the agent unit's credentials drop-in under ``root``:
+``/`` on a real host, a temporary directory in tests) with that file's mode and owner,
 each atomically with its mode from the start. Directories: ``/etc/qtd`` root:qtd 0750,
 ``/etc/qtd/credentials`` root:root 0700. The agent's unit is this installed qtd's own
 ``systemd/qtd-agent.service`` (:mod:`qtd.shipped`), never edited: the bundle's drop-in beside
@@ -15,6 +16,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import subprocess
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -23,11 +25,30 @@ import msgspec
 
 from qtd.errors import ConfigError, OperationalError
 from qtd.files import atomic_write_bytes
-from qtd.nodes.bundle import AGENT_UNIT, CREDENTIALS, ETC, SERVICE_USER, STATE_DIR, Manifest
+from qtd.nodes.bundle import (
+    AGENT_UNIT,
+    CREDENTIALS,
+    ETC,
+    SERVICE_USER,
+    STATE_DIR,
+    BundleFile,
+    Manifest,
+)
 from qtd.shipped import shipped_dir
 
 UNIT_DIR = "etc/systemd/system"
 _ALLOWED = ("etc/qtd/", f"{UNIT_DIR}/")
+_FILE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"
+_SHAPES: tuple[tuple[re.Pattern[str], int, str, str], ...] = tuple(
+    (re.compile(pattern), mode, owner, group) for pattern, mode, owner, group in (
+        (rf"{ETC}/(agent|risk)\.toml", 0o640, "root", SERVICE_USER),
+        (rf"{ETC}/bots/{_FILE}\.toml", 0o640, "root", SERVICE_USER),
+        (rf"{ETC}/strategies/{_FILE}\.py", 0o640, "root", SERVICE_USER),
+        (rf"{CREDENTIALS}/{_FILE}", 0o600, "root", "root"),
+        (re.escape(f"{UNIT_DIR}/{AGENT_UNIT}.d/credentials.conf"), 0o644, "root", "root"),
+    ))
+"""Every file a bundle may hold: its path, and the only mode and owner it may have (a
+crafted bundle cannot add a unit, a setuid file or a secret readable by the service user)."""
 _DIRS = {ETC: (0o750, SERVICE_USER), f"{ETC}/bots": (0o750, SERVICE_USER),
          f"{ETC}/strategies": (0o750, SERVICE_USER), CREDENTIALS: (0o700, "root")}
 MAX_BUNDLE_MEMBER = 4 * 1024 * 1024
@@ -71,11 +92,29 @@ def _safe(path: str) -> str:
     return path
 
 
+def _check_shape(f: BundleFile) -> None:
+    """``f`` is one of :data:`_SHAPES` with exactly that mode and owner.
+
+    Raises:
+        ConfigError: any other path, mode or owner.
+    """
+    _safe(f.path)
+    for pattern, mode, owner, group in _SHAPES:
+        if pattern.fullmatch(f.path):
+            if (f.mode, f.owner, f.group) != (mode, owner, group):
+                raise _bad(f"{f.path} {f.owner}:{f.group} {f.mode:04o}",
+                           f"this file is installed {owner}:{group} {mode:04o} only")
+            return
+    raise _bad(f.path, "not a file qtd node add writes (agent.toml, risk.toml, bots/*.toml, "
+               "strategies/*.py, credentials/<name>, the qtd-agent credentials drop-in)")
+
+
 def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest and file contents of a bundle written by ``qtd node add``.
 
     Raises:
-        ConfigError: not a bundle, a path outside the allowed directories, a listed file
+        ConfigError: not a bundle, a path outside the allowed directories or not a file
+            ``qtd node add`` writes, a mode or owner other than that file's, a listed file
             missing from the archive, or a member over 4 MiB.
     """
     try:
@@ -89,7 +128,9 @@ def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
                 return f.read()
 
             manifest = msgspec.json.decode(member("manifest.json"), type=Manifest)
-            contents = {f.path: member(f"root/{_safe(f.path)}") for f in manifest.files}
+            for f in manifest.files:
+                _check_shape(f)
+            contents = {f.path: member(f"root/{f.path}") for f in manifest.files}
     except (OSError, tarfile.TarError, KeyError, msgspec.DecodeError) as e:
         raise ConfigError(f"{path}: not a qtd node bundle ({type(e).__name__}: {e})",
                           source=str(path), field="bundle", value=str(path),

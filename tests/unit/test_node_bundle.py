@@ -102,3 +102,28 @@ def test_install_reports_a_missing_broker_credential(tmp_path: Path) -> None:
     assert (tmp_path / "root/etc/qtd/credentials/nats.creds").read_text() == "CREDS"
     with pytest.raises(ConfigError, match="not a qtd node bundle"):
         install_bundle(tmp_path / "agent.toml", tmp_path / "root")
+
+
+@pytest.mark.parametrize(("path", "mode", "owner", "words"), [
+    ("etc/systemd/system/evil.service", 0o644, "root", "not a file qtd node add writes"),
+    ("etc/systemd/system/multi-user.target.wants/x.service", 0o644, "root",
+     "not a file qtd node add writes"),
+    ("etc/systemd/system/qtd-agent.service.d/override.conf", 0o644, "root",
+     "not a file qtd node add writes"),
+    ("etc/qtd/sudoers", 0o640, "root", "not a file qtd node add writes"),
+    ("etc/qtd/strategies/x.py", 0o4755, "root", "installed root:qtd 0640 only"),
+    ("etc/qtd/credentials/nats.creds", 0o644, "root", "installed root:root 0600 only"),
+    ("etc/qtd/credentials/nats.creds", 0o600, "qtd", "installed root:root 0600 only"),
+])
+def test_install_refuses_a_crafted_file_mode_or_owner(
+        tmp_path: Path, path: str, mode: int, owner: str, words: str) -> None:
+    # review of issue 25: a crafted bundle could add any unit under etc/systemd/system (run as
+    # root at boot), a setuid file, or hand the service user the node's NATS seed
+    manifest = {"node": "n", "login": "agent-n", "qtd_version": "0", "created_at": 0,
+                "files": [{"path": path, "mode": mode, "owner": owner,
+                           "group": "qtd" if path.endswith(".py") else owner}]}
+    bundle = _tar(tmp_path / "b.tar.gz", manifest, {f"root/{path}": b"x"})
+    with pytest.raises(ConfigError, match=words) as e:
+        install_bundle(bundle, tmp_path / "root")
+    assert e.value.field == "path"
+    assert not (tmp_path / "root").exists()  # nothing written
