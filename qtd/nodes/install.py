@@ -170,6 +170,41 @@ def _place(target: Path, mode: int, owner: str, group: str, notes: list[str]) ->
     return f"{owner}:{group}"
 
 
+def _prune(root: Path, manifest: Manifest, notes: list[str]) -> None:
+    """Remove the bots and strategies a previous bundle installed that this one does not
+    list (the agent runs every ``bots/*.toml``: a bot moved to another node would trade
+    twice); name the broker keys left in place that the drop-in no longer loads."""
+    listed = {f.path for f in manifest.files}
+    for rel, glob in ((f"{ETC}/bots", "*.toml"), (f"{ETC}/strategies", "*.py")):
+        for old in sorted((root / rel).glob(glob)):
+            if f"{rel}/{old.name}" not in listed:
+                old.unlink()
+                notes.append(f"removed {old}: not in this bundle")
+    keep = {*listed, *(f"{CREDENTIALS}/{n}" for n in manifest.broker_credentials)}
+    for old in sorted((root / CREDENTIALS).glob("*.env")):
+        if f"{CREDENTIALS}/{old.name}" not in keep:
+            notes.append(f"{old} is not loaded by the unit any more (an account this node no "
+                         "longer trades): remove it")
+
+
+def _write(root: Path, manifest: Manifest, contents: dict[str, bytes], notes: list[str]
+           ) -> list[Installed]:
+    for rel, (mode, group) in _DIRS.items():
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(mode)
+        _place(d, mode, "root", group, notes)
+    done = []
+    for f in manifest.files:
+        target = root / f.path
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        atomic_write_bytes(target, contents[f.path], mode=f.mode)
+        done.append(Installed(str(target), f.mode, _place(target, f.mode, f.owner,
+                                                          f.group, notes)))
+    _prune(root, manifest, notes)
+    return done
+
+
 def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
     """Install ``bundle`` under ``root`` (see the module docstring).
 
@@ -181,18 +216,7 @@ def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
     notes: list[str] = []
     _ensure_user(root, notes)
     try:
-        for rel, (mode, group) in _DIRS.items():
-            d = root / rel
-            d.mkdir(parents=True, exist_ok=True)
-            d.chmod(mode)
-            _place(d, mode, "root", group, notes)
-        done = []
-        for f in manifest.files:
-            target = root / f.path
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            atomic_write_bytes(target, contents[f.path], mode=f.mode)
-            done.append(Installed(str(target), f.mode, _place(target, f.mode, f.owner,
-                                                              f.group, notes)))
+        done = _write(root, manifest, contents, notes)
     except OSError as e:
         raise OperationalError(f"install into {root}: {e}", root=str(root)) from None
     unit = root / UNIT_DIR / AGENT_UNIT

@@ -127,3 +127,19 @@ def test_install_refuses_a_crafted_file_mode_or_owner(
         install_bundle(bundle, tmp_path / "root")
     assert e.value.field == "path"
     assert not (tmp_path / "root").exists()  # nothing written
+
+
+def test_a_reinstall_removes_the_bots_the_new_bundle_drops(tmp_path: Path) -> None:
+    # review of issue 25: the agent runs every bots/*.toml; a bot moved to another node and
+    # left behind by a reinstall here would trade on both
+    root = tmp_path / "root"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    both = _bundle(tmp_path / "a", accounts=["paper-main"], bots=["momo-goog", "breakout-spx"])
+    install_bundle(both.write(tmp_path / "both.tar.gz"), root)
+    one = _bundle(tmp_path / "b", accounts=["paper-main"], bots=["momo-goog"])
+    report = install_bundle(one.write(tmp_path / "one.tar.gz"), root)
+    assert sorted(p.name for p in (root / "etc/qtd/bots").iterdir()) == ["momo-goog.toml"]
+    assert sorted(p.name for p in (root / "etc/qtd/strategies").iterdir()) == ["ma_cross.py"]
+    assert any("breakout-spx.toml: not in this bundle" in n for n in report.notes)
+
