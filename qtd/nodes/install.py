@@ -170,6 +170,22 @@ def _place(target: Path, mode: int, owner: str, group: str, notes: list[str]) ->
     return f"{owner}:{group}"
 
 
+def _no_symlink(root: Path, rel: str) -> None:
+    """Refuse a symlink anywhere on ``rel`` below ``root``: root would write, chown and chmod
+    through it (a link planted while the directory was writable by someone else).
+
+    Raises:
+        OperationalError: a component is a symlink.
+    """
+    here = root
+    for part in PurePosixPath(rel).parts:
+        here = here / part
+        if here.is_symlink():
+            raise OperationalError(f"install into {root}: {here} is a symlink; qtd writes "
+                                   "its files only into real directories (remove the link)",
+                                   root=str(root), path=str(here))
+
+
 def _prune(root: Path, manifest: Manifest, notes: list[str]) -> None:
     """Remove the bots and strategies a previous bundle installed that this one does not
     list (the agent runs every ``bots/*.toml``: a bot moved to another node would trade
@@ -190,12 +206,14 @@ def _prune(root: Path, manifest: Manifest, notes: list[str]) -> None:
 def _write(root: Path, manifest: Manifest, contents: dict[str, bytes], notes: list[str]
            ) -> list[Installed]:
     for rel, (mode, group) in _DIRS.items():
+        _no_symlink(root, rel)
         d = root / rel
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(mode)
         _place(d, mode, "root", group, notes)
     done = []
     for f in manifest.files:
+        _no_symlink(root, f.path)
         target = root / f.path
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         atomic_write_bytes(target, contents[f.path], mode=f.mode)
@@ -210,7 +228,7 @@ def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
 
     Raises:
         ConfigError: not a valid bundle (nothing is written then).
-        OperationalError: a file or directory cannot be written.
+        OperationalError: a file or directory cannot be written, or is a symlink.
     """
     manifest, contents = read_bundle(bundle)
     notes: list[str] = []
@@ -221,6 +239,7 @@ def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
         raise OperationalError(f"install into {root}: {e}", root=str(root)) from None
     unit = root / UNIT_DIR / AGENT_UNIT
     try:
+        _no_symlink(root, f"{UNIT_DIR}/{AGENT_UNIT}")
         atomic_write_bytes(unit, (shipped_dir("systemd") / AGENT_UNIT).read_bytes(), mode=0o644)
     except OSError as e:
         raise OperationalError(f"install {unit}: {e}", root=str(root)) from None

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from qtd.errors import ConfigError
+from qtd.errors import ConfigError, OperationalError
 from qtd.nodes.bundle import Bundle, build_bundle
 from qtd.nodes.install import install_bundle, read_bundle
 
@@ -143,3 +143,13 @@ def test_a_reinstall_removes_the_bots_the_new_bundle_drops(tmp_path: Path) -> No
     assert sorted(p.name for p in (root / "etc/qtd/strategies").iterdir()) == ["ma_cross.py"]
     assert any("breakout-spx.toml: not in this bundle" in n for n in report.notes)
 
+
+def test_install_writes_nothing_through_a_symlink(tmp_path: Path) -> None:
+    b = _bundle(tmp_path, accounts=["paper-main"], bots=[])
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "etc/qtd").mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / "etc/qtd/credentials").symlink_to(elsewhere)
+    with pytest.raises(OperationalError, match="is a symlink"):
+        install_bundle(b.write(tmp_path / "b.tar.gz"), root)
+    assert list(elsewhere.iterdir()) == []
