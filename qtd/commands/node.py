@@ -118,7 +118,7 @@ def _install(nsub: Any) -> None:
     p = nsub.add_parser(
         "install", help="put a bundle's files in place (on the server, as root)",
         description="Writes each file of the bundle under --root with its owner and mode "
-        "(/etc/qtd root:qtd 0750, configs 0640, /etc/qtd/credentials root 0700, secrets "
+        "(/etc/qtd root 0755, configs root:qtd 0640, /etc/qtd/credentials root 0700, secrets "
         "0600; the qtd-agent unit of this installed qtd and the bundle's drop-in beside it "
         "0644), creates the qtd user on a real root, then runs "
         "`qtd preflight` on the installed config with the node's own login. Exit 2 when a "

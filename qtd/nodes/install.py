@@ -3,7 +3,8 @@
 Only the files the manifest lists are written, each only if it is one of the files ``qtd
 node add`` writes (``etc/qtd/`` and the agent unit's credentials drop-in under ``root``:
 ``/`` on a real host, a temporary directory in tests) with that file's mode and owner,
-each atomically with its mode from the start. Directories: ``/etc/qtd`` root:qtd 0750,
+each atomically with its mode from the start. Directories: ``/etc/qtd`` root 0755 (it
+also holds nats-server's config on a shared host), ``bots`` and ``strategies`` root:qtd 0750,
 ``/etc/qtd/credentials`` root:root 0700. The agent's unit is this installed qtd's own
 ``systemd/qtd-agent.service`` (:mod:`qtd.shipped`), never edited: the bundle's drop-in beside
 it loads the host's credentials. Owners are set when running as root and the user and
@@ -49,7 +50,10 @@ _SHAPES: tuple[tuple[re.Pattern[str], int, str, str], ...] = tuple(
     ))
 """Every file a bundle may hold: its path, and the only mode and owner it may have (a
 crafted bundle cannot add a unit, a setuid file or a secret readable by the service user)."""
-_DIRS = {ETC: (0o750, SERVICE_USER), f"{ETC}/bots": (0o750, SERVICE_USER),
+# /etc/qtd stays traversable by every user (as before issue 25): on a host that also runs
+# nats-server (User=nats) it holds nats-server.conf and nats-auth.conf, which nats must read;
+# the configs in it are root:qtd 0640 and the secrets in credentials/ root 0700.
+_DIRS = {ETC: (0o755, "root"), f"{ETC}/bots": (0o750, SERVICE_USER),
          f"{ETC}/strategies": (0o750, SERVICE_USER), CREDENTIALS: (0o700, "root")}
 MAX_BUNDLE_MEMBER = 4 * 1024 * 1024
 

@@ -156,7 +156,7 @@ async def _enrol_and_revoke(tmp: Path, keys: Path, nats_dir: Path, ops: Path, ur
     inst = run_qtd(["node", "install", str(bundle), "--root", str(root)])
     assert "Traceback" not in inst.stderr, inst.stderr
     etc = root / "etc" / "qtd"
-    expect = {etc: 0o750, etc / "credentials": 0o700, etc / "credentials" / "nats.creds": 0o600,
+    expect = {etc: 0o755, etc / "credentials": 0o700, etc / "credentials" / "nats.creds": 0o600,
               etc / "agent.toml": 0o640, etc / "risk.toml": 0o640,
               root / "etc/systemd/system/qtd-agent.service.d/credentials.conf": 0o644,
               root / "etc/systemd/system/qtd-agent.service": 0o644}

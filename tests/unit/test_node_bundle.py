@@ -153,3 +153,17 @@ def test_install_writes_nothing_through_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(OperationalError, match="is a symlink"):
         install_bundle(b.write(tmp_path / "b.tar.gz"), root)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_install_leaves_etc_qtd_readable_by_a_nats_server_on_the_same_host(
+        tmp_path: Path) -> None:
+    # review of issue 25: /etc/qtd 0750 root:qtd locked the nats user (systemd/nats-server
+    # .service) out of /etc/qtd/nats-server.conf and nats-auth.conf on a shared host
+    b = _bundle(tmp_path, accounts=["paper-main"], bots=[])
+    root = tmp_path / "root"
+    (root / "etc/qtd").mkdir(parents=True)
+    (root / "etc/qtd/nats-server.conf").write_text("listen: 127.0.0.1:4222\n")
+    install_bundle(b.write(tmp_path / "b.tar.gz"), root)
+    assert (root / "etc/qtd").stat().st_mode & 0o777 == 0o755
+    assert (root / "etc/qtd/credentials").stat().st_mode & 0o777 == 0o700
+    assert (root / "etc/qtd/nats-server.conf").exists()  # not pruned
