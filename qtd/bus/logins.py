@@ -45,6 +45,7 @@ from typing import Literal, get_args
 
 from qtd.bus.identity import Permissions
 from qtd.bus.subjects import check_token
+from qtd.errors import ConfigError
 
 Role = Literal["agent", "leader", "operator", "deployer", "system"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -54,6 +55,10 @@ CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 """Where a system-account user pushes an account JWT (NATS based resolver)."""
 
 _NOT_TOKEN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+NAME_RULE = ("1-64 characters of A-Z a-z 0-9 _ - starting with a letter or digit (a login's "
+             "inbox is _INBOX_<name>: two names that differ only in other characters would "
+             "share one)")
 
 _READ_BUCKETS = ("qtd_control", "qtd_deploy", "qtd_sources")
 
@@ -64,16 +69,28 @@ def inbox_of(login: str) -> str:
     return f"_INBOX_{_NOT_TOKEN_CHARS.sub('_', login)}"
 
 
+def check_name(field: str, value: str) -> str:
+    """``value`` if it may name a node or a login (:data:`NAME_RULE`), else raise.
+
+    Raises:
+        ConfigError: names the field, the value and the rule.
+    """
+    if not _NAME.fullmatch(value):
+        raise ConfigError(f"invalid {field} {value!r}: {NAME_RULE}", source="<arg>",
+                          field=field, value=value, rule=NAME_RULE)
+    return value
+
+
 def login_name(role: Role, node: str | None = None) -> str:
     """The login name of ``role``: ``agent-<node>`` for an agent, else the role's name
     (``qtd-sys`` for the system login).
 
     Raises:
-        ConfigError: an agent without a node, or a node that is not a subject token.
+        ConfigError: an agent without a node, or a node outside :data:`NAME_RULE`.
         ValueError: an unknown role.
     """
     if role == "agent":
-        return f"agent-{check_token('node', node or '')}"
+        return f"agent-{check_name('node', node or '')}"
     if role == "system":
         return SYSTEM_LOGIN
     if role not in ROLES:
@@ -110,16 +127,16 @@ def _agent(node: str, p: str) -> Permissions:
     )
 
 
-def _leader(p: str) -> Permissions:
+def _leader(p: str, name: str) -> Permissions:
     return Permissions(
         publish=(f"{p}.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.qtd_control.>",
                  "$KV.qtd_deploy.>"),
-        subscribe=(f"{p}.>", f"{inbox_of('leader')}.>", "$KV.qtd_control.>"),
+        subscribe=(f"{p}.>", f"{inbox_of(name)}.>", "$KV.qtd_control.>"),
         responses=True,
     )
 
 
-def _operator(p: str) -> Permissions:
+def _operator(p: str, name: str) -> Permissions:
     return Permissions(
         publish=(
             "$KV.qtd_control.kill", f"{p}.ctl.kill", f"{p}.ctl.leader.*",
@@ -127,11 +144,11 @@ def _operator(p: str) -> Permissions:
             "$JS.API.DIRECT.GET.KV_qtd_control.$KV.qtd_control.kill",
             "$JS.API.DIRECT.GET.KV_qtd_deploy.>", "$JS.API.DIRECT.GET.KV_qtd_sources.>",
         ),
-        subscribe=(f"{p}.ack.kill.*", f"{p}.hb.*", f"{inbox_of('operator')}.>"),
+        subscribe=(f"{p}.ack.kill.*", f"{p}.hb.*", f"{inbox_of(name)}.>"),
     )
 
 
-def _deployer(p: str) -> Permissions:
+def _deployer(p: str, name: str) -> Permissions:
     return Permissions(
         publish=(
             "$KV.qtd_deploy.>", "$KV.qtd_sources.>", f"{p}.ctl.leader.versions",
@@ -140,17 +157,20 @@ def _deployer(p: str) -> Permissions:
             "$JS.API.DIRECT.GET.KV_qtd_deploy.>", "$JS.API.STREAM.MSG.GET.KV_qtd_deploy",
             "$JS.API.DIRECT.GET.KV_qtd_sources.>", "$JS.API.STREAM.MSG.GET.KV_qtd_sources",
         ),
-        subscribe=(f"{inbox_of('deployer')}.>",),
+        subscribe=(f"{inbox_of(name)}.>",),
     )
 
 
-def permissions(role: Role, node: str | None = None, *, prefix: str = "qtd") -> Permissions:
+def permissions(role: Role, node: str | None = None, *, prefix: str = "qtd",
+                name: str | None = None) -> Permissions:
     """Exactly what ``role``'s login may publish and subscribe to.
 
     Args:
         role: one of :data:`ROLES`.
-        node: the agent's node (a subject token); agents only.
+        node: the agent's node (:data:`NAME_RULE`); agents only.
         prefix: the fleet's subject prefix (:class:`qtd.bus.subjects.Subjects`).
+        name: the login's name for a leader, operator or deployer (default the role's name):
+            it reads replies on ``_INBOX_<name>`` only, the inbox its clients use.
 
     Raises:
         ConfigError: an agent without a valid node.
@@ -158,13 +178,14 @@ def permissions(role: Role, node: str | None = None, *, prefix: str = "qtd") -> 
     """
     check_token("prefix", prefix)
     if role == "agent":
-        return _agent(check_token("node", node or ""), prefix)
+        login_name("agent", node)
+        return _agent(node or "", prefix)
     if role == "leader":
-        return _leader(prefix)
+        return _leader(prefix, name or role)
     if role == "operator":
-        return _operator(prefix)
+        return _operator(prefix, name or role)
     if role == "deployer":
-        return _deployer(prefix)
+        return _deployer(prefix, name or role)
     if role == "system":
         return Permissions(publish=(CLAIMS_UPDATE,),
                            subscribe=(f"{inbox_of(SYSTEM_LOGIN)}.>",))

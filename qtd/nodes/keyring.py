@@ -31,7 +31,7 @@ import msgspec
 import nkeys
 
 from qtd.bus import identity
-from qtd.bus.logins import ROLES, SYSTEM_LOGIN, Role, login_name, permissions
+from qtd.bus.logins import ROLES, SYSTEM_LOGIN, Role, check_name, login_name, permissions
 from qtd.errors import ConfigError, OperationalError
 from qtd.files import atomic_write_bytes
 
@@ -180,18 +180,9 @@ class Keyring:
             ConfigError: a login of that name is in force (revoke it first), a bad node name
                 or an unknown role.
         """
-        if role not in ROLES:
-            raise ConfigError(f"unknown role {role!r}: one of {', '.join(ROLES)}",
-                              source="<arg>", field="role", value=role, rule="a known role")
-        login = login_name(role, node) if role in ("agent", "system") else (name or role)
-        old = self.find(login)
-        if old is not None:
-            raise ConfigError(
-                f"{login} already has a login in force (key {old.public_key[:12]}..., issued "
-                f"{_iso(old.issued_at)}): `qtd node revoke {node or login}` first",
-                source="<arg>", field="name", value=login, rule="one login in force per name")
+        login = self._new_name(role, node, name)
         key = identity.new_key("user")
-        perms = permissions(role, node, prefix=self.registry.prefix)
+        perms = permissions(role, node, prefix=self.registry.prefix, name=login)
         signer = self._system if role == "system" else self._account
         token = identity.user_jwt(identity.public_key(key), login, signer, perms)
         issued = int(time.time()) if now is None else now
@@ -201,6 +192,30 @@ class Keyring:
                                               issued_at=issued))
             self.save()
         return identity.creds(token, key)
+
+    def _new_name(self, role: Role, node: str | None, name: str | None) -> str:
+        """The name of a login about to be issued: valid, and found by no login in force
+        under its name or its node (``qtd node revoke NAME`` must revoke the one meant)."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}: one of {', '.join(ROLES)}",
+                              source="<arg>", field="role", value=role, rule="a known role")
+        if role in ("agent", "system"):
+            login = login_name(role, node)
+        else:
+            login = check_name("name", name or role)
+            if login.startswith("agent-") or login == SYSTEM_LOGIN:
+                rule = f"agent-<node> and {SYSTEM_LOGIN} name the agent and system logins"
+                raise ConfigError(f"invalid name {login!r} for a {role} login: {rule}",
+                                  source="<arg>", field="name", value=login, rule=rule)
+        old = self.find(login) or (self.find(node) if node else None)
+        if old is not None:
+            who = (f"{login} already has a login in force" if old.name == login else
+                   f"{login}: the login {old.name} is in force under that name")
+            raise ConfigError(
+                f"{who} (key {old.public_key[:12]}..., issued {_iso(old.issued_at)}): `qtd "
+                f"node revoke {old.name}` first", source="<arg>", field="name", value=login,
+                rule="one login in force per name or node")
+        return login
 
     def revoke(self, name: str, *, now: int | None = None) -> Login:
         """Mark ``name``'s login revoked (a node name or a login name) and save.

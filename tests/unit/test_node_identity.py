@@ -134,3 +134,35 @@ def test_server_include_names_the_operator_and_both_accounts(tmp_path: Path) -> 
     assert op and identity.verify(op.group(1), reg.operator)["nats"]["system_account"] == \
         reg.system_account
     assert "seed" not in text.lower() and "SU" not in re.sub(r'"[^"]*"', "", text)
+
+
+@pytest.mark.parametrize(("role", "name", "words"), [
+    ("agent", "node/c", r"invalid node 'node/c'"),
+    ("agent", "nødé", r"invalid node 'nødé'"),  # _INBOX_agent-n_d_: node n_d_'s inbox
+    ("operator", "a b", r"invalid name 'a b'"),
+    ("operator", "../../tmp/evil", r"invalid name '\.\./\.\./tmp/evil'"),  # --out default
+    ("deployer", "agent-node-x", "name the agent and system logins"),
+    ("leader", "node-c", "the login agent-node-c is in force under that name"),
+])
+def test_login_names_are_tokens_that_name_one_login(tmp_path: Path, role: str, name: str,
+                                                    words: str) -> None:
+    # review of issue 25: names outside [A-Za-z0-9_-] shared an inbox (_INBOX_<name> maps
+    # the others to _), and a deployer named node-c was what `qtd node revoke node-c` revoked
+    ring = Keyring.create(tmp_path / "k", servers=("nats://127.0.0.1:4222",))
+    ring.issue("agent", "node-c")
+    with pytest.raises(ConfigError, match=words):
+        if role == "agent":
+            ring.issue("agent", name)
+        else:
+            ring.issue(role, name=name)  # type: ignore[arg-type]
+    assert [x.name for x in ring.registry.logins] == ["agent-node-c"]
+
+
+def test_a_named_operator_login_reads_its_own_inbox(tmp_path: Path) -> None:
+    # review of issue 25: `qtd node add ops-alice --role operator` signed _INBOX_operator.>
+    # while its clients use _INBOX_ops-alice (the JWT's name): every request timed out
+    ring = Keyring.create(tmp_path / "k", servers=("nats://127.0.0.1:4222",))
+    token, _seed = identity.read_creds(ring.issue("operator", name="ops-alice"))
+    claims = identity.verify(token, ring.registry.account)
+    assert claims["nats"]["sub"]["allow"][-1] == "_INBOX_ops-alice.>"
+    assert "_INBOX_operator.>" not in claims["nats"]["sub"]["allow"]
