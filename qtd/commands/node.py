@@ -185,12 +185,24 @@ def _split(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
+def _unwritable(ring: Keyring, name: str, out: Path, e: OSError) -> ConfigError:
+    """Revoke ``name``'s login just issued (its seed never left this process) and say why."""
+    ring.revoke(name)
+    rule = "a writable file path (its directory must exist)"
+    return ConfigError(f"--out {str(out)!r}: {e.strerror or e}; the login just issued was "
+                       "marked revoked (its seed was never written): fix --out and run it again",
+                       source="<arg>", field="out", value=str(out), rule=rule)
+
+
 def run_add(args: argparse.Namespace) -> int:
     ring = _open(args)
     if args.role != "agent":
         creds = ring.issue(args.role, name=args.name)
         out = Path(args.out or f"{args.name}.creds")
-        atomic_write_bytes(out, creds.encode(), mode=0o600)
+        try:
+            atomic_write_bytes(out, creds.encode(), mode=0o600)
+        except OSError as e:
+            raise _unwritable(ring, args.name, out, e) from None
         _emit(args, {"login": args.name, "role": args.role, "creds": str(out)}, [
             f"login {args.name} ({args.role}) -> {out} (0600)",
             f"give it to that process: {CREDENTIALS}/nats.creds, [bus] creds_credential = "
@@ -208,7 +220,11 @@ def run_add(args: argparse.Namespace) -> int:
     except Exception:
         ring.revoke(args.name)  # no bundle: the login must not stay in force unseen
         raise
-    out = bundle.write(Path(args.out or f"qtd-node-{args.name}.tar.gz"))
+    out = Path(args.out or f"qtd-node-{args.name}.tar.gz")
+    try:
+        bundle.write(out)
+    except OSError as e:
+        raise _unwritable(ring, args.name, out, e) from None
     m = bundle.manifest
     bots = sorted(Path(f.path).stem for f in m.files if f.path.startswith(f"{ETC}/bots/"))
     _emit(args, {"node": m.node, "login": m.login, "bundle": str(out), "bots": bots,

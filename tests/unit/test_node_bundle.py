@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from qtd.cli import main
 from qtd.errors import ConfigError, OperationalError
 from qtd.nodes.bundle import Bundle, build_bundle
 from qtd.nodes.install import install_bundle, read_bundle
@@ -167,3 +168,18 @@ def test_install_leaves_etc_qtd_readable_by_a_nats_server_on_the_same_host(
     assert (root / "etc/qtd").stat().st_mode & 0o777 == 0o755
     assert (root / "etc/qtd/credentials").stat().st_mode & 0o777 == 0o700
     assert (root / "etc/qtd/nats-server.conf").exists()  # not pruned
+
+
+@pytest.mark.parametrize("role", ["agent", "operator"])
+def test_an_unwritable_out_is_a_config_error_and_no_login_stays_in_force(
+        tmp_path: Path, role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # review of issue 25: a typo in --out was a traceback (exit 1) that left the login in
+    # force with no bundle; running the command again then said "revoke it first"
+    keys = str(tmp_path / "k")
+    assert main(["node", "init", "--keys", keys, "--nats-include",
+                 str(tmp_path / "inc.conf")]) == 0
+    add = ["node", "add", "n1", "--role", role, "--keys", keys]
+    assert main([*add, "--out", str(tmp_path / "no" / "such" / "dir" / "b")]) == 78
+    err = capsys.readouterr().err
+    assert "--out" in err and "No such file or directory" in err and "Traceback" not in err
+    assert main([*add, "--out", str(tmp_path / "b")]) == 0
