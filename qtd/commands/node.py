@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import msgspec
 
 from qtd.bus.logins import ROLES, login_name
-from qtd.errors import ConfigError, OperationalError
+from qtd.errors import ConfigError, OperationalError, QtdError
 from qtd.files import atomic_write_bytes
 from qtd.nodes.bundle import AGENT_UNIT, CREDENTIALS, ETC, build_bundle
 from qtd.nodes.install import install_bundle
@@ -187,7 +187,7 @@ def _split(text: str | None) -> list[str] | None:
 
 def _unwritable(ring: Keyring, name: str, out: Path, e: OSError) -> ConfigError:
     """Revoke ``name``'s login just issued (its seed never left this process) and say why."""
-    ring.revoke(name)
+    ring.revoke(name, handed_out=False)
     rule = "a writable file path (its directory must exist)"
     return ConfigError(f"--out {str(out)!r}: {e.strerror or e}; the login just issued was "
                        "marked revoked (its seed was never written): fix --out and run it again",
@@ -218,7 +218,7 @@ def run_add(args: argparse.Namespace) -> int:
                               accounts=_split(args.accounts), bots=_split(args.bots),
                               envs=envs)
     except Exception:
-        ring.revoke(args.name)  # no bundle: the login must not stay in force unseen
+        ring.revoke(args.name, handed_out=False)  # no bundle: not in force unseen
         raise
     out = Path(args.out or f"qtd-node-{args.name}.tar.gz")
     try:
@@ -242,12 +242,16 @@ def run_list(args: argparse.Namespace) -> int:
     logins = ring.registry.logins
     rows = [f"{'LOGIN':<24} {'ROLE':<9} {'STATE':<8} {'ISSUED':<20} KEY"]
     for x in logins:
-        state = "revoked" if x.revoked_at is not None else "active"
+        state = ("active" if x.revoked_at is None else "revoked" if x.applied_at is not None
+                 else "UNPUSHED")
         issued = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(x.issued_at))
         rows.append(f"{x.name:<24} {x.role:<9} {state:<8} {issued:<20} {x.public_key[:12]}...")
+    unpushed = [x.name for x in logins if x.revoked_at is not None and x.applied_at is None]
+    tail = [f"UNPUSHED: revoked here but no nats-server has applied it yet, the login still "
+            f"connects: run `qtd node revoke {unpushed[0]}` again" if unpushed else ""]
     _emit(args, {"servers": ring.registry.servers, "logins": logins},
           [*rows, f"{sum(x.revoked_at is None for x in logins)} in force, "
-                  f"{sum(x.revoked_at is not None for x in logins)} revoked"])
+                  f"{sum(x.revoked_at is not None for x in logins)} revoked", *filter(None, tail)])
     return 0
 
 
@@ -264,7 +268,17 @@ def run_revoke(args: argparse.Namespace) -> int:
             return 78
     ring.write_server_include(Path(args.nats_include))
     servers = tuple(args.server or ring.registry.servers)
-    result = asyncio.run(push_account(ring, servers))
+    try:
+        result = asyncio.run(push_account(ring, servers))
+    except QtdError:
+        sys.stderr.write(
+            f"qtd: {login.name} is revoked in the keyring and in {args.nats_include}, but NO "
+            "running nats-server applied it: the login still connects. Run `qtd node revoke "
+            f"{args.name}` again once a server answers (a restart on that include also "
+            "applies it)\n")
+        raise
+    ring.mark_applied()
+    login = next(x for x in ring.registry.logins if x.public_key == login.public_key)
     _emit(args, {"login": login, "pushed": result}, [
         f"revoked {login.name} (key {login.public_key[:12]}...)",
         f"{result.server}: {result.code} {result.message} in {result.elapsed_ms:.1f} ms; its "

@@ -54,6 +54,9 @@ class Login(msgspec.Struct, frozen=True, kw_only=True):
         public_key: the user's nkey (``U...``).
         issued_at: Unix seconds.
         revoked_at: Unix seconds, or None while it is in force.
+        applied_at: when a running nats-server last accepted an account JWT carrying this
+            revocation (Unix seconds); None while the server may still accept the login.
+            A login revoked before its seed left the ops node needs no push: ``revoked_at``.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Login(msgspec.Struct, frozen=True, kw_only=True):
     public_key: str
     issued_at: int
     revoked_at: int | None = None
+    applied_at: int | None = None
 
 
 class Registry(msgspec.Struct, kw_only=True):
@@ -217,8 +221,11 @@ class Keyring:
                 rule="one login in force per name or node")
         return login
 
-    def revoke(self, name: str, *, now: int | None = None) -> Login:
+    def revoke(self, name: str, *, now: int | None = None, handed_out: bool = True) -> Login:
         """Mark ``name``'s login revoked (a node name or a login name) and save.
+
+        ``handed_out=False``: its ``.creds`` was never written, so no server needs to learn
+        of it (``applied_at`` is set at once).
 
         Raises:
             ConfigError: no login in force by that name (lists the ones there are).
@@ -231,10 +238,21 @@ class Keyring:
                               source="<arg>", field="name", value=name,
                               rule="a login in force (qtd node list)")
         stamp = int(time.time()) if now is None else now
-        revoked = msgspec.structs.replace(login, revoked_at=stamp)
+        revoked = msgspec.structs.replace(login, revoked_at=stamp,
+                                          applied_at=None if handed_out else stamp)
         self.registry.logins = [revoked if x is login else x for x in self.registry.logins]
         self.save()
         return revoked
+
+    def mark_applied(self, now: int | None = None) -> None:
+        """Record that a running server accepted the current account JWT: every revocation
+        in it is in force there. Saves."""
+        stamp = int(time.time()) if now is None else now
+        self.registry.logins = [
+            msgspec.structs.replace(x, applied_at=stamp)
+            if x.revoked_at is not None and x.applied_at is None else x
+            for x in self.registry.logins]
+        self.save()
 
     # --- JWTs ------------------------------------------------------------------------------
 

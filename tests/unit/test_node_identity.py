@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from qtd.bus import identity
 from qtd.bus.config import BusConfig, inbox_prefix
 from qtd.bus.logins import permissions
+from qtd.cli import main
 from qtd.errors import ConfigError
 from qtd.nodes.keyring import Keyring
 
@@ -166,3 +167,23 @@ def test_a_named_operator_login_reads_its_own_inbox(tmp_path: Path) -> None:
     claims = identity.verify(token, ring.registry.account)
     assert claims["nats"]["sub"]["allow"][-1] == "_INBOX_ops-alice.>"
     assert "_INBOX_operator.>" not in claims["nats"]["sub"]["allow"]
+
+
+def test_node_list_tells_a_revocation_no_server_applied_yet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # review of issue 25: with the server unreachable, `qtd node revoke` exited 75 but
+    # `qtd node list` showed the login "revoked" while the running server still took it
+    keys = tmp_path / "k"
+    ring = Keyring.create(keys, servers=("nats://127.0.0.1:4222",))
+    ring.issue("agent", "node-c")
+    ring.issue("agent", "node-d")
+    ring.revoke("node-c")
+    ring.revoke("node-d", handed_out=False)  # its .creds was never written: nothing to push
+    assert main(["node", "list", "--keys", str(keys)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"agent-node-c +agent +UNPUSHED", out)
+    assert re.search(r"agent-node-d +agent +revoked", out)
+    assert "run `qtd node revoke agent-node-c` again" in out
+    ring.mark_applied()
+    assert main(["node", "list", "--keys", str(keys)]) == 0
+    assert "UNPUSHED" not in capsys.readouterr().out
