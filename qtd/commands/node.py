@@ -146,8 +146,13 @@ def _emit(args: argparse.Namespace, doc: Any, lines: list[str]) -> None:
 def run_init(args: argparse.Namespace) -> int:
     servers = tuple(args.server or ("nats://127.0.0.1:4222",))
     path = keys_dir(args.keys)
-    ring = Keyring.create(path, servers=servers, prefix=args.prefix)
     include = Path(args.nats_include)
+    if not os.access(include.parent, os.W_OK):  # before the keyring: init runs once
+        rule = "a file in an existing, writable directory"
+        raise ConfigError(f"--nats-include {str(include)!r}: cannot write into "
+                          f"{include.parent}", source="<arg>", field="nats-include",
+                          value=str(include), rule=rule)
+    ring = Keyring.create(path, servers=servers, prefix=args.prefix)
     ring.write_server_include(include)
     _emit(args, {"keys": str(path), "nats_include": str(include), "servers": servers,
                  "operator": ring.registry.operator, "account": ring.registry.account}, [

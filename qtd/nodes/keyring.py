@@ -108,12 +108,18 @@ class Keyring:
 
         Raises:
             ConfigError: ``path`` already holds a keyring (never overwritten: every login
-                issued from it would stop working).
+                issued from it would stop working), or is not an empty directory (it would be
+                made 0700).
         """
         if (path / "logins.json").exists():
             raise ConfigError(f"{path} already holds a keyring (logins.json): refusing to "
                               "replace it, every login issued from it would stop working",
                               source=str(path), field="keys", value=str(path),
+                              rule="a new keyring needs an empty directory")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(f"{path} is not an empty directory: a keyring gets a directory of "
+                              "its own (it is made 0700, root only)", source=str(path),
+                              field="keys", value=str(path),
                               rule="a new keyring needs an empty directory")
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o700)

@@ -187,3 +187,21 @@ def test_node_list_tells_a_revocation_no_server_applied_yet(
     ring.mark_applied()
     assert main(["node", "list", "--keys", str(keys)]) == 0
     assert "UNPUSHED" not in capsys.readouterr().out
+
+
+def test_init_takes_an_empty_directory_and_a_writable_include(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # review of issue 25: `qtd node init --keys /etc/qtd` made that directory 0700 (the
+    # agent's configs unreadable to it); an include in a missing directory was a traceback
+    # after the keyring was made, and init then refused to run again
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    (shared / "agent.toml").write_text("")
+    inc = str(tmp_path / "inc.conf")
+    assert main(["node", "init", "--keys", str(shared), "--nats-include", inc]) == 78
+    assert shared.stat().st_mode & 0o777 == 0o755 and not (shared / "account.nk").exists()
+    keys = str(tmp_path / "k")
+    bad = str(tmp_path / "no" / "inc.conf")
+    assert main(["node", "init", "--keys", keys, "--nats-include", bad]) == 78
+    assert "--nats-include" in capsys.readouterr().err
+    assert main(["node", "init", "--keys", keys, "--nats-include", inc]) == 0
