@@ -10,6 +10,7 @@ content.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Final
 
 from qtd.errors import ConfigError
@@ -68,21 +69,27 @@ __all__ = ["MAX_CONFIG_BYTES", "MAX_SOURCE_BYTES", "excerpt", "read_capped",
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` all or nothing: a temporary file in the same directory,
-    created with ``mode`` (never wider for a moment), fsynced, then renamed over ``path``.
+    """Write ``data`` to ``path`` all or nothing: a new temporary file in the same directory
+    (a random name, created exclusively and 0600, then given ``mode``: never wider for a
+    moment, and never a file someone else made or linked there first), fsynced, then renamed
+    over ``path``.
 
     Raises:
         OSError: the directory is not writable or the disk is full (``path`` unchanged).
     """
     target = os.fspath(path)
-    tmp = f"{target}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    head, name = os.path.split(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=head or ".")
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
     try:
         os.replace(tmp, target)
     except OSError:
