@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,7 +18,7 @@ import msgspec
 from qtd.bus.logins import ROLES, login_name
 from qtd.errors import ConfigError, OperationalError, QtdError
 from qtd.files import atomic_write_bytes
-from qtd.nodes.bundle import AGENT_UNIT, CREDENTIALS, ETC, build_bundle
+from qtd.nodes.bundle import AGENT_UNIT, CREDENTIALS, ETC, Bundle, build_bundle
 from qtd.nodes.install import install_bundle
 from qtd.nodes.keyring import (
     DEFAULT_KEYS_DIR,
@@ -222,6 +223,7 @@ def run_add(args: argparse.Namespace) -> int:
                               servers=ring.registry.servers, prefix=ring.registry.prefix,
                               accounts=_split(args.accounts), bots=_split(args.bots),
                               envs=envs)
+        ring.assign_bots(args.name, _bot_names(bundle))
     except Exception:
         ring.revoke(args.name, handed_out=False)  # no bundle: not in force unseen
         raise
@@ -240,6 +242,15 @@ def run_add(args: argparse.Namespace) -> int:
             f"{CREDENTIALS}/{n}" for n in m.broker_credentials) or "none"),
         f"next, on the server as root: qtd node install {out.name}"])
     return 0
+
+
+def _bot_names(bundle: Bundle) -> tuple[str, ...]:
+    out = []
+    for f in bundle.manifest.files:
+        if f.path.startswith(f"{ETC}/bots/"):
+            doc = tomllib.loads(bundle.contents[f.path].decode())
+            out.append(str(doc.get("name", Path(f.path).stem)))
+    return tuple(sorted(out))
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ class Login(msgspec.Struct, frozen=True, kw_only=True):
         applied_at: when a running nats-server last accepted an account JWT carrying this
             revocation (Unix seconds); None while the server may still accept the login.
             A login revoked before its seed left the ops node needs no push: ``revoked_at``.
+        bots: the bots an agent's bundle runs (:meth:`Keyring.assign_bots`).
     """
 
     name: str
@@ -66,6 +67,7 @@ class Login(msgspec.Struct, frozen=True, kw_only=True):
     issued_at: int
     revoked_at: int | None = None
     applied_at: int | None = None
+    bots: tuple[str, ...] = ()
 
 
 class Registry(msgspec.Struct, kw_only=True):
@@ -249,6 +251,26 @@ class Keyring:
         self.registry.logins = [revoked if x is login else x for x in self.registry.logins]
         self.save()
         return revoked
+
+    def assign_bots(self, node: str, bots: tuple[str, ...]) -> None:
+        """Record that ``node``'s login in force runs ``bots``, and save.
+
+        Raises:
+            ConfigError: a bot that another node's login in force runs (it would trade on
+                both), naming the bot and that node.
+        """
+        taken = {b: x.node for x in self.registry.logins if x.revoked_at is None
+                 and x.role == "agent" and x.node != node for b in x.bots}
+        clash = sorted(b for b in bots if b in taken)
+        if clash:
+            rule = "a bot runs on one node: pass --bots, or revoke and re-add the other node"
+            raise ConfigError(
+                "bots " + ", ".join(f"{b} (runs on {taken[b]})" for b in clash) + f": {rule}",
+                source="<arg>", field="bots", value=",".join(clash), rule=rule)
+        self.registry.logins = [msgspec.structs.replace(x, bots=bots)
+                                if x.revoked_at is None and x.node == node else x
+                                for x in self.registry.logins]
+        self.save()
 
     def mark_applied(self, now: int | None = None) -> None:
         """Record that a running server accepted the current account JWT: every revocation

@@ -18,6 +18,7 @@ from qtd.cli import main
 from qtd.errors import ConfigError, OperationalError
 from qtd.nodes.bundle import Bundle, build_bundle
 from qtd.nodes.install import install_bundle, read_bundle
+from qtd.nodes.keyring import Keyring
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 
@@ -183,3 +184,21 @@ def test_an_unwritable_out_is_a_config_error_and_no_login_stays_in_force(
     err = capsys.readouterr().err
     assert "--out" in err and "No such file or directory" in err and "Traceback" not in err
     assert main([*add, "--out", str(tmp_path / "b")]) == 0
+
+
+def test_a_bot_another_node_runs_is_refused(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # review of issue 25: `qtd node add node-d --from <node-c's agent.toml>` gave node-d every
+    # bot of node-c on the same accounts by default: each would trade twice
+    keys = str(tmp_path / "k")
+    template = str(_template(tmp_path))
+    assert main(["node", "init", "--keys", keys, "--nats-include",
+                 str(tmp_path / "inc.conf")]) == 0
+    add = ["node", "add", "--keys", keys, "--from", template, "--accounts", "paper-main"]
+    assert main([*add, "node-c", "--out", str(tmp_path / "c.tgz")]) == 0
+    assert main([*add, "node-d", "--out", str(tmp_path / "d.tgz")]) == 78
+    err = capsys.readouterr().err
+    assert "breakout-spx (runs on node-c), momo-goog (runs on node-c)" in err
+    assert not (tmp_path / "d.tgz").exists()
+    Keyring.open(Path(keys)).revoke("node-c")  # node-c's server was rebuilt without them
+    assert main([*add, "node-d", "--out", str(tmp_path / "d.tgz")]) == 0  # moved
