@@ -211,7 +211,7 @@ def run_add(args: argparse.Namespace) -> int:
             raise _unwritable(ring, args.name, out, e) from None
         _emit(args, {"login": args.name, "role": args.role, "creds": str(out)}, [
             f"login {args.name} ({args.role}) -> {out} (0600)",
-            f"give it to that process: {CREDENTIALS}/nats.creds, [bus] creds_credential = "
+            f"give it to that process: /{CREDENTIALS}/nats.creds, [bus] creds_credential = "
             '"nats.creds" (or creds_file = PATH; the CLI: --creds PATH)'])
         return 0
     template = Path(args.template) if args.template else shipped_dir("etc") / "agent.toml"
@@ -239,7 +239,7 @@ def run_add(args: argparse.Namespace) -> int:
         f"node {m.node}: login {m.login}, bundle {out} (0600: holds the node's NATS seed)",
         f"bots: {', '.join(bots) or 'none'}",
         "broker keys the unit loads: " + (", ".join(
-            f"{CREDENTIALS}/{n}" for n in m.broker_credentials) or "none"),
+            f"/{CREDENTIALS}/{n}" for n in m.broker_credentials) or "none"),
         f"next, on the server as root: qtd node install {out.name}"])
     return 0
 

@@ -202,3 +202,14 @@ def test_a_bot_another_node_runs_is_refused(tmp_path: Path,
     assert not (tmp_path / "d.tgz").exists()
     Keyring.open(Path(keys)).revoke("node-c")  # node-c's server was rebuilt without them
     assert main([*add, "node-d", "--out", str(tmp_path / "d.tgz")]) == 0  # moved
+
+
+def test_add_names_the_host_paths_absolute(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # review of issue 25: it said "etc/qtd/credentials/nats.creds" (relative to nothing)
+    keys = str(tmp_path / "k")
+    assert main(["node", "init", "--keys", keys, "--nats-include",
+                 str(tmp_path / "inc.conf")]) == 0
+    assert main(["node", "add", "ops", "--role", "operator", "--keys", keys,
+                 "--out", str(tmp_path / "ops.creds")]) == 0
+    assert "give it to that process: /etc/qtd/credentials/nats.creds" in capsys.readouterr().out
