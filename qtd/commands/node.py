@@ -25,6 +25,7 @@ from qtd.nodes.keyring import (
     DEFAULT_SERVER_INCLUDE,
     KEYS_ENV,
     Keyring,
+    Login,
     check_keyring_mode,
     keys_dir,
 )
@@ -271,27 +272,34 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revoked(ring: Keyring, name: str) -> Login:
+    """Revoke ``name``'s login in force, else its last revoked one (to push it again)."""
+    if ring.find(name) is not None:
+        return ring.revoke(name)
+    login = next((x for x in reversed(ring.registry.logins) if name in (x.name, x.node)),
+                 None)
+    if login is None:
+        ring.revoke(name)  # raises, listing the logins in force
+        raise AssertionError("unreachable")
+    return login
+
+
 def run_revoke(args: argparse.Namespace) -> int:
     ring = _open(args)
-    login = ring.find(args.name)
-    if login is not None:
-        login = ring.revoke(args.name)
-    else:  # already revoked: push again (an unreachable server the first time)
-        login = next((x for x in reversed(ring.registry.logins)
-                      if args.name in (x.name, x.node)), None)
-        if login is None:
-            ring.revoke(args.name)  # raises, listing the logins in force
-            return 78
-    ring.write_server_include(Path(args.nats_include))
+    login = _revoked(ring, args.name)
+    try:  # the push matters most: an include that cannot be written does not stop it
+        ring.write_server_include(Path(args.nats_include))
+        include_error = None
+    except OSError as e:
+        include_error = e
     servers = tuple(args.server or ring.registry.servers)
     try:
         result = asyncio.run(push_account(ring, servers))
     except QtdError:
         sys.stderr.write(
-            f"qtd: {login.name} is revoked in the keyring and in {args.nats_include}, but NO "
-            "running nats-server applied it: the login still connects. Run `qtd node revoke "
-            f"{args.name}` again once a server answers (a restart on that include also "
-            "applies it)\n")
+            f"qtd: {login.name} is revoked in the keyring, but NO running nats-server applied "
+            f"it: the login still connects. Run `qtd node revoke {args.name}` again once a "
+            "server answers (a restart on the rewritten include also applies it)\n")
         raise
     ring.mark_applied()
     login = next(x for x in ring.registry.logins if x.public_key == login.public_key)
@@ -299,7 +307,15 @@ def run_revoke(args: argparse.Namespace) -> int:
         f"revoked {login.name} (key {login.public_key[:12]}...)",
         f"{result.server}: {result.code} {result.message} in {result.elapsed_ms:.1f} ms; its "
         "connections are closed and it can no longer log in",
-        f"nats include rewritten: {args.nats_include}"])
+        f"nats include rewritten: {args.nats_include}" if include_error is None else
+        f"nats include NOT rewritten: {args.nats_include}"])
+    if include_error is not None:
+        raise ConfigError(
+            f"--nats-include {args.nats_include!r}: {include_error.strerror or include_error}; "
+            "the running server applied the revocation (its resolver keeps it across "
+            "restarts), but write this include where nats-server reads it before you rebuild "
+            "that server", source="<arg>", field="nats-include", value=args.nats_include,
+            rule="a file in an existing, writable directory")
     return 0
 
 
