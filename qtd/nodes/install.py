@@ -56,6 +56,8 @@ crafted bundle cannot add a unit, a setuid file or a secret readable by the serv
 _DIRS = {ETC: (0o755, "root"), f"{ETC}/bots": (0o750, SERVICE_USER),
          f"{ETC}/strategies": (0o750, SERVICE_USER), CREDENTIALS: (0o700, "root")}
 MAX_BUNDLE_MEMBER = 4 * 1024 * 1024
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+"""All files of a bundle together (held in memory until written): ~100x a large fleet's."""
 
 
 class Installed(msgspec.Struct, frozen=True):
@@ -119,7 +121,7 @@ def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
     Raises:
         ConfigError: not a bundle, a path outside the allowed directories or not a file
             ``qtd node add`` writes, a mode or owner other than that file's, a listed file
-            missing from the archive, or a member over 4 MiB.
+            missing from the archive, a member over 4 MiB or files over 64 MiB in all.
     """
     try:
         with tarfile.open(path, "r:gz") as tar:
@@ -134,6 +136,10 @@ def read_bundle(path: Path) -> tuple[Manifest, dict[str, bytes]]:
             manifest = msgspec.json.decode(member("manifest.json"), type=Manifest)
             for f in manifest.files:
                 _check_shape(f)
+            total = sum(tar.getmember(f"root/{f.path}").size for f in manifest.files)
+            if total > MAX_BUNDLE_BYTES:
+                raise _bad(f"{len(manifest.files)} files, {total:,} bytes",
+                           f"a bundle holds at most {MAX_BUNDLE_BYTES:,} bytes of files")
             contents = {f.path: member(f"root/{f.path}") for f in manifest.files}
     except (OSError, tarfile.TarError, KeyError, msgspec.DecodeError) as e:
         raise ConfigError(f"{path}: not a qtd node bundle ({type(e).__name__}: {e})",

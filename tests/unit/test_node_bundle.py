@@ -213,3 +213,24 @@ def test_add_names_the_host_paths_absolute(tmp_path: Path,
     assert main(["node", "add", "ops", "--role", "operator", "--keys", keys,
                  "--out", str(tmp_path / "ops.creds")]) == 0
     assert "give it to that process: /etc/qtd/credentials/nats.creds" in capsys.readouterr().out
+
+
+def test_a_bundle_of_many_big_files_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    # review of issue 25: each member was capped at 4 MiB but not their number: 4 MiB of
+    # zeros gzip to ~4 KB, so a 1 MB bundle could make root's install hold gigabytes
+    files = {f"etc/qtd/bots/b{i}.toml": 4 * 1024 * 1024 for i in range(17)}
+    manifest = {"node": "n", "login": "agent-n", "qtd_version": "0", "created_at": 0,
+                "files": [{"path": p, "mode": 0o640, "owner": "root", "group": "qtd"}
+                          for p in files]}
+    path = tmp_path / "b.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        data = msgspec.json.encode(manifest)
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, size in files.items():
+            info = tarfile.TarInfo(f"root/{name}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    with pytest.raises(ConfigError, match="at most 67,108,864 bytes of files"):
+        read_bundle(path)
