@@ -34,7 +34,7 @@ from qtd import __version__
 from qtd.admit.config import resolve_strategy
 from qtd.bus.logins import login_name
 from qtd.errors import ConfigError
-from qtd.files import read_capped
+from qtd.files import MAX_CONFIG_BYTES, MAX_SOURCE_BYTES, read_capped
 from qtd.nodes.units import credentials_dropin_path, render_credentials_dropin
 
 CREDS_NAME = "nats.creds"
@@ -72,13 +72,23 @@ def _cfg_error(field: str, value: Any, rule: str) -> ConfigError:
                        rule=rule)
 
 
-def _template(path: Path) -> dict[str, Any]:
+def _read_toml(field: str, path: Path, what: str) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = tomllib.loads(read_capped(path).decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise _cfg_error("from", str(path), f"unreadable agent config template: {e}"
-                         ) from None
+        raise _cfg_error(field, str(path), f"unreadable {what}: {e}") from None
     return doc
+
+
+def _read(field: str, path: Path, what: str, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    try:
+        return read_capped(path, limit)
+    except OSError as e:
+        raise _cfg_error(field, str(path), f"unreadable {what}: {e.strerror or e}") from None
+
+
+def _template(path: Path) -> dict[str, Any]:
+    return _read_toml("from", path, "agent config template")
 
 
 def _accounts(doc: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
@@ -104,7 +114,10 @@ def _pick_bots(template: Path, doc: dict[str, Any], accounts: dict[str, Any],
                bots: list[str] | None) -> list[tuple[Path, dict[str, Any]]]:
     found = {}
     for f in _bot_files(template, doc):
-        bot = tomllib.loads(read_capped(f).decode())
+        bot = _read_toml("bots", f, "bot config of the template")
+        if not isinstance(bot.get("strategy"), str):
+            raise _cfg_error("bots", str(f), "a bot config names its strategy file "
+                             "(strategy = \"file.py\")")
         found[str(bot.get("name", f.stem))] = (f, bot)
     if bots:
         missing = [b for b in bots if b not in found]
@@ -185,7 +198,8 @@ def build_bundle(*, node: str, creds: str, template: Path, servers: tuple[str, .
 
     Raises:
         ConfigError: an unknown account or bot (the known ones listed), a bot on an account
-            the node does not get, an unreadable template or strategy file.
+            the node does not get, an unreadable template, risk, bot or strategy file, a bot
+            without a strategy, or an account name systemd cannot load as a credential.
     """
     doc = _template(template)
     accts = _accounts(doc, accounts)
@@ -199,11 +213,12 @@ def build_bundle(*, node: str, creds: str, template: Path, servers: tuple[str, .
     put(f"{ETC}/agent.toml", tomli_w.dumps(agent_doc(doc, node, servers, prefix, accts)
                                            ).encode(), 0o640)
     risk = (template.parent / str(doc.get("risk", "risk.toml"))).resolve()
-    put(f"{ETC}/risk.toml", read_capped(risk), 0o640)
+    put(f"{ETC}/risk.toml", _read("from", risk, "risk limits of the template"), 0o640)
     for bot_file, bot in _pick_bots(template, doc, accts, bots):
         strategy = resolve_strategy(bot_file, str(bot["strategy"]))
         rel = f"strategies/{strategy.name}"
-        put(f"{ETC}/{rel}", read_capped(strategy, 1024 * 1024), 0o640)
+        put(f"{ETC}/{rel}", _read("bots", strategy, f"strategy of {bot_file}",
+                                  MAX_SOURCE_BYTES), 0o640)
         bot["strategy"] = rel  # found from /etc/qtd/bots/ in the directory above
         bot.pop("risk_file", None)
         put(f"{ETC}/bots/{bot_file.name}", tomli_w.dumps(bot).encode(), 0o640)
@@ -215,7 +230,11 @@ def build_bundle(*, node: str, creds: str, template: Path, servers: tuple[str, .
                              f"(credentials_env): {', '.join(brokers) or 'none'}")
         put(f"{CREDENTIALS}/{name}.env", data, 0o600, "root")
     dropin = credentials_dropin_path(Path("/"), AGENT_UNIT).relative_to("/")
-    put(str(dropin), render_credentials_dropin(AGENT_UNIT, brokers).encode(), 0o644, "root")
+    try:
+        text = render_credentials_dropin(AGENT_UNIT, brokers)
+    except ValueError as e:  # an account name systemd cannot load as a credential
+        raise _cfg_error("accounts", ",".join(sorted(accts)), str(e)) from None
+    put(str(dropin), text.encode(), 0o644, "root")
     manifest = Manifest(node=node, login=login_name("agent", node), qtd_version=__version__,
                         created_at=int(time.time()), files=tuple(files),
                         broker_credentials=brokers)

@@ -234,3 +234,37 @@ def test_a_bundle_of_many_big_files_is_refused_before_it_is_read(tmp_path: Path)
             tar.addfile(info, io.BytesIO(bytes(size)))
     with pytest.raises(ConfigError, match="at most 67,108,864 bytes of files"):
         read_bundle(path)
+
+
+@pytest.mark.parametrize(("bot", "field", "words"), [
+    ("garbage = = ", "bots", "unreadable bot config of the template"),
+    ('name = "x"\nstrategy = "nosuch.py"\naccount = "paper-main"\n', "bots",
+     "unreadable strategy of"),
+    ('name = "x"\naccount = "paper-main"\n', "bots", "names its strategy file"),
+    (None, "bots", "unreadable bot config of the template"),  # no bots directory
+])
+def test_a_bad_template_file_is_a_config_error_naming_it(
+        tmp_path: Path, bot: str | None, field: str, words: str) -> None:
+    # review of issue 25: each of these was a traceback (TOMLDecodeError, FileNotFoundError,
+    # KeyError) from `qtd node add --from`
+    template = _template(tmp_path)
+    for f in (tmp_path / "bots").iterdir():
+        f.unlink()
+    if bot is None:
+        (tmp_path / "bots").rmdir()
+    else:
+        (tmp_path / "bots" / "x.toml").write_text(bot)
+    with pytest.raises(ConfigError, match=words) as e:
+        build_bundle(node="node-c", creds="CREDS", template=template,
+                     servers=("nats://10.0.0.5:4222",), prefix="qtd", accounts=["paper-main"])
+    assert e.value.field == field
+
+
+def test_an_account_systemd_cannot_load_is_a_config_error(tmp_path: Path) -> None:
+    template = _template(tmp_path)
+    template.write_text(template.read_text() + '\n[accounts."a%b"]\nbroker = "alpaca"\n'
+                        'mode = "live"\ncredentials_env = ["K"]\n')
+    with pytest.raises(ConfigError, match=r"credential name 'a%b\.env' refused") as e:
+        build_bundle(node="node-c", creds="CREDS", template=template,
+                     servers=("nats://10.0.0.5:4222",), prefix="qtd", accounts=["a%b"], bots=[])
+    assert e.value.field == "accounts"
