@@ -320,13 +320,18 @@ def _iso(ts: int) -> str:
 
 
 def check_keyring_mode(path: Path) -> None:
-    """Refuse a keyring directory readable by group or others.
+    """Refuse a keyring directory, or a seed or ``.creds`` file in it, that group or others
+    may read (a mode that lets them in the day the directory's mode is loosened or the files
+    are copied with it, e.g. from a backup).
 
     Raises:
         OperationalError: the mode lets others read the fleet's signing keys.
     """
-    with contextlib.suppress(FileNotFoundError):
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise OperationalError(f"keyring {path} has mode {mode:04o}: its seeds sign every "
-                                   f"login of the fleet; chmod 700 {path}", path=str(path))
+    for p in (path, *(path / n for n in (*_FILES[:3], f"{SYSTEM_LOGIN}.creds"))):
+        with contextlib.suppress(FileNotFoundError):
+            mode = p.stat().st_mode & 0o777
+            if mode & 0o077:
+                fix = "700" if p == path else "600"
+                raise OperationalError(f"keyring {p} has mode {mode:04o}: the keyring's seeds "
+                                       f"sign every login of the fleet; chmod {fix} {p}",
+                                       path=str(p))

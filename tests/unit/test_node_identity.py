@@ -205,3 +205,13 @@ def test_init_takes_an_empty_directory_and_a_writable_include(
     assert main(["node", "init", "--keys", keys, "--nats-include", bad]) == 78
     assert "--nats-include" in capsys.readouterr().err
     assert main(["node", "init", "--keys", keys, "--nats-include", inc]) == 0
+
+
+def test_a_seed_readable_by_others_is_refused(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # review of issue 25: only the directory's mode was checked
+    keys = tmp_path / "k"
+    Keyring.create(keys, servers=("nats://127.0.0.1:4222",))
+    (keys / "account.nk").chmod(0o640)
+    assert main(["node", "list", "--keys", str(keys)]) == 2
+    assert f"chmod 600 {keys / 'account.nk'}" in capsys.readouterr().err
