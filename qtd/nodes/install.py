@@ -20,6 +20,7 @@ import pwd
 import re
 import subprocess
 import tarfile
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import msgspec
@@ -233,14 +234,35 @@ def _write(root: Path, manifest: Manifest, contents: dict[str, bytes], notes: li
     return done
 
 
+def _same_node(root: Path, manifest: Manifest) -> None:
+    """Refuse a bundle for another node than the one installed here: the host's state
+    (``/var/lib/qtd``: its event store, orders and fills) belongs to that node.
+
+    Raises:
+        ConfigError: the installed ``agent.toml`` names another node.
+    """
+    try:
+        node = tomllib.loads((root / ETC / "agent.toml").read_text()).get("node")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return  # nothing (readable) installed: a first install
+    if node not in (None, manifest.node):
+        rule = (f"a bundle installs over the same node only; to re-purpose this host stop "
+                f"qtd-agent, move {STATE_DIR} and /{ETC}/agent.toml aside, then install")
+        raise ConfigError(f"bundle for node {manifest.node!r}, but this host runs node "
+                          f"{node!r}: {rule}", source="<bundle>", field="node",
+                          value=manifest.node, rule=rule)
+
+
 def install_bundle(bundle: Path, root: Path = Path("/")) -> InstallReport:
     """Install ``bundle`` under ``root`` (see the module docstring).
 
     Raises:
-        ConfigError: not a valid bundle (nothing is written then).
+        ConfigError: not a valid bundle, or one for another node than the one installed
+            (nothing is written then).
         OperationalError: a file or directory cannot be written, or is a symlink.
     """
     manifest, contents = read_bundle(bundle)
+    _same_node(root, manifest)
     notes: list[str] = []
     _ensure_user(root, notes)
     try:

@@ -268,3 +268,18 @@ def test_an_account_systemd_cannot_load_is_a_config_error(tmp_path: Path) -> Non
         build_bundle(node="node-c", creds="CREDS", template=template,
                      servers=("nats://10.0.0.5:4222",), prefix="qtd", accounts=["a%b"], bots=[])
     assert e.value.field == "accounts"
+
+
+def test_a_bundle_for_another_node_is_not_installed_over_this_one(tmp_path: Path) -> None:
+    # review of issue 25: node-d's bundle installed over node-c made the host run as node-d
+    # on node-c's event store (orders, fills, positions of node-c's accounts)
+    root = tmp_path / "root"
+    c = _bundle(tmp_path, accounts=["paper-main"], bots=[])
+    install_bundle(c.write(tmp_path / "c.tar.gz"), root)
+    d = build_bundle(node="node-d", creds="CREDS", template=tmp_path / "agent.toml",
+                     servers=("nats://10.0.0.5:4222",), prefix="qtd", accounts=["paper-main"],
+                     bots=[])
+    with pytest.raises(ConfigError, match="this host runs node 'node-c'") as e:
+        install_bundle(d.write(tmp_path / "d.tar.gz"), root)
+    assert e.value.field == "node"
+    install_bundle(c.write(tmp_path / "c.tar.gz"), root)  # the same node again: fine
