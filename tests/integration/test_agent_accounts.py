@@ -97,8 +97,10 @@ async def test_binance_account_down_at_start_paper_bots_still_trade(
     port = free_port()  # nothing listens: the venue is down
     cfg = _fleet(tmp_path, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}")
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(5000)}) as agent:
-        await wait_for(lambda: sum(1 for p in agent.proj.positions.values()
-                                   if p.bot in ("p1", "p2")) == 2)
+        async def both_filled() -> bool:  # a position opens on the intent, before its fill
+            return {e.bot for e in await agent.store.query() if isinstance(e, Fill)} \
+                >= {"p1", "p2"}
+        await wait_for(both_filled)
         failed = dict(agent.failed_accounts)
         refused = dict(agent.refused)
         running = {n: s.state.value for n, s in agent.supervisor.slots.items()}
