@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from qtd.bus import ensure_jetstream, find_nats_server
 from qtd.bus.jetstream import ensure_deploy_kv
 from qtd.bus.logins import inbox_of
+from tests.agent_rig import stop_process
 from tests.shipped import CONF, ROOT, run_qtd
 
 pytestmark = pytest.mark.slow
@@ -110,12 +111,7 @@ async def test_enrol_a_server_and_revoke_it_on_the_running_shipped_server(
         for nc in clients:
             with contextlib.suppress(Exception):
                 await nc.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 async def _start_leader_side(url: str, keys: Path, ops: Path) -> nats.NATS:
