@@ -97,6 +97,15 @@ class Scope(StrEnum):
     SYMBOL = "SYMBOL"
 
 
+class AckStage(StrEnum):
+    """How far a kill has gone on an agent when it acknowledges it: ``in_force`` (the scope
+    is HALTED in memory: from then on no order of it passes the risk engine) or ``durable``
+    (the KillSwitch, TradingStateChanged and KillAck events are fsynced in its store)."""
+
+    IN_FORCE = "in_force"
+    DURABLE = "durable"
+
+
 class Severity(StrEnum):
     """Paging severity. P1: kill switch / global halt; P2: account halted, venue down;
     P3: strategy halted, elevated errors; P4: informational."""
@@ -464,7 +473,15 @@ class CommandAudit(Event, frozen=True):
 class KillAck(Event, frozen=True):
     """An agent applied a kill switch (``kill_id`` from the kill message): the resulting
     trading ``state`` of the scope and the client_order_ids it asked to cancel. Also
-    published on core NATS ``<prefix>.ack.kill.<node>``."""
+    published on core NATS ``<prefix>.ack.kill.<node>``.
+
+    An agent publishes two per kill: ``stage`` :attr:`AckStage.IN_FORCE` the moment the
+    scope is HALTED in memory (published only, never stored; ``canceled`` empty and
+    ``flatten_orders`` 0: not issued yet), then :attr:`AckStage.DURABLE` once this event
+    itself is stored (fsync) after the KillSwitch and TradingStateChanged events. The
+    default ``durable`` is what an agent that predates ``stage`` meant by its single ack
+    (sent after the same fsyncs); a reader that predates it ignores the field and takes the
+    first ack, the in-force one."""
 
     kill_id: str
     scope: Scope
@@ -474,6 +491,7 @@ class KillAck(Event, frozen=True):
     canceled: list[str] = []
     flatten_orders: int = 0
     duplicate: bool = False
+    stage: AckStage = AckStage.DURABLE
 
 
 class Alert(Event, frozen=True):

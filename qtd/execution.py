@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -240,17 +240,27 @@ class OrderRouter:
 
     # --- operator actions -----------------------------------------------------------------
 
-    async def kill(self, cmd: KillCommand) -> KillReport:
+    async def kill(self, cmd: KillCommand,
+                   in_force: Callable[[], Awaitable[object]] | None = None) -> KillReport:
         """Kill switch: HALT the scope, cancel its open orders, optionally flatten.
 
         Flatten orders are reduce-only MARKET orders that go through :meth:`submit` (and so
         through the engine, which admits them in the HALTED scope once each).
+
+        Args:
+            cmd: the kill.
+            in_force: awaited once the scope is HALTED in the engine, before any cancel
+                (the agent's first acknowledgement): from then on no order of the scope
+                passes :meth:`RiskEngine.check`, and one approved earlier whose intent is
+                still being stored is stopped by :meth:`RiskEngine.last_look`.
         """
         report = KillReport()
         t0 = time.perf_counter_ns()
         cids = self.risk.halt(cmd.scope, cmd.key, cmd.reason, operator=cmd.operator,
                               source=cmd.source, flatten=cmd.flatten)
         report.halted_ns = time.perf_counter_ns() - t0
+        if in_force is not None:
+            await in_force()
         sent = await self._issue_cancels(cids)
         report.cancels_issued_ns = time.perf_counter_ns() - t0
         await self._flush()  # KillSwitch + TradingStateChanged first, then the cancels

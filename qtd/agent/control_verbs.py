@@ -1,8 +1,10 @@
 """The agent's side of control: kill switches (NATS, KV, kill file) and ctl verbs.
 
 Every command is audited as a :class:`~qtd.events.CommandAudit` event in the store; every
-applied kill is stored as a :class:`~qtd.events.KillAck` and the ack is also published on
-``<prefix>.ack.kill.<node>`` (see :mod:`qtd.control.transport`).
+applied kill is acknowledged twice on ``<prefix>.ack.kill.<node>`` (see
+:mod:`qtd.control.transport`): a :class:`~qtd.events.KillAck` with ``stage="in_force"`` as
+soon as the scope is HALTED in memory (published only), then the one stored in the event log
+(``stage="durable"``) once it and the kill's KillSwitch and TradingStateChanged are fsynced.
 
 Verbs on ``<prefix>.ctl.<node>.<verb>``:
 
@@ -41,7 +43,14 @@ from qtd.bus.rejects import reject_server_reply
 from qtd.control import KillCommand, NodeReply, NodeRequest, decode_kill
 from qtd.control.transport import kill_ack_subject, read_kills
 from qtd.errors import ConfigError
-from qtd.events import DECODE_ERRORS, CommandAudit, KillAck, ParamsChanged, Scope
+from qtd.events import (
+    DECODE_ERRORS,
+    AckStage,
+    CommandAudit,
+    KillAck,
+    ParamsChanged,
+    Scope,
+)
 from qtd.outbox import Outbox
 from qtd.runner import BotState
 
@@ -67,7 +76,8 @@ class Control:
         sessions: the session schedule's status (bot → session, phase, on_close).
 
     Attributes:
-        kills_applied: ids of every kill applied by this process.
+        kills_applied: ids of every kill applied by this process (in force).
+        kills_durable: ids of those whose KillAck is stored (durable).
         kv_kill: a kill is set in the fleet's kill set (as last read).
     """
 
@@ -77,6 +87,7 @@ class Control:
         self.k, self.bots, self.link, self.failsafe = kernel, bots, link, failsafe
         self.sessions = sessions
         self.kills_applied: set[str] = set()
+        self.kills_durable: set[str] = set()
         self.kv_kill = False
         self._verbs: dict[str, Callable[[NodeRequest], Awaitable[NodeReply]]] = {
             "status": self._status, "halt": self._halt, "resume": self._resume,
@@ -127,34 +138,54 @@ class Control:
     # --- kills ------------------------------------------------------------------------------
 
     async def apply_kill(self, msg: KillCommand, *, via: str) -> KillAck | None:
-        """Apply a kill once per id; publish the ack (a repeat over core NATS is acknowledged
-        with ``duplicate=True``; a repeat seen in the KV bucket is ignored)."""
+        """Apply a kill once per id and acknowledge it twice on ``<prefix>.ack.kill.<node>``:
+        ``stage="in_force"`` as soon as the scope is HALTED in memory (before its cancels),
+        then ``stage="durable"`` once the KillSwitch, TradingStateChanged and KillAck events
+        are fsynced (after the cancels and any flatten orders). A repeat over core NATS is
+        acknowledged once with ``duplicate=True`` (``durable`` when the first application
+        finished, else ``in_force``); a repeat seen in the KV bucket is ignored.
+
+        Returns:
+            The stored (durable) KillAck, the duplicate ack published, or None.
+        """
         now = self.k.clock.now_ns()
         if msg.id in self.kills_applied:
             if via == "kv":
                 return None
-            ack = KillAck(node=self.k.node, ts_event=now, ts_init=now, kill_id=msg.id,
-                          scope=msg.scope, scope_key=msg.key, reason=msg.reason,
-                          state=self.k.risk.states.get(msg.scope, msg.key), duplicate=True)
-        else:
-            self.kills_applied.add(msg.id)
-            self.kv_kill = True
-            report = await self.k.router.kill(msg)
-            stored = await self.k.store.append(KillAck(
-                node=self.k.node, ts_event=now, ts_init=now, kill_id=msg.id, scope=msg.scope,
-                scope_key=msg.key, reason=msg.reason,
-                state=self.k.risk.states.get(msg.scope, msg.key), canceled=report.canceled,
-                flatten_orders=len(report.flatten)))
-            assert isinstance(stored, KillAck)
-            ack = stored
-            log.warning("kill %s applied (%s %s:%s, via %s): %s; %d cancels", msg.id,
-                        ack.state.value, msg.scope.value, msg.key, via, msg.reason,
-                        len(report.canceled), extra={"kill_id": msg.id})
+            ack = self._ack(msg, now, AckStage.DURABLE if msg.id in self.kills_durable
+                            else AckStage.IN_FORCE, duplicate=True)
+            await self._publish_ack(ack)
+            return ack
+        self.kills_applied.add(msg.id)
+        self.kv_kill = True
+
+        async def in_force() -> None:
+            await self._publish_ack(self._ack(msg, now, AckStage.IN_FORCE))
+
+        report = await self.k.router.kill(msg, in_force)
+        stored = await self.k.store.append(self._ack(
+            msg, now, AckStage.DURABLE, canceled=report.canceled,
+            flatten_orders=len(report.flatten)))
+        assert isinstance(stored, KillAck)
+        self.kills_durable.add(msg.id)
+        log.warning("kill %s applied (%s %s:%s, via %s): %s; %d cancels", msg.id,
+                    stored.state.value, msg.scope.value, msg.key, via, msg.reason,
+                    len(report.canceled), extra={"kill_id": msg.id})
+        await self._publish_ack(stored)
+        return stored
+
+    def _ack(self, msg: KillCommand, now: int, stage: AckStage, *, duplicate: bool = False,
+             canceled: list[str] | None = None, flatten_orders: int = 0) -> KillAck:
+        return KillAck(node=self.k.node, ts_event=now, ts_init=now, kill_id=msg.id,
+                       scope=msg.scope, scope_key=msg.key, reason=msg.reason,
+                       state=self.k.risk.states.get(msg.scope, msg.key),
+                       canceled=canceled or [], flatten_orders=flatten_orders,
+                       duplicate=duplicate, stage=stage)
+
+    async def _publish_ack(self, ack: KillAck) -> None:
         if self.link is not None:
             await self.link.publish(kill_ack_subject(self.k.subjects, self.k.node),
-                                     msgspec.json.encode(ack))
-        return ack
-
+                                    msgspec.json.encode(ack))
 
     async def apply_file_kill(self, cmd: KillCommand) -> None:
         """A kill from the local kill file (works with NATS down)."""

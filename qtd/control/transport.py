@@ -24,7 +24,14 @@ replaces a wider one. Writers change it with compare-and-set on the key's revisi
 (:func:`update_kill_set`), so two writers (the leader tripping a cap, an operator's
 ``qtd kill``) never overwrite each other. An agent that starts applies every kill in the set
 before its bots start; the core message makes a kill immediate. Agents apply each kill ``id``
-once; a repeated core message gets an acknowledgement with ``duplicate: true``. Releasing a
+once; a repeated core message gets an acknowledgement with ``duplicate: true``.
+
+Each kill is acknowledged twice on the same subject (:class:`~qtd.events.AckStage`):
+``stage: "in_force"`` the moment the scope is HALTED in the agent's memory, then
+``stage: "durable"`` once its events are fsynced. A reader counts an agent as halted on the
+first and as durable on the second. Peers that predate the field interoperate: an older
+agent's single ack (sent after the fsync) decodes as ``durable``; an older reader ignores the
+field and takes the first ack, which says "in force". Releasing a
 kill from the set never resumes a running agent by itself (that needs ``resume`` with an
 operator and a reason); an agent refuses to resume a scope that a kill still in the set holds.
 """
@@ -45,7 +52,7 @@ from qtd.bus import CONTROL_BUCKET, KILL_KEY, Subjects
 from qtd.bus.subjects import check_token
 from qtd.control import KillCommand, KillSet, NodeReply, NodeRequest, decode_kill_set
 from qtd.errors import OperationalError
-from qtd.events import DECODE_ERRORS, KillAck
+from qtd.events import DECODE_ERRORS, AckStage, KillAck
 
 
 def kill_ack_subject(subjects: Subjects, node: str) -> str:
@@ -66,7 +73,8 @@ def ack_is_from(subjects: Subjects, subject: str, node: str) -> bool:
 
 
 async def send_kill(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
-                    wait_acks_s: float = 0.0, expect: int = 0) -> list[KillAck]:
+                    wait_acks_s: float = 0.0, expect: int = 0,
+                    stage: AckStage = AckStage.DURABLE) -> list[KillAck]:
     """Add a kill to the set in ``qtd_control`` and broadcast it on ``<prefix>.ctl.kill``.
 
     Args:
@@ -75,9 +83,11 @@ async def send_kill(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
         prefix: subject prefix.
         wait_acks_s: seconds to collect acknowledgements (0: do not wait).
         expect: stop waiting once this many distinct nodes acknowledged (0: wait it out).
+        stage: the acknowledgements to collect: ``DURABLE`` (the stored one, with its
+            cancels) or ``IN_FORCE``.
 
     Returns:
-        Acknowledgements received for ``msg.id``, one per node.
+        Acknowledgements of that stage received for ``msg.id``, the first per node.
 
     Raises:
         nats.errors.Error, nats.js.errors.Error: NATS refused the KV write or the publish.
@@ -92,7 +102,8 @@ async def send_kill(nc: Client, msg: KillCommand, *, prefix: str = "qtd",
             ack = msgspec.json.decode(m.data, type=KillAck)
         except DECODE_ERRORS:
             return
-        if ack.kill_id == msg.id and ack_is_from(subjects, m.subject, ack.node):
+        if (ack.kill_id == msg.id and ack.stage is stage
+                and ack_is_from(subjects, m.subject, ack.node)):
             acks.setdefault(ack.node, ack)
             if expect and len(acks) >= expect:
                 done.set()

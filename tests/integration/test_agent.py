@@ -16,6 +16,7 @@ from qtd.bus import EmbeddedNatsServer, ensure_jetstream
 from qtd.control import NodeRequest, new_kill
 from qtd.control.transport import request, send_kill
 from qtd.events import (
+    AckStage,
     CommandAudit,
     Fill,
     Heartbeat,
@@ -110,11 +111,21 @@ async def test_kill_over_nats_is_acknowledged_and_cancels_open_orders(
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(2000)}) as agent:
         await wait_for(lambda: sum(1 for _ in agent.proj.orders.open_orders()) == 2)
         kill = new_kill(reason="test kill", operator="bob")
+        wire: list[KillAck] = []
+
+        async def on_ack(m: Msg) -> None:
+            wire.append(msgspec.json.decode(m.data, type=KillAck))
+        sub = await nats_client.subscribe("qtd.ack.kill.node-a", cb=on_ack)
         acks = await send_kill(nats_client, kill, wait_acks_s=5, expect=1)
         assert len(acks) == 1
         ack = acks[0]
         assert ack.node == "node-a" and ack.kill_id == kill.id
         assert ack.state is TradingState.HALTED and len(ack.canceled) == 2
+        await sub.unsubscribe()
+        # in force first (HALTED, before its cancels), then durable: the one stored
+        assert [(a.stage, a.state, len(a.canceled)) for a in wire] == [
+            (AckStage.IN_FORCE, TradingState.HALTED, 0), (AckStage.DURABLE, ack.state, 2)]
+        assert await agent.store.query(kind="KillAck") == [ack]
         await wait_for(lambda: not any(agent.proj.orders.open_orders()))
         again = await send_kill(nats_client, kill, wait_acks_s=5, expect=1)
         assert again[0].duplicate and again[0].canceled == []

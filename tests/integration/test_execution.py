@@ -315,6 +315,34 @@ async def test_kill_file_halts_within_one_poll(rig: Rig, tmp_path: Path) -> None
     assert isinstance(kill[0], KillSwitch) and kill[0].source == "kill_file"
 
 
+async def test_no_order_passes_risk_once_the_kill_is_in_force(rig: Rig) -> None:
+    """The in-force hook (the agent's first kill ack) runs with the scope HALTED and before
+    any cancel; from then on a new order is denied, and one approved earlier whose intent is
+    still being stored never reaches the broker (last look)."""
+    resting = await rig.submit(qty="1", limit="99")
+    early = asyncio.create_task(rig.submit(qty="5"))
+    while len(rig.engine.open) < 2:  # approved and reserved; the intent append is in flight
+        await asyncio.sleep(0)
+    seen: list[tuple[TradingState, int]] = []
+    late: list[asyncio.Task[Any]] = []
+
+    async def in_force() -> None:
+        seen.append((rig.engine.states.get(Scope.ACCOUNT, "acct1"),
+                     len(rig.brokers["acct1"].cancels)))
+        late.append(asyncio.create_task(rig.submit(qty="1", symbol="MSFT")))
+
+    report = await rig.router.kill(KillCommand(scope=Scope.ACCOUNT, key="acct1",
+                                               reason="drill"), in_force)
+    assert seen == [(TradingState.HALTED, 0)] and report.canceled == [resting.client_order_id]
+    denied, stopped = await late[0], await early
+    assert isinstance(denied, OrderDenied) and denied.check == "trading_state"
+    assert isinstance(stopped, OrderIntent)
+    assert [i.client_order_id for i in rig.brokers["acct1"].submitted] == [
+        resting.client_order_id]
+    assert "OrderSubmitted" not in [type(e).__name__ for e in await rig.store.query(
+        client_order_id=stopped.client_order_id)]
+
+
 async def test_resume_after_kill_needs_an_operator(rig: Rig) -> None:
     await rig.router.kill(KillCommand(scope=Scope.GLOBAL, reason="drill"))
     assert isinstance(await rig.submit(), OrderDenied)
