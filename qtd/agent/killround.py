@@ -10,10 +10,12 @@ with the heartbeat's age and whether it is alive), or, when no leader answers wi
 own heartbeats heard for :data:`HEARTBEAT_WINDOW_S` after the round began (an agent beats
 every ``heartbeat_s`` = 1 s by default). The kill never waits for or depends on the leader.
 
-The round ends as soon as every *alive* agent of the roster has acknowledged (or ``expect``
-agents have), or at ``timeout_s``. An agent is acknowledged when the kill is in force there
-(its :class:`~qtd.events.KillAck`, on its own ``<prefix>.ack.kill.<node>``: an ack naming
-another node than its subject is ignored, since the server only checks the subject).
+The round ends as soon as every *alive* agent of the roster has acknowledged the kill
+durable (or ``expect`` agents have), or at ``timeout_s``. An agent is acknowledged when the
+kill is in force there (its first :class:`~qtd.events.KillAck`, ``stage="in_force"``, on its
+own ``<prefix>.ack.kill.<node>``: an ack naming another node than its subject is ignored,
+since the server only checks the subject), and durable at its ``stage="durable"`` ack (an
+agent that predates ``stage`` sends only that one: both at once).
 Roster agents that are not alive (heartbeat older than the leader's
 ``heartbeat_timeout_s``) are not waited for, but count as missing: nothing confirms that
 they halted (an agent applies every kill in the set when it starts).
@@ -33,7 +35,7 @@ from nats.aio.msg import Msg
 from qtd.bus import Subjects
 from qtd.control import KillCommand
 from qtd.control.transport import ack_is_from, kill_ack_all, publish_kill
-from qtd.events import DECODE_ERRORS, KillAck
+from qtd.events import DECODE_ERRORS, AckStage, KillAck
 
 LEADER = "leader"
 """The leader's name on the bus (``<prefix>.ctl.leader.<verb>``, ``<prefix>.hb.leader``)."""
@@ -60,10 +62,17 @@ class AgentSeen(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AckSeen(msgspec.Struct, frozen=True, kw_only=True):
-    """An acknowledgement and when it arrived, ms after the kill's write began."""
+    """An agent's acknowledgements and when they arrived, ms after the kill's write began.
+
+    Attributes:
+        ack: the durable ack once it came (it carries the cancels), else the in-force one.
+        after_ms: when the kill was in force there (its first ack).
+        durable_ms: when its durable ack came (None: not yet, or not within the round).
+    """
 
     ack: KillAck
     after_ms: float
+    durable_ms: float | None = None
 
 
 class KillReport(msgspec.Struct, kw_only=True):
@@ -102,8 +111,17 @@ class KillReport(msgspec.Struct, kw_only=True):
         return len({a.node for a in self.roster} | self.acked())
 
     def acked_in_ms(self) -> float:
-        """ms from the kill's write to its last acknowledgement (0 without one)."""
+        """ms from the kill's write to its last in-force acknowledgement (0 without one)."""
         return max((a.after_ms for a in self.acks), default=0.0)
+
+    def not_durable(self) -> list[str]:
+        """Nodes that acknowledged the kill in force but not durable, by name."""
+        return sorted(a.ack.node for a in self.acks if a.durable_ms is None)
+
+    def durable_in_ms(self) -> float:
+        """ms from the kill's write to its last durable acknowledgement (0 without one)."""
+        return max((a.durable_ms for a in self.acks if a.durable_ms is not None),
+                   default=0.0)
 
     def complete(self) -> bool:
         """Every agent expected acknowledged: ``expect`` of them, or, without ``expect``,
@@ -156,9 +174,17 @@ class _Round:
             return
         if not ack_is_from(self.subjects, msg.subject, ack.node):
             return  # an agent may publish acks on its own subject only: not for another node
-        if ack.kill_id == self.kill_id and ack.node not in self.acks:
-            self.acks[ack.node] = AckSeen(ack=ack, after_ms=self.ms(time.perf_counter()))
-            self._check()
+        if ack.kill_id != self.kill_id:
+            return
+        now, seen = self.ms(time.perf_counter()), self.acks.get(ack.node)
+        durable = None if ack.stage is AckStage.IN_FORCE else now
+        if seen is None:
+            self.acks[ack.node] = AckSeen(ack=ack, after_ms=now, durable_ms=durable)
+        elif durable is not None and seen.durable_ms is None:
+            self.acks[ack.node] = AckSeen(ack=ack, after_ms=seen.after_ms, durable_ms=durable)
+        else:
+            return
+        self._check()
 
     async def on_heartbeat(self, msg: Msg) -> None:
         node = msg.subject.removeprefix(self.hb_prefix)
@@ -178,11 +204,12 @@ class _Round:
         self._check()
 
     def _check(self) -> None:
+        durable = {n for n, a in self.acks.items() if a.durable_ms is not None}
         if self.expect:
-            if len(self.acks) >= self.expect:
+            if len(durable) >= self.expect:
                 self.done.set()
         elif self.roster is not None and all(
-                n in self.acks for n, a in self.roster.items() if a.alive):
+                n in durable for n, a in self.roster.items() if a.alive):
             self.done.set()
 
     def report(self, kill: KillCommand, active: tuple[KillCommand, ...]) -> KillReport:

@@ -2,11 +2,15 @@
 
 Over NATS (:func:`kill_over_nats`): the kill goes into the kill set and out on
 ``<prefix>.ctl.kill`` first, then the command waits until every live agent acknowledged
-(:mod:`qtd.agent.killround`) or ``--wait`` seconds, and prints a summary for a human (scope,
-kill id, ``N of M agents acknowledged in X ms``, each missing agent with its last heartbeat
-age, the other active kills) or, with ``--json``, one JSON object. Exit status: 0 every
-agent acknowledged (or ``--wait 0``: not waited for), 3 some did not (or none is known),
-75 NATS unreachable or it did not take the kill.
+(:mod:`qtd.agent.killround`) both in force and durable, or ``--wait`` seconds, and prints a
+summary for a human (scope, kill id, ``N of M agents acknowledged in X ms``, one line per
+agent: ``in force after X ms, durable after Y ms``, each missing agent with its last
+heartbeat age, each agent whose durable ack did not come, the other active kills) or, with
+``--json``, one JSON object. Exit status (as before the two acks): 0 every agent
+acknowledged the kill in force (or ``--wait 0``: not waited for), even if a durable ack is
+missing (named in the output and in ``not_durable``: the kill holds there, its store may be
+failing); 3 some did not (or none is known); 75 NATS unreachable or it did not take the
+kill.
 
 ``--local`` (:func:`kill_local`) writes the kill file an agent watches, found from the
 agent's config (``--config``: its ``kill_file``) or from the ``qtd up`` fleet of this
@@ -27,7 +31,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from qtd.agent.killround import AgentSeen, KillReport, kill_round
+from qtd.agent.killround import AckSeen, AgentSeen, KillReport, kill_round
 from qtd.bus import BusConfig
 from qtd.control import KillCommand, new_kill
 from qtd.control.transport import release_kills
@@ -144,7 +148,18 @@ def _headline(r: KillReport, waited: bool) -> str:
     line = f"{n} of {m} agents acknowledged in {r.acked_in_ms():.0f} ms ({_roster_note(r)})"
     if not r.complete():
         line += f"; NOT CONFIRMED after {r.ended_ms:.0f} ms"
+    if n:
+        durable = n - len(r.not_durable())
+        line += f"; durable on {durable} of {n}" + (
+            f" in {r.durable_in_ms():.0f} ms" if durable == n else "")
     return line
+
+
+def _ack_line(a: AckSeen) -> str:
+    durable = ("NOT durable" if a.durable_ms is None
+               else f"durable after {a.durable_ms:.1f} ms")
+    return (f"  {a.ack.node:<20} {a.ack.state.value:<9} in force after {a.after_ms:.1f} ms, "
+            f"{durable}{'  (already applied)' if a.ack.duplicate else ''}")
 
 
 def format_report(r: KillReport, *, waited: bool = True) -> str:
@@ -153,12 +168,15 @@ def format_report(r: KillReport, *, waited: bool = True) -> str:
     who = f", operator {k.operator}" if k.operator else ""
     flat = ", flatten" if k.flatten else ""
     lines = [f"kill {k.id}: {_scope(k)}{flat}, reason {k.reason!r}{who}", _headline(r, waited)]
-    lines += [f"  {a.ack.node:<20} {a.ack.state.value:<9} {a.after_ms:7.1f} ms"
-              f"{'  (already applied)' if a.ack.duplicate else ''}" for a in r.acks]
+    lines += [_ack_line(a) for a in r.acks]
     missing = r.missing() if waited else []
     if missing:
         lines.append(f"missing ({len(missing)}):")
         lines += [_missing_line(a) for a in missing]
+    not_durable = r.not_durable() if waited else []
+    if not_durable:
+        lines.append(f"in force but not durable after {r.ended_ms:.0f} ms "
+                     f"({len(not_durable)}): {', '.join(not_durable)}")
     others = [o for o in r.active if o.id != k.id]
     lines.append(f"other active kills: {len(others) or 'none'}")
     lines += [f"  {o.id}  {_scope(o):<24} {o.reason!r}"
@@ -167,15 +185,19 @@ def format_report(r: KillReport, *, waited: bool = True) -> str:
 
 
 def report_json(r: KillReport) -> dict[str, object]:
-    """The ``--json`` object: the kill, counts, acks (with ``after_ms``), missing agents
-    (with ``heartbeat_age_s``) and every active kill."""
+    """The ``--json`` object: the kill, counts, acks (with ``after_ms``: in force, and
+    ``durable_ms``: durable, null when it did not come), missing agents (with
+    ``heartbeat_age_s``), ``not_durable`` (nodes in force without a durable ack) and every
+    active kill; times in ms from the kill's write."""
     k = r.kill
     return {
         "kill_id": k.id, "scope": k.scope.value, "key": k.key, "reason": k.reason,
         "operator": k.operator, "flatten": k.flatten, "complete": r.complete(),
         "acknowledged": len(r.acks), "agents": r.agents(), "acked_in_ms": r.acked_in_ms(),
         "waited_ms": r.ended_ms, "roster": r.roster_source,
-        "acks": [{**msgspec.to_builtins(a.ack), "after_ms": a.after_ms} for a in r.acks],
+        "durable_in_ms": r.durable_in_ms(), "not_durable": r.not_durable(),
+        "acks": [{**msgspec.to_builtins(a.ack), "after_ms": a.after_ms,
+                  "durable_ms": a.durable_ms} for a in r.acks],
         "missing": msgspec.to_builtins(r.missing()),
         "active": [{"kill_id": o.id, "scope": o.scope.value, "key": o.key,
                     "reason": o.reason, "operator": o.operator, "source": o.source,

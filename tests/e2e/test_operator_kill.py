@@ -85,6 +85,10 @@ async def test_operator_kills_the_fleet_and_is_told_who_did_not_acknowledge(
                            "--operator", "alice"])
             assert out.returncode == 0, out.stdout + out.stderr
             assert "2 of 2 agents acknowledged in" in out.stdout, out.stdout
+            assert "durable on 2 of 2 in" in out.stdout, out.stdout
+            for n in NODES:  # both acks of each real agent, in force first
+                assert re.search(rf"{n}\s+HALTED\s+in force after \d+\.\d ms, durable after "
+                                 r"\d+\.\d ms", out.stdout), out.stdout
             assert "GLOBAL" in out.stdout and "Traceback" not in out.stderr
             for n in NODES:
                 assert await _global_state(ops, n) == "HALTED"
@@ -167,3 +171,5 @@ async def test_without_a_leader_the_kill_counts_the_agents_it_hears(tmp_path: Pa
                 "heartbeats", 2, 2), body
             assert sorted(a["node"] for a in body["acks"]) == list(NODES)
             assert {a["state"] for a in body["acks"]} == {"HALTED"}
+            assert body["not_durable"] == [] and all(
+                a["durable_ms"] >= a["after_ms"] > 0 for a in body["acks"]), body
