@@ -195,9 +195,18 @@ class FleetConfig(_Cfg, frozen=True, kw_only=True):
 
 
 class KillConfig(_Cfg, frozen=True, kw_only=True):
-    """Kill switch: agents that have not acknowledged within ``ack_timeout_s`` are paged P1."""
+    """Kill switch acknowledgements (:mod:`qtd.leader.kill_switch`).
+
+    Attributes:
+        ack_timeout_s: seconds from the kill decision within which every known agent must
+            acknowledge the kill in force (HALTED in memory); the others are paged P1.
+        durable_timeout_s: seconds within which an agent's durable acknowledgement (the
+            kill's events fsynced in its store, after its cancels and flatten orders) must
+            follow its in-force one; otherwise it is paged P1 naming the node and the kill.
+    """
 
     ack_timeout_s: Seconds = 1.0
+    durable_timeout_s: Seconds = 5.0
 
 
 class LivenessConfig(_Cfg, frozen=True, kw_only=True):

@@ -113,6 +113,7 @@ async def _build(cfg: LeaderConfig, clock: Clock, db: FleetDB, nc: Client, view:
     kill = KillSwitchController(
         nc=nc, kv=setup.control, subjects=subjects, db=db, view=view, alerts=alerts,
         caps=caps, clock=clock, tasks=tasks, ack_timeout_s=cfg.kill.ack_timeout_s,
+        durable_timeout_s=cfg.kill.durable_timeout_s,
         is_active=standing.is_active)
     return LeaderKernel(cfg=cfg, clock=clock, subjects=subjects, db=db, nc=nc, js=js,
                         view=view, caps=caps, versions=versions, quality=quality,

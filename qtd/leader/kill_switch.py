@@ -7,9 +7,14 @@ every agent subscribes to), then adds it to the :class:`~qtd.control.KillSet` un
 key ``kill`` in ``qtd_control`` with compare-and-set (an agent that starts later applies
 every kill in the set before its bots start), then audits it in fleet.db as a
 :class:`~qtd.events.KillSwitch` event. Every agent answers on ``<prefix>.ack.kill.<node>``
-with a :class:`~qtd.events.KillAck` carrying the message's ``id``. Agents known from
-heartbeats that have not acknowledged within ``ack_timeout_s`` are listed on the view and
-paged P1. A kill published by someone else (``qtd kill``) is tracked the same way.
+with a :class:`~qtd.events.KillAck` carrying the message's ``id``, twice: ``stage="in_force"``
+when the kill is in force there (HALTED in memory) and ``stage="durable"`` when it is fsynced
+(an agent older than ``stage`` sends one ack, which decodes as ``durable``; it implies in
+force). An agent counts as halted on its first ack. Agents known from heartbeats that have not
+acknowledged within ``ack_timeout_s`` are listed on the view and paged P1 (``kill:unacked``);
+an agent whose durable ack has not followed its in-force ack within ``durable_timeout_s`` is
+paged P1 too (``kill:undurable``, naming the kill and the nodes). A kill published by someone
+else (``qtd kill``) is tracked the same way.
 
 :meth:`KillSwitchController.resume` needs an operator and a reason and names what it
 releases (kill ids, a scope, or every kill; with no name it releases the only active kill
@@ -31,6 +36,7 @@ takeover :meth:`KillSwitchController.sync` re-reads the kill state from KV.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -56,7 +62,15 @@ from qtd.control import (
 )
 from qtd.control.transport import ack_is_from, kill_ack_all, kill_ack_subject, update_kill_set
 from qtd.errors import ConfigError, OperationalError
-from qtd.events import DECODE_ERRORS, KillAck, KillSwitch, Scope, Severity, TradingState
+from qtd.events import (
+    DECODE_ERRORS,
+    AckStage,
+    KillAck,
+    KillSwitch,
+    Scope,
+    Severity,
+    TradingState,
+)
 from qtd.fleetsnapshot import ActiveKill, KillView
 from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import FleetCaps
@@ -65,6 +79,7 @@ from qtd.leader.view import FleetView
 
 log = logging.getLogger("qtd.leader.kill_switch")
 UNACKED_KEY = "kill:unacked"
+UNDURABLE_KEY = "kill:undurable"
 
 
 def ack_subject(subjects: Subjects, node: str | None = None) -> str:
@@ -82,6 +97,7 @@ class AckWire(msgspec.Struct, kw_only=True):
     canceled: list[str] = []
     flatten_orders: int = 0
     duplicate: bool = False
+    stage: str = AckStage.DURABLE.value  # an older agent's single ack: sent once durable
 
 
 _ack_decoder = msgspec.json.Decoder(AckWire)
@@ -96,9 +112,13 @@ class KillRound:
         kill_id: its id.
         t0: ``time.perf_counter()`` at the decision, seconds.
         expected: nodes known from heartbeats at the decision.
-        latency_s: acknowledging node -> seconds from the decision to its ack.
-        acks: acknowledging node -> its acknowledgement.
+        latency_s: acknowledging node -> seconds from the decision to its first ack
+            (the kill in force there).
+        acks: acknowledging node -> its first acknowledgement.
+        durable_s: node -> seconds from the decision to its durable ack.
+        durable: node -> its durable acknowledgement.
         all_acked: set once every expected node acknowledged.
+        durable_seen: set at each durable ack (cleared by the watcher that waits on it).
     """
 
     def __init__(self, kill: KillCommand, t0: float, expected: set[str]) -> None:
@@ -108,13 +128,20 @@ class KillRound:
         self.expected = expected
         self.latency_s: dict[str, float] = {}
         self.acks: dict[str, AckWire] = {}
+        self.durable_s: dict[str, float] = {}
+        self.durable: dict[str, AckWire] = {}
         self.all_acked = asyncio.Event()
+        self.durable_seen = asyncio.Event()
         if not expected:
             self.all_acked.set()
 
     def missing(self) -> list[str]:
         """Expected nodes that have not acknowledged."""
         return sorted(self.expected - set(self.acks))
+
+    def not_durable(self) -> list[str]:
+        """Nodes that acknowledged the kill in force but not yet durable."""
+        return sorted(set(self.acks) - set(self.durable))
 
 
 class ResumeResult(msgspec.Struct, kw_only=True):
@@ -147,18 +174,20 @@ class KillSwitchController:
         caps: re-armed on resume.
         clock: event timestamps.
         tasks: background tasks.
-        ack_timeout_s: seconds agents have to acknowledge.
+        ack_timeout_s: seconds agents have to acknowledge (in force), from the decision.
+        durable_timeout_s: seconds an agent's durable ack may follow its in-force ack.
         is_active: whether this leader acts now (a standby neither kills nor resumes).
     """
 
     def __init__(self, *, nc: Client, kv: KeyValue, subjects: Subjects, db: FleetDB,
                  view: FleetView, alerts: AlertBook, caps: FleetCaps, clock: Clock,
-                 tasks: TaskSet, ack_timeout_s: float = 1.0,
+                 tasks: TaskSet, ack_timeout_s: float = 1.0, durable_timeout_s: float = 5.0,
                  is_active: Callable[[], bool] = lambda: True) -> None:
         self.nc, self.kv, self.subjects, self.db = nc, kv, subjects, db
         self.view, self.alerts, self.caps, self.clock = view, alerts, caps, clock
         self.tasks = tasks
         self.ack_timeout_s = ack_timeout_s
+        self.durable_timeout_s = durable_timeout_s
         self.active: dict[str, KillRound] = {}
         self._past: set[str] = set()
         self._writing: set[str] = set()  # kills shown before their KV write completed
@@ -394,9 +423,14 @@ class KillSwitchController:
         if not ack_is_from(self.subjects, subject, ack.node):
             raise ValueError(f"ack names node {ack.node!r} on {subject}")
         rnd = self.active.get(ack.kill_id)
-        if rnd is None or ack.node in rnd.acks:
+        if rnd is None or ack.node in rnd.durable:
             return
-        rnd.latency_s[ack.node] = time.perf_counter() - rnd.t0
+        after = time.perf_counter() - rnd.t0
+        if ack.stage != AckStage.IN_FORCE:  # durable (or an older agent's ack): in force too
+            self._on_durable(rnd, ack, after)
+        if ack.node in rnd.acks:
+            return
+        rnd.latency_s[ack.node] = after
         rnd.acks[ack.node] = ack
         if rnd.expected <= set(rnd.acks):
             rnd.all_acked.set()
@@ -406,6 +440,14 @@ class KillSwitchController:
         if not self._show_due:  # one view update per burst of acks, not one per ack
             self._show_due = True
             asyncio.get_running_loop().call_soon(self._show_later)
+
+    def _on_durable(self, rnd: KillRound, ack: AckWire, after: float) -> None:
+        rnd.durable_s[ack.node] = after
+        rnd.durable[ack.node] = ack
+        rnd.durable_seen.set()
+        if (self.alerts.open.get(UNDURABLE_KEY) is not None
+                and all(not r.not_durable() for r in self.active.values())):
+            self.alerts.close(UNDURABLE_KEY, "every agent's kill is durable")
 
     def _show_later(self) -> None:
         self._show_due = False
@@ -439,15 +481,42 @@ class KillSwitchController:
                 trigger="kill_ack_timeout", limit=self.ack_timeout_s, unit="s",
                 message=f"kill {rnd.kill_id} ({rnd.kill.reason}): no acknowledgement from "
                 f"{', '.join(missing)}")
+        await self._watch_durable(rnd)
         await self._audit_acks(rnd)
+
+    async def _watch_durable(self, rnd: KillRound) -> None:
+        """Wait until every agent that acknowledged the kill in force acknowledged it
+        durable, each within ``durable_timeout_s`` of its in-force ack; page P1 otherwise."""
+        while pending := rnd.not_durable():
+            left = (rnd.t0 + max(rnd.latency_s[n] for n in pending) + self.durable_timeout_s
+                    - time.perf_counter())
+            if left <= 0:
+                break
+            rnd.durable_seen.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await rnd.durable_seen.wait()
+        else:
+            return
+        if rnd.kill_id not in self.active:  # released meanwhile: nothing to page
+            return
+        log.error("kill.not_durable id=%s nodes=%s", rnd.kill_id, pending)
+        self.alerts.raise_alert(
+            UNDURABLE_KEY, Severity.P1, f"kill not durable on {len(pending)} agent(s)",
+            trigger="kill_durable_timeout", limit=self.durable_timeout_s, unit="s",
+            message=f"kill {rnd.kill_id} ({rnd.kill.reason}) is in force but not durable "
+            f"(no durable acknowledgement within {self.durable_timeout_s:g} s of the "
+            f"in-force one) on {', '.join(pending)}: its store may be failing; check the "
+            "agent's log and disk")
 
     async def _audit_acks(self, rnd: KillRound) -> None:
         now = self.clock.now_ns()
         acks = [KillAck(node=a.node, ts_event=now, ts_init=now, kill_id=rnd.kill_id,
                         scope=rnd.kill.scope, scope_key=rnd.kill.key, reason=a.reason,
                         state=_state(a.state), canceled=a.canceled,
-                        flatten_orders=a.flatten_orders, duplicate=a.duplicate)
-                for a in rnd.acks.values()]
+                        flatten_orders=a.flatten_orders, duplicate=a.duplicate,
+                        stage=AckStage.DURABLE if n in rnd.durable else AckStage.IN_FORCE)
+                for n, a in ((n, rnd.durable.get(n, a)) for n, a in rnd.acks.items())]
         if acks:
             await self.db.append_local(acks)
 

@@ -5,7 +5,10 @@ HTTP receiver for Apprise ``json://`` pages, and a leader config for tests.
 :class:`~qtd.store.EventStore`, publishes them with the real :class:`~qtd.outbox.Outbox`
 (``<prefix>.evt.<node>.<bot>.<kind>``, ``Nats-Msg-Id``), sends heartbeats on
 ``<prefix>.hb.<node>``, and answers kills on ``<prefix>.ack.kill.<node>`` and ``resume``
-requests on ``<prefix>.ctl.<node>.resume`` as the agent does.
+requests on ``<prefix>.ctl.<node>.resume`` as the agent does. Its kill acks are one per
+stage in ``ack_stages``: by default the single ``durable`` ack of an agent that predates the
+in-force ack; ``(IN_FORCE, DURABLE)`` as today's agent; ``(IN_FORCE,)`` an agent whose store
+never finishes the kill.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from qtd import __version__
 from qtd.bus import EmbeddedNatsServer, Subjects, connect, ensure_jetstream
 from qtd.control import KillCommand, NodeReply, decode_kill
 from qtd.events import (
+    AckStage,
     Event,
     Fill,
     Heartbeat,
@@ -57,13 +61,15 @@ class FakeAgent:
 
     def __init__(self, node: str, data_dir: Path, server: EmbeddedNatsServer, *,
                  hb_interval_s: float = 0.1, answer_kills: bool = True,
-                 version: str | None = __version__) -> None:
+                 version: str | None = __version__,
+                 ack_stages: tuple[AckStage, ...] = (AckStage.DURABLE,)) -> None:
         self.node = node
         self.version = version  # None: an agent older than the heartbeat's version field
         self.path = data_dir / f"{node}.db"
         self.server = server
         self.hb_interval_s = hb_interval_s
         self.answer_kills = answer_kills
+        self.ack_stages = ack_stages
         self.heartbeats = True
         self.subjects = Subjects()
         self.state = TradingState.ACTIVE
@@ -117,10 +123,11 @@ class FakeAgent:
         self.state = TradingState.HALTED
         if self.answer_kills:
             now = time.time_ns()
-            ack = KillAck(node=self.node, ts_event=now, ts_init=now, kill_id=kill.id,
-                          scope=kill.scope, scope_key=kill.key, reason=kill.reason,
-                          state=TradingState.HALTED)
-            await self.nc.publish(f"qtd.ack.kill.{self.node}", msgspec.json.encode(ack))
+            for stage in self.ack_stages:
+                ack = KillAck(node=self.node, ts_event=now, ts_init=now, kill_id=kill.id,
+                              scope=kill.scope, scope_key=kill.key, reason=kill.reason,
+                              state=TradingState.HALTED, stage=stage)
+                await self.nc.publish(f"qtd.ack.kill.{self.node}", msgspec.json.encode(ack))
 
     async def _on_resume(self, msg: Msg) -> None:
         self.resumes.append(json.loads(msg.data))
@@ -208,7 +215,7 @@ class PageReceiver:
 
 def leader_config(tmp: Path, server: EmbeddedNatsServer, *, caps: CapsConfig | None = None,
                   page_url: str | None = None, hb_timeout_s: float = 5.0,
-                  **notify: Any) -> LeaderConfig:
+                  kill: KillConfig | None = None, **notify: Any) -> LeaderConfig:
     """A leader config for tests: fast loops, pages (all severities) to ``page_url``."""
     dest = {s: [page_url] for s in ("P1", "P2", "P3", "P4")} if page_url else {}
     return msgspec.convert({
@@ -217,7 +224,7 @@ def leader_config(tmp: Path, server: EmbeddedNatsServer, *, caps: CapsConfig | N
         "ingest": msgspec.to_builtins(IngestConfig(fetch_timeout_s=0.05, batch=500,
                                                     ack_wait_s=2.0)),
         "caps": msgspec.to_builtins(caps or CapsConfig()),
-        "kill": msgspec.to_builtins(KillConfig(ack_timeout_s=1.0)),
+        "kill": msgspec.to_builtins(kill or KillConfig(ack_timeout_s=1.0)),
         "liveness": msgspec.to_builtins(LivenessConfig(
             heartbeat_timeout_s=hb_timeout_s, check_interval_s=0.05,
             heartbeat_interval_s=0.2)),

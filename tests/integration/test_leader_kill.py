@@ -11,12 +11,14 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
+from qtd.agent.killround import kill_round
 from qtd.bus import CONTROL_BUCKET, KILL_KEY, EmbeddedNatsServer, ensure_jetstream
 from qtd.bus.rejects import REJECTED
+from qtd.commands.kill import format_report, report_json
 from qtd.control import new_kill
 from qtd.control.transport import read_kills, release_kills, send_kill
-from qtd.events import KillSwitch, RiskBreach, Scope, Side
-from qtd.leader.config import CapsConfig, LossCap, SelfTradeCap
+from qtd.events import AckStage, KillAck, KillSwitch, RiskBreach, Scope, Side
+from qtd.leader.config import CapsConfig, KillConfig, LossCap, SelfTradeCap
 from qtd.leader.daemon import Leader, running_leader
 from tests.integration.leader_peer import PageReceiver, agents, leader_config, wait_for
 
@@ -201,3 +203,57 @@ async def test_an_agent_cannot_acknowledge_a_kill_for_another_node(
         await wait_for(lambda: "kill:unacked" in leader.alerts.open, 3.0, "P1 alert")
         assert "node-d" not in rnd.acks and rnd.missing() == ["node-d"]
         assert REJECTED.counts["kill_ack"] == before + 1
+
+
+async def test_an_agent_without_its_durable_ack_counts_halted_and_is_paged(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client,
+    receiver: PageReceiver,
+) -> None:
+    """node-c acknowledges the kill in force but never durable (its store hangs): the leader
+    counts it halted, pages P1 naming it and the kill after ``durable_timeout_s``, and closes
+    the page when the durable ack comes late; ``qtd kill``'s report names it not durable
+    (exit status as before: every agent is halted) and times both acks of the others."""
+    cfg = leader_config(tmp_path, nats_server, page_url=receiver.url,
+                        kill=KillConfig(ack_timeout_s=1.0, durable_timeout_s=0.3))
+    both = (AckStage.IN_FORCE, AckStage.DURABLE)
+    async with agents(tmp_path, nats_server, ["node-a", "node-b"], ack_stages=both), \
+            agents(tmp_path, nats_server, ["node-c"], ack_stages=(AckStage.IN_FORCE,)) as (c,), \
+            running_leader(cfg) as leader:
+        await wait_for(lambda: len(leader.view.heartbeats) == 3, what="heartbeats")
+        report = await kill_round(nats_client, new_kill(reason="drill", operator="alice"),
+                                  timeout_s=0.5)
+        kill_id = report.kill.id
+        assert report.complete() and report.not_durable() == ["node-c"]
+        durable = {a.ack.node: a.durable_ms for a in report.acks}
+        assert durable["node-c"] is None and all(durable[f"node-{n}"] for n in "ab")
+        text = format_report(report)
+        assert "node-c               HALTED    in force after" in text and "NOT durable" in text
+        assert "in force but not durable after" in text and "durable on 2 of 3" in text
+        body = report_json(report)
+        assert body["complete"] and body["not_durable"] == ["node-c"]
+        assert body["durable_in_ms"] == report.durable_in_ms() > 0
+        rnd = leader.kill.active[kill_id]
+        assert sorted(rnd.acks) == ["node-a", "node-b", "node-c"] and rnd.missing() == []
+        assert leader.view.kill.pending == []  # halted on the in-force ack
+        await wait_for(lambda: "kill:undurable" in leader.alerts.open, 3.0, "P1 alert")
+        assert "kill:unacked" not in leader.alerts.open
+        await wait_for(lambda: any("node-c" in b["message"] for b in receiver.bodies), 3.0,
+                       "P1 page naming node-c")
+        page = next(b for b in receiver.bodies if "node-c" in b["message"])
+        assert page["title"].startswith("[P1]") and kill_id in page["message"]
+        assert "node-a" not in page["message"]
+        audits = await _wait_audits(leader, 3)
+        assert {a.node: a.stage for a in audits} == {
+            "node-a": AckStage.DURABLE, "node-b": AckStage.DURABLE, "node-c": AckStage.IN_FORCE}
+        late = msgspec.structs.replace(audits[0], node="node-c", stage=AckStage.DURABLE)
+        await c.nc.publish("qtd.ack.kill.node-c", msgspec.json.encode(late))
+        await wait_for(lambda: "kill:undurable" not in leader.alerts.open, 3.0, "closed")
+
+
+async def _wait_audits(leader: Leader, n: int) -> list[KillAck]:
+    for _ in range(150):
+        acks = [a for a in await _audit(leader, KillAck) if isinstance(a, KillAck)]
+        if len(acks) >= n:
+            return acks
+        await asyncio.sleep(0.02)
+    raise AssertionError("no KillAck audit in fleet.db")
