@@ -161,6 +161,7 @@ class Control:
 
         async def in_force() -> None:
             await self._publish_ack(self._ack(msg, now, AckStage.IN_FORCE))
+            await asyncio.sleep(0)  # let the client's flusher write it before the cancels
 
         report = await self.k.router.kill(msg, in_force)
         stored = await self.k.store.append(self._ack(
