@@ -11,7 +11,8 @@ from __future__ import annotations
 from qtd.fleetsnapshot import FleetSnapshot
 from qtd.leader.config import LeaderConfig, load_leader_config, parse_leader_config
 from qtd.leader.fleetdb import FleetDB, Origin
-from qtd.leader.kill_switch import KillRound, KillSwitchController, ack_subject
+from qtd.leader.kill_switch import KillSwitchController, ack_subject
+from qtd.leader.killround import KillRound
 from qtd.leader.lease import LeaderLease, LeaseRecord
 from qtd.leader.view import FleetView
 

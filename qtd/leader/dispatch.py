@@ -30,7 +30,7 @@ from qtd.events import DECODE_ERRORS, CapOverride, Scope
 from qtd.fleetsnapshot import AlertView, FleetSnapshot
 from qtd.leader.alerts import AlertRecord
 from qtd.leader.caps import Breach, FleetCaps
-from qtd.leader.kill_switch import KillRound, ResumeResult
+from qtd.leader.killround import KillRound, ResumeResult
 from qtd.leader.lease import Standing
 from qtd.leader.view import FleetView
 

@@ -69,12 +69,12 @@ from qtd.events import (
     KillSwitch,
     Scope,
     Severity,
-    TradingState,
 )
 from qtd.fleetsnapshot import ActiveKill, KillView
 from qtd.leader.alerts import AlertBook
 from qtd.leader.caps import FleetCaps
 from qtd.leader.fleetdb import LEADER_NODE, FleetDB
+from qtd.leader.killround import AckWire, KillRound, ResumeResult, ack_state
 from qtd.leader.view import FleetView
 
 log = logging.getLogger("qtd.leader.kill_switch")
@@ -86,79 +86,8 @@ def ack_subject(subjects: Subjects, node: str | None = None) -> str:
     """``<prefix>.ack.kill.<node>`` (``None``: every node, ``*``)."""
     return kill_ack_all(subjects) if node is None else kill_ack_subject(subjects, node)
 
-
-class AckWire(msgspec.Struct, kw_only=True):
-    """What the leader reads from an acknowledgement (extra fields are ignored)."""
-
-    node: str
-    kill_id: str = ""
-    state: str = ""
-    reason: str = ""
-    canceled: list[str] = []
-    flatten_orders: int = 0
-    duplicate: bool = False
-    stage: str = AckStage.DURABLE.value  # an older agent's single ack: sent once durable
-
-
 _ack_decoder = msgspec.json.Decoder(AckWire)
 _reply_decoder = msgspec.json.Decoder(NodeReply)
-
-
-class KillRound:
-    """One kill and its acknowledgements.
-
-    Attributes:
-        kill: the kill message broadcast.
-        kill_id: its id.
-        t0: ``time.perf_counter()`` at the decision, seconds.
-        expected: nodes known from heartbeats at the decision.
-        latency_s: acknowledging node -> seconds from the decision to its first ack
-            (the kill in force there).
-        acks: acknowledging node -> its first acknowledgement.
-        durable_s: node -> seconds from the decision to its durable ack.
-        durable: node -> its durable acknowledgement.
-        all_acked: set once every expected node acknowledged.
-        durable_seen: set at each durable ack (cleared by the watcher that waits on it).
-    """
-
-    def __init__(self, kill: KillCommand, t0: float, expected: set[str]) -> None:
-        self.kill = kill
-        self.kill_id = kill.id
-        self.t0 = t0
-        self.expected = expected
-        self.latency_s: dict[str, float] = {}
-        self.acks: dict[str, AckWire] = {}
-        self.durable_s: dict[str, float] = {}
-        self.durable: dict[str, AckWire] = {}
-        self.all_acked = asyncio.Event()
-        self.durable_seen = asyncio.Event()
-        if not expected:
-            self.all_acked.set()
-
-    def missing(self) -> list[str]:
-        """Expected nodes that have not acknowledged."""
-        return sorted(self.expected - set(self.acks))
-
-    def not_durable(self) -> list[str]:
-        """Nodes that acknowledged the kill in force but not yet durable."""
-        return sorted(set(self.acks) - set(self.durable))
-
-
-class ResumeResult(msgspec.Struct, kw_only=True):
-    """What a resume did.
-
-    Attributes:
-        released: ids of the kills removed from the set.
-        scopes: ``SCOPE:key`` the agents were asked to resume.
-        still_active: the kills still in force afterwards (trading stays halted there).
-        agents: node -> its reply per scope (``"ok: ..."``, ``"refused: ..."``,
-            ``"no reply"``).
-    """
-
-    released: list[str] = []
-    scopes: list[str] = []
-    still_active: list[ActiveKill] = []
-    agents: dict[str, str] = {}
 
 
 class KillSwitchController:
@@ -513,7 +442,7 @@ class KillSwitchController:
         now = self.clock.now_ns()
         acks = [KillAck(node=a.node, ts_event=now, ts_init=now, kill_id=rnd.kill_id,
                         scope=rnd.kill.scope, scope_key=rnd.kill.key, reason=a.reason,
-                        state=_state(a.state), canceled=a.canceled,
+                        state=ack_state(a.state), canceled=a.canceled,
                         flatten_orders=a.flatten_orders, duplicate=a.duplicate,
                         stage=AckStage.DURABLE if n in rnd.durable else AckStage.IN_FORCE)
                 for n, a in ((n, rnd.durable.get(n, a)) for n, a in rnd.acks.items())]
@@ -537,9 +466,3 @@ class KillSwitchController:
         self.view.show_kill(KillView(**msgspec.structs.asdict(views[-1]), active=True,
                                      kills=views))
 
-
-def _state(text: str) -> TradingState:
-    try:
-        return TradingState(text)
-    except ValueError:
-        return TradingState.HALTED

@@ -36,7 +36,7 @@ from qtd.events import (
     to_json,
 )
 from qtd.leader.daemon import running_leader
-from qtd.leader.kill_switch import AckWire
+from qtd.leader.killround import AckWire
 from tests.agent_rig import running_agent, synthetic_bars, wait_for, write_fleet
 from tests.factories import fill
 from tests.integration.leader_peer import leader_config
