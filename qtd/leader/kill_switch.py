@@ -123,6 +123,7 @@ class KillSwitchController:
         self.known_nodes: Callable[[], set[str]] = lambda: set(view.heartbeats)
         self.is_active = is_active
         self._show_due = False
+        self._view_cache: dict[str, tuple[KillRound, ActiveKill]] = {}
 
     async def start(self) -> None:
         """Subscribe to acknowledgements and to kills published by others; restore the
@@ -196,6 +197,7 @@ class KillSwitchController:
         try:
             rnd = self._begin(msg, t0)
             await self.nc.publish(self.subjects.ctl_kill, msgspec.json.encode(msg))
+            self._show_soon()  # after the broadcast's write (both run at the next yield)
             await update_kill_set(self.kv, lambda ks: ks.add(msg))
         finally:
             self._writing.discard(msg.id)
@@ -213,8 +215,8 @@ class KillSwitchController:
             operator=msg.operator, source=msg.source, kill_id=msg.id)])
 
     def _begin(self, msg: KillCommand, t0: float) -> KillRound:
+        """Track a kill's acks from now on (the caller shows it, :meth:`_show_soon`)."""
         rnd = self.active[msg.id] = KillRound(msg, t0, self.known_nodes())
-        self._show()
         self.tasks.spawn(self._watch(rnd), f"qtd-kill-watch-{rnd.kill_id}")
         return rnd
 
@@ -366,9 +368,7 @@ class KillSwitchController:
             if (self.alerts.open.get(UNACKED_KEY) is not None
                     and all(not r.missing() for r in self.active.values())):
                 self.alerts.close(UNACKED_KEY, "every agent acknowledged every kill")
-        if not self._show_due:  # one view update per burst of acks, not one per ack
-            self._show_due = True
-            asyncio.get_running_loop().call_soon(self._show_later)
+        self._show_soon()
 
     def _on_durable(self, rnd: KillRound, ack: AckWire, after: float) -> None:
         rnd.durable_s[ack.node] = after
@@ -377,6 +377,13 @@ class KillSwitchController:
         if (self.alerts.open.get(UNDURABLE_KEY) is not None
                 and all(not r.not_durable() for r in self.active.values())):
             self.alerts.close(UNDURABLE_KEY, "every agent's kill is durable")
+
+    def _show_soon(self) -> None:
+        """Update the view at the next loop turn: once per burst of acks, not once per ack,
+        and after a kill's broadcast has been written rather than before."""
+        if not self._show_due:
+            self._show_due = True
+            asyncio.get_running_loop().call_soon(self._show_later)
 
     def _show_later(self) -> None:
         self._show_due = False
@@ -396,6 +403,7 @@ class KillSwitchController:
             return
         log.warning("kill.external id=%s scope=%s source=%s", kill.id, kill.scope, kill.source)
         self._begin(kill, time.perf_counter())
+        self._show_soon()
         self.tasks.spawn(self._audit_kill(kill, active=True), "qtd-kill-audit")
 
     async def _watch(self, rnd: KillRound) -> None:
@@ -450,12 +458,19 @@ class KillSwitchController:
             await self.db.append_local(acks)
 
     def _views(self) -> list[ActiveKill]:
-        return [ActiveKill(
-            kill_id=r.kill_id, scope=r.kill.scope.value, key=r.kill.key, reason=r.kill.reason,
-            operator=r.kill.operator, source=r.kill.source, ts_ns=r.kill.ts_ns,
-            acked=sorted(r.acks), pending=r.missing(),
-            ack_latency_ms={n: s * 1000 for n, s in r.latency_s.items()})
-            for r in self.active.values()]
+        """Every active kill's view; a round's is rebuilt only after a new ack (a burst of
+        acks on one kill must not cost a rebuild of every other active kill's)."""
+        cache, self._view_cache = self._view_cache, {}
+        for kill_id, r in self.active.items():
+            was, view = cache.get(kill_id, (None, None))
+            if was is not r or view is None or len(view.acked) != len(r.acks):
+                view = ActiveKill(
+                    kill_id=r.kill_id, scope=r.kill.scope.value, key=r.kill.key,
+                    reason=r.kill.reason, operator=r.kill.operator, source=r.kill.source,
+                    ts_ns=r.kill.ts_ns, acked=sorted(r.acks), pending=r.missing(),
+                    ack_latency_ms={n: s * 1000 for n, s in r.latency_s.items()})
+            self._view_cache[kill_id] = (r, view)
+        return [v for _, v in self._view_cache.values()]
 
     def _show(self) -> None:
         views = self._views()
