@@ -60,7 +60,7 @@ from qtd.events import (
 )
 from qtd.leader.config import LeaderConfig
 from qtd.leader.daemon import Leader, running_leader
-from qtd.leader.kill_switch import KillRound
+from qtd.leader.killround import KillRound
 
 ROOT = Path(__file__).resolve().parent.parent
 Lat = tuple[list[float], list[float]]  # seconds to the last in-force ack, to the last durable
