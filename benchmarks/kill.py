@@ -29,8 +29,8 @@ Two modes (``--mode``, default both):
   prints the peers' CPU time per kill (from ``/proc``) over the bare run: divided by the
   cores, a floor no kill path can beat on this machine.
 
-    python benchmarks/kill.py [--mode all|real|peers] [--real 10] [--agents 10,25,50]
-                              [--kills 100] [--peer light|durable]
+    python benchmarks/kill.py [--mode all|real|peers] [--real 10] [--agent-tree DIR]
+                              [--agents 10,25,50] [--kills 100] [--peer light|durable]
 """
 
 from __future__ import annotations
@@ -182,12 +182,15 @@ def _print_pair(n: int, lat: Lat, bare: Lat, target_ms: float | None) -> None:
     print(_line("bare core publish -> last durable ack", n, bare[1]))
 
 
-async def bench_real(n: int, kills: int) -> None:
-    """``n`` real ``qtd agent`` processes (module docstring)."""
+async def bench_real(n: int, kills: int, tree: str = "") -> None:
+    """``n`` real ``qtd agent`` processes (module docstring), run from ``tree`` (a qtd
+    checkout; "" this one)."""
     sys.path.insert(0, str(ROOT))
     from tests.agent_rig import write_fleet
 
-    print(f"== real qtd agent processes; {os.cpu_count()} cores; {kills} kills")
+    print(f"== real qtd agent processes{f' from {tree}' if tree else ''}; "
+          f"{os.cpu_count()} cores; {kills} kills")
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedNatsServer(Path(tmp) / "nats")
         await server.start()
@@ -204,7 +207,7 @@ async def bench_real(n: int, kills: int) -> None:
                     with logs[-1][1].open("ab") as out:
                         procs.append(subprocess.Popen(
                             [sys.executable, "-m", "qtd.cli", "agent", "--config", str(cfg)],
-                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
+                            stdout=out, stderr=subprocess.STDOUT, cwd=tree or ROOT, env=env))
                 for node, log in logs:
                     await _ready(log, f"agent {node} ready".encode())
                 while len(leader.view.heartbeats) < n:
@@ -303,6 +306,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["all", "real", "peers"], default="all")
     ap.add_argument("--real", type=int, default=10, help="real qtd agent processes (10)")
+    ap.add_argument("--agent-tree", default="", metavar="DIR",
+                    help="run the real agents from another qtd checkout (e.g. one whose "
+                    "agents ack once, after the fsyncs: its single ack reads as both)")
     ap.add_argument("--agents", default="10,25,50",
                     help="peer process counts, comma-separated (default 10,25,50)")
     ap.add_argument("--kills", type=int, default=100, help="kills per line")
@@ -317,7 +323,7 @@ def main() -> None:
         return
     logging.getLogger("qtd").setLevel(logging.ERROR)
     if args.mode in ("all", "real"):
-        asyncio.run(bench_real(args.real, args.kills))
+        asyncio.run(bench_real(args.real, args.kills, args.agent_tree))
     if args.mode in ("all", "peers"):
         counts = [int(x) for x in args.agents.split(",") if x.strip()]
         asyncio.run(bench_peers(counts, args.kills, args.peer))
