@@ -102,9 +102,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="with --release: remove every kill from the set")
     add_connection_args(k)
     k.add_argument("--wait", type=float, default=2.0, help="seconds to wait at most for "
-                   "every live agent's ack (0: do not wait)")
-    k.add_argument("--expect", type=int, default=0, help="stop waiting after N acks instead "
-                   "of every live agent's")
+                   "every live agent's acks, in force then durable (0: do not wait)")
+    k.add_argument("--expect", type=int, default=0, help="stop waiting once N agents acked "
+                   "durable instead of every live agent")
     k.add_argument("--json", action="store_true", help="one JSON object instead of the summary")
     k.set_defaults(handler=_kill_handler)
 
