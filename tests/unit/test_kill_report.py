@@ -7,7 +7,8 @@ import msgspec
 from qtd.agent.killround import AckSeen, AgentSeen, KillReport
 from qtd.commands.kill import format_report
 from qtd.control import new_kill
-from qtd.events import KillAck, Scope, TradingState
+from qtd.events import AckStage, KillAck, Scope, TradingState
+from qtd.leader.killround import AckWire
 
 
 def _ack(node: str, kill_id: str) -> KillAck:
@@ -29,3 +30,14 @@ def test_report_counts_roster_and_names_the_missing() -> None:
     assert "node-c               last heartbeat 3 min 20 s ago (heartbeat stale" in text
     none = msgspec.structs.replace(report, acks=[], roster=[], roster_source="heartbeats")
     assert not none.complete() and "0 of 0 agents acknowledged" in format_report(none)
+
+
+def test_an_ack_from_an_agent_older_than_stage_reads_as_durable() -> None:
+    """An agent that predates the in-force ack sends one ack, after its fsyncs, without
+    ``stage``: the CLI and the leader read it as durable (and so in force)."""
+    old = msgspec.json.encode(_ack("node-a", "k1"))
+    fields = msgspec.json.decode(old)
+    del fields["stage"]
+    wire = msgspec.json.encode(fields)
+    assert msgspec.json.decode(wire, type=KillAck).stage is AckStage.DURABLE
+    assert msgspec.json.decode(wire, type=AckWire).stage == AckStage.DURABLE
