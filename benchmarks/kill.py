@@ -9,7 +9,10 @@ put, audit), and its latencies are from the decision (``time.perf_counter()`` in
 ``trigger_kill``) to the arrival of the last in-force ack and of the last durable ack.
 Reference, same agents, same run: one bare nats-py core publish of a KillCommand and a wait
 for every acknowledgement (no leader code): the floor of the transport and the agents on this
-machine. p50/p99/max over ``--kills`` kills (default 100, after 5 warm-up kills).
+machine. p50/p99/max over ``--kills`` kills (default 100, after 5 warm-up kills). After each
+kill every agent is resumed (the leader's ``resume`` releasing that kill; for the bare line a
+``resume`` request to each agent), so each kill moves the agents from ACTIVE to HALTED and the
+kill set holds one kill, as in operation.
 
 Two modes (``--mode``, default both):
 
@@ -27,7 +30,7 @@ Two modes (``--mode``, default both):
   the durable ack. Target: leader p99 <= 1.25x the bare publish p99 with 50 peers (this
   2-core machine cannot host 50 agents under 10 ms: the bare floor alone is above it). Also
   prints the peers' CPU time per kill (from ``/proc``) over the bare run: divided by the
-  cores, a floor no kill path can beat on this machine.
+  cores, a floor (with the resume's share) no kill path can beat on this machine.
 
     python benchmarks/kill.py [--mode all|real|peers] [--real 10] [--agent-tree DIR]
                               [--agents 10,25,50] [--kills 100] [--peer light|durable]
@@ -49,6 +52,7 @@ from pathlib import Path
 import msgspec
 
 from qtd.bus import BusConfig, EmbeddedNatsServer, connect
+from qtd.control import NodeReply, NodeRequest
 from qtd.events import (
     AckStage,
     Heartbeat,
@@ -93,7 +97,12 @@ async def peer(url: str, node: str, kind: str, data_dir: str) -> None:
             await store.append(ack)
         await nc.publish(subject, msgspec.json.encode(ack))
 
+    async def on_resume(msg: object) -> None:
+        reply = NodeReply(ok=True, node=node, verb="resume", message="ACTIVE")
+        await msg.respond(msgspec.json.encode(reply))  # type: ignore[attr-defined]
+
     await nc.subscribe("qtd.ctl.kill", cb=on_kill)
+    await nc.subscribe(f"qtd.ctl.{node}.resume", cb=on_resume)
     await nc.flush()
     print("ready", flush=True)
     while True:
@@ -162,10 +171,11 @@ async def bench_peers(counts: list[int], kills: int, kind: str) -> None:
                 finally:
                     _stop(procs)
                 _print_pair(n, lat, bare, target_ms=None)
-                print(f"{'':40s} {n:3d} agents: peers' CPU per kill {per_kill * 1e3:.2f} ms "
-                      f"({per_kill / n * 1e6:.0f} us each, idle heartbeats subtracted), i.e. >= "
+                print(f"{'':40s} {n:3d} agents: peers' CPU per kill and resume "
+                      f"{per_kill * 1e3:.2f} ms ({per_kill / n * 1e6:.0f} us each, idle "
+                      f"heartbeats subtracted), i.e. >= "
                       f"{per_kill / (os.cpu_count() or 1) * 1e3:.2f} ms on {os.cpu_count()} "
-                      "cores before the last ack can leave")
+                      "cores per round")
         finally:
             await server.stop()
 
@@ -224,10 +234,10 @@ async def bench_real(n: int, kills: int, tree: str = "") -> None:
             await server.stop()
     _print_pair(n, lat, bare, target_ms=10.0)
     per_kill = max(0.0, busy) / (kills + 5)
-    print(f"{'':40s} {n:3d} agents: agents' CPU per kill {per_kill * 1e3:.2f} ms "
+    print(f"{'':40s} {n:3d} agents: agents' CPU per kill and resume {per_kill * 1e3:.2f} ms "
           f"({per_kill / n * 1e6:.0f} us each, idle subtracted; strategy workers not "
           f"counted), i.e. >= {per_kill / (os.cpu_count() or 1) * 1e3:.2f} ms on "
-          f"{os.cpu_count()} cores for every agent's whole kill")
+          f"{os.cpu_count()} cores per round")
 
 
 async def _ready(log: Path, text: bytes, timeout_s: float = 120.0) -> None:
@@ -278,9 +288,15 @@ async def _bare(url: str, n: int, kills: int) -> Lat:
         if i >= 5:  # warm-up, as for the leader
             in_force.append(max(first.values()) - t0)
             out.append(max(durable.values()) - t0)
+        nodes = [subject.rsplit(".", 1)[-1] for subject in first]
+        await asyncio.gather(*(nc.request(f"qtd.ctl.{node}.resume", _RESUME, timeout=10.0)
+                               for node in nodes))
         await asyncio.sleep(0.02)
     await nc.close()
     return in_force, out
+
+
+_RESUME = msgspec.json.encode(NodeRequest(operator="bench", reason="next kill"))
 
 
 async def _all_durable(rnd: KillRound) -> None:
@@ -298,6 +314,11 @@ async def _kills(leader: Leader, kills: int) -> Lat:
         if i >= 5:  # warm-up
             in_force.append(max(rnd.latency_s.values()))
             durable.append(max(rnd.durable_s.values()))
+        result = await leader.kill.resume("bench", "next kill", timeout_s=10.0,
+                                          kill_ids=[rnd.kill_id])
+        bad = {n: r for n, r in result.agents.items() if not r.startswith("ok")}
+        if bad:
+            raise SystemExit(f"resume after kill {i} refused: {bad}")
         await asyncio.sleep(0.02)
     return in_force, durable
 
