@@ -12,7 +12,9 @@ for every acknowledgement (no leader code): the floor of the transport and the a
 machine. p50/p99/max over ``--kills`` kills (default 100, after 5 warm-up kills). After each
 kill every agent is resumed (the leader's ``resume`` releasing that kill; for the bare line a
 ``resume`` request to each agent), so each kill moves the agents from ACTIVE to HALTED and the
-kill set holds one kill, as in operation.
+kill set holds one kill, as in operation; the next kill follows ``--gap-ms`` later (default
+20 ms with peers, 250 ms with real agents, whose kill and resume take several ms of CPU each:
+a kill then finds the fleet at rest, not still storing the previous round).
 
 Two modes (``--mode``, default both):
 
@@ -33,7 +35,8 @@ Two modes (``--mode``, default both):
   cores, a floor (with the resume's share) no kill path can beat on this machine.
 
     python benchmarks/kill.py [--mode all|real|peers] [--real 10] [--agent-tree DIR]
-                              [--agents 10,25,50] [--kills 100] [--peer light|durable]
+                              [--agents 10,25,50] [--kills 100] [--gap-ms MS]
+                              [--peer light|durable]
 """
 
 from __future__ import annotations
@@ -146,8 +149,9 @@ def _leader_cfg(tmp: str, n: int, url: str) -> LeaderConfig:
         "kill": {"ack_timeout_s": 5.0, "durable_timeout_s": 5.0}}, LeaderConfig)
 
 
-async def bench_peers(counts: list[int], kills: int, kind: str) -> None:
-    print(f"== protocol peers ({kind}); {os.cpu_count()} cores; {kills} kills per line")
+async def bench_peers(counts: list[int], kills: int, kind: str, gap_s: float) -> None:
+    print(f"== protocol peers ({kind}); {os.cpu_count()} cores; {kills} kills per line, "
+          f"{gap_s * 1e3:g} ms apart")
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedNatsServer(Path(tmp) / "nats")
         await server.start()
@@ -160,12 +164,12 @@ async def bench_peers(counts: list[int], kills: int, kind: str) -> None:
                     async with running_leader(_leader_cfg(tmp, n, server.url)) as leader:
                         while len(leader.view.heartbeats) < n:
                             await asyncio.sleep(0.05)
-                        lat = await _kills(leader, kills)
+                        lat = await _kills(leader, kills, gap_s)
                     cpu0, t0 = _cpu_s(procs), time.perf_counter()
                     await asyncio.sleep(2.0)  # idle: heartbeats only
                     idle_rate = (_cpu_s(procs) - cpu0) / (time.perf_counter() - t0)
                     cpu0, t0 = _cpu_s(procs), time.perf_counter()
-                    bare = await _bare(server.url, n, kills)
+                    bare = await _bare(server.url, n, kills, gap_s)
                     busy = _cpu_s(procs) - cpu0 - idle_rate * (time.perf_counter() - t0)
                     per_kill = max(0.0, busy) / (kills + 5)  # all peers, one kill
                 finally:
@@ -192,14 +196,14 @@ def _print_pair(n: int, lat: Lat, bare: Lat, target_ms: float | None) -> None:
     print(_line("bare core publish -> last durable ack", n, bare[1]))
 
 
-async def bench_real(n: int, kills: int, tree: str = "") -> None:
+async def bench_real(n: int, kills: int, gap_s: float, tree: str = "") -> None:
     """``n`` real ``qtd agent`` processes (module docstring), run from ``tree`` (a qtd
     checkout; "" this one)."""
     sys.path.insert(0, str(ROOT))
     from tests.agent_rig import write_fleet
 
     print(f"== real qtd agent processes{f' from {tree}' if tree else ''}; "
-          f"{os.cpu_count()} cores; {kills} kills")
+          f"{os.cpu_count()} cores; {kills} kills, {gap_s * 1e3:g} ms apart")
     env = {**os.environ, "PYTHONPATH": tree} if tree else None
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedNatsServer(Path(tmp) / "nats")
@@ -222,12 +226,12 @@ async def bench_real(n: int, kills: int, tree: str = "") -> None:
                     await _ready(log, f"agent {node} ready".encode())
                 while len(leader.view.heartbeats) < n:
                     await asyncio.sleep(0.05)
-                lat = await _kills(leader, kills)
+                lat = await _kills(leader, kills, gap_s)
             cpu0, t0 = _cpu_s(procs), time.perf_counter()
             await asyncio.sleep(2.0)  # idle: heartbeats, market data
             idle_rate = (_cpu_s(procs) - cpu0) / (time.perf_counter() - t0)
             cpu0, t0 = _cpu_s(procs), time.perf_counter()
-            bare = await _bare(server.url, n, kills)
+            bare = await _bare(server.url, n, kills, gap_s)
             busy = _cpu_s(procs) - cpu0 - idle_rate * (time.perf_counter() - t0)
         finally:
             _stop(procs)
@@ -256,7 +260,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait(30)
 
 
-async def _bare(url: str, n: int, kills: int) -> Lat:
+async def _bare(url: str, n: int, kills: int, gap_s: float) -> Lat:
     """Reference: one core publish of a KillCommand, wait for n in-force and n durable acks
     (an ack without ``stage`` is both); no leader code."""
     from qtd.control import KillCommand
@@ -291,7 +295,7 @@ async def _bare(url: str, n: int, kills: int) -> Lat:
         nodes = [subject.rsplit(".", 1)[-1] for subject in first]
         await asyncio.gather(*(nc.request(f"qtd.ctl.{node}.resume", _RESUME, timeout=10.0)
                                for node in nodes))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(gap_s)
     await nc.close()
     return in_force, out
 
@@ -305,7 +309,7 @@ async def _all_durable(rnd: KillRound) -> None:
         await rnd.durable_seen.wait()
 
 
-async def _kills(leader: Leader, kills: int) -> Lat:
+async def _kills(leader: Leader, kills: int, gap_s: float) -> Lat:
     in_force, durable = [], []
     for i in range(kills + 5):
         rnd = await leader.kill.trigger_kill(Scope.GLOBAL, "", f"bench {i}", "bench")
@@ -319,7 +323,7 @@ async def _kills(leader: Leader, kills: int) -> Lat:
         bad = {n: r for n, r in result.agents.items() if not r.startswith("ok")}
         if bad:
             raise SystemExit(f"resume after kill {i} refused: {bad}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(gap_s)
     return in_force, durable
 
 
@@ -333,6 +337,9 @@ def main() -> None:
     ap.add_argument("--agents", default="10,25,50",
                     help="peer process counts, comma-separated (default 10,25,50)")
     ap.add_argument("--kills", type=int, default=100, help="kills per line")
+    ap.add_argument("--gap-ms", type=float, default=None,
+                    help="ms from a kill's resume to the next kill (default 250 with real "
+                    "agents, 20 with peers)")
     ap.add_argument("--peer", choices=["light", "durable"], default="light",
                     help="light: ack at once; durable: in-force ack, two fsynced store "
                     "writes, durable ack, as qtd agent does")
@@ -344,10 +351,12 @@ def main() -> None:
         return
     logging.getLogger("qtd").setLevel(logging.ERROR)
     if args.mode in ("all", "real"):
-        asyncio.run(bench_real(args.real, args.kills, args.agent_tree))
+        gap = 0.25 if args.gap_ms is None else args.gap_ms / 1e3
+        asyncio.run(bench_real(args.real, args.kills, gap, args.agent_tree))
     if args.mode in ("all", "peers"):
         counts = [int(x) for x in args.agents.split(",") if x.strip()]
-        asyncio.run(bench_peers(counts, args.kills, args.peer))
+        gap = 0.02 if args.gap_ms is None else args.gap_ms / 1e3
+        asyncio.run(bench_peers(counts, args.kills, args.peer, gap))
 
 
 if __name__ == "__main__":
