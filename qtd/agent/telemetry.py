@@ -134,7 +134,7 @@ def bot_limits(risk: RiskEngine, bot: str, account: str, symbols: Sequence[str],
     """
     cfg = risk.cfg
     out: list[LimitUsage] = []
-    equity = risk.breakers.equity(account).value
+    equity = risk.breakers.equity_now(account)
     scfg = cfg.strategy(bot)
     acfg = cfg.accounts.get(account)
     if scfg is not None:

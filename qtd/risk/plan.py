@@ -186,7 +186,6 @@ def _exposure(engine: PlanSource, account: str, scopes: list[ScopeRow]) -> list[
     groups: dict[int, list[ScopeRow]] = {}
     for row in scopes:
         groups.setdefault(id(row[3]), []).append(row)
-    equity = engine.breakers.equity(account)
     for rows in groups.values():
         exp = rows[0][3]
         t = _tightest(rows, "max_position_qty")
@@ -197,6 +196,8 @@ def _exposure(engine: PlanSource, account: str, scopes: list[ScopeRow]) -> list[
             out.append(C.MaxPositionNotional(t[1], t[2], _dec(t[0]), exp))
         t = _tightest(rows, "max_position_pct_equity")
         if t is not None:
+            # only a plan with this check holds the account's equity cell (kept per mark)
+            equity = engine.breakers.equity(account)
             out.append(C.MaxPositionPctEquity(t[1], t[2], _dec(t[0]), exp, equity))
     return out
 

@@ -62,13 +62,46 @@ class CircuitBreakers:
         self._broker = [b for b in on if type(b).on_broker_result is not Breaker.on_broker_result]
         self._usage = [b for b in on if type(b).usage is not Breaker.usage]
         self._realized: dict[PosKey, Decimal] = {}
-        # symbol -> account -> that account's positions in the symbol (projection objects)
+        # symbol -> account -> that account's positions in the symbol (projection objects),
+        # for the accounts re-valued at every mark (:meth:`equity`)
         self._by_symbol: dict[str, dict[str, list[Position]]] = {}
+        # accounts whose equity is kept at every mark: every account when a breaker watches
+        # equity, else those whose cell a reader holds (see equity); the others' equity is
+        # derived when read (equity_now): a mark re-values nobody's position for nothing
+        self._tracked: set[str] = set(self._books) if self._equity else set()
 
     def equity(self, account: str) -> Cell:
-        """The account's current equity (currency), a cell updated on fills and marks."""
+        """The account's current equity (currency), a cell kept current on fills and marks
+        from now on (a pre-trade check holds it: the account is re-valued at every mark)."""
         book = self._books.get(account)
-        return book.equity if book is not None else Cell(ZERO)
+        if book is None:
+            return Cell(ZERO)
+        if account not in self._tracked:
+            self._tracked.add(account)
+            for pos in book.positions:
+                self._index(account, pos)
+            self._revalue(book)
+            book.equity.value = book.base + book.unreal_total
+        return book.equity
+
+    def equity_now(self, account: str) -> Decimal:
+        """The account's equity at the last marks (currency), derived now: configured
+        equity + Σ its positions' realised − fees + unrealised (0 for an unknown account).
+        For occasional readers (telemetry): it does not make marks re-value the account."""
+        book = self._books.get(account)
+        if book is None:
+            return ZERO
+        if account in self._tracked:
+            return book.equity.value
+        total, marks = book.base, self.marks
+        for pos in book.positions:
+            if pos.qty:
+                mark = marks.get(pos.symbol)
+                total += pos.unrealized(mark.price if mark is not None else None)
+        return total
+
+    def _index(self, account: str, pos: Position) -> None:
+        self._by_symbol.setdefault(pos.symbol, {}).setdefault(account, []).append(pos)
 
     def usage(self, bot: str, account: str, now_ns: int) -> list[LimitUsage]:
         """Every enabled breaker's limits binding ``bot`` on ``account`` with their current
@@ -86,7 +119,8 @@ class CircuitBreakers:
         book = self._books.get(fill.account)
         if key not in self._realized and book is not None:
             book.positions.append(pos)
-            self._by_symbol.setdefault(fill.symbol, {}).setdefault(fill.account, []).append(pos)
+            if fill.account in self._tracked:
+                self._index(fill.account, pos)
         before = self._realized.get(key, ZERO)
         self._realized[key] = pos.realized
         fee = fill.commission if fill.commission_currency == fill.currency else ZERO
@@ -99,8 +133,9 @@ class CircuitBreakers:
         self._update_account(fill.account, now_ns)
 
     def on_mark(self, symbol: str, now_ns: int) -> None:
-        """The symbol's mark moved: re-value the accounts' positions in it (O(positions in
-        the symbol), not O(the account's positions)). An account flat in the symbol is
+        """The symbol's mark moved: re-value the tracked accounts' positions in it (O(positions
+        in the symbol), not O(the account's positions); see :meth:`equity` for which
+        accounts are tracked: none when nothing reads equity). An account flat in the symbol is
         skipped unless its trading day rolled over: its equity did not change, so neither
         did any breaker's reading."""
         held = self._by_symbol.get(symbol)
@@ -143,6 +178,11 @@ class CircuitBreakers:
         book = self._books.get(account)
         if book is None:
             return
+        self._revalue(book)
+        self._check_account(account, book, now_ns)
+
+    def _revalue(self, book: AccountBook) -> None:
+        """Re-derive ``book``'s base and unrealised PnL from its positions."""
         base = book.start
         unreal: dict[str, Decimal] = {}
         marks = self.marks
@@ -155,7 +195,6 @@ class CircuitBreakers:
                     mark.price if mark is not None else None)
         book.base, book.unreal = base, unreal
         book.unreal_total = sum(unreal.values(), ZERO)
-        self._check_account(account, book, now_ns)
 
     def _check_account(self, account: str, book: AccountBook, now_ns: int) -> None:
         """Publish the account's equity (``base + unreal_total``), roll its day open and
