@@ -82,16 +82,26 @@ class StoreInfo(msgspec.Struct, frozen=True):
 
 def event_row(event: Event) -> Row:
     """The table row for an event that already carries its ``seq``."""
+    kind = type(event)
+    shape = _ROW_SHAPES.get(kind)
+    if shape is None:  # once per event class: which indexed columns it has
+        shape = _ROW_SHAPES[kind] = (kind.__name__, hasattr(kind, "symbol"),
+                                     hasattr(kind, "client_order_id"))
+    name, has_symbol, has_cid = shape
     return (
         event.seq,
         event.ts_event,
-        type(event).__name__,
+        name,
         event.node,
         event.bot,
-        getattr(event, "symbol", None) or None,
-        getattr(event, "client_order_id", None) or None,
+        (event.symbol or None) if has_symbol else None,  # type: ignore[attr-defined]
+        (event.client_order_id or None) if has_cid else None,  # type: ignore[attr-defined]
         encode(event),
     )
+
+
+# event class -> (kind column, has a symbol field, has a client_order_id field)
+_ROW_SHAPES: dict[type[Event], tuple[str, bool, bool]] = {}
 
 
 class StoreParts(NamedTuple):

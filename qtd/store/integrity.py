@@ -56,11 +56,15 @@ def genesis(incarnation: str) -> bytes:
     return hashlib.blake2b(f"qtd-events/{incarnation}".encode(), digest_size=DIGEST_SIZE).digest()
 
 
+# an empty BLAKE2b state with the chain's parameters: copying it is cheaper than building
+# one from keyword arguments (this runs once per stored event)
+_EMPTY: Final = hashlib.blake2b(digest_size=DIGEST_SIZE)
+
+
 def link(prev: bytes, seq: int, payload: bytes) -> bytes:
     """The ``chain`` of the row ``seq`` with ``payload`` after the row whose chain is ``prev``."""
-    h = hashlib.blake2b(prev, digest_size=DIGEST_SIZE)
-    h.update(seq.to_bytes(8, "big"))
-    h.update(payload)
+    h = _EMPTY.copy()
+    h.update(prev + seq.to_bytes(8, "big") + payload)
     return h.digest()
 
 
@@ -162,10 +166,13 @@ def seal(rows: Sequence[tuple[int, int, str, str, str, str | None, str | None, b
     """Rows from :func:`~qtd.store.event_row` (in seq order, after the row whose chain is
     ``prev``) with their ``crc`` and ``chain`` appended; returns them and the last chain."""
     out: list[tuple[object, ...]] = []
-    for row in rows:
+    append, copy, crc = out.append, _EMPTY.copy, zlib.crc32
+    for row in rows:  # link() and checksum() inlined: once per stored event
         payload = row[7]
-        prev = link(prev, row[0], payload)
-        out.append((*row, checksum(payload), prev))
+        h = copy()
+        h.update(prev + row[0].to_bytes(8, "big") + payload)
+        prev = h.digest()
+        append((*row, crc(payload), prev))
     return out, prev
 
 
