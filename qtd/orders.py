@@ -134,7 +134,7 @@ class OrderRecord:
     __slots__ = (
         "accepted", "account", "bot", "cancel_requested", "canceled", "cid", "expired",
         "filled_cost", "filled_qty", "intent", "rejected", "reject_reason", "side", "state",
-        "submitted", "symbol", "trade_ids", "ts_last", "venue_order_id",
+        "submitted", "symbol", "terminal", "trade_ids", "ts_last", "venue_order_id",
     )
 
     def __init__(self, intent: OrderIntent) -> None:
@@ -152,6 +152,7 @@ class OrderRecord:
         self.trade_ids: set[str] = set()
         self.ts_last = intent.ts_event
         self.state = OrderState.PENDING_SUBMIT
+        self.terminal = False  # state.is_terminal, kept with it (read once per event)
 
     @property
     def qty(self) -> Decimal:
@@ -160,7 +161,7 @@ class OrderRecord:
     @property
     def leaves_qty(self) -> Decimal:
         """Quantity still open at the venue (0 once terminal)."""
-        return _ZERO if self.state.is_terminal else self.intent.qty - self.filled_qty
+        return _ZERO if self.terminal else self.intent.qty - self.filled_qty
 
     @property
     def avg_fill_price(self) -> Decimal | None:
@@ -233,10 +234,11 @@ class OrderBook:
     def _rederive(self, rec: OrderRecord) -> None:
         """``rec`` took a new fact: derive its state; with ``keep_terminal``, queue it if it
         just became terminal and forget the oldest terminal orders beyond the bound."""
-        before = rec.state
-        rec.state = rec.derive_state()
+        before = rec.terminal
+        rec.state = state = rec.derive_state()
+        rec.terminal = now = state in _TERMINAL
         done = self._terminal
-        if done is None or before.is_terminal or not rec.state.is_terminal:
+        if done is None or before or not now:
             return
         done.append(rec.cid)
         orders = self.orders
@@ -359,7 +361,7 @@ class OrderBook:
     ) -> Iterator[OrderRecord]:
         """Orders not yet in a terminal state, optionally filtered."""
         for rec in self.orders.values():
-            if rec.state.is_terminal:
+            if rec.terminal:
                 continue
             if bot is not None and rec.bot != bot:
                 continue
@@ -369,6 +371,8 @@ class OrderBook:
                 continue
             yield rec
 
+
+_TERMINAL: Final = frozenset(s for s in OrderState if s.is_terminal)
 
 # Order status events and the OrderRecord fact each one sets.
 _STATUS_FLAG: Final[dict[type[Event], str]] = {

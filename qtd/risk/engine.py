@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+from typing import Any
 
 from qtd.clock import Clock
 from qtd.events import (
@@ -132,6 +133,8 @@ class RiskEngine:
         self._plans: dict[tuple[str, str, str], Plan] = {}
         self._flatten: Counter[FlattenKey] = Counter()
         self._events: list[Event] = []
+        self._orders = projections.orders.orders  # client_order_id -> record (read only)
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {}  # see on_event
         self._bind = self._register  # bound once: each Approved reserves through it
         self.breakers = CircuitBreakers(
             self.cfg, self.states, projections, self.marks, self._events.append, node
@@ -261,22 +264,40 @@ class RiskEngine:
 
     def on_event(self, event: Event) -> None:
         """Update engine state from an event already applied to the projections."""
-        if isinstance(event, Fill):
-            self._on_fill(event)
-        elif isinstance(event, PositionTransfer):
-            # a share of a position moved between two bot ids (no order): the bots'
-            # exposures follow; the account's and the symbol's do not change
-            self.exposures_of(event.from_bot, event.account, event.symbol).qty -= event.qty
-            self.exposures_of(event.to_bot, event.account, event.symbol).qty += event.qty
-            self.breakers.on_transfer(event.account, self.clock.now_ns())
-        elif isinstance(event, OrderIntent):
-            if event.client_order_id not in self.open:
-                self._register(event, None)
+        kind = type(event)
+        handler = self._handlers.get(kind)
+        if handler is None:
+            handler = self._handlers[kind] = self._handler_for(kind)
+        handler(event)
+
+    def _handler_for(self, kind: type[Event]) -> Callable[[Any], None]:
+        """What :meth:`on_event` does with events of class ``kind`` (resolved once per
+        class: a table, not a chain of checks per event)."""
+        if issubclass(kind, Fill):
+            return self._on_fill
+        if issubclass(kind, PositionTransfer):
+            return self._on_transfer
+        if issubclass(kind, OrderIntent):
+            return self._on_intent
+        if "client_order_id" in kind.__struct_fields__:
+            return self._on_order_update
+        return _ignore
+
+    def _on_transfer(self, event: PositionTransfer) -> None:
+        # a share of a position moved between two bot ids (no order): the bots'
+        # exposures follow; the account's and the symbol's do not change
+        self.exposures_of(event.from_bot, event.account, event.symbol).qty -= event.qty
+        self.exposures_of(event.to_bot, event.account, event.symbol).qty += event.qty
+        self.breakers.on_transfer(event.account, self.clock.now_ns())
+
+    def _on_intent(self, event: OrderIntent) -> None:
+        if event.client_order_id not in self.open:
+            self._register(event, None)
+        self._sync(event.client_order_id)
+
+    def _on_order_update(self, event: Any) -> None:
+        if event.client_order_id in self.open:
             self._sync(event.client_order_id)
-        else:
-            cid = getattr(event, "client_order_id", None)
-            if cid is not None:
-                self._sync(cid)
 
     def restore(self, event: Event) -> None:
         """Rebuild engine state from one stored event on restart (replay, after the
@@ -334,13 +355,15 @@ class RiskEngine:
         o = self.open.get(cid)
         if o is None:
             return
-        rec = self.proj.orders.get(cid)
+        rec = self._orders.get(cid)
         # The projections apply every event before the engine, so an order they no longer
         # hold was retired from memory: it is terminal (qtd.orders, keep_terminal). On a
         # restart that is every done order beyond the bound.
-        done = rec is None or rec.state.is_terminal
-        leaves, canceling = (ZERO, False) if rec is None else (rec.leaves_qty,
-                                                               rec.cancel_requested)
+        if rec is None:
+            done, leaves, canceling = True, ZERO, False
+        else:
+            done, canceling = rec.terminal, rec.cancel_requested
+            leaves = ZERO if done else rec.intent.qty - rec.filled_qty
         if leaves != o.leaves or canceling != o.canceling:
             for e in o.exposures:
                 e.add_open(o.buy, -o.leaves, o.canceling)
@@ -476,6 +499,10 @@ class RiskEngine:
         out = events[:]
         events.clear()
         return out
+
+
+def _ignore(event: Event) -> None:
+    """An event that changes no engine state."""
 
 
 def _fkey(req: OrderRequest) -> FlattenKey:
