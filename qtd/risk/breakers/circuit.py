@@ -93,8 +93,9 @@ class CircuitBreakers:
             return ZERO
         if account in self._tracked:
             return book.equity.value
-        total, marks = book.base, self.marks
+        total, marks = book.start, self.marks
         for pos in book.positions:
+            total += pos.net_realized
             if pos.qty:
                 mark = marks.get(pos.symbol)
                 total += pos.unrealized(mark.price if mark is not None else None)
@@ -130,7 +131,8 @@ class CircuitBreakers:
                 b.on_trade(fill.bot, pnl, now_ns)
         for b in self._fill:
             b.on_fill(fill.bot, now_ns)
-        self._update_account(fill.account, now_ns)
+        if fill.account in self._tracked:  # the others' equity is derived when read
+            self._update_account(fill.account, now_ns)
 
     def on_mark(self, symbol: str, now_ns: int) -> None:
         """The symbol's mark moved: re-value the tracked accounts' positions in it (O(positions
