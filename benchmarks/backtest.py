@@ -12,8 +12,8 @@ qtd, the equivalent ``crossover`` strategy in backtesting.py (``commission=0``, 
 orders at the next open in both).
 
 *qtd.* :func:`qtd.backtest.run_backtest`: bot runner (hooks inline under the watchdog's
-time budget), risk engine (permissive limits: every pre-trade check runs, and the
-breakers re-value the account at every mark; no PnL breaker threshold is set), order
+time budget), risk engine (permissive limits: every pre-trade check runs; no PnL breaker
+threshold is set, so nothing reads the account's equity and no mark re-values it), order
 router with write-ahead intents, paper broker, projections and the **event log on** (an
 :class:`~qtd.store.EventStore` file in a temporary directory, ``--dir`` to choose, e.g.
 /dev/shm; every signal, intent, ack and fill is stored, the last commit fsynced). Timed from
@@ -38,10 +38,17 @@ bars / fills`` is what the target leaves for it.
 :class:`~qtd.feeds.HistoricalFeed` in time order, one store: qtd only (best of
 ``--repeat``).
 
-Target: qtd bars/s ≥ 1.5 × backtesting.py bars/s. Exits 1 when missed.
+*Fills piling up.* One bot, one symbol, :class:`Flip` (long 1 unit on odd bars, flat on
+even ones: one filled order per bar, all into the same position) over ``--flip`` FEW and
+MANY bars (default 10,000 and 200,000), each with its own without-orders floor; µs per
+filled order = ``(1/rate - 1/floor) x bars / fills`` (best of ``--repeat``). The reference is
+backtesting.py on the same flip over ``--bt-flip`` bars (its trades accumulate too; #1275).
+
+Targets: qtd bars/s ≥ 1.5 × backtesting.py bars/s; the per-order cost at MANY fills within
+10 % of that at FEW. Exits 1 when either is missed.
 
 Usage: ``python benchmarks/backtest.py [--bars 200000] [--symbols 20] [--bars-each 50000]
-[--repeat 3] [--dir /dev/shm]``
+[--repeat 3] [--dir /dev/shm] [--flip 10000 200000] [--bt-flip 10000]``
 """
 
 from __future__ import annotations
@@ -108,12 +115,32 @@ def without_orders(cls: type[Strategy]) -> type[Strategy]:
     return WithoutOrders
 
 
-async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True
-                   ) -> tuple[float, int, int]:
+class Flip(Strategy):
+    """Long ``qty`` on odd bars, flat on even ones: one filled order per bar, all in one
+    position (the per-order cost as fills pile up)."""
+
+    class Params(Strategy.Params):
+        fast: int = 10  # unused: the same Params shape as ma_cross
+        slow: int = 30
+        qty: float = 1.0
+
+    def on_start(self) -> None:
+        self.n = 0
+
+    def on_bar(self, bar: Bar) -> None:
+        self.n += 1
+        self.target_position(self.params.qty if self.n % 2 else 0, reason="flip")
+
+
+async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True,
+                   strategy: type[Strategy] | None = None) -> tuple[float, int, int]:
     """Bars/s of qtd over ``streams`` (one bot per stream); also fills and events stored.
-    ``orders=False`` runs the strategy :func:`without_orders`."""
+    ``orders=False`` runs the strategy :func:`without_orders`; ``strategy`` replaces
+    ``strategies/ma_cross.py``."""
     symbols = [s[0].symbol for s in streams]
-    cls, _, problems = await load_strategy(STRATEGY)  # as admission loads it
+    cls, problems = strategy, []
+    if cls is None:
+        cls, _, problems = await load_strategy(STRATEGY)  # as admission loads it
     assert cls is not None, problems
     if not orders:
         cls = without_orders(cls)
@@ -166,6 +193,50 @@ def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
     return len(bars) / dt, int(stats["# Trades"])
 
 
+def backtesting_flip_rate(bars: list[Bar]) -> tuple[float, int]:
+    """Bars/s of backtesting.py running :class:`Flip` (buy 1 on odd bars, close on even
+    ones); also its trade count."""
+    import pandas as pd
+    from backtesting import Backtest
+    from backtesting import Strategy as BtStrategy
+
+    class BtFlip(BtStrategy):  # type: ignore[misc]
+        def init(self) -> None:
+            self.n = 0
+
+        def next(self) -> None:
+            self.n += 1
+            if self.n % 2:
+                self.buy(size=1)
+            else:
+                self.position.close()
+
+    df = pd.DataFrame({k: [float(getattr(b, k.lower())) for b in bars]
+                       for k in ("Open", "High", "Low", "Close", "Volume")},
+                      index=pd.to_datetime([b.ts_ns for b in bars]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = time.perf_counter()
+        stats = Backtest(df, BtFlip, cash=10**9).run()
+        dt = time.perf_counter() - t
+    return len(bars) / dt, int(stats["# Trades"])
+
+
+def flip_cost(fills: int, repeat: int, tmp: Path) -> tuple[float, int]:
+    """qtd's µs per filled order over ``fills`` orders into one position (:class:`Flip`,
+    one order per bar): ``(1/rate - 1/floor) x bars / fills`` with both rates the best of
+    ``repeat``; also the fills."""
+    bars = random_walk(fills + 1, "FLP", 2)
+    rate = floor = 0.0
+    n = 0
+    for i in range(repeat):
+        q, n, _ = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-{i}", strategy=Flip))
+        f, _, _ = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-f{i}", orders=False,
+                                       strategy=Flip))
+        rate, floor = max(rate, q), max(floor, f)
+    return (1 / rate - 1 / floor) * len(bars) / max(n, 1) * 1e6, n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bars", type=int, default=200_000, help="bars of the one-symbol run")
@@ -173,6 +244,10 @@ def main() -> int:
     ap.add_argument("--bars-each", type=int, default=50_000, help="bars per symbol there")
     ap.add_argument("--repeat", type=int, default=3, help="runs per engine; best is kept")
     ap.add_argument("--dir", help="directory for the event stores (default: system temp)")
+    ap.add_argument("--flip", type=int, nargs=2, default=[10_000, 200_000],
+                    metavar=("FEW", "MANY"), help="fills of the two one-position runs")
+    ap.add_argument("--bt-flip", type=int, default=10_000,
+                    help="bars of backtesting.py's flip reference (0: skip it)")
     args = ap.parse_args()
     bars = random_walk(args.bars, "SYN", 1)
     bt_rate = rate = floor = 0.0
@@ -210,8 +285,25 @@ def main() -> int:
             r, m_fills, m_events = asyncio.run(qtd_rate(streams, Path(d) / f"multi{i}"))
             m_rate = max(m_rate, r)
         print(f"qtd {args.symbols} symbols x {args.bars_each:,} bars   {m_rate:>10,.0f} "
-              f"bars/s  ({m_fills} fills, {m_events:,} events stored)")
-    return 0 if ratio >= TARGET else 1
+              f"bars/s  ({m_fills} fills, {m_events:,} events stored)   [one symbol above: "
+              f"qtd {rate:,.0f}, backtesting.py {bt_rate:,.0f} bars/s]", flush=True)
+        del streams
+        few, many = args.flip
+        cost_few, n_few = flip_cost(few, args.repeat, Path(d))
+        cost_many, n_many = flip_cost(many, args.repeat, Path(d))
+        flat = cost_many / cost_few
+        print(f"one position, one filled order per bar: {n_few:,} fills {cost_few:.1f} us "
+              f"per order; {n_many:,} fills {cost_many:.1f} us per order "
+              f"(ratio {flat:.3f}, target within 10%)", flush=True)
+        if args.bt_flip:
+            fb = random_walk(args.bt_flip, "FLP", 2)
+            bt_flip = max(backtesting_flip_rate(fb) for _ in range(args.repeat))
+            q_flip = max(asyncio.run(qtd_rate([fb], Path(d) / f"qflip{i}", strategy=Flip))
+                         for i in range(args.repeat))
+            print(f"   reference, the same flip on {args.bt_flip:,} bars: backtesting.py "
+                  f"{bt_flip[0]:,.0f} bars/s ({bt_flip[1]:,} trades), qtd {q_flip[0]:,.0f} "
+                  f"bars/s ({q_flip[1]:,} fills)", flush=True)
+    return 0 if ratio >= TARGET and abs(flat - 1) <= 0.10 else 1
 
 
 if __name__ == "__main__":
