@@ -37,7 +37,7 @@ import functools
 import hashlib
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, KeysView
 from decimal import Decimal
 from enum import StrEnum
 from typing import Final, Protocol
@@ -66,9 +66,12 @@ CID_MAX_LEN: Final = 36  # Binance newClientOrderId limit; Alpaca allows 128.
 _CID_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 
-class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
+class OrderRequest(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a strategy (or an operator command) asks for; only the risk engine turns it
     into an :class:`~qtd.events.OrderIntent`.
+
+    An immutable value that refers to nothing holding it (so never in a reference cycle):
+    ``gc=False`` keeps it out of the cyclic GC, like the events (a bot keeps its requests).
 
     ``qty`` in instrument units (> 0), ``limit_price`` and ``decision_price`` in the quote
     currency; ``decision_price`` is the price the decision was based on (for slippage).
@@ -134,7 +137,7 @@ class OrderRecord:
     __slots__ = (
         "accepted", "account", "bot", "cancel_requested", "canceled", "cid", "expired",
         "filled_cost", "filled_qty", "intent", "rejected", "reject_reason", "side", "state",
-        "submitted", "symbol", "terminal", "trade_ids", "ts_last", "venue_order_id",
+        "submitted", "symbol", "terminal", "trades", "ts_last", "venue_order_id",
     )
 
     def __init__(self, intent: OrderIntent) -> None:
@@ -149,7 +152,9 @@ class OrderRecord:
         self.reject_reason = ""
         self.venue_order_id = ""
         self.filled_qty = self.filled_cost = _ZERO
-        self.trade_ids: set[str] = set()
+        # trade ids seen, a dict used as a set: a dict holding only strings is not tracked
+        # by the cyclic GC (a set always is), and a backtest keeps every order's record
+        self.trades: dict[str, None] = {}
         self.ts_last = intent.ts_event
         self.state = OrderState.PENDING_SUBMIT
         self.terminal = False  # state.is_terminal, kept with it (read once per event)
@@ -157,6 +162,11 @@ class OrderRecord:
     @property
     def qty(self) -> Decimal:
         return self.intent.qty
+
+    @property
+    def trade_ids(self) -> KeysView[str]:
+        """The venue trade ids of the fills applied (a set-like view)."""
+        return self.trades.keys()
 
     @property
     def leaves_qty(self) -> Decimal:
@@ -344,9 +354,10 @@ class OrderBook:
             return ApplyResult.ORPHAN
         if adopting:
             self._orphan_trade_ids.discard((fill.client_order_id, fill.trade_id))
-        if fill.trade_id in rec.trade_ids:
+        trades = rec.trades
+        if fill.trade_id in trades:
             return ApplyResult.DUPLICATE
-        rec.trade_ids.add(fill.trade_id)
+        trades[fill.trade_id] = None
         rec.filled_qty += fill.qty
         rec.filled_cost += fill.qty * fill.price
         if fill.venue_order_id and not rec.venue_order_id:
