@@ -429,12 +429,23 @@ class ClientOrderIds:
     def __init__(self, store: _CounterSource) -> None:
         self._store = store
         self._counters: dict[str, int] = {}
+        self._prefixes: dict[str, str] = {}  # bot -> its ids' prefix (client_order_id)
 
     async def next(self, bot: str) -> tuple[str, int]:
-        """Return ``(client_order_id, counter)`` for the bot's next order."""
+        """Return ``(client_order_id, counter)`` for the bot's next order.
+
+        Raises:
+            ConfigError: the counter passed 9,999,999,999 (see :func:`client_order_id`).
+        """
         last = self._counters.get(bot)
         if last is None:
             last = await self._store.last_cid_counter(bot)
-        self._counters[bot] = last + 1
-        store = self._store
-        return client_order_id(store.node, bot, store.incarnation, last + 1), last + 1
+        n = last + 1
+        prefix = self._prefixes.get(bot)
+        if prefix is None or n > 9_999_999_999:  # once per bot (and the range error)
+            cid = client_order_id(self._store.node, bot, self._store.incarnation, n)
+            self._prefixes[bot] = cid[:cid.rindex(".")]
+        else:  # the same id, its prefix cached
+            cid = f"{prefix}.{n}"
+        self._counters[bot] = n
+        return cid, n

@@ -64,6 +64,13 @@ async def test_client_order_ids_resume_from_the_stored_counter() -> None:
     assert src.calls == 2  # the store is asked once per bot
 
 
+async def test_client_order_ids_are_client_order_id_of_each_counter() -> None:
+    src = _Store({"bot1": 9, "bot-two": 0})
+    ids = ClientOrderIds(src)
+    for bot, n in [("bot1", 10), ("bot-two", 1), ("bot1", 11), ("bot-two", 2), ("bot1", 12)]:
+        assert await ids.next(bot) == (client_order_id(src.node, bot, src.incarnation, n), n)
+
+
 def test_happy_path_states() -> None:
     book = OrderBook()
     book.apply(intent("c1", qty="10"))
