@@ -252,10 +252,10 @@ class Backtest:
         self.fills: list[Fill] = []
         # the equity curve's sums, re-derived after every fill (see _mark)
         self._dirty = False
-        self._held: dict[str, tuple[float, float]] = {}  # symbol -> (Σ open qty, Σ cost)
-        self._unreal: dict[str, float] = {}  # symbol -> its unrealized PnL at the last mark
+        # symbol held -> [Σ open qty, Σ cost, its unrealized PnL at the last mark]
+        self._held: dict[str, list[float]] = {}
         self._flat_equity = float(self.start_equity)  # start + Σ (realized − fees)
-        self._open_equity = self._flat_equity  # that + Σ _unreal
+        self._open_equity = self._flat_equity  # that + Σ unrealized of _held
         self._broker_list = list(self.brokers.values())
 
     def add(self, bot: BacktestBot) -> BotRunner:
@@ -296,7 +296,7 @@ class Backtest:
                 continue
             for report in broker.pending_reports():
                 stored = await self.router.on_venue_event(report)
-                if isinstance(stored, Fill):
+                if type(stored) is Fill:
                     self.fills.append(stored)
                     self._dirty = True
                     runner = self.bots.get(stored.bot)
@@ -389,23 +389,23 @@ class Backtest:
             marks = self.marks
             positions = self.proj.positions.values()
             base = self.start_equity + sum((p.realized - p.fees for p in positions), _ZERO)
-            held: dict[str, tuple[float, float]] = {}
-            unreal: dict[str, float] = {}
+            held: dict[str, list[float]] = {}
             for p in positions:
                 if p.qty:
-                    q, c = held.get(p.symbol, (0.0, 0.0))
-                    held[p.symbol] = (q + float(p.qty), c + float(p.cost))
-                    unreal[p.symbol] = unreal.get(p.symbol, 0.0) + float(
-                        p.unrealized(marks.get(p.symbol)))
-            self._held, self._unreal = held, unreal
+                    qcu = held.setdefault(p.symbol, [0.0, 0.0, 0.0])
+                    qcu[0] += float(p.qty)
+                    qcu[1] += float(p.cost)
+                    qcu[2] += float(p.unrealized(marks.get(p.symbol)))
+            self._held = held
             self._flat_equity = float(base)
-            self._open_equity = self._flat_equity + sum(unreal.values())
-        if self._held:
-            qty_cost = self._held.get(sym)
-            if qty_cost is not None:
-                now = qty_cost[0] * float(price) - qty_cost[1]
-                self._open_equity += now - self._unreal[sym]
-                self._unreal[sym] = now
+            self._open_equity = self._flat_equity + sum(qcu[2] for qcu in held.values())
+        held = self._held
+        if held:
+            mine = held.get(sym)
+            if mine is not None:
+                now = mine[0] * float(price) - mine[1]
+                self._open_equity += now - mine[2]
+                mine[2] = now
             value, exposed = self._open_equity, True
         else:
             value, exposed = self._flat_equity, False
