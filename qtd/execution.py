@@ -9,6 +9,13 @@ adapter sees it, then handed to the adapter with the engine-minted token and rec
 :class:`~qtd.events.BrokerError`; the intent stays stored (and the order open) until a venue
 update or reconciliation settles it.
 
+Market-open bursts: requests are checked one at a time in arrival order (each approval
+reserves its exposure before the next check), but the intents approved in one event-loop
+turn are stored in one transaction and one fsync (:class:`~qtd.store.group.GroupCommit`), so
+N bots deciding on one bar wait for one fsync, not N. The broker calls then start in approval
+order (so per account too) and run concurrently. The outcomes (OrderSubmitted, BrokerError,
+OrderRejected) are group-committed the same way.
+
 Venue updates come back through :meth:`OrderRouter.on_venue_event` (exact duplicates, as the
 order book reports them, are dropped), are stored, and feed the projections and the engine.
 An update for an order the book has retired from memory (a terminal order, see
@@ -19,6 +26,7 @@ applied exactly once and a re-sent one is still a duplicate.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -27,7 +35,7 @@ from typing import Any
 from qtd.brokers.base import Broker
 from qtd.clock import Clock
 from qtd.control import KillCommand
-from qtd.errors import OperationalError
+from qtd.errors import OperationalError, StoreError
 from qtd.events import (
     AnyEvent,
     BrokerError,
@@ -48,7 +56,10 @@ from qtd.projections import Projections
 from qtd.risk.checks import Denial
 from qtd.risk.engine import Denied, RiskEngine
 from qtd.risk.kill_file import flatten_requests
+from qtd.risk.tokens import SubmitToken
 from qtd.store import EventStore
+from qtd.store.group import AppendMany, Committer, GroupCommit
+from qtd.store.group import append_group as append_group_of
 
 
 class KillReport:
@@ -73,68 +84,121 @@ class OrderRouter:
         cids: client_order_id source (resumes counters from the store).
         brokers: broker adapter per account name.
         projections: shared projections (the engine reads the same instance).
+        append_group: the durable batch append the order path commits intents and their
+            outcomes with (default: the store's ``append``/``append_many``; an agent passes
+            its store's ``append_group``, which keeps the test-only crash points).
+        committer: how those appends are grouped (default: :class:`GroupCommit`, one
+            transaction per loop turn; ``benchmarks/burst.py`` passes one transaction per
+            event to measure against, nothing else sets it).
     """
 
     def __init__(
         self, *, store: EventStore, clock: Clock, risk: RiskEngine, cids: ClientOrderIds,
         brokers: Mapping[str, Broker], projections: Projections,
+        append_group: AppendMany | None = None,
+        committer: Callable[[AppendMany], Committer] = GroupCommit,
     ) -> None:
         self.store, self.clock, self.risk, self.cids = store, clock, risk, cids
         self.brokers, self.proj = dict(brokers), projections
         self.node = store.node
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # approvals one at a time, in arrival order
+        group = append_group or functools.partial(append_group_of, store)
+        self._durable = committer(group)  # intents and outcomes, one commit per loop turn
 
     # --- orders ---------------------------------------------------------------------------
 
     async def submit(self, request: OrderRequest) -> OrderIntent | OrderDenied:
         """Check ``request``; on approval store the intent, then send it to its broker.
 
+        Requests are checked one at a time in arrival order; the intents approved in one
+        event-loop turn are stored in one transaction (one fsync; see
+        :class:`~qtd.store.group.GroupCommit`) before any of them is sent; then their broker
+        calls start in approval order and run concurrently (an account's slow venue
+        delays no other account's orders).
+
         Returns:
             The stored intent (sent, or recorded with a BrokerError) or the stored denial.
 
         Raises:
-            StoreError: the intent could not be stored; no broker saw the order.
+            StoreError: the intent could not be stored (its batch failed, and the request
+                checked once more failed too); no broker saw it, nor any order of its batch.
         """
         broker = self.brokers.get(request.account)
-        async with self._lock:  # check → reserve → durable intent, in approval order
+        for last_try in (False, True):
+            approved = await self._approve(request, broker)
+            if isinstance(approved, list):
+                return await self._record_denial(approved)
+            durable, token, flatten = approved
+            try:
+                stored = await durable
+                break
+            except StoreError:  # nothing of the batch was stored or sent
+                if last_try:
+                    raise
+                # Checked once more, as the one-by-one path checked the requests queued
+                # behind a failed append: an agent's store fault has HALTED trading by now
+                # (a recorded denial, not one halted bot per request of the burst).
+        assert isinstance(stored, OrderIntent) and broker is not None
+        self.proj.apply(stored)
+        self.risk.on_event(stored)
+        await self._send(broker, stored, token, flatten)
+        return stored
+
+    async def _approve(
+        self, request: OrderRequest, broker: Broker | None
+    ) -> list[Event] | tuple[asyncio.Future[AnyEvent], SubmitToken, bool]:
+        """Check → reserve → queue the intent, under the approval lock (arrival order).
+        Returns the denial's events, or the intent's pending commit, token and whether it
+        is a kill-switch flatten."""
+        async with self._lock:
             cid, counter = await self.cids.next(request.bot)
             now = self.clock.now_ns()
             result = (self.risk.check(request, now) if broker is not None
                       else Denied(request, _no_broker(request.account), now))
             if isinstance(result, Denied):
-                return await self._record_denial(result)
+                return self._denial_events(result)
             intent = _intent(request, self.node, cid, counter, now)
             token = result.bind(intent)
-            stored = await self.store.append(intent)
-            assert isinstance(stored, OrderIntent)
-            self.proj.apply(stored)
-            self.risk.on_event(stored)
-        assert broker is not None
-        late = self.risk.last_look(stored, result.flatten)
-        if late is not None:  # a kill switch landed while the intent was being stored
-            await self._append(OrderRejected(
-                node=self.node, bot=stored.bot, ts_event=now, ts_init=now,
-                client_order_id=cid, reason=late.message, code="RISK_HALTED",
-            ))
-            await self._flush()
-            return stored
-        try:
-            await broker.submit(stored, token)
-        except Exception as exc:
-            self.risk.on_broker_result(request.account, False)
-            await self._append(self._broker_error(stored, "submit", exc))
-            self._halt_on_operational(stored, exc)
-            await self._flush()
-            return stored
-        self.risk.on_broker_result(request.account, True)
+            return self._durable.add(intent), token, result.flatten
+
+    async def _send(self, broker: Broker, intent: OrderIntent, token: SubmitToken,
+                    flatten: bool) -> None:
+        """Hand a durable intent to its broker and record the outcome: OrderSubmitted,
+        BrokerError, or OrderRejected when a kill switch landed while it was being stored.
+
+        The intents of one commit resume here in approval order, and nothing is awaited
+        before the broker call: the calls to one account start in approval order."""
+        failed: Exception | None = None
+        late = self.risk.last_look(intent, flatten)
+        if late is None:
+            try:
+                await broker.submit(intent, token)
+            except Exception as exc:
+                failed = exc
         t = self.clock.now_ns()
-        await self._append(OrderSubmitted(
-            node=self.node, bot=stored.bot, ts_event=t, ts_init=t, client_order_id=cid,
-            account=stored.account, venue=stored.venue,
-            arrival_price=_arrival(self.risk, stored.symbol),
-        ))
+        record: Event
+        if late is not None:
+            record = OrderRejected(
+                node=self.node, bot=intent.bot, ts_event=t, ts_init=t,
+                client_order_id=intent.client_order_id, reason=late.message,
+                code="RISK_HALTED")
+        elif failed is not None:
+            self.risk.on_broker_result(intent.account, False)
+            record = self._broker_error(intent, "submit", failed)
+            self._halt_on_operational(intent, failed)
+        else:
+            self.risk.on_broker_result(intent.account, True)
+            record = OrderSubmitted(
+                node=self.node, bot=intent.bot, ts_event=t, ts_init=t,
+                client_order_id=intent.client_order_id, account=intent.account,
+                venue=intent.venue, arrival_price=_arrival(self.risk, intent.symbol))
+        try:
+            stored = await self._durable.add(record)
+        except StoreError:  # its batch failed (with intents in it): alone once more, as it
+            stored = await self.store.append(record)  # was before (a faulted store keeps it)
+        self.proj.apply(stored)
+        self.risk.on_event(stored)
         await self._flush()
-        return stored
 
     async def cancel(self, cid: str, reason: str) -> bool:
         """Ask the order's broker to cancel it and record OrderCancelRequested.
@@ -285,7 +349,9 @@ class OrderRouter:
 
     # --- helpers --------------------------------------------------------------------------
 
-    async def _record_denial(self, denied: Denied) -> OrderDenied:
+    def _denial_events(self, denied: Denied) -> list[Event]:
+        """OrderDenied, its RiskBreach and what the engine queued with them (built under
+        the approval lock, so they follow the approvals before them)."""
         r, d, t = denied.request, denied.denial, denied.now_ns
         od = OrderDenied(
             node=self.node, bot=r.bot, ts_event=t, ts_init=t, account=r.account,
@@ -298,7 +364,10 @@ class OrderRouter:
             severity=d.severity, action="deny" if d.trip is None else d.trip.value.lower(),
             symbol=r.symbol, message=d.message,
         )
-        stored = await self.store.append_many([od, breach, *self.risk.drain_events()])
+        return [od, breach, *self.risk.drain_events()]
+
+    async def _record_denial(self, events: list[Event]) -> OrderDenied:
+        stored = await self.store.append_many(events)
         result = stored[0]
         assert isinstance(result, OrderDenied)
         return result
@@ -320,11 +389,6 @@ class OrderRouter:
             client_order_id=intent.client_order_id, account=intent.account, operation=op,
             error_type=type(exc).__name__, message=str(exc), venue=intent.venue,
         )
-
-    async def _append(self, event: Event) -> None:
-        stored = await self.store.append(event)
-        self.proj.apply(stored)
-        self.risk.on_event(stored)
 
     async def flush_risk_events(self) -> None:
         """Store the events the risk engine queued (breaches, state changes) now."""

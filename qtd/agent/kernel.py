@@ -109,7 +109,8 @@ async def build_kernel(cfg: AgentConfig, clock: Clock,
             if isinstance(b, PaperBroker):
                 restore_paper_broker(b, proj, Decimal(str(cfg.accounts[name].cash)))
         router = OrderRouter(store=store, clock=clock, risk=risk, cids=ClientOrderIds(store),
-                             brokers=brokers, projections=proj)
+                             brokers=brokers, projections=proj,
+                             append_group=store.append_group)
         await _reconcile(router, brokers, failed, clock)
     except BaseException:
         await close_brokers(brokers)

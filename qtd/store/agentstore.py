@@ -100,6 +100,25 @@ class AgentStore(EventStore):
             self._listener(stored)
         return stored
 
+    async def append_group(self, events: Sequence[Event]) -> list[AnyEvent]:
+        """Durable append of a group commit (:class:`~qtd.store.group.GroupCommit`): one
+        event as :meth:`append`, more in one transaction as :meth:`append_many`, either way
+        passing every event through the test-only crash points as :meth:`append` does.
+
+        Raises:
+            StoreError: as :meth:`append_many`; nothing of the group was stored.
+        """
+        if len(events) == 1:
+            return [await self.append(events[0])]
+        if self._crash is not None:
+            for event in events:
+                self._crash.before(event)
+        stored = await self.append_many(events)
+        if self._crash is not None and not self.faulted:
+            for ev in stored:
+                self._crash.after(ev)
+        return stored
+
     async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
         if self.faults is not None and self.faults.faulted:
             return  # kept at its last value: a restart re-sends, the leader is idempotent
