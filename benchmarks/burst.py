@@ -134,6 +134,9 @@ class OneFsyncPerEvent:
         self._tasks.spawn(self._commit(event, fut), "one-fsync")
         return fut
 
+    async def durable(self, queued: asyncio.Future[AnyEvent], *, gather: bool) -> AnyEvent:
+        return await queued
+
     async def _commit(self, event: Event, fut: asyncio.Future[AnyEvent]) -> None:
         async with self._turn:
             self.counter.commits += 1
@@ -160,7 +163,7 @@ class Rig:
         self.commits = 0
         self.per_burst: list[int] = []
         committer: Any = (GroupCommit if grouped
-                          else lambda _append: OneFsyncPerEvent(store, self))
+                          else lambda _append, _path: OneFsyncPerEvent(store, self))
         self.router = OrderRouter(store=store, clock=clock, risk=self.risk,
                                   cids=ClientOrderIds(store), brokers=venues,
                                   projections=proj, committer=committer,

@@ -96,14 +96,14 @@ class OrderRouter:
         self, *, store: EventStore, clock: Clock, risk: RiskEngine, cids: ClientOrderIds,
         brokers: Mapping[str, Broker], projections: Projections,
         append_group: AppendMany | None = None,
-        committer: Callable[[AppendMany], Committer] = GroupCommit,
+        committer: Callable[[AppendMany, str], Committer] = GroupCommit,
     ) -> None:
         self.store, self.clock, self.risk, self.cids = store, clock, risk, cids
         self.brokers, self.proj = dict(brokers), projections
         self.node = store.node
         self._lock = asyncio.Lock()  # approvals one at a time, in arrival order
         group = append_group or functools.partial(append_group_of, store)
-        self._durable = committer(group)  # intents and outcomes, one commit per loop turn
+        self._durable = committer(group, str(store.path))  # intents and outcomes
 
     # --- orders ---------------------------------------------------------------------------
 
@@ -128,9 +128,9 @@ class OrderRouter:
             approved = await self._approve(request, broker)
             if isinstance(approved, list):
                 return await self._record_denial(approved)
-            durable, token, flatten = approved
+            queued, token, flatten = approved
             try:
-                stored = await durable
+                stored = await self._durable.durable(queued, gather=True)
                 break
             except StoreError:  # nothing of the batch was stored or sent
                 if last_try:
@@ -193,7 +193,7 @@ class OrderRouter:
                 client_order_id=intent.client_order_id, account=intent.account,
                 venue=intent.venue, arrival_price=_arrival(self.risk, intent.symbol))
         try:
-            stored = await self._durable.add(record)
+            stored = await self._durable.durable(self._durable.add(record), gather=False)
         except StoreError:  # its batch failed (with intents in it): alone once more, as it
             stored = await self.store.append(record)  # was before (a faulted store keeps it)
         self.proj.apply(stored)

@@ -1,12 +1,13 @@
 """Market-open bursts on a real SQLite store: the intents approved in one event-loop turn
 share one commit (counted in the store's own WAL file), each is durable before its broker
 call, the broker calls start in approval order (so per account too) and a slow account does
-not hold back the others; a
-SQLite failure in the middle of the batch sends nothing."""
+not hold back the others; a SQLite failure in the middle of the batch sends nothing; a
+commit's leader cancelled before it committed leaves the others' events to a task."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import struct
 from decimal import Decimal
@@ -25,6 +26,8 @@ from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
 from qtd.store import EventStore
+from qtd.store.group import GroupCommit, append_group
+from tests.factories import submitted
 
 T0 = 1_700_000_000_000_000_000
 ACCOUNTS = ("acct1", "acct2", "acct3")
@@ -160,3 +163,23 @@ async def test_a_store_failure_in_the_middle_of_a_batch_sends_nothing(
             bot="bot0", account="acct2", venue="paper", symbol="AAPL", side=Side.BUY,
             qty=Decimal(1), order_type=OrderType.LIMIT, limit_price=Decimal("50")))
     assert rig.log == []
+
+
+async def test_a_leader_cancelled_before_its_commit_hands_the_batch_over(
+    store: EventStore,
+) -> None:
+    group = GroupCommit(functools.partial(append_group, store), str(store.path))
+
+    async def one(cid: str) -> Any:
+        return await group.durable(group.add(submitted(cid)), gather=True)
+
+    leader = asyncio.create_task(one("c1"))
+    others = [asyncio.create_task(one(f"c{i}")) for i in (2, 3, 4)]
+    await asyncio.sleep(0)  # all four queued; the leader yields for the rest of the turn
+    leader.cancel()
+    stored = await asyncio.gather(*others)
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert [e.client_order_id for e in stored] == ["c2", "c3", "c4"]
+    assert [e.client_order_id for e in await store.query()] == ["c2", "c3", "c4"]
+    assert group.commits == 1
