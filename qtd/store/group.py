@@ -126,6 +126,8 @@ class GroupCommit:
         except asyncio.CancelledError:
             if not taken:
                 self._hand_over(queued)
+            elif queued.done() and not queued.cancelled():
+                queued.exception()  # its own share of the interrupted batch: retrieved
             raise
         return queued.result()
 
