@@ -200,169 +200,140 @@ def reduce_only(req: OrderRequest, ctx: OrderContext) -> Denial | None:
 
 # --- exposure ------------------------------------------------------------------------------
 
-
-class _ExposureCheck(_Check):
-    __slots__ = ("exposure",)
-
-    def __init__(self, scope: Scope, key: str, limit: Decimal, exposure: Exposure) -> None:
-        super().__init__(scope, key, limit)
-        self.exposure = exposure
+Bound = tuple[Scope, str, Decimal]  # a limit, with the scope and scope key that configure it
 
 
-class MaxPositionQty(_ExposureCheck):
-    """Worst-case position after the order ≤ limit (instrument units)."""
+class PositionLimits:
+    """Position limits on one exposure, each the tightest over the scopes that read it (None
+    when no scope sets it): the worst-case position after the order (filled plus open orders
+    on its side) ≤ ``qty`` (instrument units); that position × reference price ≤
+    ``notional`` (currency); and that notional ≤ ``pct`` % of the account's current
+    ``equity``. Reducing orders pass. Denials are ``max_position_qty``,
+    ``max_position_notional`` and ``max_position_pct_equity``, checked in that order."""
 
-    __slots__ = ()
-    name = "max_position_qty"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        if ctx.reducing:
-            return None
-        pos = abs(self.exposure.worst(ctx.buy, req.qty))
-        return self._deny(pos, "units") if pos > self.limit else None
-
-
-class MaxPositionNotional(_ExposureCheck):
-    """Worst-case position × reference price ≤ limit (currency)."""
-
-    __slots__ = ()
-    name = "max_position_notional"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        if ctx.reducing:
-            return None
-        value = abs(self.exposure.worst(ctx.buy, req.qty)) * ctx.price
-        return self._deny(value, "currency") if value > self.limit else None
-
-
-class MaxPositionPctEquity(_ExposureCheck):
-    """Worst-case position notional ≤ ``limit`` % of the account's current equity."""
-
-    __slots__ = ("equity",)
-    name = "max_position_pct_equity"
+    __slots__ = ("equity", "exposure", "notional", "pct", "qty")
 
     def __init__(
-        self, scope: Scope, key: str, limit: Decimal, exposure: Exposure, equity: Cell
+        self, exposure: Exposure, qty: Bound | None, notional: Bound | None,
+        pct: Bound | None, equity: Cell | None,
     ) -> None:
-        super().__init__(scope, key, limit, exposure)
+        if pct is not None and equity is None:
+            raise ValueError("a % of equity limit needs the account's equity cell")
+        self.exposure, self.qty, self.notional, self.pct = exposure, qty, notional, pct
         self.equity = equity
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
         if ctx.reducing:
             return None
-        value = abs(self.exposure.worst(ctx.buy, req.qty)) * ctx.price * _HUNDRED
-        eq = self.equity.value
-        if value > self.limit * eq:
-            return self._deny(value / eq if eq > 0 else float("inf"), "%")
+        e = self.exposure
+        pos = abs(e.qty + e.buy_open + req.qty if ctx.buy else e.qty - e.sell_open - req.qty)
+        lim = self.qty
+        if lim is not None and pos > lim[2]:
+            return deny("max_position_qty", *lim, pos, "units", ">")
+        lim, pct = self.notional, self.pct
+        if lim is None and pct is None:
+            return None
+        value = pos * ctx.price
+        if lim is not None and value > lim[2]:
+            return deny("max_position_notional", *lim, value, "currency", ">")
+        if pct is not None and self.equity is not None:
+            value *= _HUNDRED
+            eq = self.equity.value
+            if value > pct[2] * eq:
+                return deny("max_position_pct_equity", *pct,
+                            value / eq if eq > 0 else float("inf"), "%", ">")
         return None
 
 
-class _BookCheck(_Check):
-    """Checks over all of a strategy's positions: ``book`` is its (mark, exposure) list."""
+class BookLimits:
+    """Limits over all of a strategy's positions (``book``: its (mark, exposure) list;
+    ``own``: the order's exposure), each None when not set: Σ |worst-case position| × price
+    ≤ ``gross`` (currency, ``max_gross_notional``), then |Σ worst-case signed position on
+    the order's side × price| ≤ ``net`` (currency, ``max_net_notional``). Reducing orders
+    pass. Both sums are taken in one pass over the book."""
 
-    __slots__ = ("book", "own")
+    __slots__ = ("book", "gross", "net", "own")
 
     def __init__(
-        self, scope: Scope, key: str, limit: Decimal, book: list[tuple[MarkCell, Exposure]],
-        own: Exposure,
+        self, book: list[tuple[MarkCell, Exposure]], own: Exposure, gross: Bound | None,
+        net: Bound | None,
     ) -> None:
-        super().__init__(scope, key, limit)
-        self.book, self.own = book, own
-
-
-class MaxGrossNotional(_BookCheck):
-    """Σ over the strategy's positions of |worst-case position| × price ≤ limit (currency)."""
-
-    __slots__ = ()
-    name = "max_gross_notional"
+        self.book, self.own, self.gross, self.net = book, own, gross, net
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
         if ctx.reducing:
             return None
-        own, total = self.own, ZERO
+        own, buy, gross, net = self.own, ctx.buy, ZERO, ZERO
         for mark, exp in self.book:
-            if exp is not own and mark.price is not None:
-                total += exp.gross() * mark.price
-        o = abs(own.worst(ctx.buy, req.qty))
-        total += max(o, abs(own.worst(not ctx.buy))) * ctx.price
-        return self._deny(total, "currency") if total > self.limit else None
-
-
-class MaxNetNotional(_BookCheck):
-    """|Σ worst-case signed position × price| on the order's side ≤ limit (currency)."""
-
-    __slots__ = ()
-    name = "max_net_notional"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        if ctx.reducing:
-            return None
-        own, buy, total = self.own, ctx.buy, ZERO
-        for mark, exp in self.book:
-            if exp is not own and mark.price is not None:
-                total += exp.worst(buy) * mark.price
-        total = abs(total + own.worst(buy, req.qty) * ctx.price)
-        return self._deny(total, "currency") if total > self.limit else None
+            price = mark.price
+            if exp is not own and price is not None:
+                q = exp.qty
+                long, short = q + exp.buy_open, q - exp.sell_open
+                gross += max(abs(long), abs(short)) * price
+                net += (long if buy else short) * price
+        q, price = own.qty, ctx.price
+        long, short = q + own.buy_open, q - own.sell_open
+        lim = self.gross
+        if lim is not None:
+            mine = (max(abs(long + req.qty), abs(short)) if buy
+                    else max(abs(short - req.qty), abs(long)))
+            gross += mine * price
+            if gross > lim[2]:
+                return deny("max_gross_notional", *lim, gross, "currency", ">")
+        lim = self.net
+        if lim is not None:
+            net = abs(net + (long + req.qty if buy else short - req.qty) * price)
+            if net > lim[2]:
+                return deny("max_net_notional", *lim, net, "currency", ">")
+        return None
 
 
 # --- order flow ----------------------------------------------------------------------------
 
 
-class _CounterCheck(_Check):
-    __slots__ = ("counters",)
+class FlowLimits:
+    """Order-flow limits of one scope's ``counters`` (each None when not set): open orders
+    at the scope, this one included, ≤ ``open_orders`` (``max_open_orders``); approvals in
+    any sliding 1-second window ≤ ``per_s`` (``order_rate``); approved orders in the current
+    trading day ≤ ``per_day`` (``max_trades_per_day``); at least ``cooldown_ns`` between two
+    approvals (``trade_cooldown``). Checked in that order."""
+
+    __slots__ = ("cooldown_ns", "counters", "key", "open_orders", "per_day", "per_s", "scope")
 
     def __init__(
-        self, scope: Scope, key: str, limit: Decimal | int, counters: ScopeCounters
+        self, scope: Scope, key: str, counters: ScopeCounters, *, open_orders: int | None,
+        per_s: int | None, per_day: int | None, cooldown_ns: int | None,
     ) -> None:
-        super().__init__(scope, key, limit)
-        self.counters = counters
-
-
-class MaxOpenOrders(_CounterCheck):
-    """Open orders at the scope, this one included, ≤ limit."""
-
-    __slots__ = ()
-    name = "max_open_orders"
+        self.scope, self.key, self.counters = scope, key, counters
+        self.open_orders, self.per_s, self.per_day = open_orders, per_s, per_day
+        self.cooldown_ns = cooldown_ns
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        n = self.counters.open_orders + 1
-        return self._deny(n, "orders") if n > self.limit else None
+        c, now = self.counters, ctx.now_ns
+        lim = self.open_orders
+        if lim is not None and c.open_orders + 1 > lim:
+            return self._deny("max_open_orders", lim, c.open_orders + 1, "orders")
+        lim = self.per_s
+        if lim is not None:
+            recent = c.recent
+            # the window's oldest approval still inside it: nothing to prune, len() is exact
+            n = (len(recent) if not recent or recent[0] > now - NS
+                 else c.in_last_second(now)) + 1
+            if n > lim:
+                return self._deny("order_rate", lim, n, "orders/s")
+        lim = self.per_day
+        if lim is not None:
+            n = (c.day_count if c.day == ctx.day else 0) + 1
+            if n > lim:
+                return self._deny("max_trades_per_day", lim, n, "orders")
+        lim, last = self.cooldown_ns, c.last_ns
+        if lim is not None and last is not None and now - last < lim:
+            return deny("trade_cooldown", self.scope, self.key, float(lim) / NS,
+                        (now - last) / NS, "s", "<")
+        return None
 
-
-class OrderRate(_CounterCheck):
-    """Approvals in any sliding 1-second window at the scope ≤ limit (orders/s)."""
-
-    __slots__ = ()
-    name = "order_rate"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        n = self.counters.in_last_second(ctx.now_ns) + 1
-        return self._deny(n, "orders/s") if n > self.limit else None
-
-
-class TradesPerDay(_CounterCheck):
-    """Approved orders in the current trading day at the scope ≤ limit."""
-
-    __slots__ = ()
-    name = "max_trades_per_day"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        n = self.counters.today(ctx.day) + 1
-        return self._deny(n, "orders") if n > self.limit else None
-
-
-class Cooldown(_CounterCheck):
-    """At least ``limit`` ns between two approvals at the scope."""
-
-    __slots__ = ()
-    name = "trade_cooldown"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        last = self.counters.last_ns
-        if last is None or ctx.now_ns - last >= self.limit:
-            return None
-        gap = (ctx.now_ns - last) / NS
-        return deny(self.name, self.scope, self.key, float(self.limit) / NS, gap, "s", "<")
+    def _deny(self, check: str, limit: int, value: int, unit: str) -> Denial:
+        return deny(check, self.scope, self.key, limit, value, unit, ">")
 
 
 class OrderSpike(_Check):

@@ -180,6 +180,11 @@ def _per_order(scopes: list[ScopeRow]) -> list[Check]:
     return out
 
 
+def _bound(rows: list[ScopeRow], field: str) -> C.Bound | None:
+    t = _tightest(rows, field)
+    return None if t is None else (t[1], t[2], _dec(t[0]))
+
+
 def _exposure(engine: PlanSource, account: str, scopes: list[ScopeRow]) -> list[Check]:
     """Position limits, once per distinct exposure (GLOBAL and SYMBOL share the symbol's)."""
     out: list[Check] = []
@@ -187,40 +192,32 @@ def _exposure(engine: PlanSource, account: str, scopes: list[ScopeRow]) -> list[
     for row in scopes:
         groups.setdefault(id(row[3]), []).append(row)
     for rows in groups.values():
-        exp = rows[0][3]
-        t = _tightest(rows, "max_position_qty")
-        if t is not None:
-            out.append(C.MaxPositionQty(t[1], t[2], _dec(t[0]), exp))
-        t = _tightest(rows, "max_position_notional")
-        if t is not None:
-            out.append(C.MaxPositionNotional(t[1], t[2], _dec(t[0]), exp))
-        t = _tightest(rows, "max_position_pct_equity")
-        if t is not None:
-            # only a plan with this check holds the account's equity cell (kept per mark)
-            equity = engine.breakers.equity(account)
-            out.append(C.MaxPositionPctEquity(t[1], t[2], _dec(t[0]), exp, equity))
+        qty, notional = _bound(rows, "max_position_qty"), _bound(rows, "max_position_notional")
+        pct = _bound(rows, "max_position_pct_equity")
+        # only a plan with a % check holds the account's equity cell (kept per mark)
+        equity = None if pct is None else engine.breakers.equity(account)
+        if (qty, notional, pct) != (None, None, None):
+            out.append(C.PositionLimits(rows[0][3], qty, notional, pct, equity))
     return out
 
 
 def _book(engine: PlanSource, bot: str, scfg: Any, own: Exposure) -> list[Check]:
     book = engine.books[bot]
-    out: list[Check] = []
+    gross = net = None
     if scfg.max_gross_notional is not None:
-        out.append(C.MaxGrossNotional(Scope.STRATEGY, bot, _dec(scfg.max_gross_notional),
-                                      book, own))
+        gross = (Scope.STRATEGY, bot, _dec(scfg.max_gross_notional))
     if scfg.max_net_notional is not None:
-        out.append(C.MaxNetNotional(Scope.STRATEGY, bot, _dec(scfg.max_net_notional), book, own))
-    return out
+        net = (Scope.STRATEGY, bot, _dec(scfg.max_net_notional))
+    return [] if gross is None and net is None else [C.BookLimits(book, own, gross, net)]
 
 
 def _flow(scope: Scope, key: str, lim: Limits, exp: Exposure, cnt: ScopeCounters) -> list[Check]:
-    out: list[Check] = []
-    if lim.max_open_orders is not None:
-        out.append(C.MaxOpenOrders(scope, key, lim.max_open_orders, cnt))
-    if lim.max_orders_per_s is not None:
-        out.append(C.OrderRate(scope, key, lim.max_orders_per_s, cnt))
-    if lim.max_trades_per_day is not None:
-        out.append(C.TradesPerDay(scope, key, lim.max_trades_per_day, cnt))
-    if lim.trade_cooldown_s is not None and lim.trade_cooldown_s > 0:
-        out.append(C.Cooldown(scope, key, int(lim.trade_cooldown_s * NS), cnt))
-    return out
+    cooldown = lim.trade_cooldown_s
+    flow = C.FlowLimits(
+        scope, key, cnt, open_orders=lim.max_open_orders, per_s=lim.max_orders_per_s,
+        per_day=lim.max_trades_per_day,
+        cooldown_ns=int(cooldown * NS) if cooldown is not None and cooldown > 0 else None,
+    )
+    if (flow.open_orders, flow.per_s, flow.per_day, flow.cooldown_ns) == (None,) * 4:
+        return []
+    return [flow]
