@@ -119,72 +119,48 @@ def unknown(field: str, value: str, rule: str) -> Denial:
     )
 
 
-# --- per-order size and price --------------------------------------------------------------
+# --- per-order size and price, reduce-only ------------------------------------------------
 
 
-class _Check:
-    __slots__ = ("key", "limit", "scope")
-    name = ""
-
-    def __init__(self, scope: Scope, key: str, limit: Decimal | int) -> None:
-        self.scope, self.key, self.limit = scope, key, limit
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        raise NotImplementedError
-
-    def _deny(self, value: Decimal | float, unit: str, rule: str = ">") -> Denial:
-        return deny(self.name, self.scope, self.key, self.limit, value, unit, rule)
+Bound = tuple[Scope, str, Decimal]  # a limit, with the scope and scope key that configure it
 
 
-class MaxOrderQty(_Check):
-    """Order quantity ≤ limit (instrument units)."""
+class OrderLimits:
+    """Per-order limits, each the tightest over the order's four scopes (None when no scope
+    sets it): quantity ≤ ``qty`` (instrument units, ``max_order_qty``); notional (qty ×
+    reference price) ≤ ``notional`` (currency, ``max_order_notional``); a limit price
+    within ``collar`` bps of the last trade / mid (``price_collar``); no new exposure when
+    the symbol's last market data is older than ``max_age`` ns (``stale_data``). Checked in
+    that order."""
 
-    __slots__ = ()
-    name = "max_order_qty"
+    __slots__ = ("collar", "max_age", "notional", "qty")
 
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        return self._deny(req.qty, "units") if req.qty > self.limit else None
-
-
-class MaxOrderNotional(_Check):
-    """Order notional (qty × reference price) ≤ limit (currency)."""
-
-    __slots__ = ()
-    name = "max_order_notional"
+    def __init__(
+        self, qty: Bound | None, notional: Bound | None, collar: Bound | None,
+        max_age: tuple[Scope, str, int] | None,
+    ) -> None:
+        self.qty, self.notional, self.collar, self.max_age = qty, notional, collar, max_age
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        return self._deny(ctx.notional, "currency") if ctx.notional > self.limit else None
-
-
-class PriceCollar(_Check):
-    """A limit price within ``limit`` bps of the last trade / mid."""
-
-    __slots__ = ()
-    name = "price_collar"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        lp = req.limit_price
-        if lp is None:
-            return None
-        mark = ctx.mark.price
-        if mark is None:
-            return self._deny(float("inf"), "bps", "(no reference price) >")
-        if abs(lp - mark) * _BPS > self.limit * mark:
-            return self._deny(abs(lp - mark) * _BPS / mark, "bps")
+        lim = self.qty
+        if lim is not None and req.qty > lim[2]:
+            return deny("max_order_qty", *lim, req.qty, "units", ">")
+        lim = self.notional
+        if lim is not None and ctx.notional > lim[2]:
+            return deny("max_order_notional", *lim, ctx.notional, "currency", ">")
+        lim, lp = self.collar, req.limit_price
+        if lim is not None and lp is not None:
+            mark = ctx.mark.price
+            if mark is None:
+                return deny("price_collar", *lim, float("inf"), "bps", "(no reference price) >")
+            if abs(lp - mark) * _BPS > lim[2] * mark:
+                return deny("price_collar", *lim, abs(lp - mark) * _BPS / mark, "bps", ">")
+        age = self.max_age
+        if age is not None and not ctx.reducing:
+            seen = ctx.now_ns - ctx.mark.ts_ns
+            if seen > age[2]:
+                return deny("stale_data", age[0], age[1], float(age[2]) / NS, seen / NS, "s", ">")
         return None
-
-
-class StaleData(_Check):
-    """No new exposure when the symbol's last market data is older than ``limit`` ns."""
-
-    __slots__ = ()
-    name = "stale_data"
-
-    def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        age = ctx.now_ns - ctx.mark.ts_ns
-        if ctx.reducing or age <= self.limit:
-            return None
-        return deny(self.name, self.scope, self.key, float(self.limit) / NS, age / NS, "s", ">")
 
 
 def reduce_only(req: OrderRequest, ctx: OrderContext) -> Denial | None:
@@ -199,9 +175,6 @@ def reduce_only(req: OrderRequest, ctx: OrderContext) -> Denial | None:
 
 
 # --- exposure ------------------------------------------------------------------------------
-
-Bound = tuple[Scope, str, Decimal]  # a limit, with the scope and scope key that configure it
-
 
 class PositionLimits:
     """Position limits on one exposure, each the tightest over the scopes that read it (None
@@ -336,22 +309,22 @@ class FlowLimits:
         return deny(check, self.scope, self.key, limit, value, unit, ">")
 
 
-class OrderSpike(_Check):
-    """Orders this second > ``limit`` × the strategy's trailing normal rate → deny and HALT."""
+class OrderSpike:
+    """Orders this second > ``factor`` × the strategy's trailing normal rate (at least
+    ``floor`` orders/s) → deny and HALT the strategy ``key``."""
 
-    __slots__ = ("floor", "meter")
+    __slots__ = ("factor", "floor", "key", "meter")
     name = "order_spike"
 
-    def __init__(self, key: str, limit: Decimal, meter: SpikeMeter, floor: float) -> None:
-        super().__init__(Scope.STRATEGY, key, limit)
-        self.meter, self.floor = meter, floor
+    def __init__(self, key: str, factor: float, meter: SpikeMeter, floor: float) -> None:
+        self.key, self.factor, self.meter, self.floor = key, factor, meter, floor
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
         count, normal = self.meter.current(ctx.now_ns)
-        cap = float(self.limit) * max(normal, self.floor)
+        cap = self.factor * (normal if normal > self.floor else self.floor)
         if count + 1 <= cap:
             return None
-        return deny(self.name, self.scope, self.key, cap, count + 1, "orders/s", ">",
+        return deny(self.name, Scope.STRATEGY, self.key, cap, count + 1, "orders/s", ">",
                     severity=Severity.P3, trip=TradingState.HALTED)
 
 

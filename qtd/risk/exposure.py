@@ -112,14 +112,23 @@ class ScopeCounters:
 
     def record(self, now_ns: int, day: str) -> None:
         """Count one approval at ``now_ns`` in trading day ``day``."""
-        recent, floor = self.recent, now_ns - NS
+        record_approval((self,), now_ns, day)
+
+
+def record_approval(counters: tuple[ScopeCounters, ...], now_ns: int, day: str) -> None:
+    """Count one approval at ``now_ns`` (UTC ns) in trading day ``day`` in each of
+    ``counters`` (an order's GLOBAL, ACCOUNT, STRATEGY and SYMBOL counters, in one call)."""
+    floor = now_ns - NS
+    for c in counters:
+        recent = c.recent
         while recent and recent[0] <= floor:
             recent.popleft()
         recent.append(now_ns)
-        if self.day != day:
-            self.day, self.day_count = day, 0
-        self.day_count += 1
-        self.last_ns = now_ns
+        if c.day == day:
+            c.day_count += 1
+        else:
+            c.day, c.day_count = day, 1
+        c.last_ns = now_ns
 
 
 class SpikeMeter:

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qtd.events import Scope
 from qtd.risk import checks as C
-from qtd.risk.exposure import NS, Cell, Exposure, MarkCell, ScopeCounters, SpikeMeter
+from qtd.risk.exposure import (
+    NS,
+    Cell,
+    Exposure,
+    MarkCell,
+    ScopeCounters,
+    SpikeMeter,
+    record_approval,
+)
 from qtd.risk.scope_limits import Limits
 
 if TYPE_CHECKING:
@@ -103,8 +111,7 @@ class Plan:
 
     def record(self, now_ns: int, day: str) -> None:
         """Count an approval in every scope's counters and the spike meter."""
-        for c in self.counters:
-            c.record(now_ns, day)
+        record_approval(self.counters, now_ns, day)
         self.spike.add(now_ns)
 
 
@@ -142,7 +149,7 @@ def build_plan(engine: PlanSource, bot: str, account: str, symbol: str) -> Plan 
     for sc in scopes:
         checks.extend(_flow(*sc))
     if g.order_spike_factor > 0:
-        checks.append(C.OrderSpike(bot, _dec(g.order_spike_factor), spike,
+        checks.append(C.OrderSpike(bot, g.order_spike_factor, spike,
                                    g.order_spike_min_baseline))
     if g.duplicate_window_s > 0:
         checks.append(C.DuplicateOrder(int(g.duplicate_window_s * NS), engine.duplicates))
@@ -166,18 +173,15 @@ def _tightest(
 
 def _per_order(scopes: list[ScopeRow]) -> list[Check]:
     """Per-order limits: only the tightest scope's limit can bind, so one check each."""
-    out: list[Check] = []
-    for field, make in (("max_order_qty", C.MaxOrderQty),
-                        ("max_order_notional", C.MaxOrderNotional),
-                        ("price_collar_bps", C.PriceCollar)):
-        t = _tightest(scopes, field)
-        if t is not None:
-            out.append(make(t[1], t[2], _dec(t[0])))
-    t = _tightest(scopes, "max_data_age_s")
-    if t is not None:
-        out.append(C.StaleData(t[1], t[2], int(t[0] * NS)))
-    out.append(C.reduce_only)
-    return out
+    age = _tightest(scopes, "max_data_age_s")
+    limits = C.OrderLimits(
+        _bound(scopes, "max_order_qty"), _bound(scopes, "max_order_notional"),
+        _bound(scopes, "price_collar_bps"),
+        None if age is None else (age[1], age[2], int(age[0] * NS)),
+    )
+    if (limits.qty, limits.notional, limits.collar, limits.max_age) == (None,) * 4:
+        return [C.reduce_only]
+    return [limits, C.reduce_only]
 
 
 def _bound(rows: list[ScopeRow], field: str) -> C.Bound | None:
