@@ -23,6 +23,7 @@ from qtd.risk.exposure import NS, Cell, Exposure, MarkCell, ScopeCounters, Spike
 ZERO: Final = Decimal(0)
 _BPS: Final = Decimal(10_000)
 _HUNDRED: Final = Decimal(100)
+_LIMIT: Final = OrderType.LIMIT  # bound once (an enum class attribute lookup costs)
 
 
 class Denial(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,7 +92,7 @@ def validate_request(req: OrderRequest) -> Denial | None:
     if not isinstance(qty, Decimal) or not qty.is_finite() or qty <= 0:
         return _bad("qty", qty, "must be a finite number > 0")
     lp = req.limit_price
-    if req.order_type is OrderType.LIMIT:
+    if req.order_type is _LIMIT:
         if lp is None:
             return _bad("limit_price", lp, "is required for a LIMIT order")
     elif lp is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from qtd.clock import Clock
 from qtd.events import (
@@ -53,6 +53,10 @@ from qtd.risk.trading_states import HALTED, REDUCING, TradingStates
 
 FlattenKey = tuple[str, str, str, Side, Decimal]
 _DUP_PRUNE_AT = 4096  # remembered (bot, account, symbol, side, qty) keys before pruning
+# enum members bound once: reading ``Side.BUY`` goes through the enum's class attribute
+# lookup on every evaluation (~0.1 µs on CPython 3.11), a module global does not
+_BUY: Final = Side.BUY
+_LIMIT: Final = OrderType.LIMIT
 LEVEL_NAMES = {Scope.GLOBAL: "L1", Scope.ACCOUNT: "L2", Scope.STRATEGY: "L3", Scope.SYMBOL: "L4"}
 
 
@@ -165,7 +169,7 @@ class RiskEngine:
             if isinstance(built, C.Denial):
                 return self._deny(request, built, now_ns)
             plan = self._plans[(request.bot, request.account, request.symbol)] = built
-        buy = request.side is Side.BUY
+        buy = request.side is _BUY
         if self._flatten and self._take_flatten(request):
             return self._check_flatten(request, plan, buy, now_ns)
         if plan.blocked is not None:
@@ -176,7 +180,7 @@ class RiskEngine:
             if denial is not None:
                 return self._deny(request, denial, now_ns)
         mark = plan.mark
-        price = request.limit_price if request.order_type is OrderType.LIMIT else mark.price
+        price = request.limit_price if request.order_type is _LIMIT else mark.price
         if price is None:
             return self._deny(request, _no_data(request.symbol), now_ns)
         ctx = C.OrderContext(now_ns, buy, price, request.qty * price, reducing, mark,
@@ -334,7 +338,7 @@ class RiskEngine:
         mark = self.mark(fill.symbol)
         if fill.ts_event >= mark.ts_ns:
             mark.price, mark.ts_ns = fill.price, fill.ts_event
-        dq = fill.qty if fill.side is Side.BUY else -fill.qty
+        dq = fill.qty if fill.side is _BUY else -fill.qty
         for exp in self.position_keys(fill.bot, fill.account, fill.symbol):
             exp.qty += dq
         self._sync(fill.client_order_id)
@@ -343,7 +347,7 @@ class RiskEngine:
     def _register(self, intent: OrderIntent, plan: Plan | None) -> None:
         exps = self.position_keys(intent.bot, intent.account, intent.symbol)
         cnts = self.order_counters(intent.bot, intent.account, intent.symbol)
-        o = OpenOrder(intent.bot, intent.account, intent.symbol, intent.side is Side.BUY,
+        o = OpenOrder(intent.bot, intent.account, intent.symbol, intent.side is _BUY,
                       intent.qty, exps, cnts)
         for e in exps:
             e.add_open(o.buy, o.leaves, False)

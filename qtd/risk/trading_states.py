@@ -17,6 +17,7 @@ from qtd.events import Scope, Severity, TradingState, TradingStateChanged
 ACTIVE: Final = TradingState.ACTIVE
 REDUCING: Final = TradingState.REDUCING
 HALTED: Final = TradingState.HALTED
+_GLOBAL, _ACCOUNT, _STRATEGY, _SYMBOL = Scope.GLOBAL, Scope.ACCOUNT, Scope.STRATEGY, Scope.SYMBOL
 _RANK: Final = {ACTIVE: 0, REDUCING: 1, HALTED: 2}
 
 ScopeKey = tuple[Scope, str]
@@ -61,10 +62,9 @@ class TradingStates:
         """Most restrictive state over the order's scopes, with the scope that sets it."""
         if self._until:
             self._expire(now_ns)
-        worst: tuple[TradingState, Scope, str] = (ACTIVE, Scope.GLOBAL, "")
+        worst: tuple[TradingState, Scope, str] = (ACTIVE, _GLOBAL, "")
         get = self._states.get
-        for sk in ((Scope.GLOBAL, ""), (Scope.ACCOUNT, account), (Scope.STRATEGY, bot),
-                   (Scope.SYMBOL, symbol)):
+        for sk in ((_GLOBAL, ""), (_ACCOUNT, account), (_STRATEGY, bot), (_SYMBOL, symbol)):
             st = get(sk)
             if st is not None and _RANK[st] > _RANK[worst[0]]:
                 worst = (st, sk[0], sk[1])
