@@ -177,45 +177,48 @@ def reduce_only(req: OrderRequest, ctx: OrderContext) -> Denial | None:
 
 # --- exposure ------------------------------------------------------------------------------
 
+PositionRow = tuple[Exposure, Bound | None, Bound | None, Bound | None]
+
+
 class PositionLimits:
-    """Position limits on one exposure, each the tightest over the scopes that read it (None
-    when no scope sets it): the worst-case position after the order (filled plus open orders
-    on its side) ≤ ``qty`` (instrument units); that position × reference price ≤
-    ``notional`` (currency); and that notional ≤ ``pct`` % of the account's current
-    ``equity``. Reducing orders pass. Denials are ``max_position_qty``,
-    ``max_position_notional`` and ``max_position_pct_equity``, checked in that order."""
+    """Position limits of the order's distinct exposures. ``rows`` are ``(exposure, qty,
+    notional, pct)``, each limit the tightest over the scopes that read that exposure (None
+    when no scope sets it): the worst-case position after the order (filled plus open
+    orders on its side) ≤ ``qty`` (instrument units, ``max_position_qty``); that position ×
+    reference price ≤ ``notional`` (currency, ``max_position_notional``); that notional ≤
+    ``pct`` % of the account's current ``equity`` (``max_position_pct_equity``). Reducing
+    orders pass. Checked exposure by exposure in that order, in one call.
 
-    __slots__ = ("equity", "exposure", "notional", "pct", "qty")
+    Raises:
+        ValueError: a row has a % limit and ``equity`` is None.
+    """
 
-    def __init__(
-        self, exposure: Exposure, qty: Bound | None, notional: Bound | None,
-        pct: Bound | None, equity: Cell | None,
-    ) -> None:
-        if pct is not None and equity is None:
+    __slots__ = ("equity", "rows")
+
+    def __init__(self, rows: list[PositionRow], equity: Cell | None) -> None:
+        if equity is None and any(row[3] is not None for row in rows):
             raise ValueError("a % of equity limit needs the account's equity cell")
-        self.exposure, self.qty, self.notional, self.pct = exposure, qty, notional, pct
-        self.equity = equity
+        self.rows, self.equity = tuple(rows), equity
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
         if ctx.reducing:
             return None
-        e = self.exposure
-        pos = abs(e.qty + e.buy_open + req.qty if ctx.buy else e.qty - e.sell_open - req.qty)
-        lim = self.qty
-        if lim is not None and pos > lim[2]:
-            return deny("max_position_qty", *lim, pos, "units", ">")
-        lim, pct = self.notional, self.pct
-        if lim is None and pct is None:
-            return None
-        value = pos * ctx.price
-        if lim is not None and value > lim[2]:
-            return deny("max_position_notional", *lim, value, "currency", ">")
-        if pct is not None and self.equity is not None:
-            value *= _HUNDRED
-            eq = self.equity.value
-            if value > pct[2] * eq:
-                return deny("max_position_pct_equity", *pct,
-                            value / eq if eq > 0 else float("inf"), "%", ">")
+        buy, add, price = ctx.buy, req.qty, ctx.price
+        for e, qty, notional, pct in self.rows:
+            pos = abs(e.qty + e.buy_open + add if buy else e.qty - e.sell_open - add)
+            if qty is not None and pos > qty[2]:
+                return deny("max_position_qty", *qty, pos, "units", ">")
+            if notional is None and pct is None:
+                continue
+            value = pos * price
+            if notional is not None and value > notional[2]:
+                return deny("max_position_notional", *notional, value, "currency", ">")
+            if pct is not None and self.equity is not None:
+                value *= _HUNDRED
+                eq = self.equity.value
+                if value > pct[2] * eq:
+                    return deny("max_position_pct_equity", *pct,
+                                value / eq if eq > 0 else float("inf"), "%", ">")
         return None
 
 
@@ -265,49 +268,48 @@ class BookLimits:
 # --- order flow ----------------------------------------------------------------------------
 
 
+FlowRow = tuple[Scope, str, ScopeCounters, int | None, int | None, int | None, int | None]
+
+
 class FlowLimits:
-    """Order-flow limits of one scope's ``counters`` (each None when not set): open orders
-    at the scope, this one included, ≤ ``open_orders`` (``max_open_orders``); approvals in
-    any sliding 1-second window ≤ ``per_s`` (``order_rate``); approved orders in the current
-    trading day ≤ ``per_day`` (``max_trades_per_day``); at least ``cooldown_ns`` between two
-    approvals (``trade_cooldown``). Checked in that order."""
+    """Order-flow limits of the order's scopes. ``rows`` (GLOBAL, ACCOUNT, STRATEGY,
+    SYMBOL; scopes that set none left out) are ``(scope, key, counters, open_orders, per_s,
+    per_day, cooldown_ns)``, None for a limit not set: open orders at the scope, this one
+    included, ≤ ``open_orders`` (``max_open_orders``); approvals in any sliding 1-second
+    window ≤ ``per_s`` (``order_rate``); approved orders in the current trading day ≤
+    ``per_day`` (``max_trades_per_day``); at least ``cooldown_ns`` between two approvals
+    (``trade_cooldown``). Checked scope by scope in that order, in one call."""
 
-    __slots__ = ("cooldown_ns", "counters", "key", "open_orders", "per_day", "per_s", "scope")
+    __slots__ = ("rows",)
 
-    def __init__(
-        self, scope: Scope, key: str, counters: ScopeCounters, *, open_orders: int | None,
-        per_s: int | None, per_day: int | None, cooldown_ns: int | None,
-    ) -> None:
-        self.scope, self.key, self.counters = scope, key, counters
-        self.open_orders, self.per_s, self.per_day = open_orders, per_s, per_day
-        self.cooldown_ns = cooldown_ns
+    def __init__(self, rows: list[FlowRow]) -> None:
+        self.rows = tuple(rows)
 
     def __call__(self, req: OrderRequest, ctx: OrderContext) -> Denial | None:
-        c, now = self.counters, ctx.now_ns
-        lim = self.open_orders
-        if lim is not None and c.open_orders + 1 > lim:
-            return self._deny("max_open_orders", lim, c.open_orders + 1, "orders")
-        lim = self.per_s
-        if lim is not None:
-            recent = c.recent
-            # the window's oldest approval still inside it: nothing to prune, len() is exact
-            n = (len(recent) if not recent or recent[0] > now - NS
-                 else c.in_last_second(now)) + 1
-            if n > lim:
-                return self._deny("order_rate", lim, n, "orders/s")
-        lim = self.per_day
-        if lim is not None:
-            n = (c.day_count if c.day == ctx.day else 0) + 1
-            if n > lim:
-                return self._deny("max_trades_per_day", lim, n, "orders")
-        lim, last = self.cooldown_ns, c.last_ns
-        if lim is not None and last is not None and now - last < lim:
-            return deny("trade_cooldown", self.scope, self.key, float(lim) / NS,
-                        (now - last) / NS, "s", "<")
+        now, day = ctx.now_ns, ctx.day
+        floor = now - NS
+        for scope, key, c, open_orders, per_s, per_day, cooldown in self.rows:
+            # counts and limits are ints: count + 1 > limit is count >= limit
+            if open_orders is not None and c.open_orders >= open_orders:
+                return deny("max_open_orders", scope, key, open_orders, c.open_orders + 1,
+                            "orders", ">")
+            if per_s is not None:
+                recent = c.recent
+                # oldest approval still inside the window: nothing to prune, len() is exact
+                n = (len(recent) if not recent or recent[0] > floor
+                     else c.in_last_second(now))
+                if n >= per_s:
+                    return deny("order_rate", scope, key, per_s, n + 1, "orders/s", ">")
+            if per_day is not None:
+                n = c.day_count if c.day == day else 0
+                if n >= per_day:
+                    return deny("max_trades_per_day", scope, key, per_day, n + 1, "orders",
+                                ">")
+            last = c.last_ns
+            if cooldown is not None and last is not None and now - last < cooldown:
+                return deny("trade_cooldown", scope, key, float(cooldown) / NS,
+                            (now - last) / NS, "s", "<")
         return None
-
-    def _deny(self, check: str, limit: int, value: int, unit: str) -> Denial:
-        return deny(check, self.scope, self.key, limit, value, unit, ">")
 
 
 class OrderSpike:

@@ -146,8 +146,9 @@ def build_plan(engine: PlanSource, bot: str, account: str, symbol: str) -> Plan 
     spike = engine.spikes.get(bot)
     if spike is None:
         spike = engine.spikes[bot] = SpikeMeter(g.order_spike_halflife_s)
-    for sc in scopes:
-        checks.extend(_flow(*sc))
+    flow = [row for row in (_flow(*sc) for sc in scopes) if row is not None]
+    if flow:
+        checks.append(C.FlowLimits(flow))
     if g.order_spike_factor > 0:
         checks.append(C.OrderSpike(bot, g.order_spike_factor, spike,
                                    g.order_spike_min_baseline))
@@ -191,18 +192,20 @@ def _bound(rows: list[ScopeRow], field: str) -> C.Bound | None:
 
 def _exposure(engine: PlanSource, account: str, scopes: list[ScopeRow]) -> list[Check]:
     """Position limits, once per distinct exposure (GLOBAL and SYMBOL share the symbol's)."""
-    out: list[Check] = []
     groups: dict[int, list[ScopeRow]] = {}
     for row in scopes:
         groups.setdefault(id(row[3]), []).append(row)
-    for rows in groups.values():
-        qty, notional = _bound(rows, "max_position_qty"), _bound(rows, "max_position_notional")
-        pct = _bound(rows, "max_position_pct_equity")
-        # only a plan with a % check holds the account's equity cell (kept per mark)
-        equity = None if pct is None else engine.breakers.equity(account)
+    rows: list[C.PositionRow] = []
+    for group in groups.values():
+        qty, notional = _bound(group, "max_position_qty"), _bound(group, "max_position_notional")
+        pct = _bound(group, "max_position_pct_equity")
         if (qty, notional, pct) != (None, None, None):
-            out.append(C.PositionLimits(rows[0][3], qty, notional, pct, equity))
-    return out
+            rows.append((group[0][3], qty, notional, pct))
+    if not rows:
+        return []
+    # only a plan with a % check holds the account's equity cell (kept per mark)
+    with_pct = any(row[3] is not None for row in rows)
+    return [C.PositionLimits(rows, engine.breakers.equity(account) if with_pct else None)]
 
 
 def _book(engine: PlanSource, bot: str, scfg: Any, own: Exposure) -> list[Check]:
@@ -215,13 +218,10 @@ def _book(engine: PlanSource, bot: str, scfg: Any, own: Exposure) -> list[Check]
     return [] if gross is None and net is None else [C.BookLimits(book, own, gross, net)]
 
 
-def _flow(scope: Scope, key: str, lim: Limits, exp: Exposure, cnt: ScopeCounters) -> list[Check]:
+def _flow(
+    scope: Scope, key: str, lim: Limits, exp: Exposure, cnt: ScopeCounters
+) -> C.FlowRow | None:
     cooldown = lim.trade_cooldown_s
-    flow = C.FlowLimits(
-        scope, key, cnt, open_orders=lim.max_open_orders, per_s=lim.max_orders_per_s,
-        per_day=lim.max_trades_per_day,
-        cooldown_ns=int(cooldown * NS) if cooldown is not None and cooldown > 0 else None,
-    )
-    if (flow.open_orders, flow.per_s, flow.per_day, flow.cooldown_ns) == (None,) * 4:
-        return []
-    return [flow]
+    row = (scope, key, cnt, lim.max_open_orders, lim.max_orders_per_s, lim.max_trades_per_day,
+           int(cooldown * NS) if cooldown is not None and cooldown > 0 else None)
+    return None if row[3:] == (None,) * 4 else row
