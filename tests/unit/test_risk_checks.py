@@ -329,3 +329,36 @@ def test_denial_records_nothing() -> None:
     for _ in range(5):
         denied(h.check(req(qty="6")), "max_order_qty")
     assert isinstance(h.check(req(qty="5")), Approved)
+
+
+# --- every control on at every scope: each scope's flow and position limits still bind -----
+
+LOOSE = {
+    "max_order_qty": 1e6, "max_order_notional": 1e9, "max_position_qty": 1e7,
+    "max_position_notional": 1e10, "max_position_pct_equity": 100.0,
+    "max_open_orders": 100_000, "max_orders_per_s": 100_000, "max_trades_per_day": 10**9,
+    "trade_cooldown_s": 1e-6, "price_collar_bps": 500.0, "max_data_age_s": 3600.0,
+}
+SCOPES = [("global", None, Scope.GLOBAL, ""), ("accounts", "acct1", Scope.ACCOUNT, "acct1"),
+          ("strategies", "bot1", Scope.STRATEGY, "bot1"), ("symbols", "AAPL", Scope.SYMBOL, "AAPL")]
+TIGHT = [({"max_open_orders": 1}, "max_open_orders"), ({"max_orders_per_s": 1}, "order_rate"),
+         ({"max_trades_per_day": 1}, "max_trades_per_day"),
+         ({"trade_cooldown_s": 10.0}, "trade_cooldown"),
+         ({"max_position_qty": 15.0, "max_order_qty": 15.0}, "max_position_qty")]
+
+
+@pytest.mark.parametrize(("section", "key", "scope", "scope_key"), SCOPES)
+@pytest.mark.parametrize(("tight", "check"), TIGHT)
+def test_each_scope_limit_binds_with_every_control_on(
+    section: str, key: str | None, scope: Scope, scope_key: str, tight: dict, check: str
+) -> None:
+    every = {"global": dict(LOOSE), "accounts": {"acct1": dict(LOOSE)},
+             "strategies": {"bot1": dict(LOOSE)}, "symbols": {"AAPL": dict(LOOSE)}}
+    table = every["global"] if key is None else every[section][key]
+    table.update(tight)
+    h = Harness(every)
+    assert isinstance(h.place(req(limit="99"))[0], Approved)  # rests: open, counted
+    h.advance(0.001)
+    res = h.check(req(limit="99"))
+    denied(res, check)
+    assert (res.denial.scope, res.denial.scope_key) == (scope, scope_key)  # type: ignore[union-attr]
