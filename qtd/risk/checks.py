@@ -3,7 +3,10 @@
 A check reads the order and the engine's state (through :class:`OrderContext` and the
 references it was built with) and never changes anything; the engine records an approval
 only after every check passed. Each check object is built once per (bot, account, symbol)
-for one configured limit at one scope, so the hot path runs only enabled controls.
+for one family of controls (:mod:`qtd.risk.plan`) and holds only the limits configured for
+it, so the hot path runs only enabled controls; a denial is built only when a limit fails.
+Money stays exact: quantities, prices and notionals are :class:`~decimal.Decimal` and limits
+are Decimals made from the configured value's repr; counts and times are ints.
 
 Units: quantities in instrument units, notional in the account currency, collars in bps,
 durations in seconds (held as ns internally), counts in orders.

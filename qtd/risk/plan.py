@@ -5,9 +5,11 @@ Limits come from four scopes (GLOBAL ``[global]``, ACCOUNT ``[accounts.<a>]``, S
 data age) depend only on the order, so only the tightest of them can bind: one check holds
 it and names its scope. Position limits are merged per exposure they read (GLOBAL and SYMBOL
 both read the symbol's total). Flow limits (open orders, rate, trades per day, cooldown) keep
-one check per scope, since each scope counts different orders. Check objects hold their
-limit (converted to Decimal / ns once) and references to the state cells they read, so the
-hot path does no config or dict lookups.
+one row per scope, since each scope counts different orders. Each family of controls is one
+callable (per-order, reduce-only, position, book, flow, spike, duplicate: at most 7 calls
+per order) that walks its rows in scope order, so a denial is the one the first failing
+limit gives. Check objects hold their limits (converted to Decimal / ns once) and references
+to the state cells they read, so the hot path does no config or dict lookups.
 """
 
 from __future__ import annotations
