@@ -166,8 +166,7 @@ async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True,
 
 def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
     """Bars/s of backtesting.py on the same bars and strategy; also its trade count."""
-    import pandas as pd
-    from backtesting import Backtest, Strategy
+    from backtesting import Strategy
     from backtesting.lib import crossover
     from backtesting.test import SMA
 
@@ -182,13 +181,21 @@ def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
             elif crossover(self.slow, self.fast):
                 self.position.close()
 
+    return _bt_run(bars, SmaCross)
+
+
+def _bt_run(bars: list[Bar], strategy: type) -> tuple[float, int]:
+    """Bars/s and trade count of backtesting.py running ``strategy`` on ``bars``."""
+    import pandas as pd
+    from backtesting import Backtest
+
     df = pd.DataFrame({k: [float(getattr(b, k.lower())) for b in bars]
                        for k in ("Open", "High", "Low", "Close", "Volume")},
                       index=pd.to_datetime([b.ts_ns for b in bars]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.perf_counter()
-        stats = Backtest(df, SmaCross, cash=10**9).run()
+        stats = Backtest(df, strategy, cash=10**9).run()
         dt = time.perf_counter() - t
     return len(bars) / dt, int(stats["# Trades"])
 
@@ -196,8 +203,6 @@ def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
 def backtesting_flip_rate(bars: list[Bar]) -> tuple[float, int]:
     """Bars/s of backtesting.py running :class:`Flip` (buy 1 on odd bars, close on even
     ones); also its trade count."""
-    import pandas as pd
-    from backtesting import Backtest
     from backtesting import Strategy as BtStrategy
 
     class BtFlip(BtStrategy):  # type: ignore[misc]
@@ -211,15 +216,7 @@ def backtesting_flip_rate(bars: list[Bar]) -> tuple[float, int]:
             else:
                 self.position.close()
 
-    df = pd.DataFrame({k: [float(getattr(b, k.lower())) for b in bars]
-                       for k in ("Open", "High", "Low", "Close", "Volume")},
-                      index=pd.to_datetime([b.ts_ns for b in bars]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = time.perf_counter()
-        stats = Backtest(df, BtFlip, cash=10**9).run()
-        dt = time.perf_counter() - t
-    return len(bars) / dt, int(stats["# Trades"])
+    return _bt_run(bars, BtFlip)
 
 
 def flip_cost(fills: int, repeat: int, tmp: Path) -> tuple[float, int]:
