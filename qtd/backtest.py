@@ -242,6 +242,7 @@ class Backtest:
         self.router = OrderRouter(
             store=run_store, clock=clock, risk=self.risk, cids=ClientOrderIds(run_store),
             brokers=self.brokers, projections=self.proj,
+            gather=False,  # WriteBehindStore: no fsync per commit to share
         )
         self.bots: dict[str, BotRunner] = {}
         self._by_symbol: dict[str, list[BotRunner]] = {}
