@@ -4,7 +4,6 @@ the value and the rule (secrets shown as ``***``)."""
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from qtd.bus.identity import IdentityError, creds_login
+from qtd.bus.logins import inbox_of
 from qtd.bus.subjects import DEFAULT_PREFIX, Subjects
 from qtd.errors import ConfigError
 from qtd.files import read_capped
@@ -319,7 +319,6 @@ def _check_inbox_prefix(cfg: BusConfig, source: str) -> None:
 
 DEFAULT_INBOX_PREFIX = "_INBOX"
 """nats-py's inbox prefix, used when neither ``inbox_prefix`` nor ``user`` is set."""
-_NOT_TOKEN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 MAX_CREDS_BYTES = 16 * 1024
 """A ``.creds`` file is ~1 KB (JWT + seed); anything larger is not one."""
 
@@ -352,7 +351,7 @@ def inbox_prefix(cfg: BusConfig) -> str:
         return cfg.inbox_prefix
     user = user_name(cfg)
     if user:
-        return f"{DEFAULT_INBOX_PREFIX}_{_NOT_TOKEN_CHARS.sub('_', user)}"
+        return inbox_of(user)
     return DEFAULT_INBOX_PREFIX
 
 

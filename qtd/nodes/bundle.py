@@ -34,7 +34,7 @@ from qtd import __version__
 from qtd.admit.config import resolve_strategy
 from qtd.bus.logins import login_name
 from qtd.errors import ConfigError
-from qtd.files import MAX_CONFIG_BYTES, MAX_SOURCE_BYTES, read_capped
+from qtd.files import MAX_CONFIG_BYTES, MAX_SOURCE_BYTES, atomic_write_bytes, read_capped
 from qtd.nodes.units import credentials_dropin_path, render_credentials_dropin
 
 CREDS_NAME = "nats.creds"
@@ -169,8 +169,6 @@ class Bundle(msgspec.Struct, frozen=True):
                  0o600)
             for f in self.manifest.files:
                 _add(tar, f"root/{f.path}", self.contents[f.path], f.mode)
-        from qtd.files import atomic_write_bytes
-
         atomic_write_bytes(path, buf.getvalue(), mode=0o600)
         return path
 
