@@ -51,6 +51,7 @@ from qtd.risk.config import RiskConfig
 from qtd.risk.engine import RiskEngine
 from qtd.runner import BotRunner, BotSpec
 from qtd.store import BulkAppender, EventStore
+from qtd.store.group import AppendMany
 from qtd.strategy import CancelAll, Strategy
 from qtd.workers.pool import WorkerPool
 from qtd.workers.protocol import StrategyRef
@@ -137,6 +138,9 @@ class WriteBehindStore:
     order. A failed background write is raised when the next batch is handed over, or by
     :meth:`flush` (the run always ends with one).
 
+    It is also the order router's committer (:meth:`add`, :meth:`durable`): an intent gets
+    its seq when it is approved, and its batch is this front's.
+
     Reads (``last_cid_counter``) flush first, so they see every event appended before.
     :meth:`close` (after the last flush) stops the background writer.
 
@@ -159,18 +163,33 @@ class WriteBehindStore:
         self._bulk: BulkAppender | None = None
         self._inflight: asyncio.Future[None] | None = None
 
-    async def append(self, event: Event) -> AnyEvent:
+    def add(self, event: Event) -> AnyEvent:
+        """Keep ``event`` with the next seq and return it (the order router's committer:
+        the ticket is the stored event itself; :meth:`durable` hands a full batch over)."""
         self.last_seq += 1
-        stored = msgspec.structs.replace(event, seq=self.last_seq)
+        stored: AnyEvent = msgspec.structs.replace(event, seq=self.last_seq)  # type: ignore[assignment]
+        self._pending.append(stored)
+        return stored
+
+    async def durable(self, queued: AnyEvent, *, gather: bool) -> AnyEvent:
+        """The event :meth:`add` kept (``gather`` is moot: batches are this front's own),
+        after handing a full batch to the background writer."""
+        if len(self._pending) > self.batch:
+            await self._hand_over_full()
+        return queued
+
+    async def append(self, event: Event) -> AnyEvent:
+        stored = self.add(event)
+        if len(self._pending) > self.batch:
+            await self._hand_over_full()
+        return stored
+
+    async def _hand_over_full(self) -> None:
+        # the newest event stays behind, so the final flush always has an event to
+        # commit with an fsync after the unsynced background batches
         pending = self._pending
-        pending.append(stored)
-        if len(pending) > self.batch:
-            # the newest event stays behind, so the final flush always has an event to
-            # commit with an fsync after the unsynced background batches
-            self._pending = [stored]
-            del pending[-1]
-            await self._hand_over(pending, sync=False)
-        return stored  # type: ignore[return-value]
+        self._pending = [pending.pop()]
+        await self._hand_over(pending, sync=False)
 
     async def append_many(self, events: Sequence[Event], *, sync: bool = True
                           ) -> list[AnyEvent]:
@@ -242,7 +261,7 @@ class Backtest:
         self.router = OrderRouter(
             store=run_store, clock=clock, risk=self.risk, cids=ClientOrderIds(run_store),
             brokers=self.brokers, projections=self.proj,
-            gather=False,  # WriteBehindStore: no fsync per commit to share
+            committer=self._committer,  # write-behind: no per-commit fsync to share
         )
         self.bots: dict[str, BotRunner] = {}
         self._by_symbol: dict[str, list[BotRunner]] = {}
@@ -278,6 +297,11 @@ class Backtest:
         for sym in bot.spec.symbols:
             self._by_symbol.setdefault(sym, []).append(runner)
         return runner
+
+    def _committer(self, append_many: AppendMany, path: str) -> WriteBehindStore:
+        """The order router's committer: the run's write-behind store (its batches are the
+        group commit; ``append_many`` would write past it)."""
+        return self.store
 
     async def _submit(self, request: OrderRequest) -> OrderIntent | OrderDenied:
         result = await self.router.submit(request)

@@ -87,22 +87,18 @@ class OrderRouter:
         append_group: the durable batch append the order path commits intents and their
             outcomes with (default: the store's ``append``/``append_many``; an agent passes
             its store's ``append_group``, which keeps the test-only crash points).
-        committer: how those appends are grouped (default: :class:`GroupCommit`, one
-            transaction per loop turn; ``benchmarks/burst.py`` passes one transaction per
-            event to measure against, nothing else sets it).
-        gather: before an intent's commit, yield one loop turn so that the rest of the
-            turn's intents join it (default True: worth a loop turn, ~20 us, when each
-            commit is an fsync, as in an agent's store). The backtest's write-behind store
-            commits in batches of its own and passes False: the same path, without the
-            yield.
+        committer: builds, from ``append_group`` and the store's path, how those appends
+            are grouped (default: :class:`GroupCommit`, one transaction per loop turn; the
+            backtest passes its write-behind store, which assigns the seq at once and
+            commits in batches of its own; ``benchmarks/burst.py`` passes one transaction
+            per event to measure against).
     """
 
     def __init__(
         self, *, store: EventStore, clock: Clock, risk: RiskEngine, cids: ClientOrderIds,
         brokers: Mapping[str, Broker], projections: Projections,
         append_group: AppendMany | None = None,
-        committer: Callable[[AppendMany, str], Committer] = GroupCommit,
-        gather: bool = True,
+        committer: Callable[[AppendMany, str], Committer[Any]] = GroupCommit,
     ) -> None:
         self.store, self.clock, self.risk, self.cids = store, clock, risk, cids
         self.brokers, self.proj = dict(brokers), projections
@@ -110,7 +106,6 @@ class OrderRouter:
         self._lock = asyncio.Lock()  # approvals one at a time, in arrival order
         group = append_group or functools.partial(append_group_of, store)
         self._durable = committer(group, str(store.path))  # intents and outcomes
-        self._gather = gather
 
     # --- orders ---------------------------------------------------------------------------
 
@@ -137,7 +132,7 @@ class OrderRouter:
                 return await self._record_denial(approved)
             queued, token, flatten = approved
             try:
-                stored = await self._durable.durable(queued, gather=self._gather)
+                stored = await self._durable.durable(queued, gather=True)
                 break
             except StoreError:  # nothing of the batch was stored or sent
                 if last_try:
@@ -153,10 +148,10 @@ class OrderRouter:
 
     async def _approve(
         self, request: OrderRequest, broker: Broker | None
-    ) -> list[Event] | tuple[asyncio.Future[AnyEvent], SubmitToken, bool]:
+    ) -> list[Event] | tuple[Any, SubmitToken, bool]:
         """Check → reserve → queue the intent, under the approval lock (arrival order).
-        Returns the denial's events, or the intent's pending commit, token and whether it
-        is a kill-switch flatten."""
+        Returns the denial's events, or the intent's commit ticket (the committer's), token
+        and whether it is a kill-switch flatten."""
         async with self._lock:
             cid, counter = await self.cids.next(request.bot)
             now = self.clock.now_ns()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from qtd.aio import TaskSet
 from qtd.errors import StoreError
@@ -26,14 +26,19 @@ AppendMany = Callable[[Sequence[Event]], Awaitable[list[AnyEvent]]]
 with ``seq`` set, or raises (``StoreError``) having stored none (``EventStore.append_many``)."""
 
 
-class Committer(Protocol):
-    """Durable appends of single events for concurrent callers (:class:`GroupCommit`)."""
+Ticket = TypeVar("Ticket")
 
-    def add(self, event: Event) -> asyncio.Future[AnyEvent]:
+
+class Committer(Protocol[Ticket]):
+    """Durable appends of single events for concurrent callers: :class:`GroupCommit` (a
+    ticket is the event's future), or the backtest's write-behind store (a ticket is the
+    event with its seq, assigned at once)."""
+
+    def add(self, event: Event) -> Ticket:
         """Queue ``event`` (synchronously: callers queue in the order they call this)."""
         ...
 
-    async def durable(self, queued: asyncio.Future[AnyEvent], *, gather: bool) -> AnyEvent:
+    async def durable(self, queued: Ticket, *, gather: bool) -> AnyEvent:
         """Wait until the event queued as ``queued`` is stored; returns it with its seq.
         ``gather``: let the rest of this loop turn queue before committing."""
         ...
