@@ -34,6 +34,8 @@ is simulated and a crashed run is simply rerun, so only the finished file must b
 from __future__ import annotations
 
 import asyncio
+import collections
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -58,6 +60,9 @@ from qtd.workers.protocol import StrategyRef
 
 _ZERO: Final = Decimal(0)
 WRITE_BATCH: Final = 4096
+IN_FLIGHT: Final = 4
+"""Batches a :class:`WriteBehindStore` lets its writer fall behind by before the run waits
+(the writer's start and its WAL checkpoints take tens of ms now and then)."""
 
 
 class BacktestBot(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,11 +137,13 @@ class WriteBehindStore:
     fsync, which makes every earlier batch durable too (one WAL, see :mod:`qtd.store`).
 
     A full batch is written in the background by the store's
-    :class:`~qtd.store.BulkAppender` (its own thread: the run never yields to the event
-    loop, so an aiosqlite round trip would only start when the run next waits) while the
-    run goes on; at most one batch is in flight, and batches are committed strictly in
-    order. A failed background write is raised when the next batch is handed over, or by
-    :meth:`flush` (the run always ends with one).
+    :class:`~qtd.store.BulkAppender` (a writer process, started with the first full batch:
+    the run never yields to the event loop, so an aiosqlite round trip would only start
+    when the run next waits, and a writer thread would take the interpreter from the run)
+    while the run goes on; at most :data:`IN_FLIGHT` batches are in flight, and batches are
+    committed strictly in order. A run that never fills a batch has its events committed by the
+    store itself at the flush. A failed background write is raised when the next batch is
+    handed over, or by :meth:`flush` (the run always ends with one).
 
     It is also the order router's committer (:meth:`add`, :meth:`durable`): an intent gets
     its seq when it is approved, and its batch is this front's.
@@ -146,22 +153,25 @@ class WriteBehindStore:
 
     Args:
         store: the run's store (nothing else may write to it during the run).
-        batch: events per transaction (>= 1).
+        batch: events per background transaction (>= 1); None keeps every event until the
+            flush, which commits them in-process (no writer process: for a run in a
+            sandbox that may not start processes, admission's smoke run).
 
     Raises:
         ValueError: ``batch`` < 1.
         StoreError: a batch could not be written (see :class:`~qtd.store.BulkAppender`).
     """
 
-    def __init__(self, store: EventStore, batch: int = WRITE_BATCH) -> None:
-        if batch < 1:
-            raise ValueError(f"write_batch={batch!r}: must be >= 1 event")
-        self.inner, self.batch = store, batch
+    def __init__(self, store: EventStore, batch: int | None = WRITE_BATCH) -> None:
+        if batch is not None and batch < 1:
+            raise ValueError(f"write_batch={batch!r}: must be >= 1 event or None")
+        self.inner = store
+        self.batch = sys.maxsize if batch is None else batch
         self.node, self.incarnation, self.path = store.node, store.incarnation, store.path
         self.last_seq = store.last_seq
         self._pending: list[Event] = []
         self._bulk: BulkAppender | None = None
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def add(self, event: Event) -> AnyEvent:
         """Keep ``event`` with the next seq and return it (the order router's committer:
@@ -196,23 +206,29 @@ class WriteBehindStore:
         return [await self.append(e) for e in events]
 
     async def _hand_over(self, batch: list[Event], *, sync: bool) -> None:
-        """Give ``batch`` to the background writer, after the batch in flight."""
-        await self._settle()
+        """Give ``batch`` to the background writer, after the batches in flight (first
+        waiting until fewer than :data:`IN_FLIGHT` are; a failed one raises here)."""
+        inflight = self._inflight
+        while inflight and (inflight[0].done() or len(inflight) >= IN_FLIGHT):
+            await inflight.popleft()
         if self._bulk is None:
             self._bulk = self.inner.bulk_appender()
-        self._inflight = self._bulk.hand_over(batch, sync=sync)
+        inflight.append(self._bulk.hand_over(batch, sync=sync))
 
     async def _settle(self) -> None:
-        """Wait for the batch in flight; raise its error, if any."""
-        fut, self._inflight = self._inflight, None
-        if fut is not None:
-            await fut
+        """Wait for the batches in flight; raise the first error, if any."""
+        inflight = self._inflight
+        while inflight:
+            await inflight.popleft()
 
     async def flush(self) -> None:
         """Commit the kept events with an fsync (which makes every earlier batch durable)
         after the batch in flight, and wait for both."""
         if self._pending:
             batch, self._pending = self._pending, []
+            if self._bulk is None:  # no batch filled up: no writer process for so few
+                await self.inner.append_many(batch)
+                return
             await self._hand_over(batch, sync=True)
         await self._settle()
 
@@ -240,7 +256,7 @@ class Backtest:
         clock: the simulated clock.
         brokers: paper broker per account name (they must share ``clock``).
         hook_budget_s: wall-time budget of one strategy hook, seconds.
-        write_batch: events per store transaction (see :class:`WriteBehindStore`).
+        write_batch: events per store transaction, or None (see :class:`WriteBehindStore`).
         workers: the worker pool running the hooks of bots given as a
             :class:`~qtd.workers.protocol.StrategyRef` (required for those; the caller
             closes it); ``None`` when every bot runs inline.
@@ -249,7 +265,7 @@ class Backtest:
     def __init__(
         self, *, store: EventStore, risk: RiskConfig, clock: SimClock,
         brokers: Mapping[str, PaperBroker], hook_budget_s: float = 0.5,
-        write_batch: int = WRITE_BATCH, workers: WorkerPool | None = None,
+        write_batch: int | None = WRITE_BATCH, workers: WorkerPool | None = None,
     ) -> None:
         self.store = WriteBehindStore(store, write_batch)
         self.clock, self.brokers = clock, dict(brokers)
@@ -465,7 +481,7 @@ async def run_backtest(
     bots: Sequence[BacktestBot], items: Iterable[MarketData], *, store: EventStore,
     risk: RiskConfig, accounts: Mapping[str, Mapping[str, Any]] | None = None,
     clock: SimClock | None = None, hook_budget_s: float = 0.5,
-    progress: Callable[[int], None] | None = None, write_batch: int = WRITE_BATCH,
+    progress: Callable[[int], None] | None = None, write_batch: int | None = WRITE_BATCH,
     workers: WorkerPool | None = None,
 ) -> BacktestResult:
     """Backtest ``bots`` over ``items`` on the live order path.
@@ -482,7 +498,8 @@ async def run_backtest(
         clock: simulated clock (default: starts at 0 and follows the items).
         hook_budget_s: wall-time budget of one strategy hook, seconds.
         progress: called with the number of items done, every 1,000 items and at the end.
-        write_batch: events per store transaction (the last one is fsynced).
+        write_batch: events per store transaction (the last one is fsynced); None: all
+            of them in one, at the end, in-process (see :class:`WriteBehindStore`).
         workers: worker pool for the bots given as a ``StrategyRef`` (see
             :class:`BacktestBot`); the caller closes it.
 

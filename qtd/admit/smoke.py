@@ -96,7 +96,8 @@ async def smoke_run(
             result = await run_backtest(
                 [BacktestBot(strategy=cls, params=params, spec=spec)],
                 _restamped(items, spec.symbols[0]), store=store, risk=smoke_risk(bot, risk),
-                hook_budget_s=cfg.smoke.hook_budget_s)
+                hook_budget_s=cfg.smoke.hook_budget_s,
+                write_batch=None)  # the sandbox refuses to start the store's writer process
             denied = [e for e in await store.query(kind="OrderDenied")
                       if isinstance(e, OrderDenied)]
             errors = await store.query(kind="StrategyError", limit=1)

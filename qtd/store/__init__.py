@@ -42,31 +42,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import aiosqlite
 import msgspec
 
 from qtd.errors import StoreCorrupt, StoreError
-from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many, encode
+from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many
 from qtd.store import integrity, sqlitefile
+from qtd.store.rows import INSERT as _INSERT
+from qtd.store.rows import Row, event_row
 from qtd.store.sqlitefile import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from qtd.store.writer import BatchDone, WriteBatch, receive, send
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "BulkAppender", "EventStore",
            "Row", "StoreInfo", "StoreParts", "event_row", "integrity"]
 
-_INSERT: Final = (
-    "INSERT INTO events (seq, ts, kind, node, bot, symbol, client_order_id, payload, crc, "
-    "chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_COLUMNS: Final = 10
-
-Row = tuple[int, int, str, str, str, str | None, str | None, bytes]
 
 
 class StoreInfo(msgspec.Struct, frozen=True):
@@ -80,28 +77,6 @@ class StoreInfo(msgspec.Struct, frozen=True):
     last_seq: int
 
 
-def event_row(event: Event) -> Row:
-    """The table row for an event that already carries its ``seq``."""
-    kind = type(event)
-    shape = _ROW_SHAPES.get(kind)
-    if shape is None:  # once per event class: which indexed columns it has
-        shape = _ROW_SHAPES[kind] = (kind.__name__, hasattr(kind, "symbol"),
-                                     hasattr(kind, "client_order_id"))
-    name, has_symbol, has_cid = shape
-    return (
-        event.seq,
-        event.ts_event,
-        name,
-        event.node,
-        event.bot,
-        (event.symbol or None) if has_symbol else None,  # type: ignore[attr-defined]
-        (event.client_order_id or None) if has_cid else None,  # type: ignore[attr-defined]
-        encode(event),
-    )
-
-
-# event class -> (kind column, has a symbol field, has a client_order_id field)
-_ROW_SHAPES: dict[type[Event], tuple[str, bool, bool]] = {}
 
 
 class StoreParts(NamedTuple):
@@ -389,22 +364,25 @@ class EventStore:
         self._check_writable()
         return BulkAppender(self)
 
-    def seal_batch(self, events: Sequence[Event]) -> tuple[list[tuple[object, ...]], bytes]:
-        """Rows of pre-sequenced ``events`` chained after the last stored row, and the new
-        chain head (for :class:`BulkAppender`, which commits them itself).
+    def check_writable(self) -> None:
+        """Raise unless the store takes writes (for :class:`BulkAppender`, whose writer
+        commits the rows itself).
 
         Raises:
-            StoreError: the store does not take writes (read-only, or failed).
+            StoreError: opened read-only, or a write failed since it was opened.
         """
         self._check_writable()
-        return integrity.seal([event_row(e) for e in events], self._head)
 
     def batch_committed(self, last_seq: int, head: bytes) -> None:
         """Record a batch sealed by :meth:`seal_batch` as committed."""
         self.last_seq, self._head = last_seq, head
 
-    def write_failed(self, exc: sqlite3.Error) -> StoreError:
-        """Refuse further writes after ``exc``; returns the error to raise."""
+    def write_failed(self, exc: sqlite3.Error | StoreError) -> StoreError:
+        """Refuse further writes after ``exc`` (SQLite's, or a :class:`StoreError` already
+        saying what happened); returns the error to raise."""
+        if isinstance(exc, StoreError):
+            self._failed = exc
+            return exc
         return self._fail(exc)
 
     def clear_failure(self) -> None:
@@ -563,34 +541,49 @@ class EventStore:
 
 
 class BulkAppender:
-    """Appends pre-sequenced batches of events from a thread of its own, so the caller never
-    waits on SQLite: :meth:`hand_over` starts writing a batch at once and returns a future.
+    """Appends pre-sequenced batches of events through a writer process of its own
+    (:mod:`qtd.store.writer`), so the caller never waits on SQLite nor shares its
+    interpreter with the sealing and binding of rows: :meth:`hand_over` sends a batch at
+    once and returns a future.
 
     For a single high-volume writer (the backtest's write-behind front) that owns the store
-    for a while: batches are committed strictly in the order handed over (one thread, one
-    plain ``sqlite3`` connection to the store's file). Each batch is one transaction of
-    multi-row ``INSERT`` statements (up to 1,024 rows each), so the GIL is taken a few
-    times per batch, not once per row, and SQLite's B-tree work runs on another core while
-    the caller goes on. Durability is :meth:`EventStore.append_many`'s: ``sync=False``
-    batches are not fsynced, a ``sync=True`` batch makes every earlier one durable.
+    for a while: batches are committed strictly in the order handed over (one thread here
+    sends them one at a time and reads each answer; the process holds its own ``sqlite3``
+    connection to the store's file). Each batch is one transaction of multi-row ``INSERT``
+    statements. Durability is :meth:`EventStore.append_many`'s: ``sync=False`` batches are
+    not fsynced, a ``sync=True`` batch makes every earlier one durable.
 
-    The store's ``last_seq`` follows the committed batches (read it after a batch's future
-    is done). A failed batch is rolled back; the store refuses further writes (as after a
-    failed :meth:`EventStore.append`), and this batch's and every later future raise
-    :class:`~qtd.errors.StoreError`.
+    The store's ``last_seq`` and chain head follow the committed batches (read them after a
+    batch's future is done). A failed batch is rolled back; the store refuses further writes
+    (as after a failed :meth:`EventStore.append`), and this batch's and every later future
+    raise :class:`~qtd.errors.StoreError`. The process is started here and stopped by
+    :meth:`close` (or by the end of its stdin, should this process die first).
 
     Args:
         store: the open, writable store; nothing else may write to it until :meth:`close`.
+
+    Attributes:
+        pid: the writer process's pid.
+
+    Raises:
+        StoreError: the store does not take writes, or the writer could not be started.
     """
 
-    ROWS_PER_INSERT: Final = 1024  # x 10 parameters, under SQLite's 32,766 (since 3.32)
-
     def __init__(self, store: EventStore) -> None:
+        store.check_writable()
         self.store = store
         self._next = store.last_seq + 1  # the seq the next batch must start at
+        last, head = store.head
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "qtd.store", str(store.path), str(last), head],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as exc:
+            raise StoreError(f"{store.path}: cannot start the store's writer process: {exc}",
+                             path=str(store.path)) from exc
+        self.pid = self._proc.pid
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"qtd-store-bulk-{store.node}")
-        self._con: sqlite3.Connection | None = None  # opened (and used) in the thread only
 
     def hand_over(self, events: Sequence[Event], *, sync: bool) -> asyncio.Future[None]:
         """Start writing ``events`` (non-empty, seqs contiguous from the store's next seq)
@@ -608,44 +601,47 @@ class BulkAppender:
         return loop.run_in_executor(self._pool, self._write, list(events), sync)
 
     async def close(self) -> None:
-        """Wait for the batches handed over, then close the connection and the thread."""
+        """Wait for the batches handed over, then stop the writer process and the thread."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
         self._pool.shutdown(wait=True)
 
     def _close(self) -> None:  # in the appender's thread
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        proc = self._proc
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def _write(self, events: list[Event], sync: bool) -> None:  # in the appender's thread
         store = self.store
-        rows, head = store.seal_batch(events)
+        store.check_writable()
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
         try:
-            con = self._con
-            if con is None:
-                con = self._con = sqlite3.connect(store.path, isolation_level=None)
-                con.execute("PRAGMA busy_timeout=5000")
-            con.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                step = self.ROWS_PER_INSERT
-                for i in range(0, len(rows), step):
-                    chunk = rows[i:i + step]
-                    con.execute(_insert_rows(len(chunk)), [v for row in chunk for v in row])
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise store.write_failed(exc) from exc
-        store.batch_committed(events[-1].seq, head)
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_rows(n: int) -> str:
-    """``_INSERT`` for ``n`` rows in one statement."""
-    return _INSERT + f", ({', '.join('?' * _COLUMNS)})" * (n - 1)
+            send(proc.stdin, WriteBatch(events, sync))  # type: ignore[arg-type]
+            data = receive(proc.stdout)
+        except (OSError, EOFError):
+            data = None
+        if data is None:  # its pipes closed: it is exiting, or gone
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            raise store.write_failed(StoreError(
+                f"{store.path}: the store's writer process stopped (exit status "
+                f"{proc.returncode}); nothing after seq {store.last_seq} was written",
+                path=str(store.path)))
+        done = msgspec.msgpack.decode(data, type=BatchDone)
+        if done.error:
+            raise store.write_failed(
+                sqlite3.OperationalError(done.error) if done.sqlite
+                else StoreError(f"{store.path}: the writer refused a batch: {done.error}",
+                                path=str(store.path)))
+        store.batch_committed(done.last_seq, done.head)
 
 
 def _where(

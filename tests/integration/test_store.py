@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +18,9 @@ from qtd.errors import StoreError
 from qtd.events import Heartbeat, OrderIntent, Side
 from qtd.orders import ClientOrderIds
 from qtd.projections import Projections
-from qtd.store import SCHEMA_VERSION, EventStore
+from qtd.store import SCHEMA_VERSION, EventStore, event_row
+from qtd.store.rows import payload_rows
+from qtd.store.writer import WriteBatch
 from tests.factories import NODE, accepted, fill, intent, submitted
 
 
@@ -283,7 +286,7 @@ def _numbered(events: list[Heartbeat], first: int) -> list[Heartbeat]:
     return [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
 
 
-async def test_bulk_appender_commits_batches_in_order_from_its_thread(tmp_path: Path) -> None:
+async def test_bulk_appender_commits_batches_in_order_from_its_process(tmp_path: Path) -> None:
     """Batches larger than one multi-row INSERT (1,024 rows) and a synced last batch: every
     event lands once, with its seq, in order; the store's last_seq follows; a batch that does
     not start at the next seq is refused before anything is written."""
@@ -331,6 +334,40 @@ async def test_bulk_appender_failure_is_raised_and_loses_nothing_committed(
     (small_disk / "filler").unlink()
     async with await EventStore.open(path, node=NODE) as s2:
         assert [e.seq async for e in s2.replay()] == list(range(1, 101))
+
+
+async def test_bulk_appender_whose_writer_dies_says_so_and_loses_nothing_committed(
+    tmp_path: Path,
+) -> None:
+    """The writer process killed between batches: the next batch raises a StoreError that
+    names the writer (no traceback, no hang), the store refuses writes, and every batch
+    committed before is in the file after a reopen."""
+    path = tmp_path / "dead.db"
+    s = await EventStore.open(path, node=NODE)
+    bulk = s.bulk_appender()
+    await bulk.hand_over(_numbered([_hb(i) for i in range(50)], 1), sync=True)
+    os.kill(bulk.pid, signal.SIGKILL)
+    with pytest.raises(StoreError, match=r"writer process stopped \(exit status -9\); "
+                                         r"nothing after seq 50 was written"):
+        await bulk.hand_over(_numbered([_hb(i) for i in range(50)], 51), sync=True)
+    with pytest.raises(StoreError, match="writer process stopped"):
+        await s.append(_hb(0))
+    await bulk.close()
+    await s.close()
+    async with await EventStore.open(path, node=NODE) as s2:
+        assert [e.seq async for e in s2.replay()] == list(range(1, 51))
+
+
+def test_rows_read_from_a_batch_message_are_the_rows_of_its_events() -> None:
+    """The writer process builds rows from the message without decoding the events: the
+    same columns and payload bytes as event_row, for events with and without a symbol and
+    a client_order_id, and for empty ones (stored as NULL)."""
+    made = [intent("c1"), fill("c1", "t1", qty="1", price="10"), accepted("c1"), _hb(4),
+            msgspec.structs.replace(_hb(5), bot=""), intent("c2", symbol="")]
+    events = [msgspec.structs.replace(e, seq=i) for i, e in enumerate(made, 1)]
+    rows = payload_rows(msgspec.msgpack.encode(WriteBatch(events, True)))  # type: ignore[arg-type]
+    assert rows == [event_row(e) for e in events]
+    assert [r[5] for r in rows] == ["AAPL", "AAPL", None, None, None, None]
 
 
 @pytest.mark.parametrize(("many", "at", "written"), [
