@@ -57,7 +57,7 @@ from qtd.errors import StoreCorrupt, StoreError
 from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many
 from qtd.store import integrity, sqlitefile
 from qtd.store.rows import INSERT as _INSERT
-from qtd.store.rows import Row, event_row
+from qtd.store.rows import ROWS_PER_INSERT, Row, event_row, insert_rows
 from qtd.store.sqlitefile import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from qtd.store.writer import BatchDone, WriteBatch, receive, send
 
@@ -261,18 +261,13 @@ class EventStore:
             rows, head = integrity.seal([event_row(e) for e in stored], self._head)
             db = self._db
             try:
-                if not sync:
-                    await db.execute_fetchall("PRAGMA synchronous=NORMAL")
-                await db.execute_fetchall("BEGIN IMMEDIATE")
-                try:
-                    await db.executemany(_INSERT, rows)
-                    await db.execute_fetchall("COMMIT")
-                except BaseException:
-                    await sqlitefile.rollback(db)
-                    raise
-                finally:
-                    if not sync:
-                        await db.execute_fetchall("PRAGMA synchronous=FULL")
+                if sync and len(rows) <= ROWS_PER_INSERT:
+                    # one multi-row INSERT: a statement is atomic and, outside a
+                    # transaction, its own commit: one round trip to SQLite's thread
+                    await db.execute_fetchall(insert_rows(len(rows)),
+                                              [v for row in rows for v in row])
+                else:
+                    await self._transaction(rows, sync)
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
             except asyncio.CancelledError:
@@ -280,6 +275,22 @@ class EventStore:
                 raise
             self.last_seq, self._head = stored[-1].seq, head
         return stored  # type: ignore[return-value]
+
+    async def _transaction(self, rows: list[tuple[object, ...]], sync: bool) -> None:
+        """Insert sealed rows in one explicit transaction (rolled back on any error)."""
+        db = self._db
+        if not sync:
+            await db.execute_fetchall("PRAGMA synchronous=NORMAL")
+        await db.execute_fetchall("BEGIN IMMEDIATE")
+        try:
+            await db.executemany(_INSERT, rows)
+            await db.execute_fetchall("COMMIT")
+        except BaseException:
+            await sqlitefile.rollback(db)
+            raise
+        finally:
+            if not sync:
+                await db.execute_fetchall("PRAGMA synchronous=FULL")
 
     async def _resync_after_cancel(self) -> None:
         """The writing task was cancelled while its SQL was already queued to SQLite's

@@ -371,18 +371,20 @@ def test_rows_read_from_a_batch_message_are_the_rows_of_its_events() -> None:
 
 
 @pytest.mark.parametrize(("many", "at", "written"), [
-    (False, "INSERT", True),  # append: cancelled while its INSERT runs
-    (True, "BEGIN IMMEDIATE", False),  # append_many: the batch is rolled back
-    (True, "executemany", False),
-    (True, "COMMIT", True),  # the COMMIT was already in SQLite's queue: it lands
+    (0, "INSERT", True),  # append: cancelled while its INSERT runs
+    (2, "INSERT", True),  # append_many of a few: one multi-row INSERT, it lands
+    (1_500, "BEGIN IMMEDIATE", False),  # append_many of more: the batch is rolled back
+    (1_500, "executemany", False),
+    (1_500, "COMMIT", True),  # the COMMIT was already in SQLite's queue: it lands
 ])
 async def test_a_cancelled_append_leaves_the_store_consistent_and_writing(
-    store: EventStore, many: bool, at: str, written: bool
+    store: EventStore, many: int, at: str, written: bool
 ) -> None:
     """A task cancelled while a statement of its append is in SQLite's thread (agent
     shutdown, a bot stopped mid-submit): the event or the whole batch is stored or not,
     ``last_seq`` says which, and the next append gets the next seq, instead of reusing a
-    committed one, failing, and refusing every write after it."""
+    committed one, failing, and refusing every write after it. A batch of up to 1,024
+    events is one statement; a larger one is a transaction of statements."""
     await store.append(_hb(1))
     db = store._db
     run_sql, run_many = db.execute_fetchall, db.executemany
@@ -401,12 +403,13 @@ async def test_a_cancelled_append_leaves_the_store_consistent_and_writing(
     db.execute_fetchall, db.executemany = sql, many_rows  # type: ignore[method-assign,assignment]
     try:
         task = asyncio.ensure_future(
-            store.append_many([_hb(2), _hb(3)]) if many else store.append(_hb(2)))
+            store.append_many([_hb(2 + i) for i in range(many)]) if many
+            else store.append(_hb(2)))
         with pytest.raises(asyncio.CancelledError):
             await task
     finally:
         db.execute_fetchall, db.executemany = run_sql, run_many  # type: ignore[method-assign]
-    last = (3 if many else 2) if written else 1
+    last = (1 + max(many, 1)) if written else 1
     assert [e.seq async for e in store.replay()] == list(range(1, last + 1))
     assert store.last_seq == last
     assert (await store.append(_hb(9))).seq == last + 1
