@@ -59,8 +59,8 @@ from qtd.workers.pool import WorkerPool
 from qtd.workers.protocol import StrategyRef
 
 _ZERO: Final = Decimal(0)
-WRITE_BATCH: Final = 4096
-IN_FLIGHT: Final = 4
+WRITE_BATCH: Final = 1024
+IN_FLIGHT: Final = 16
 """Batches a :class:`WriteBehindStore` lets its writer fall behind by before the run waits
 (the writer's start and its WAL checkpoints take tens of ms now and then)."""
 
