@@ -65,7 +65,7 @@ from qtd.projections import Projections  # noqa: E402
 from qtd.risk import RiskEngine, parse_risk_config  # noqa: E402
 from qtd.risk.tokens import verify_token  # noqa: E402
 from qtd.store import EventStore  # noqa: E402
-from qtd.store.group import GroupCommit, append_group  # noqa: E402
+from qtd.store.group import GroupCommit  # noqa: E402
 
 BOTS, ACCOUNTS, ORDERS_PER_BOT = 100, 20, 2
 
@@ -177,7 +177,7 @@ class Rig:
     async def append_group(self, events: Sequence[Event]) -> list[AnyEvent]:
         """The router's default durable batch append, counting the commits."""
         self.commits += 1
-        return await append_group(self.store, events)
+        return await self.store.append_many(events)
 
     async def start(self) -> None:
         await self.router.on_market_data("BTCUSDT", Decimal("50000"), time.time_ns())

@@ -26,7 +26,6 @@ applied exactly once and a re-sent one is still a duplicate.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -59,7 +58,6 @@ from qtd.risk.kill_file import flatten_requests
 from qtd.risk.tokens import SubmitToken
 from qtd.store import EventStore
 from qtd.store.group import AppendMany, Committer, GroupCommit
-from qtd.store.group import append_group as append_group_of
 
 
 class KillReport:
@@ -85,7 +83,7 @@ class OrderRouter:
         brokers: broker adapter per account name.
         projections: shared projections (the engine reads the same instance).
         append_group: the durable batch append the order path commits intents and their
-            outcomes with (default: the store's ``append``/``append_many``; an agent passes
+            outcomes with (default: the store's ``append_many``; an agent passes
             its store's ``append_group``, which keeps the test-only crash points).
         committer: builds, from ``append_group`` and the store's path, how those appends
             are grouped (default: :class:`GroupCommit`, one transaction per loop turn; the
@@ -104,7 +102,7 @@ class OrderRouter:
         self.brokers, self.proj = dict(brokers), projections
         self.node = store.node
         self._lock = asyncio.Lock()  # approvals one at a time, in arrival order
-        group = append_group or functools.partial(append_group_of, store)
+        group = append_group or store.append_many
         self._durable = committer(group, str(store.path))  # intents and outcomes
 
     # --- orders ---------------------------------------------------------------------------

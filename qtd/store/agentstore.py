@@ -101,15 +101,13 @@ class AgentStore(EventStore):
         return stored
 
     async def append_group(self, events: Sequence[Event]) -> list[AnyEvent]:
-        """Durable append of a group commit (:class:`~qtd.store.group.GroupCommit`): one
-        event as :meth:`append`, more in one transaction as :meth:`append_many`, either way
-        passing every event through the test-only crash points as :meth:`append` does.
+        """Durable append of a group commit (:class:`~qtd.store.group.GroupCommit`) as
+        :meth:`append_many`, passing every event through the test-only crash points as
+        :meth:`append` does.
 
         Raises:
             StoreError: as :meth:`append_many`; nothing of the group was stored.
         """
-        if len(events) == 1:
-            return [await self.append(events[0])]
         if self._crash is not None:
             for event in events:
                 self._crash.before(event)

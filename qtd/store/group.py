@@ -23,7 +23,8 @@ from qtd.events import AnyEvent, Event
 
 AppendMany = Callable[[Sequence[Event]], Awaitable[list[AnyEvent]]]
 """A durable batch append: stores the events in one transaction, in order, and returns them
-with ``seq`` set, or raises (``StoreError``) having stored none (``EventStore.append_many``)."""
+with ``seq`` set, or raises (``StoreError``) having stored none (``EventStore.append_many``,
+one statement and one round trip for a batch of up to 1,024 events)."""
 
 
 Ticket = TypeVar("Ticket")
@@ -44,27 +45,6 @@ class Committer(Protocol[Ticket]):
         ...
 
 
-async def append_group(store: GroupStore, events: Sequence[Event]) -> list[AnyEvent]:
-    """The default :data:`AppendMany` on ``store``: one event as ``store.append`` (one
-    autocommitted statement), more as ``store.append_many`` (one transaction).
-
-    Raises:
-        StoreError: nothing was stored.
-    """
-    if len(events) == 1:
-        return [await store.append(events[0])]
-    return await store.append_many(events)
-
-
-class GroupStore(Protocol):
-    """The durable appends :func:`append_group` uses (an ``EventStore``)."""
-
-    async def append(self, event: Event) -> AnyEvent: ...
-
-    async def append_many(self, events: Sequence[Event], *, sync: bool = True
-                          ) -> list[AnyEvent]: ...
-
-
 class GroupCommit:
     """One durable transaction per batch of events queued in one loop turn (module docstring).
 
@@ -76,9 +56,9 @@ class GroupCommit:
     task then commits the rest).
 
     Args:
-        append_many: the durable batch append (the store's ``append``/``append_many``
-            through :func:`append_group`, or in an agent its store's ``append_group``, which
-            also passes the test-only crash points).
+        append_many: the durable batch append (the store's ``append_many``, or in an
+            agent its store's ``append_group``, which also passes the test-only crash
+            points).
         path: the store's file, named by the error of an interrupted commit.
 
     Attributes:

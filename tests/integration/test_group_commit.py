@@ -7,7 +7,6 @@ commit's leader cancelled before it committed leaves the others' events to a tas
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import struct
 from decimal import Decimal
@@ -26,7 +25,7 @@ from qtd.orders import ClientOrderIds, OrderRequest
 from qtd.projections import Projections
 from qtd.risk import RiskEngine, parse_risk_config
 from qtd.store import EventStore
-from qtd.store.group import GroupCommit, append_group
+from qtd.store.group import GroupCommit
 from tests.factories import submitted
 
 T0 = 1_700_000_000_000_000_000
@@ -168,7 +167,7 @@ async def test_a_store_failure_in_the_middle_of_a_batch_sends_nothing(
 async def test_a_leader_cancelled_before_its_commit_hands_the_batch_over(
     store: EventStore,
 ) -> None:
-    group = GroupCommit(functools.partial(append_group, store), str(store.path))
+    group = GroupCommit(store.append_many, str(store.path))
 
     async def one(cid: str) -> Any:
         return await group.durable(group.add(submitted(cid)), gather=True)
