@@ -223,7 +223,7 @@ class WriteBehindStore:
 
     async def flush(self) -> None:
         """Commit the kept events with an fsync (which makes every earlier batch durable)
-        after the batch in flight, and wait for both."""
+        after the batches in flight, and wait for all of them."""
         if self._pending:
             batch, self._pending = self._pending, []
             if self._bulk is None:  # no batch filled up: no writer process for so few

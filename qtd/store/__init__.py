@@ -385,7 +385,8 @@ class EventStore:
         self._check_writable()
 
     def batch_committed(self, last_seq: int, head: bytes) -> None:
-        """Record a batch sealed by :meth:`seal_batch` as committed."""
+        """Record a batch committed by :class:`BulkAppender`'s writer: its last seq and the
+        chain of that row."""
         self.last_seq, self._head = last_seq, head
 
     def write_failed(self, exc: sqlite3.Error | StoreError) -> StoreError:
