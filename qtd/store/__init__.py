@@ -24,7 +24,7 @@ PnLSnapshot, Heartbeat         only what the caller still      additionally the 
 
 A synced commit also makes every earlier unsynced commit durable (one WAL, written in order).
 
-Tamper evidence (:mod:`qtd.store.integrity`): every row carries a CRC-32 of its payload and a
+Tamper evidence (:mod:`qtd.eventlog.integrity`): every row carries a CRC-32 of its payload and a
 BLAKE2b hash chain over seq; :meth:`EventStore.open` verifies the whole chain and every
 replay verifies what it reads, so a flipped bit, an edited or deleted record raise
 :class:`~qtd.errors.StoreCorrupt` naming the file, the first bad seq and what mismatched.
@@ -54,12 +54,13 @@ import aiosqlite
 import msgspec
 
 from qtd.errors import StoreCorrupt, StoreError
+from qtd.eventlog import integrity
+from qtd.eventlog.rows import INSERT as _INSERT
+from qtd.eventlog.rows import ROWS_PER_INSERT, Row, event_row, insert_rows
+from qtd.eventlog.writer import BatchDone, WriteBatch, receive, send
 from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many
-from qtd.store import integrity, sqlitefile
-from qtd.store.rows import INSERT as _INSERT
-from qtd.store.rows import ROWS_PER_INSERT, Row, event_row, insert_rows
+from qtd.store import sqlitefile
 from qtd.store.sqlitefile import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
-from qtd.store.writer import BatchDone, WriteBatch, receive, send
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "BulkAppender", "EventStore",
            "Row", "StoreInfo", "StoreParts", "event_row", "integrity"]
@@ -134,7 +135,7 @@ class EventStore:
             readonly: open for queries only (no lock, no writes, no creation).
 
         Every page (``PRAGMA quick_check``) and the whole hash chain are checked
-        (:mod:`qtd.store.integrity`; 3-6 s per million events on a busy 2-core machine, in a
+        (:mod:`qtd.eventlog.integrity`; 3-6 s per million events on a busy 2-core machine, in a
         thread) before this returns.
 
         Raises:
@@ -197,7 +198,7 @@ class EventStore:
     @property
     def head(self) -> tuple[int, str]:
         """``(last_seq, hex chain of that row)``: the anchor of everything stored so far (the
-        genesis link for an empty store); see :mod:`qtd.store.integrity`."""
+        genesis link for an empty store); see :mod:`qtd.eventlog.integrity`."""
         return self.last_seq, self._head.hex()
 
     def info(self) -> StoreInfo:
@@ -554,7 +555,7 @@ class EventStore:
 
 class BulkAppender:
     """Appends pre-sequenced batches of events through a writer process of its own
-    (:mod:`qtd.store.writer`), so the caller never waits on SQLite nor shares its
+    (:mod:`qtd.eventlog.writer`), so the caller never waits on SQLite nor shares its
     interpreter with the sealing and binding of rows: :meth:`hand_over` sends a batch at
     once and returns a future.
 
@@ -588,7 +589,7 @@ class BulkAppender:
         last, head = store.head
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "qtd.store", str(store.path), str(last), head],
+                [sys.executable, "-m", "qtd.eventlog", str(store.path), str(last), head],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError as exc:
             raise StoreError(f"{store.path}: cannot start the store's writer process: {exc}",

@@ -20,7 +20,7 @@ import aiosqlite
 
 from qtd import __version__
 from qtd.errors import StoreError
-from qtd.store import integrity
+from qtd.eventlog import integrity
 
 SCHEMA_VERSION: Final = 2
 APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
@@ -47,7 +47,7 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE INDEX events_cid ON events (client_order_id) WHERE client_order_id IS NOT NULL",
         "CREATE TABLE outbox (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     ),
-    # the checksum and hash chain (qtd.store.integrity); rows already stored are chained by
+    # the checksum and hash chain (qtd.eventlog.integrity); rows already stored are chained by
     # _chain_existing in the same transaction
     2: (
         "ALTER TABLE events ADD COLUMN crc INTEGER NOT NULL DEFAULT 0",

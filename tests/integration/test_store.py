@@ -15,12 +15,12 @@ import msgspec
 import pytest
 
 from qtd.errors import StoreError
+from qtd.eventlog.rows import payload_rows
+from qtd.eventlog.writer import WriteBatch
 from qtd.events import Heartbeat, OrderIntent, Side
 from qtd.orders import ClientOrderIds
 from qtd.projections import Projections
 from qtd.store import SCHEMA_VERSION, EventStore, event_row
-from qtd.store.rows import payload_rows
-from qtd.store.writer import WriteBatch
 from tests.factories import NODE, accepted, fill, intent, submitted
 
 

@@ -163,7 +163,7 @@ def check_file(path: Path, incarnation: str, batch: int = 20_000) -> tuple[int, 
 
 def seal(rows: Sequence[tuple[int, int, str, str, str, str | None, str | None, bytes]],
          prev: bytes) -> tuple[list[tuple[object, ...]], bytes]:
-    """Rows from :func:`~qtd.store.event_row` (in seq order, after the row whose chain is
+    """Rows from :func:`~qtd.eventlog.rows.event_row` (in seq order, after the row whose chain is
     ``prev``) with their ``crc`` and ``chain`` appended; returns them and the last chain."""
     out: list[tuple[object, ...]] = []
     append, copy, crc = out.append, _EMPTY.copy, zlib.crc32

@@ -1,5 +1,5 @@
 """The ``events`` table row of an event, and committing a batch of sealed rows on a plain
-``sqlite3`` connection (the store's background writer, :mod:`qtd.store.writer`); the
+``sqlite3`` connection (the store's background writer, :mod:`qtd.eventlog.writer`); the
 store's own appends (:class:`~qtd.store.EventStore`) use the same rows and statement."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class _Payloads(msgspec.Struct, frozen=True):
 
 def payload_rows(message: bytes) -> list[Row]:
     """The rows of the events of a msgpack message whose ``events`` field is a list of
-    events (:class:`~qtd.store.writer.WriteBatch`): what :func:`event_row` gives for each
+    events (:class:`~qtd.eventlog.writer.WriteBatch`): what :func:`event_row` gives for each
     (the payload is the event's bytes as they are in the message, which are what
     :func:`~qtd.events.encode` gives), at a fraction of decoding the events.
 

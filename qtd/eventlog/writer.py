@@ -2,12 +2,12 @@
 store file, off the caller's interpreter.
 
 :class:`~qtd.store.BulkAppender` (the backtest's write-behind store) starts it as
-``python -m qtd.store PATH LAST_SEQ HEAD_HEX`` and talks to it over its stdin and
+``python -m qtd.eventlog PATH LAST_SEQ HEAD_HEX`` and talks to it over its stdin and
 stdout: each message is a 4-byte big-endian length and a msgpack :class:`WriteBatch`; each
 batch is answered with a :class:`BatchDone`. The process reads each batch's rows straight
-from the message (:func:`~qtd.store.rows.payload_rows`: the events are not decoded), seals
-them (CRC and hash chain, :mod:`qtd.store.integrity`, continuing the chain from
-``HEAD_HEX``), commits them in one transaction (:func:`~qtd.store.rows.commit_rows`) and
+from the message (:func:`~qtd.eventlog.rows.payload_rows`: the events are not decoded), seals
+them (CRC and hash chain, :mod:`qtd.eventlog.integrity`, continuing the chain from
+``HEAD_HEX``), commits them in one transaction (:func:`~qtd.eventlog.rows.commit_rows`) and
 answers with the new last seq and chain head, or with the error that rolled the batch back,
 after which it exits (the store refuses further writes until it is reopened). It exits when
 its stdin closes.
@@ -26,9 +26,9 @@ from typing import IO, Final
 
 import msgspec
 
+from qtd.eventlog import integrity
+from qtd.eventlog.rows import commit_rows, payload_rows
 from qtd.events import AnyEvent
-from qtd.store import integrity
-from qtd.store.rows import commit_rows, payload_rows
 
 
 class WriteBatch(msgspec.Struct, frozen=True):
@@ -110,7 +110,7 @@ def serve(path: str, last_seq: int, head: bytes, inp: IO[bytes], out: IO[bytes])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qtd.store PATH LAST_SEQ HEAD_HEX`` (started by
+    """``python -m qtd.eventlog PATH LAST_SEQ HEAD_HEX`` (started by
     :class:`~qtd.store.BulkAppender`, not by hand)."""
     args = sys.argv[1:] if argv is None else argv
     # Ctrl-C reaches the whole process group: the caller stops this process by closing its
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         path, last, head = args[0], int(args[1]), bytes.fromhex(args[2])
         return serve(path, last, head, sys.stdin.buffer, sys.stdout.buffer)
     except (IndexError, ValueError) as exc:
-        print(f"python -m qtd.store: usage: PATH LAST_SEQ HEAD_HEX ({exc})", file=sys.stderr)
+        print(f"python -m qtd.eventlog: usage: PATH LAST_SEQ HEAD_HEX ({exc})", file=sys.stderr)
         return 2
     except (OSError, EOFError, sqlite3.Error) as exc:  # the parent went away, or the file
-        print(f"python -m qtd.store: {args[0]}: {exc}", file=sys.stderr)
+        print(f"python -m qtd.eventlog: {args[0]}: {exc}", file=sys.stderr)
         return 1
