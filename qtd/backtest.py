@@ -286,11 +286,16 @@ class Backtest:
         self.marks: dict[str, Decimal] = {}
         self.curve = EquityCurve()
         self.fills: list[Fill] = []
-        # the equity curve's sums, re-derived after every fill (see _mark)
-        self._dirty = False
+        # the equity curve's sums, brought up to date after fills (see _mark): the
+        # positions filled since the last mark, each position's realized − fees as last
+        # counted, and the positions of each symbol
+        self._filled: set[tuple[str, str, str]] = set()
+        self._counted: dict[tuple[str, str, str], Decimal] = {}
+        self._keys_of: dict[str, list[tuple[str, str, str]]] = {}
+        self._base = self.start_equity  # start + Σ (realized − fees), exact
         # symbol held -> [Σ open qty, Σ cost, its unrealized PnL at the last mark]
         self._held: dict[str, list[float]] = {}
-        self._flat_equity = float(self.start_equity)  # start + Σ (realized − fees)
+        self._flat_equity = float(self.start_equity)  # _base as a float
         self._open_equity = self._flat_equity  # that + Σ unrealized of _held
         self._broker_list = list(self.brokers.values())
 
@@ -339,7 +344,7 @@ class Backtest:
                 stored = await self.router.on_venue_event(report)
                 if type(stored) is Fill:
                     self.fills.append(stored)
-                    self._dirty = True
+                    self._filled.add((stored.bot, stored.account, stored.symbol))
                     runner = self.bots.get(stored.bot)
                     if runner is not None:
                         runner.deliver_fill(stored)
@@ -421,25 +426,14 @@ class Backtest:
         return total
 
     def _mark(self, ts: int, sym: str, price: Decimal) -> None:
-        """Append the equity after an item of ``sym`` at ``price``: O(1) per symbol held.
-        After every fill the sums are re-derived exactly (Decimal) from the projections; in
-        between, the unrealized PnL of ``sym`` is ``Σqty × price − Σcost`` in float (the
-        curve is float; the exact final equity is :meth:`equity`)."""
-        if self._dirty:  # a fill changed a position: re-derive the cached sums
-            self._dirty = False
-            marks = self.marks
-            positions = self.proj.positions.values()
-            base = self.start_equity + sum((p.realized - p.fees for p in positions), _ZERO)
-            held: dict[str, list[float]] = {}
-            for p in positions:
-                if p.qty:
-                    qcu = held.setdefault(p.symbol, [0.0, 0.0, 0.0])
-                    qcu[0] += float(p.qty)
-                    qcu[1] += float(p.cost)
-                    qcu[2] += float(p.unrealized(marks.get(p.symbol)))
-            self._held = held
-            self._flat_equity = float(base)
-            self._open_equity = self._flat_equity + sum(qcu[2] for qcu in held.values())
+        """Append the equity after an item of ``sym`` at ``price``: O(1) per item, and
+        O(positions of the symbol) per fill. After fills, the exact (Decimal) realized −
+        fees of each filled position is counted into the running base, and the filled
+        symbol's sums are re-derived from its own positions; in between, the unrealized PnL
+        of ``sym`` is ``Σqty × price − Σcost`` in float (the curve is float; the exact final
+        equity is :meth:`equity`)."""
+        if self._filled:
+            self._count_fills()
         held = self._held
         if held:
             mine = held.get(sym)
@@ -458,6 +452,35 @@ class Backtest:
             times.append(ts)
             curve.equity.append(value)
             curve.exposed.append(exposed)
+
+    def _count_fills(self) -> None:
+        """Bring the curve's sums up to date with the positions filled since the last
+        mark (each counted once, however many fills it took)."""
+        positions, marks, counted, held = self.proj.positions, self.marks, self._counted, self._held
+        touched = set()
+        for key in self._filled:
+            p = positions[key]
+            now = p.realized - p.fees
+            was = counted.get(key)
+            if was is None:
+                was = _ZERO
+                self._keys_of.setdefault(key[2], []).append(key)
+            self._base += now - was
+            counted[key] = now
+            touched.add(key[2])
+        self._filled.clear()
+        for symbol in touched:
+            qcu, mark = [0.0, 0.0, 0.0], marks.get(symbol)
+            held.pop(symbol, None)
+            for key in self._keys_of[symbol]:
+                p = positions[key]
+                if p.qty:
+                    held[symbol] = qcu
+                    qcu[0] += float(p.qty)
+                    qcu[1] += float(p.cost)
+                    qcu[2] += float(p.unrealized(mark))
+        self._flat_equity = float(self._base)
+        self._open_equity = self._flat_equity + sum(qcu[2] for qcu in held.values())
 
     def _bot_results(self) -> dict[str, BotResult]:
         out = {}
