@@ -12,7 +12,11 @@
   watch consumer does not survive a nats-server restart, a ``get`` does; the core
   ``<prefix>.ctl.kill`` message is the fast path;
 * ``kill-file`` — :class:`~qtd.risk.kill_file.KillFileWatcher` on the local kill file;
-* ``watchdog`` — ``WATCHDOG=1`` to systemd at half ``WatchdogSec`` while the loop runs.
+* ``watchdog`` — ``WATCHDOG=1`` to systemd at half ``WatchdogSec`` while the loop runs;
+* ``index-keys`` — adds the bot, symbol and client_order_id of the events stored since to
+  the store's lookup table (:meth:`~qtd.store.EventStore.index_keys`), in a transaction of
+  its own: the order path's commits leave that work out. It waits for a quarter second
+  without a write (a burst of orders is over), or does it anyway after ``INDEX_EVERY_S``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from nats.aio.msg import Msg
 from qtd import __version__, sdnotify
 from qtd.agent.telemetry import pnl_snapshots
 from qtd.agent.wiring import bot_files
+from qtd.errors import StoreError
 from qtd.events import DECODE_ERRORS, Heartbeat, Scope, to_json
 from qtd.risk.kill_file import KillFileWatcher
 
@@ -44,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("qtd.agent")
 
 KV_POLL_S = 1.0
+INDEX_QUIET_S = 0.25  # the store took no write for this long: add its new keys
+INDEX_EVERY_S = 5.0  # ... or after this long, quiet or not
+INDEX_ROUND = 20_000  # events at most per transaction (a long tail takes several)
 _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
 
 
@@ -108,7 +116,8 @@ class Telemetry:
     def tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The periodic tasks to start once bots run."""
         tasks: dict[str, Coroutine[Any, Any, None]] = {"failsafe": self._failsafe(),
-                                                       "params-watch": self._params_watch()}
+                                                       "params-watch": self._params_watch(),
+                                                       "index-keys": self._index_keys()}
         if self.link is not None:
             tasks.update(heartbeat=self._heartbeat(self.link), pnl=self._pnl(self.link),
                          **{"kill-kv": self._kill_kv()})
@@ -151,6 +160,22 @@ class Telemetry:
             if change is not None:
                 await k.store.append(change)
             await _every(step)
+
+    async def _index_keys(self) -> None:
+        store = self.k.store
+        seen, indexed, waited = store.last_seq, -1, 0.0  # -1: a tail left by a crash too
+        while True:
+            await _every(INDEX_QUIET_S)
+            waited += INDEX_QUIET_S
+            quiet, seen = store.last_seq == seen, store.last_seq
+            if seen == indexed or store.faulted or not (quiet or waited >= INDEX_EVERY_S):
+                continue  # nothing new; a write fault (the agent is halted); or busy
+            waited = 0.0
+            try:
+                if await store.index_keys(max_events=INDEX_ROUND) < INDEX_ROUND:
+                    indexed = seen  # up to date (as of this tick at least)
+            except StoreError as exc:  # lookups still read the events above the watermark
+                log.warning("store lookup index not updated: %s", exc)
 
     async def _kill_kv(self) -> None:
         while True:

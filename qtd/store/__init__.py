@@ -3,7 +3,9 @@
 One append-only table ``events``; ``seq`` is strictly increasing (assigned here, under one
 lock, so there are no gaps on failure); the payload is the msgspec-msgpack encoding of the
 event; ``ts`` (= ``ts_event``, UTC ns), ``kind``, ``bot``, ``symbol`` and
-``client_order_id`` are indexed columns for queries. The outbox watermark (last seq
+``client_order_id`` are columns for queries: ``ts`` and ``kind`` indexed on ``events``, the
+other three through ``event_keys`` up to its watermark (:mod:`qtd.eventlog.rows`,
+:meth:`EventStore.index_keys`). The outbox watermark (last seq
 acknowledged by JetStream) lives in table ``outbox`` of the same file. Each file has a random
 ``incarnation`` created with it, so ``(node, incarnation, seq)`` names an event uniquely even
 if a store is ever recreated.
@@ -55,8 +57,16 @@ import msgspec
 
 from qtd.errors import StoreCorrupt, StoreError
 from qtd.eventlog import integrity
+from qtd.eventlog.rows import (
+    INDEX_KEYS,
+    KEYS_SEQ,
+    ROWS_PER_INSERT,
+    SET_KEYS_SEQ,
+    Row,
+    event_row,
+    insert_rows,
+)
 from qtd.eventlog.rows import INSERT as _INSERT
-from qtd.eventlog.rows import ROWS_PER_INSERT, Row, event_row, insert_rows
 from qtd.eventlog.writer import BatchDone, WriteBatch, receive, send
 from qtd.events import AnyEvent, Event, OrderIntent, decode, decode_many
 from qtd.store import sqlitefile
@@ -178,12 +188,14 @@ class EventStore:
         return StoreParts(db, p, node_, inc, last, readonly, lock_fd, created, head)
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the main file (writers only) and close."""
+        """Bring ``event_keys`` up to date and checkpoint the WAL into the main file
+        (writers only), then close."""
         try:
             if not self.readonly and self._failed is None:
+                await self.index_keys(max_events=None)
                 await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass  # the WAL stays; the next open replays it
+        except (sqlite3.Error, StoreError):
+            pass  # the WAL stays, and the keys after the watermark are read from events
         finally:
             await self._db.close()
             sqlitefile.unlock(self._lock_fd, self.path)
@@ -315,6 +327,51 @@ class EventStore:
                 self.last_seq, self._head = 0, integrity.genesis(self.incarnation)
             return
 
+    async def index_keys(self, max_events: int | None = 20_000) -> int:
+        """Add the bot, symbol and client_order_id of the events after the ``event_keys``
+        watermark to it, at most ``max_events`` of them (None: all), in one transaction
+        of their own, and return how many events that was (0: up to date).
+
+        The order path's commits leave those lookups out (see :mod:`qtd.eventlog.rows`);
+        the agent calls this every second, and :meth:`close` once more. Queries are
+        complete either way: the events above the watermark are read from ``events``.
+
+        Returns 0 without writing on a read-only store or one that refuses writes.
+
+        Raises:
+            StoreError: the write failed (nothing of it was written; events are not
+                affected, and the store stays writable).
+        """
+        async with self._write_lock:
+            if self.readonly or self._failed is not None:
+                return 0  # a store that refuses writes: nothing is added
+            rows = await self._read(KEYS_SEQ)
+            mark = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+            upto = self.last_seq if max_events is None else min(self.last_seq,
+                                                                mark + max_events)
+            if upto <= mark:
+                return 0
+            db = self._db
+            try:  # derived rows: no fsync of their own (a power loss takes the watermark
+                # with them; the next commit with an fsync makes both durable)
+                await db.execute_fetchall("PRAGMA synchronous=NORMAL")
+                await db.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    await db.execute_fetchall(INDEX_KEYS, (upto,))
+                    await db.execute_fetchall(SET_KEYS_SEQ, (upto,))
+                    await db.execute_fetchall("COMMIT")
+                except BaseException:
+                    await sqlitefile.rollback(db)
+                    raise
+                finally:
+                    try:
+                        await db.execute_fetchall("PRAGMA synchronous=FULL")
+                    except sqlite3.Error as exc:  # never append unsynced: refuse writes
+                        raise self._fail(exc) from exc
+            except sqlite3.Error as exc:
+                raise sqlitefile.write_error(self.path, exc, None) from exc
+            return upto - mark
+
     async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
         """Record that every event up to ``seq`` was acknowledged by ``name`` (the outbox).
 
@@ -359,6 +416,10 @@ class EventStore:
                 await db.execute_fetchall("BEGIN IMMEDIATE")
                 try:
                     await db.execute_fetchall("DELETE FROM events WHERE seq > ?", (seq,))
+                    await db.execute_fetchall("DELETE FROM event_keys WHERE seq > ?", (seq,))
+                    await db.execute_fetchall(
+                        "UPDATE meta SET value = CAST(min(CAST(value AS INTEGER), ?) AS TEXT) "
+                        "WHERE key = 'keys_seq'", (seq,))
                     await db.execute_fetchall("UPDATE outbox SET seq = min(seq, ?)", (seq,))
                     await db.executemany(_INSERT, rows)
                     await db.execute_fetchall("COMMIT")
@@ -451,14 +512,39 @@ class EventStore:
             StoreCorrupt: a record read fails its checksum.
             StoreError: SQLite cannot read the file (corrupt page).
         """
-        where, params = _where(bot, kind, symbol, client_order_id, since_ns, until_ns, after_seq)
-        sql = (f"SELECT seq, payload, crc FROM events{where} "
-               f"ORDER BY seq {'DESC' if newest_first else 'ASC'}")
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = await self._read(sql, params)
+        order = "DESC" if newest_first else "ASC"
+        clauses, params = _where(bot, kind, symbol, client_order_id, since_ns, until_ns,
+                                 after_seq)
+        key = next(((f, v) for f, v in ((2, client_order_id), (0, bot), (1, symbol))
+                    if v is not None), None)
+        if key is None:  # a scan in seq order (ts and kind are indexed on events)
+            rows = await self._read(_select("events e", clauses, order, limit),
+                                    params if limit is None else [*params, limit])
+        else:  # through event_keys up to its watermark, then the rows above it
+            rows = await self._keyed(key, clauses, params, order, limit)
         return [decode(p) for p in integrity.checked_payloads(self.path, rows)]
+
+    async def _keyed(self, key: tuple[int, str], clauses: list[str], params: list[Any],
+                     order: str, limit: int | None) -> list[Any]:
+        """The rows matching ``clauses`` for a lookup by one of the key fields: those up to
+        the ``event_keys`` watermark through it, those above it from ``events`` (see
+        :mod:`qtd.eventlog.rows`). Rows are only ever added and the watermark only rises,
+        so the two reads together miss nothing, whenever the watermark moves between them."""
+        mark_rows = await self._read(KEYS_SEQ)
+        mark = int(mark_rows[0][0]) if mark_rows and mark_rows[0][0] is not None else 0
+        indexed = (_select("event_keys k CROSS JOIN events e ON e.seq = k.seq",
+                           ["k.field = ?", "k.key = ?", "k.seq <= ?", *clauses], order, limit,
+                           by="k.seq"), [*key, mark, *params])
+        newest = (_select("events e", ["e.seq > ?", *clauses], order, limit), [mark, *params])
+        out: list[Any] = []
+        for sql, args in (indexed, newest) if order == "ASC" else (newest, indexed):
+            want = None if limit is None else limit - len(out)
+            if want == 0:
+                break
+            if want is not None:
+                args = [*args, want]
+            out.extend(await self._read(sql, args))
+        return out
 
     async def replay(self, after_seq: int = 0, batch: int = 5000) -> AsyncIterator[AnyEvent]:
         """Every event with ``seq > after_seq`` in seq order (see :meth:`replay_batches`)."""
@@ -521,14 +607,10 @@ class EventStore:
 
     async def last_cid_counter(self, bot: str) -> int:
         """The ``cid_counter`` of the bot's latest OrderIntent (0 if it never ordered)."""
-        rows = await self._read(
-            "SELECT seq, payload, crc FROM events WHERE bot = ? AND kind = 'OrderIntent' "
-            "ORDER BY seq DESC LIMIT 1",
-            (bot,),
-        )
-        if not rows:
+        found = await self.query(bot=bot, kind="OrderIntent", newest_first=True, limit=1)
+        if not found:
             return 0
-        intent = decode(integrity.checked_payloads(self.path, rows)[0])
+        intent = found[0]
         assert isinstance(intent, OrderIntent)
         return intent.cid_counter
 
@@ -660,26 +742,36 @@ class BulkAppender:
 def _where(
     bot: str | None, kind: str | Iterable[str] | None, symbol: str | None,
     cid: str | None, since_ns: int | None, until_ns: int | None, after_seq: int,
-) -> tuple[str, list[Any]]:
+) -> tuple[list[str], list[Any]]:
+    """The filters of :meth:`EventStore.query` on ``events e``, and their parameters."""
     clauses: list[str] = []
     params: list[Any] = []
     for col, val in (("bot", bot), ("symbol", symbol), ("client_order_id", cid)):
         if val is not None:
-            clauses.append(f"{col} = ?")
+            clauses.append(f"e.{col} = ?")
             params.append(val)
     if kind is not None:
         kinds = [kind] if isinstance(kind, str) else list(kind)
-        clauses.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        clauses.append(f"e.kind IN ({', '.join('?' * len(kinds))})")
         params.extend(kinds)
     if since_ns is not None:
-        clauses.append("ts >= ?")
+        clauses.append("e.ts >= ?")
         params.append(since_ns)
     if until_ns is not None:
-        clauses.append("ts < ?")
+        clauses.append("e.ts < ?")
         params.append(until_ns)
     if after_seq:
-        clauses.append("seq > ?")
+        clauses.append("e.seq > ?")
         params.append(after_seq)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return clauses, params
+
+
+def _select(source: str, clauses: list[str], order: str, limit: int | None, *,
+            by: str = "e.seq") -> str:
+    """``SELECT seq, payload, crc`` of ``events e`` (in ``source``) where every clause
+    holds, ordered by ``by``; ``LIMIT ?`` (the last parameter) when ``limit`` is given."""
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    tail = "" if limit is None else " LIMIT ?"
+    return f"SELECT e.seq, e.payload, e.crc FROM {source}{where} ORDER BY {by} {order}{tail}"
 
 

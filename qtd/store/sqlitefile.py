@@ -21,8 +21,9 @@ import aiosqlite
 from qtd import __version__
 from qtd.errors import StoreError
 from qtd.eventlog import integrity
+from qtd.eventlog.rows import INDEX_KEYS, SET_KEYS_SEQ
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
@@ -52,6 +53,21 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     2: (
         "ALTER TABLE events ADD COLUMN crc INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE events ADD COLUMN chain BLOB NOT NULL DEFAULT x''",
+    ),
+    # lookups by bot, symbol and client_order_id through event_keys, brought up to date
+    # after the commits (qtd.eventlog.rows); the keys of the rows already stored are added by
+    # _migrate in the same transaction
+    3: (
+        """CREATE TABLE event_keys (
+            field INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (field, key, seq)
+        ) WITHOUT ROWID""",
+        "DROP INDEX events_bot",
+        "DROP INDEX events_symbol",
+        "DROP INDEX events_cid",
+        "INSERT INTO meta (key, value) VALUES ('keys_seq', '0')",
     ),
 }
 
@@ -269,6 +285,10 @@ async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | 
                 await db.execute_fetchall(stmt)
         if 1 <= version < 2:
             await _chain_existing(db, p)
+        if 1 <= version < 3:
+            last = await _scalar(db, "SELECT coalesce(max(seq), 0) FROM events")
+            await db.execute_fetchall(INDEX_KEYS, (last,))
+            await db.execute_fetchall(SET_KEYS_SEQ, (last,))
         if version == 0:
             await db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",

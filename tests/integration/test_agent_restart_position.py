@@ -7,6 +7,7 @@ is already at target. Without the seeding it would believe it is flat and buy 3 
 
 from __future__ import annotations
 
+import sqlite3
 import textwrap
 from decimal import Decimal
 from pathlib import Path
@@ -47,3 +48,35 @@ async def test_restarted_bot_keeps_its_position_instead_of_buying_it_again(
     fills = [e for e in stored if isinstance(e, Fill) and e.bot == "h1"]
     assert len(intents) == 1, [(i.side, i.qty) for i in intents]
     assert sum(f.qty for f in fills) == 3
+
+
+async def test_running_agent_keeps_its_store_lookups_up_to_date(tmp_path: Path) -> None:
+    """The order path's commits leave the bot / symbol / client_order_id lookups out; the
+    agent's ``index-keys`` task adds them every second while it runs."""
+    cfg = write_fleet(tmp_path, {"h1": {"_strategy": "holder", "qty": 3.0}})
+    (tmp_path / "strategies" / "holder.py").write_text(textwrap.dedent(HOLDER))
+    db = tmp_path / "state" / "events.db"
+
+    def keys_seq() -> int:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return int(con.execute(
+                "SELECT value FROM meta WHERE key = 'keys_seq'").fetchone()[0])
+        finally:
+            con.close()
+
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(40)}) as agent:
+        feed = next(iter(agent.feeds.values()))
+        await wait_for(feed.done.is_set, 30)
+
+        async def filled() -> bool:
+            return sum(e.qty for e in await agent.store.query(bot="h1", kind="Fill")
+                       if isinstance(e, Fill)) == 3
+
+        await wait_for(filled, 10)
+        fills = [e for e in await agent.store.query(bot="h1") if isinstance(e, Fill)]
+        target = max(f.seq for f in fills)
+        await wait_for(lambda: keys_seq() >= target, 10)  # not closed yet: the task did it
+        assert [e.seq for e in await agent.store.query(
+            client_order_id=fills[0].client_order_id) if isinstance(e, Fill)] == [
+            f.seq for f in fills if f.client_order_id == fills[0].client_order_id]

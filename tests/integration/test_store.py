@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from qtd.errors import StoreError
 from qtd.eventlog.rows import payload_rows
 from qtd.eventlog.writer import WriteBatch
-from qtd.events import Heartbeat, OrderIntent, Side
+from qtd.events import AnyEvent, Event, Heartbeat, OrderIntent, Side
 from qtd.orders import ClientOrderIds
 from qtd.projections import Projections
 from qtd.store import SCHEMA_VERSION, EventStore, event_row
@@ -305,6 +306,9 @@ async def test_bulk_appender_commits_batches_in_order_from_its_process(tmp_path:
         with pytest.raises(ValueError, match="start at 2505"):
             bulk.hand_over([], sync=True)
         await bulk.close()
+        # the writer added the lookups of what it wrote, and of what was before it
+        assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [("2504",)]
+        assert [e.seq for e in await s.query(client_order_id="c0")] == [1]
         assert (await s.append(_hb(0))).seq == 2_505  # the store writes on after it
     async with await EventStore.open(path, readonly=True) as ro:
         events = [e async for e in ro.replay()]
@@ -413,3 +417,100 @@ async def test_a_cancelled_append_leaves_the_store_consistent_and_writing(
     assert [e.seq async for e in store.replay()] == list(range(1, last + 1))
     assert store.last_seq == last
     assert (await store.append(_hb(9))).seq == last + 1
+
+
+# --- lookups by bot, symbol and client_order_id (event_keys up to its watermark) -------------
+
+
+def _mixed(n: int, start: int = 0) -> list[Event]:
+    """``n`` orders of 3 bots on 2 symbols, with a bot-level heartbeat now and then."""
+    out: list[Event] = []
+    for i in range(start, start + n):
+        bot, sym, cid = f"bot{i % 3}", ("AAPL", "MSFT")[i % 2], f"c{i}"
+        out += [intent(cid, bot=bot, symbol=sym, counter=i + 1, ts=1_000 + i),
+                submitted(cid, ts=1_100 + i, bot=bot),
+                fill(cid, f"t{i}", qty="1", price="10", bot=bot, symbol=sym, ts=1_200 + i)]
+        if i % 5 == 0:
+            out.append(Heartbeat(node=NODE, bot=bot, ts_event=1_300 + i, ts_init=1_300 + i,
+                                 role="agent"))
+    return out
+
+
+_FILTERS: list[dict[str, Any]] = [
+    {"bot": "bot1"}, {"bot": "nobody"}, {"bot": ""}, {"symbol": "MSFT"},
+    {"client_order_id": "c7"}, {"client_order_id": "c55"},
+    {"bot": "bot2", "symbol": "AAPL"}, {"bot": "bot0", "kind": "Fill"},
+    {"bot": "bot1", "kind": ("OrderIntent", "Fill"), "since_ns": 1_020},
+    {"symbol": "AAPL", "after_seq": 100}, {"client_order_id": "c12", "bot": "bot0"},
+    {"bot": "bot1", "until_ns": 1_150},
+]
+
+
+def _scanned(events: list[AnyEvent], f: dict[str, Any]) -> list[AnyEvent]:
+    kinds = f.get("kind")
+    kinds = (kinds,) if isinstance(kinds, str) else kinds
+    return [e for e in events
+            if all(getattr(e, k, None) == f[k] for k in ("bot", "symbol", "client_order_id")
+                   if k in f)
+            and (kinds is None or type(e).__name__ in kinds)
+            and e.ts_event >= f.get("since_ns", 0)
+            and e.ts_event < f.get("until_ns", 1 << 62) and e.seq > f.get("after_seq", 0)]
+
+
+async def _agree(store: EventStore) -> None:
+    every = [e async for e in store.replay()]
+    for f in _FILTERS:
+        want = _scanned(every, f)
+        assert await store.query(**f) == want, f
+        assert await store.query(**f, newest_first=True, limit=4) == want[::-1][:4], f
+        assert await store.query(**f, limit=3) == want[:3], f
+
+
+async def test_lookups_by_key_agree_with_a_scan_on_both_sides_of_the_watermark(
+        tmp_path: Path) -> None:
+    """Queries by bot, symbol or client_order_id read event_keys up to its watermark and
+    the events above it: every query gives what a scan of all events gives, wherever the
+    watermark is, on the writer and on a read-only reader."""
+    path = tmp_path / "keys.db"
+    async with await EventStore.open(path, node=NODE) as store:
+        await store.append_many(_mixed(40))
+        assert await store.index_keys(max_events=50) == 50  # part of them
+        await store.append_many(_mixed(30, start=40))  # and more above the watermark
+        assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [("50",)]
+        await _agree(store)
+        reader = await EventStore.open(path, readonly=True)
+        try:
+            await _agree(reader)
+            assert await reader.index_keys() == 0  # a reader adds nothing
+        finally:
+            await reader.close()
+        assert await store.index_keys(max_events=None) == store.last_seq - 50
+        assert await store.index_keys() == 0
+        await _agree(store)
+        await store.append_many(_mixed(5, start=70))
+        last = store.last_seq
+    # closing brings the keys up to date
+    assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [(str(last),)]
+    assert _sql(path, "SELECT count(*) FROM event_keys WHERE field = 2") == [(3 * 75,)]
+    indexes = {r[1] for r in _sql(path, "PRAGMA index_list(events)")}
+    assert not indexes & {"events_bot", "events_symbol", "events_cid"}, indexes
+
+
+async def test_recovery_drops_the_keys_of_the_events_it_removes(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "r.db", node=NODE) as store:
+        await store.append_many(_mixed(20))
+        await store.index_keys(max_events=None)
+        await store.replace_after(30, [intent("c999", bot="bot1", counter=999)])
+        assert [e.seq for e in await store.query(bot="bot1")][-1] == 31
+        assert await store.query(client_order_id="c15") == []
+        assert _sql(tmp_path / "r.db", "SELECT value FROM meta WHERE key = 'keys_seq'") == [
+            ("30",)]
+        await _agree(store)
+
+
+def _sql(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -183,6 +183,10 @@ async def test_schema_1_store_is_migrated_with_its_chain(tmp_path: Path) -> None
     async with await EventStore.open(path, node=NODE) as s:
         assert s.last_seq == len(events)
         assert [type(e) for e in await s.query()] == [type(e) for e in events]
+        # schema 3: the lookups of the rows already stored are in event_keys
+        assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [
+            (str(len(events)),)]
+        assert [e.seq for e in await s.query(client_order_id="c3")] == [13, 14, 15, 16]
         stored = await s.append(intent("after", counter=99))
         assert stored.seq == len(events) + 1
     fill_seq = 4 * 20
