@@ -15,6 +15,9 @@ from qtd.commands.kill import kill_local, kill_over_nats
 from qtd.commands.operator import add_operator
 from qtd.errors import ConfigError
 from qtd.events import Scope
+from qtd.proc import freeze_heap
+
+log = logging.getLogger("qtd.agent")
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -39,7 +42,14 @@ async def _agent_main(cfg: AgentConfig) -> int:
         loop.add_signal_handler(sig, request_shutdown)
     try:
         agent = await build_agent(cfg, stop=stop)
-        return await agent.run()
+        running = asyncio.ensure_future(agent.run())
+        ready = asyncio.ensure_future(agent.ready.wait())
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():  # started: its start-up heap is never scanned again
+            log.info("start-up heap frozen: %d objects", freeze_heap())
+        else:
+            ready.cancel()
+        return await running
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

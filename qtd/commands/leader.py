@@ -28,6 +28,7 @@ from qtd.errors import OperationalError, TemporaryError
 from qtd.events import Scope
 from qtd.leader.config import LeaderConfig, load_leader_config
 from qtd.leader.daemon import start_leader
+from qtd.proc import freeze_heap
 
 DEFAULT_CONFIG = "etc/leader.toml"
 
@@ -124,6 +125,7 @@ async def _leader_main(cfg: LeaderConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     leader = await start_leader(cfg)
+    logging.getLogger("qtd.leader").info("start-up heap frozen: %d objects", freeze_heap())
     sdnotify.ready("leading")
     watchdog = asyncio.create_task(_watchdog(stop), name="qtd-leader-watchdog")
     try:
