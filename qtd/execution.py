@@ -198,7 +198,8 @@ class OrderRouter:
             stored = await self.store.append(record)  # was before (a faulted store keeps it)
         self.proj.apply(stored)
         self.risk.on_event(stored)
-        await self._flush()
+        if self.risk.has_events():  # most outcomes queue none: no _flush coroutine then
+            await self._flush()
 
     async def cancel(self, cid: str, reason: str) -> bool:
         """Ask the order's broker to cancel it and record OrderCancelRequested.
@@ -281,7 +282,8 @@ class OrderRouter:
             return None
         self.risk.on_event(event)  # with the positions, before the append's fsync
         stored = await self.store.append(event)
-        await self._flush()
+        if self.risk.has_events():  # a breaker tripped on it: store that now
+            await self._flush()
         return stored
 
     async def _recall(self, cid: str) -> None:
