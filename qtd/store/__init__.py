@@ -327,7 +327,7 @@ class EventStore:
                 self.last_seq, self._head = 0, integrity.genesis(self.incarnation)
             return
 
-    async def index_keys(self, max_events: int | None = 20_000) -> int:
+    async def index_keys(self, max_events: int | None = 1_000) -> int:
         """Add the bot, symbol and client_order_id of the events after the ``event_keys``
         watermark to it, at most ``max_events`` of them (None: all), in one transaction
         of their own, and return how many events that was (0: up to date).
