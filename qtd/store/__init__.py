@@ -291,19 +291,37 @@ class EventStore:
 
     async def _transaction(self, rows: list[tuple[object, ...]], sync: bool) -> None:
         """Insert sealed rows in one explicit transaction (rolled back on any error)."""
+        async with self._begin(sync=sync) as db:
+            await db.executemany(_INSERT, rows)
+
+    @contextlib.asynccontextmanager
+    async def _begin(self, *, sync: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One explicit write transaction on the connection: committed when the block ends,
+        rolled back if it raises. ``sync=False``: no fsync at its commit (``synchronous``
+        is set back to FULL afterwards; if that fails, the store refuses further writes,
+        so nothing is ever appended unsynced).
+
+        Raises:
+            sqlite3.Error: from the block, BEGIN or COMMIT (rolled back).
+            StoreError: ``synchronous=FULL`` could not be restored.
+        """
         db = self._db
         if not sync:
             await db.execute_fetchall("PRAGMA synchronous=NORMAL")
-        await db.execute_fetchall("BEGIN IMMEDIATE")
         try:
-            await db.executemany(_INSERT, rows)
-            await db.execute_fetchall("COMMIT")
-        except BaseException:
-            await sqlitefile.rollback(db)
-            raise
+            await db.execute_fetchall("BEGIN IMMEDIATE")
+            try:
+                yield db
+                await db.execute_fetchall("COMMIT")
+            except BaseException:
+                await sqlitefile.rollback(db)
+                raise
         finally:
             if not sync:
-                await db.execute_fetchall("PRAGMA synchronous=FULL")
+                try:
+                    await db.execute_fetchall("PRAGMA synchronous=FULL")
+                except sqlite3.Error as exc:
+                    raise self._fail(exc) from exc
 
     async def _resync_after_cancel(self) -> None:
         """The writing task was cancelled while its SQL was already queued to SQLite's
@@ -351,23 +369,11 @@ class EventStore:
                                                                 mark + max_events)
             if upto <= mark:
                 return 0
-            db = self._db
             try:  # derived rows: no fsync of their own (a power loss takes the watermark
                 # with them; the next commit with an fsync makes both durable)
-                await db.execute_fetchall("PRAGMA synchronous=NORMAL")
-                await db.execute_fetchall("BEGIN IMMEDIATE")
-                try:
+                async with self._begin(sync=False) as db:
                     await db.execute_fetchall(INDEX_KEYS, (upto,))
                     await db.execute_fetchall(SET_KEYS_SEQ, (upto,))
-                    await db.execute_fetchall("COMMIT")
-                except BaseException:
-                    await sqlitefile.rollback(db)
-                    raise
-                finally:
-                    try:
-                        await db.execute_fetchall("PRAGMA synchronous=FULL")
-                    except sqlite3.Error as exc:  # never append unsynced: refuse writes
-                        raise self._fail(exc) from exc
             except sqlite3.Error as exc:
                 raise sqlitefile.write_error(self.path, exc, None) from exc
             return upto - mark
@@ -411,10 +417,8 @@ class EventStore:
                                  path=str(self.path), seq=seq)
             prev = base[1]
             rows, head = integrity.seal([event_row(e) for e in stored], prev)
-            db = self._db
             try:
-                await db.execute_fetchall("BEGIN IMMEDIATE")
-                try:
+                async with self._begin() as db:
                     await db.execute_fetchall("DELETE FROM events WHERE seq > ?", (seq,))
                     await db.execute_fetchall("DELETE FROM event_keys WHERE seq > ?", (seq,))
                     await db.execute_fetchall(
@@ -422,10 +426,6 @@ class EventStore:
                         "WHERE key = 'keys_seq'", (seq,))
                     await db.execute_fetchall("UPDATE outbox SET seq = min(seq, ?)", (seq,))
                     await db.executemany(_INSERT, rows)
-                    await db.execute_fetchall("COMMIT")
-                except BaseException:
-                    await sqlitefile.rollback(db)
-                    raise
             except sqlite3.Error as exc:
                 raise self._fail(exc) from exc
             self.last_seq, self._head = (stored[-1].seq, head) if stored else (seq, prev)
