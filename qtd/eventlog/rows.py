@@ -33,24 +33,17 @@ KEY_FIELDS: Final = ("bot", "symbol", "client_order_id")
 """The ``events`` columns looked up through ``event_keys``; a field's code there is its
 index in this tuple."""
 
-_WATERMARK: Final = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'keys_seq')"
+KEYS_SEQ: Final = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'keys_seq'"
+"""The watermark: every event up to it has its keys in ``event_keys``."""
 
-INDEX_KEYS: Final = (
-    "INSERT OR IGNORE INTO event_keys (field, key, seq) "
-    f"SELECT 0, bot, seq FROM events WHERE seq > {_WATERMARK} AND seq <= ?1 "
-    f"UNION ALL SELECT 1, symbol, seq FROM events WHERE seq > {_WATERMARK} AND seq <= ?1 "
-    "AND symbol IS NOT NULL "
-    f"UNION ALL SELECT 2, client_order_id, seq FROM events WHERE seq > {_WATERMARK} "
-    "AND seq <= ?1 AND client_order_id IS NOT NULL"
-)
+INDEX_KEYS: Final = "INSERT OR IGNORE INTO event_keys (field, key, seq) " + " UNION ALL ".join(
+    f"SELECT {code}, {column}, seq FROM events WHERE seq > ({KEYS_SEQ}) AND seq <= ?1 "
+    f"AND {column} IS NOT NULL" for code, column in enumerate(KEY_FIELDS))
 """Add the keys of the events after the watermark up to seq ``?1`` (run it with
 :data:`SET_KEYS_SEQ` in one transaction)."""
 
 SET_KEYS_SEQ: Final = "UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'keys_seq'"
 """Move the watermark to seq ``?1``."""
-
-KEYS_SEQ: Final = "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'keys_seq'"
-"""The watermark: every event up to it has its keys in ``event_keys``."""
 
 Row = tuple[int, int, str, str, str, str | None, str | None, bytes]
 """(seq, ts = ts_event in UTC ns, kind, node, bot, symbol, client_order_id, payload)."""

@@ -59,6 +59,7 @@ from qtd.errors import StoreCorrupt, StoreError
 from qtd.eventlog import integrity
 from qtd.eventlog.rows import (
     INDEX_KEYS,
+    KEY_FIELDS,
     KEYS_SEQ,
     ROWS_PER_INSERT,
     SET_KEYS_SEQ,
@@ -351,8 +352,9 @@ class EventStore:
         of their own, and return how many events that was (0: up to date).
 
         The order path's commits leave those lookups out (see :mod:`qtd.eventlog.rows`);
-        the agent calls this every second, and :meth:`close` once more. Queries are
-        complete either way: the events above the watermark are read from ``events``.
+        the agent calls this once its store is quiet (:mod:`qtd.agent.loops`), and
+        :meth:`close` once more. Queries are complete either way: the events above the
+        watermark are read from ``events``.
 
         Returns 0 without writing on a read-only store or one that refuses writes.
 
@@ -363,8 +365,7 @@ class EventStore:
         async with self._write_lock:
             if self.readonly or self._failed is not None:
                 return 0  # a store that refuses writes: nothing is added
-            rows = await self._read(KEYS_SEQ)
-            mark = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+            mark = await self._keys_seq()
             upto = self.last_seq if max_events is None else min(self.last_seq,
                                                                 mark + max_events)
             if upto <= mark:
@@ -515,8 +516,9 @@ class EventStore:
         order = "DESC" if newest_first else "ASC"
         clauses, params = _where(bot, kind, symbol, client_order_id, since_ns, until_ns,
                                  after_seq)
-        key = next(((f, v) for f, v in ((2, client_order_id), (0, bot), (1, symbol))
-                    if v is not None), None)
+        key = next(((KEY_FIELDS.index(f), v) for f, v in (
+            ("client_order_id", client_order_id), ("bot", bot), ("symbol", symbol))
+            if v is not None), None)  # the most selective one given
         if key is None:  # a scan in seq order (ts and kind are indexed on events)
             rows = await self._read(_select("events e", clauses, order, limit),
                                     params if limit is None else [*params, limit])
@@ -530,8 +532,7 @@ class EventStore:
         the ``event_keys`` watermark through it, those above it from ``events`` (see
         :mod:`qtd.eventlog.rows`). Rows are only ever added and the watermark only rises,
         so the two reads together miss nothing, whenever the watermark moves between them."""
-        mark_rows = await self._read(KEYS_SEQ)
-        mark = int(mark_rows[0][0]) if mark_rows and mark_rows[0][0] is not None else 0
+        mark = await self._keys_seq()
         indexed = (_select("event_keys k CROSS JOIN events e ON e.seq = k.seq",
                            ["k.field = ?", "k.key = ?", "k.seq <= ?", *clauses], order, limit,
                            by="k.seq"), [*key, mark, *params])
@@ -618,6 +619,11 @@ class EventStore:
         """Number of events stored."""
         rows = await self._read("SELECT count(*) FROM events")
         return int(rows[0][0])
+
+    async def _keys_seq(self) -> int:
+        """The ``event_keys`` watermark: every event up to it has its keys there."""
+        rows = await self._read(KEYS_SEQ)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
