@@ -290,7 +290,11 @@ class CanaryRamps:
                 log.exception("canary: check failed")
 
     async def check_once(self) -> None:
-        """One pass: each running candidate observed and judged; ending ones flattened."""
+        """One pass: each running candidate observed and judged; ending ones flattened.
+        Nothing while the agent shuts down: its bots stop first, and a bot stopped by the
+        shutdown is no reason to roll its canary back (the next start resumes the ramp)."""
+        if self.bots.stopping.is_set():
+            return
         for name, c in list(self.active.items()):
             reason = self._unsafe(c)
             if reason:

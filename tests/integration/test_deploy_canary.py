@@ -42,6 +42,7 @@ from qtd.feeds import Bar
 from qtd.gates import GateResult, write_gate
 from qtd.leader.daemon import Leader, running_leader
 from qtd.quality.surveil import Surveillance
+from qtd.runner import BotState
 from tests.agent_rig import running_agent, wait_for, write_fleet
 from tests.integration.leader_peer import PageReceiver, leader_config
 
@@ -327,6 +328,26 @@ async def test_a_restarted_agent_resumes_the_ramp_with_the_candidates_position(
     assert _transfers(events)[-1] == (cb, "b1", Decimal(20))
     assert not [e for e in events if isinstance(e, OrderIntent) and e.reduce_only]
     _no_wash(events)
+
+
+async def test_a_shutdown_stops_the_bots_without_rolling_their_canary_back(
+    tmp_path: Path, nats_server: EmbeddedNatsServer
+) -> None:
+    url = nats_server.url
+    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
+                 market=MARKET, extra=CANARY)
+    bot = await _repo(tmp_path / "repo", {"qty": 20.0})
+    async with running_agent(cfg, items={"goog_1d": _rising()}) as a:
+        slot = a.supervisor.slots["b1"]
+        await wait_for(lambda: _held(a, "b1") == 10)
+        await _deploy(bot, url)
+        await wait_for(lambda: _held(a, canary_bot("b1")) == 2, 10.0)
+        a.request_shutdown()  # as systemctl stop: the bots stop first
+        await wait_for(lambda: slot.state is not BotState.RUNNING, 10.0)
+        await a.canary.check_once()  # a canary pass falling in that window
+        assert a.canary.is_active("b1")
+    rec = (tmp_path / "node-a" / "state" / "deploy" / "b1" / "canary.json").read_text()
+    assert '"status":"running"' in rec  # the next start resumes it
 
 
 async def test_a_candidate_left_by_a_restart_is_flattened_when_the_deploy_moved_on(
