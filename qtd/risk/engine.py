@@ -29,7 +29,9 @@ from qtd.events import (
     Event,
     Fill,
     KillSwitch,
+    OrderAccepted,
     OrderIntent,
+    OrderSubmitted,
     OrderType,
     PositionTransfer,
     RiskBreach,
@@ -283,6 +285,8 @@ class RiskEngine:
             return self._on_transfer
         if issubclass(kind, OrderIntent):
             return self._on_intent
+        if issubclass(kind, _NO_CHANGE):
+            return _ignore
         if "client_order_id" in kind.__struct_fields__:
             return self._on_order_update
         return _ignore
@@ -368,7 +372,13 @@ class RiskEngine:
         else:
             done, canceling = rec.terminal, rec.cancel_requested
             leaves = ZERO if done else rec.intent.qty - rec.filled_qty
-        if leaves != o.leaves or canceling != o.canceling:
+        if canceling == o.canceling:
+            if leaves != o.leaves:  # e.g. a fill: one step per exposure by the difference
+                delta = leaves - o.leaves
+                for e in o.exposures:
+                    e.add_open(o.buy, delta, canceling)
+                o.leaves = leaves
+        else:  # asked to cancel: the leaves move between the open and the canceling sums
             for e in o.exposures:
                 e.add_open(o.buy, -o.leaves, o.canceling)
                 e.add_open(o.buy, leaves, canceling)
@@ -503,6 +513,12 @@ class RiskEngine:
         out = events[:]
         events.clear()
         return out
+
+
+# A submission's record and its venue ack never change an order's leaves, its terminal
+# state or its cancel request (qtd.orders derives those from fills, rejects, cancels and
+# expiries): the engine has nothing to update for them.
+_NO_CHANGE: Final = (OrderSubmitted, OrderAccepted)
 
 
 def _ignore(event: Event) -> None:
