@@ -44,7 +44,7 @@ import msgspec
 
 from qtd.brokers.paper import PaperBroker
 from qtd.clock import SimClock
-from qtd.events import AnyEvent, Event, Fill, OrderDenied, OrderIntent
+from qtd.events import AnyEvent, Event, Fill, OrderDenied, OrderIntent, Side
 from qtd.execution import OrderRouter
 from qtd.feeds import Bar, MarketData, Trade
 from qtd.orders import ClientOrderIds, OrderRequest
@@ -59,6 +59,7 @@ from qtd.workers.pool import WorkerPool
 from qtd.workers.protocol import StrategyRef
 
 _ZERO: Final = Decimal(0)
+_BUY: Final = Side.BUY
 WRITE_BATCH: Final = 1024
 IN_FLIGHT: Final = 16
 """Batches a :class:`WriteBehindStore` lets its writer fall behind by before the run waits
@@ -286,17 +287,20 @@ class Backtest:
         self.marks: dict[str, Decimal] = {}
         self.curve = EquityCurve()
         self.fills: list[Fill] = []
-        # the equity curve's sums, brought up to date after fills (see _mark): the
-        # positions filled since the last mark, each position's realized − fees as last
-        # counted, and the positions of each symbol
-        self._filled: set[tuple[str, str, str]] = set()
-        self._counted: dict[tuple[str, str, str], Decimal] = {}
-        self._keys_of: dict[str, list[tuple[str, str, str]]] = {}
-        self._base = self.start_equity  # start + Σ (realized − fees), exact
-        # symbol held -> [Σ open qty, Σ cost, its unrealized PnL at the last mark]
+        # the equity curve's sums (see _mark), brought up to date after fills: the fills
+        # counted so far (and whether any came since), the cash (start − Σ signed
+        # notional − quote-currency fees, exact) and each symbol's net quantity (exact),
+        # over every bot and account
+        self._seen, self._fresh = 0, False
+        self._cash = self.start_equity
+        self._qty: dict[str, Decimal] = {}
+        # symbol held -> [net qty as a float, its market value at the last mark]
         self._held: dict[str, list[float]] = {}
-        self._flat_equity = float(self.start_equity)  # _base as a float
-        self._open_equity = self._flat_equity  # that + Σ unrealized of _held
+        self._equity = float(self.start_equity)  # _cash + Σ market value of _held
+        # the open positions (bot, account, symbol): "exposed" is any of them, whether or
+        # not the symbol's net quantity over bots and accounts is zero
+        self._open: set[tuple[str, str, str]] = set()
+        self._exposed = False  # bool(_open)
         self._broker_list = list(self.brokers.values())
 
     def add(self, bot: BacktestBot) -> BotRunner:
@@ -344,7 +348,7 @@ class Backtest:
                 stored = await self.router.on_venue_event(report)
                 if type(stored) is Fill:
                     self.fills.append(stored)
-                    self._filled.add((stored.bot, stored.account, stored.symbol))
+                    self._fresh = True
                     runner = self.bots.get(stored.bot)
                     if runner is not None:
                         runner.deliver_fill(stored)
@@ -426,24 +430,21 @@ class Backtest:
         return total
 
     def _mark(self, ts: int, sym: str, price: Decimal) -> None:
-        """Append the equity after an item of ``sym`` at ``price``: O(1) per item, and
-        O(positions of the symbol) per fill. After fills, the exact (Decimal) realized −
-        fees of each filled position is counted into the running base, and the filled
-        symbol's sums are re-derived from its own positions; in between, the unrealized PnL
-        of ``sym`` is ``Σqty × price − Σcost`` in float (the curve is float; the exact final
-        equity is :meth:`equity`)."""
-        if self._filled:
+        """Append the equity after an item of ``sym`` at ``price``: O(1) per item, and O(1)
+        per fill. Equity is cash + Σ net quantity × mark over the symbols held: the same sum
+        as :meth:`equity` (realized − fees + unrealized, by cost-basis accounting). Cash and
+        quantities are kept exact (Decimal) and counted after fills; the market values are
+        floats (the curve is float; the exact final equity is :meth:`equity`)."""
+        if self._fresh:
             self._count_fills()
         held = self._held
         if held:
             mine = held.get(sym)
             if mine is not None:
-                now = mine[0] * float(price) - mine[1]
-                self._open_equity += now - mine[2]
-                mine[2] = now
-            value, exposed = self._open_equity, True
-        else:
-            value, exposed = self._flat_equity, False
+                now = mine[0] * float(price)
+                self._equity += now - mine[1]
+                mine[1] = now
+        value, exposed = self._equity, self._exposed
         curve = self.curve
         times = curve.ts_ns
         if times and times[-1] == ts:
@@ -454,33 +455,36 @@ class Backtest:
             curve.exposed.append(exposed)
 
     def _count_fills(self) -> None:
-        """Bring the curve's sums up to date with the positions filled since the last
-        mark (each counted once, however many fills it took)."""
-        positions, marks, counted, held = self.proj.positions, self.marks, self._counted, self._held
-        touched = set()
-        for key in self._filled:
-            p = positions[key]
-            now = p.realized - p.fees
-            was = counted.get(key)
-            if was is None:
-                was = _ZERO
-                self._keys_of.setdefault(key[2], []).append(key)
-            self._base += now - was
-            counted[key] = now
-            touched.add(key[2])
-        self._filled.clear()
-        for symbol in touched:
-            qcu, mark = [0.0, 0.0, 0.0], marks.get(symbol)
-            held.pop(symbol, None)
-            for key in self._keys_of[symbol]:
-                p = positions[key]
-                if p.qty:
-                    held[symbol] = qcu
-                    qcu[0] += float(p.qty)
-                    qcu[1] += float(p.cost)
-                    qcu[2] += float(p.unrealized(mark))
-        self._flat_equity = float(self._base)
-        self._open_equity = self._flat_equity + sum(qcu[2] for qcu in held.values())
+        """Count the fills since the last mark into the cash and the symbols' quantities,
+        re-value the symbols they moved at their marks (a symbol without a mark yet: at its
+        fill price), and note which of their positions are open."""
+        fills, qtys, held, marks = self.fills, self._qty, self._held, self.marks
+        positions, open_ = self.proj.positions, self._open
+        cash = self._cash
+        moved: dict[str, Decimal] = {}
+        for i in range(self._seen, len(fills)):
+            f = fills[i]
+            dq = f.qty if f.side == _BUY else -f.qty  # == as in Position.apply
+            cash -= dq * f.price
+            if f.commission and f.commission_currency == f.currency:
+                cash -= f.commission
+            qtys[f.symbol] = qtys.get(f.symbol, _ZERO) + dq
+            moved[f.symbol] = f.price
+            key = (f.bot, f.account, f.symbol)
+            if positions[key].qty:
+                open_.add(key)
+            else:
+                open_.discard(key)
+        self._seen, self._cash, self._fresh = len(fills), cash, False
+        self._exposed = bool(open_)
+        for symbol, last in moved.items():
+            q = qtys[symbol]
+            if q:
+                qf = float(q)
+                held[symbol] = [qf, qf * float(marks.get(symbol, last))]
+            else:
+                held.pop(symbol, None)
+        self._equity = float(cash) + sum(v[1] for v in held.values())
 
     def _bot_results(self) -> dict[str, BotResult]:
         out = {}

@@ -191,3 +191,43 @@ async def test_equity_curve_is_the_mark_to_market_at_every_point(tmp_path: Path)
     assert all(abs(a - b) < 1e-5 for a, b in zip(res.curve.equity, bt.exact[2::3], strict=True))
     assert abs(res.curve.equity[-1] - float(res.final_equity)) < 1e-5
     assert any(res.curve.exposed) and not all(res.curve.exposed)
+
+
+class _HoldsFor20(Strategy):
+    """Holds ``qty`` (signed) from the first bar through the 20th, flat after."""
+
+    class Params(Strategy.Params):
+        qty: float = 2.0
+
+    def on_start(self) -> None:
+        self.seen = 0
+
+    def on_bar(self, bar: Bar) -> None:
+        self.seen += 1
+        self.target_position(self.params.qty if self.seen <= 20 else 0)
+
+
+async def test_a_hedged_pair_of_bots_is_exposed_while_either_holds(tmp_path: Path) -> None:
+    """Two bots long and short the same symbol on one account: the symbol's net quantity
+    is zero, yet each position is open, so every point while they hold is exposed."""
+    store = await EventStore.open(tmp_path / "hedge.db", node="bt")
+    risk = parse_risk_config({"accounts": {"acct": {"equity": 1e9}},
+                              "strategies": {"long": {}, "short": {}},
+                              "symbols": {"GOOG": {}}})
+    clock = SimClock()
+    bt = _CheckedBacktest(store=store, risk=risk, clock=clock, brokers={"acct": PaperBroker(
+        account="acct", node="bt", clock=clock, cash=Decimal(10**6),
+        commission_bps=Decimal(3))})
+    bt.exact = []
+    for name, qty in (("long", 2.0), ("short", -2.0)):
+        bt.add(BacktestBot(strategy=_HoldsFor20, params=_HoldsFor20.Params(qty=qty),
+                           spec=BotSpec(name=name, account="acct", venue="paper",
+                                        symbols=("GOOG",))))
+    try:
+        res = await bt.run(load_dataset("goog_1d")[:40])
+    finally:
+        await store.close()
+    assert res.bots["long"].fills == 2 and res.bots["short"].fills == 2
+    # orders of bar 1 fill at bar 2's open, those of bar 21 (flat) at bar 22's
+    assert res.curve.exposed == [False] + [True] * 20 + [False] * 19
+    assert all(abs(a - b) < 1e-5 for a, b in zip(res.curve.equity, bt.exact, strict=True))
