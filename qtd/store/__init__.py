@@ -302,27 +302,37 @@ class EventStore:
         is set back to FULL afterwards; if that fails, the store refuses further writes,
         so nothing is ever appended unsynced).
 
+        A cancellation at any statement leaves the connection as it found it: SQLite's
+        thread runs the statements in the order they were queued, and each one is queued
+        before its await can be cancelled, so a BEGIN in flight is followed by the ROLLBACK
+        and a ``synchronous=NORMAL`` by the FULL (a COMMIT in flight lands; the caller reads
+        what did). The cancellation then goes on: it is never turned into an error.
+
         Raises:
             sqlite3.Error: from the block, BEGIN or COMMIT (rolled back).
-            StoreError: ``synchronous=FULL`` could not be restored.
+            StoreError: ``synchronous=FULL`` could not be restored after a commit (after an
+                error or a cancellation, that one goes on and the store refuses writes).
         """
-        db = self._db
-        if not sync:
-            await db.execute_fetchall("PRAGMA synchronous=NORMAL")
+        db, done = self._db, False
         try:
-            await db.execute_fetchall("BEGIN IMMEDIATE")
+            if not sync:
+                await db.execute_fetchall("PRAGMA synchronous=NORMAL")
             try:
+                await db.execute_fetchall("BEGIN IMMEDIATE")
                 yield db
                 await db.execute_fetchall("COMMIT")
             except BaseException:
                 await sqlitefile.rollback(db)
                 raise
+            done = True
         finally:
             if not sync:
                 try:
                     await db.execute_fetchall("PRAGMA synchronous=FULL")
                 except sqlite3.Error as exc:
-                    raise self._fail(exc) from exc
+                    failure = self._fail(exc)
+                    if done:
+                        raise failure from exc
 
     async def _resync_after_cancel(self) -> None:
         """The writing task was cancelled while its SQL was already queued to SQLite's
@@ -360,7 +370,9 @@ class EventStore:
 
         Raises:
             StoreError: the write failed (nothing of it was written; events are not
-                affected, and the store stays writable).
+                affected, and the store stays writable), or ``synchronous=FULL`` could
+                not be restored after it (the store then refuses writes: nothing is ever
+                appended unsynced).
         """
         async with self._write_lock:
             if self.readonly or self._failed is not None:

@@ -413,6 +413,7 @@ async def test_a_cancelled_append_leaves_the_store_consistent_and_writing(
             await task
     finally:
         db.execute_fetchall, db.executemany = run_sql, run_many  # type: ignore[method-assign]
+    assert not db.in_transaction  # nothing left open to swallow the next writes
     last = (1 + max(many, 1)) if written else 1
     assert [e.seq async for e in store.replay()] == list(range(1, last + 1))
     assert store.last_seq == last
@@ -505,6 +506,41 @@ async def test_recovery_drops_the_keys_of_the_events_it_removes(tmp_path: Path) 
         assert await store.query(client_order_id="c15") == []
         assert _sql(tmp_path / "r.db", "SELECT value FROM meta WHERE key = 'keys_seq'") == [
             ("30",)]
+        await _agree(store)
+
+
+@pytest.mark.parametrize("at", [
+    "PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", "INSERT OR IGNORE INTO event_keys",
+    "UPDATE meta", "COMMIT", "PRAGMA synchronous=FULL"])
+async def test_a_cancelled_index_round_stays_cancelled_and_leaves_the_store_writing(
+        tmp_path: Path, at: str) -> None:
+    """The agent cancels its index task at shutdown, maybe in the middle of a round: the
+    cancellation goes on (the task ends and the agent can stop) instead of turning into a
+    store error that fails the store and that the task's loop outlives; nothing is left
+    open, the connection fsyncs again (synchronous=FULL), and lookups stay complete."""
+    async with await EventStore.open(tmp_path / "c.db", node=NODE) as store:
+        await store.append_many(_mixed(30))
+        db = store._db
+        run_sql = db.execute_fetchall
+        task: asyncio.Future[int]
+
+        async def sql(statement: str, *args: object) -> object:
+            if statement.startswith(at):
+                task.cancel()  # thrown at the await below: the statement is queued by then
+            return await run_sql(statement, *args)
+
+        db.execute_fetchall = sql  # type: ignore[method-assign,assignment]
+        try:
+            task = asyncio.ensure_future(store.index_keys(max_events=None))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            db.execute_fetchall = run_sql  # type: ignore[method-assign]
+        assert not db.in_transaction
+        assert [tuple(r) for r in await db.execute_fetchall("PRAGMA synchronous")] == [(2,)]
+        await store.append_many(_mixed(5, start=30))
+        await _agree(store)
+        await store.index_keys(max_events=None)
         await _agree(store)
 
 
