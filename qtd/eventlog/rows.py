@@ -40,10 +40,19 @@ INDEX_KEYS: Final = "INSERT OR IGNORE INTO event_keys (field, key, seq) " + " UN
     f"SELECT {code}, {column}, seq FROM events WHERE seq > ({KEYS_SEQ}) AND seq <= ?1 "
     f"AND {column} IS NOT NULL" for code, column in enumerate(KEY_FIELDS))
 """Add the keys of the events after the watermark up to seq ``?1`` (run it with
-:data:`SET_KEYS_SEQ` in one transaction)."""
+:data:`SET_KEYS_SEQ` in one transaction: :data:`ADD_KEYS`)."""
 
 SET_KEYS_SEQ: Final = "UPDATE meta SET value = CAST(?1 AS TEXT) WHERE key = 'keys_seq'"
 """Move the watermark to seq ``?1``."""
+
+ADD_KEYS: Final = (INDEX_KEYS, SET_KEYS_SEQ)
+"""Bring ``event_keys`` up to seq ``?1``: each statement run with ``(seq,)``, in order, in
+one transaction."""
+
+LOWER_KEYS_SEQ: Final = ("UPDATE meta SET value = CAST(min(CAST(value AS INTEGER), ?1) AS TEXT) "
+                         "WHERE key = 'keys_seq'")
+"""Move the watermark down to seq ``?1`` if it is above (the events after ``?1`` were
+removed, with their keys)."""
 
 Row = tuple[int, int, str, str, str, str | None, str | None, bytes]
 """(seq, ts = ts_event in UTC ns, kind, node, bot, symbol, client_order_id, payload)."""
@@ -115,7 +124,7 @@ def commit_rows(con: sqlite3.Connection, rows: Sequence[tuple[object, ...]], *,
     (opened with ``isolation_level=None``): multi-row ``INSERT`` statements of up to
     :data:`ROWS_PER_INSERT` rows, so Python binds a few statements per batch, not one per
     row; the same transaction adds their keys to ``event_keys`` (:data:`INDEX_KEYS`) and
-    moves the watermark past them. ``sync``: fsync the WAL at commit
+    moves the watermark past them (:data:`ADD_KEYS`). ``sync``: fsync the WAL at commit
     (``synchronous=FULL``), else ``NORMAL`` (see :mod:`qtd.store` for what each survives).
 
     Raises:
@@ -128,9 +137,8 @@ def commit_rows(con: sqlite3.Connection, rows: Sequence[tuple[object, ...]], *,
             chunk = rows[i:i + ROWS_PER_INSERT]
             con.execute(insert_rows(len(chunk)), [v for row in chunk for v in row])
         if rows:
-            last = rows[-1][0]
-            con.execute(INDEX_KEYS, (last,))
-            con.execute(SET_KEYS_SEQ, (last,))
+            for statement in ADD_KEYS:
+                con.execute(statement, (rows[-1][0],))
         con.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):

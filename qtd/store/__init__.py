@@ -58,11 +58,11 @@ import msgspec
 from qtd.errors import StoreCorrupt, StoreError
 from qtd.eventlog import integrity
 from qtd.eventlog.rows import (
-    INDEX_KEYS,
+    ADD_KEYS,
     KEY_FIELDS,
     KEYS_SEQ,
+    LOWER_KEYS_SEQ,
     ROWS_PER_INSERT,
-    SET_KEYS_SEQ,
     Row,
     event_row,
     insert_rows,
@@ -385,8 +385,8 @@ class EventStore:
             try:  # derived rows: no fsync of their own (a power loss takes the watermark
                 # with them; the next commit with an fsync makes both durable)
                 async with self._begin(sync=False) as db:
-                    await db.execute_fetchall(INDEX_KEYS, (upto,))
-                    await db.execute_fetchall(SET_KEYS_SEQ, (upto,))
+                    for statement in ADD_KEYS:
+                        await db.execute_fetchall(statement, (upto,))
             except sqlite3.Error as exc:
                 raise sqlitefile.write_error(self.path, exc, None) from exc
             return upto - mark
@@ -434,9 +434,7 @@ class EventStore:
                 async with self._begin() as db:
                     await db.execute_fetchall("DELETE FROM events WHERE seq > ?", (seq,))
                     await db.execute_fetchall("DELETE FROM event_keys WHERE seq > ?", (seq,))
-                    await db.execute_fetchall(
-                        "UPDATE meta SET value = CAST(min(CAST(value AS INTEGER), ?) AS TEXT) "
-                        "WHERE key = 'keys_seq'", (seq,))
+                    await db.execute_fetchall(LOWER_KEYS_SEQ, (seq,))
                     await db.execute_fetchall("UPDATE outbox SET seq = min(seq, ?)", (seq,))
                     await db.executemany(_INSERT, rows)
             except sqlite3.Error as exc:

@@ -21,7 +21,7 @@ import aiosqlite
 from qtd import __version__
 from qtd.errors import StoreError
 from qtd.eventlog import integrity
-from qtd.eventlog.rows import INDEX_KEYS, SET_KEYS_SEQ
+from qtd.eventlog.rows import ADD_KEYS
 
 SCHEMA_VERSION: Final = 3
 APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
@@ -287,8 +287,8 @@ async def _migrate(db: aiosqlite.Connection, p: Path, version: int, node: str | 
             await _chain_existing(db, p)
         if 1 <= version < 3:
             last = await _scalar(db, "SELECT coalesce(max(seq), 0) FROM events")
-            await db.execute_fetchall(INDEX_KEYS, (last,))
-            await db.execute_fetchall(SET_KEYS_SEQ, (last,))
+            for statement in ADD_KEYS:
+                await db.execute_fetchall(statement, (last,))
         if version == 0:
             await db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
