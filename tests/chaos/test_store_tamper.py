@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 
 from tests.agent_rig import stop_process, write_fleet
 from tests.shipped import agent_config, log_match, processes, qtd_process, run_qtd, shipped_nats
+from tests.sqlfile import read_rows
 
 BOTS = {"b1": {"qty": 10.0}}
 TEN = b"\xa3qty\xa410.0"  # msgpack of the Fill field qty = "10.0"
@@ -35,17 +36,9 @@ FIFTY = b"\xa3qty\xa450.0"
 MIN_FILLS = 8
 
 
-def _rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
-
-
 def _fills(db: Path) -> int:
     try:
-        return int(str(_rows(db, "SELECT count(*) FROM events WHERE kind = 'Fill'")[0][0]))
+        return int(str(read_rows(db, "SELECT count(*) FROM events WHERE kind = 'Fill'")[0][0]))
     except sqlite3.Error:
         return 0  # not created yet
 
@@ -71,7 +64,7 @@ def traded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _buy_fill(db: Path) -> tuple[int, bytes]:
     """A BUY fill of qty 10.0 from the middle of the store: (seq, payload)."""
-    rows = _rows(db, "SELECT seq, payload FROM events WHERE kind = 'Fill' ORDER BY seq")
+    rows = read_rows(db, "SELECT seq, payload FROM events WHERE kind = 'Fill' ORDER BY seq")
     buys = [(int(str(s)), bytes(p)) for s, p in rows
             if isinstance(p, bytes) and b"\xa3BUY" in p and p.count(TEN) == 1]
     assert len(buys) >= 2, rows
@@ -94,7 +87,7 @@ def flip_qty(db: Path) -> str:
 
 
 def delete_row(db: Path) -> str:
-    (last,) = _rows(db, "SELECT max(seq) FROM events")[0]
+    (last,) = read_rows(db, "SELECT max(seq) FROM events")[0]
     mid = int(str(last)) // 2
     _write(db, "DELETE FROM events WHERE seq = ?", mid)
     return f"at seq {mid}: seq {mid} missing"
@@ -105,7 +98,7 @@ def edit_with_checksum(db: Path) -> str:
     seq, payload = _buy_fill(db)
     changed = payload.replace(TEN, FIFTY)
     _write(db, "UPDATE events SET payload = ? WHERE seq = ?", changed, seq)
-    if any(c[1] == "crc" for c in _rows(db, "PRAGMA table_info(events)")):
+    if any(c[1] == "crc" for c in read_rows(db, "PRAGMA table_info(events)")):
         _write(db, "UPDATE events SET crc = ? WHERE seq = ?", zlib.crc32(changed), seq)
     return f"at seq {seq}: hash chain mismatch"
 
@@ -126,10 +119,10 @@ def damage_page(db: Path) -> str:
 def damage_events_page(db: Path) -> str:
     """Overwrite a leaf page of the events table in the middle of the log (SQLite's
     ``dbstat`` names it): the page every replay reads, where today's agent hung."""
-    pages = [int(str(r[0])) for r in _rows(
+    pages = [int(str(r[0])) for r in read_rows(
         db, "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' "
         "ORDER BY pageno")]
-    (size,) = _rows(db, "PRAGMA page_size")[0]
+    (size,) = read_rows(db, "PRAGMA page_size")[0]
     with db.open("r+b") as f:
         f.seek((pages[len(pages) // 2] - 1) * int(str(size)))
         f.write(b"\xa5" * int(str(size)))

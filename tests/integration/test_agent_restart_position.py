@@ -7,13 +7,13 @@ is already at target. Without the seeding it would believe it is flat and buy 3 
 
 from __future__ import annotations
 
-import sqlite3
 import textwrap
 from decimal import Decimal
 from pathlib import Path
 
 from qtd.events import Fill, OrderIntent
 from tests.agent_rig import running_agent, store_events, synthetic_bars, wait_for, write_fleet
+from tests.sqlfile import read_rows
 
 HOLDER = '''
     from qtd.strategy import Strategy
@@ -58,12 +58,7 @@ async def test_running_agent_keeps_its_store_lookups_up_to_date(tmp_path: Path) 
     db = tmp_path / "state" / "events.db"
 
     def keys_seq() -> int:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return int(con.execute(
-                "SELECT value FROM meta WHERE key = 'keys_seq'").fetchone()[0])
-        finally:
-            con.close()
+        return int(str(read_rows(db, "SELECT value FROM meta WHERE key = 'keys_seq'")[0][0]))
 
     async with running_agent(cfg, items={"goog_1d": synthetic_bars(40)}) as agent:
         feed = next(iter(agent.feeds.values()))

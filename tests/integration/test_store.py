@@ -23,6 +23,7 @@ from qtd.orders import ClientOrderIds
 from qtd.projections import Projections
 from qtd.store import SCHEMA_VERSION, EventStore, event_row
 from tests.factories import NODE, accepted, fill, intent, submitted
+from tests.sqlfile import read_rows
 
 
 def _hb(i: int) -> Heartbeat:
@@ -307,7 +308,7 @@ async def test_bulk_appender_commits_batches_in_order_from_its_process(tmp_path:
             bulk.hand_over([], sync=True)
         await bulk.close()
         # the writer added the lookups of what it wrote, and of what was before it
-        assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [("2504",)]
+        assert read_rows(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [("2504",)]
         assert [e.seq for e in await s.query(client_order_id="c0")] == [1]
         assert (await s.append(_hb(0))).seq == 2_505  # the store writes on after it
     async with await EventStore.open(path, readonly=True) as ro:
@@ -477,7 +478,7 @@ async def test_lookups_by_key_agree_with_a_scan_on_both_sides_of_the_watermark(
         await store.append_many(_mixed(40))
         assert await store.index_keys(max_events=50) == 50  # part of them
         await store.append_many(_mixed(30, start=40))  # and more above the watermark
-        assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [("50",)]
+        assert read_rows(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [("50",)]
         await _agree(store)
         reader = await EventStore.open(path, readonly=True)
         try:
@@ -491,9 +492,9 @@ async def test_lookups_by_key_agree_with_a_scan_on_both_sides_of_the_watermark(
         await store.append_many(_mixed(5, start=70))
         last = store.last_seq
     # closing brings the keys up to date
-    assert _sql(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [(str(last),)]
-    assert _sql(path, "SELECT count(*) FROM event_keys WHERE field = 2") == [(3 * 75,)]
-    indexes = {r[1] for r in _sql(path, "PRAGMA index_list(events)")}
+    assert read_rows(path, "SELECT value FROM meta WHERE key = 'keys_seq'") == [(str(last),)]
+    assert read_rows(path, "SELECT count(*) FROM event_keys WHERE field = 2") == [(3 * 75,)]
+    indexes = {r[1] for r in read_rows(path, "PRAGMA index_list(events)")}
     assert not indexes & {"events_bot", "events_symbol", "events_cid"}, indexes
 
 
@@ -504,7 +505,7 @@ async def test_recovery_drops_the_keys_of_the_events_it_removes(tmp_path: Path) 
         await store.replace_after(30, [intent("c999", bot="bot1", counter=999)])
         assert [e.seq for e in await store.query(bot="bot1")][-1] == 31
         assert await store.query(client_order_id="c15") == []
-        assert _sql(tmp_path / "r.db", "SELECT value FROM meta WHERE key = 'keys_seq'") == [
+        assert read_rows(tmp_path / "r.db", "SELECT value FROM meta WHERE key = 'keys_seq'") == [
             ("30",)]
         await _agree(store)
 
@@ -544,9 +545,3 @@ async def test_a_cancelled_index_round_stays_cancelled_and_leaves_the_store_writ
         await _agree(store)
 
 
-def _sql(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()

@@ -1,0 +1,15 @@
+"""Reading a SQLite file the way an outsider does: its own read-only connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def read_rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """The rows of one statement on ``path``, opened read-only (``mode=ro``) for just it."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
