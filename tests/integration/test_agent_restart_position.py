@@ -52,7 +52,7 @@ async def test_restarted_bot_keeps_its_position_instead_of_buying_it_again(
 
 async def test_running_agent_keeps_its_store_lookups_up_to_date(tmp_path: Path) -> None:
     """The order path's commits leave the bot / symbol / client_order_id lookups out; the
-    agent's ``index-keys`` task adds them every second while it runs."""
+    agent's ``index-keys`` task adds them while it runs, once its store is quiet."""
     cfg = write_fleet(tmp_path, {"h1": {"_strategy": "holder", "qty": 3.0}})
     (tmp_path / "strategies" / "holder.py").write_text(textwrap.dedent(HOLDER))
     db = tmp_path / "state" / "events.db"
