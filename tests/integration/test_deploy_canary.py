@@ -81,6 +81,13 @@ def _fleet(root: Path, params: dict[str, Any], **kw: Any) -> Path:
     return cfg
 
 
+def _canary_node(tmp_path: Path, url: str) -> Path:
+    """node-a's fleet on the bus at ``url``: b1 holding 10, the canary settings, and the
+    market at 10 bars a second."""
+    return _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
+                  market=MARKET, extra=CANARY)
+
+
 async def _repo(root: Path, params: dict[str, Any]) -> Path:
     """The operator's checkout: b1 as a live bot with ``params`` and a passed gate."""
     _fleet(root, params)
@@ -156,8 +163,7 @@ async def test_a_healthy_canary_ramps_to_100_and_becomes_the_running_version(
     tmp_path: Path, nats_server: EmbeddedNatsServer
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
     async with running_leader(leader_config(tmp_path, nats_server)) as leader, \
             running_agent(cfg, items={"goog_1d": _rising()}) as a:
@@ -221,8 +227,7 @@ async def test_a_losing_canary_is_rolled_back_paged_and_the_incumbent_keeps_runn
     tmp_path: Path, nats_server: EmbeddedNatsServer
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 10.0, "side": -1})
     receiver = PageReceiver()
     try:
@@ -301,8 +306,7 @@ async def test_a_restarted_agent_resumes_the_ramp_with_the_candidates_position(
     tmp_path: Path, nats_server: EmbeddedNatsServer
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
     old = await _until_step(cfg, bot, url, 0.25)
     async with running_agent(cfg, items={"goog_1d": _rising()}) as a:
@@ -334,8 +338,7 @@ async def test_a_shutdown_stops_the_bots_without_rolling_their_canary_back(
     tmp_path: Path, nats_server: EmbeddedNatsServer
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
     async with running_agent(cfg, items={"goog_1d": _rising()}) as a:
         slot = a.supervisor.slots["b1"]
@@ -354,8 +357,7 @@ async def test_a_candidate_left_by_a_restart_is_flattened_when_the_deploy_moved_
     tmp_path: Path, nats_server: EmbeddedNatsServer
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
     await _until_step(cfg, bot, url, 0.25)
     bot = await _repo(tmp_path / "repo", {"qty": 4.0})  # while the node is down: v2
@@ -382,8 +384,7 @@ async def test_halting_the_bot_rolls_the_canary_back_and_hands_its_position_over
     tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
 
     async def ctl(verb: str) -> None:
@@ -430,8 +431,7 @@ async def test_a_halt_of_the_candidate_alone_rolls_it_back_and_hands_its_positio
     tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
 ) -> None:
     url = nats_server.url
-    cfg = _fleet(tmp_path / "node-a", {"qty": 10.0}, node="node-a", bus_url=url,
-                 market=MARKET, extra=CANARY)
+    cfg = _canary_node(tmp_path, url)
     bot = await _repo(tmp_path / "repo", {"qty": 20.0})
     async with running_agent(cfg, items={"goog_1d": _rising()}) as a:
         await wait_for(lambda: _held(a, "b1") == 10)
