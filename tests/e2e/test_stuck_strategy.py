@@ -257,12 +257,9 @@ async def _agent(tmp: Path, bots: dict[str, dict[str, object]], *, leader: bool 
             ready = await log_match(log, rf"agent {NODE} ready: .*".encode())
             assert f"ready: {len(bots)} bots, 0 refused".encode() in ready[0], \
                 log.read_text()[-3000:]
-            # once ready, the agent's start-up heap leaves the garbage collector's scans
-            frozen = await log_match(log, rb"start-up heap frozen: (\d+) objects")
-            assert int(frozen[1]) > 10_000, frozen[0]
-            if leader:
-                frozen = await log_match(tmp / "leader.log",
-                                         rb"start-up heap frozen: (\d+) objects")
+            # once started, each daemon's start-up heap leaves the garbage collector's scans
+            for daemon_log in [log, tmp / "leader.log"] if leader else [log]:
+                frozen = await log_match(daemon_log, rb"start-up heap frozen: (\d+) objects")
                 assert int(frozen[1]) > 10_000, frozen[0]
             yield Running(procs[-1], cfg, web)
 
