@@ -34,6 +34,18 @@ checks, write-ahead intent, paper fill, its events stored and applied, and re-va
 open position on the bars it is held), and ``(1/(1.5 x backtesting.py rate) - 1/floor) x
 bars / fills`` is what the target leaves for it.
 
+*CPU split.* Beside each per-order cost: the CPU per filled order of the event loop's
+thread (``time.thread_time``) and of the store's writer process (the
+:class:`~qtd.store.BulkAppender` child that seals and commits the event batches; its CPU
+from ``os.times`` once it has exited, less one idle start of it measured in the same run),
+each over its without-orders run, divided by the fills. The writer runs beside the loop,
+on another core: on a 2-core machine the two share the machine, so a run is as fast as
+the busier of them allows, and a busy writer slows the loop: on 2026-12-07 here (2 cores,
+60,000 flip orders, two runs each) the loop's own thread CPU per order was 57-66 us with the
+writer running and 51-54 us with its batches dropped (a scratch patch, not an option), and
+its wall time per order 67-74 us against 51-54 us. Short runs carry the writer's fixed
+costs (its first pages, the final fsync).
+
 *Multi-symbol.* 20 symbols × 50,000 bars, one bot per symbol, merged by
 :class:`~qtd.feeds.HistoricalFeed` in time order, one store: qtd only (best of
 ``--repeat``).
@@ -56,6 +68,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import sys
 import tempfile
@@ -63,7 +76,7 @@ import time
 import warnings
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from qtd.admit.loader import load_strategy
 from qtd.backtest import BacktestBot, run_backtest
@@ -132,11 +145,23 @@ class Flip(Strategy):
         self.target_position(self.params.qty if self.n % 2 else 0, reason="flip")
 
 
+class Run(NamedTuple):
+    """One timed qtd run: bars/s, fills, events stored, and the CPU seconds of the event
+    loop's thread and of the store's writer process (a child: its CPU is counted once it has
+    exited, which the run's end waits for)."""
+
+    rate: float
+    fills: int
+    events: int
+    loop_cpu_s: float
+    writer_cpu_s: float
+
+
 async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True,
-                   strategy: type[Strategy] | None = None) -> tuple[float, int, int]:
-    """Bars/s of qtd over ``streams`` (one bot per stream); also fills and events stored.
-    ``orders=False`` runs the strategy :func:`without_orders`; ``strategy`` replaces
-    ``strategies/ma_cross.py``."""
+                   strategy: type[Strategy] | None = None) -> Run:
+    """Bars/s of qtd over ``streams`` (one bot per stream); also fills, events stored and
+    the CPU split (:class:`Run`). ``orders=False`` runs the strategy
+    :func:`without_orders`; ``strategy`` replaces ``strategies/ma_cross.py``."""
     symbols = [s[0].symbol for s in streams]
     cls, problems = strategy, []
     if cls is None:
@@ -155,13 +180,15 @@ async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True,
     tmp.mkdir(parents=True, exist_ok=True)
     store = await EventStore.open(tmp / f"bench-{len(streams)}.db", node="bench")
     try:
-        t = time.perf_counter()
+        c0, cpu0, t = os.times(), time.thread_time(), time.perf_counter()
         res = await run_backtest(bots, items, store=store, risk=risk,
                                  accounts={"bench": {"cash": Decimal(10**9)}})
-        dt = time.perf_counter() - t
+        dt, cpu, c1 = time.perf_counter() - t, time.thread_time() - cpu0, os.times()
     finally:
         await store.close()
-    return len(items) / dt, sum(b.fills for b in res.bots.values()), res.last_seq
+    writer = c1.children_user + c1.children_system - c0.children_user - c0.children_system
+    return Run(len(items) / dt, sum(b.fills for b in res.bots.values()), res.last_seq, cpu,
+               writer)
 
 
 def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
@@ -219,19 +246,46 @@ def backtesting_flip_rate(bars: list[Bar]) -> tuple[float, int]:
     return _bt_run(bars, BtFlip)
 
 
-def flip_cost(fills: int, repeat: int, tmp: Path) -> tuple[float, int]:
+async def writer_start_cpu(tmp: Path) -> float:
+    """CPU seconds of starting and stopping the store's writer process with nothing to
+    write (once per run that fills a batch; subtracted from a run's writer CPU)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    store = await EventStore.open(tmp / "start.db", node="bench")
+    try:
+        c0 = os.times()
+        await store.bulk_appender().close()
+        c1 = os.times()
+    finally:
+        await store.close()
+    return c1.children_user + c1.children_system - c0.children_user - c0.children_system
+
+
+def cpu_per_order(run: Run, floor: Run, start_s: float) -> tuple[float, float]:
+    """µs of CPU per filled order of ``run`` over its without-orders ``floor``: the event
+    loop's thread, and the store's writer process (less its start, ``start_s``, when the
+    run started it and the floor did not)."""
+    n = max(run.fills, 1)
+    writer = run.writer_cpu_s - floor.writer_cpu_s
+    if run.writer_cpu_s and not floor.writer_cpu_s:
+        writer -= start_s
+    return (run.loop_cpu_s - floor.loop_cpu_s) / n * 1e6, writer / n * 1e6
+
+
+def flip_cost(fills: int, repeat: int, tmp: Path) -> tuple[float, Run, Run]:
     """qtd's µs per filled order over ``fills`` orders into one position (:class:`Flip`,
     one order per bar): ``(1/rate - 1/floor) x bars / fills`` with both rates the best of
-    ``repeat``; also the fills."""
+    ``repeat``; also those two runs."""
     bars = random_walk(fills + 1, "FLP", 2)
-    rate = floor = 0.0
-    n = 0
+    best = floor = None
     for i in range(repeat):
-        q, n, _ = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-{i}", strategy=Flip))
-        f, _, _ = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-f{i}", orders=False,
-                                       strategy=Flip))
-        rate, floor = max(rate, q), max(floor, f)
-    return (1 / rate - 1 / floor) * len(bars) / max(n, 1) * 1e6, n
+        q = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-{i}", strategy=Flip))
+        f = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-f{i}", orders=False,
+                                 strategy=Flip))
+        best = q if best is None or q.rate > best.rate else best
+        floor = f if floor is None or f.rate > floor.rate else floor
+    assert best is not None and floor is not None, "--repeat must be >= 1"
+    cost = (1 / best.rate - 1 / floor.rate) * len(bars) / max(best.fills, 1) * 1e6
+    return cost, best, floor
 
 
 def main() -> int:
@@ -247,19 +301,23 @@ def main() -> int:
                     help="bars of backtesting.py's flip reference (0: skip it)")
     args = ap.parse_args()
     bars = random_walk(args.bars, "SYN", 1)
-    bt_rate = rate = floor = 0.0
+    bt_rate = 0.0
+    best = floor_run = None
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         for i in range(args.repeat):
             r, bt_trades = backtesting_rate(bars)
             bt_rate = max(bt_rate, r)
-            q, fills, events = asyncio.run(qtd_rate([bars], Path(d) / f"run{i}"))
-            rate = max(rate, q)
-            f, no_fills, _ = asyncio.run(qtd_rate([bars], Path(d) / f"sig{i}", orders=False))
-            assert no_fills == 0, f"the strategy without orders traded ({no_fills} fills)"
-            floor = max(floor, f)
+            q = asyncio.run(qtd_rate([bars], Path(d) / f"run{i}"))
+            f = asyncio.run(qtd_rate([bars], Path(d) / f"sig{i}", orders=False))
+            assert f.fills == 0, f"the strategy without orders traded ({f.fills} fills)"
+            best = q if best is None or q.rate > best.rate else best
+            floor_run = f if floor_run is None or f.rate > floor_run.rate else floor_run
             print(f"  run {i + 1}/{args.repeat}: backtesting.py {r:>10,.0f} bars/s   "
-                  f"qtd {q:>10,.0f} bars/s   qtd without orders {f:>10,.0f} bars/s",
+                  f"qtd {q.rate:>10,.0f} bars/s   qtd without orders {f.rate:>10,.0f} bars/s",
                   flush=True)
+        if best is None or floor_run is None:
+            raise SystemExit("--repeat must be >= 1")
+        rate, fills, events, floor = best.rate, best.fills, best.events, floor_run.rate
         print(f"backtesting.py  {args.bars:>9,} bars   {bt_rate:>10,.0f} bars/s  "
               f"({bt_trades} trades)")
         print(f"qtd (event log)  {args.bars:>9,} bars   {rate:>10,.0f} bars/s  "
@@ -274,33 +332,46 @@ def main() -> int:
         budget_us = (1 / (TARGET * bt_rate) - 1 / floor) * args.bars / max(fills, 1) * 1e6
         print(f"           the target leaves {budget_us:.1f} us per filled order "
               "(negative: the per-bar floor alone misses it)", flush=True)
+        start_s = asyncio.run(writer_start_cpu(Path(d) / "start"))
+        print("           " + _cpu_line(best, floor_run, start_s), flush=True)
         del bars
         streams = [random_walk(args.bars_each, f"S{i:02d}", 100 + i)
                    for i in range(args.symbols)]
         m_rate = 0.0
         for i in range(args.repeat):
-            r, m_fills, m_events = asyncio.run(qtd_rate(streams, Path(d) / f"multi{i}"))
-            m_rate = max(m_rate, r)
+            m = asyncio.run(qtd_rate(streams, Path(d) / f"multi{i}"))
+            m_rate, m_fills, m_events = max(m_rate, m.rate), m.fills, m.events
         print(f"qtd {args.symbols} symbols x {args.bars_each:,} bars   {m_rate:>10,.0f} "
               f"bars/s  ({m_fills} fills, {m_events:,} events stored)   [one symbol above: "
               f"qtd {rate:,.0f}, backtesting.py {bt_rate:,.0f} bars/s]", flush=True)
         del streams
         few, many = args.flip
-        cost_few, n_few = flip_cost(few, args.repeat, Path(d))
-        cost_many, n_many = flip_cost(many, args.repeat, Path(d))
+        cost_few, few_run, few_floor = flip_cost(few, args.repeat, Path(d))
+        cost_many, many_run, many_floor = flip_cost(many, args.repeat, Path(d))
         flat = cost_many / cost_few
-        print(f"one position, one filled order per bar: {n_few:,} fills {cost_few:.1f} us "
-              f"per order; {n_many:,} fills {cost_many:.1f} us per order "
-              f"(ratio {flat:.3f}, target within 10%)", flush=True)
+        print(f"one position, one filled order per bar: {few_run.fills:,} fills "
+              f"{cost_few:.1f} us per order; {many_run.fills:,} fills {cost_many:.1f} us per "
+              f"order (ratio {flat:.3f}, target within 10%)", flush=True)
+        for run, fl in ((few_run, few_floor), (many_run, many_floor)):
+            print(f"   {run.fills:,} fills: " + _cpu_line(run, fl, start_s), flush=True)
         if args.bt_flip:
             fb = random_walk(args.bt_flip, "FLP", 2)
             bt_flip = max(backtesting_flip_rate(fb) for _ in range(args.repeat))
-            q_flip = max(asyncio.run(qtd_rate([fb], Path(d) / f"qflip{i}", strategy=Flip))
-                         for i in range(args.repeat))
+            q_flip = max((asyncio.run(qtd_rate([fb], Path(d) / f"qflip{i}", strategy=Flip))
+                          for i in range(args.repeat)), key=lambda x: x.rate)
             print(f"   reference, the same flip on {args.bt_flip:,} bars: backtesting.py "
-                  f"{bt_flip[0]:,.0f} bars/s ({bt_flip[1]:,} trades), qtd {q_flip[0]:,.0f} "
-                  f"bars/s ({q_flip[1]:,} fills)", flush=True)
+                  f"{bt_flip[0]:,.0f} bars/s ({bt_flip[1]:,} trades), qtd {q_flip.rate:,.0f} "
+                  f"bars/s ({q_flip.fills:,} fills)", flush=True)
     return 0 if ratio >= TARGET and abs(flat - 1) <= 0.10 else 1
+
+
+def _cpu_line(run: Run, floor: Run, start_s: float) -> str:
+    loop_us, writer_us = cpu_per_order(run, floor, start_s)
+    per_order = (run.events - floor.events) / max(run.fills, 1)
+    return (f"CPU per filled order: event loop {loop_us:.1f} us (its thread), store writer "
+            f"{writer_us:.1f} us (its own process, beside the loop: {per_order:.1f} events "
+            f"stored per order, {writer_us / max(per_order, 1e-9):.1f} us each; its start, "
+            f"{start_s * 1e3:.0f} ms, not counted); {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
