@@ -20,8 +20,10 @@ Two modes (``--mode``, default both):
 
 * ``real``: ``--real`` (default 10) real ``qtd agent`` processes (``python -m qtd.cli agent``;
   each has one resting paper bot, whose order the first kill cancels, in its own strategy
-  worker process, and its own SQLite event store). Target: leader decision -> last in-force
-  ack **p99 <= 10 ms**; the durable acks' p99 is printed beside it.
+  worker process, and its own SQLite event store), with the default ``kill_store_delay_s``
+  (5 ms between a kill's cancels and storing it, so the agents sharing these cores all ack
+  in force first). Target: leader decision -> last in-force ack **p99 <= 10 ms**; the
+  durable acks' p99 is printed beside it.
 * ``peers``: agent-protocol peers, one process each (``--agents``, default 10,25,50, so the
   scaling with the process count on this machine's cores is visible). Each heartbeats on
   ``qtd.hb.<node>`` and answers every kill on ``qtd.ctl.kill`` on ``qtd.ack.kill.<node>``:

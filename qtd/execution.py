@@ -307,7 +307,9 @@ class OrderRouter:
     # --- operator actions -----------------------------------------------------------------
 
     async def kill(self, cmd: KillCommand,
-                   in_force: Callable[[], Awaitable[object]] | None = None) -> KillReport:
+                   in_force: Callable[[], Awaitable[object]] | None = None,
+                   before_store: Callable[[], Awaitable[object]] | None = None,
+                   ) -> KillReport:
         """Kill switch: HALT the scope, cancel its open orders, optionally flatten.
 
         Flatten orders are reduce-only MARKET orders that go through :meth:`submit` (and so
@@ -319,6 +321,10 @@ class OrderRouter:
                 (the agent's first acknowledgement): from then on no order of the scope
                 passes :meth:`RiskEngine.check`, and one approved earlier whose intent is
                 still being stored is stopped by :meth:`RiskEngine.last_look`.
+            before_store: awaited once the cancels were sent, before the kill's events are
+                stored here (the agent's pause that lets other agents on its host get their
+                in-force acks out first; events queued meanwhile are stored by whichever
+                flush comes first, in order).
         """
         report = KillReport()
         t0 = time.perf_counter_ns()
@@ -329,6 +335,8 @@ class OrderRouter:
             await in_force()
         sent = await self._issue_cancels(cids)
         report.cancels_issued_ns = time.perf_counter_ns() - t0
+        if before_store is not None:
+            await before_store()
         await self._flush()  # KillSwitch + TradingStateChanged first, then the cancels
         await self._record_cancels(sent, f"kill switch: {cmd.reason}")
         report.canceled = [i.client_order_id for i, exc in sent if exc is None]

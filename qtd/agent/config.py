@@ -178,6 +178,14 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
         account_retry_s: an account that failed to connect is tried again this often
             (seconds); once connected it is reconciled and its bots start.
         kill_file: the local kill file, polled every ``kill_poll_s`` seconds.
+        kill_store_delay_s: seconds between a kill's cancels (sent right after its
+            in-force acknowledgement) and storing the kill (then the durable
+            acknowledgement); not for a kill that flattens. Agents that share a host's
+            cores (``qtd up``, a benchmark) then all get their in-force acks out before
+            any of them spends CPU on its store: 10 agents on 2 cores, leader kill -> last
+            in-force ack p99 7.6-9.2 ms with 5 ms against 23-35 ms with 0 (2026-12-07,
+            ``benchmarks/kill.py``). 0 stores at once; at most 0.05 s: a second kill
+            arriving meanwhile is applied after this one's store (one kill at a time).
         params_poll_s: bot config files are checked for changes this often, seconds; a
             changed file is re-admitted and its params swapped in at a bar boundary (hot
             reload), or refused with the old params kept running.
@@ -220,6 +228,7 @@ class AgentConfig(_Cfg, frozen=True, kw_only=True):
     account_retry_s: Seconds = 30.0
     kill_file: str = "/dev/shm/qtd.kill"
     kill_poll_s: Seconds = 0.25
+    kill_store_delay_s: Annotated[float, Meta(ge=0, le=0.05)] = 0.005
     params_poll_s: Seconds = 2.0
     admit_smoke: bool = True
     hook_budget_s: Seconds = 0.5

@@ -141,7 +141,8 @@ class Control:
         """Apply a kill once per id and acknowledge it twice on ``<prefix>.ack.kill.<node>``:
         ``stage="in_force"`` as soon as the scope is HALTED in memory (before its cancels),
         then ``stage="durable"`` once the KillSwitch, TradingStateChanged and KillAck events
-        are fsynced (after the cancels and any flatten orders). A repeat over core NATS is
+        are fsynced (after the cancels, the ``kill_store_delay_s`` pause unless the kill
+        flattens, and any flatten orders). A repeat over core NATS is
         acknowledged once with ``duplicate=True`` (``durable`` when the first application
         finished, else ``in_force``); a repeat seen in the KV bucket is ignored.
 
@@ -163,7 +164,12 @@ class Control:
             await self._publish_ack(self._ack(msg, now, AckStage.IN_FORCE))
             await asyncio.sleep(0)  # let the client's flusher write it before the cancels
 
-        report = await self.k.router.kill(msg, in_force)
+        async def before_store() -> None:  # the cancels are out; a flatten's orders wait
+            delay = self.k.cfg.kill_store_delay_s
+            if delay and not msg.flatten:
+                await asyncio.sleep(delay)
+
+        report = await self.k.router.kill(msg, in_force, before_store)
         stored = await self.k.store.append(self._ack(
             msg, now, AckStage.DURABLE, canceled=report.canceled,
             flatten_orders=len(report.flatten)))

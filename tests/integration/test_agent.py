@@ -134,6 +134,31 @@ async def test_kill_over_nats_is_acknowledged_and_cancels_open_orders(
     assert all(isinstance(c, OrderCanceled) for c in canceled)
 
 
+async def test_an_agent_stores_a_kill_after_its_store_delay(
+    tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
+) -> None:
+    """``kill_store_delay_s``: the durable ack follows the in-force ack by at least the
+    pause (without it, by one fsync); the cancels go before the pause (the router's
+    ``before_store`` hook, ``test_execution``)."""
+    cfg = write_fleet(tmp_path, {"r1": {}}, strategy="rester", bus_url=nats_server.url,
+                      market=MINUTE_SPEED, extra="kill_store_delay_s = 0.05")
+    async with running_agent(cfg, items={"goog_1d": synthetic_bars(2000)}) as agent:
+        await wait_for(lambda: any(agent.proj.orders.open_orders()))
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[AckStage, float]] = []
+
+        async def on_ack(m: Msg) -> None:
+            seen.append((msgspec.json.decode(m.data, type=KillAck).stage, loop.time()))
+        sub = await nats_client.subscribe("qtd.ack.kill.node-a", cb=on_ack)
+        acks = await send_kill(nats_client, new_kill(reason="test kill", operator="bob"),
+                               wait_acks_s=5, expect=1)
+        await wait_for(lambda: len(seen) == 2, 5)
+        await sub.unsubscribe()
+    assert len(acks) == 1 and len(acks[0].canceled) == 1
+    assert [s for s, _ in seen] == [AckStage.IN_FORCE, AckStage.DURABLE]
+    assert seen[1][1] - seen[0][1] >= 0.045  # a lower bound: load only adds to it
+
+
 async def test_ctl_verbs_answer_and_are_audited(
     tmp_path: Path, nats_server: EmbeddedNatsServer, nats_client: Client
 ) -> None:

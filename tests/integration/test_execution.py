@@ -343,6 +343,26 @@ async def test_no_order_passes_risk_once_the_kill_is_in_force(rig: Rig) -> None:
         client_order_id=stopped.client_order_id)]
 
 
+async def test_the_kill_is_stored_after_its_cancels_and_the_before_store_hook(
+        rig: Rig) -> None:
+    """The agent's pause between a kill's cancels and its store (``before_store``) runs
+    with every cancel already sent and nothing of the kill stored yet; the kill is stored
+    once it returns."""
+    resting = await rig.submit(qty="1", limit="99")
+    seen: list[tuple[int, list[str]]] = []
+
+    async def before_store() -> None:
+        seen.append((len(rig.brokers["acct1"].cancels),
+                     [type(e).__name__ for e in await rig.store.query(
+                         kind=["KillSwitch", "TradingStateChanged"])]))
+
+    report = await rig.router.kill(KillCommand(scope=Scope.ACCOUNT, key="acct1",
+                                               reason="drill"), before_store=before_store)
+    assert seen == [(1, [])] and report.canceled == [resting.client_order_id]
+    assert [type(e).__name__ for e in await rig.store.query(
+        kind=["KillSwitch", "TradingStateChanged"])] == ["KillSwitch", "TradingStateChanged"]
+
+
 async def test_resume_after_kill_needs_an_operator(rig: Rig) -> None:
     await rig.router.kill(KillCommand(scope=Scope.GLOBAL, reason="drill"))
     assert isinstance(await rig.submit(), OrderDenied)
