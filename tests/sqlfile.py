@@ -13,3 +13,13 @@ def read_rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
+
+
+def main_file_rows(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """The rows of one statement on ``path``'s main database file alone (``immutable=1``:
+    SQLite reads neither the WAL nor locks), i.e. what a WAL checkpoint has copied there."""
+    con = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()

@@ -13,11 +13,13 @@
   ``<prefix>.ctl.kill`` message is the fast path;
 * ``kill-file`` — :class:`~qtd.risk.kill_file.KillFileWatcher` on the local kill file;
 * ``watchdog`` — ``WATCHDOG=1`` to systemd at half ``WatchdogSec`` while the loop runs;
-* ``index-keys`` — adds the bot, symbol and client_order_id of the events stored since to
-  the store's lookup table (:meth:`~qtd.store.EventStore.index_keys`), in a transaction of
-  its own: the order path's commits leave that work out. It waits for a quarter second
-  without a write (a burst of orders is over), or does it anyway after ``INDEX_EVERY_S``,
-  and adds at most ``INDEX_ROUND`` events a time (a round holds the store's write lock).
+* ``store-upkeep`` — the store's work the order path's commits leave out: adds the bot,
+  symbol and client_order_id of the events stored since to the store's lookup table
+  (:meth:`~qtd.store.EventStore.index_keys`), in a transaction of its own, then copies the
+  WAL into the main file (:meth:`~qtd.store.EventStore.checkpoint`, which SQLite would
+  otherwise run inside a commit every 1,000 pages). It waits for a quarter second without a
+  write (a burst of orders is over), or does it anyway after ``INDEX_EVERY_S``, and adds at
+  most ``INDEX_ROUND`` events a round (a round holds the store's write lock).
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class Telemetry:
         """The periodic tasks to start once bots run."""
         tasks: dict[str, Coroutine[Any, Any, None]] = {"failsafe": self._failsafe(),
                                                        "params-watch": self._params_watch(),
-                                                       "index-keys": self._index_keys()}
+                                                       "store-upkeep": self._store_upkeep()}
         if self.link is not None:
             tasks.update(heartbeat=self._heartbeat(self.link), pnl=self._pnl(self.link),
                          **{"kill-kv": self._kill_kv()})
@@ -165,7 +167,7 @@ class Telemetry:
                 await k.store.append(change)
             await _every(step)
 
-    async def _index_keys(self) -> None:
+    async def _store_upkeep(self) -> None:
         store = self.k.store
         seen, indexed, waited = store.last_seq, -1, 0.0  # -1: a tail left by a crash too
         while True:
@@ -180,6 +182,10 @@ class Telemetry:
                     indexed = seen  # up to date (as of this tick at least)
             except StoreError as exc:  # lookups still read the events above the watermark
                 log.warning("store lookup index not updated: %s", exc)
+            try:
+                await store.checkpoint()
+            except StoreError as exc:  # the WAL keeps the pages; SQLite's backstop remains
+                log.warning("store WAL not checkpointed: %s", exc)
 
     async def _kill_kv(self) -> None:
         while True:

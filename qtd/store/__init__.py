@@ -391,6 +391,30 @@ class EventStore:
                 raise sqlitefile.write_error(self.path, exc, None) from exc
             return upto - mark
 
+    async def checkpoint(self) -> int:
+        """Copy the WAL's committed pages into the main file (a ``PASSIVE`` checkpoint: it
+        does not wait for readers), under the write lock so no commit waits inside it; the
+        agent calls it once the store is quiet (:mod:`qtd.agent.loops`) instead of SQLite
+        running it inside a commit (:data:`~qtd.store.sqlitefile.WAL_AUTOCHECKPOINT_PAGES`).
+
+        Returns:
+            The WAL's frames now in the main file, counted since the WAL last started over
+            (the third column of ``PRAGMA wal_checkpoint``: a second call with nothing new
+            returns the same number); 0 on a read-only store or one that refuses writes.
+
+        Raises:
+            StoreError: the checkpoint failed (the WAL keeps every page; the events are not
+                affected and the store stays writable).
+        """
+        async with self._write_lock:
+            if self.readonly or self._failed is not None:
+                return 0
+            try:
+                rows = await self._db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                raise sqlitefile.write_error(self.path, exc, None) from exc
+            return int(next(iter(rows))[2])
+
     async def set_watermark(self, seq: int, name: str = "jetstream") -> None:
         """Record that every event up to ``seq`` was acknowledged by ``name`` (the outbox).
 

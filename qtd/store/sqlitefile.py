@@ -26,6 +26,15 @@ from qtd.eventlog.rows import ADD_KEYS
 SCHEMA_VERSION: Final = 3
 APPLICATION_ID: Final = 0x71746431  # "qtd1" in the SQLite header (PRAGMA application_id)
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+WAL_AUTOCHECKPOINT_PAGES: Final = 16_384
+"""The automatic WAL checkpoint threshold of an :class:`~qtd.store.EventStore` that writes,
+pages (64 MiB of 4 KiB pages; SQLite's default is 1,000). SQLite runs that checkpoint inside
+the commit that crosses it, and one of a 4 MB WAL put 5-10 ms into one market-open burst in
+a hundred. The agent checkpoints once its store is quiet, at the latest every 5 s
+(:meth:`qtd.store.EventStore.checkpoint`, :mod:`qtd.agent.loops`); this threshold is the
+backstop for a store that is never quiet. Other writers (a sweep, ``qtd recover``, an
+admission smoke run) checkpoint when they close the store. The backtest's writer process
+(:mod:`qtd.eventlog.writer`) has its own connection and keeps SQLite's default."""
 
 # Forward migrations: version N is reached by running MIGRATIONS[N] on a version N-1 file.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -256,6 +265,7 @@ async def prepare(
             await db.execute_fetchall("PRAGMA journal_mode=WAL")
             await db.execute_fetchall("PRAGMA synchronous=FULL")
             await db.execute_fetchall("PRAGMA busy_timeout=5000")
+            await db.execute_fetchall(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             if version < SCHEMA_VERSION:
                 await _migrate(db, p, version, node)
         elif version < SCHEMA_VERSION:

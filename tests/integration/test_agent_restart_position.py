@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qtd.events import Fill, OrderIntent
 from tests.agent_rig import running_agent, store_events, synthetic_bars, wait_for, write_fleet
-from tests.sqlfile import read_rows
+from tests.sqlfile import main_file_rows, read_rows
 
 HOLDER = '''
     from qtd.strategy import Strategy
@@ -51,8 +51,9 @@ async def test_restarted_bot_keeps_its_position_instead_of_buying_it_again(
 
 
 async def test_running_agent_keeps_its_store_lookups_up_to_date(tmp_path: Path) -> None:
-    """The order path's commits leave the bot / symbol / client_order_id lookups out; the
-    agent's ``index-keys`` task adds them while it runs, once its store is quiet."""
+    """The order path's commits leave the bot / symbol / client_order_id lookups and the WAL
+    checkpoint out; the agent's ``store-upkeep`` task does both while it runs, once its
+    store is quiet."""
     cfg = write_fleet(tmp_path, {"h1": {"_strategy": "holder", "qty": 3.0}})
     (tmp_path / "strategies" / "holder.py").write_text(textwrap.dedent(HOLDER))
     db = tmp_path / "state" / "events.db"
@@ -72,6 +73,9 @@ async def test_running_agent_keeps_its_store_lookups_up_to_date(tmp_path: Path) 
         fills = [e for e in await agent.store.query(bot="h1") if isinstance(e, Fill)]
         target = max(f.seq for f in fills)
         await wait_for(lambda: keys_seq() >= target, 10)  # not closed yet: the task did it
+        # ... and copied the WAL into the main file (a commit no longer does, under 64 MiB)
+        await wait_for(lambda: main_file_rows(
+            db, "SELECT count(*) FROM events WHERE seq >= ?", target) == [(1,)], 10)
         assert [e.seq for e in await agent.store.query(
             client_order_id=fills[0].client_order_id) if isinstance(e, Fill)] == [
             f.seq for f in fills if f.client_order_id == fills[0].client_order_id]

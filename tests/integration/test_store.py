@@ -23,7 +23,7 @@ from qtd.orders import ClientOrderIds
 from qtd.projections import Projections
 from qtd.store import SCHEMA_VERSION, EventStore, event_row
 from tests.factories import NODE, accepted, fill, intent, submitted
-from tests.sqlfile import read_rows
+from tests.sqlfile import main_file_rows, read_rows
 
 
 def _hb(i: int) -> Heartbeat:
@@ -545,3 +545,30 @@ async def test_a_cancelled_index_round_stays_cancelled_and_leaves_the_store_writ
         await _agree(store)
 
 
+
+
+async def test_commits_leave_the_wal_checkpoint_to_the_quiet_time_caller(
+        tmp_path: Path) -> None:
+    """A commit no longer copies the WAL into the main file every 1,000 pages (SQLite's
+    default, which ran inside whichever commit crossed it); :meth:`EventStore.checkpoint`
+    does, when the agent finds its store quiet."""
+    db = tmp_path / "events.db"
+    store = await EventStore.open(db, node=NODE)
+    try:
+        for b in range(12):  # ~12,000 intents: well over 1,000 WAL pages
+            await store.append_many([intent(f"c{b}-{i}", counter=b * 1000 + i)
+                                     for i in range(1000)])
+        pages = int(str(read_rows(tmp_path / "events.db", "PRAGMA page_count")[0][0]))
+        assert pages > 1_000
+        assert main_file_rows(db, "SELECT max(seq) FROM events") == [(None,)]
+        copied = await store.checkpoint()
+        assert copied > 1_000
+        assert main_file_rows(db, "SELECT max(seq) FROM events") == [(12_000,)]
+        assert await store.checkpoint() == copied  # the WAL's count: nothing new since
+    finally:
+        await store.close()
+    ro = await EventStore.open(db, readonly=True)
+    try:
+        assert await ro.checkpoint() == 0  # a reader never writes
+    finally:
+        await ro.close()
