@@ -4,6 +4,7 @@ and are audited with the operator's name, /metrics, and a clean shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -34,10 +35,13 @@ async def _audit(leader: Leader, kind: type) -> list[object]:
     return [e async for b in leader.db.replay_all() for e in b if isinstance(e, kind)]
 
 
-async def _tick(ws: object) -> dict[str, object]:
+async def _tick(ws: object, fills: int | None = None) -> dict[str, object]:
+    """The next tick frame; with ``fills``, the next one counting that many fleet fills (a
+    tick already on its way when a fill was ingested still shows the figures before it)."""
     while True:
         frame = json.loads(await ws.recv())  # type: ignore[attr-defined]
-        if frame["type"] == "tick":
+        if frame["type"] == "tick" and (
+                fills is None or int(frame["counts"].split(" / ")[1]) == fills):
             return frame  # type: ignore[no-any-return]
 
 
@@ -62,7 +66,7 @@ async def test_page_live_pnl_controls_and_audit_on_a_real_leader(
             assert first["fleet"]["pnl"] == pytest.approx(100.0)  # type: ignore[index]
             await peers[1].trade("meanrev", "SPY", Side.BUY, "1", "120")  # SPY mark 120
             await wait_for(lambda: leader.status.snapshot().totals.fills == 3, what="3rd fill")
-            later = await _tick(ws)
+            later = await asyncio.wait_for(_tick(ws, fills=3), 10)
             assert later["bots"]["node-a/momo"]["pnl"] == pytest.approx(160.0)  # type: ignore[index]
             assert (await http.post("/api/control", json={
                 "verb": "kill", "target": "global", "reason": "x", "confirm": "GLOBAL"}
