@@ -351,16 +351,17 @@ async def test_the_kill_is_stored_after_its_cancels_and_the_before_store_hook(
     resting = await rig.submit(qty="1", limit="99")
     seen: list[tuple[int, list[str]]] = []
 
+    async def kill_stored() -> list[str]:
+        return [type(e).__name__ for e in await rig.store.query(
+            kind=["KillSwitch", "TradingStateChanged"])]
+
     async def before_store() -> None:
-        seen.append((len(rig.brokers["acct1"].cancels),
-                     [type(e).__name__ for e in await rig.store.query(
-                         kind=["KillSwitch", "TradingStateChanged"])]))
+        seen.append((len(rig.brokers["acct1"].cancels), await kill_stored()))
 
     report = await rig.router.kill(KillCommand(scope=Scope.ACCOUNT, key="acct1",
                                                reason="drill"), before_store=before_store)
     assert seen == [(1, [])] and report.canceled == [resting.client_order_id]
-    assert [type(e).__name__ for e in await rig.store.query(
-        kind=["KillSwitch", "TradingStateChanged"])] == ["KillSwitch", "TradingStateChanged"]
+    assert await kill_stored() == ["KillSwitch", "TradingStateChanged"]
 
 
 async def test_resume_after_kill_needs_an_operator(rig: Rig) -> None:

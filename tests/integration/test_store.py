@@ -545,8 +545,6 @@ async def test_a_cancelled_index_round_stays_cancelled_and_leaves_the_store_writ
         await _agree(store)
 
 
-
-
 async def test_commits_leave_the_wal_checkpoint_to_the_quiet_time_caller(
         tmp_path: Path) -> None:
     """A commit no longer copies the WAL into the main file every 1,000 pages (SQLite's
@@ -558,7 +556,7 @@ async def test_commits_leave_the_wal_checkpoint_to_the_quiet_time_caller(
         for b in range(12):  # ~12,000 intents: well over 1,000 WAL pages
             await store.append_many([intent(f"c{b}-{i}", counter=b * 1000 + i)
                                      for i in range(1000)])
-        pages = int(str(read_rows(tmp_path / "events.db", "PRAGMA page_count")[0][0]))
+        pages = int(str(read_rows(db, "PRAGMA page_count")[0][0]))
         assert pages > 1_000
         assert main_file_rows(db, "SELECT max(seq) FROM events") == [(None,)]
         copied = await store.checkpoint()
