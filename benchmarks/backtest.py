@@ -180,15 +180,26 @@ async def qtd_rate(streams: list[list[Bar]], tmp: Path, *, orders: bool = True,
     tmp.mkdir(parents=True, exist_ok=True)
     store = await EventStore.open(tmp / f"bench-{len(streams)}.db", node="bench")
     try:
-        c0, cpu0, t = os.times(), time.thread_time(), time.perf_counter()
+        c0, cpu0, t = _children_cpu(), time.thread_time(), time.perf_counter()
         res = await run_backtest(bots, items, store=store, risk=risk,
                                  accounts={"bench": {"cash": Decimal(10**9)}})
-        dt, cpu, c1 = time.perf_counter() - t, time.thread_time() - cpu0, os.times()
+        dt, cpu, writer = (time.perf_counter() - t, time.thread_time() - cpu0,
+                           _children_cpu() - c0)
     finally:
         await store.close()
-    writer = c1.children_user + c1.children_system - c0.children_user - c0.children_system
     return Run(len(items) / dt, sum(b.fills for b in res.bots.values()), res.last_seq, cpu,
                writer)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's exited children so far."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def _best(runs: list[Run]) -> Run:
+    """The fastest of ``runs`` (best of ``--repeat``, as ``timeit`` reports)."""
+    return max(runs, key=lambda r: r.rate)
 
 
 def backtesting_rate(bars: list[Bar]) -> tuple[float, int]:
@@ -252,12 +263,11 @@ async def writer_start_cpu(tmp: Path) -> float:
     tmp.mkdir(parents=True, exist_ok=True)
     store = await EventStore.open(tmp / "start.db", node="bench")
     try:
-        c0 = os.times()
+        c0 = _children_cpu()
         await store.bulk_appender().close()
-        c1 = os.times()
+        return _children_cpu() - c0
     finally:
         await store.close()
-    return c1.children_user + c1.children_system - c0.children_user - c0.children_system
 
 
 def cpu_per_order(run: Run, floor: Run, start_s: float) -> tuple[float, float]:
@@ -276,14 +286,12 @@ def flip_cost(fills: int, repeat: int, tmp: Path) -> tuple[float, Run, Run]:
     one order per bar): ``(1/rate - 1/floor) x bars / fills`` with both rates the best of
     ``repeat``; also those two runs."""
     bars = random_walk(fills + 1, "FLP", 2)
-    best = floor = None
-    for i in range(repeat):
-        q = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-{i}", strategy=Flip))
-        f = asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-f{i}", orders=False,
-                                 strategy=Flip))
-        best = q if best is None or q.rate > best.rate else best
-        floor = f if floor is None or f.rate > floor.rate else floor
-    assert best is not None and floor is not None, "--repeat must be >= 1"
+    runs, floors = [], []
+    for i in range(repeat):  # alternately: a neighbour's burst hits both alike
+        runs.append(asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-{i}", strategy=Flip)))
+        floors.append(asyncio.run(qtd_rate([bars], tmp / f"flip{fills}-f{i}", orders=False,
+                                           strategy=Flip)))
+    best, floor = _best(runs), _best(floors)
     cost = (1 / best.rate - 1 / floor.rate) * len(bars) / max(best.fills, 1) * 1e6
     return cost, best, floor
 
@@ -300,9 +308,11 @@ def main() -> int:
     ap.add_argument("--bt-flip", type=int, default=10_000,
                     help="bars of backtesting.py's flip reference (0: skip it)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: must be >= 1 (the best of the runs is kept)")
     bars = random_walk(args.bars, "SYN", 1)
     bt_rate = 0.0
-    best = floor_run = None
+    runs, floors = [], []
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         for i in range(args.repeat):
             r, bt_trades = backtesting_rate(bars)
@@ -310,13 +320,12 @@ def main() -> int:
             q = asyncio.run(qtd_rate([bars], Path(d) / f"run{i}"))
             f = asyncio.run(qtd_rate([bars], Path(d) / f"sig{i}", orders=False))
             assert f.fills == 0, f"the strategy without orders traded ({f.fills} fills)"
-            best = q if best is None or q.rate > best.rate else best
-            floor_run = f if floor_run is None or f.rate > floor_run.rate else floor_run
+            runs.append(q)
+            floors.append(f)
             print(f"  run {i + 1}/{args.repeat}: backtesting.py {r:>10,.0f} bars/s   "
                   f"qtd {q.rate:>10,.0f} bars/s   qtd without orders {f.rate:>10,.0f} bars/s",
                   flush=True)
-        if best is None or floor_run is None:
-            raise SystemExit("--repeat must be >= 1")
+        best, floor_run = _best(runs), _best(floors)
         rate, fills, events, floor = best.rate, best.fills, best.events, floor_run.rate
         print(f"backtesting.py  {args.bars:>9,} bars   {bt_rate:>10,.0f} bars/s  "
               f"({bt_trades} trades)")
@@ -337,10 +346,9 @@ def main() -> int:
         del bars
         streams = [random_walk(args.bars_each, f"S{i:02d}", 100 + i)
                    for i in range(args.symbols)]
-        m_rate = 0.0
-        for i in range(args.repeat):
-            m = asyncio.run(qtd_rate(streams, Path(d) / f"multi{i}"))
-            m_rate, m_fills, m_events = max(m_rate, m.rate), m.fills, m.events
+        m = _best([asyncio.run(qtd_rate(streams, Path(d) / f"multi{i}"))
+                   for i in range(args.repeat)])
+        m_rate, m_fills, m_events = m.rate, m.fills, m.events
         print(f"qtd {args.symbols} symbols x {args.bars_each:,} bars   {m_rate:>10,.0f} "
               f"bars/s  ({m_fills} fills, {m_events:,} events stored)   [one symbol above: "
               f"qtd {rate:,.0f}, backtesting.py {bt_rate:,.0f} bars/s]", flush=True)
@@ -357,8 +365,8 @@ def main() -> int:
         if args.bt_flip:
             fb = random_walk(args.bt_flip, "FLP", 2)
             bt_flip = max(backtesting_flip_rate(fb) for _ in range(args.repeat))
-            q_flip = max((asyncio.run(qtd_rate([fb], Path(d) / f"qflip{i}", strategy=Flip))
-                          for i in range(args.repeat)), key=lambda x: x.rate)
+            q_flip = _best([asyncio.run(qtd_rate([fb], Path(d) / f"qflip{i}", strategy=Flip))
+                            for i in range(args.repeat)])
             print(f"   reference, the same flip on {args.bt_flip:,} bars: backtesting.py "
                   f"{bt_flip[0]:,.0f} bars/s ({bt_flip[1]:,} trades), qtd {q_flip.rate:,.0f} "
                   f"bars/s ({q_flip.fills:,} fills)", flush=True)
