@@ -18,6 +18,7 @@ def test_example_config_loads_with_paths_resolved_against_its_directory() -> Non
     assert Path(cfg.risk) == ETC / "risk.toml" and Path(cfg.bots[0]) == ETC / "bots"
     assert cfg.store_path == Path(cfg.state_dir) / "events.db"
     assert cfg.failsafe == "REDUCING" and cfg.leader_timeout_s == 5.0
+    assert cfg.kill_store_delay_s == 0.005
     assert cfg.accounts["paper-main"].broker == "paper"
     assert cfg.market.bots["breakout-spx"].dataset == "sp500_1d"
 
@@ -32,6 +33,8 @@ def test_defaults_and_offline_mode() -> None:
     ({"node": "n1", "bogus": 1}, "bogus", 1, "unknown field"),
     ({"node": "n1", "restart": {"max_per_hour": -1}}, "restart.max_per_hour", -1, ">= 0"),
     ({"node": "n1", "on_shutdown": "explode"}, "on_shutdown", "explode", "Invalid enum"),
+    ({"node": "n1", "kill_store_delay_s": 0.2}, "kill_store_delay_s", 0.2, "<= 0.05"),
+    ({"node": "n1", "kill_store_delay_s": -0.001}, "kill_store_delay_s", -0.001, ">= 0"),
     ({"node": "a.b"}, "node", "a.b", "NATS subject token"),
     ({"node": "leader"}, "node", "leader", "leader"),
     ({"node": "n1", "trading_day": {"tz": "Mars/Olympus"}}, "trading_day.tz", "Mars/Olympus",
